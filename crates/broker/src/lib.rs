@@ -1,1 +1,40 @@
-//! placeholder
+//! # tern-broker
+//!
+//! The Tern MQTT broker as a library: `Broker::start(config)` is all a caller
+//! needs. The modules follow one PUBLISH through the broker:
+//!
+//! - [`server`]: binds the listener, spawns a connection task per socket,
+//!   shuts everything down.
+//! - [`connection`]: the connection task — reads and decodes packets
+//!   (with `tern-codec`), runs the handlers, writes batched output.
+//! - [`handler`]: one file per packet kind: `connect`, `publish`, `ack`,
+//!   `subscribe`, `unsubscribe`, `disconnect`.
+//! - [`router`]: from a published message to every matching session's queue.
+//! - [`topic_tree`]: the subscription index (a trie by topic level).
+//! - [`retained`]: retained messages (a trie by topic level).
+//! - [`session`]: per-client state that outlives connections: subscriptions,
+//!   queue, in-flight QoS 1/2 messages, packet ids.
+//! - [`registry`]: session lifecycle — attach, takeover, detach, expiry, will delay.
+//! - [`state`]: the shared state every task holds, and its lock rules.
+//! - [`sys`]: `$SYS/broker/...` statistics. [`metrics`]: the counters behind them.
+//! - [`config`]: options and defaults. [`error`]: protocol violations and reason codes.
+//!
+//! See `docs/architecture.md` for the whole flow.
+
+pub mod config;
+pub mod connection;
+pub mod error;
+pub mod handler;
+pub mod message;
+pub mod metrics;
+pub mod registry;
+pub mod retained;
+pub mod router;
+pub mod server;
+pub mod session;
+pub mod state;
+pub mod sys;
+pub mod topic_tree;
+
+pub use config::{Config, ConfigError};
+pub use server::{Broker, BrokerHandle};

@@ -37,7 +37,8 @@ pub enum DecodeError {
     /// CONNECT protocol level other than 3, 4 or 5.
     #[error("unsupported protocol level {0}")]
     UnsupportedProtocolVersion(u8),
-    /// QoS bits set to 3, or a QoS where none is allowed (will QoS without will).
+    /// QoS bits set to 3 (PUBLISH header, will QoS, subscription options).
+    /// A will QoS without the will flag is [`DecodeError::InvalidConnectFlags`].
     #[error("invalid QoS")]
     InvalidQoS,
     /// A reserved bit is set (CONNECT flags bit 0, subscription options bits 6-7).
@@ -101,4 +102,10 @@ pub enum EncodeError {
     /// QoS > 0 without a packet id, or QoS 0 with one.
     #[error("packet id does not match QoS")]
     PacketIdMismatch,
+    /// A value the decoder would refuse: a reason code not allowed in this
+    /// packet, a property out of its range (Receive Maximum 0, Maximum QoS 2,
+    /// Subscription Identifier 0), DUP on a QoS 0 PUBLISH, a SUBSCRIBE or
+    /// UNSUBSCRIBE without filters, a 3.1.1 password without user name.
+    #[error("cannot encode: {0}")]
+    InvalidValue(&'static str),
 }

@@ -1,0 +1,155 @@
+//! Broker configuration: every option, its default, and TOML loading.
+//!
+//! `Config::default()` is what `tern serve` runs with when given no file: one
+//! anonymous listener on 127.0.0.1:1883, as Mosquitto 2 does without a config.
+//! The same defaults are written out, commented, in `tern.example.toml` at the
+//! repository root; a test keeps the two in step. Unknown keys are an error
+//! that names the key, so a typo never silently falls back to a default.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::Deserialize;
+
+/// All broker settings. Field docs give the default and why it was chosen.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address of the TCP listener. Default `127.0.0.1:1883`: loopback only,
+    /// so a broker started without configuration is not open to the network.
+    pub bind: SocketAddr,
+    /// Largest packet accepted from a client, in bytes, announced to MQTT 5
+    /// clients as Maximum Packet Size. Larger packets are refused from their
+    /// fixed header, before they are buffered. Default 1 MiB.
+    pub max_packet_size: u32,
+    /// Largest keep-alive a client may ask for, in seconds; an MQTT 5 client
+    /// asking for more (or for 0) is told this value as Server Keep Alive.
+    /// Default 65535 (no limit).
+    pub max_keepalive_secs: u16,
+    /// How many QoS 2 messages a client may have sent us without PUBREL,
+    /// announced to MQTT 5 clients as Receive Maximum. Default 1024.
+    pub receive_maximum: u16,
+    /// How many QoS 1/2 messages we send a client before its acknowledgements
+    /// must catch up (capped further by the client's own Receive Maximum).
+    /// Default 100.
+    pub max_inflight_messages: u16,
+    /// Topic aliases a client may use towards us (MQTT 5 Topic Alias Maximum).
+    /// Default 10.
+    pub topic_alias_maximum: u16,
+    /// Messages queued per session beyond those in flight (offline sessions and
+    /// slow readers). Further messages are dropped and counted. Default 1000.
+    pub max_queued_messages: usize,
+    /// Payload bytes queued per session; 0 means no byte limit. Default 64 MiB.
+    pub max_queued_bytes: usize,
+    /// Whether QoS 0 messages are queued for sessions that are offline.
+    /// Default false, as in Mosquitto: QoS 0 promises nothing to the absent.
+    pub queue_qos0_messages: bool,
+    /// Highest QoS the broker accepts and grants (0, 1 or 2). Default 2.
+    pub maximum_qos: u8,
+    /// Whether retained messages are supported. Default true.
+    pub retain_available: bool,
+    /// Seconds between `$SYS/broker/...` updates; 0 disables them. Default 10.
+    pub sys_interval_secs: u64,
+    /// Seconds a new connection may take to send CONNECT before it is closed.
+    /// Default 10.
+    pub connect_timeout_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            bind: SocketAddr::from(([127, 0, 0, 1], 1883)),
+            max_packet_size: 1024 * 1024,
+            max_keepalive_secs: 65535,
+            receive_maximum: 1024,
+            max_inflight_messages: 100,
+            topic_alias_maximum: 10,
+            max_queued_messages: 1000,
+            max_queued_bytes: 64 * 1024 * 1024,
+            queue_qos0_messages: false,
+            maximum_qos: 2,
+            retain_available: true,
+            sys_interval_secs: 10,
+            connect_timeout_secs: 10,
+        }
+    }
+}
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads and validates a TOML file.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        Config::from_toml(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => {
+                ConfigError::Parse { path: path.display().to_string(), message }
+            }
+            other => other,
+        })
+    }
+
+    /// Parses and validates TOML text.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: "<text>".into(),
+            message: e.message().to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values serde cannot: ranges and combinations.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.maximum_qos > 2 {
+            return Err(ConfigError::Invalid("maximum_qos must be 0, 1 or 2".into()));
+        }
+        if self.receive_maximum == 0 || self.max_inflight_messages == 0 {
+            return Err(ConfigError::Invalid(
+                "receive_maximum and max_inflight_messages must be at least 1".into(),
+            ));
+        }
+        if self.max_packet_size < 64 {
+            return Err(ConfigError::Invalid("max_packet_size must be at least 64 bytes".into()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = Config::from_toml("bnid = \"127.0.0.1:1\"").unwrap_err().to_string();
+        assert!(err.contains("bnid"), "{err}");
+    }
+
+    #[test]
+    fn example_file_matches_defaults() {
+        let text = include_str!("../../../tern.example.toml");
+        let uncommented: String = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# ").filter(|l| l.contains(" = ")))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert_eq!(Config::from_toml(&uncommented).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn invalid_values_are_refused() {
+        assert!(Config::from_toml("maximum_qos = 3").is_err());
+        assert!(Config::from_toml("receive_maximum = 0").is_err());
+    }
+}

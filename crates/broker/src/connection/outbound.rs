@@ -1,0 +1,143 @@
+//! Outbound: moves deliveries from the session queue into the output buffer.
+//!
+//! Runs in the connection task before each wait. Under the session lock it
+//! re-sends in-flight messages of a resumed session (first, in their original
+//! order, with DUP [MQTT-4.4.0-1]), then encodes pending deliveries while the
+//! client's Receive Maximum allows, assigning packet ids and applying topic
+//! aliases, message expiry and the client's Maximum Packet Size. Encoding stops
+//! at a high-water mark so a slow reader keeps its backlog in the bounded
+//! session queue, not in an ever-growing buffer.
+
+use std::num::NonZeroU16;
+use std::time::Instant;
+
+use tern_codec::{ByteStr, Packet, PubAck, Publish, QoS};
+
+use super::client::Client;
+use crate::metrics::Metrics;
+use crate::session::{Delivery, Inflight, InflightState, SessionState};
+
+/// Stop encoding when this many bytes wait to be written.
+pub const HIGH_WATER: usize = 64 * 1024;
+
+/// Fills `client.out` from the session.
+pub fn fill(client: &mut Client) {
+    if client.out.len() >= HIGH_WATER {
+        return;
+    }
+    let session = client.session.clone();
+    let mut st = session.lock();
+    if client.resend_inflight {
+        client.resend_inflight = false;
+        resend(client, &st);
+    }
+    send_pending(client, &mut st);
+}
+
+/// Re-sends every in-flight message: PUBLISH with DUP, or PUBREL where the
+/// PUBREC was already received [MQTT-4.4.0-1], [MQTT-4.4.0-2].
+fn resend(client: &mut Client, st: &SessionState) {
+    let now = Instant::now();
+    for entry in &st.inflight {
+        match entry.state {
+            InflightState::AwaitingPubComp => {
+                client.send(&Packet::PubRel(PubAck::new(entry.packet_id)));
+            }
+            _ => {
+                send_publish(client, &entry.delivery, Some(entry.packet_id), true, now);
+            }
+        }
+    }
+}
+
+/// Sends pending deliveries while the window and the buffer allow.
+fn send_pending(client: &mut Client, st: &mut SessionState) {
+    let now = Instant::now();
+    let window = usize::from(client.peer.receive_maximum);
+    while client.out.len() < HIGH_WATER {
+        let Some(delivery) = st.pop_pending() else { break };
+        if delivery.message.remaining_expiry(now).is_none() {
+            // Expired while queued: not sent [MQTT-3.3.2-5].
+            Metrics::add(&client.state.metrics.publish_dropped, 1);
+            continue;
+        }
+        if delivery.qos == QoS::AtMostOnce {
+            send_publish(client, &delivery, None, false, now);
+            continue;
+        }
+        if st.inflight.len() >= window {
+            st.unpop_pending(delivery);
+            break;
+        }
+        let Some(packet_id) = st.next_packet_id() else {
+            st.unpop_pending(delivery);
+            break;
+        };
+        if send_publish(client, &delivery, Some(packet_id), false, now) {
+            let state = match delivery.qos {
+                QoS::AtLeastOnce => InflightState::AwaitingPubAck,
+                _ => InflightState::AwaitingPubRec,
+            };
+            st.inflight.push_back(Inflight { packet_id, state, delivery });
+        }
+    }
+}
+
+/// Encodes one PUBLISH. Returns false if it was not sent because it exceeds
+/// the client's Maximum Packet Size; such a message is dropped as if
+/// delivered [MQTT-3.1.2-25].
+fn send_publish(
+    client: &mut Client,
+    delivery: &Delivery,
+    packet_id: Option<NonZeroU16>,
+    dup: bool,
+    now: Instant,
+) -> bool {
+    let message = &delivery.message;
+    let mut properties = message.properties.clone();
+    properties.message_expiry_interval = message.remaining_expiry(now).flatten();
+    properties.subscription_identifiers = delivery.subscription_ids.clone();
+    let (topic, alias, new_alias) = outbound_alias(client, &message.topic);
+    properties.topic_alias = alias;
+    let publish = Packet::Publish(Publish {
+        dup,
+        qos: delivery.qos,
+        retain: delivery.retain,
+        topic,
+        packet_id,
+        payload: message.payload.clone(),
+        properties,
+    });
+    let start = client.out.len();
+    let sent = client.send(&publish).is_some_and(|size| size <= client.peer.max_packet_size);
+    if sent {
+        Metrics::add(&client.state.metrics.publish_sent, 1);
+    } else {
+        client.out.truncate(start);
+        if new_alias {
+            client.outbound_aliases.remove(&message.topic);
+        }
+        Metrics::add(&client.state.metrics.publish_dropped, 1);
+    }
+    sent
+}
+
+/// Chooses the topic and alias for a PUBLISH to the client: an alias it
+/// already knows (empty topic), a new alias while under its Topic Alias
+/// Maximum, or the plain topic. The third value says a new alias was made.
+fn outbound_alias(client: &mut Client, topic: &ByteStr) -> (ByteStr, Option<u16>, bool) {
+    let max = client.peer.topic_alias_maximum;
+    if max == 0 {
+        return (topic.clone(), None, false);
+    }
+    if let Some(&alias) = client.outbound_aliases.get(topic.as_str()) {
+        return (ByteStr::default(), Some(alias), false);
+    }
+    let used = client.outbound_aliases.len();
+    if used < usize::from(max) {
+        let alias = used as u16 + 1;
+        client.outbound_aliases.insert(topic.clone(), alias);
+        return (topic.clone(), Some(alias), true);
+    }
+    (topic.clone(), None, false)
+}

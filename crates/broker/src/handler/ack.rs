@@ -1,0 +1,56 @@
+//! PUBACK, PUBREC and PUBCOMP from a client: the outbound QoS 1/2 flows.
+//!
+//! Each acknowledgement moves or removes the in-flight entry it names, which
+//! frees a slot in the client's Receive Maximum window; the connection task
+//! then sends more from the queue.
+
+use tern_codec::{Packet, PubAck, ReasonCode};
+
+use super::Flow;
+use crate::connection::client::Client;
+use crate::error::ProtocolViolation;
+use crate::session::InflightState;
+
+/// PUBACK ends a QoS 1 delivery [MQTT-4.3.2-?].
+pub fn puback(client: &mut Client, ack: PubAck) -> Result<Flow, ProtocolViolation> {
+    complete(client, ack, InflightState::AwaitingPubAck);
+    Ok(Flow::Continue)
+}
+
+/// PUBCOMP ends a QoS 2 delivery.
+pub fn pubcomp(client: &mut Client, ack: PubAck) -> Result<Flow, ProtocolViolation> {
+    complete(client, ack, InflightState::AwaitingPubComp);
+    Ok(Flow::Continue)
+}
+
+/// Removes the in-flight entry; an unknown id is ignored (a late duplicate).
+fn complete(client: &mut Client, ack: PubAck, state: InflightState) {
+    let mut st = client.session.lock();
+    if let Some(pos) = st.inflight_position(ack.packet_id, state) {
+        st.inflight.remove(pos);
+    }
+}
+
+/// PUBREC: the client has the QoS 2 message; answer PUBREL [MQTT-4.3.3-4].
+/// A failure reason code ends the flow instead [MQTT-4.3.3-?].
+pub fn pubrec(client: &mut Client, ack: PubAck) -> Result<Flow, ProtocolViolation> {
+    let found = {
+        let mut st = client.session.lock();
+        if let Some(pos) = st.inflight_position(ack.packet_id, InflightState::AwaitingPubRec) {
+            if ack.reason.is_error() {
+                st.inflight.remove(pos);
+                return Ok(Flow::Continue);
+            }
+            if let Some(entry) = st.inflight.get_mut(pos) {
+                entry.state = InflightState::AwaitingPubComp;
+            }
+            true
+        } else {
+            // A repeated PUBREC for a message already released gets PUBREL again.
+            st.inflight_position(ack.packet_id, InflightState::AwaitingPubComp).is_some()
+        }
+    };
+    let reason = if found { ReasonCode::Success } else { ReasonCode::PacketIdentifierNotFound };
+    client.send(&Packet::PubRel(PubAck { reason, ..PubAck::new(ack.packet_id) }));
+    Ok(Flow::Continue)
+}

@@ -1,0 +1,45 @@
+//! Packet handlers: one file per kind of packet a client sends.
+//!
+//! The connection task decodes a packet and calls [`dispatch`]; a handler
+//! validates it, updates session and broker state, and encodes its response
+//! into the client's output buffer. Handlers never touch the socket.
+
+pub mod ack;
+pub mod connect;
+pub mod disconnect;
+pub mod publish;
+pub mod subscribe;
+pub mod unsubscribe;
+
+use tern_codec::Packet;
+
+use crate::connection::client::Client;
+use crate::error::ProtocolViolation;
+
+/// What the connection does after a packet was handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    /// The client sent DISCONNECT; publish the will only if it asked to (0x04).
+    Disconnect { publish_will: bool },
+}
+
+/// Hands a decoded packet (after CONNECT) to its handler.
+pub fn dispatch(client: &mut Client, packet: Packet) -> Result<Flow, ProtocolViolation> {
+    match packet {
+        Packet::Publish(p) => publish::handle(client, p),
+        Packet::PubRel(ack) => publish::release(client, ack),
+        Packet::PubAck(ack) => ack::puback(client, ack),
+        Packet::PubRec(ack) => ack::pubrec(client, ack),
+        Packet::PubComp(ack) => ack::pubcomp(client, ack),
+        Packet::Subscribe(s) => subscribe::handle(client, s),
+        Packet::Unsubscribe(u) => unsubscribe::handle(client, u),
+        Packet::PingReq => {
+            client.send(&Packet::PingResp);
+            Ok(Flow::Continue)
+        }
+        Packet::Disconnect(d) => disconnect::handle(client, d),
+        Packet::Connect(_) => Err(ProtocolViolation::SecondConnect),
+        other => Err(ProtocolViolation::UnexpectedPacket(other.name())),
+    }
+}

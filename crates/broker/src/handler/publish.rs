@@ -1,0 +1,110 @@
+//! PUBLISH from a client (and its PUBREL): the inbound half of QoS 0/1/2.
+//!
+//! Validates the topic (resolving an MQTT 5 topic alias), applies QoS rules,
+//! routes the message through [`crate::router::publish`], and acknowledges:
+//! PUBACK for QoS 1; PUBREC for QoS 2, remembering the packet id until PUBREL
+//! so a re-sent PUBLISH is not routed twice [MQTT-4.3.3-10].
+
+use std::time::Instant;
+
+use tern_codec::{Packet, ProtocolVersion, PubAck, Publish, QoS, ReasonCode, topic::is_valid_topic_name};
+
+use super::Flow;
+use crate::connection::client::Client;
+use crate::error::ProtocolViolation;
+use crate::message::Message;
+use crate::metrics::Metrics;
+use crate::router;
+
+/// Handles a PUBLISH from the client.
+pub fn handle(client: &mut Client, mut publish: Publish) -> Result<Flow, ProtocolViolation> {
+    Metrics::add(&client.state.metrics.publish_received, 1);
+    resolve_topic_alias(client, &mut publish)?;
+    if !is_valid_topic_name(&publish.topic) {
+        return Err(ProtocolViolation::TopicNameInvalid);
+    }
+    if publish.qos > client.state.maximum_qos() {
+        return Err(ProtocolViolation::QoSNotSupported);
+    }
+    if publish.retain && !client.state.config.retain_available {
+        return Err(ProtocolViolation::RetainNotSupported);
+    }
+    let qos = publish.qos;
+    let packet_id = publish.packet_id;
+    match (qos, packet_id) {
+        (QoS::AtMostOnce, _) => {
+            route(client, publish);
+        }
+        (QoS::AtLeastOnce, Some(id)) => {
+            let matched = route(client, publish);
+            let reason = matched_reason(client, matched);
+            client.send(&Packet::PubAck(PubAck { reason, ..PubAck::new(id) }));
+        }
+        (QoS::ExactlyOnce, Some(id)) => {
+            let first_time = {
+                let mut st = client.session.lock();
+                if st.inbound_qos2.contains(&id.get()) {
+                    false
+                } else if st.inbound_qos2.len() >= usize::from(client.state.config.receive_maximum) {
+                    return Err(ProtocolViolation::ReceiveMaximumExceeded);
+                } else {
+                    st.inbound_qos2.insert(id.get());
+                    true
+                }
+            };
+            let reason = if first_time {
+                let matched = route(client, publish);
+                matched_reason(client, matched)
+            } else {
+                ReasonCode::Success
+            };
+            client.send(&Packet::PubRec(PubAck { reason, ..PubAck::new(id) }));
+        }
+        // The decoder guarantees a packet id for QoS > 0.
+        _ => return Err(ProtocolViolation::Decode(tern_codec::DecodeError::ZeroPacketId)),
+    }
+    Ok(Flow::Continue)
+}
+
+/// Handles PUBREL: the client releases a QoS 2 packet id [MQTT-4.3.3-11].
+pub fn release(client: &mut Client, ack: PubAck) -> Result<Flow, ProtocolViolation> {
+    let known = client.session.lock().inbound_qos2.remove(&ack.packet_id.get());
+    let reason = if known { ReasonCode::Success } else { ReasonCode::PacketIdentifierNotFound };
+    client.send(&Packet::PubComp(PubAck { reason, ..PubAck::new(ack.packet_id) }));
+    Ok(Flow::Continue)
+}
+
+fn route(client: &Client, publish: Publish) -> usize {
+    let message = Message::from_publish(publish, client.client_id.clone(), Instant::now());
+    router::publish(&client.state, message)
+}
+
+/// MQTT 5 tells the publisher when nobody was subscribed (0x10).
+fn matched_reason(client: &Client, matched: usize) -> ReasonCode {
+    if matched == 0 && client.version == ProtocolVersion::V5 {
+        ReasonCode::NoMatchingSubscribers
+    } else {
+        ReasonCode::Success
+    }
+}
+
+/// Applies an MQTT 5 Topic Alias: a non-empty topic (re)defines it, an empty
+/// topic uses it [MQTT-3.3.2-12].
+fn resolve_topic_alias(client: &mut Client, publish: &mut Publish) -> Result<(), ProtocolViolation> {
+    let Some(alias) = publish.properties.topic_alias.take() else {
+        return Ok(());
+    };
+    if alias == 0 || alias > client.state.config.topic_alias_maximum {
+        return Err(ProtocolViolation::TopicAliasInvalid);
+    }
+    if publish.topic.is_empty() {
+        publish.topic = client
+            .inbound_aliases
+            .get(&alias)
+            .cloned()
+            .ok_or(ProtocolViolation::TopicAliasUnknown)?;
+    } else {
+        client.inbound_aliases.insert(alias, publish.topic.clone());
+    }
+    Ok(())
+}

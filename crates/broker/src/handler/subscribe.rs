@@ -1,0 +1,90 @@
+//! SUBSCRIBE: add each filter to the subscription tree and the session,
+//! answer SUBACK, then queue the matching retained messages.
+
+use std::sync::Arc;
+
+use tern_codec::{
+    AckProperties, Packet, QoS, ReasonCode, RetainHandling, SubAck, Subscribe, SubscribeFilter,
+    topic::is_valid_topic_filter,
+};
+
+use super::Flow;
+use crate::connection::client::Client;
+use crate::error::ProtocolViolation;
+use crate::message::Message;
+use crate::router;
+use crate::session::SessionSubscription;
+use crate::state::Subscriber;
+
+/// Retained messages owed to one new subscription.
+struct RetainedBatch {
+    messages: Vec<Arc<Message>>,
+    granted: QoS,
+}
+
+/// Handles a SUBSCRIBE with one or more filters [MQTT-3.8.4-1].
+pub fn handle(client: &mut Client, subscribe: Subscribe) -> Result<Flow, ProtocolViolation> {
+    let subscription_id = subscribe.properties.subscription_identifier;
+    let mut reasons = Vec::with_capacity(subscribe.filters.len());
+    let mut retained = Vec::new();
+    for filter in &subscribe.filters {
+        reasons.push(subscribe_one(client, filter, subscription_id, &mut retained)?);
+    }
+    client.send(&Packet::SubAck(SubAck {
+        packet_id: subscribe.packet_id,
+        reasons,
+        properties: AckProperties::default(),
+    }));
+    for batch in retained {
+        router::deliver_retained(&client.session, batch.messages, batch.granted, subscription_id);
+    }
+    Ok(Flow::Continue)
+}
+
+/// Adds one subscription; returns its SUBACK reason code.
+fn subscribe_one(
+    client: &mut Client,
+    request: &SubscribeFilter,
+    subscription_id: Option<u32>,
+    retained: &mut Vec<RetainedBatch>,
+) -> Result<ReasonCode, ProtocolViolation> {
+    let Some((group, filter)) =
+        router::split_shared(&request.filter).filter(|(_, f)| is_valid_topic_filter(f))
+    else {
+        return Ok(ReasonCode::TopicFilterInvalid);
+    };
+    if group.is_some() && request.options.no_local {
+        return Err(ProtocolViolation::SharedNoLocal);
+    }
+    let granted = request.options.qos.min(client.state.maximum_qos());
+    let options = tern_codec::SubscriptionOptions { qos: granted, ..request.options };
+    let subscriber = Subscriber { session: client.session.clone(), options, subscription_id };
+    let existed = client
+        .state
+        .tree_mut()
+        .insert(filter, group, &client.client_id, subscriber)
+        .is_some();
+    client
+        .session
+        .lock()
+        .subscriptions
+        .insert(request.filter.clone(), SessionSubscription { options, subscription_id });
+    // Shared subscriptions get no retained messages [MQTT-4.8.2-?].
+    let send_retained = group.is_none()
+        && match options.retain_handling {
+            RetainHandling::SendAtSubscribe => true,
+            RetainHandling::SendAtSubscribeIfNew => !existed,
+            RetainHandling::DoNotSend => false,
+        };
+    if send_retained {
+        let messages = router::retained_matching(&client.state, filter);
+        if !messages.is_empty() {
+            retained.push(RetainedBatch { messages, granted });
+        }
+    }
+    Ok(match granted {
+        QoS::AtMostOnce => ReasonCode::Success,
+        QoS::AtLeastOnce => ReasonCode::GrantedQoS1,
+        QoS::ExactlyOnce => ReasonCode::GrantedQoS2,
+    })
+}

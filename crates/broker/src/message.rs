@@ -1,0 +1,105 @@
+//! An application message as routed: one `Arc<Message>` per PUBLISH, shared by
+//! every subscriber's queue, the retained store and a pending will.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use tern_codec::{ByteStr, LastWill, Publish, PublishProperties, QoS};
+
+/// A published message, independent of who receives it.
+#[derive(Debug)]
+pub struct Message {
+    pub topic: ByteStr,
+    /// Shared with every subscriber: never copied per delivery.
+    pub payload: Bytes,
+    pub qos: QoS,
+    /// The RETAIN flag as published (forwarded when Retain As Published).
+    pub retain: bool,
+    /// Properties to forward unchanged [MQTT-3.3.2-17..20]. Topic alias and
+    /// subscription identifiers are per connection and never stored here.
+    pub properties: PublishProperties,
+    /// When the Message Expiry Interval runs out, if one was set.
+    pub expires_at: Option<Instant>,
+    /// Client id of the publisher, for No Local; `None` for broker messages.
+    pub origin: Option<ByteStr>,
+}
+
+impl Message {
+    /// Builds the routed message from a client's PUBLISH (alias already resolved).
+    pub fn from_publish(publish: Publish, origin: ByteStr, now: Instant) -> Arc<Message> {
+        let mut properties = publish.properties;
+        properties.topic_alias = None;
+        properties.subscription_identifiers.clear();
+        let expires_at = expiry_deadline(properties.message_expiry_interval, now);
+        Arc::new(Message {
+            topic: publish.topic,
+            payload: publish.payload,
+            qos: publish.qos,
+            retain: publish.retain,
+            properties,
+            expires_at,
+            origin: Some(origin),
+        })
+    }
+
+    /// Builds the message a will turns into when it is published.
+    pub fn from_will(will: LastWill, origin: ByteStr, now: Instant) -> Arc<Message> {
+        let p = will.properties;
+        let properties = PublishProperties {
+            payload_format_indicator: p.payload_format_indicator,
+            message_expiry_interval: p.message_expiry_interval,
+            response_topic: p.response_topic,
+            correlation_data: p.correlation_data,
+            user_properties: p.user_properties,
+            content_type: p.content_type,
+            ..PublishProperties::default()
+        };
+        let expires_at = expiry_deadline(properties.message_expiry_interval, now);
+        Arc::new(Message {
+            topic: will.topic,
+            payload: will.payload,
+            qos: will.qos,
+            retain: will.retain,
+            properties,
+            expires_at,
+            origin: Some(origin),
+        })
+    }
+
+    /// A message the broker itself publishes (`$SYS`), retained, QoS 0.
+    pub fn broker_retained(topic: String, payload: String) -> Arc<Message> {
+        Arc::new(Message {
+            topic: topic.into(),
+            payload: Bytes::from(payload),
+            qos: QoS::AtMostOnce,
+            retain: true,
+            properties: PublishProperties::default(),
+            expires_at: None,
+            origin: None,
+        })
+    }
+
+    /// Seconds of life left to forward as Message Expiry Interval: `Some(None)`
+    /// if the message never expires, `None` if it has expired and must not be
+    /// sent [MQTT-3.3.2-5], [MQTT-3.3.2-6].
+    pub fn remaining_expiry(&self, now: Instant) -> Option<Option<u32>> {
+        match self.expires_at {
+            None => Some(None),
+            Some(at) if at <= now => None,
+            Some(at) => {
+                let secs = (at - now).as_secs_f64().ceil();
+                Some(Some(secs.min(u32::MAX as f64) as u32))
+            }
+        }
+    }
+
+    /// Payload bytes this message holds, for queue byte limits.
+    pub fn size(&self) -> usize {
+        self.payload.len() + self.topic.len()
+    }
+}
+
+fn expiry_deadline(interval_secs: Option<u32>, now: Instant) -> Option<Instant> {
+    interval_secs.map(|s| now + std::time::Duration::from_secs(u64::from(s)))
+}

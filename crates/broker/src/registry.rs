@@ -1,0 +1,234 @@
+//! Session lifecycle: which connection owns which session, and when a session ends.
+//!
+//! - [`attach`] runs after a valid CONNECT: it finds or creates the session,
+//!   takes it over from a connection still holding it (that connection gets
+//!   DISCONNECT 0x8E and is waited for), and applies Clean Start.
+//! - [`detach`] runs when a connection ends: it publishes or schedules the
+//!   will, and either ends the session (expiry 0) or starts its expiry timer.
+//!
+//! Timers are plain tasks that sleep and then check the session's
+//! `generation`: if the client came back meanwhile, the generation moved on
+//! and the timer does nothing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tern_codec::{ByteStr, ReasonCode};
+use tokio::sync::oneshot;
+
+use crate::message::Message;
+use crate::router;
+use crate::session::{ConnectionLink, Kick, NEVER_EXPIRES, Session};
+use crate::state::BrokerState;
+
+/// How long a new connection waits for the one it takes over to close.
+const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
+
+/// A connection's claim on its session.
+pub struct Attached {
+    pub session: Arc<Session>,
+    /// CONNACK Session Present.
+    pub session_present: bool,
+    /// Fires if another connection takes the session over.
+    pub kicked: oneshot::Receiver<Kick>,
+}
+
+/// Attaches connection `connection_id` to the session of `client_id`.
+pub async fn attach(
+    state: &Arc<BrokerState>,
+    client_id: &ByteStr,
+    clean_start: bool,
+    expiry_secs: u32,
+    connection_id: u64,
+) -> Attached {
+    let (kick, kicked) = oneshot::channel();
+    let (session, existed, previous) = {
+        let mut sessions = state.sessions();
+        let existed = sessions.contains_key(client_id.as_str());
+        let session = sessions
+            .entry(client_id.clone())
+            .or_insert_with(|| Session::new(client_id.clone(), state.queue_limits()))
+            .clone();
+        let mut st = session.lock();
+        let previous = st.connection.replace(ConnectionLink { id: connection_id, kick });
+        st.generation += 1;
+        session.set_online(true);
+        drop(st);
+        (session, existed, previous)
+    };
+    if let Some(previous) = previous {
+        take_over(previous).await;
+    }
+    let ended = {
+        let mut st = session.lock();
+        st.expiry_secs = expiry_secs;
+        st.generation += 1;
+        let will = st.pending_will.take();
+        if clean_start {
+            // The old session ends here, so a will still waiting for its
+            // delay is published now [MQTT-3.1.3-9 note: session end].
+            Some((st.clear(), will))
+        } else {
+            // Resumed before the delay passed: the will is not sent [MQTT-3.1.3-9].
+            None
+        }
+    };
+    let session_present = existed && ended.is_none();
+    if let Some((subscriptions, will)) = ended {
+        remove_subscriptions(state, &session, subscriptions.into_keys());
+        if let Some(will) = will {
+            router::publish(state, will);
+        }
+    }
+    Attached { session, session_present, kicked }
+}
+
+/// Asks the previous connection to close and waits until it has.
+async fn take_over(previous: ConnectionLink) {
+    let (done, closed) = oneshot::channel();
+    let kick = Kick { reason: ReasonCode::SessionTakenOver, done };
+    if previous.kick.send(kick).is_ok() {
+        // The old connection drops `done` once it has detached; an error here
+        // just means it is gone.
+        let _ = tokio::time::timeout(TAKEOVER_WAIT, closed).await;
+    }
+}
+
+/// What a closing connection leaves behind for its session.
+pub struct Departure {
+    pub connection_id: u64,
+    /// The will to publish, if the connection ended without a normal DISCONNECT.
+    pub will: Option<Arc<Message>>,
+    pub will_delay_secs: u32,
+}
+
+/// Detaches a closing connection from its session.
+pub fn detach(state: &Arc<BrokerState>, session: &Arc<Session>, departure: Departure) {
+    let mut sessions = state.sessions();
+    let mut st = session.lock();
+    let still_attached = st.connection.as_ref().map(|c| c.id) == Some(departure.connection_id);
+    let mut will_delay = departure.will_delay_secs;
+    let mut ended = None;
+    let mut expiry_timer = None;
+    // If the session was taken over, the new connection decides its fate and
+    // resolves a pending will when it attaches; only the will is handled here.
+    if still_attached {
+        st.connection = None;
+        st.generation += 1;
+        session.set_online(false);
+        if st.expiry_secs == 0 {
+            // The session ends with the connection [MQTT-3.1.2-23], and with
+            // it any will delay.
+            will_delay = 0;
+            ended = Some(st.clear());
+            if sessions.get(session.client_id.as_str()).is_some_and(|s| Arc::ptr_eq(s, session)) {
+                sessions.remove(session.client_id.as_str());
+            }
+        } else {
+            // The will waits for the lesser of its delay and the expiry.
+            will_delay = will_delay.min(st.expiry_secs);
+            if st.expiry_secs != NEVER_EXPIRES {
+                expiry_timer = Some((st.generation, st.expiry_secs));
+            }
+        }
+    }
+    let will_now = match departure.will {
+        Some(will) if will_delay > 0 => {
+            st.pending_will = Some(will.clone());
+            schedule_will(state, session, will, will_delay);
+            None
+        }
+        will => will,
+    };
+    drop(st);
+    drop(sessions);
+    if let Some(subscriptions) = ended {
+        remove_subscriptions(state, session, subscriptions.into_keys());
+    }
+    if let Some(will) = will_now {
+        router::publish(state, will);
+    }
+    if let Some((generation, expiry_secs)) = expiry_timer {
+        schedule_expiry(state, session, generation, expiry_secs);
+    }
+}
+
+/// Publishes `will` after `delay_secs` unless the session was resumed (which
+/// takes `pending_will`) or ended first (which published it).
+fn schedule_will(state: &Arc<BrokerState>, session: &Arc<Session>, will: Arc<Message>, delay_secs: u32) {
+    let state2 = state.clone();
+    let session = session.clone();
+    let shutdown = state.shutdown.clone();
+    state.tasks.spawn(async move {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(u64::from(delay_secs))) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let due = {
+            let mut st = session.lock();
+            match &st.pending_will {
+                Some(pending) if Arc::ptr_eq(pending, &will) => st.pending_will.take(),
+                _ => None,
+            }
+        };
+        if let Some(will) = due {
+            router::publish(&state2, will);
+        }
+    });
+}
+
+/// Ends the session after `expiry_secs` if it is still in the same detached
+/// period (`generation`).
+fn schedule_expiry(state: &Arc<BrokerState>, session: &Arc<Session>, generation: u64, expiry_secs: u32) {
+    let state2 = state.clone();
+    let session = session.clone();
+    let shutdown = state.shutdown.clone();
+    state.tasks.spawn(async move {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(u64::from(expiry_secs))) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        expire(&state2, &session, generation);
+    });
+}
+
+/// Removes an expired session and publishes a will still waiting on it.
+fn expire(state: &Arc<BrokerState>, session: &Arc<Session>, generation: u64) {
+    let mut sessions = state.sessions();
+    let mut st = session.lock();
+    if st.generation != generation || st.connection.is_some() {
+        return;
+    }
+    let will = st.pending_will.take();
+    let subscriptions = st.clear();
+    drop(st);
+    if sessions.get(session.client_id.as_str()).is_some_and(|s| Arc::ptr_eq(s, session)) {
+        sessions.remove(session.client_id.as_str());
+    }
+    drop(sessions);
+    tracing::debug!(client_id = %session.client_id, "session expired");
+    remove_subscriptions(state, session, subscriptions.into_keys());
+    if let Some(will) = will {
+        router::publish(state, will);
+    }
+}
+
+/// Removes a session's subscriptions from the tree, if they are still its own.
+pub fn remove_subscriptions(
+    state: &BrokerState,
+    session: &Arc<Session>,
+    filters: impl Iterator<Item = ByteStr>,
+) {
+    let mut tree = state.tree_mut();
+    for filter in filters {
+        if let Some((group, inner)) = router::split_shared(&filter) {
+            // Another session object for the same client id may have
+            // subscribed meanwhile; leave its entry alone.
+            if let Some(old) = tree.remove(inner, group, &session.client_id)
+                && !Arc::ptr_eq(&old.session, session)
+            {
+                tree.insert(inner, group, &session.client_id, old);
+            }
+        }
+    }
+}

@@ -1,0 +1,470 @@
+//! The retained-message store: the last retained message of each topic.
+//!
+//! A retained PUBLISH replaces its topic's entry (an empty one removes it), and
+//! every SUBSCRIBE asks for the entries whose topics match each of its filters.
+//! That lookup must not scan every retained topic, so the store is a trie keyed
+//! by topic level, holding at most one value per topic: a literal filter level
+//! looks up one child, `+` visits the children of one node, and `#` visits one
+//! subtree.
+//!
+//! The store owns its values (the broker keeps the message there) and the full
+//! topic of each, so a match hands out the topic without joining levels again.
+//!
+//! A topic can have tens of thousands of levels, chosen by a client, so nothing
+//! here recurses over levels: walks are loops with explicit stacks, and nodes
+//! are dropped iteratively.
+
+use std::collections::HashMap;
+use std::mem;
+use std::ptr;
+
+/// Retained messages, indexed by topic level.
+pub struct RetainedStore<T> {
+    root: Node<T>,
+    len: usize,
+}
+
+impl<T> RetainedStore<T> {
+    /// An empty store.
+    pub fn new() -> Self {
+        RetainedStore {
+            root: Node::default(),
+            len: 0,
+        }
+    }
+
+    /// Stores `value` as the retained message of `topic`, returning the one it
+    /// replaces: a topic keeps only its latest retained message.
+    pub fn insert(&mut self, topic: &str, value: T) -> Option<T> {
+        let previous = match self.root.find_mut(topic) {
+            Some(node) => node.set(topic, value),
+            None => self.root.create(topic).set(topic, value),
+        };
+        if previous.is_none() {
+            self.len += 1;
+        }
+        previous
+    }
+
+    /// Removes the retained message of `topic`, pruning nodes left empty so
+    /// memory does not grow with churn.
+    pub fn remove(&mut self, topic: &str) -> Option<T> {
+        let (_, value) = self.root.find_mut(topic)?.value.take()?;
+        self.len -= 1;
+        self.root.prune(topic);
+        Some(value)
+    }
+
+    /// The retained message of exactly `topic`.
+    pub fn get(&self, topic: &str) -> Option<&T> {
+        let node = topic.split('/').try_fold(&self.root, Node::child)?;
+        node.value.as_ref().map(|(_, value)| value)
+    }
+
+    /// Number of topics with a retained message.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True if no message is retained.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Calls `f` with every stored (topic, value) whose topic matches `filter`,
+    /// walking only matching branches (a literal level looks up one child;
+    /// `+` visits all children of that node; `#` visits the whole subtree
+    /// including the node itself). Topics starting with `$` are not matched by
+    /// a filter starting with a wildcard [MQTT-4.7.2-1].
+    pub fn for_each_match(&self, filter: &str, mut f: impl FnMut(&str, &T)) {
+        let mut pending = vec![(&self.root, Some(filter))];
+        while let Some((node, rest)) = pending.pop() {
+            let Some(rest) = rest else {
+                node.report(&mut f);
+                continue;
+            };
+            let (level, tail) = match rest.split_once('/') {
+                Some((level, tail)) => (level, Some(tail)),
+                None => (rest, None),
+            };
+            let hide_dollar = ptr::eq(node, &self.root);
+            let wildcard_children = node.children_for_wildcard(hide_dollar);
+            match level {
+                "#" => {
+                    node.report(&mut f);
+                    pending.extend(wildcard_children.map(|child| (child, Some("#"))));
+                }
+                "+" => pending.extend(wildcard_children.map(|child| (child, tail))),
+                _ => pending.extend(node.children.get(level).map(|child| (child, tail))),
+            }
+        }
+    }
+
+    /// Keeps only the values for which `keep` returns true (used to drop
+    /// expired messages), pruning empty nodes.
+    pub fn retain(&mut self, mut keep: impl FnMut(&T) -> bool) {
+        let mut dropped = Vec::new();
+        let mut pending = vec![&mut self.root];
+        while let Some(node) = pending.pop() {
+            if let Some((topic, _)) = node.value.take_if(|(_, value)| !keep(value)) {
+                dropped.push(topic);
+            }
+            pending.extend(node.children.values_mut());
+        }
+        self.len -= dropped.len();
+        for topic in &dropped {
+            self.root.prune(topic);
+        }
+    }
+
+    /// Nodes in the trie, the root included; for checking that removal prunes.
+    #[cfg(test)]
+    fn node_count(&self) -> usize {
+        let mut stack = vec![&self.root];
+        let mut count = 0;
+        while let Some(node) = stack.pop() {
+            count += 1;
+            stack.extend(node.children.values());
+        }
+        count
+    }
+}
+
+impl<T> Default for RetainedStore<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// One topic level: the topics that continue below it, and the retained
+/// message of the topic that ends at it.
+struct Node<T> {
+    children: HashMap<Box<str>, Node<T>>,
+    /// The full topic beside its value, so matches need not rebuild it.
+    value: Option<(Box<str>, T)>,
+}
+
+impl<T> Default for Node<T> {
+    fn default() -> Self {
+        Node {
+            children: HashMap::new(),
+            value: None,
+        }
+    }
+}
+
+impl<T> Node<T> {
+    fn child(&self, level: &str) -> Option<&Node<T>> {
+        self.children.get(level)
+    }
+
+    fn child_mut(&mut self, level: &str) -> Option<&mut Node<T>> {
+        self.children.get_mut(level)
+    }
+
+    fn child_or_insert(&mut self, level: &str) -> &mut Node<T> {
+        self.children.entry(level.into()).or_default()
+    }
+
+    fn find_mut(&mut self, topic: &str) -> Option<&mut Node<T>> {
+        topic.split('/').try_fold(self, Node::child_mut)
+    }
+
+    /// Creates the path to `topic`; only called when some of it is missing, so
+    /// replacing a retained message allocates nothing for the path.
+    fn create(&mut self, topic: &str) -> &mut Node<T> {
+        topic.split('/').fold(self, Node::child_or_insert)
+    }
+
+    /// Sets the value of the topic ending here, returning the previous one.
+    fn set(&mut self, topic: &str, value: T) -> Option<T> {
+        match &mut self.value {
+            Some((_, old)) => Some(mem::replace(old, value)),
+            None => {
+                self.value = Some((topic.into(), value));
+                None
+            }
+        }
+    }
+
+    fn report(&self, f: &mut impl FnMut(&str, &T)) {
+        if let Some((topic, value)) = &self.value {
+            f(topic, value);
+        }
+    }
+
+    /// The children a `+` or `#` level visits: all of them, except those
+    /// starting with `$` when `hide_dollar` (at the first level).
+    fn children_for_wildcard(&self, hide_dollar: bool) -> impl Iterator<Item = &Node<T>> {
+        self.children
+            .iter()
+            .filter(move |(level, _)| !(hide_dollar && level.starts_with('$')))
+            .map(|(_, child)| child)
+    }
+
+    /// Detaches the deepest run of nodes along `topic` that hold nothing but
+    /// the next node of the run, so removing a value leaves no empty nodes.
+    fn prune(&mut self, topic: &str) {
+        let Some(cut) = self.bare_from(topic) else {
+            return;
+        };
+        let mut levels = topic.split('/');
+        let parent = levels.by_ref().take(cut).try_fold(self, Node::child_mut);
+        if let (Some(parent), Some(level)) = (parent, levels.next()) {
+            parent.children.remove(level);
+        }
+    }
+
+    /// The depth (0 for a child of `self`) of the shallowest node on `topic`
+    /// from which every node down to the end of `topic` is empty but for the
+    /// next one, if the last node is empty.
+    fn bare_from(&self, topic: &str) -> Option<usize> {
+        let mut node = self;
+        let mut cut = None;
+        for (depth, level) in topic.split('/').enumerate() {
+            node = node.child(level)?;
+            let bare = node.value.is_none() && node.children.len() <= 1;
+            cut = if bare { cut.or(Some(depth)) } else { None };
+        }
+        if node.children.is_empty() { cut } else { None }
+    }
+}
+
+/// Drops the subtree with a loop: the default drop would recurse once per
+/// level, and a client can make a branch deep enough to overflow the stack.
+impl<T> Drop for Node<T> {
+    fn drop(&mut self) {
+        let mut orphans: Vec<Node<T>> = self.children.drain().map(|(_, child)| child).collect();
+        while let Some(mut node) = orphans.pop() {
+            orphans.extend(node.children.drain().map(|(_, child)| child));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use tern_codec::topic::filter_matches;
+
+    use super::*;
+
+    /// The (topic, value) pairs matching `filter`, sorted.
+    fn matches(store: &RetainedStore<u32>, filter: &str) -> Vec<(String, u32)> {
+        let mut found = Vec::new();
+        store.for_each_match(filter, |topic, value| {
+            found.push((topic.to_string(), *value))
+        });
+        found.sort();
+        found
+    }
+
+    fn topics(store: &RetainedStore<u32>, filter: &str) -> Vec<String> {
+        matches(store, filter).into_iter().map(|(t, _)| t).collect()
+    }
+
+    fn store_of(topics: &[&str]) -> RetainedStore<u32> {
+        let mut store = RetainedStore::new();
+        for (value, topic) in (0..).zip(topics) {
+            assert_eq!(store.insert(topic, value), None);
+        }
+        store
+    }
+
+    #[test]
+    fn insert_get_replace_remove() {
+        let mut store = RetainedStore::new();
+        assert_eq!(store.insert("a/b", 1), None);
+        assert_eq!(store.insert("a", 2), None);
+        assert_eq!(store.get("a/b"), Some(&1));
+        assert_eq!(store.get("a"), Some(&2));
+        assert_eq!(store.get("a/b/c"), None);
+        assert_eq!(store.get("b"), None);
+        assert_eq!(store.insert("a/b", 3), Some(1));
+        assert_eq!(store.get("a/b"), Some(&3));
+        assert_eq!(store.len(), 2);
+        assert_eq!(store.remove("a/b"), Some(3));
+        assert_eq!(store.remove("a/b"), None);
+        assert_eq!(store.remove("x"), None);
+        assert_eq!(store.get("a"), Some(&2));
+        assert_eq!(store.len(), 1);
+    }
+
+    #[test]
+    fn exact_filter() {
+        let store = store_of(&["a/b", "a", "a/b/c", "a/c"]);
+        assert_eq!(matches(&store, "a/b"), [("a/b".to_string(), 0)]);
+        assert_eq!(topics(&store, "a"), ["a"]);
+        assert!(topics(&store, "b").is_empty());
+        assert!(topics(&store, "a/b/c/d").is_empty());
+    }
+
+    #[test]
+    fn plus_matches_one_level() {
+        let store = store_of(&["a", "a/b", "a/c", "x/b", "a/b/c"]);
+        assert_eq!(topics(&store, "+"), ["a"]);
+        assert_eq!(topics(&store, "a/+"), ["a/b", "a/c"]);
+        assert_eq!(topics(&store, "+/b"), ["a/b", "x/b"]);
+        assert_eq!(topics(&store, "+/+/+"), ["a/b/c"]);
+    }
+
+    #[test]
+    fn hash_matches_parent_and_children() {
+        let store = store_of(&["a", "a/b", "a/b/c/d", "ab", "b/a"]);
+        assert_eq!(topics(&store, "a/#"), ["a", "a/b", "a/b/c/d"]);
+        assert_eq!(topics(&store, "#"), ["a", "a/b", "a/b/c/d", "ab", "b/a"]);
+        assert_eq!(topics(&store, "+/#"), ["a", "a/b", "a/b/c/d", "ab", "b/a"]);
+        assert_eq!(topics(&store, "a/b/#"), ["a/b", "a/b/c/d"]);
+        assert_eq!(topics(&store, "+/a/#"), ["b/a"]);
+    }
+
+    #[test]
+    fn empty_levels() {
+        let store = store_of(&["a//b", "/a", "/", "a/b"]);
+        assert_eq!(topics(&store, "a//b"), ["a//b"]);
+        assert_eq!(topics(&store, "a/+/b"), ["a//b"]);
+        assert_eq!(topics(&store, "+/+"), ["/", "/a", "a/b"]);
+        assert_eq!(topics(&store, "/#"), ["/", "/a"]);
+        assert_eq!(topics(&store, "/"), ["/"]);
+    }
+
+    #[test]
+    fn dollar_topics_skip_leading_wildcards() {
+        let store = store_of(&["$SYS/x", "$SYS", "a/x", "a$/x"]);
+        assert_eq!(topics(&store, "#"), ["a$/x", "a/x"]);
+        assert_eq!(topics(&store, "+/x"), ["a$/x", "a/x"]);
+        assert_eq!(topics(&store, "$SYS/#"), ["$SYS", "$SYS/x"]);
+        assert_eq!(topics(&store, "$SYS/+"), ["$SYS/x"]);
+    }
+
+    #[test]
+    fn remove_prunes() {
+        let mut store = store_of(&["a/b/c/d", "a/b", "a/x"]);
+        let before = store.node_count();
+        store.insert("a/b/e/f", 9);
+        assert_eq!(store.node_count(), before + 2);
+        assert_eq!(store.remove("a/b/e/f"), Some(9));
+        assert_eq!(store.node_count(), before);
+        assert_eq!(store.remove("a/b/c/d"), Some(0));
+        // root, a, b, x
+        assert_eq!(store.node_count(), 4);
+        assert_eq!(store.remove("a/b"), Some(1));
+        assert_eq!(store.remove("a/x"), Some(2));
+        assert!(store.is_empty());
+        assert_eq!(store.node_count(), 1);
+    }
+
+    #[test]
+    fn retain_drops_and_prunes() {
+        let mut store = store_of(&["a/b/c", "a/b", "a", "x/y/z", "x//"]);
+        store.retain(|value| value % 2 == 0);
+        assert_eq!(store.len(), 3);
+        assert_eq!(topics(&store, "#"), ["a", "a/b/c", "x//"]);
+        // root, a, b, c, x, "", ""
+        assert_eq!(store.node_count(), 7);
+        store.retain(|_| false);
+        assert!(store.is_empty());
+        assert_eq!(store.node_count(), 1);
+    }
+
+    #[test]
+    fn len_counts_topics() {
+        let mut store = RetainedStore::default();
+        assert!(store.is_empty());
+        store.insert("a", 1);
+        store.insert("a", 2);
+        store.insert("a/b", 3);
+        assert_eq!(store.len(), 2);
+        assert!(!store.is_empty());
+    }
+
+    #[test]
+    fn deep_topics_do_not_overflow_the_stack() {
+        let run = || {
+            let deep = "/".repeat(60_000);
+            let mut store = RetainedStore::new();
+            store.insert(&deep, 1);
+            store.insert(&format!("{deep}x"), 2);
+            assert_eq!(store.get(&deep), Some(&1));
+            assert_eq!(topics(&store, "#").len(), 2);
+            assert_eq!(topics(&store, &deep.replace('/', "+/")), [deep.as_str()]);
+            store.retain(|value| *value == 2);
+            assert_eq!(store.remove(&deep), None);
+            store.insert("x", 3);
+            // Dropped with a deep branch left in it.
+        };
+        let thread = std::thread::Builder::new().stack_size(128 * 1024);
+        let handle = thread.spawn(run).expect("spawn a thread");
+        assert!(handle.join().is_ok());
+    }
+
+    /// A small deterministic generator (SplitMix64), so failures reproduce.
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, n: usize) -> usize {
+            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            ((z ^ (z >> 31)) % n as u64) as usize
+        }
+
+        fn pick<'s>(&mut self, from: &[&'s str]) -> &'s str {
+            from[self.below(from.len())]
+        }
+
+        fn topic(&mut self) -> String {
+            let levels: Vec<&str> = (0..=self.below(4))
+                .map(|_| self.pick(&["a", "b", "$x", ""]))
+                .collect();
+            levels.join("/")
+        }
+
+        fn filter(&mut self) -> String {
+            let mut levels: Vec<&str> = (0..=self.below(4))
+                .map(|_| self.pick(&["a", "b", "$x", "", "+", "+"]))
+                .collect();
+            if let Some(last) = levels.last_mut().filter(|_| self.below(3) == 0) {
+                *last = "#";
+            }
+            levels.join("/")
+        }
+    }
+
+    #[test]
+    fn agrees_with_filter_matches() {
+        let mut rng = Rng(11);
+        let mut store = RetainedStore::new();
+        let mut model = BTreeMap::new();
+        for round in 0..40u32 {
+            for _ in 0..20 {
+                let topic = rng.topic();
+                assert_eq!(store.insert(&topic, round), model.insert(topic, round));
+            }
+            for _ in 0..5 {
+                let topic = rng.topic();
+                assert_eq!(store.remove(&topic), model.remove(&topic));
+            }
+            let cutoff = round.saturating_sub(5);
+            store.retain(|value| *value >= cutoff);
+            model.retain(|_, value| *value >= cutoff);
+            assert_eq!(store.len(), model.len());
+            for _ in 0..50 {
+                let filter = rng.filter();
+                let want: Vec<(String, u32)> = model
+                    .iter()
+                    .filter(|(topic, _)| filter_matches(&filter, topic))
+                    .map(|(topic, value)| (topic.clone(), *value))
+                    .collect();
+                let mut found = Vec::new();
+                store.for_each_match(&filter, |t, v| found.push((t.to_string(), *v)));
+                found.sort();
+                assert_eq!(found, want, "round {round}, filter {filter:?}");
+            }
+        }
+        store.retain(|_| false);
+        assert!(store.is_empty());
+        assert_eq!(store.node_count(), 1);
+    }
+}

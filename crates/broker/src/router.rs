@@ -1,0 +1,188 @@
+//! Routing: from one published message to every matching session's queue.
+//!
+//! [`publish`] is the single entry for every message the broker accepts — from
+//! a client's PUBLISH, a will, or `$SYS` — so retained handling and delivery
+//! rules are applied in one place. Matching walks the subscription tree (never
+//! every subscription) under its read lock, collects the targets, releases the
+//! lock, then pushes one `Delivery` per session holding the shared
+//! `Arc<Message>`: the payload is never copied per subscriber.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tern_codec::{QoS, SubscriptionOptions};
+
+use crate::message::Message;
+use crate::metrics::Metrics;
+use crate::session::{Delivery, Session};
+use crate::state::{BrokerState, Subscriber};
+use crate::topic_tree::Matched;
+
+/// Splits `$share/group/filter` into `(Some(group), filter)`; any other
+/// filter into `(None, filter)`. `None` if a share filter is malformed: the
+/// group name must be non-empty without wildcards, and a filter must follow
+/// [MQTT-4.8.2-1], [MQTT-4.8.2-2].
+pub fn split_shared(filter: &str) -> Option<(Option<&str>, &str)> {
+    let Some(rest) = filter.strip_prefix("$share/") else {
+        return Some((None, filter));
+    };
+    let (group, inner) = rest.split_once('/')?;
+    if group.is_empty() || group.contains(['+', '#']) || inner.is_empty() {
+        return None;
+    }
+    Some((Some(group), inner))
+}
+
+/// One session that gets the message, with the options that decide how.
+struct Target {
+    session: Arc<Session>,
+    options: SubscriptionOptions,
+    subscription_ids: Vec<u32>,
+    /// Shared-subscription deliveries are never merged with others.
+    shared: bool,
+}
+
+/// Stores (if retained) and routes a message. Returns how many sessions it
+/// was queued for.
+pub fn publish(state: &BrokerState, message: Arc<Message>) -> usize {
+    if message.retain && state.config.retain_available {
+        let mut retained = state.retained_mut();
+        if message.payload.is_empty() {
+            // An empty retained payload clears the topic [MQTT-3.3.1-10].
+            retained.remove(&message.topic);
+        } else {
+            retained.insert(&message.topic, message.clone());
+        }
+    }
+    route(state, &message)
+}
+
+/// Queues `message` for every matching subscription.
+fn route(state: &BrokerState, message: &Arc<Message>) -> usize {
+    let targets = merge_overlapping(matching_targets(state, message));
+    let mut queued = 0;
+    for target in targets {
+        let delivery = Delivery {
+            message: message.clone(),
+            qos: message.qos.min(target.options.qos),
+            // Retain As Published, else the flag is cleared for live
+            // deliveries [MQTT-3.3.1-12], [MQTT-3.3.1-13].
+            retain: message.retain && target.options.retain_as_published,
+            subscription_ids: target.subscription_ids,
+        };
+        if target.session.deliver(delivery) {
+            queued += 1;
+        } else {
+            Metrics::add(&state.metrics.publish_dropped, 1);
+        }
+    }
+    queued
+}
+
+/// Walks the tree under its read lock and returns who should get `message`.
+fn matching_targets(state: &BrokerState, message: &Message) -> Vec<Target> {
+    let mut targets = Vec::new();
+    let tree = state.tree();
+    tree.for_each_match(&message.topic, |m| match m {
+        Matched::Subscriber { client_id, value } => {
+            // No Local: not back to the publisher [MQTT-3.8.3-3].
+            if value.options.no_local && message.origin.as_ref() == Some(client_id) {
+                return;
+            }
+            targets.push(target(value, false));
+        }
+        Matched::Shared(group) => {
+            let members = group.members();
+            if members.is_empty() {
+                return;
+            }
+            // Round robin, skipping members that are offline when any is online.
+            let start = group.next_start();
+            let online = (0..members.len())
+                .map(|i| &members[(start + i) % members.len()].1)
+                .find(|s| s.session.is_online());
+            let chosen = online.unwrap_or(&members[start % members.len()].1);
+            targets.push(target(chosen, true));
+        }
+    });
+    targets
+}
+
+fn target(subscriber: &Subscriber, shared: bool) -> Target {
+    Target {
+        session: subscriber.session.clone(),
+        options: subscriber.options,
+        subscription_ids: subscriber.subscription_id.into_iter().collect(),
+        shared,
+    }
+}
+
+/// A client with several matching subscriptions gets one copy at the highest
+/// granted QoS carrying every subscription identifier [MQTT-3.3.4-3],
+/// [MQTT-3.3.4-5]. Retain As Published applies if any matching subscription
+/// asks for it.
+fn merge_overlapping(mut targets: Vec<Target>) -> Vec<Target> {
+    if targets.len() < 2 {
+        return targets;
+    }
+    targets.sort_by_key(|t| (t.shared, Arc::as_ptr(&t.session)));
+    let mut merged: Vec<Target> = Vec::with_capacity(targets.len());
+    for t in targets {
+        match merged.last_mut() {
+            Some(last) if !t.shared && !last.shared && Arc::ptr_eq(&last.session, &t.session) => {
+                last.options.qos = last.options.qos.max(t.options.qos);
+                last.options.retain_as_published |= t.options.retain_as_published;
+                last.subscription_ids.extend(t.subscription_ids);
+            }
+            _ => merged.push(t),
+        }
+    }
+    merged
+}
+
+/// Retained messages matching `filter` that have not expired, for delivery
+/// after a SUBSCRIBE.
+pub fn retained_matching(state: &BrokerState, filter: &str) -> Vec<Arc<Message>> {
+    let now = Instant::now();
+    let mut found = Vec::new();
+    state.retained().for_each_match(filter, |_, m| {
+        if m.remaining_expiry(now).is_some() {
+            found.push(m.clone());
+        }
+    });
+    found
+}
+
+/// Queues retained messages to a session that just subscribed. They are sent
+/// with RETAIN set [MQTT-3.3.1-9] at the lower of their QoS and the granted one.
+pub fn deliver_retained(
+    session: &Session,
+    messages: Vec<Arc<Message>>,
+    granted: QoS,
+    subscription_id: Option<u32>,
+) {
+    for message in messages {
+        let qos = message.qos.min(granted);
+        session.deliver(Delivery {
+            message,
+            qos,
+            retain: true,
+            subscription_ids: subscription_id.into_iter().collect(),
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_filters_split() {
+        assert_eq!(split_shared("a/b"), Some((None, "a/b")));
+        assert_eq!(split_shared("$share/g/a/#"), Some((Some("g"), "a/#")));
+        assert_eq!(split_shared("$share/g/"), None);
+        assert_eq!(split_shared("$share//a"), None);
+        assert_eq!(split_shared("$share/g+/a"), None);
+        assert_eq!(split_shared("$share/g"), None);
+    }
+}

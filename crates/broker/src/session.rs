@@ -1,0 +1,305 @@
+//! Session state: everything about a client that outlives its connection.
+//!
+//! A session holds the client's subscriptions, the messages queued for it, the
+//! QoS 1/2 messages sent but not yet acknowledged (in send order, for re-sending
+//! on resume), the QoS 2 packet ids it sent us that await PUBREL, and the will
+//! waiting out its delay. The state is plain data behind one mutex so that it
+//! can later be persisted as it is.
+//!
+//! Publishers' connection tasks push deliveries in with [`Session::deliver`];
+//! the one attached connection task drains them (see `connection::outbound`).
+//! The mutex is a std one: it is held only for queue operations, never across
+//! an `.await` or I/O.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::num::NonZeroU16;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tern_codec::{ByteStr, QoS, ReasonCode, SubscriptionOptions};
+use tokio::sync::{Notify, oneshot};
+
+use crate::message::Message;
+
+/// Session Expiry Interval meaning "never expires" [MQTT-3.1.2-23 note].
+pub const NEVER_EXPIRES: u32 = u32::MAX;
+
+/// A client's session. Shared (`Arc`) by the registry, the subscription tree
+/// and the attached connection.
+#[derive(Debug)]
+pub struct Session {
+    pub client_id: ByteStr,
+    state: Mutex<SessionState>,
+    /// Wakes the attached connection when a delivery was queued.
+    pub notify: Notify,
+    /// Whether a connection is attached; read without the lock by shared
+    /// subscription routing to prefer online members.
+    online: AtomicBool,
+}
+
+/// Queue bounds, from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueLimits {
+    pub max_messages: usize,
+    /// 0 = no byte limit.
+    pub max_bytes: usize,
+    pub queue_qos0_offline: bool,
+}
+
+/// One message on its way to this session, with the per-subscription choices
+/// already made (effective QoS, retain flag, subscription identifiers).
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub message: Arc<Message>,
+    pub qos: QoS,
+    pub retain: bool,
+    pub subscription_ids: Vec<u32>,
+}
+
+/// Where an outbound QoS 1/2 message is in its acknowledgement flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InflightState {
+    /// QoS 1, PUBLISH sent.
+    AwaitingPubAck,
+    /// QoS 2, PUBLISH sent.
+    AwaitingPubRec,
+    /// QoS 2, PUBREC received and PUBREL sent.
+    AwaitingPubComp,
+}
+
+/// An outbound message sent but not fully acknowledged.
+#[derive(Debug, Clone)]
+pub struct Inflight {
+    pub packet_id: NonZeroU16,
+    pub state: InflightState,
+    pub delivery: Delivery,
+}
+
+/// A subscription as the session remembers it (the tree holds the same).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionSubscription {
+    pub options: SubscriptionOptions,
+    pub subscription_id: Option<u32>,
+}
+
+/// Asks an attached connection to close: session takeover or administrative.
+/// The connection drops `done` once it has finished closing, so the one
+/// taking over knows the old connection no longer touches the session.
+#[derive(Debug)]
+pub struct Kick {
+    pub reason: ReasonCode,
+    pub done: oneshot::Sender<()>,
+}
+
+/// The connection currently attached to a session.
+#[derive(Debug)]
+pub struct ConnectionLink {
+    pub id: u64,
+    pub kick: oneshot::Sender<Kick>,
+}
+
+/// The mutable part of a session.
+#[derive(Debug)]
+pub struct SessionState {
+    /// Keyed by the filter exactly as subscribed (including `$share/g/`).
+    pub subscriptions: HashMap<ByteStr, SessionSubscription>,
+    /// Deliveries not yet sent, in order.
+    pending: VecDeque<Delivery>,
+    pending_bytes: usize,
+    /// Sent, awaiting acknowledgement, in send order.
+    pub inflight: VecDeque<Inflight>,
+    /// QoS 2 packet ids received from the client, awaiting its PUBREL.
+    pub inbound_qos2: HashSet<u16>,
+    last_packet_id: u16,
+    pub connection: Option<ConnectionLink>,
+    /// Seconds the session outlives its connection; [`NEVER_EXPIRES`] for ever.
+    pub expiry_secs: u32,
+    /// Bumped on every attach and detach, so timers started for one detached
+    /// period (expiry, will delay) can tell that it has ended.
+    pub generation: u64,
+    /// A will waiting out its Will Delay Interval.
+    pub pending_will: Option<Arc<Message>>,
+    /// Deliveries dropped because the queue was full.
+    pub dropped: u64,
+    limits: QueueLimits,
+}
+
+impl Session {
+    /// A new, empty session.
+    pub fn new(client_id: ByteStr, limits: QueueLimits) -> Arc<Session> {
+        Arc::new(Session {
+            client_id,
+            state: Mutex::new(SessionState {
+                subscriptions: HashMap::new(),
+                pending: VecDeque::new(),
+                pending_bytes: 0,
+                inflight: VecDeque::new(),
+                inbound_qos2: HashSet::new(),
+                last_packet_id: 0,
+                connection: None,
+                expiry_secs: 0,
+                generation: 0,
+                pending_will: None,
+                dropped: 0,
+                limits,
+            }),
+            notify: Notify::new(),
+            online: AtomicBool::new(false),
+        })
+    }
+
+    /// Locks the state. A poisoned lock (a panic elsewhere while holding it)
+    /// still holds consistent queue data, so it is used rather than spreading
+    /// the panic to every publisher.
+    pub fn lock(&self) -> MutexGuard<'_, SessionState> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Whether a connection is attached.
+    pub fn is_online(&self) -> bool {
+        self.online.load(Ordering::Relaxed)
+    }
+
+    /// Records whether a connection is attached (called with the lock held).
+    pub fn set_online(&self, online: bool) {
+        self.online.store(online, Ordering::Relaxed);
+    }
+
+    /// Queues a delivery and wakes the connection. Returns false if it was
+    /// dropped (queue full, or QoS 0 to an offline session that does not queue it).
+    pub fn deliver(&self, delivery: Delivery) -> bool {
+        let queued = self.lock().enqueue(delivery, self.is_online());
+        if queued {
+            self.notify.notify_one();
+        }
+        queued
+    }
+}
+
+impl SessionState {
+    /// Appends to the pending queue within the limits.
+    fn enqueue(&mut self, delivery: Delivery, online: bool) -> bool {
+        if !online && delivery.qos == QoS::AtMostOnce && !self.limits.queue_qos0_offline {
+            return false;
+        }
+        let size = delivery.message.size();
+        let over_count = self.pending.len() >= self.limits.max_messages;
+        let over_bytes =
+            self.limits.max_bytes != 0 && self.pending_bytes + size > self.limits.max_bytes;
+        if over_count || over_bytes {
+            self.dropped += 1;
+            return false;
+        }
+        self.pending_bytes += size;
+        self.pending.push_back(delivery);
+        true
+    }
+
+    /// Takes the next pending delivery.
+    pub fn pop_pending(&mut self) -> Option<Delivery> {
+        let d = self.pending.pop_front()?;
+        self.pending_bytes -= d.message.size();
+        Some(d)
+    }
+
+    /// Puts a delivery back at the front (it could not be sent yet).
+    pub fn unpop_pending(&mut self, delivery: Delivery) {
+        self.pending_bytes += delivery.message.size();
+        self.pending.push_front(delivery);
+    }
+
+    /// Number of pending deliveries.
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Forgets everything but the identity: Clean Start, or a new session.
+    /// Returns the subscriptions so the caller can remove them from the tree.
+    pub fn clear(&mut self) -> HashMap<ByteStr, SessionSubscription> {
+        self.pending.clear();
+        self.pending_bytes = 0;
+        self.inflight.clear();
+        self.inbound_qos2.clear();
+        self.pending_will = None;
+        std::mem::take(&mut self.subscriptions)
+    }
+
+    /// Allocates a packet id not used by any in-flight message [MQTT-2.2.1-3].
+    /// `None` if all 65535 are in use.
+    pub fn next_packet_id(&mut self) -> Option<NonZeroU16> {
+        for _ in 0..u16::MAX {
+            self.last_packet_id = self.last_packet_id.wrapping_add(1);
+            let Some(id) = NonZeroU16::new(self.last_packet_id) else {
+                continue;
+            };
+            if !self.inflight.iter().any(|i| i.packet_id == id) {
+                return Some(id);
+            }
+        }
+        None
+    }
+
+    /// Finds the in-flight entry for `packet_id` in `state`.
+    pub fn inflight_position(&self, packet_id: NonZeroU16, state: InflightState) -> Option<usize> {
+        self.inflight.iter().position(|i| i.packet_id == packet_id && i.state == state)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::Message;
+
+    fn limits(max_messages: usize, max_bytes: usize) -> QueueLimits {
+        QueueLimits { max_messages, max_bytes, queue_qos0_offline: false }
+    }
+
+    fn delivery(qos: QoS, payload: &'static str) -> Delivery {
+        let mut m = Message::broker_retained("t".into(), payload.into());
+        Arc::get_mut(&mut m).unwrap().qos = qos;
+        Delivery { message: m, qos, retain: false, subscription_ids: vec![] }
+    }
+
+    #[test]
+    fn queue_is_bounded_by_count_and_counts_drops() {
+        let s = Session::new("c".into(), limits(2, 0));
+        s.set_online(true);
+        assert!(s.deliver(delivery(QoS::AtLeastOnce, "a")));
+        assert!(s.deliver(delivery(QoS::AtLeastOnce, "b")));
+        assert!(!s.deliver(delivery(QoS::AtLeastOnce, "c")));
+        assert_eq!(s.lock().dropped, 1);
+        assert_eq!(s.lock().pending_len(), 2);
+    }
+
+    #[test]
+    fn queue_is_bounded_by_bytes() {
+        let s = Session::new("c".into(), limits(100, 10));
+        s.set_online(true);
+        assert!(s.deliver(delivery(QoS::AtLeastOnce, "12345678"))); // 9 bytes with topic
+        assert!(!s.deliver(delivery(QoS::AtLeastOnce, "12")));
+        assert_eq!(s.lock().pop_pending().unwrap().message.payload, "12345678");
+        assert!(s.deliver(delivery(QoS::AtLeastOnce, "12")));
+    }
+
+    #[test]
+    fn qos0_not_queued_offline() {
+        let s = Session::new("c".into(), limits(10, 0));
+        assert!(!s.deliver(delivery(QoS::AtMostOnce, "a")));
+        assert!(s.deliver(delivery(QoS::AtLeastOnce, "a")));
+    }
+
+    #[test]
+    fn packet_ids_skip_inflight_and_zero() {
+        let s = Session::new("c".into(), limits(10, 0));
+        let mut st = s.lock();
+        st.last_packet_id = u16::MAX - 1;
+        let a = st.next_packet_id().unwrap();
+        assert_eq!(a.get(), u16::MAX);
+        st.inflight.push_back(Inflight {
+            packet_id: NonZeroU16::new(1).unwrap(),
+            state: InflightState::AwaitingPubAck,
+            delivery: delivery(QoS::AtLeastOnce, "x"),
+        });
+        assert_eq!(st.next_packet_id().unwrap().get(), 2);
+    }
+}

@@ -1,0 +1,115 @@
+//! The broker's shared state, one `Arc<BrokerState>` handed to every task.
+//!
+//! Who owns what:
+//! - `sessions`: the registry of sessions by client id (see [`crate::registry`]).
+//!   A std mutex, locked only to find, insert or remove a session.
+//! - `subscriptions`: the subscription tree. Read-locked by every PUBLISH
+//!   (many readers at once), write-locked only by SUBSCRIBE/UNSUBSCRIBE and
+//!   session end.
+//! - `retained`: retained messages, read-locked by SUBSCRIBE, write-locked
+//!   by retained PUBLISH.
+//!
+//! Lock order, where two are held together: `sessions` before a session's own
+//! lock. The tree and retained locks are never held while taking another lock,
+//! and no lock is ever held across an `.await`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Instant;
+
+use tern_codec::{ByteStr, QoS, SubscriptionOptions};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::message::Message;
+use crate::metrics::Metrics;
+use crate::retained::RetainedStore;
+use crate::session::{QueueLimits, Session};
+use crate::topic_tree::TopicTree;
+
+/// What the subscription tree stores for one subscription.
+#[derive(Debug, Clone)]
+pub struct Subscriber {
+    pub session: Arc<Session>,
+    pub options: SubscriptionOptions,
+    pub subscription_id: Option<u32>,
+}
+
+/// State shared by all tasks of one broker.
+pub struct BrokerState {
+    pub config: Config,
+    pub sessions: Mutex<HashMap<ByteStr, Arc<Session>>>,
+    pub subscriptions: RwLock<TopicTree<Subscriber>>,
+    pub retained: RwLock<RetainedStore<Arc<Message>>>,
+    pub metrics: Metrics,
+    pub started: Instant,
+    /// Cancelled once to stop every task.
+    pub shutdown: CancellationToken,
+    /// Every spawned task, so shutdown can wait for them.
+    pub tasks: TaskTracker,
+    next_connection_id: AtomicU64,
+}
+
+/// Poisoning only says another thread panicked while holding the lock; the
+/// maps themselves stay consistent, so the broker keeps serving.
+fn unpoison<G>(result: Result<G, std::sync::PoisonError<G>>) -> G {
+    result.unwrap_or_else(|p| p.into_inner())
+}
+
+impl BrokerState {
+    /// Fresh state for a broker with this configuration.
+    pub fn new(config: Config) -> Arc<BrokerState> {
+        Arc::new(BrokerState {
+            config,
+            sessions: Mutex::new(HashMap::new()),
+            subscriptions: RwLock::new(TopicTree::new()),
+            retained: RwLock::new(RetainedStore::new()),
+            metrics: Metrics::default(),
+            started: Instant::now(),
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            next_connection_id: AtomicU64::new(1),
+        })
+    }
+
+    pub fn sessions(&self) -> MutexGuard<'_, HashMap<ByteStr, Arc<Session>>> {
+        unpoison(self.sessions.lock())
+    }
+
+    pub fn tree(&self) -> RwLockReadGuard<'_, TopicTree<Subscriber>> {
+        unpoison(self.subscriptions.read())
+    }
+
+    pub fn tree_mut(&self) -> RwLockWriteGuard<'_, TopicTree<Subscriber>> {
+        unpoison(self.subscriptions.write())
+    }
+
+    pub fn retained(&self) -> RwLockReadGuard<'_, RetainedStore<Arc<Message>>> {
+        unpoison(self.retained.read())
+    }
+
+    pub fn retained_mut(&self) -> RwLockWriteGuard<'_, RetainedStore<Arc<Message>>> {
+        unpoison(self.retained.write())
+    }
+
+    /// A number unique to each accepted connection, for logs and takeover.
+    pub fn next_connection_id(&self) -> u64 {
+        self.next_connection_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Queue bounds every session gets.
+    pub fn queue_limits(&self) -> QueueLimits {
+        QueueLimits {
+            max_messages: self.config.max_queued_messages,
+            max_bytes: self.config.max_queued_bytes,
+            queue_qos0_offline: self.config.queue_qos0_messages,
+        }
+    }
+
+    /// The highest QoS this broker grants.
+    pub fn maximum_qos(&self) -> QoS {
+        QoS::from_u8(self.config.maximum_qos).unwrap_or(QoS::ExactlyOnce)
+    }
+}

@@ -1,0 +1,78 @@
+//! `tern serve`: run the broker until SIGINT or SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use tern_broker::{Broker, Config};
+
+/// Options of `tern serve`.
+#[derive(clap::Args)]
+#[command(after_help = "Examples:\n  tern serve\n  tern serve --bind 0.0.0.0:1883\n  tern serve --config tern.toml")]
+pub struct ServeArgs {
+    /// Listen on this address (overrides `bind` in the config file).
+    #[arg(long, value_name = "ADDR:PORT")]
+    bind: Option<SocketAddr>,
+    /// Read settings from this TOML file (see tern.example.toml).
+    #[arg(long, short = 'c', value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+/// Starts the broker and serves until a shutdown signal.
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let mut config = match &args.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    if let Some(bind) = args.bind {
+        config.bind = bind;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve(config))
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let bind = config.bind;
+    let broker = Broker::start(config).await.with_context(|| {
+        format!("cannot listen on {bind} (is another broker running there? choose another with --bind)")
+    })?;
+    let addr = broker.local_addr();
+    tracing::info!("tern {} listening on mqtt://{addr} (MQTT 3.1, 3.1.1, 5.0)", env!("CARGO_PKG_VERSION"));
+    if addr.ip().is_loopback() {
+        tracing::info!(
+            "accepting anonymous clients from this machine only; to open it up use --bind 0.0.0.0:{} or set `bind` in a config file (see tern.example.toml)",
+            addr.port()
+        );
+    }
+    shutdown_signal().await;
+    tracing::info!("shutting down: disconnecting clients");
+    broker.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,376 @@
+"""Shared helpers for the interop suite: the broker process and a paho client
+wrapper with queue-based, timeout-bounded waits. Fixtures are in conftest.py.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import shlex
+import signal
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.packettypes import PacketTypes
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_BROKER = "target/debug/tern serve --bind 127.0.0.1:{port}"
+HOST = "127.0.0.1"
+
+#: Timeout for anything that is expected to happen (CONNACK, SUBACK, a message).
+TIMEOUT = 5.0
+#: Bounded wait used only to check that something is NOT delivered.
+QUIET = 0.5
+#: How long the broker may take to start accepting connections.
+STARTUP_DEADLINE = 20.0
+
+VERSIONS = {
+    "v311": mqtt.MQTTv311,
+    "v5": mqtt.MQTTv5,
+}
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def unique(prefix: str = "t") -> str:
+    """A short unique token (client ids stay within MQTT 3.1's 23 chars)."""
+    return f"{prefix}-{uuid.uuid4().hex[:16]}"
+
+
+# --------------------------------------------------------------------------
+# Broker process
+# --------------------------------------------------------------------------
+
+
+class Broker:
+    def __init__(self, template: str, log_path: Path):
+        if "{port}" not in template:
+            raise pytest.UsageError(
+                f"TERN_INTEROP_BROKER must contain '{{port}}': {template!r}"
+            )
+        self.template = template
+        self.port = free_port()
+        self.host = HOST
+        self.argv = shlex.split(template.format(port=self.port))
+        self.log_path = log_path
+        self.proc: subprocess.Popen | None = None
+        self._log = None
+        self.stopped = False  # set once the test or the fixture stops it on purpose
+
+    @property
+    def is_mosquitto(self) -> bool:
+        return Path(self.argv[0]).name.startswith("mosquitto")
+
+    def start(self) -> None:
+        exe = self.argv[0]
+        if os.sep in exe and not Path(exe).is_absolute():
+            candidate = REPO_ROOT / exe
+            if not candidate.exists():
+                pytest.fail(
+                    f"broker binary {candidate} does not exist "
+                    f"(build it with `cargo build --bin tern`, or set TERN_INTEROP_BROKER)",
+                    pytrace=False,
+                )
+        self._log = open(self.log_path, "wb")
+        try:
+            self.proc = subprocess.Popen(
+                self.argv,
+                cwd=REPO_ROOT,
+                stdin=subprocess.DEVNULL,
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        except FileNotFoundError as e:
+            pytest.fail(f"cannot start broker {self.argv!r}: {e}", pytrace=False)
+        self.wait_ready()
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + STARTUP_DEADLINE
+        while True:
+            code = self.proc.poll()
+            if code is not None:
+                pytest.fail(
+                    f"broker exited with code {code} before accepting connections\n"
+                    f"command: {self.argv}\n{self.log_tail()}",
+                    pytrace=False,
+                )
+            try:
+                with socket.create_connection((self.host, self.port), timeout=0.5):
+                    return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(
+                    f"broker did not accept connections on {self.host}:{self.port} "
+                    f"within {STARTUP_DEADLINE}s\ncommand: {self.argv}\n{self.log_tail()}",
+                    pytrace=False,
+                )
+            time.sleep(0.02)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def terminate(self, sig=signal.SIGTERM, timeout: float = 5.0) -> int | None:
+        """Send `sig`; return the exit code, or None if it had to be SIGKILLed."""
+        if self.proc is None:
+            return None
+        self.stopped = True
+        if self.proc.poll() is not None:
+            return self.proc.returncode
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)  # its own session/group
+            except OSError:
+                self.proc.kill()
+            self.proc.wait(timeout=5)
+            return None
+        finally:
+            if self._log:
+                self._log.close()
+
+    def cleanup(self) -> None:
+        # Clean shutdown is checked by test_broker_process.py; here just don't linger.
+        if self.proc is not None and self.proc.poll() is None:
+            self.terminate(timeout=2.0)
+        if self._log and not self._log.closed:
+            self._log.close()
+
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no broker log)"
+        tail = text.splitlines()[-lines:]
+        return "broker log (tail):\n" + "\n".join(tail)
+
+
+# --------------------------------------------------------------------------
+# paho client wrapper
+# --------------------------------------------------------------------------
+
+
+class Client:
+    """A paho client with a background network loop and queue-based waits."""
+
+    def __init__(
+        self,
+        broker: Broker,
+        version: int,
+        client_id: str | None = None,
+        clean: bool = True,
+        session_expiry: int | None = None,
+        will: dict | None = None,
+        keepalive: int = 30,
+    ):
+        self.broker = broker
+        self.version = version
+        self.client_id = client_id or unique("c")
+        self.clean = clean
+        self.session_expiry = session_expiry
+        self.keepalive = keepalive
+        kwargs = {}
+        if version != mqtt.MQTTv5:
+            kwargs["clean_session"] = clean
+        self.c = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            protocol=version,
+            reconnect_on_failure=False,  # never silently reconnect mid-test
+            **kwargs,
+        )
+        if will:
+            self.c.will_set(**will)
+        self.messages: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
+        self._connack: queue.Queue = queue.Queue()
+        self._subacks: dict[int, queue.Queue] = {}
+        self._lock = threading.Lock()
+        self.disconnected = threading.Event()
+        self.disconnect_reason = None
+        self.c.on_connect = self._on_connect
+        self.c.on_message = self._on_message
+        self.c.on_subscribe = self._on_subscribe
+        self.c.on_disconnect = self._on_disconnect
+        self._loop_running = False
+
+    # callbacks (run in paho's network thread)
+    def _on_connect(self, client, userdata, flags, reason_code, properties):
+        self._connack.put((flags, reason_code, properties))
+
+    def _on_message(self, client, userdata, msg):
+        self.messages.put(msg)
+
+    def _suback_queue(self, mid: int) -> queue.Queue:
+        with self._lock:
+            return self._subacks.setdefault(mid, queue.Queue())
+
+    def _on_subscribe(self, client, userdata, mid, reason_code_list, properties):
+        self._suback_queue(mid).put(reason_code_list)
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties):
+        self.disconnect_reason = reason_code
+        self.disconnected.set()
+
+    # operations
+    def _connect_properties(self):
+        if self.version != mqtt.MQTTv5:
+            return None
+        props = Properties(PacketTypes.CONNECT)
+        if self.session_expiry is not None:
+            props.SessionExpiryInterval = self.session_expiry
+        return props
+
+    def connect(self, background: bool = True):
+        """Connect and wait for CONNACK. Returns the connect flags."""
+        kwargs = {}
+        if self.version == mqtt.MQTTv5:
+            kwargs["clean_start"] = self.clean
+            kwargs["properties"] = self._connect_properties()
+        self.c.connect(self.broker.host, self.broker.port, self.keepalive, **kwargs)
+        if background:
+            self.c.loop_start()
+            self._loop_running = True
+            flags, rc, props = self._get(self._connack, "CONNACK")
+        else:
+            deadline = time.monotonic() + TIMEOUT
+            while self._connack.empty():
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"{self.client_id}: no CONNACK within {TIMEOUT}s")
+                self.c.loop(timeout=0.05)
+            flags, rc, props = self._connack.get_nowait()
+        assert not rc.is_failure, f"{self.client_id}: CONNACK refused: {rc}"
+        return flags
+
+    def _get(self, q: queue.Queue, what: str):
+        try:
+            return q.get(timeout=TIMEOUT)
+        except queue.Empty:
+            raise AssertionError(f"{self.client_id}: no {what} within {TIMEOUT}s") from None
+
+    def subscribe(self, topic, qos: int = 0, **options):
+        """Subscribe (topic may be a list of (topic, qos)) and wait for SUBACK.
+
+        Returns the list of granted QoS values."""
+        if self.version == mqtt.MQTTv5:
+            if isinstance(topic, list):
+                arg = [(t, mqtt.SubscribeOptions(qos=q, **options)) for t, q in topic]
+                rc, mid = self.c.subscribe(arg)
+            else:
+                rc, mid = self.c.subscribe(topic, options=mqtt.SubscribeOptions(qos=qos, **options))
+        else:
+            rc, mid = self.c.subscribe(topic, qos)
+        assert rc == mqtt.MQTT_ERR_SUCCESS, f"subscribe failed locally: {rc}"
+        codes = self._get(self._suback_queue(mid), f"SUBACK for {topic!r}")
+        for code in codes:
+            assert not code.is_failure, f"{self.client_id}: subscription to {topic!r} refused: {code}"
+        return [code.value for code in codes]
+
+    def publish(self, topic: str, payload=b"", qos: int = 0, retain: bool = False, properties=None):
+        """Publish and, for QoS > 0, wait until the broker acknowledged it."""
+        info = self.c.publish(topic, payload, qos=qos, retain=retain, properties=properties)
+        assert info.rc == mqtt.MQTT_ERR_SUCCESS, f"publish failed locally: {info.rc}"
+        if qos > 0:
+            info.wait_for_publish(timeout=TIMEOUT)
+            assert info.is_published(), f"{self.client_id}: no ack for QoS {qos} publish to {topic!r}"
+        return info
+
+    def get(self, timeout: float = TIMEOUT) -> mqtt.MQTTMessage:
+        try:
+            return self.messages.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"{self.client_id}: expected a message, none within {timeout}s") from None
+
+    def get_n(self, n: int, timeout: float = TIMEOUT) -> list[mqtt.MQTTMessage]:
+        out = []
+        deadline = time.monotonic() + timeout
+        while len(out) < n:
+            remaining = deadline - time.monotonic()
+            try:
+                out.append(self.messages.get(timeout=max(remaining, 0.001)))
+            except queue.Empty:
+                got = [(m.topic, m.payload) for m in out]
+                raise AssertionError(
+                    f"{self.client_id}: expected {n} messages within {timeout}s, got {len(out)}: {got}"
+                ) from None
+        return out
+
+    def get_until(self, topic: str, timeout: float = TIMEOUT) -> list[mqtt.MQTTMessage]:
+        """Collect messages up to and including the first one on `topic`."""
+        out = []
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                msg = self.messages.get(timeout=max(remaining, 0.001))
+            except queue.Empty:
+                got = [(m.topic, m.payload) for m in out]
+                raise AssertionError(
+                    f"{self.client_id}: no message on {topic!r} within {timeout}s; got {got}"
+                ) from None
+            out.append(msg)
+            if msg.topic == topic:
+                return out
+
+    def drain(self, quiet: float = QUIET) -> list[mqtt.MQTTMessage]:
+        """Bounded wait: return whatever else arrives within `quiet` seconds."""
+        out = []
+        deadline = time.monotonic() + quiet
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return out
+            try:
+                out.append(self.messages.get(timeout=remaining))
+            except queue.Empty:
+                return out
+
+    def disconnect(self, properties=None, reasoncode=None):
+        """Clean DISCONNECT, waiting for the network loop to notice."""
+        kwargs = {}
+        if properties is not None:
+            kwargs["properties"] = properties
+        if reasoncode is not None:
+            kwargs["reasoncode"] = reasoncode
+        self.c.disconnect(**kwargs)
+        if self._loop_running:
+            assert self.disconnected.wait(TIMEOUT), f"{self.client_id}: disconnect did not complete"
+            self.c.loop_stop()
+            self._loop_running = False
+
+    def abort(self):
+        """Close the TCP connection abruptly, without sending DISCONNECT."""
+        if self._loop_running:
+            self.c.loop_stop()
+            self._loop_running = False
+        sock = self.c.socket()
+        assert sock is not None, "client has no socket"
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        sock.close()
+
+    def close(self):
+        """Best-effort cleanup at the end of a test."""
+        try:
+            if self._loop_running:
+                self.c.disconnect()
+                self.c.loop_stop()
+                self._loop_running = False
+        except Exception:
+            pass
