@@ -189,7 +189,11 @@ pub struct PubAck {
 impl PubAck {
     /// A successful acknowledgement with no properties.
     pub fn new(packet_id: NonZeroU16) -> Self {
-        PubAck { packet_id, reason: ReasonCode::Success, properties: AckProperties::default() }
+        PubAck {
+            packet_id,
+            reason: ReasonCode::Success,
+            properties: AckProperties::default(),
+        }
     }
 }
 
@@ -265,7 +269,10 @@ pub struct Disconnect {
 impl Disconnect {
     /// A DISCONNECT with this reason and no properties.
     pub fn new(reason: ReasonCode) -> Self {
-        Disconnect { reason, properties: DisconnectProperties::default() }
+        Disconnect {
+            reason,
+            properties: DisconnectProperties::default(),
+        }
     }
 }
 

@@ -358,7 +358,10 @@ fn ping_disconnect_auth() {
         assert_round_trip(&Packet::Disconnect(Disconnect::new(Success)), version);
     }
     for &reason in DISCONNECT_REASONS {
-        assert_round_trip(&Packet::Disconnect(Disconnect::new(reason)), ProtocolVersion::V5);
+        assert_round_trip(
+            &Packet::Disconnect(Disconnect::new(reason)),
+            ProtocolVersion::V5,
+        );
         let with_props = Disconnect {
             reason,
             properties: DisconnectProperties {

@@ -88,8 +88,8 @@ pub(crate) fn decode_connect(r: &mut Reader) -> Result<Connect, DecodeError> {
         return Err(DecodeError::ReservedBitSet);
     }
     let has_will = flags & WILL != 0;
-    let will_qos = QoS::from_u8((flags & WILL_QOS_MASK) >> WILL_QOS_SHIFT)
-        .ok_or(DecodeError::InvalidQoS)?; // [MQTT-3.1.2-12]: QoS 3 is malformed.
+    let will_qos =
+        QoS::from_u8((flags & WILL_QOS_MASK) >> WILL_QOS_SHIFT).ok_or(DecodeError::InvalidQoS)?; // [MQTT-3.1.2-12]: QoS 3 is malformed.
     let will_retain = flags & WILL_RETAIN != 0;
     // [MQTT-3.1.2-11], [MQTT-3.1.2-13], [MQTT-3.1.2-15]: without a will,
     // will QoS and will retain must be 0.

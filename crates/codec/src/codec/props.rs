@@ -234,9 +234,7 @@ impl PropertySet for ConnectProperties {
         match id {
             id::SESSION_EXPIRY_INTERVAL => once(&mut self.session_expiry_interval, id, r.u32()?),
             id::RECEIVE_MAXIMUM => once(&mut self.receive_maximum, id, nonzero_u16(r, id)?),
-            id::MAXIMUM_PACKET_SIZE => {
-                once(&mut self.maximum_packet_size, id, nonzero_u32(r, id)?)
-            }
+            id::MAXIMUM_PACKET_SIZE => once(&mut self.maximum_packet_size, id, nonzero_u32(r, id)?),
             id::TOPIC_ALIAS_MAXIMUM => once(&mut self.topic_alias_maximum, id, r.u16()?),
             id::REQUEST_RESPONSE_INFORMATION => {
                 once(&mut self.request_response_information, id, boolean(r, id)?)
@@ -256,10 +254,26 @@ impl PropertySet for ConnectProperties {
         put_receive_maximum(w, self.receive_maximum)?;
         put_maximum_packet_size(w, self.maximum_packet_size)?;
         put_u16(w, id::TOPIC_ALIAS_MAXIMUM, self.topic_alias_maximum);
-        put_bool(w, id::REQUEST_RESPONSE_INFORMATION, self.request_response_information);
-        put_bool(w, id::REQUEST_PROBLEM_INFORMATION, self.request_problem_information);
-        put_str(w, id::AUTHENTICATION_METHOD, self.authentication_method.as_ref())?;
-        put_bin(w, id::AUTHENTICATION_DATA, self.authentication_data.as_ref())?;
+        put_bool(
+            w,
+            id::REQUEST_RESPONSE_INFORMATION,
+            self.request_response_information,
+        );
+        put_bool(
+            w,
+            id::REQUEST_PROBLEM_INFORMATION,
+            self.request_problem_information,
+        );
+        put_str(
+            w,
+            id::AUTHENTICATION_METHOD,
+            self.authentication_method.as_ref(),
+        )?;
+        put_bin(
+            w,
+            id::AUTHENTICATION_DATA,
+            self.authentication_data.as_ref(),
+        )?;
         put_users(w, &self.user_properties)
     }
 }
@@ -282,7 +296,11 @@ impl PropertySet for WillProperties {
 
     fn write_all<S: Sink>(&self, w: &mut S) -> Result<(), EncodeError> {
         put_u32(w, id::WILL_DELAY_INTERVAL, self.will_delay_interval);
-        put_bool(w, id::PAYLOAD_FORMAT_INDICATOR, self.payload_format_indicator);
+        put_bool(
+            w,
+            id::PAYLOAD_FORMAT_INDICATOR,
+            self.payload_format_indicator,
+        );
         put_u32(w, id::MESSAGE_EXPIRY_INTERVAL, self.message_expiry_interval);
         put_str(w, id::CONTENT_TYPE, self.content_type.as_ref())?;
         put_str(w, id::RESPONSE_TOPIC, self.response_topic.as_ref())?;
@@ -298,21 +316,23 @@ impl PropertySet for ConnAckProperties {
             id::RECEIVE_MAXIMUM => once(&mut self.receive_maximum, id, nonzero_u16(r, id)?),
             id::MAXIMUM_QOS => once(&mut self.maximum_qos, id, maximum_qos(r, id)?),
             id::RETAIN_AVAILABLE => once(&mut self.retain_available, id, boolean(r, id)?),
-            id::MAXIMUM_PACKET_SIZE => {
-                once(&mut self.maximum_packet_size, id, nonzero_u32(r, id)?)
-            }
+            id::MAXIMUM_PACKET_SIZE => once(&mut self.maximum_packet_size, id, nonzero_u32(r, id)?),
             id::ASSIGNED_CLIENT_IDENTIFIER => {
                 once(&mut self.assigned_client_identifier, id, r.string()?)
             }
             id::TOPIC_ALIAS_MAXIMUM => once(&mut self.topic_alias_maximum, id, r.u16()?),
             id::REASON_STRING => once(&mut self.reason_string, id, r.string()?),
             id::USER_PROPERTY => user_property(r, &mut self.user_properties),
-            id::WILDCARD_SUBSCRIPTION_AVAILABLE => {
-                once(&mut self.wildcard_subscription_available, id, boolean(r, id)?)
-            }
-            id::SUBSCRIPTION_IDENTIFIER_AVAILABLE => {
-                once(&mut self.subscription_identifiers_available, id, boolean(r, id)?)
-            }
+            id::WILDCARD_SUBSCRIPTION_AVAILABLE => once(
+                &mut self.wildcard_subscription_available,
+                id,
+                boolean(r, id)?,
+            ),
+            id::SUBSCRIPTION_IDENTIFIER_AVAILABLE => once(
+                &mut self.subscription_identifiers_available,
+                id,
+                boolean(r, id)?,
+            ),
             id::SHARED_SUBSCRIPTION_AVAILABLE => {
                 once(&mut self.shared_subscription_available, id, boolean(r, id)?)
             }
@@ -334,18 +354,46 @@ impl PropertySet for ConnAckProperties {
         put_u8(w, id::MAXIMUM_QOS, max_qos.map(|q| q as u8));
         put_bool(w, id::RETAIN_AVAILABLE, self.retain_available);
         put_maximum_packet_size(w, self.maximum_packet_size)?;
-        put_str(w, id::ASSIGNED_CLIENT_IDENTIFIER, self.assigned_client_identifier.as_ref())?;
+        put_str(
+            w,
+            id::ASSIGNED_CLIENT_IDENTIFIER,
+            self.assigned_client_identifier.as_ref(),
+        )?;
         put_u16(w, id::TOPIC_ALIAS_MAXIMUM, self.topic_alias_maximum);
         put_str(w, id::REASON_STRING, self.reason_string.as_ref())?;
         put_users(w, &self.user_properties)?;
-        put_bool(w, id::WILDCARD_SUBSCRIPTION_AVAILABLE, self.wildcard_subscription_available);
-        put_bool(w, id::SUBSCRIPTION_IDENTIFIER_AVAILABLE, self.subscription_identifiers_available);
-        put_bool(w, id::SHARED_SUBSCRIPTION_AVAILABLE, self.shared_subscription_available);
+        put_bool(
+            w,
+            id::WILDCARD_SUBSCRIPTION_AVAILABLE,
+            self.wildcard_subscription_available,
+        );
+        put_bool(
+            w,
+            id::SUBSCRIPTION_IDENTIFIER_AVAILABLE,
+            self.subscription_identifiers_available,
+        );
+        put_bool(
+            w,
+            id::SHARED_SUBSCRIPTION_AVAILABLE,
+            self.shared_subscription_available,
+        );
         put_u16(w, id::SERVER_KEEP_ALIVE, self.server_keep_alive);
-        put_str(w, id::RESPONSE_INFORMATION, self.response_information.as_ref())?;
+        put_str(
+            w,
+            id::RESPONSE_INFORMATION,
+            self.response_information.as_ref(),
+        )?;
         put_str(w, id::SERVER_REFERENCE, self.server_reference.as_ref())?;
-        put_str(w, id::AUTHENTICATION_METHOD, self.authentication_method.as_ref())?;
-        put_bin(w, id::AUTHENTICATION_DATA, self.authentication_data.as_ref())
+        put_str(
+            w,
+            id::AUTHENTICATION_METHOD,
+            self.authentication_method.as_ref(),
+        )?;
+        put_bin(
+            w,
+            id::AUTHENTICATION_DATA,
+            self.authentication_data.as_ref(),
+        )
     }
 }
 
@@ -375,7 +423,11 @@ impl PropertySet for PublishProperties {
     }
 
     fn write_all<S: Sink>(&self, w: &mut S) -> Result<(), EncodeError> {
-        put_bool(w, id::PAYLOAD_FORMAT_INDICATOR, self.payload_format_indicator);
+        put_bool(
+            w,
+            id::PAYLOAD_FORMAT_INDICATOR,
+            self.payload_format_indicator,
+        );
         put_u32(w, id::MESSAGE_EXPIRY_INTERVAL, self.message_expiry_interval);
         put_u16(w, id::TOPIC_ALIAS, self.topic_alias);
         put_str(w, id::RESPONSE_TOPIC, self.response_topic.as_ref())?;
@@ -467,8 +519,16 @@ impl PropertySet for AuthProperties {
     }
 
     fn write_all<S: Sink>(&self, w: &mut S) -> Result<(), EncodeError> {
-        put_str(w, id::AUTHENTICATION_METHOD, self.authentication_method.as_ref())?;
-        put_bin(w, id::AUTHENTICATION_DATA, self.authentication_data.as_ref())?;
+        put_str(
+            w,
+            id::AUTHENTICATION_METHOD,
+            self.authentication_method.as_ref(),
+        )?;
+        put_bin(
+            w,
+            id::AUTHENTICATION_DATA,
+            self.authentication_data.as_ref(),
+        )?;
         put_str(w, id::REASON_STRING, self.reason_string.as_ref())?;
         put_users(w, &self.user_properties)
     }

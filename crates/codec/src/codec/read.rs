@@ -58,17 +58,23 @@ impl Reader {
     }
 
     pub(crate) fn u8(&mut self) -> Result<u8, DecodeError> {
-        self.buf.try_get_u8().map_err(|_| DecodeError::UnexpectedEnd)
+        self.buf
+            .try_get_u8()
+            .map_err(|_| DecodeError::UnexpectedEnd)
     }
 
     /// Two Byte Integer, big-endian (spec 1.5.2).
     pub(crate) fn u16(&mut self) -> Result<u16, DecodeError> {
-        self.buf.try_get_u16().map_err(|_| DecodeError::UnexpectedEnd)
+        self.buf
+            .try_get_u16()
+            .map_err(|_| DecodeError::UnexpectedEnd)
     }
 
     /// Four Byte Integer, big-endian (spec 1.5.3).
     pub(crate) fn u32(&mut self) -> Result<u32, DecodeError> {
-        self.buf.try_get_u32().map_err(|_| DecodeError::UnexpectedEnd)
+        self.buf
+            .try_get_u32()
+            .map_err(|_| DecodeError::UnexpectedEnd)
     }
 
     /// Variable Byte Integer (spec 1.5.5): at most four bytes.

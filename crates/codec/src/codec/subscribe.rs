@@ -8,8 +8,8 @@ use crate::codec::props::{self, PropertySet};
 use crate::codec::read::Reader;
 use crate::codec::write::Sink;
 use crate::{
-    DecodeError, EncodeError, ProtocolVersion, QoS, ReasonCode, RetainHandling, SubAck,
-    Subscribe, SubscribeFilter, SubscriptionOptions, UnsubAck, Unsubscribe,
+    DecodeError, EncodeError, ProtocolVersion, QoS, ReasonCode, RetainHandling, SubAck, Subscribe,
+    SubscribeFilter, SubscriptionOptions, UnsubAck, Unsubscribe,
 };
 
 use ReasonCode::*;
@@ -53,7 +53,10 @@ const OPT_RETAIN_HANDLING: u8 = 0x30;
 const OPT_RESERVED_V5: u8 = 0xC0;
 
 /// The properties block at level 5, nothing before.
-fn decode_props<P: PropertySet>(r: &mut Reader, version: ProtocolVersion) -> Result<P, DecodeError> {
+fn decode_props<P: PropertySet>(
+    r: &mut Reader,
+    version: ProtocolVersion,
+) -> Result<P, DecodeError> {
     if version == ProtocolVersion::V5 {
         props::decode(r)
     } else {
@@ -156,7 +159,10 @@ pub(crate) fn encode_subscribe<S: Sink>(
     Ok(())
 }
 
-pub(crate) fn decode_suback(r: &mut Reader, version: ProtocolVersion) -> Result<SubAck, DecodeError> {
+pub(crate) fn decode_suback(
+    r: &mut Reader,
+    version: ProtocolVersion,
+) -> Result<SubAck, DecodeError> {
     let packet_id = r.packet_id()?;
     let properties = decode_props(r, version)?;
     let allowed = if version == ProtocolVersion::V5 {
@@ -224,7 +230,9 @@ pub(crate) fn encode_unsubscribe<S: Sink>(
     w: &mut S,
 ) -> Result<(), EncodeError> {
     if unsubscribe.filters.is_empty() {
-        return Err(EncodeError::InvalidValue("UNSUBSCRIBE without topic filters"));
+        return Err(EncodeError::InvalidValue(
+            "UNSUBSCRIBE without topic filters",
+        ));
     }
     w.put_u16(unsubscribe.packet_id.get());
     encode_props(&unsubscribe.properties, version, w)?;

@@ -56,7 +56,9 @@ pub(crate) trait Sink {
     /// packet being written), so that we never send what we would refuse.
     fn reason(&mut self, code: ReasonCode, allowed: &[ReasonCode]) -> Result<(), EncodeError> {
         if !allowed.contains(&code) {
-            return Err(EncodeError::InvalidValue("reason code not allowed in this packet"));
+            return Err(EncodeError::InvalidValue(
+                "reason code not allowed in this packet",
+            ));
         }
         self.put_u8(code as u8);
         Ok(())
@@ -115,13 +117,18 @@ mod tests {
 
     #[test]
     fn varint_round_trip_and_length() {
-        for v in [0, 1, 127, 128, 16_383, 16_384, 2_097_151, 2_097_152, MAX_VARINT] {
+        for v in [
+            0, 1, 127, 128, 16_383, 16_384, 2_097_151, 2_097_152, MAX_VARINT,
+        ] {
             let mut out = BytesMut::new();
             out.varint(v).unwrap();
             assert_eq!(out.len(), varint_len(v as usize), "{v}");
             assert_eq!(parse_varint(&out), Ok(Some((v, out.len()))));
         }
-        assert_eq!(BytesMut::new().varint(MAX_VARINT + 1), Err(EncodeError::PacketTooLarge));
+        assert_eq!(
+            BytesMut::new().varint(MAX_VARINT + 1),
+            Err(EncodeError::PacketTooLarge)
+        );
     }
 
     #[test]
@@ -152,8 +159,14 @@ mod tests {
     #[test]
     fn long_fields_are_refused() {
         let long = vec![0u8; 65_536];
-        assert_eq!(BytesMut::new().binary(&long), Err(EncodeError::FieldTooLong));
-        assert_eq!(Counter::default().binary(&long), Err(EncodeError::FieldTooLong));
+        assert_eq!(
+            BytesMut::new().binary(&long),
+            Err(EncodeError::FieldTooLong)
+        );
+        assert_eq!(
+            Counter::default().binary(&long),
+            Err(EncodeError::FieldTooLong)
+        );
         assert!(BytesMut::new().binary(&long[1..]).is_ok());
     }
 }

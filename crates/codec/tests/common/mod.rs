@@ -89,7 +89,8 @@ pub const SUBACK_REASONS: &[ReasonCode] = &[
     WildcardSubscriptionsNotSupported,
 ];
 /// 3.1.1 spec 3.9.3.
-pub const SUBACK_RETURN_CODES: &[ReasonCode] = &[Success, GrantedQoS1, GrantedQoS2, UnspecifiedError];
+pub const SUBACK_RETURN_CODES: &[ReasonCode] =
+    &[Success, GrantedQoS1, GrantedQoS2, UnspecifiedError];
 /// Spec 3.11.3.
 pub const UNSUBACK_REASONS: &[ReasonCode] = &[
     Success,
@@ -235,17 +236,19 @@ pub fn connect_properties() -> impl Strategy<Value = ConnectProperties> {
         of(bytes()),
         users(),
     )
-        .prop_map(|(sei, rm, mps, tam, rri, rpi, am, ad, up)| ConnectProperties {
-            session_expiry_interval: sei,
-            receive_maximum: rm,
-            maximum_packet_size: mps,
-            topic_alias_maximum: tam,
-            request_response_information: rri,
-            request_problem_information: rpi,
-            authentication_method: am,
-            authentication_data: ad,
-            user_properties: up,
-        })
+        .prop_map(
+            |(sei, rm, mps, tam, rri, rpi, am, ad, up)| ConnectProperties {
+                session_expiry_interval: sei,
+                receive_maximum: rm,
+                maximum_packet_size: mps,
+                topic_alias_maximum: tam,
+                request_response_information: rri,
+                request_problem_information: rpi,
+                authentication_method: am,
+                authentication_data: ad,
+                user_properties: up,
+            },
+        )
 }
 
 pub fn will_properties() -> impl Strategy<Value = WillProperties> {
@@ -361,13 +364,11 @@ pub fn disconnect_properties() -> impl Strategy<Value = DisconnectProperties> {
 }
 
 pub fn auth_properties() -> impl Strategy<Value = AuthProperties> {
-    (of(string()), of(bytes()), of(string()), users()).prop_map(|(am, ad, rs, up)| {
-        AuthProperties {
-            authentication_method: am,
-            authentication_data: ad,
-            reason_string: rs,
-            user_properties: up,
-        }
+    (of(string()), of(bytes()), of(string()), users()).prop_map(|(am, ad, rs, up)| AuthProperties {
+        authentication_method: am,
+        authentication_data: ad,
+        reason_string: rs,
+        user_properties: up,
     })
 }
 
@@ -396,7 +397,15 @@ pub fn connect(version: ProtocolVersion) -> impl Strategy<Value = Packet> {
         props_at(version, connect_properties()),
     )
         .prop_map(
-            move |(clean_start, keep_alive, client_id, will, mut username, password, properties)| {
+            move |(
+                clean_start,
+                keep_alive,
+                client_id,
+                will,
+                mut username,
+                password,
+                properties,
+            )| {
                 // Before 5.0 a password needs a user name [MQTT-3.1.2-22].
                 if version != ProtocolVersion::V5 && password.is_some() && username.is_none() {
                     username = Some(ByteStr::from_static("user"));
@@ -482,14 +491,14 @@ fn subscription_options(version: ProtocolVersion) -> BoxedStrategy<SubscriptionO
             Just(RetainHandling::DoNotSend),
         ];
         (qos(), any::<bool>(), any::<bool>(), retain_handling)
-            .prop_map(|(qos, no_local, retain_as_published, retain_handling)| {
-                SubscriptionOptions {
+            .prop_map(
+                |(qos, no_local, retain_as_published, retain_handling)| SubscriptionOptions {
                     qos,
                     no_local,
                     retain_as_published,
                     retain_handling,
-                }
-            })
+                },
+            )
             .boxed()
     } else {
         qos()
@@ -504,12 +513,13 @@ fn subscription_options(version: ProtocolVersion) -> BoxedStrategy<SubscriptionO
 pub fn subscribe(version: ProtocolVersion) -> impl Strategy<Value = Packet> {
     let filter = (string(), subscription_options(version))
         .prop_map(|(filter, options)| SubscribeFilter { filter, options });
-    let properties = (of(subscription_id()), users()).prop_map(|(subscription_identifier, user_properties)| {
-        SubscribeProperties {
-            subscription_identifier,
-            user_properties,
-        }
-    });
+    let properties =
+        (of(subscription_id()), users()).prop_map(|(subscription_identifier, user_properties)| {
+            SubscribeProperties {
+                subscription_identifier,
+                user_properties,
+            }
+        });
     (
         packet_id(),
         vec(filter, 1..4),
@@ -545,8 +555,7 @@ pub fn suback(version: ProtocolVersion) -> impl Strategy<Value = Packet> {
 }
 
 pub fn unsubscribe(version: ProtocolVersion) -> impl Strategy<Value = Packet> {
-    let properties =
-        users().prop_map(|user_properties| UnsubscribeProperties { user_properties });
+    let properties = users().prop_map(|user_properties| UnsubscribeProperties { user_properties });
     (
         packet_id(),
         vec(string(), 1..4),
