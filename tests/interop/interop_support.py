@@ -92,6 +92,7 @@ class Broker:
                 stdout=self._log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                env={**os.environ, "NO_COLOR": "1"},  # plain logs in failure reports
             )
         except FileNotFoundError as e:
             pytest.fail(f"cannot start broker {self.argv!r}: {e}", pytrace=False)
@@ -206,6 +207,8 @@ class Client:
         self.c.on_message = self._on_message
         self.c.on_subscribe = self._on_subscribe
         self.c.on_disconnect = self._on_disconnect
+        self.c.on_unsubscribe = self._on_unsubscribe
+        self._unsubacks: queue.Queue = queue.Queue()
         self._loop_running = False
 
     # callbacks (run in paho's network thread)
@@ -221,6 +224,20 @@ class Client:
 
     def _on_subscribe(self, client, userdata, mid, reason_code_list, properties):
         self._suback_queue(mid).put(reason_code_list)
+
+    def _on_unsubscribe(self, client, userdata, mid, reason_code_list, properties):
+        self._unsubacks.put(mid)
+
+    def unsubscribed(self, mid: int) -> bool:
+        """Wait for the UNSUBACK with this message id."""
+        deadline = time.monotonic() + TIMEOUT
+        while time.monotonic() < deadline:
+            try:
+                if self._unsubacks.get(timeout=max(deadline - time.monotonic(), 0.001)) == mid:
+                    return True
+            except queue.Empty:
+                break
+        return False
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties):
         self.disconnect_reason = reason_code

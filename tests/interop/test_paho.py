@@ -54,6 +54,39 @@ def test_basic_publish_subscribe(make_client, version, topic_base, qos):
     assert not msg.retain
 
 
+def test_payload_sizes(make_client, version, topic_base):
+    """Payloads across the Remaining Length boundaries (1/2/3-byte lengths) pass intact."""
+    t = f"{topic_base}/size"
+    sub = make_client(version)
+    sub.connect()
+    sub.subscribe(t, 1)
+    pub = make_client(version)
+    pub.connect()
+    sizes = [0, 1, 100, 127, 128, 16_000, 16_384, 200_000]
+    for n in sizes:
+        pub.publish(t, bytes(i % 251 for i in range(n)), qos=1)
+    msgs = sub.get_n(len(sizes))
+    assert [len(m.payload) for m in msgs] == sizes
+    for n, m in zip(sizes, msgs):
+        assert m.payload == bytes(i % 251 for i in range(n))
+
+
+def test_unsubscribe_stops_delivery(make_client, version, topic_base):
+    sub = make_client(version)
+    sub.connect()
+    sub.subscribe(f"{topic_base}/a", 1)
+    sub.subscribe(f"{topic_base}/b", 1)
+    rc, mid = sub.c.unsubscribe(f"{topic_base}/a")
+    assert rc == mqtt.MQTT_ERR_SUCCESS
+    assert sub.unsubscribed(mid), "no UNSUBACK"
+    pub = make_client(version)
+    pub.connect()
+    pub.publish(f"{topic_base}/a", b"after-unsubscribe", qos=1)
+    pub.publish(f"{topic_base}/b", b"still-subscribed", qos=1)
+    got = sub.get_until(f"{topic_base}/b") + sub.drain()
+    assert payloads(got) == [b"still-subscribed"]
+
+
 def test_mqtt31_basic_publish_subscribe(make_client, topic_base):
     """MQTT 3.1 (protocol name MQIsdp) clients can publish and subscribe."""
     sub = make_client(mqtt.MQTTv31)

@@ -79,7 +79,10 @@ impl Default for Config {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("invalid config file {path}: {message}")]
     Parse { path: String, message: String },
     #[error("invalid config: {0}")]
@@ -89,12 +92,15 @@ pub enum ConfigError {
 impl Config {
     /// Reads and validates a TOML file.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
         Config::from_toml(&text).map_err(|e| match e {
-            ConfigError::Parse { message, .. } => {
-                ConfigError::Parse { path: path.display().to_string(), message }
-            }
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.display().to_string(),
+                message,
+            },
             other => other,
         })
     }
@@ -120,7 +126,9 @@ impl Config {
             ));
         }
         if self.max_packet_size < 64 {
-            return Err(ConfigError::Invalid("max_packet_size must be at least 64 bytes".into()));
+            return Err(ConfigError::Invalid(
+                "max_packet_size must be at least 64 bytes".into(),
+            ));
         }
         Ok(())
     }
@@ -132,7 +140,9 @@ mod tests {
 
     #[test]
     fn unknown_key_is_named() {
-        let err = Config::from_toml("bnid = \"127.0.0.1:1\"").unwrap_err().to_string();
+        let err = Config::from_toml("bnid = \"127.0.0.1:1\"")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("bnid"), "{err}");
     }
 

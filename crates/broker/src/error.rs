@@ -56,7 +56,10 @@ impl ProtocolViolation {
             QoSNotSupported => ReasonCode::QoSNotSupported,
             RetainNotSupported => ReasonCode::RetainNotSupported,
             ReceiveMaximumExceeded => ReasonCode::ReceiveMaximumExceeded,
-            SecondConnect | UnexpectedPacket(_) | TopicAliasUnknown | SessionExpiryFromZero
+            SecondConnect
+            | UnexpectedPacket(_)
+            | TopicAliasUnknown
+            | SessionExpiryFromZero
             | SharedNoLocal => ReasonCode::ProtocolError,
         }
     }
@@ -71,7 +74,10 @@ mod tests {
         use ProtocolViolation::*;
         let table = [
             (Decode(DecodeError::MalformedVarInt), 0x81),
-            (Decode(DecodeError::PacketTooLarge { size: 2, max: 1 }), 0x95),
+            (
+                Decode(DecodeError::PacketTooLarge { size: 2, max: 1 }),
+                0x95,
+            ),
             (SecondConnect, 0x82),
             (UnexpectedPacket("CONNACK"), 0x82),
             (TopicNameInvalid, 0x90),

@@ -50,7 +50,10 @@ pub async fn attach(
             .or_insert_with(|| Session::new(client_id.clone(), state.queue_limits()))
             .clone();
         let mut st = session.lock();
-        let previous = st.connection.replace(ConnectionLink { id: connection_id, kick });
+        let previous = st.connection.replace(ConnectionLink {
+            id: connection_id,
+            kick,
+        });
         st.generation += 1;
         session.set_online(true);
         drop(st);
@@ -80,13 +83,20 @@ pub async fn attach(
             router::publish(state, will);
         }
     }
-    Attached { session, session_present, kicked }
+    Attached {
+        session,
+        session_present,
+        kicked,
+    }
 }
 
 /// Asks the previous connection to close and waits until it has.
 async fn take_over(previous: ConnectionLink) {
     let (done, closed) = oneshot::channel();
-    let kick = Kick { reason: ReasonCode::SessionTakenOver, done };
+    let kick = Kick {
+        reason: ReasonCode::SessionTakenOver,
+        done,
+    };
     if previous.kick.send(kick).is_ok() {
         // The old connection drops `done` once it has detached; an error here
         // just means it is gone.
@@ -121,7 +131,10 @@ pub fn detach(state: &Arc<BrokerState>, session: &Arc<Session>, departure: Depar
             // it any will delay.
             will_delay = 0;
             ended = Some(st.clear());
-            if sessions.get(session.client_id.as_str()).is_some_and(|s| Arc::ptr_eq(s, session)) {
+            if sessions
+                .get(session.client_id.as_str())
+                .is_some_and(|s| Arc::ptr_eq(s, session))
+            {
                 sessions.remove(session.client_id.as_str());
             }
         } else {
@@ -155,7 +168,12 @@ pub fn detach(state: &Arc<BrokerState>, session: &Arc<Session>, departure: Depar
 
 /// Publishes `will` after `delay_secs` unless the session was resumed (which
 /// takes `pending_will`) or ended first (which published it).
-fn schedule_will(state: &Arc<BrokerState>, session: &Arc<Session>, will: Arc<Message>, delay_secs: u32) {
+fn schedule_will(
+    state: &Arc<BrokerState>,
+    session: &Arc<Session>,
+    will: Arc<Message>,
+    delay_secs: u32,
+) {
     let state2 = state.clone();
     let session = session.clone();
     let shutdown = state.shutdown.clone();
@@ -179,7 +197,12 @@ fn schedule_will(state: &Arc<BrokerState>, session: &Arc<Session>, will: Arc<Mes
 
 /// Ends the session after `expiry_secs` if it is still in the same detached
 /// period (`generation`).
-fn schedule_expiry(state: &Arc<BrokerState>, session: &Arc<Session>, generation: u64, expiry_secs: u32) {
+fn schedule_expiry(
+    state: &Arc<BrokerState>,
+    session: &Arc<Session>,
+    generation: u64,
+    expiry_secs: u32,
+) {
     let state2 = state.clone();
     let session = session.clone();
     let shutdown = state.shutdown.clone();
@@ -202,7 +225,10 @@ fn expire(state: &Arc<BrokerState>, session: &Arc<Session>, generation: u64) {
     let will = st.pending_will.take();
     let subscriptions = st.clear();
     drop(st);
-    if sessions.get(session.client_id.as_str()).is_some_and(|s| Arc::ptr_eq(s, session)) {
+    if sessions
+        .get(session.client_id.as_str())
+        .is_some_and(|s| Arc::ptr_eq(s, session))
+    {
         sessions.remove(session.client_id.as_str());
     }
     drop(sessions);

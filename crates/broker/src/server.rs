@@ -71,7 +71,9 @@ async fn accept_loop(listener: TcpListener, state: Arc<BrokerState>) {
             Ok((stream, peer)) => {
                 // Small packets (acks, pings) must not wait for Nagle's timer.
                 let _ = stream.set_nodelay(true);
-                state.tasks.spawn(connection::serve(stream, peer, state.clone()));
+                state
+                    .tasks
+                    .spawn(connection::serve(stream, peer, state.clone()));
             }
             Err(e) => {
                 // Typically EMFILE: back off briefly instead of spinning.

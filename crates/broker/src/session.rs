@@ -152,7 +152,9 @@ impl Session {
     /// still holds consistent queue data, so it is used rather than spreading
     /// the panic to every publisher.
     pub fn lock(&self) -> MutexGuard<'_, SessionState> {
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Whether a connection is attached.
@@ -241,7 +243,9 @@ impl SessionState {
 
     /// Finds the in-flight entry for `packet_id` in `state`.
     pub fn inflight_position(&self, packet_id: NonZeroU16, state: InflightState) -> Option<usize> {
-        self.inflight.iter().position(|i| i.packet_id == packet_id && i.state == state)
+        self.inflight
+            .iter()
+            .position(|i| i.packet_id == packet_id && i.state == state)
     }
 }
 
@@ -251,13 +255,22 @@ mod tests {
     use crate::message::Message;
 
     fn limits(max_messages: usize, max_bytes: usize) -> QueueLimits {
-        QueueLimits { max_messages, max_bytes, queue_qos0_offline: false }
+        QueueLimits {
+            max_messages,
+            max_bytes,
+            queue_qos0_offline: false,
+        }
     }
 
     fn delivery(qos: QoS, payload: &'static str) -> Delivery {
         let mut m = Message::broker_retained("t".into(), payload.into());
         Arc::get_mut(&mut m).unwrap().qos = qos;
-        Delivery { message: m, qos, retain: false, subscription_ids: vec![] }
+        Delivery {
+            message: m,
+            qos,
+            retain: false,
+            subscription_ids: vec![],
+        }
     }
 
     #[test]

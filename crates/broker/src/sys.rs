@@ -39,7 +39,10 @@ pub fn spawn(state: &Arc<BrokerState>) {
 /// Publishes every `$SYS` topic once.
 pub fn publish_all(state: &BrokerState) {
     for (topic, value) in snapshot(state) {
-        router::publish(state, Message::broker_retained(format!("$SYS/broker/{topic}"), value));
+        router::publish(
+            state,
+            Message::broker_retained(format!("$SYS/broker/{topic}"), value),
+        );
     }
 }
 
@@ -50,25 +53,51 @@ fn snapshot(state: &BrokerState) -> Vec<(&'static str, String)> {
     let total = state.sessions().len() as u64;
     vec![
         ("version", VERSION.to_string()),
-        ("uptime", format!("{} seconds", state.started.elapsed().as_secs())),
+        (
+            "uptime",
+            format!("{} seconds", state.started.elapsed().as_secs()),
+        ),
         ("clients/connected", connected.to_string()),
         ("clients/active", connected.to_string()),
         ("clients/total", total.to_string()),
-        ("clients/disconnected", total.saturating_sub(connected).to_string()),
-        ("messages/received", Metrics::get(&m.packets_received).to_string()),
+        (
+            "clients/disconnected",
+            total.saturating_sub(connected).to_string(),
+        ),
+        (
+            "messages/received",
+            Metrics::get(&m.packets_received).to_string(),
+        ),
         ("messages/sent", Metrics::get(&m.packets_sent).to_string()),
-        ("publish/messages/received", Metrics::get(&m.publish_received).to_string()),
-        ("publish/messages/sent", Metrics::get(&m.publish_sent).to_string()),
-        ("publish/messages/dropped", Metrics::get(&m.publish_dropped).to_string()),
-        ("bytes/received", Metrics::get(&m.bytes_received).to_string()),
+        (
+            "publish/messages/received",
+            Metrics::get(&m.publish_received).to_string(),
+        ),
+        (
+            "publish/messages/sent",
+            Metrics::get(&m.publish_sent).to_string(),
+        ),
+        (
+            "publish/messages/dropped",
+            Metrics::get(&m.publish_dropped).to_string(),
+        ),
+        (
+            "bytes/received",
+            Metrics::get(&m.bytes_received).to_string(),
+        ),
         ("bytes/sent", Metrics::get(&m.bytes_sent).to_string()),
         ("subscriptions/count", state.tree().len().to_string()),
-        ("retained messages/count", state.retained().len().to_string()),
+        (
+            "retained messages/count",
+            state.retained().len().to_string(),
+        ),
     ]
 }
 
 /// Drops retained messages whose Message Expiry Interval has passed.
 fn purge_expired_retained(state: &BrokerState) {
     let now = Instant::now();
-    state.retained_mut().retain(|m| m.remaining_expiry(now).is_some());
+    state
+        .retained_mut()
+        .retain(|m| m.remaining_expiry(now).is_some());
 }

@@ -24,7 +24,7 @@ mod write;
 use bytes::BytesMut;
 
 use crate::{DecodeError, EncodeError, Packet, ProtocolVersion};
-use ack::AckKind;
+use ack::{PUBACK_REASONS, PUBREL_REASONS};
 use read::{MAX_VARINT, Reader, parse_varint};
 use write::{Counter, Sink, varint_len};
 
@@ -123,10 +123,10 @@ pub fn decode(
         packet_type::CONNECT => Packet::Connect(Box::new(connect::decode_connect(&mut r)?)),
         packet_type::CONNACK => Packet::ConnAck(connect::decode_connack(&mut r, version)?),
         packet_type::PUBLISH => Packet::Publish(publish::decode(&mut r, flags, version)?),
-        packet_type::PUBACK => Packet::PubAck(ack::decode(&mut r, version, AckKind::PubAck)?),
-        packet_type::PUBREC => Packet::PubRec(ack::decode(&mut r, version, AckKind::PubRec)?),
-        packet_type::PUBREL => Packet::PubRel(ack::decode(&mut r, version, AckKind::PubRel)?),
-        packet_type::PUBCOMP => Packet::PubComp(ack::decode(&mut r, version, AckKind::PubComp)?),
+        packet_type::PUBACK => Packet::PubAck(ack::decode(&mut r, version, PUBACK_REASONS)?),
+        packet_type::PUBREC => Packet::PubRec(ack::decode(&mut r, version, PUBACK_REASONS)?),
+        packet_type::PUBREL => Packet::PubRel(ack::decode(&mut r, version, PUBREL_REASONS)?),
+        packet_type::PUBCOMP => Packet::PubComp(ack::decode(&mut r, version, PUBREL_REASONS)?),
         packet_type::SUBSCRIBE => Packet::Subscribe(subscribe::decode_subscribe(&mut r, version)?),
         packet_type::SUBACK => Packet::SubAck(subscribe::decode_suback(&mut r, version)?),
         packet_type::UNSUBSCRIBE => {
@@ -216,10 +216,10 @@ impl Packet {
             Packet::Connect(c) => connect::encode_connect(c, w),
             Packet::ConnAck(c) => connect::encode_connack(c, version, w),
             Packet::Publish(p) => publish::encode(p, version, w),
-            Packet::PubAck(a) => ack::encode(a, version, AckKind::PubAck, w),
-            Packet::PubRec(a) => ack::encode(a, version, AckKind::PubRec, w),
-            Packet::PubRel(a) => ack::encode(a, version, AckKind::PubRel, w),
-            Packet::PubComp(a) => ack::encode(a, version, AckKind::PubComp, w),
+            Packet::PubAck(a) => ack::encode(a, version, PUBACK_REASONS, w),
+            Packet::PubRec(a) => ack::encode(a, version, PUBACK_REASONS, w),
+            Packet::PubRel(a) => ack::encode(a, version, PUBREL_REASONS, w),
+            Packet::PubComp(a) => ack::encode(a, version, PUBREL_REASONS, w),
             Packet::Subscribe(s) => subscribe::encode_subscribe(s, version, w),
             Packet::SubAck(s) => subscribe::encode_suback(s, version, w),
             Packet::Unsubscribe(u) => subscribe::encode_unsubscribe(u, version, w),

@@ -41,7 +41,9 @@ pub enum DecodeError {
     /// A will QoS without the will flag is [`DecodeError::InvalidConnectFlags`].
     #[error("invalid QoS")]
     InvalidQoS,
-    /// A reserved bit is set (CONNECT flags bit 0, subscription options bits 6-7).
+    /// A reserved bit is set (CONNECT flags bit 0, CONNACK flags bits 7-1,
+    /// subscription options bits 6-7, or at levels 3 and 4 bits 7-2 of the
+    /// requested QoS byte), or Retain Handling has its reserved value 3.
     #[error("reserved bit set")]
     ReservedBitSet,
     /// A packet identifier of zero [MQTT-2.2.1-3].

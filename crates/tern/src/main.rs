@@ -37,8 +37,15 @@ fn main() -> std::process::ExitCode {
 }
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`).
+///
+/// Failures to write a log line are ignored rather than reported with
+/// `eprintln!`, which panics when stderr is a closed pipe (`tern serve | head`).
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false)
+        .init();
 }

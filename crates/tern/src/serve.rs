@@ -8,7 +8,9 @@ use tern_broker::{Broker, Config};
 
 /// Options of `tern serve`.
 #[derive(clap::Args)]
-#[command(after_help = "Examples:\n  tern serve\n  tern serve --bind 0.0.0.0:1883\n  tern serve --config tern.toml")]
+#[command(
+    after_help = "Examples:\n  tern serve\n  tern serve --bind 0.0.0.0:1883\n  tern serve --config tern.toml"
+)]
 pub struct ServeArgs {
     /// Listen on this address (overrides `bind` in the config file).
     #[arg(long, value_name = "ADDR:PORT")]
@@ -37,10 +39,15 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
 async fn serve(config: Config) -> anyhow::Result<()> {
     let bind = config.bind;
     let broker = Broker::start(config).await.with_context(|| {
-        format!("cannot listen on {bind} (is another broker running there? choose another with --bind)")
+        format!(
+            "cannot listen on {bind} (is another broker running there? choose another with --bind)"
+        )
     })?;
     let addr = broker.local_addr();
-    tracing::info!("tern {} listening on mqtt://{addr} (MQTT 3.1, 3.1.1, 5.0)", env!("CARGO_PKG_VERSION"));
+    tracing::info!(
+        "tern {} listening on mqtt://{addr} (MQTT 3.1, 3.1.1, 5.0)",
+        env!("CARGO_PKG_VERSION")
+    );
     if addr.ip().is_loopback() {
         tracing::info!(
             "accepting anonymous clients from this machine only; to open it up use --bind 0.0.0.0:{} or set `bind` in a config file (see tern.example.toml)",

@@ -52,7 +52,9 @@ struct Io<S> {
 /// Why the main loop ended.
 enum Close {
     /// The client sent DISCONNECT.
-    Disconnect { publish_will: bool },
+    Disconnect {
+        publish_will: bool,
+    },
     /// The client closed the socket, or it failed.
     Lost(Option<std::io::Error>),
     KeepAliveTimeout,
@@ -68,7 +70,11 @@ where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (reader, writer) = tokio::io::split(stream);
-    let mut io = Io { reader, writer, rbuf: BytesMut::new() };
+    let mut io = Io {
+        reader,
+        writer,
+        rbuf: BytesMut::new(),
+    };
     let timeout = Duration::from_secs(state.config.connect_timeout_secs);
     let connect = tokio::select! {
         r = tokio::time::timeout(timeout, read_connect(&mut io, &state)) => match r {
@@ -86,13 +92,17 @@ where
         },
         _ = state.shutdown.cancelled() => return,
     };
-    let Some((mut client, mut kicked)) = start_session(&mut io, *connect, peer, &state).await else {
+    let Some((mut client, mut kicked)) = start_session(&mut io, *connect, peer, &state).await
+    else {
         return;
     };
     Metrics::add(&state.metrics.clients_connected, 1);
     let close = run(&mut client, &mut io, &mut kicked).await;
     finish(&mut client, &mut io, close, peer).await;
-    state.metrics.clients_connected.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    state
+        .metrics
+        .clients_connected
+        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// Reads until the first packet, which must be CONNECT [MQTT-3.1.0-1].
@@ -104,9 +114,16 @@ async fn read_connect<S: AsyncRead>(
     let max = state.config.max_packet_size as usize;
     loop {
         match tern_codec::decode(&mut io.rbuf, ProtocolVersion::V5, max)? {
-            Some(Packet::Connect(connect)) => return Ok(Some(connect)),
+            Some(Packet::Connect(connect)) => {
+                // CONNECT counts in `messages/received` like every other packet.
+                Metrics::add(&state.metrics.packets_received, 1);
+                return Ok(Some(connect));
+            }
             Some(other) => {
-                tracing::info!(packet = other.name(), "closing connection: first packet is not CONNECT");
+                tracing::info!(
+                    packet = other.name(),
+                    "closing connection: first packet is not CONNECT"
+                );
                 return Ok(None);
             }
             None => {}
@@ -144,7 +161,10 @@ async fn start_session<S: AsyncWrite>(
         Err(reason) => {
             tracing::info!(%peer, client_id = %connect.client_id, ?reason, "refusing CONNECT");
             let mut out = BytesMut::new();
-            if Packet::ConnAck(connect::refusal(reason)).encode(version, &mut out).is_ok() {
+            if Packet::ConnAck(connect::refusal(reason))
+                .encode(version, &mut out)
+                .is_ok()
+            {
                 let _ = tokio::time::timeout(CLOSE_FLUSH, io.writer.write_all(&out)).await;
             }
             return None;
@@ -191,8 +211,7 @@ async fn start_session<S: AsyncWrite>(
         resend_inflight: attached.session_present,
         problem_information: props.request_problem_information.unwrap_or(true),
     };
-    let connack =
-        connect::connack(&accepted, version, attached.session_present, state);
+    let connack = connect::connack(&accepted, version, attached.session_present, state);
     client.send(&Packet::ConnAck(connack));
     tracing::debug!(%peer, client_id = %client.client_id, ?version, session_present = attached.session_present, "client connected");
     Some((client, attached.kicked))
@@ -207,6 +226,13 @@ async fn run<S: AsyncRead + AsyncWrite>(
     let state = client.state.clone();
     let session = client.session.clone();
     let mut last_heard = Instant::now();
+    // Packets that arrived in the same read as CONNECT are already buffered;
+    // handle them now rather than when the next bytes come.
+    match process(client, &mut io.rbuf, &mut last_heard) {
+        Ok(Flow::Continue) => {}
+        Ok(Flow::Disconnect { publish_will }) => return Close::Disconnect { publish_will },
+        Err(v) => return Close::Violation(v),
+    }
     loop {
         outbound::fill(client);
         let deadline = client.keep_alive_timeout.map(|t| last_heard + t);
@@ -271,7 +297,12 @@ fn process(
 }
 
 /// Reports the close to the client, flushes, and detaches from the session.
-async fn finish<S: AsyncWrite>(client: &mut Client, io: &mut Io<S>, close: Close, peer: SocketAddr) {
+async fn finish<S: AsyncWrite>(
+    client: &mut Client,
+    io: &mut Io<S>,
+    close: Close,
+    peer: SocketAddr,
+) {
     let id = client.client_id.clone();
     let (reason, text): (Option<ReasonCode>, String) = match &close {
         Close::Disconnect { .. } => (None, String::new()),
@@ -281,22 +312,32 @@ async fn finish<S: AsyncWrite>(client: &mut Client, io: &mut Io<S>, close: Close
         }
         Close::KeepAliveTimeout => {
             tracing::info!(%peer, client_id = %id, "closing connection: keep-alive timeout");
-            (Some(ReasonCode::KeepAliveTimeout), "keep-alive timeout".into())
+            (
+                Some(ReasonCode::KeepAliveTimeout),
+                "keep-alive timeout".into(),
+            )
         }
         Close::Violation(v) => {
             tracing::warn!(%peer, client_id = %id, error = %v, "closing connection: protocol violation");
             (Some(v.reason_code()), v.to_string())
         }
         Close::Kicked(kick) => {
-            let reason = kick.as_ref().map_or(ReasonCode::SessionTakenOver, |k| k.reason);
+            let reason = kick
+                .as_ref()
+                .map_or(ReasonCode::SessionTakenOver, |k| k.reason);
             tracing::info!(%peer, client_id = %id, ?reason, "closing connection: session taken over");
             (Some(reason), "session taken over".into())
         }
-        Close::Shutdown => (Some(ReasonCode::ServerShuttingDown), "server shutting down".into()),
+        Close::Shutdown => (
+            Some(ReasonCode::ServerShuttingDown),
+            "server shutting down".into(),
+        ),
     };
     if let (Some(reason), ProtocolVersion::V5) = (reason, client.version) {
-        let properties =
-            DisconnectProperties { reason_string: client.reason_string(text), ..Default::default() };
+        let properties = DisconnectProperties {
+            reason_string: client.reason_string(text),
+            ..Default::default()
+        };
         client.send(&Packet::Disconnect(Disconnect { reason, properties }));
     }
     if !matches!(close, Close::Lost(_)) {

@@ -55,7 +55,9 @@ fn send_pending(client: &mut Client, st: &mut SessionState) {
     let now = Instant::now();
     let window = usize::from(client.peer.receive_maximum);
     while client.out.len() < HIGH_WATER {
-        let Some(delivery) = st.pop_pending() else { break };
+        let Some(delivery) = st.pop_pending() else {
+            break;
+        };
         if delivery.message.remaining_expiry(now).is_none() {
             // Expired while queued: not sent [MQTT-3.3.2-5].
             Metrics::add(&client.state.metrics.publish_dropped, 1);
@@ -78,7 +80,11 @@ fn send_pending(client: &mut Client, st: &mut SessionState) {
                 QoS::AtLeastOnce => InflightState::AwaitingPubAck,
                 _ => InflightState::AwaitingPubRec,
             };
-            st.inflight.push_back(Inflight { packet_id, state, delivery });
+            st.inflight.push_back(Inflight {
+                packet_id,
+                state,
+                delivery,
+            });
         }
     }
 }
@@ -109,7 +115,9 @@ fn send_publish(
         properties,
     });
     let start = client.out.len();
-    let sent = client.send(&publish).is_some_and(|size| size <= client.peer.max_packet_size);
+    let sent = client
+        .send(&publish)
+        .is_some_and(|size| size <= client.peer.max_packet_size);
     if sent {
         Metrics::add(&client.state.metrics.publish_sent, 1);
     } else {

@@ -47,10 +47,18 @@ pub fn pubrec(client: &mut Client, ack: PubAck) -> Result<Flow, ProtocolViolatio
             true
         } else {
             // A repeated PUBREC for a message already released gets PUBREL again.
-            st.inflight_position(ack.packet_id, InflightState::AwaitingPubComp).is_some()
+            st.inflight_position(ack.packet_id, InflightState::AwaitingPubComp)
+                .is_some()
         }
     };
-    let reason = if found { ReasonCode::Success } else { ReasonCode::PacketIdentifierNotFound };
-    client.send(&Packet::PubRel(PubAck { reason, ..PubAck::new(ack.packet_id) }));
+    let reason = if found {
+        ReasonCode::Success
+    } else {
+        ReasonCode::PacketIdentifierNotFound
+    };
+    client.send(&Packet::PubRel(PubAck {
+        reason,
+        ..PubAck::new(ack.packet_id)
+    }));
     Ok(Flow::Continue)
 }

@@ -53,12 +53,18 @@ pub fn accept(connect: &Connect, state: &BrokerState) -> Result<Accepted, Reason
         _ => NEVER_EXPIRES,
     };
     let max = config.max_keepalive_secs;
-    let keep_alive_secs = if max < u16::MAX && (connect.keep_alive == 0 || connect.keep_alive > max) {
+    let keep_alive_secs = if max < u16::MAX && (connect.keep_alive == 0 || connect.keep_alive > max)
+    {
         max
     } else {
         connect.keep_alive
     };
-    Ok(Accepted { client_id, assigned_client_id, session_expiry_secs, keep_alive_secs })
+    Ok(Accepted {
+        client_id,
+        assigned_client_id,
+        session_expiry_secs,
+        keep_alive_secs,
+    })
 }
 
 /// The client id to use, assigning one to a client that sent none where the
@@ -70,7 +76,9 @@ fn client_id(connect: &Connect) -> Result<(ByteStr, bool), ReasonCode> {
     match connect.protocol {
         // 3.1 requires 1-23 characters; 3.1.1 allows empty only with Clean Session.
         ProtocolVersion::V3_1 => Err(ReasonCode::ClientIdentifierNotValid),
-        ProtocolVersion::V3_1_1 if !connect.clean_start => Err(ReasonCode::ClientIdentifierNotValid),
+        ProtocolVersion::V3_1_1 if !connect.clean_start => {
+            Err(ReasonCode::ClientIdentifierNotValid)
+        }
         _ => Ok((assign_client_id(), true)),
     }
 }
@@ -118,10 +126,18 @@ pub fn connack(
     } else {
         ConnAckProperties::default()
     };
-    ConnAck { session_present, reason: ReasonCode::Success, properties }
+    ConnAck {
+        session_present,
+        reason: ReasonCode::Success,
+        properties,
+    }
 }
 
 /// The CONNACK refusing a client with `reason`.
 pub fn refusal(reason: ReasonCode) -> ConnAck {
-    ConnAck { session_present: false, reason, properties: ConnAckProperties::default() }
+    ConnAck {
+        session_present: false,
+        reason,
+        properties: ConnAckProperties::default(),
+    }
 }

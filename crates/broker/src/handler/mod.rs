@@ -21,7 +21,9 @@ use crate::error::ProtocolViolation;
 pub enum Flow {
     Continue,
     /// The client sent DISCONNECT; publish the will only if it asked to (0x04).
-    Disconnect { publish_will: bool },
+    Disconnect {
+        publish_will: bool,
+    },
 }
 
 /// Hands a decoded packet (after CONNECT) to its handler.

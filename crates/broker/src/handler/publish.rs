@@ -7,7 +7,9 @@
 
 use std::time::Instant;
 
-use tern_codec::{Packet, ProtocolVersion, PubAck, Publish, QoS, ReasonCode, topic::is_valid_topic_name};
+use tern_codec::{
+    Packet, ProtocolVersion, PubAck, Publish, QoS, ReasonCode, topic::is_valid_topic_name,
+};
 
 use super::Flow;
 use crate::connection::client::Client;
@@ -38,14 +40,18 @@ pub fn handle(client: &mut Client, mut publish: Publish) -> Result<Flow, Protoco
         (QoS::AtLeastOnce, Some(id)) => {
             let matched = route(client, publish);
             let reason = matched_reason(client, matched);
-            client.send(&Packet::PubAck(PubAck { reason, ..PubAck::new(id) }));
+            client.send(&Packet::PubAck(PubAck {
+                reason,
+                ..PubAck::new(id)
+            }));
         }
         (QoS::ExactlyOnce, Some(id)) => {
             let first_time = {
                 let mut st = client.session.lock();
                 if st.inbound_qos2.contains(&id.get()) {
                     false
-                } else if st.inbound_qos2.len() >= usize::from(client.state.config.receive_maximum) {
+                } else if st.inbound_qos2.len() >= usize::from(client.state.config.receive_maximum)
+                {
                     return Err(ProtocolViolation::ReceiveMaximumExceeded);
                 } else {
                     st.inbound_qos2.insert(id.get());
@@ -58,19 +64,37 @@ pub fn handle(client: &mut Client, mut publish: Publish) -> Result<Flow, Protoco
             } else {
                 ReasonCode::Success
             };
-            client.send(&Packet::PubRec(PubAck { reason, ..PubAck::new(id) }));
+            client.send(&Packet::PubRec(PubAck {
+                reason,
+                ..PubAck::new(id)
+            }));
         }
         // The decoder guarantees a packet id for QoS > 0.
-        _ => return Err(ProtocolViolation::Decode(tern_codec::DecodeError::ZeroPacketId)),
+        _ => {
+            return Err(ProtocolViolation::Decode(
+                tern_codec::DecodeError::ZeroPacketId,
+            ));
+        }
     }
     Ok(Flow::Continue)
 }
 
 /// Handles PUBREL: the client releases a QoS 2 packet id [MQTT-4.3.3-11].
 pub fn release(client: &mut Client, ack: PubAck) -> Result<Flow, ProtocolViolation> {
-    let known = client.session.lock().inbound_qos2.remove(&ack.packet_id.get());
-    let reason = if known { ReasonCode::Success } else { ReasonCode::PacketIdentifierNotFound };
-    client.send(&Packet::PubComp(PubAck { reason, ..PubAck::new(ack.packet_id) }));
+    let known = client
+        .session
+        .lock()
+        .inbound_qos2
+        .remove(&ack.packet_id.get());
+    let reason = if known {
+        ReasonCode::Success
+    } else {
+        ReasonCode::PacketIdentifierNotFound
+    };
+    client.send(&Packet::PubComp(PubAck {
+        reason,
+        ..PubAck::new(ack.packet_id)
+    }));
     Ok(Flow::Continue)
 }
 
@@ -90,7 +114,10 @@ fn matched_reason(client: &Client, matched: usize) -> ReasonCode {
 
 /// Applies an MQTT 5 Topic Alias: a non-empty topic (re)defines it, an empty
 /// topic uses it [MQTT-3.3.2-12].
-fn resolve_topic_alias(client: &mut Client, publish: &mut Publish) -> Result<(), ProtocolViolation> {
+fn resolve_topic_alias(
+    client: &mut Client,
+    publish: &mut Publish,
+) -> Result<(), ProtocolViolation> {
     let Some(alias) = publish.properties.topic_alias.take() else {
         return Ok(());
     };

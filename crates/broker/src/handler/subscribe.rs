@@ -28,7 +28,12 @@ pub fn handle(client: &mut Client, subscribe: Subscribe) -> Result<Flow, Protoco
     let mut reasons = Vec::with_capacity(subscribe.filters.len());
     let mut retained = Vec::new();
     for filter in &subscribe.filters {
-        reasons.push(subscribe_one(client, filter, subscription_id, &mut retained)?);
+        reasons.push(subscribe_one(
+            client,
+            filter,
+            subscription_id,
+            &mut retained,
+        )?);
     }
     client.send(&Packet::SubAck(SubAck {
         packet_id: subscribe.packet_id,
@@ -36,7 +41,12 @@ pub fn handle(client: &mut Client, subscribe: Subscribe) -> Result<Flow, Protoco
         properties: AckProperties::default(),
     }));
     for batch in retained {
-        router::deliver_retained(&client.session, batch.messages, batch.granted, subscription_id);
+        router::deliver_retained(
+            &client.session,
+            batch.messages,
+            batch.granted,
+            subscription_id,
+        );
     }
     Ok(Flow::Continue)
 }
@@ -57,18 +67,27 @@ fn subscribe_one(
         return Err(ProtocolViolation::SharedNoLocal);
     }
     let granted = request.options.qos.min(client.state.maximum_qos());
-    let options = tern_codec::SubscriptionOptions { qos: granted, ..request.options };
-    let subscriber = Subscriber { session: client.session.clone(), options, subscription_id };
+    let options = tern_codec::SubscriptionOptions {
+        qos: granted,
+        ..request.options
+    };
+    let subscriber = Subscriber {
+        session: client.session.clone(),
+        options,
+        subscription_id,
+    };
     let existed = client
         .state
         .tree_mut()
         .insert(filter, group, &client.client_id, subscriber)
         .is_some();
-    client
-        .session
-        .lock()
-        .subscriptions
-        .insert(request.filter.clone(), SessionSubscription { options, subscription_id });
+    client.session.lock().subscriptions.insert(
+        request.filter.clone(),
+        SessionSubscription {
+            options,
+            subscription_id,
+        },
+    );
     // Shared subscriptions get no retained messages [MQTT-4.8.2-?].
     let send_retained = group.is_none()
         && match options.retain_handling {

@@ -11,11 +11,23 @@ use crate::router;
 pub fn handle(client: &mut Client, unsubscribe: Unsubscribe) -> Result<Flow, ProtocolViolation> {
     let mut reasons = Vec::with_capacity(unsubscribe.filters.len());
     for filter in &unsubscribe.filters {
-        let existed = client.session.lock().subscriptions.remove(filter.as_str()).is_some();
+        let existed = client
+            .session
+            .lock()
+            .subscriptions
+            .remove(filter.as_str())
+            .is_some();
         if existed && let Some((group, inner)) = router::split_shared(filter) {
-            client.state.tree_mut().remove(inner, group, &client.client_id);
+            client
+                .state
+                .tree_mut()
+                .remove(inner, group, &client.client_id);
         }
-        reasons.push(if existed { ReasonCode::Success } else { ReasonCode::NoSubscriptionExisted });
+        reasons.push(if existed {
+            ReasonCode::Success
+        } else {
+            ReasonCode::NoSubscriptionExisted
+        });
     }
     client.send(&Packet::UnsubAck(UnsubAck {
         packet_id: unsubscribe.packet_id,

@@ -24,7 +24,11 @@ pub const QUIET: Duration = Duration::from_millis(300);
 
 /// The test configuration: defaults on 127.0.0.1:0, `$SYS` off.
 pub fn test_config() -> Config {
-    Config { bind: "127.0.0.1:0".parse().unwrap(), sys_interval_secs: 0, ..Config::default() }
+    Config {
+        bind: "127.0.0.1:0".parse().unwrap(),
+        sys_interval_secs: 0,
+        ..Config::default()
+    }
 }
 
 /// Starts a broker with the test configuration.
@@ -80,11 +84,19 @@ impl TestClient {
     pub async fn raw(addr: SocketAddr, version: ProtocolVersion) -> TestClient {
         let stream = TcpStream::connect(addr).await.expect("tcp connect");
         stream.set_nodelay(true).unwrap();
-        TestClient { stream, buf: BytesMut::new(), version }
+        TestClient {
+            stream,
+            buf: BytesMut::new(),
+            version,
+        }
     }
 
     /// Connects with clean start and returns the client and its CONNACK.
-    pub async fn connect(addr: SocketAddr, version: ProtocolVersion, client_id: &str) -> TestClient {
+    pub async fn connect(
+        addr: SocketAddr,
+        version: ProtocolVersion,
+        client_id: &str,
+    ) -> TestClient {
         let (client, connack) = Self::connect_with(addr, connect_packet(version, client_id)).await;
         assert_eq!(connack.reason, ReasonCode::Success, "CONNACK {connack:?}");
         client
@@ -111,10 +123,15 @@ impl TestClient {
     }
 
     /// The next packet, or `None` if the broker closed the connection.
-    pub async fn next(&mut self, wait: Duration) -> Result<Option<Packet>, tokio::time::error::Elapsed> {
+    pub async fn next(
+        &mut self,
+        wait: Duration,
+    ) -> Result<Option<Packet>, tokio::time::error::Elapsed> {
         tokio::time::timeout(wait, async {
             loop {
-                if let Some(p) = decode(&mut self.buf, self.version, usize::MAX).expect("broker sent a valid packet") {
+                if let Some(p) = decode(&mut self.buf, self.version, usize::MAX)
+                    .expect("broker sent a valid packet")
+                {
                     return Some(p);
                 }
                 match self.stream.read_buf(&mut self.buf).await {
@@ -166,7 +183,10 @@ impl TestClient {
 
     /// Subscribes to one filter and returns the SUBACK reason.
     pub async fn subscribe(&mut self, filter: &str, qos: QoS) -> ReasonCode {
-        let options = SubscriptionOptions { qos, ..Default::default() };
+        let options = SubscriptionOptions {
+            qos,
+            ..Default::default()
+        };
         self.subscribe_with(filter, options, None).await
     }
 
@@ -179,8 +199,14 @@ impl TestClient {
     ) -> ReasonCode {
         self.send(Packet::Subscribe(Subscribe {
             packet_id: pid(1000),
-            filters: vec![SubscribeFilter { filter: filter.into(), options }],
-            properties: SubscribeProperties { subscription_identifier, ..Default::default() },
+            filters: vec![SubscribeFilter {
+                filter: filter.into(),
+                options,
+            }],
+            properties: SubscribeProperties {
+                subscription_identifier,
+                ..Default::default()
+            },
         }))
         .await;
         match self.recv().await {
@@ -242,7 +268,8 @@ impl TestClient {
 
     /// Sends DISCONNECT (normal) and waits for the close.
     pub async fn disconnect(mut self) {
-        self.send(Packet::Disconnect(Disconnect::new(ReasonCode::Success))).await;
+        self.send(Packet::Disconnect(Disconnect::new(ReasonCode::Success)))
+            .await;
         let _ = self.next(WAIT).await;
     }
 

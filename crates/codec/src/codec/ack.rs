@@ -1,5 +1,5 @@
 //! PUBACK, PUBREC, PUBREL and PUBCOMP (spec 3.4 to 3.7): one shape, four
-//! packet types. Also the MQTT 5 "reason code, then properties" tail that
+//! packet types that differ only in header flags and reason code table. Also the MQTT 5 "reason code, then properties" tail that
 //! these share with DISCONNECT and AUTH, where both parts may be left out.
 
 use crate::codec::props::{self, PropertySet};
@@ -10,7 +10,7 @@ use crate::{DecodeError, EncodeError, ProtocolVersion, PubAck, ReasonCode};
 use ReasonCode::*;
 
 /// Reason codes allowed in PUBACK (spec 3.4.2.1) and PUBREC (spec 3.5.2.1).
-const PUBACK_REASONS: &[ReasonCode] = &[
+pub(crate) const PUBACK_REASONS: &[ReasonCode] = &[
     Success,
     NoMatchingSubscribers,
     UnspecifiedError,
@@ -23,37 +23,18 @@ const PUBACK_REASONS: &[ReasonCode] = &[
 ];
 
 /// Reason codes allowed in PUBREL (spec 3.6.2.1) and PUBCOMP (spec 3.7.2.1).
-const PUBREL_REASONS: &[ReasonCode] = &[Success, PacketIdentifierNotFound];
-
-/// Which of the four packets: they differ only in type, header flags and
-/// reason code table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum AckKind {
-    PubAck,
-    PubRec,
-    PubRel,
-    PubComp,
-}
-
-impl AckKind {
-    fn reasons(self) -> &'static [ReasonCode] {
-        match self {
-            AckKind::PubAck | AckKind::PubRec => PUBACK_REASONS,
-            AckKind::PubRel | AckKind::PubComp => PUBREL_REASONS,
-        }
-    }
-}
+pub(crate) const PUBREL_REASONS: &[ReasonCode] = &[Success, PacketIdentifierNotFound];
 
 /// Reads the body: packet id, and at level 5 the optional reason and
 /// properties (spec 3.4.2.1: remaining length 2 means Success, no properties).
 pub(crate) fn decode(
     r: &mut Reader,
     version: ProtocolVersion,
-    kind: AckKind,
+    reasons: &[ReasonCode],
 ) -> Result<PubAck, DecodeError> {
     let packet_id = r.packet_id()?;
     let (reason, properties) = if version == ProtocolVersion::V5 {
-        decode_reason_tail(r, kind.reasons())?
+        decode_reason_tail(r, reasons)?
     } else {
         (Success, Default::default())
     };
@@ -69,12 +50,12 @@ pub(crate) fn decode(
 pub(crate) fn encode<S: Sink>(
     ack: &PubAck,
     version: ProtocolVersion,
-    kind: AckKind,
+    reasons: &[ReasonCode],
     w: &mut S,
 ) -> Result<(), EncodeError> {
     w.put_u16(ack.packet_id.get());
     if version == ProtocolVersion::V5 {
-        encode_reason_tail(ack.reason, &ack.properties, kind.reasons(), true, w)?;
+        encode_reason_tail(ack.reason, &ack.properties, reasons, true, w)?;
     }
     Ok(())
 }

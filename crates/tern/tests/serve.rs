@@ -1,0 +1,133 @@
+//! `tern serve` as a user runs it: the real binary, its log lines, its config
+//! errors, and a clean shutdown on SIGTERM that tells MQTT 5 clients why.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tern_codec::{Connect, ConnectProperties, Packet, ProtocolVersion, ReasonCode, decode};
+
+fn tern() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_tern"))
+}
+
+/// Starts `tern serve` on a free port; returns the child, its address, and
+/// the log lines read up to the "listening" line.
+fn serve(extra: &[&str]) -> (Child, String, Vec<String>) {
+    let mut child = tern()
+        .args(["serve", "--bind", "127.0.0.1:0"])
+        .args(extra)
+        .stderr(Stdio::piped())
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .spawn()
+        .expect("tern starts");
+    let mut lines = Vec::new();
+    let mut reader = BufReader::new(child.stderr.take().unwrap());
+    let addr = loop {
+        let mut line = String::new();
+        assert!(
+            reader.read_line(&mut line).unwrap() > 0,
+            "tern exited early: {lines:?}"
+        );
+        lines.push(line.clone());
+        if let Some(rest) = line.split("mqtt://").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    // Keep draining the log so the broker never blocks on a full pipe.
+    let next = reader.lines().next().map(|l| l.unwrap_or_default());
+    lines.extend(next);
+    (child, addr, lines)
+}
+
+fn send(stream: &mut TcpStream, packet: Packet) {
+    let mut out = BytesMut::new();
+    packet.encode(ProtocolVersion::V5, &mut out).unwrap();
+    stream.write_all(&out).unwrap();
+}
+
+fn recv(stream: &mut TcpStream, buf: &mut BytesMut) -> Option<Packet> {
+    loop {
+        if let Some(p) = decode(buf, ProtocolVersion::V5, usize::MAX).unwrap() {
+            return Some(p);
+        }
+        let mut chunk = [0u8; 1024];
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+#[test]
+fn serve_logs_where_it_listens_and_stops_cleanly_on_sigterm() {
+    let (mut child, addr, lines) = serve(&[]);
+    let log = lines.join("");
+    assert!(log.contains("listening on mqtt://127.0.0.1:"), "{log}");
+    assert!(
+        log.contains("--bind 0.0.0.0:"),
+        "first lines say how to open it up: {log}"
+    );
+
+    let mut stream = TcpStream::connect(&addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    send(
+        &mut stream,
+        Packet::Connect(Box::new(Connect {
+            protocol: ProtocolVersion::V5,
+            clean_start: true,
+            keep_alive: 30,
+            client_id: "c".into(),
+            will: None,
+            username: None,
+            password: None,
+            properties: ConnectProperties::default(),
+        })),
+    );
+    let mut buf = BytesMut::new();
+    assert!(
+        matches!(recv(&mut stream, &mut buf), Some(Packet::ConnAck(a)) if a.reason == ReasonCode::Success)
+    );
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    match recv(&mut stream, &mut buf) {
+        Some(Packet::Disconnect(d)) => assert_eq!(d.reason, ReasonCode::ServerShuttingDown),
+        other => panic!("expected DISCONNECT 0x8B, got {other:?}"),
+    }
+    let exit = child.wait().unwrap();
+    assert!(exit.success(), "{exit:?}");
+}
+
+#[test]
+fn unknown_config_key_is_an_error_naming_it() {
+    let dir = std::env::temp_dir().join(format!("tern-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("bad.toml");
+    std::fs::write(&path, "max_packet_sise = 10\n").unwrap();
+    let out = tern()
+        .args(["serve", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("max_packet_sise"), "{stderr}");
+    assert!(stderr.contains("bad.toml"), "{stderr}");
+}
+
+#[test]
+fn example_config_file_runs() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tern.example.toml");
+    let (mut child, _, _) = serve(&["--config", example]);
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
