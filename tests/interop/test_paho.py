@@ -26,6 +26,16 @@ def payloads(msgs):
     return [m.payload for m in msgs]
 
 
+def sub_and_pub(make_client, version, topic, qos):
+    """A client subscribed to `topic` at `qos`, then a publisher; both connected."""
+    sub = make_client(version)
+    sub.connect()
+    sub.subscribe(topic, qos)
+    pub = make_client(version)
+    pub.connect()
+    return sub, pub
+
+
 def session_kwargs(version, client_id):
     """A persistent session: clean_session=0 (3.1.1) / clean_start=0 + expiry (5.0)."""
     kw = {"client_id": client_id, "clean": False}
@@ -57,11 +67,7 @@ def test_basic_publish_subscribe(make_client, version, topic_base, qos):
 def test_payload_sizes(make_client, version, topic_base):
     """Payloads across the Remaining Length boundaries (1/2/3-byte lengths) pass intact."""
     t = f"{topic_base}/size"
-    sub = make_client(version)
-    sub.connect()
-    sub.subscribe(t, 1)
-    pub = make_client(version)
-    pub.connect()
+    sub, pub = sub_and_pub(make_client, version, t, 1)
     sizes = [0, 1, 100, 127, 128, 16_000, 16_384, 200_000]
     for n in sizes:
         pub.publish(t, bytes(i % 251 for i in range(n)), qos=1)
@@ -89,11 +95,7 @@ def test_unsubscribe_stops_delivery(make_client, version, topic_base):
 
 def test_mqtt31_basic_publish_subscribe(make_client, topic_base):
     """MQTT 3.1 (protocol name MQIsdp) clients can publish and subscribe."""
-    sub = make_client(mqtt.MQTTv31)
-    sub.connect()
-    sub.subscribe(f"{topic_base}/v31", 1)
-    pub = make_client(mqtt.MQTTv31)
-    pub.connect()
+    sub, pub = sub_and_pub(make_client, mqtt.MQTTv31, f"{topic_base}/v31", 1)
     pub.publish(f"{topic_base}/v31", b"old protocol", qos=1)
     msg = sub.get()
     assert (msg.topic, msg.payload, msg.qos) == (f"{topic_base}/v31", b"old protocol", 1)
@@ -105,11 +107,7 @@ def test_mqtt31_basic_publish_subscribe(make_client, topic_base):
     ids=["sub0-pub2", "sub1-pub2", "sub2-pub0", "sub0-pub1"],
 )
 def test_qos_is_downgraded_to_subscription_qos(make_client, version, topic_base, sub_qos, pub_qos):
-    sub = make_client(version)
-    sub.connect()
-    sub.subscribe(f"{topic_base}/dg", sub_qos)
-    pub = make_client(version)
-    pub.connect()
+    sub, pub = sub_and_pub(make_client, version, f"{topic_base}/dg", sub_qos)
     pub.publish(f"{topic_base}/dg", b"x", qos=pub_qos)
     msg = sub.get()
     assert msg.qos == min(sub_qos, pub_qos)
@@ -167,59 +165,51 @@ def test_cross_version_delivery(make_client, topic_base):
 # --------------------------------------------------------------------------
 
 
-def test_single_level_wildcard(make_client, version, topic_base):
-    b = topic_base
-    sub = make_client(version)
-    sub.connect()
-    sub.subscribe(f"{b}/+/temp", 1)
-    pub = make_client(version)
-    pub.connect()
-    matching = [f"{b}/kitchen/temp", f"{b}/hall/temp", f"{b}//temp"]
-    not_matching = [
-        f"{b}/kitchen/hum",
-        f"{b}/kitchen/temp/x",
-        f"{b}/a/b/temp",
-        f"{b}/temp",
-        f"{b}x/kitchen/temp",
-    ]
+# (filter, matching topics, topics that must not match, a matching marker
+# published last), with `{b}` standing for the test's topic base.
+WILDCARD_CASES = [
+    pytest.param(
+        "{b}/+/temp",
+        ["{b}/kitchen/temp", "{b}/hall/temp", "{b}//temp"],
+        [
+            "{b}/kitchen/hum",
+            "{b}/kitchen/temp/x",
+            "{b}/a/b/temp",
+            "{b}/temp",
+            "{b}x/kitchen/temp",
+        ],
+        "{b}/zz-marker/temp",
+        id="single_level",
+    ),
+    pytest.param(
+        "{b}/sport/#",
+        # "sport/#" also matches the parent level "sport" itself.
+        ["{b}/sport", "{b}/sport/tennis", "{b}/sport/tennis/player1/score", "{b}/sport/"],
+        ["{b}/sports", "{b}/other/sport", "{b}", "{b}/sportx/tennis"],
+        "{b}/sport/zz-marker",
+        id="multi_level",
+    ),
+    pytest.param(
+        "{b}/+/status/#",
+        ["{b}/dev1/status", "{b}/dev2/status/online", "{b}/dev3/status/a/b"],
+        ["{b}/status", "{b}/dev1/x/status", "{b}/dev1/statusx"],
+        "{b}/zz/status/marker",
+        id="mixed",
+    ),
+]
+
+
+@pytest.mark.parametrize("filter_, matching, not_matching, marker", WILDCARD_CASES)
+def test_wildcard_filter(make_client, version, topic_base, filter_, matching, not_matching, marker):
+    def at_base(t):
+        return t.format(b=topic_base)
+
+    matching = [at_base(t) for t in matching]
+    not_matching = [at_base(t) for t in not_matching]
+    marker = at_base(marker)
+    sub, pub = sub_and_pub(make_client, version, at_base(filter_), 1)
     for t in not_matching + matching:
         pub.publish(t, t.encode(), qos=1)
-    marker = f"{b}/zz-marker/temp"
-    pub.publish(marker, b"end", qos=1)
-    got = sub.get_until(marker) + sub.drain()
-    assert topics(got) == sorted(matching + [marker])
-
-
-def test_multi_level_wildcard(make_client, version, topic_base):
-    b = topic_base
-    sub = make_client(version)
-    sub.connect()
-    sub.subscribe(f"{b}/sport/#", 1)
-    pub = make_client(version)
-    pub.connect()
-    # "sport/#" also matches the parent level "sport" itself.
-    matching = [f"{b}/sport", f"{b}/sport/tennis", f"{b}/sport/tennis/player1/score", f"{b}/sport/"]
-    not_matching = [f"{b}/sports", f"{b}/other/sport", f"{b}", f"{b}/sportx/tennis"]
-    for t in not_matching + matching:
-        pub.publish(t, t.encode(), qos=1)
-    marker = f"{b}/sport/zz-marker"
-    pub.publish(marker, b"end", qos=1)
-    got = sub.get_until(marker) + sub.drain()
-    assert topics(got) == sorted(matching + [marker])
-
-
-def test_mixed_wildcards(make_client, version, topic_base):
-    b = topic_base
-    sub = make_client(version)
-    sub.connect()
-    sub.subscribe(f"{b}/+/status/#", 1)
-    pub = make_client(version)
-    pub.connect()
-    matching = [f"{b}/dev1/status", f"{b}/dev2/status/online", f"{b}/dev3/status/a/b"]
-    not_matching = [f"{b}/status", f"{b}/dev1/x/status", f"{b}/dev1/statusx"]
-    for t in not_matching + matching:
-        pub.publish(t, t.encode(), qos=1)
-    marker = f"{b}/zz/status/marker"
     pub.publish(marker, b"end", qos=1)
     got = sub.get_until(marker) + sub.drain()
     assert topics(got) == sorted(matching + [marker])
@@ -286,11 +276,7 @@ def test_retained_late_subscriber(make_client, version, topic_base):
 def test_retained_flag_clear_for_live_subscription(make_client, version, topic_base):
     """A retained publish forwarded to an existing subscription has RETAIN=0."""
     t = f"{topic_base}/live"
-    sub = make_client(version)
-    sub.connect()
-    sub.subscribe(t, 1)
-    pub = make_client(version)
-    pub.connect()
+    sub, pub = sub_and_pub(make_client, version, t, 1)
     pub.publish(t, b"r", qos=1, retain=True)
     msg = sub.get()
     assert msg.payload == b"r"
@@ -349,10 +335,10 @@ def test_persistent_session_queues_while_offline(make_client, version, topic_bas
     assert back.drain() == []
 
 
-def test_clean_session_discards_state(make_client, version, topic_base):
-    t = f"{topic_base}/discard"
-    cid = unique("cs")
-    sub = make_client(version, **session_kwargs(version, cid))
+def miss_a_message(make_client, version, t, **session):
+    """Subscribes to `t` in a session, disconnects, then has another client
+    publish to `t` while away; returns that publisher."""
+    sub = make_client(version, **session)
     sub.connect()
     sub.subscribe(t, 1)
     sub.disconnect()
@@ -360,6 +346,13 @@ def test_clean_session_discards_state(make_client, version, topic_base):
     pub = make_client(version)
     pub.connect()
     pub.publish(t, b"while-away", qos=1)
+    return pub
+
+
+def test_clean_session_discards_state(make_client, version, topic_base):
+    t = f"{topic_base}/discard"
+    cid = unique("cs")
+    pub = miss_a_message(make_client, version, t, **session_kwargs(version, cid))
 
     fresh = make_client(version, client_id=cid, clean=True)
     flags = fresh.connect()
@@ -373,14 +366,7 @@ def test_v5_session_expiry_zero_ends_session(make_client, topic_base):
     """MQTT 5: clean_start=0 with Session Expiry Interval 0 -> session ends on disconnect."""
     t = f"{topic_base}/noexp"
     cid = unique("se")
-    sub = make_client(V5, client_id=cid, clean=False, session_expiry=0)
-    sub.connect()
-    sub.subscribe(t, 1)
-    sub.disconnect()
-
-    pub = make_client(V5)
-    pub.connect()
-    pub.publish(t, b"while-away", qos=1)
+    miss_a_message(make_client, V5, t, client_id=cid, clean=False, session_expiry=0)
 
     back = make_client(V5, client_id=cid, clean=False, session_expiry=0)
     flags = back.connect()
@@ -500,11 +486,7 @@ def assert_props_forwarded(received, sent):
 @pytest.mark.parametrize("qos", [0, 1, 2])
 def test_v5_properties_forwarded_unchanged(make_client, topic_base, qos):
     t = f"{topic_base}/props"
-    sub = make_client(V5)
-    sub.connect()
-    sub.subscribe(t, qos)
-    pub = make_client(V5)
-    pub.connect()
+    sub, pub = sub_and_pub(make_client, V5, t, qos)
     sent = v5_publish_props(topic_base)
     pub.publish(t, b'{"temp": 21.5}', qos=qos, properties=sent)
     msg = sub.get()

@@ -36,5 +36,8 @@ pub mod state;
 pub mod sys;
 pub mod topic_tree;
 
+#[cfg(test)]
+mod test_rng;
+
 pub use config::{Config, ConfigError};
 pub use server::{Broker, BrokerHandle};

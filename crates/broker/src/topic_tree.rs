@@ -428,6 +428,7 @@ mod tests {
     use tern_codec::topic::filter_matches;
 
     use super::*;
+    use crate::test_rng::Rng;
 
     /// What a match reported, comparable across runs: non-shared subscriptions
     /// as (client, value), groups as (group name, members' values).
@@ -683,40 +684,6 @@ mod tests {
         let thread = std::thread::Builder::new().stack_size(128 * 1024);
         let handle = thread.spawn(run).expect("spawn a thread");
         assert!(handle.join().is_ok());
-    }
-
-    /// A small deterministic generator (SplitMix64), so failures reproduce.
-    struct Rng(u64);
-
-    impl Rng {
-        fn below(&mut self, n: usize) -> usize {
-            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            ((z ^ (z >> 31)) % n as u64) as usize
-        }
-
-        fn pick<'s>(&mut self, from: &[&'s str]) -> &'s str {
-            from[self.below(from.len())]
-        }
-
-        fn topic(&mut self) -> String {
-            let levels: Vec<&str> = (0..=self.below(4))
-                .map(|_| self.pick(&["a", "b", "$x", ""]))
-                .collect();
-            levels.join("/")
-        }
-
-        fn filter(&mut self) -> String {
-            let mut levels: Vec<&str> = (0..=self.below(4))
-                .map(|_| self.pick(&["a", "b", "$x", "", "+", "+"]))
-                .collect();
-            if let Some(last) = levels.last_mut().filter(|_| self.below(3) == 0) {
-                *last = "#";
-            }
-            levels.join("/")
-        }
     }
 
     type Subscription = (String, Option<&'static str>, String);

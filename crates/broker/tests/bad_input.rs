@@ -88,29 +88,6 @@ async fn setup(config: Config) -> (BrokerHandle, Witness) {
 
 // ---- Reading the outcome -------------------------------------------------------
 
-/// Every packet the broker sends until it closes the connection.
-async fn read_until_closed(client: &mut TestClient) -> Vec<Packet> {
-    let mut packets = Vec::new();
-    loop {
-        match client.next(WAIT).await {
-            Ok(None) => return packets,
-            Ok(Some(p)) => packets.push(p),
-            Err(_) => panic!("connection still open after {WAIT:?}; received {packets:?}"),
-        }
-    }
-}
-
-/// Reads until the close; the last packet must be DISCONNECT `reason`.
-/// Returns the packets before it.
-async fn expect_disconnect(client: &mut TestClient, reason: ReasonCode) -> Vec<Packet> {
-    let mut packets = read_until_closed(client).await;
-    match packets.pop() {
-        Some(Packet::Disconnect(d)) => assert_eq!(d.reason, reason, "DISCONNECT {d:?}"),
-        other => panic!("expected DISCONNECT {reason:?} before the close, got {other:?}"),
-    }
-    packets
-}
-
 /// Connects a v5 client, sends `bytes`, and expects exactly DISCONNECT
 /// `reason` and the close.
 async fn v5_case(addr: SocketAddr, bytes: &[u8], reason: ReasonCode) {
@@ -128,47 +105,6 @@ async fn v311_case(addr: SocketAddr, bytes: &[u8]) {
 }
 
 // ---- Writing packets by hand ----------------------------------------------------
-
-/// A Variable Byte Integer (spec 1.5.5).
-fn varint(mut n: usize, out: &mut Vec<u8>) {
-    loop {
-        let mut byte = (n % 128) as u8;
-        n /= 128;
-        if n > 0 {
-            byte |= 0x80;
-        }
-        out.push(byte);
-        if n == 0 {
-            return;
-        }
-    }
-}
-
-/// A packet: the first header byte, the remaining length, the body.
-fn packet(first: u8, body: &[u8]) -> Vec<u8> {
-    let mut out = vec![first];
-    varint(body.len(), &mut out);
-    out.extend_from_slice(body);
-    out
-}
-
-/// A length-prefixed string or binary field.
-fn field(bytes: &[u8]) -> Vec<u8> {
-    let mut out = (bytes.len() as u16).to_be_bytes().to_vec();
-    out.extend_from_slice(bytes);
-    out
-}
-
-/// A CONNECT with these flags, keep-alive 60, no properties.
-fn connect_bytes(level: u8, flags: u8, client_id: &str) -> Vec<u8> {
-    let mut body = field(b"MQTT");
-    body.extend_from_slice(&[level, flags, 0x00, 60]);
-    if level == 5 {
-        body.push(0x00);
-    }
-    body.extend(field(client_id.as_bytes()));
-    packet(0x10, &body)
-}
 
 /// A v5 PUBLISH body: topic, packet id (if any), properties, payload.
 fn v5_publish_body(topic: &[u8], packet_id: Option<u16>, properties: &[u8]) -> Vec<u8> {
@@ -237,7 +173,7 @@ async fn second_connect_is_protocol_error() {
     let (broker, witness) = setup(test_config()).await;
     v5_case(
         broker.local_addr(),
-        &connect_bytes(5, 0x02, "bad"),
+        &raw_connect(b"MQTT", 5, 0x02, "bad"),
         ReasonCode::ProtocolError,
     )
     .await;
@@ -247,7 +183,7 @@ async fn second_connect_is_protocol_error() {
 #[tokio::test]
 async fn v311_second_connect_is_closed() {
     let (broker, witness) = setup(test_config()).await;
-    v311_case(broker.local_addr(), &connect_bytes(4, 0x02, "bad")).await;
+    v311_case(broker.local_addr(), &raw_connect(b"MQTT", 4, 0x02, "bad")).await;
     witness.check().await;
 }
 
@@ -262,7 +198,8 @@ async fn reserved_connect_flag_is_closed() {
             ProtocolVersion::V3_1_1
         };
         // Clean start plus the reserved bit 0 [MQTT-3.1.2-3].
-        bad.send_bytes(&connect_bytes(level, 0x03, "bad")).await;
+        bad.send_bytes(&raw_connect(b"MQTT", level, 0x03, "bad"))
+            .await;
         for p in read_until_closed(&mut bad).await {
             // A CONNACK refusing it is allowed; nothing else is.
             assert!(

@@ -10,61 +10,6 @@ use bytes::{Bytes, BytesMut};
 use common::*;
 use tern_codec::*;
 
-/// Every packet the broker sends until it closes the connection.
-async fn read_until_closed(client: &mut TestClient) -> Vec<Packet> {
-    let mut packets = Vec::new();
-    loop {
-        match client.next(WAIT).await {
-            Ok(None) => return packets,
-            Ok(Some(p)) => packets.push(p),
-            Err(_) => panic!("connection still open after {WAIT:?}; received {packets:?}"),
-        }
-    }
-}
-
-/// Reads until the close and asserts the last packet was DISCONNECT `reason`.
-async fn expect_disconnect(client: &mut TestClient, reason: ReasonCode) -> Vec<Packet> {
-    let mut packets = read_until_closed(client).await;
-    match packets.pop() {
-        Some(Packet::Disconnect(d)) => assert_eq!(d.reason, reason, "DISCONNECT {d:?}"),
-        other => panic!("expected DISCONNECT {reason:?} before the close, got {other:?}"),
-    }
-    packets
-}
-
-/// A Variable Byte Integer (spec 1.5.5).
-fn varint(mut n: usize, out: &mut Vec<u8>) {
-    loop {
-        let mut byte = (n % 128) as u8;
-        n /= 128;
-        if n > 0 {
-            byte |= 0x80;
-        }
-        out.push(byte);
-        if n == 0 {
-            return;
-        }
-    }
-}
-
-/// A CONNECT written byte by byte: any protocol name and level, clean start,
-/// keep-alive 60, no properties (a zero property length from level 5 on).
-fn raw_connect(name: &[u8], level: u8, client_id: &str) -> Vec<u8> {
-    let mut body = Vec::new();
-    body.extend_from_slice(&(name.len() as u16).to_be_bytes());
-    body.extend_from_slice(name);
-    body.extend_from_slice(&[level, 0x02, 0x00, 60]);
-    if level >= 5 {
-        body.push(0x00);
-    }
-    body.extend_from_slice(&(client_id.len() as u16).to_be_bytes());
-    body.extend_from_slice(client_id.as_bytes());
-    let mut packet = vec![0x10];
-    varint(body.len(), &mut packet);
-    packet.extend_from_slice(&body);
-    packet
-}
-
 fn will(topic: &str) -> LastWill {
     LastWill {
         topic: topic.into(),
@@ -131,7 +76,9 @@ async fn unsupported_protocol_level_gets_return_code_1_then_close() {
     let broker = start().await;
     // The refusal is in 3.1.1 form whatever level was asked for [MQTT-3.1.2-2].
     let mut client = TestClient::raw(broker.local_addr(), ProtocolVersion::V3_1_1).await;
-    client.send_bytes(&raw_connect(b"MQTT", 6, "future")).await;
+    client
+        .send_bytes(&raw_connect(b"MQTT", 6, 0x02, "future"))
+        .await;
     let packets = read_until_closed(&mut client).await;
     let expected = ConnAck {
         session_present: false,
@@ -146,7 +93,7 @@ async fn invalid_protocol_name_is_closed_without_connack() {
     let broker = start().await;
     let mut client = TestClient::raw(broker.local_addr(), ProtocolVersion::V3_1_1).await;
     client
-        .send_bytes(&raw_connect(b"MQTX", 4, "wrong-name"))
+        .send_bytes(&raw_connect(b"MQTX", 4, 0x02, "wrong-name"))
         .await;
     assert_eq!(read_until_closed(&mut client).await, vec![]);
 }

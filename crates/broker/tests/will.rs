@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
+use tern_broker::BrokerHandle;
 use tern_codec::*;
 
 const V4: ProtocolVersion = ProtocolVersion::V3_1_1;
@@ -29,6 +30,15 @@ async fn watcher(addr: std::net::SocketAddr, version: ProtocolVersion) -> TestCl
     let mut w = TestClient::connect(addr, version, "watcher").await;
     w.subscribe("dev/#", QoS::ExactlyOnce).await;
     w
+}
+
+/// A broker, a watcher at the level of `connect`, then the device connected
+/// with `connect`: returns the broker, the watcher and the device.
+async fn watched(connect: Connect) -> (BrokerHandle, TestClient, TestClient) {
+    let broker = start().await;
+    let w = watcher(broker.local_addr(), connect.protocol).await;
+    let (dev, _) = TestClient::connect_with(broker.local_addr(), connect).await;
+    (broker, w, dev)
 }
 
 #[tokio::test]
@@ -54,26 +64,14 @@ async fn will_published_on_network_drop_with_its_qos() {
 
 #[tokio::test]
 async fn no_will_after_normal_disconnect() {
-    let broker = start().await;
-    let mut w = watcher(broker.local_addr(), V4).await;
-    let (dev, _) = TestClient::connect_with(
-        broker.local_addr(),
-        with_will(V4, "dev", QoS::AtMostOnce, false),
-    )
-    .await;
+    let (_broker, mut w, dev) = watched(with_will(V4, "dev", QoS::AtMostOnce, false)).await;
     dev.disconnect().await;
     w.expect_nothing().await;
 }
 
 #[tokio::test]
 async fn will_published_on_protocol_error() {
-    let broker = start().await;
-    let mut w = watcher(broker.local_addr(), V5).await;
-    let (mut dev, _) = TestClient::connect_with(
-        broker.local_addr(),
-        with_will(V5, "dev", QoS::AtMostOnce, false),
-    )
-    .await;
+    let (_broker, mut w, mut dev) = watched(with_will(V5, "dev", QoS::AtMostOnce, false)).await;
     dev.send(Packet::Connect(Box::new(connect_packet(V5, "dev"))))
         .await;
     assert_eq!(
@@ -85,11 +83,9 @@ async fn will_published_on_protocol_error() {
 
 #[tokio::test]
 async fn will_published_on_keep_alive_timeout() {
-    let broker = start().await;
-    let mut w = watcher(broker.local_addr(), V4).await;
     let mut connect = with_will(V4, "dev", QoS::AtMostOnce, false);
     connect.keep_alive = 1;
-    let (mut dev, _) = TestClient::connect_with(broker.local_addr(), connect).await;
+    let (_broker, mut w, mut dev) = watched(connect).await;
     assert_eq!(w.recv_publish().await.payload, "offline");
     assert!(dev.expect_closed().await.is_none());
 }
@@ -122,13 +118,7 @@ async fn will_retain_is_kept_for_late_subscribers() {
 
 #[tokio::test]
 async fn v5_disconnect_with_will_message_publishes_it() {
-    let broker = start().await;
-    let mut w = watcher(broker.local_addr(), V5).await;
-    let (mut dev, _) = TestClient::connect_with(
-        broker.local_addr(),
-        with_will(V5, "dev", QoS::AtMostOnce, false),
-    )
-    .await;
+    let (_broker, mut w, mut dev) = watched(with_will(V5, "dev", QoS::AtMostOnce, false)).await;
     dev.send(Packet::Disconnect(Disconnect::new(
         ReasonCode::DisconnectWithWillMessage,
     )))
@@ -138,8 +128,6 @@ async fn v5_disconnect_with_will_message_publishes_it() {
 
 #[tokio::test]
 async fn will_properties_are_forwarded() {
-    let broker = start().await;
-    let mut w = watcher(broker.local_addr(), V5).await;
     let mut connect = with_will(V5, "dev", QoS::AtMostOnce, false);
     let props = &mut connect.will.as_mut().unwrap().properties;
     props.content_type = Some("text/plain".into());
@@ -150,7 +138,7 @@ async fn will_properties_are_forwarded() {
         name: "k".into(),
         value: "v".into(),
     }];
-    let (dev, _) = TestClient::connect_with(broker.local_addr(), connect).await;
+    let (_broker, mut w, dev) = watched(connect).await;
     dev.drop_connection();
     let p = w.recv_publish().await;
     assert_eq!(p.properties.content_type.as_deref(), Some("text/plain"));
@@ -173,9 +161,7 @@ fn delayed(delay_secs: u32, session_expiry: u32) -> Connect {
 
 #[tokio::test]
 async fn will_delay_interval_postpones_the_will() {
-    let broker = start().await;
-    let mut w = watcher(broker.local_addr(), V5).await;
-    let (dev, _) = TestClient::connect_with(broker.local_addr(), delayed(1, 60)).await;
+    let (_broker, mut w, dev) = watched(delayed(1, 60)).await;
     let dropped_at = tokio::time::Instant::now();
     dev.drop_connection();
     assert_eq!(w.recv_publish().await.payload, "offline");
@@ -184,9 +170,7 @@ async fn will_delay_interval_postpones_the_will() {
 
 #[tokio::test]
 async fn will_not_sent_if_client_returns_within_the_delay() {
-    let broker = start().await;
-    let mut w = watcher(broker.local_addr(), V5).await;
-    let (dev, _) = TestClient::connect_with(broker.local_addr(), delayed(1, 60)).await;
+    let (broker, mut w, dev) = watched(delayed(1, 60)).await;
     dev.drop_connection();
     let mut back = delayed(1, 60);
     back.will = None;
@@ -199,9 +183,7 @@ async fn will_not_sent_if_client_returns_within_the_delay() {
 
 #[tokio::test]
 async fn will_sent_when_session_ends_before_the_delay() {
-    let broker = start().await;
-    let mut w = watcher(broker.local_addr(), V5).await;
-    let (dev, _) = TestClient::connect_with(broker.local_addr(), delayed(60, 1)).await;
+    let (_broker, mut w, dev) = watched(delayed(60, 1)).await;
     dev.drop_connection();
     // Session expiry (1 s) comes before the will delay (60 s).
     let p = tokio::time::timeout(Duration::from_secs(3), w.recv_publish())

@@ -23,8 +23,8 @@ mod write;
 
 use bytes::BytesMut;
 
+use crate::reason::{PUBACK_REASONS, PUBREL_REASONS};
 use crate::{DecodeError, EncodeError, Packet, ProtocolVersion};
-use ack::{PUBACK_REASONS, PUBREL_REASONS};
 use read::{MAX_VARINT, Reader, parse_varint};
 use write::{Counter, Sink, varint_len};
 

@@ -3,6 +3,9 @@
 //! One enum serves every protocol level: a 3.1/3.1.1 CONNACK return code or
 //! SUBACK failure is encoded from (and decoded into) the MQTT 5 code with the
 //! same meaning, so the broker reasons in one vocabulary.
+//!
+//! The `*_REASONS` and `*_RETURN_CODES` tables say which codes each packet
+//! may carry; the codec checks every code it reads or writes against them.
 
 /// A reason code. Several MQTT 5 codes share the value 0x00 (Success, Normal
 /// disconnection, Granted QoS 0); they are all [`ReasonCode::Success`].
@@ -61,6 +64,144 @@ impl ReasonCode {
         (self as u8) >= 0x80
     }
 }
+
+// ---- Which codes each packet may carry ----------------------------------------
+//
+// The decoder refuses a code outside its packet's table
+// ([`DecodeError::InvalidReasonCode`](crate::DecodeError::InvalidReasonCode))
+// and the encoder refuses to write one
+// ([`EncodeError::InvalidValue`](crate::EncodeError::InvalidValue)).
+
+/// Reason codes allowed in an MQTT 5 CONNACK (spec 3.2.2.2).
+pub const CONNACK_REASONS: &[ReasonCode] = &[
+    ReasonCode::Success,
+    ReasonCode::UnspecifiedError,
+    ReasonCode::MalformedPacket,
+    ReasonCode::ProtocolError,
+    ReasonCode::ImplementationSpecificError,
+    ReasonCode::UnsupportedProtocolVersion,
+    ReasonCode::ClientIdentifierNotValid,
+    ReasonCode::BadUserNameOrPassword,
+    ReasonCode::NotAuthorized,
+    ReasonCode::ServerUnavailable,
+    ReasonCode::ServerBusy,
+    ReasonCode::Banned,
+    ReasonCode::BadAuthenticationMethod,
+    ReasonCode::TopicNameInvalid,
+    ReasonCode::PacketTooLarge,
+    ReasonCode::QuotaExceeded,
+    ReasonCode::PayloadFormatInvalid,
+    ReasonCode::RetainNotSupported,
+    ReasonCode::QoSNotSupported,
+    ReasonCode::UseAnotherServer,
+    ReasonCode::ServerMoved,
+    ReasonCode::ConnectionRateExceeded,
+];
+
+/// The CONNACK return codes of 3.1 and 3.1.1 (3.1.1 spec 3.2.2.3, table 3.1),
+/// as the MQTT 5 codes of the same meaning. Indexed by value: return code
+/// `n` is `CONNACK_RETURN_CODES[n]`.
+pub const CONNACK_RETURN_CODES: &[ReasonCode] = &[
+    ReasonCode::Success,
+    ReasonCode::UnsupportedProtocolVersion,
+    ReasonCode::ClientIdentifierNotValid,
+    ReasonCode::ServerUnavailable,
+    ReasonCode::BadUserNameOrPassword,
+    ReasonCode::NotAuthorized,
+];
+
+/// Reason codes allowed in PUBACK (spec 3.4.2.1) and PUBREC (spec 3.5.2.1).
+pub const PUBACK_REASONS: &[ReasonCode] = &[
+    ReasonCode::Success,
+    ReasonCode::NoMatchingSubscribers,
+    ReasonCode::UnspecifiedError,
+    ReasonCode::ImplementationSpecificError,
+    ReasonCode::NotAuthorized,
+    ReasonCode::TopicNameInvalid,
+    ReasonCode::PacketIdentifierInUse,
+    ReasonCode::QuotaExceeded,
+    ReasonCode::PayloadFormatInvalid,
+];
+
+/// Reason codes allowed in PUBREL (spec 3.6.2.1) and PUBCOMP (spec 3.7.2.1).
+pub const PUBREL_REASONS: &[ReasonCode] =
+    &[ReasonCode::Success, ReasonCode::PacketIdentifierNotFound];
+
+/// Reason codes allowed in an MQTT 5 SUBACK (spec 3.9.3).
+pub const SUBACK_REASONS: &[ReasonCode] = &[
+    ReasonCode::Success,
+    ReasonCode::GrantedQoS1,
+    ReasonCode::GrantedQoS2,
+    ReasonCode::UnspecifiedError,
+    ReasonCode::ImplementationSpecificError,
+    ReasonCode::NotAuthorized,
+    ReasonCode::TopicFilterInvalid,
+    ReasonCode::PacketIdentifierInUse,
+    ReasonCode::QuotaExceeded,
+    ReasonCode::SharedSubscriptionsNotSupported,
+    ReasonCode::SubscriptionIdentifiersNotSupported,
+    ReasonCode::WildcardSubscriptionsNotSupported,
+];
+
+/// The SUBACK return codes of 3.1.1 (3.1.1 spec 3.9.3): granted QoS 0, 1 or
+/// 2, or failure (0x80, modelled as Unspecified error).
+pub const SUBACK_RETURN_CODES: &[ReasonCode] = &[
+    ReasonCode::Success,
+    ReasonCode::GrantedQoS1,
+    ReasonCode::GrantedQoS2,
+    ReasonCode::UnspecifiedError,
+];
+
+/// Reason codes allowed in an MQTT 5 UNSUBACK (spec 3.11.3).
+pub const UNSUBACK_REASONS: &[ReasonCode] = &[
+    ReasonCode::Success,
+    ReasonCode::NoSubscriptionExisted,
+    ReasonCode::UnspecifiedError,
+    ReasonCode::ImplementationSpecificError,
+    ReasonCode::NotAuthorized,
+    ReasonCode::TopicFilterInvalid,
+    ReasonCode::PacketIdentifierInUse,
+];
+
+/// Reason codes allowed in DISCONNECT (spec 3.14.2.1).
+pub const DISCONNECT_REASONS: &[ReasonCode] = &[
+    ReasonCode::Success,
+    ReasonCode::DisconnectWithWillMessage,
+    ReasonCode::UnspecifiedError,
+    ReasonCode::MalformedPacket,
+    ReasonCode::ProtocolError,
+    ReasonCode::ImplementationSpecificError,
+    ReasonCode::NotAuthorized,
+    ReasonCode::ServerBusy,
+    ReasonCode::ServerShuttingDown,
+    ReasonCode::KeepAliveTimeout,
+    ReasonCode::SessionTakenOver,
+    ReasonCode::TopicFilterInvalid,
+    ReasonCode::TopicNameInvalid,
+    ReasonCode::ReceiveMaximumExceeded,
+    ReasonCode::TopicAliasInvalid,
+    ReasonCode::PacketTooLarge,
+    ReasonCode::MessageRateTooHigh,
+    ReasonCode::QuotaExceeded,
+    ReasonCode::AdministrativeAction,
+    ReasonCode::PayloadFormatInvalid,
+    ReasonCode::RetainNotSupported,
+    ReasonCode::QoSNotSupported,
+    ReasonCode::UseAnotherServer,
+    ReasonCode::ServerMoved,
+    ReasonCode::SharedSubscriptionsNotSupported,
+    ReasonCode::ConnectionRateExceeded,
+    ReasonCode::MaximumConnectTime,
+    ReasonCode::SubscriptionIdentifiersNotSupported,
+    ReasonCode::WildcardSubscriptionsNotSupported,
+];
+
+/// Reason codes allowed in AUTH (spec 3.15.2.1).
+pub const AUTH_REASONS: &[ReasonCode] = &[
+    ReasonCode::Success,
+    ReasonCode::ContinueAuthentication,
+    ReasonCode::ReAuthenticate,
+];
 
 impl TryFrom<u8> for ReasonCode {
     type Error = u8;

@@ -615,3 +615,180 @@ fn decoded_strings_share_the_receive_buffer() {
     let topic_end = publish.topic.as_bytes().as_ptr() as usize + publish.topic.len();
     assert_eq!(topic_end, publish.payload.as_ptr() as usize);
 }
+
+// ---- Reason-code tables against the spec -------------------------------------------
+
+/// The one reason code a decoded acknowledgement carries.
+fn reason_of(packet: &Packet) -> ReasonCode {
+    match packet {
+        Packet::ConnAck(ack) => ack.reason,
+        Packet::PubAck(ack) | Packet::PubRec(ack) | Packet::PubRel(ack) | Packet::PubComp(ack) => {
+            ack.reason
+        }
+        Packet::SubAck(SubAck { reasons, .. }) | Packet::UnsubAck(UnsubAck { reasons, .. }) => {
+            assert_eq!(reasons.len(), 1, "{packet:?}");
+            reasons[0]
+        }
+        Packet::Disconnect(disconnect) => disconnect.reason,
+        Packet::Auth(auth) => auth.reason,
+        other => panic!("no reason code in {other:?}"),
+    }
+}
+
+/// Sets the one reason code of an acknowledgement.
+fn set_reason(packet: &mut Packet, reason: ReasonCode) {
+    match packet {
+        Packet::ConnAck(ack) => ack.reason = reason,
+        Packet::PubAck(ack) | Packet::PubRec(ack) | Packet::PubRel(ack) | Packet::PubComp(ack) => {
+            ack.reason = reason;
+        }
+        Packet::SubAck(SubAck { reasons, .. }) | Packet::UnsubAck(UnsubAck { reasons, .. }) => {
+            *reasons = vec![reason];
+        }
+        Packet::Disconnect(disconnect) => disconnect.reason = reason,
+        Packet::Auth(auth) => auth.reason = reason,
+        other => panic!("no reason code in {other:?}"),
+    }
+}
+
+/// Checks one packet type's reason codes against the values the spec lists.
+///
+/// `frame(byte)` is the packet with `byte` as its reason or return code, and
+/// `spec` pairs each byte the spec allows with the value of the MQTT 5 code
+/// it decodes to (the same value from 5.0 on). Every byte 0x00..=0xFF must
+/// decode to that code or be refused as an invalid reason code; at level 5
+/// every known code must encode exactly when the spec allows it; and `table`,
+/// the codec's public table, must hold exactly those codes.
+fn check_reasons(
+    version: ProtocolVersion,
+    frame: impl Fn(u8) -> Vec<u8>,
+    spec: &[(u8, u8)],
+    table: &[ReasonCode],
+) {
+    for byte in 0..=u8::MAX {
+        let mut buf = BytesMut::from(&frame(byte)[..]);
+        let decoded = decode(&mut buf, version, MAX);
+        match spec.iter().find(|&&(wire, _)| wire == byte) {
+            Some(&(_, value)) => {
+                let Ok(Some(packet)) = decoded else {
+                    panic!("{byte:#04x} at {version:?}: {decoded:?}");
+                };
+                assert_eq!(
+                    reason_of(&packet) as u8,
+                    value,
+                    "{byte:#04x} at {version:?}"
+                );
+            }
+            None => assert_eq!(
+                decoded,
+                Err(DecodeError::InvalidReasonCode(byte)),
+                "{byte:#04x} at {version:?}"
+            ),
+        }
+    }
+
+    // Before 5.0 the encoder maps a code it cannot carry instead of refusing it.
+    if version == ProtocolVersion::V5 {
+        let mut buf = BytesMut::from(&frame(0x00)[..]);
+        let mut packet = decode(&mut buf, version, MAX).unwrap().unwrap();
+        for reason in (0..=u8::MAX).filter_map(|v| ReasonCode::try_from(v).ok()) {
+            set_reason(&mut packet, reason);
+            let allowed = spec.iter().any(|&(_, value)| value == reason as u8);
+            let mut out = BytesMut::new();
+            match packet.encode(version, &mut out) {
+                Ok(()) => {
+                    assert!(allowed, "{reason:?} encoded in {packet:?}");
+                    assert_eq!(decode(&mut out, version, MAX), Ok(Some(packet.clone())));
+                }
+                Err(error) => {
+                    assert!(!allowed, "{reason:?} refused: {error:?}");
+                    assert!(matches!(error, EncodeError::InvalidValue(_)), "{error:?}");
+                }
+            }
+        }
+    }
+
+    let mut in_table: Vec<u8> = table.iter().map(|&code| code as u8).collect();
+    let mut in_spec: Vec<u8> = spec.iter().map(|&(_, value)| value).collect();
+    in_table.sort_unstable();
+    in_spec.sort_unstable();
+    assert_eq!(in_table, in_spec, "table for {:#04x}", frame(0)[0]);
+}
+
+/// Reason codes the same on the wire as in the model (every MQTT 5 table).
+fn same(values: &[u8]) -> Vec<(u8, u8)> {
+    values.iter().map(|&v| (v, v)).collect()
+}
+
+#[test]
+fn reason_code_tables_follow_the_spec() {
+    use ProtocolVersion::{V3_1, V3_1_1, V5};
+    use tern_codec::reason::*;
+
+    // Spec 3.2.2.2.
+    #[rustfmt::skip]
+    let connack = same(&[
+        0x00, 0x80, 0x81, 0x82, 0x83, 0x84, 0x85, 0x86, 0x87, 0x88, 0x89, 0x8A,
+        0x8C, 0x90, 0x95, 0x97, 0x99, 0x9A, 0x9B, 0x9C, 0x9D, 0x9F,
+    ]);
+    let frame = |b| vec![0x20, 0x03, 0x00, b, 0x00];
+    check_reasons(V5, frame, &connack, CONNACK_REASONS);
+
+    // 3.1.1 spec 3.2.2.3, table 3.1: return codes 0 to 5, modelled as the
+    // MQTT 5 codes of the same meaning (see `ConnAck`).
+    #[rustfmt::skip]
+    let return_codes = [
+        (0x00, 0x00), (0x01, 0x84), (0x02, 0x85), (0x03, 0x88), (0x04, 0x86), (0x05, 0x87),
+    ];
+    for version in [V3_1, V3_1_1] {
+        let frame = |b| vec![0x20, 0x02, 0x00, b];
+        check_reasons(version, frame, &return_codes, CONNACK_RETURN_CODES);
+    }
+
+    // Spec 3.4.2.1 (PUBACK) and 3.5.2.1 (PUBREC).
+    let puback = same(&[0x00, 0x10, 0x80, 0x83, 0x87, 0x90, 0x91, 0x97, 0x99]);
+    for first in [0x40, 0x50] {
+        let frame = |b| vec![first, 0x03, 0x00, 0x01, b];
+        check_reasons(V5, frame, &puback, PUBACK_REASONS);
+    }
+
+    // Spec 3.6.2.1 (PUBREL) and 3.7.2.1 (PUBCOMP).
+    let pubrel = same(&[0x00, 0x92]);
+    for first in [0x62, 0x70] {
+        let frame = |b| vec![first, 0x03, 0x00, 0x01, b];
+        check_reasons(V5, frame, &pubrel, PUBREL_REASONS);
+    }
+
+    // Spec 3.9.3.
+    #[rustfmt::skip]
+    let suback = same(&[
+        0x00, 0x01, 0x02, 0x80, 0x83, 0x87, 0x8F, 0x91, 0x97, 0x9E, 0xA1, 0xA2,
+    ]);
+    let frame = |b| vec![0x90, 0x04, 0x00, 0x01, 0x00, b];
+    check_reasons(V5, frame, &suback, SUBACK_REASONS);
+
+    // 3.1.1 spec 3.9.3: granted QoS 0, 1, 2 or failure.
+    let suback_v4 = same(&[0x00, 0x01, 0x02, 0x80]);
+    let frame = |b| vec![0x90, 0x03, 0x00, 0x01, b];
+    check_reasons(V3_1_1, frame, &suback_v4, SUBACK_RETURN_CODES);
+
+    // Spec 3.11.3.
+    let unsuback = same(&[0x00, 0x11, 0x80, 0x83, 0x87, 0x8F, 0x91]);
+    let frame = |b| vec![0xB0, 0x04, 0x00, 0x01, 0x00, b];
+    check_reasons(V5, frame, &unsuback, UNSUBACK_REASONS);
+
+    // Spec 3.14.2.1.
+    #[rustfmt::skip]
+    let disconnect = same(&[
+        0x00, 0x04, 0x80, 0x81, 0x82, 0x83, 0x87, 0x89, 0x8B, 0x8D, 0x8E, 0x8F,
+        0x90, 0x93, 0x94, 0x95, 0x96, 0x97, 0x98, 0x99, 0x9A, 0x9B, 0x9C, 0x9D,
+        0x9E, 0x9F, 0xA0, 0xA1, 0xA2,
+    ]);
+    let frame = |b| vec![0xE0, 0x01, b];
+    check_reasons(V5, frame, &disconnect, DISCONNECT_REASONS);
+
+    // Spec 3.15.2.1.
+    let auth = same(&[0x00, 0x18, 0x19]);
+    let frame = |b| vec![0xF0, 0x02, b, 0x00];
+    check_reasons(V5, frame, &auth, AUTH_REASONS);
+}

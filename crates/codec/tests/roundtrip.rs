@@ -9,6 +9,10 @@ use std::num::NonZeroU16;
 use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
 use tern_codec::ReasonCode::*;
+use tern_codec::reason::{
+    AUTH_REASONS, CONNACK_REASONS, CONNACK_RETURN_CODES, DISCONNECT_REASONS, PUBACK_REASONS,
+    PUBREL_REASONS, SUBACK_REASONS, SUBACK_RETURN_CODES, UNSUBACK_REASONS,
+};
 use tern_codec::*;
 
 use common::*;

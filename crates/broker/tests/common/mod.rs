@@ -278,3 +278,73 @@ impl TestClient {
         drop(self.stream);
     }
 }
+
+// ---- Reading until the close ---------------------------------------------------
+
+/// Every packet the broker sends until it closes the connection.
+pub async fn read_until_closed(client: &mut TestClient) -> Vec<Packet> {
+    let mut packets = Vec::new();
+    loop {
+        match client.next(WAIT).await {
+            Ok(None) => return packets,
+            Ok(Some(p)) => packets.push(p),
+            Err(_) => panic!("connection still open after {WAIT:?}; received {packets:?}"),
+        }
+    }
+}
+
+/// Reads until the close; the last packet must be DISCONNECT `reason`.
+/// Returns the packets before it.
+pub async fn expect_disconnect(client: &mut TestClient, reason: ReasonCode) -> Vec<Packet> {
+    let mut packets = read_until_closed(client).await;
+    match packets.pop() {
+        Some(Packet::Disconnect(d)) => assert_eq!(d.reason, reason, "DISCONNECT {d:?}"),
+        other => panic!("expected DISCONNECT {reason:?} before the close, got {other:?}"),
+    }
+    packets
+}
+
+// ---- Writing packets by hand ----------------------------------------------------
+
+/// A Variable Byte Integer (spec 1.5.5).
+pub fn varint(mut n: usize, out: &mut Vec<u8>) {
+    loop {
+        let mut byte = (n % 128) as u8;
+        n /= 128;
+        if n > 0 {
+            byte |= 0x80;
+        }
+        out.push(byte);
+        if n == 0 {
+            return;
+        }
+    }
+}
+
+/// A packet: the first header byte, the remaining length, the body.
+pub fn packet(first: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![first];
+    varint(body.len(), &mut out);
+    out.extend_from_slice(body);
+    out
+}
+
+/// A length-prefixed string or binary field.
+pub fn field(bytes: &[u8]) -> Vec<u8> {
+    let mut out = (bytes.len() as u16).to_be_bytes().to_vec();
+    out.extend_from_slice(bytes);
+    out
+}
+
+/// A CONNECT written byte by byte: any protocol name, level and connect
+/// flags, keep-alive 60, no properties (a zero property length from level 5
+/// on).
+pub fn raw_connect(name: &[u8], level: u8, flags: u8, client_id: &str) -> Vec<u8> {
+    let mut body = field(name);
+    body.extend_from_slice(&[level, flags, 0x00, 60]);
+    if level >= 5 {
+        body.push(0x00);
+    }
+    body.extend(field(client_id.as_bytes()));
+    packet(0x10, &body)
+}

@@ -9,22 +9,6 @@ use crate::{DecodeError, EncodeError, ProtocolVersion, PubAck, ReasonCode};
 
 use ReasonCode::*;
 
-/// Reason codes allowed in PUBACK (spec 3.4.2.1) and PUBREC (spec 3.5.2.1).
-pub(crate) const PUBACK_REASONS: &[ReasonCode] = &[
-    Success,
-    NoMatchingSubscribers,
-    UnspecifiedError,
-    ImplementationSpecificError,
-    NotAuthorized,
-    TopicNameInvalid,
-    PacketIdentifierInUse,
-    QuotaExceeded,
-    PayloadFormatInvalid,
-];
-
-/// Reason codes allowed in PUBREL (spec 3.6.2.1) and PUBCOMP (spec 3.7.2.1).
-pub(crate) const PUBREL_REASONS: &[ReasonCode] = &[Success, PacketIdentifierNotFound];
-
 /// Reads the body: packet id, and at level 5 the optional reason and
 /// properties (spec 3.4.2.1: remaining length 2 means Success, no properties).
 pub(crate) fn decode(

@@ -8,6 +8,7 @@
 use crate::codec::props;
 use crate::codec::read::Reader;
 use crate::codec::write::Sink;
+use crate::reason::{CONNACK_REASONS, CONNACK_RETURN_CODES};
 use crate::{
     ConnAck, Connect, DecodeError, EncodeError, LastWill, ProtocolVersion, QoS, ReasonCode,
 };
@@ -23,42 +24,6 @@ const WILL_QOS_MASK: u8 = 0x18;
 const WILL_RETAIN: u8 = 0x20;
 const PASSWORD: u8 = 0x40;
 const USERNAME: u8 = 0x80;
-
-/// Reason codes allowed in an MQTT 5 CONNACK (spec 3.2.2.2).
-const CONNACK_REASONS: &[ReasonCode] = &[
-    Success,
-    UnspecifiedError,
-    MalformedPacket,
-    ProtocolError,
-    ImplementationSpecificError,
-    UnsupportedProtocolVersion,
-    ClientIdentifierNotValid,
-    BadUserNameOrPassword,
-    NotAuthorized,
-    ServerUnavailable,
-    ServerBusy,
-    Banned,
-    BadAuthenticationMethod,
-    TopicNameInvalid,
-    PacketTooLarge,
-    QuotaExceeded,
-    PayloadFormatInvalid,
-    RetainNotSupported,
-    QoSNotSupported,
-    UseAnotherServer,
-    ServerMoved,
-    ConnectionRateExceeded,
-];
-
-/// CONNACK return codes of 3.1 and 3.1.1 (spec 3.1.1 table 3.1), by value.
-const RETURN_CODES: [ReasonCode; 6] = [
-    Success,
-    UnsupportedProtocolVersion,
-    ClientIdentifierNotValid,
-    ServerUnavailable,
-    BadUserNameOrPassword,
-    NotAuthorized,
-];
 
 /// The protocol name and level of `version` (spec 3.1.2.1, 3.1.2.2).
 fn protocol_name(version: ProtocolVersion) -> &'static str {
@@ -222,7 +187,7 @@ pub(crate) fn decode_connack(
         (r.reason(CONNACK_REASONS)?, props::decode(r)?)
     } else {
         let code = r.u8()?;
-        let reason = RETURN_CODES
+        let reason = CONNACK_RETURN_CODES
             .get(usize::from(code))
             .copied()
             .ok_or(DecodeError::InvalidReasonCode(code))?;

@@ -5,45 +5,10 @@
 use crate::codec::ack::{decode_reason_tail, encode_reason_tail};
 use crate::codec::read::Reader;
 use crate::codec::write::Sink;
+use crate::reason::{AUTH_REASONS, DISCONNECT_REASONS};
 use crate::{Auth, DecodeError, Disconnect, EncodeError, ProtocolVersion, ReasonCode};
 
 use ReasonCode::*;
-
-/// Reason codes allowed in DISCONNECT (spec 3.14.2.1).
-const DISCONNECT_REASONS: &[ReasonCode] = &[
-    Success,
-    DisconnectWithWillMessage,
-    UnspecifiedError,
-    MalformedPacket,
-    ProtocolError,
-    ImplementationSpecificError,
-    NotAuthorized,
-    ServerBusy,
-    ServerShuttingDown,
-    KeepAliveTimeout,
-    SessionTakenOver,
-    TopicFilterInvalid,
-    TopicNameInvalid,
-    ReceiveMaximumExceeded,
-    TopicAliasInvalid,
-    PacketTooLarge,
-    MessageRateTooHigh,
-    QuotaExceeded,
-    AdministrativeAction,
-    PayloadFormatInvalid,
-    RetainNotSupported,
-    QoSNotSupported,
-    UseAnotherServer,
-    ServerMoved,
-    SharedSubscriptionsNotSupported,
-    ConnectionRateExceeded,
-    MaximumConnectTime,
-    SubscriptionIdentifiersNotSupported,
-    WildcardSubscriptionsNotSupported,
-];
-
-/// Reason codes allowed in AUTH (spec 3.15.2.1).
-const AUTH_REASONS: &[ReasonCode] = &[Success, ContinueAuthentication, ReAuthenticate];
 
 /// Reads a DISCONNECT body. Remaining length 0 means Normal disconnection
 /// (spec 3.14.2.1); before 5.0 the body is empty (the caller checks).

@@ -3,9 +3,10 @@
 //! properties it may carry.
 //!
 //! A property block is a Variable Byte Integer length followed by
-//! identifier/value pairs. Each properties struct implements [`PropertySet`]:
-//! `read_one` is its table of allowed identifiers (anything else is
-//! [`DecodeError::InvalidProperty`]) and `write_all` lists its fields. The
+//! identifier/value pairs. Each properties struct implements [`PropertySet`]
+//! from one table (`property_table!`): the identifiers it may carry (anything
+//! else is [`DecodeError::InvalidProperty`]), the field each one fills, and
+//! its [`Kind`], which says how the value is read, checked and written. The
 //! block framing, the duplicate rule and the value checks are shared.
 
 use bytes::Bytes;
@@ -84,10 +85,254 @@ pub(crate) fn encode<P: PropertySet, S: Sink>(props: &P, w: &mut S) -> Result<()
     props.write_all(w)
 }
 
-// ---- Reading values ------------------------------------------------------
+// ---- How each kind of value is read and written ------------------------------
 
-/// Stores a property that may appear at most once [MQTT-2.2.2-2 and the
-/// "Protocol Error to include ... more than once" of each property].
+/// How one property is read into its field and written from it.
+trait Kind {
+    type Field;
+
+    /// Reads the value of property `id` (its identifier already read).
+    fn read(field: &mut Self::Field, id: u8, r: &mut Reader) -> Result<(), DecodeError>;
+
+    /// Writes the property (identifier and value) if the field holds one.
+    fn write<S: Sink>(w: &mut S, id: u8, field: &Self::Field) -> Result<(), EncodeError>;
+}
+
+/// A property that may appear at most once, kept in an `Option`
+/// [MQTT-2.2.2-2 and the "Protocol Error to include ... more than once" of
+/// each property]: only how its value is read and written differs.
+trait Single {
+    type Value;
+
+    fn read_value(r: &mut Reader, id: u8) -> Result<Self::Value, DecodeError>;
+
+    fn write_value<S: Sink>(w: &mut S, value: &Self::Value) -> Result<(), EncodeError>;
+}
+
+impl<K: Single> Kind for K {
+    type Field = Option<K::Value>;
+
+    fn read(field: &mut Self::Field, id: u8, r: &mut Reader) -> Result<(), DecodeError> {
+        let value = K::read_value(r, id)?;
+        once(field, id, value)
+    }
+
+    fn write<S: Sink>(w: &mut S, id: u8, field: &Self::Field) -> Result<(), EncodeError> {
+        if let Some(value) = field {
+            w.put_u8(id);
+            K::write_value(w, value)?;
+        }
+        Ok(())
+    }
+}
+
+/// A Two Byte Integer.
+struct U16;
+
+impl Single for U16 {
+    type Value = u16;
+
+    fn read_value(r: &mut Reader, _: u8) -> Result<u16, DecodeError> {
+        r.u16()
+    }
+
+    fn write_value<S: Sink>(w: &mut S, value: &u16) -> Result<(), EncodeError> {
+        w.put_u16(*value);
+        Ok(())
+    }
+}
+
+/// A Four Byte Integer.
+struct U32;
+
+impl Single for U32 {
+    type Value = u32;
+
+    fn read_value(r: &mut Reader, _: u8) -> Result<u32, DecodeError> {
+        r.u32()
+    }
+
+    fn write_value<S: Sink>(w: &mut S, value: &u32) -> Result<(), EncodeError> {
+        w.put_u32(*value);
+        Ok(())
+    }
+}
+
+/// A Byte that is a flag: 0 or 1, anything else is a protocol error.
+struct Flag;
+
+impl Single for Flag {
+    type Value = bool;
+
+    fn read_value(r: &mut Reader, id: u8) -> Result<bool, DecodeError> {
+        match r.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(DecodeError::InvalidPropertyValue(id)),
+        }
+    }
+
+    fn write_value<S: Sink>(w: &mut S, value: &bool) -> Result<(), EncodeError> {
+        w.put_u8(u8::from(*value));
+        Ok(())
+    }
+}
+
+/// A UTF-8 Encoded String.
+struct Str;
+
+impl Single for Str {
+    type Value = ByteStr;
+
+    fn read_value(r: &mut Reader, _: u8) -> Result<ByteStr, DecodeError> {
+        r.string()
+    }
+
+    fn write_value<S: Sink>(w: &mut S, value: &ByteStr) -> Result<(), EncodeError> {
+        w.string(value)
+    }
+}
+
+/// Binary Data.
+struct Bin;
+
+impl Single for Bin {
+    type Value = Bytes;
+
+    fn read_value(r: &mut Reader, _: u8) -> Result<Bytes, DecodeError> {
+        r.binary()
+    }
+
+    fn write_value<S: Sink>(w: &mut S, value: &Bytes) -> Result<(), EncodeError> {
+        w.binary(value)
+    }
+}
+
+/// Receive Maximum: zero is a protocol error (spec 3.1.2.11.3, 3.2.2.3.3);
+/// the decoder refuses it, so the encoder does too.
+struct ReceiveMaximum;
+
+impl Single for ReceiveMaximum {
+    type Value = u16;
+
+    fn read_value(r: &mut Reader, id: u8) -> Result<u16, DecodeError> {
+        nonzero(r.u16()?, id)
+    }
+
+    fn write_value<S: Sink>(w: &mut S, value: &u16) -> Result<(), EncodeError> {
+        if *value == 0 {
+            return Err(EncodeError::InvalidValue("Receive Maximum 0"));
+        }
+        U16::write_value(w, value)
+    }
+}
+
+/// Maximum Packet Size: zero is a protocol error (spec 3.1.2.11.4,
+/// 3.2.2.3.6); the decoder refuses it, so the encoder does too.
+struct MaximumPacketSize;
+
+impl Single for MaximumPacketSize {
+    type Value = u32;
+
+    fn read_value(r: &mut Reader, id: u8) -> Result<u32, DecodeError> {
+        nonzero(r.u32()?, id)
+    }
+
+    fn write_value<S: Sink>(w: &mut S, value: &u32) -> Result<(), EncodeError> {
+        if *value == 0 {
+            return Err(EncodeError::InvalidValue("Maximum Packet Size 0"));
+        }
+        U32::write_value(w, value)
+    }
+}
+
+/// The Subscription Identifier of a SUBSCRIBE (spec 3.8.2.1.2): at most one.
+struct SubscriptionIdentifier;
+
+impl Single for SubscriptionIdentifier {
+    type Value = u32;
+
+    fn read_value(r: &mut Reader, id: u8) -> Result<u32, DecodeError> {
+        subscription_identifier(r, id)
+    }
+
+    fn write_value<S: Sink>(w: &mut S, value: &u32) -> Result<(), EncodeError> {
+        put_subscription_identifier(w, *value)
+    }
+}
+
+/// The Subscription Identifiers of a PUBLISH (spec 3.3.2.3.8): the only
+/// repeatable property besides User Property, as a message matching several
+/// subscriptions carries all their identifiers.
+struct SubscriptionIdentifiers;
+
+impl Kind for SubscriptionIdentifiers {
+    type Field = Vec<u32>;
+
+    fn read(field: &mut Vec<u32>, id: u8, r: &mut Reader) -> Result<(), DecodeError> {
+        field.push(subscription_identifier(r, id)?);
+        Ok(())
+    }
+
+    fn write<S: Sink>(w: &mut S, id: u8, field: &Vec<u32>) -> Result<(), EncodeError> {
+        for &value in field {
+            w.put_u8(id);
+            put_subscription_identifier(w, value)?;
+        }
+        Ok(())
+    }
+}
+
+/// Maximum QoS: 0 or 1 only, and its absence means 2 (spec 3.2.2.3.4), so
+/// "at most 2" is sent by leaving it out.
+struct MaximumQos;
+
+impl Kind for MaximumQos {
+    type Field = Option<QoS>;
+
+    fn read(field: &mut Option<QoS>, id: u8, r: &mut Reader) -> Result<(), DecodeError> {
+        let qos = match r.u8()? {
+            0 => QoS::AtMostOnce,
+            1 => QoS::AtLeastOnce,
+            _ => return Err(DecodeError::InvalidPropertyValue(id)),
+        };
+        once(field, id, qos)
+    }
+
+    fn write<S: Sink>(w: &mut S, id: u8, field: &Option<QoS>) -> Result<(), EncodeError> {
+        let max_qos = field.filter(|q| *q != QoS::ExactlyOnce);
+        if let Some(qos) = max_qos {
+            w.put_u8(id);
+            w.put_u8(qos as u8);
+        }
+        Ok(())
+    }
+}
+
+/// User Property: a UTF-8 string pair; may repeat, order kept [MQTT-3.1.3-10].
+struct Users;
+
+impl Kind for Users {
+    type Field = Vec<UserProperty>;
+
+    fn read(field: &mut Vec<UserProperty>, _: u8, r: &mut Reader) -> Result<(), DecodeError> {
+        let name = r.string()?;
+        let value = r.string()?;
+        field.push(UserProperty { name, value });
+        Ok(())
+    }
+
+    fn write<S: Sink>(w: &mut S, id: u8, field: &Vec<UserProperty>) -> Result<(), EncodeError> {
+        for user in field {
+            w.put_u8(id);
+            w.string(&user.name)?;
+            w.string(&user.value)?;
+        }
+        Ok(())
+    }
+}
+
+/// Stores a property that may appear at most once.
 fn once<T>(slot: &mut Option<T>, id: u8, value: T) -> Result<(), DecodeError> {
     if slot.is_some() {
         return Err(DecodeError::DuplicateProperty(id));
@@ -96,440 +341,142 @@ fn once<T>(slot: &mut Option<T>, id: u8, value: T) -> Result<(), DecodeError> {
     Ok(())
 }
 
-/// A Byte property that is a flag: 0 or 1, anything else is a protocol error.
-fn boolean(r: &mut Reader, id: u8) -> Result<bool, DecodeError> {
-    match r.u8()? {
-        0 => Ok(false),
-        1 => Ok(true),
-        _ => Err(DecodeError::InvalidPropertyValue(id)),
+/// A value where zero is a protocol error.
+fn nonzero<T: Default + PartialEq>(value: T, id: u8) -> Result<T, DecodeError> {
+    if value == T::default() {
+        return Err(DecodeError::InvalidPropertyValue(id));
     }
-}
-
-/// Receive Maximum: zero is a protocol error (spec 3.1.2.11.3, 3.2.2.3.3).
-fn nonzero_u16(r: &mut Reader, id: u8) -> Result<u16, DecodeError> {
-    match r.u16()? {
-        0 => Err(DecodeError::InvalidPropertyValue(id)),
-        v => Ok(v),
-    }
-}
-
-/// Maximum Packet Size: zero is a protocol error (spec 3.1.2.11.4, 3.2.2.3.6).
-fn nonzero_u32(r: &mut Reader, id: u8) -> Result<u32, DecodeError> {
-    match r.u32()? {
-        0 => Err(DecodeError::InvalidPropertyValue(id)),
-        v => Ok(v),
-    }
+    Ok(value)
 }
 
 /// Subscription Identifier: a Variable Byte Integer 1..=268,435,455; zero is
 /// a protocol error (spec 3.3.2.3.8, 3.8.2.1.2).
 fn subscription_identifier(r: &mut Reader, id: u8) -> Result<u32, DecodeError> {
-    match r.varint()? {
-        0 => Err(DecodeError::InvalidPropertyValue(id)),
-        v => Ok(v),
-    }
+    nonzero(r.varint()?, id)
 }
 
-/// Maximum QoS: 0 or 1 only; absence means 2 (spec 3.2.2.3.4).
-fn maximum_qos(r: &mut Reader, id: u8) -> Result<QoS, DecodeError> {
-    match r.u8()? {
-        0 => Ok(QoS::AtMostOnce),
-        1 => Ok(QoS::AtLeastOnce),
-        _ => Err(DecodeError::InvalidPropertyValue(id)),
-    }
-}
-
-/// User Property: a UTF-8 string pair; may repeat, order kept [MQTT-3.1.3-10].
-fn user_property(r: &mut Reader, into: &mut Vec<UserProperty>) -> Result<(), DecodeError> {
-    let name = r.string()?;
-    let value = r.string()?;
-    into.push(UserProperty { name, value });
-    Ok(())
-}
-
-// ---- Writing values ------------------------------------------------------
-
-fn put_u8<S: Sink>(w: &mut S, id: u8, v: Option<u8>) {
-    if let Some(v) = v {
-        w.put_u8(id);
-        w.put_u8(v);
-    }
-}
-
-fn put_bool<S: Sink>(w: &mut S, id: u8, v: Option<bool>) {
-    put_u8(w, id, v.map(u8::from));
-}
-
-fn put_u16<S: Sink>(w: &mut S, id: u8, v: Option<u16>) {
-    if let Some(v) = v {
-        w.put_u8(id);
-        w.put_u16(v);
-    }
-}
-
-fn put_u32<S: Sink>(w: &mut S, id: u8, v: Option<u32>) {
-    if let Some(v) = v {
-        w.put_u8(id);
-        w.put_u32(v);
-    }
-}
-
-/// Receive Maximum: the decoder refuses zero, so the encoder does too.
-fn put_receive_maximum<S: Sink>(w: &mut S, v: Option<u16>) -> Result<(), EncodeError> {
-    if v == Some(0) {
-        return Err(EncodeError::InvalidValue("Receive Maximum 0"));
-    }
-    put_u16(w, id::RECEIVE_MAXIMUM, v);
-    Ok(())
-}
-
-/// Maximum Packet Size: the decoder refuses zero, so the encoder does too.
-fn put_maximum_packet_size<S: Sink>(w: &mut S, v: Option<u32>) -> Result<(), EncodeError> {
-    if v == Some(0) {
-        return Err(EncodeError::InvalidValue("Maximum Packet Size 0"));
-    }
-    put_u32(w, id::MAXIMUM_PACKET_SIZE, v);
-    Ok(())
-}
-
-fn put_subscription_identifier<S: Sink>(w: &mut S, v: u32) -> Result<(), EncodeError> {
-    if v == 0 || v > MAX_VARINT {
+/// The encoder refuses what the decoder would: zero, and values too large
+/// for a Variable Byte Integer.
+fn put_subscription_identifier<S: Sink>(w: &mut S, value: u32) -> Result<(), EncodeError> {
+    if value == 0 || value > MAX_VARINT {
         return Err(EncodeError::InvalidValue(
             "Subscription Identifier outside 1..=268435455",
         ));
     }
-    w.put_u8(id::SUBSCRIPTION_IDENTIFIER);
-    w.varint(v)
-}
-
-fn put_str<S: Sink>(w: &mut S, id: u8, v: Option<&ByteStr>) -> Result<(), EncodeError> {
-    if let Some(v) = v {
-        w.put_u8(id);
-        w.string(v)?;
-    }
-    Ok(())
-}
-
-fn put_bin<S: Sink>(w: &mut S, id: u8, v: Option<&Bytes>) -> Result<(), EncodeError> {
-    if let Some(v) = v {
-        w.put_u8(id);
-        w.binary(v)?;
-    }
-    Ok(())
-}
-
-fn put_users<S: Sink>(w: &mut S, users: &[UserProperty]) -> Result<(), EncodeError> {
-    for user in users {
-        w.put_u8(id::USER_PROPERTY);
-        w.string(&user.name)?;
-        w.string(&user.value)?;
-    }
-    Ok(())
+    w.varint(value)
 }
 
 // ---- The table of each packet ------------------------------------------
 
-impl PropertySet for ConnectProperties {
-    fn read_one(&mut self, id: u8, r: &mut Reader) -> Result<(), DecodeError> {
-        match id {
-            id::SESSION_EXPIRY_INTERVAL => once(&mut self.session_expiry_interval, id, r.u32()?),
-            id::RECEIVE_MAXIMUM => once(&mut self.receive_maximum, id, nonzero_u16(r, id)?),
-            id::MAXIMUM_PACKET_SIZE => once(&mut self.maximum_packet_size, id, nonzero_u32(r, id)?),
-            id::TOPIC_ALIAS_MAXIMUM => once(&mut self.topic_alias_maximum, id, r.u16()?),
-            id::REQUEST_RESPONSE_INFORMATION => {
-                once(&mut self.request_response_information, id, boolean(r, id)?)
+/// Implements [`PropertySet`] from a packet's table: one row per property it
+/// may carry, `IDENTIFIER => field: Kind`, in the order they are written.
+macro_rules! property_table {
+    ($set:ty { $($id:ident => $field:ident: $kind:ty,)* }) => {
+        impl PropertySet for $set {
+            fn read_one(&mut self, id: u8, r: &mut Reader) -> Result<(), DecodeError> {
+                match id {
+                    $(id::$id => <$kind>::read(&mut self.$field, id, r),)*
+                    _ => Err(DecodeError::InvalidProperty(id)),
+                }
             }
-            id::REQUEST_PROBLEM_INFORMATION => {
-                once(&mut self.request_problem_information, id, boolean(r, id)?)
-            }
-            id::AUTHENTICATION_METHOD => once(&mut self.authentication_method, id, r.string()?),
-            id::AUTHENTICATION_DATA => once(&mut self.authentication_data, id, r.binary()?),
-            id::USER_PROPERTY => user_property(r, &mut self.user_properties),
-            _ => Err(DecodeError::InvalidProperty(id)),
-        }
-    }
 
-    fn write_all<S: Sink>(&self, w: &mut S) -> Result<(), EncodeError> {
-        put_u32(w, id::SESSION_EXPIRY_INTERVAL, self.session_expiry_interval);
-        put_receive_maximum(w, self.receive_maximum)?;
-        put_maximum_packet_size(w, self.maximum_packet_size)?;
-        put_u16(w, id::TOPIC_ALIAS_MAXIMUM, self.topic_alias_maximum);
-        put_bool(
-            w,
-            id::REQUEST_RESPONSE_INFORMATION,
-            self.request_response_information,
-        );
-        put_bool(
-            w,
-            id::REQUEST_PROBLEM_INFORMATION,
-            self.request_problem_information,
-        );
-        put_str(
-            w,
-            id::AUTHENTICATION_METHOD,
-            self.authentication_method.as_ref(),
-        )?;
-        put_bin(
-            w,
-            id::AUTHENTICATION_DATA,
-            self.authentication_data.as_ref(),
-        )?;
-        put_users(w, &self.user_properties)
-    }
-}
-
-impl PropertySet for WillProperties {
-    fn read_one(&mut self, id: u8, r: &mut Reader) -> Result<(), DecodeError> {
-        match id {
-            id::WILL_DELAY_INTERVAL => once(&mut self.will_delay_interval, id, r.u32()?),
-            id::PAYLOAD_FORMAT_INDICATOR => {
-                once(&mut self.payload_format_indicator, id, boolean(r, id)?)
-            }
-            id::MESSAGE_EXPIRY_INTERVAL => once(&mut self.message_expiry_interval, id, r.u32()?),
-            id::CONTENT_TYPE => once(&mut self.content_type, id, r.string()?),
-            id::RESPONSE_TOPIC => once(&mut self.response_topic, id, r.string()?),
-            id::CORRELATION_DATA => once(&mut self.correlation_data, id, r.binary()?),
-            id::USER_PROPERTY => user_property(r, &mut self.user_properties),
-            _ => Err(DecodeError::InvalidProperty(id)),
-        }
-    }
-
-    fn write_all<S: Sink>(&self, w: &mut S) -> Result<(), EncodeError> {
-        put_u32(w, id::WILL_DELAY_INTERVAL, self.will_delay_interval);
-        put_bool(
-            w,
-            id::PAYLOAD_FORMAT_INDICATOR,
-            self.payload_format_indicator,
-        );
-        put_u32(w, id::MESSAGE_EXPIRY_INTERVAL, self.message_expiry_interval);
-        put_str(w, id::CONTENT_TYPE, self.content_type.as_ref())?;
-        put_str(w, id::RESPONSE_TOPIC, self.response_topic.as_ref())?;
-        put_bin(w, id::CORRELATION_DATA, self.correlation_data.as_ref())?;
-        put_users(w, &self.user_properties)
-    }
-}
-
-impl PropertySet for ConnAckProperties {
-    fn read_one(&mut self, id: u8, r: &mut Reader) -> Result<(), DecodeError> {
-        match id {
-            id::SESSION_EXPIRY_INTERVAL => once(&mut self.session_expiry_interval, id, r.u32()?),
-            id::RECEIVE_MAXIMUM => once(&mut self.receive_maximum, id, nonzero_u16(r, id)?),
-            id::MAXIMUM_QOS => once(&mut self.maximum_qos, id, maximum_qos(r, id)?),
-            id::RETAIN_AVAILABLE => once(&mut self.retain_available, id, boolean(r, id)?),
-            id::MAXIMUM_PACKET_SIZE => once(&mut self.maximum_packet_size, id, nonzero_u32(r, id)?),
-            id::ASSIGNED_CLIENT_IDENTIFIER => {
-                once(&mut self.assigned_client_identifier, id, r.string()?)
-            }
-            id::TOPIC_ALIAS_MAXIMUM => once(&mut self.topic_alias_maximum, id, r.u16()?),
-            id::REASON_STRING => once(&mut self.reason_string, id, r.string()?),
-            id::USER_PROPERTY => user_property(r, &mut self.user_properties),
-            id::WILDCARD_SUBSCRIPTION_AVAILABLE => once(
-                &mut self.wildcard_subscription_available,
-                id,
-                boolean(r, id)?,
-            ),
-            id::SUBSCRIPTION_IDENTIFIER_AVAILABLE => once(
-                &mut self.subscription_identifiers_available,
-                id,
-                boolean(r, id)?,
-            ),
-            id::SHARED_SUBSCRIPTION_AVAILABLE => {
-                once(&mut self.shared_subscription_available, id, boolean(r, id)?)
-            }
-            id::SERVER_KEEP_ALIVE => once(&mut self.server_keep_alive, id, r.u16()?),
-            id::RESPONSE_INFORMATION => once(&mut self.response_information, id, r.string()?),
-            id::SERVER_REFERENCE => once(&mut self.server_reference, id, r.string()?),
-            id::AUTHENTICATION_METHOD => once(&mut self.authentication_method, id, r.string()?),
-            id::AUTHENTICATION_DATA => once(&mut self.authentication_data, id, r.binary()?),
-            _ => Err(DecodeError::InvalidProperty(id)),
-        }
-    }
-
-    fn write_all<S: Sink>(&self, w: &mut S) -> Result<(), EncodeError> {
-        put_u32(w, id::SESSION_EXPIRY_INTERVAL, self.session_expiry_interval);
-        put_receive_maximum(w, self.receive_maximum)?;
-        // Maximum QoS may only be 0 or 1, and its absence means 2
-        // (spec 3.2.2.3.4): "at most 2" is sent by leaving it out.
-        let max_qos = self.maximum_qos.filter(|q| *q != QoS::ExactlyOnce);
-        put_u8(w, id::MAXIMUM_QOS, max_qos.map(|q| q as u8));
-        put_bool(w, id::RETAIN_AVAILABLE, self.retain_available);
-        put_maximum_packet_size(w, self.maximum_packet_size)?;
-        put_str(
-            w,
-            id::ASSIGNED_CLIENT_IDENTIFIER,
-            self.assigned_client_identifier.as_ref(),
-        )?;
-        put_u16(w, id::TOPIC_ALIAS_MAXIMUM, self.topic_alias_maximum);
-        put_str(w, id::REASON_STRING, self.reason_string.as_ref())?;
-        put_users(w, &self.user_properties)?;
-        put_bool(
-            w,
-            id::WILDCARD_SUBSCRIPTION_AVAILABLE,
-            self.wildcard_subscription_available,
-        );
-        put_bool(
-            w,
-            id::SUBSCRIPTION_IDENTIFIER_AVAILABLE,
-            self.subscription_identifiers_available,
-        );
-        put_bool(
-            w,
-            id::SHARED_SUBSCRIPTION_AVAILABLE,
-            self.shared_subscription_available,
-        );
-        put_u16(w, id::SERVER_KEEP_ALIVE, self.server_keep_alive);
-        put_str(
-            w,
-            id::RESPONSE_INFORMATION,
-            self.response_information.as_ref(),
-        )?;
-        put_str(w, id::SERVER_REFERENCE, self.server_reference.as_ref())?;
-        put_str(
-            w,
-            id::AUTHENTICATION_METHOD,
-            self.authentication_method.as_ref(),
-        )?;
-        put_bin(
-            w,
-            id::AUTHENTICATION_DATA,
-            self.authentication_data.as_ref(),
-        )
-    }
-}
-
-impl PropertySet for PublishProperties {
-    fn read_one(&mut self, id: u8, r: &mut Reader) -> Result<(), DecodeError> {
-        match id {
-            id::PAYLOAD_FORMAT_INDICATOR => {
-                once(&mut self.payload_format_indicator, id, boolean(r, id)?)
-            }
-            id::MESSAGE_EXPIRY_INTERVAL => once(&mut self.message_expiry_interval, id, r.u32()?),
-            // Topic Alias 0 is a protocol error too, but one the broker reports
-            // as Topic Alias Invalid along with its maximum check (spec 3.3.2.3.4).
-            id::TOPIC_ALIAS => once(&mut self.topic_alias, id, r.u16()?),
-            id::RESPONSE_TOPIC => once(&mut self.response_topic, id, r.string()?),
-            id::CORRELATION_DATA => once(&mut self.correlation_data, id, r.binary()?),
-            id::USER_PROPERTY => user_property(r, &mut self.user_properties),
-            // The only repeatable property besides User Property: a message
-            // matching several subscriptions carries all their identifiers.
-            id::SUBSCRIPTION_IDENTIFIER => {
-                let sub_id = subscription_identifier(r, id)?;
-                self.subscription_identifiers.push(sub_id);
+            fn write_all<S: Sink>(&self, w: &mut S) -> Result<(), EncodeError> {
+                $(<$kind>::write(w, id::$id, &self.$field)?;)*
                 Ok(())
             }
-            id::CONTENT_TYPE => once(&mut self.content_type, id, r.string()?),
-            _ => Err(DecodeError::InvalidProperty(id)),
         }
-    }
-
-    fn write_all<S: Sink>(&self, w: &mut S) -> Result<(), EncodeError> {
-        put_bool(
-            w,
-            id::PAYLOAD_FORMAT_INDICATOR,
-            self.payload_format_indicator,
-        );
-        put_u32(w, id::MESSAGE_EXPIRY_INTERVAL, self.message_expiry_interval);
-        put_u16(w, id::TOPIC_ALIAS, self.topic_alias);
-        put_str(w, id::RESPONSE_TOPIC, self.response_topic.as_ref())?;
-        put_bin(w, id::CORRELATION_DATA, self.correlation_data.as_ref())?;
-        put_users(w, &self.user_properties)?;
-        for &sub_id in &self.subscription_identifiers {
-            put_subscription_identifier(w, sub_id)?;
-        }
-        put_str(w, id::CONTENT_TYPE, self.content_type.as_ref())
-    }
+    };
 }
 
-impl PropertySet for AckProperties {
-    fn read_one(&mut self, id: u8, r: &mut Reader) -> Result<(), DecodeError> {
-        match id {
-            id::REASON_STRING => once(&mut self.reason_string, id, r.string()?),
-            id::USER_PROPERTY => user_property(r, &mut self.user_properties),
-            _ => Err(DecodeError::InvalidProperty(id)),
-        }
-    }
+// Spec 3.1.2.11.
+property_table!(ConnectProperties {
+    SESSION_EXPIRY_INTERVAL => session_expiry_interval: U32,
+    RECEIVE_MAXIMUM => receive_maximum: ReceiveMaximum,
+    MAXIMUM_PACKET_SIZE => maximum_packet_size: MaximumPacketSize,
+    TOPIC_ALIAS_MAXIMUM => topic_alias_maximum: U16,
+    REQUEST_RESPONSE_INFORMATION => request_response_information: Flag,
+    REQUEST_PROBLEM_INFORMATION => request_problem_information: Flag,
+    AUTHENTICATION_METHOD => authentication_method: Str,
+    AUTHENTICATION_DATA => authentication_data: Bin,
+    USER_PROPERTY => user_properties: Users,
+});
 
-    fn write_all<S: Sink>(&self, w: &mut S) -> Result<(), EncodeError> {
-        put_str(w, id::REASON_STRING, self.reason_string.as_ref())?;
-        put_users(w, &self.user_properties)
-    }
-}
+// Spec 3.1.3.2.
+property_table!(WillProperties {
+    WILL_DELAY_INTERVAL => will_delay_interval: U32,
+    PAYLOAD_FORMAT_INDICATOR => payload_format_indicator: Flag,
+    MESSAGE_EXPIRY_INTERVAL => message_expiry_interval: U32,
+    CONTENT_TYPE => content_type: Str,
+    RESPONSE_TOPIC => response_topic: Str,
+    CORRELATION_DATA => correlation_data: Bin,
+    USER_PROPERTY => user_properties: Users,
+});
 
-impl PropertySet for SubscribeProperties {
-    fn read_one(&mut self, id: u8, r: &mut Reader) -> Result<(), DecodeError> {
-        match id {
-            id::SUBSCRIPTION_IDENTIFIER => {
-                let sub_id = subscription_identifier(r, id)?;
-                once(&mut self.subscription_identifier, id, sub_id)
-            }
-            id::USER_PROPERTY => user_property(r, &mut self.user_properties),
-            _ => Err(DecodeError::InvalidProperty(id)),
-        }
-    }
+// Spec 3.2.2.3.
+property_table!(ConnAckProperties {
+    SESSION_EXPIRY_INTERVAL => session_expiry_interval: U32,
+    RECEIVE_MAXIMUM => receive_maximum: ReceiveMaximum,
+    MAXIMUM_QOS => maximum_qos: MaximumQos,
+    RETAIN_AVAILABLE => retain_available: Flag,
+    MAXIMUM_PACKET_SIZE => maximum_packet_size: MaximumPacketSize,
+    ASSIGNED_CLIENT_IDENTIFIER => assigned_client_identifier: Str,
+    TOPIC_ALIAS_MAXIMUM => topic_alias_maximum: U16,
+    REASON_STRING => reason_string: Str,
+    USER_PROPERTY => user_properties: Users,
+    WILDCARD_SUBSCRIPTION_AVAILABLE => wildcard_subscription_available: Flag,
+    SUBSCRIPTION_IDENTIFIER_AVAILABLE => subscription_identifiers_available: Flag,
+    SHARED_SUBSCRIPTION_AVAILABLE => shared_subscription_available: Flag,
+    SERVER_KEEP_ALIVE => server_keep_alive: U16,
+    RESPONSE_INFORMATION => response_information: Str,
+    SERVER_REFERENCE => server_reference: Str,
+    AUTHENTICATION_METHOD => authentication_method: Str,
+    AUTHENTICATION_DATA => authentication_data: Bin,
+});
 
-    fn write_all<S: Sink>(&self, w: &mut S) -> Result<(), EncodeError> {
-        if let Some(sub_id) = self.subscription_identifier {
-            put_subscription_identifier(w, sub_id)?;
-        }
-        put_users(w, &self.user_properties)
-    }
-}
+// Spec 3.3.2.3.
+property_table!(PublishProperties {
+    PAYLOAD_FORMAT_INDICATOR => payload_format_indicator: Flag,
+    MESSAGE_EXPIRY_INTERVAL => message_expiry_interval: U32,
+    // Topic Alias 0 is a protocol error too, but one the broker reports as
+    // Topic Alias Invalid along with its maximum check (spec 3.3.2.3.4).
+    TOPIC_ALIAS => topic_alias: U16,
+    RESPONSE_TOPIC => response_topic: Str,
+    CORRELATION_DATA => correlation_data: Bin,
+    USER_PROPERTY => user_properties: Users,
+    SUBSCRIPTION_IDENTIFIER => subscription_identifiers: SubscriptionIdentifiers,
+    CONTENT_TYPE => content_type: Str,
+});
 
-impl PropertySet for UnsubscribeProperties {
-    fn read_one(&mut self, id: u8, r: &mut Reader) -> Result<(), DecodeError> {
-        match id {
-            id::USER_PROPERTY => user_property(r, &mut self.user_properties),
-            _ => Err(DecodeError::InvalidProperty(id)),
-        }
-    }
+// PUBACK, PUBREC, PUBREL, PUBCOMP, SUBACK, UNSUBACK (spec 3.4.2.2 to 3.7.2.2,
+// 3.9.2.1, 3.11.2.1).
+property_table!(AckProperties {
+    REASON_STRING => reason_string: Str,
+    USER_PROPERTY => user_properties: Users,
+});
 
-    fn write_all<S: Sink>(&self, w: &mut S) -> Result<(), EncodeError> {
-        put_users(w, &self.user_properties)
-    }
-}
+// Spec 3.8.2.1.
+property_table!(SubscribeProperties {
+    SUBSCRIPTION_IDENTIFIER => subscription_identifier: SubscriptionIdentifier,
+    USER_PROPERTY => user_properties: Users,
+});
 
-impl PropertySet for DisconnectProperties {
-    fn read_one(&mut self, id: u8, r: &mut Reader) -> Result<(), DecodeError> {
-        match id {
-            id::SESSION_EXPIRY_INTERVAL => once(&mut self.session_expiry_interval, id, r.u32()?),
-            id::REASON_STRING => once(&mut self.reason_string, id, r.string()?),
-            id::USER_PROPERTY => user_property(r, &mut self.user_properties),
-            id::SERVER_REFERENCE => once(&mut self.server_reference, id, r.string()?),
-            _ => Err(DecodeError::InvalidProperty(id)),
-        }
-    }
+// Spec 3.10.2.1.
+property_table!(UnsubscribeProperties {
+    USER_PROPERTY => user_properties: Users,
+});
 
-    fn write_all<S: Sink>(&self, w: &mut S) -> Result<(), EncodeError> {
-        put_u32(w, id::SESSION_EXPIRY_INTERVAL, self.session_expiry_interval);
-        put_str(w, id::REASON_STRING, self.reason_string.as_ref())?;
-        put_users(w, &self.user_properties)?;
-        put_str(w, id::SERVER_REFERENCE, self.server_reference.as_ref())
-    }
-}
+// Spec 3.14.2.2.
+property_table!(DisconnectProperties {
+    SESSION_EXPIRY_INTERVAL => session_expiry_interval: U32,
+    REASON_STRING => reason_string: Str,
+    USER_PROPERTY => user_properties: Users,
+    SERVER_REFERENCE => server_reference: Str,
+});
 
-impl PropertySet for AuthProperties {
-    fn read_one(&mut self, id: u8, r: &mut Reader) -> Result<(), DecodeError> {
-        match id {
-            id::AUTHENTICATION_METHOD => once(&mut self.authentication_method, id, r.string()?),
-            id::AUTHENTICATION_DATA => once(&mut self.authentication_data, id, r.binary()?),
-            id::REASON_STRING => once(&mut self.reason_string, id, r.string()?),
-            id::USER_PROPERTY => user_property(r, &mut self.user_properties),
-            _ => Err(DecodeError::InvalidProperty(id)),
-        }
-    }
-
-    fn write_all<S: Sink>(&self, w: &mut S) -> Result<(), EncodeError> {
-        put_str(
-            w,
-            id::AUTHENTICATION_METHOD,
-            self.authentication_method.as_ref(),
-        )?;
-        put_bin(
-            w,
-            id::AUTHENTICATION_DATA,
-            self.authentication_data.as_ref(),
-        )?;
-        put_str(w, id::REASON_STRING, self.reason_string.as_ref())?;
-        put_users(w, &self.user_properties)
-    }
-}
+// Spec 3.15.2.2.
+property_table!(AuthProperties {
+    AUTHENTICATION_METHOD => authentication_method: Str,
+    AUTHENTICATION_DATA => authentication_data: Bin,
+    REASON_STRING => reason_string: Str,
+    USER_PROPERTY => user_properties: Users,
+});

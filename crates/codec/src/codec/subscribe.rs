@@ -7,42 +7,13 @@
 use crate::codec::props::{self, PropertySet};
 use crate::codec::read::Reader;
 use crate::codec::write::Sink;
+use crate::reason::{SUBACK_REASONS, SUBACK_RETURN_CODES, UNSUBACK_REASONS};
 use crate::{
     DecodeError, EncodeError, ProtocolVersion, QoS, ReasonCode, RetainHandling, SubAck, Subscribe,
     SubscribeFilter, SubscriptionOptions, UnsubAck, Unsubscribe,
 };
 
 use ReasonCode::*;
-
-/// Reason codes allowed in an MQTT 5 SUBACK (spec 3.9.3).
-const SUBACK_REASONS: &[ReasonCode] = &[
-    Success,
-    GrantedQoS1,
-    GrantedQoS2,
-    UnspecifiedError,
-    ImplementationSpecificError,
-    NotAuthorized,
-    TopicFilterInvalid,
-    PacketIdentifierInUse,
-    QuotaExceeded,
-    SharedSubscriptionsNotSupported,
-    SubscriptionIdentifiersNotSupported,
-    WildcardSubscriptionsNotSupported,
-];
-
-/// Reason codes allowed in an MQTT 5 UNSUBACK (spec 3.11.3).
-const UNSUBACK_REASONS: &[ReasonCode] = &[
-    Success,
-    NoSubscriptionExisted,
-    UnspecifiedError,
-    ImplementationSpecificError,
-    NotAuthorized,
-    TopicFilterInvalid,
-    PacketIdentifierInUse,
-];
-
-/// SUBACK return codes of 3.1.1 (spec 3.1.1 3.9.3): granted QoS or failure.
-const SUBACK_RETURN_CODES: &[ReasonCode] = &[Success, GrantedQoS1, GrantedQoS2, UnspecifiedError];
 
 // Subscription Options bits (spec 3.8.3.1).
 const OPT_QOS: u8 = 0x03;

@@ -1,8 +1,9 @@
 //! Shared test helpers: proptest strategies for packets that a given protocol
-//! level can carry, the spec's reason-code tables, and round-trip helpers.
+//! level can carry, and round-trip helpers.
 //!
-//! The tables are written out again here from the spec rather than taken
-//! from the crate, so a wrong table in the codec shows up as a failure.
+//! The strategies draw reason codes from the codec's own tables
+//! (`tern_codec::reason`); `known_bytes.rs` checks those tables, byte by
+//! byte, against the values the spec lists.
 
 // Each test binary uses a different part of this module.
 #![allow(dead_code)]
@@ -14,6 +15,10 @@ use proptest::collection::vec;
 use proptest::option::of;
 use proptest::prelude::*;
 use tern_codec::ReasonCode::*;
+use tern_codec::reason::{
+    AUTH_REASONS, CONNACK_REASONS, CONNACK_RETURN_CODES, DISCONNECT_REASONS, PUBACK_REASONS,
+    PUBREL_REASONS, SUBACK_REASONS, SUBACK_RETURN_CODES, UNSUBACK_REASONS,
+};
 use tern_codec::*;
 
 pub const ALL_VERSIONS: [ProtocolVersion; 3] = [
@@ -24,117 +29,6 @@ pub const ALL_VERSIONS: [ProtocolVersion; 3] = [
 
 /// A generous limit for tests that are not about the size limit.
 pub const MAX: usize = 1 << 20;
-
-/// Spec 3.2.2.2.
-pub const CONNACK_REASONS: &[ReasonCode] = &[
-    Success,
-    UnspecifiedError,
-    MalformedPacket,
-    ProtocolError,
-    ImplementationSpecificError,
-    UnsupportedProtocolVersion,
-    ClientIdentifierNotValid,
-    BadUserNameOrPassword,
-    NotAuthorized,
-    ServerUnavailable,
-    ServerBusy,
-    Banned,
-    BadAuthenticationMethod,
-    TopicNameInvalid,
-    PacketTooLarge,
-    QuotaExceeded,
-    PayloadFormatInvalid,
-    RetainNotSupported,
-    QoSNotSupported,
-    UseAnotherServer,
-    ServerMoved,
-    ConnectionRateExceeded,
-];
-/// The six 3.1.1 CONNACK return codes, as documented on `ConnAck`.
-pub const CONNACK_RETURN_CODES: &[ReasonCode] = &[
-    Success,
-    UnsupportedProtocolVersion,
-    ClientIdentifierNotValid,
-    ServerUnavailable,
-    BadUserNameOrPassword,
-    NotAuthorized,
-];
-/// Spec 3.4.2.1 and 3.5.2.1.
-pub const PUBACK_REASONS: &[ReasonCode] = &[
-    Success,
-    NoMatchingSubscribers,
-    UnspecifiedError,
-    ImplementationSpecificError,
-    NotAuthorized,
-    TopicNameInvalid,
-    PacketIdentifierInUse,
-    QuotaExceeded,
-    PayloadFormatInvalid,
-];
-/// Spec 3.6.2.1 and 3.7.2.1.
-pub const PUBREL_REASONS: &[ReasonCode] = &[Success, PacketIdentifierNotFound];
-/// Spec 3.9.3.
-pub const SUBACK_REASONS: &[ReasonCode] = &[
-    Success,
-    GrantedQoS1,
-    GrantedQoS2,
-    UnspecifiedError,
-    ImplementationSpecificError,
-    NotAuthorized,
-    TopicFilterInvalid,
-    PacketIdentifierInUse,
-    QuotaExceeded,
-    SharedSubscriptionsNotSupported,
-    SubscriptionIdentifiersNotSupported,
-    WildcardSubscriptionsNotSupported,
-];
-/// 3.1.1 spec 3.9.3.
-pub const SUBACK_RETURN_CODES: &[ReasonCode] =
-    &[Success, GrantedQoS1, GrantedQoS2, UnspecifiedError];
-/// Spec 3.11.3.
-pub const UNSUBACK_REASONS: &[ReasonCode] = &[
-    Success,
-    NoSubscriptionExisted,
-    UnspecifiedError,
-    ImplementationSpecificError,
-    NotAuthorized,
-    TopicFilterInvalid,
-    PacketIdentifierInUse,
-];
-/// Spec 3.14.2.1.
-pub const DISCONNECT_REASONS: &[ReasonCode] = &[
-    Success,
-    DisconnectWithWillMessage,
-    UnspecifiedError,
-    MalformedPacket,
-    ProtocolError,
-    ImplementationSpecificError,
-    NotAuthorized,
-    ServerBusy,
-    ServerShuttingDown,
-    KeepAliveTimeout,
-    SessionTakenOver,
-    TopicFilterInvalid,
-    TopicNameInvalid,
-    ReceiveMaximumExceeded,
-    TopicAliasInvalid,
-    PacketTooLarge,
-    MessageRateTooHigh,
-    QuotaExceeded,
-    AdministrativeAction,
-    PayloadFormatInvalid,
-    RetainNotSupported,
-    QoSNotSupported,
-    UseAnotherServer,
-    ServerMoved,
-    SharedSubscriptionsNotSupported,
-    ConnectionRateExceeded,
-    MaximumConnectTime,
-    SubscriptionIdentifiersNotSupported,
-    WildcardSubscriptionsNotSupported,
-];
-/// Spec 3.15.2.1.
-pub const AUTH_REASONS: &[ReasonCode] = &[Success, ContinueAuthentication, ReAuthenticate];
 
 /// Encodes `packet` at `version`, checking `encoded_len` agrees.
 pub fn encode(packet: &Packet, version: ProtocolVersion) -> BytesMut {
