@@ -1,9 +1,18 @@
 //! `tern`: the MQTT broker and its tools in one binary.
 //!
 //! Thin over the libraries: this file parses the command line, sets up
-//! logging, and hands over to `tern-broker`. Each subcommand has its own module.
+//! logging, and hands over to one module per subcommand: `serve` (the broker,
+//! over `tern-broker`), `pub` and `sub` (over `tern-client`).
 
+mod connect_args;
+mod exit;
+mod output;
+mod publish;
 mod serve;
+mod subscribe;
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
@@ -19,33 +28,71 @@ struct Cli {
 enum Command {
     /// Run the broker.
     Serve(serve::ServeArgs),
+    /// Publish a message (like mosquitto_pub).
+    Pub(publish::PubArgs),
+    /// Subscribe and print messages (like mosquitto_sub).
+    Sub(subscribe::SubArgs),
 }
 
-fn main() -> std::process::ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
-    let result = match cli.command {
-        Command::Serve(args) => serve::run(args),
-    };
-    match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
+    match cli.command {
+        Command::Serve(args) => {
+            init_logging("info");
+            match serve::run(args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Pub(args) => {
+            init_logging(client_log_level(args.connect.debug));
+            run_tool("tern pub", publish::run(args))
+        }
+        Command::Sub(args) => {
+            init_logging(client_log_level(args.connect.debug));
+            run_tool("tern sub", subscribe::run(args))
         }
     }
 }
 
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
+/// `-d` shows every packet the client sends and receives.
+fn client_log_level(debug: bool) -> &'static str {
+    if debug {
+        "warn,tern_client=debug"
+    } else {
+        "warn"
+    }
+}
+
+/// Runs a client tool on a small runtime and maps its failure to an exit code.
+fn run_tool(name: &str, tool: impl Future<Output = Result<(), exit::Failure>>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return exit::Failure::Other(format!("cannot start: {e}")).report(name),
+    };
+    match runtime.block_on(tool) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => failure.report(name),
+    }
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `default_filter`).
 ///
 /// Failures to write a log line are ignored rather than reported with
 /// `eprintln!`, which panics when stderr is a closed pipe (`tern serve | head`).
-fn init_logging() {
+fn init_logging(default_filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .log_internal_errors(false)
         .init();
 }

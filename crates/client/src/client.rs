@@ -1,0 +1,283 @@
+//! The application's handle: [`Client`] turns each call into a [`Command`]
+//! for the event loop and waits for its answer.
+//!
+//! The handle holds no connection state of its own, only the sending side of
+//! the command channel and what the loop shares for reading (the latest
+//! CONNACK, and why the connection closed). So it is cheap to clone and every
+//! clone sees the same connection; the loop is the only owner of the socket.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tern_codec::{ConnAck, ReasonCode, SubAck, SubscribeProperties, SubscriptionOptions, UnsubAck};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::connection;
+use crate::error::{DisconnectReason, Error};
+use crate::event::{EVENT_CAPACITY, EventQueue, Events};
+use crate::event_loop::EventLoop;
+use crate::options::{ConnectOptions, Message};
+use crate::session::Reply;
+
+/// Commands buffered between the handles and the loop; beyond this, calls
+/// wait for the loop (backpressure on a fast publisher).
+const COMMAND_CAPACITY: usize = 128;
+
+/// A request from a [`Client`] handle to the event loop.
+#[derive(Debug)]
+pub(crate) enum Command {
+    Publish {
+        message: Message,
+        reply: Reply<ReasonCode>,
+    },
+    Subscribe {
+        filters: Vec<(String, SubscriptionOptions)>,
+        properties: SubscribeProperties,
+        reply: Reply<SubAck>,
+    },
+    Unsubscribe {
+        filters: Vec<String>,
+        reply: Reply<UnsubAck>,
+    },
+    Disconnect {
+        reason: ReasonCode,
+        reply: Reply<()>,
+    },
+}
+
+impl Command {
+    /// Answers a command the loop will never carry out.
+    pub(crate) fn fail(self, error: Error) {
+        match self {
+            Command::Publish { reply, .. } => drop(reply.send(Err(error))),
+            Command::Subscribe { reply, .. } => drop(reply.send(Err(error))),
+            Command::Unsubscribe { reply, .. } => drop(reply.send(Err(error))),
+            Command::Disconnect { reply, .. } => drop(reply.send(Err(error))),
+        }
+    }
+}
+
+/// What the loop shares with the handles.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    connack: Mutex<ConnAck>,
+    closed: Mutex<Option<DisconnectReason>>,
+}
+
+/// Locks, ignoring poisoning: the data is plain values, always consistent.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Shared {
+    pub(crate) fn set_connack(&self, connack: ConnAck) {
+        *lock(&self.connack) = connack;
+    }
+
+    pub(crate) fn set_closed(&self, reason: DisconnectReason) {
+        *lock(&self.closed) = Some(reason);
+    }
+
+    fn closed_error(&self) -> Error {
+        let reason = lock(&self.closed).clone().unwrap_or_else(|| {
+            DisconnectReason::ConnectionLost("the client's event loop has stopped".into())
+        });
+        Error::Closed(reason)
+    }
+}
+
+/// A cheap, clonable handle to one connection's event loop.
+///
+/// Calls from several clones (or tasks) are carried out in the order the
+/// loop receives them. Dropping every handle and the [`Events`] stream
+/// closes the connection without DISCONNECT, so the broker treats it as lost
+/// and publishes the will; call [`Client::disconnect`] for a clean close.
+#[derive(Debug, Clone)]
+pub struct Client {
+    commands: mpsc::Sender<Command>,
+    shared: Arc<Shared>,
+}
+
+impl Client {
+    /// Connects and waits for CONNACK. Returns the handle, the event stream
+    /// and the CONNACK (session present, assigned client id, server limits).
+    ///
+    /// Errors: [`Error::Unreachable`] if TCP fails, [`Error::Refused`] if the
+    /// broker refuses, [`Error::Timeout`] after `connect_timeout`. Automatic
+    /// reconnection only starts once this first connection succeeded.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let broker = tern_broker::Broker::start(tern_broker::Config {
+    /// #     bind: "127.0.0.1:0".parse()?,
+    /// #     ..Default::default()
+    /// # }).await?;
+    /// # let port = broker.local_addr().port();
+    /// use tern_client::{Client, ConnectOptions, ReasonCode};
+    ///
+    /// let options = ConnectOptions {
+    ///     client_id: "doc-connect".into(),
+    ///     ..ConnectOptions::new("127.0.0.1", port)
+    /// };
+    /// let (client, _events, connack) = Client::connect(options).await?;
+    /// assert_eq!(connack.reason, ReasonCode::Success);
+    /// assert!(!connack.session_present);
+    /// client.disconnect(ReasonCode::Success).await?;
+    /// # broker.shutdown().await;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn connect(options: ConnectOptions) -> Result<(Client, Events, ConnAck), Error> {
+        let options = Arc::new(options);
+        let limit = options.connect_timeout;
+        let (mut conn, connack) = tokio::time::timeout(
+            limit,
+            connection::establish(options.clone(), options.client_id.clone()),
+        )
+        .await
+        .map_err(|_| Error::Timeout(limit))??;
+        let (commands, command_rx) = mpsc::channel(COMMAND_CAPACITY);
+        let (events, event_rx) = mpsc::channel(EVENT_CAPACITY);
+        let shared = Arc::new(Shared {
+            connack: Mutex::new(connack.clone()),
+            closed: Mutex::new(None),
+        });
+        let mut event_loop =
+            EventLoop::new(options, command_rx, EventQueue::new(events), shared.clone());
+        event_loop.on_connected(&mut conn, &connack);
+        tokio::spawn(event_loop.run(conn));
+        Ok((
+            Client { commands, shared },
+            Events { rx: event_rx },
+            connack,
+        ))
+    }
+
+    /// Sends a command and waits for its answer.
+    async fn request<T>(&self, command: impl FnOnce(Reply<T>) -> Command) -> Result<T, Error> {
+        let (reply, answer) = oneshot::channel();
+        if self.commands.send(command(reply)).await.is_err() {
+            return Err(self.shared.closed_error());
+        }
+        answer
+            .await
+            .unwrap_or_else(|_| Err(self.shared.closed_error()))
+    }
+
+    /// Publishes and waits until the QoS flow completes: written (QoS 0),
+    /// PUBACK (QoS 1) or PUBCOMP (QoS 2). Returns the broker's reason code
+    /// (MQTT 5; `Success` at 3.1.1). Respects the broker's Receive Maximum.
+    ///
+    /// A reason code of 0x80 or above (e.g. `NotAuthorized`) is the broker's
+    /// answer, returned as `Ok`; `Err` means there was no answer:
+    /// [`Error::Invalid`] for a message the broker would not accept (topic,
+    /// size over its Maximum Packet Size, QoS or retain it does not support),
+    /// [`Error::Closed`] if the connection ended first. With reconnect on,
+    /// an unfinished publish is sent again after reconnecting and the call
+    /// returns when that completes; a publish made while reconnecting (any
+    /// QoS) waits for the connection.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let broker = tern_broker::Broker::start(tern_broker::Config {
+    /// #     bind: "127.0.0.1:0".parse()?,
+    /// #     ..Default::default()
+    /// # }).await?;
+    /// # let port = broker.local_addr().port();
+    /// use tern_client::{Client, ConnectOptions, Message, QoS, ReasonCode};
+    ///
+    /// let (client, _events, _) = Client::connect(ConnectOptions::new("127.0.0.1", port)).await?;
+    /// let message = Message {
+    ///     retain: true,
+    ///     ..Message::new("house/kitchen/temp", "21.5", QoS::ExactlyOnce)
+    /// };
+    /// // Nobody subscribes: MQTT 5 brokers may say so, still a success.
+    /// let reason = client.publish(message).await?;
+    /// assert!(!reason.is_error());
+    /// client.disconnect(ReasonCode::Success).await?;
+    /// # broker.shutdown().await;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn publish(&self, message: Message) -> Result<ReasonCode, Error> {
+        self.request(|reply| Command::Publish { message, reply })
+            .await
+    }
+
+    /// Subscribes to one or more filters; returns the SUBACK.
+    ///
+    /// The SUBACK has one reason per filter: the granted QoS, or a failure
+    /// code (0x80 and above). Granted subscriptions are remembered and renewed
+    /// after a reconnect if the broker no longer has the session.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let broker = tern_broker::Broker::start(tern_broker::Config {
+    /// #     bind: "127.0.0.1:0".parse()?,
+    /// #     ..Default::default()
+    /// # }).await?;
+    /// # let port = broker.local_addr().port();
+    /// use tern_client::{
+    ///     Client, ConnectOptions, Event, Message, QoS, ReasonCode, SubscribeProperties,
+    ///     SubscriptionOptions,
+    /// };
+    ///
+    /// let (client, mut events, _) = Client::connect(ConnectOptions::new("127.0.0.1", port)).await?;
+    /// let options = SubscriptionOptions { qos: QoS::AtLeastOnce, ..Default::default() };
+    /// let suback = client
+    ///     .subscribe(vec![("house/+/temp".into(), options)], SubscribeProperties::default())
+    ///     .await?;
+    /// assert_eq!(suback.reasons, [ReasonCode::GrantedQoS1]);
+    ///
+    /// client.publish(Message::new("house/hall/temp", "19", QoS::AtLeastOnce)).await?;
+    /// match events.next().await {
+    ///     Some(Event::Message(m)) => {
+    ///         assert_eq!(m.topic, "house/hall/temp");
+    ///         assert_eq!(&m.payload[..], b"19");
+    ///     }
+    ///     other => panic!("unexpected {other:?}"),
+    /// }
+    /// client.disconnect(ReasonCode::Success).await?;
+    /// # broker.shutdown().await;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn subscribe(
+        &self,
+        filters: Vec<(String, SubscriptionOptions)>,
+        properties: SubscribeProperties,
+    ) -> Result<SubAck, Error> {
+        self.request(|reply| Command::Subscribe {
+            filters,
+            properties,
+            reply,
+        })
+        .await
+    }
+
+    /// Unsubscribes; returns the UNSUBACK.
+    pub async fn unsubscribe(&self, filters: Vec<String>) -> Result<UnsubAck, Error> {
+        self.request(|reply| Command::Unsubscribe { filters, reply })
+            .await
+    }
+
+    /// Sends DISCONNECT (normal, or 0x04 to have the will published) and
+    /// closes once everything queued before it was written.
+    ///
+    /// At MQTT 3.1.1 the DISCONNECT carries no reason (the broker discards
+    /// the will). Afterwards [`Events`] yields
+    /// `Disconnected { reason: Requested }` and then `None`; publishes still
+    /// waiting for acknowledgement fail with [`Error::Closed`].
+    pub async fn disconnect(&self, reason: ReasonCode) -> Result<(), Error> {
+        self.request(|reply| Command::Disconnect { reason, reply })
+            .await
+    }
+
+    /// The CONNACK of the current (latest) connection: session present,
+    /// assigned client id, the broker's limits.
+    pub fn connack(&self) -> ConnAck {
+        lock(&self.shared.connack).clone()
+    }
+}
