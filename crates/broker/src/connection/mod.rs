@@ -37,8 +37,11 @@ use crate::registry::{self, Departure};
 use crate::session::Kick;
 use crate::state::BrokerState;
 
-/// Read buffer growth step. Small, because idle connections are many.
+/// Read buffer size for a connection that is receiving a stream of data.
 const READ_CHUNK: usize = 4096;
+/// Read buffer size for a connection that is mostly idle. Idle connections
+/// are many, so they hold only this much between packets.
+const IDLE_READ: usize = 128;
 /// Time allowed to flush the last packets (DISCONNECT) before closing.
 const CLOSE_FLUSH: Duration = Duration::from_secs(1);
 
@@ -77,7 +80,10 @@ where
     };
     let timeout = Duration::from_secs(state.config.connect_timeout_secs);
     let connect = tokio::select! {
-        r = tokio::time::timeout(timeout, read_connect(&mut io, &state)) => match r {
+        // The handshake and closing futures are boxed: they are not alive while
+        // the connection idles, and inline they would make every idle
+        // connection's task as large as the largest of them.
+        r = Box::pin(tokio::time::timeout(timeout, read_connect(&mut io, &state))) => match r {
             Ok(Ok(Some(connect))) => connect,
             Ok(Ok(None)) => return,
             Ok(Err(e)) => {
@@ -92,13 +98,14 @@ where
         },
         _ = state.shutdown.cancelled() => return,
     };
-    let Some((mut client, mut kicked)) = start_session(&mut io, *connect, peer, &state).await
+    let Some((mut client, mut kicked)) =
+        Box::pin(start_session(&mut io, *connect, peer, &state)).await
     else {
         return;
     };
     Metrics::add(&state.metrics.clients_connected, 1);
     let close = run(&mut client, &mut io, &mut kicked).await;
-    finish(&mut client, &mut io, close, peer).await;
+    Box::pin(finish(&mut client, &mut io, close, peer)).await;
     state
         .metrics
         .clients_connected
@@ -203,7 +210,7 @@ async fn start_session<S: AsyncWrite>(
             .as_ref()
             .and_then(|w| w.properties.will_delay_interval)
             .unwrap_or(0),
-        will: connect.will,
+        will: connect.will.map(connect::owned_will),
         session_expiry_secs: accepted.session_expiry_secs,
         // Close after one and a half keep-alive periods of silence [MQTT-3.1.2-24].
         keep_alive_timeout: (keep_alive > 0)
@@ -233,12 +240,12 @@ async fn run<S: AsyncRead + AsyncWrite>(
         Ok(Flow::Disconnect { publish_will }) => return Close::Disconnect { publish_will },
         Err(v) => return Close::Violation(v),
     }
+    // Whether the last read filled the buffer: more is probably waiting.
+    let mut busy = false;
     loop {
         outbound::fill(client);
         let deadline = client.keep_alive_timeout.map(|t| last_heard + t);
-        if io.rbuf.capacity() - io.rbuf.len() < READ_CHUNK / 4 {
-            io.rbuf.reserve(READ_CHUNK);
-        }
+        let spare = prepare_read_buffer(&mut io.rbuf, busy);
         tokio::select! {
             biased;
             _ = state.shutdown.cancelled() => return Close::Shutdown,
@@ -256,6 +263,7 @@ async fn run<S: AsyncRead + AsyncWrite>(
             read = io.reader.read_buf(&mut io.rbuf), if client.out.len() < outbound::HIGH_WATER => match read {
                 Ok(0) => return Close::Lost(None),
                 Ok(n) => {
+                    busy = n >= spare;
                     Metrics::add(&state.metrics.bytes_received, n as u64);
                     match process(client, &mut io.rbuf, &mut last_heard) {
                         Ok(Flow::Continue) => {}
@@ -269,6 +277,25 @@ async fn run<S: AsyncRead + AsyncWrite>(
             _ = sleep_until(deadline), if deadline.is_some() => return Close::KeepAliveTimeout,
         }
     }
+}
+
+/// Sizes the read buffer for the next read and returns its spare capacity.
+///
+/// An idle connection gives its buffer back once every byte in it was
+/// decoded and keeps only [`IDLE_READ`] bytes: with thousands of idle clients
+/// this is most of the broker's memory. A connection whose last read filled
+/// the buffer gets [`READ_CHUNK`] bytes, so a stream is read in few syscalls.
+/// Dropping the old buffer also lets go of a chunk that decoded payloads may
+/// still share; it is freed when the last of them is.
+fn prepare_read_buffer(rbuf: &mut BytesMut, busy: bool) -> usize {
+    if !busy && rbuf.is_empty() && rbuf.capacity() > IDLE_READ {
+        *rbuf = BytesMut::new();
+    }
+    let want = if busy { READ_CHUNK } else { IDLE_READ };
+    if rbuf.capacity() - rbuf.len() < want {
+        rbuf.reserve(want);
+    }
+    rbuf.capacity() - rbuf.len()
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

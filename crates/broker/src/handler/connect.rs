@@ -7,9 +7,10 @@
 
 use std::hash::{BuildHasher, Hasher};
 
+use bytes::Bytes;
 use tern_codec::{
-    ByteStr, ConnAck, ConnAckProperties, Connect, ProtocolVersion, QoS, ReasonCode,
-    topic::is_valid_topic_name,
+    ByteStr, ConnAck, ConnAckProperties, Connect, LastWill, ProtocolVersion, QoS, ReasonCode,
+    UserProperty, WillProperties, topic::is_valid_topic_name,
 };
 
 use crate::session::NEVER_EXPIRES;
@@ -71,7 +72,9 @@ pub fn accept(connect: &Connect, state: &BrokerState) -> Result<Accepted, Reason
 /// protocol allows it [MQTT-3.1.3-6], [MQTT-3.1.3-8].
 fn client_id(connect: &Connect) -> Result<(ByteStr, bool), ReasonCode> {
     if !connect.client_id.is_empty() {
-        return Ok((connect.client_id.clone(), false));
+        // A copy of its own: a slice would keep the whole read buffer the
+        // CONNECT arrived in alive for as long as the session lives.
+        return Ok((ByteStr::from(connect.client_id.as_str()), false));
     }
     match connect.protocol {
         // 3.1 requires 1-23 characters; 3.1.1 allows empty only with Clean Session.
@@ -94,6 +97,35 @@ fn assign_client_id() -> ByteStr {
             .unwrap_or(0),
     );
     ByteStr::from(format!("tern-{:016x}", hasher.finish()))
+}
+
+/// The will with its own copies of every field: it lives as long as the
+/// connection, and slices of the CONNECT would keep the read buffer the
+/// CONNECT arrived in alive all that time.
+pub fn owned_will(will: LastWill) -> LastWill {
+    let text = |s: ByteStr| ByteStr::from(s.as_str());
+    let bytes = |b: Bytes| Bytes::copy_from_slice(&b);
+    let p = will.properties;
+    LastWill {
+        topic: text(will.topic),
+        payload: bytes(will.payload),
+        qos: will.qos,
+        retain: will.retain,
+        properties: WillProperties {
+            content_type: p.content_type.map(text),
+            response_topic: p.response_topic.map(text),
+            correlation_data: p.correlation_data.map(bytes),
+            user_properties: p
+                .user_properties
+                .into_iter()
+                .map(|u| UserProperty {
+                    name: text(u.name),
+                    value: text(u.value),
+                })
+                .collect(),
+            ..p
+        },
+    }
 }
 
 /// The CONNACK for an accepted client. MQTT 5 clients are told every limit
