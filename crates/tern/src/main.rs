@@ -2,8 +2,10 @@
 //!
 //! Thin over the libraries: this file parses the command line, sets up
 //! logging, and hands over to one module per subcommand: `serve` (the broker,
-//! over `tern-broker`), `pub` and `sub` (over `tern-client`).
+//! over `tern-broker`), `pub` and `sub` (over `tern-client`), `bench` (a
+//! load generator over `tern-codec`).
 
+mod bench;
 mod connect_args;
 mod exit;
 mod output;
@@ -32,6 +34,8 @@ enum Command {
     Pub(publish::PubArgs),
     /// Subscribe and print messages (like mosquitto_sub).
     Sub(subscribe::SubArgs),
+    /// Load-test a broker: connections, throughput, latency (any broker).
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -54,6 +58,10 @@ fn main() -> ExitCode {
         Command::Sub(args) => {
             init_logging(client_log_level(args.connect.debug));
             run_tool("tern sub", subscribe::run(args))
+        }
+        Command::Bench(args) => {
+            init_logging("warn");
+            bench::main(args)
         }
     }
 }
