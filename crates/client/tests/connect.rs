@@ -138,16 +138,7 @@ async fn broker_shutdown_without_reconnect_ends_the_stream() {
     let broker = broker().await;
     let (client, mut events) = connect(options(&broker, ProtocolVersion::V5, "down")).await;
     broker.shutdown().await;
-    match next_event(&mut events).await {
-        Event::Disconnected {
-            reason:
-                DisconnectReason::Server {
-                    reason: ReasonCode::ServerShuttingDown,
-                    ..
-                },
-        } => {}
-        other => panic!("expected Disconnected(ServerShuttingDown), got {other:?}"),
-    }
+    expect_server_disconnect(&mut events, ReasonCode::ServerShuttingDown).await;
     stream_ends(&mut events).await;
     match client
         .publish(Message::new("t", "x", QoS::AtLeastOnce))

@@ -68,16 +68,7 @@ async fn reconnects_to_a_restarted_broker_and_resubscribes() {
     subscribe(&client, "r/#", QoS::AtLeastOnce).await;
 
     broker.shutdown().await;
-    match next_event(&mut events).await {
-        Event::Disconnected {
-            reason:
-                DisconnectReason::Server {
-                    reason: ReasonCode::ServerShuttingDown,
-                    ..
-                },
-        } => {}
-        other => panic!("expected Disconnected, got {other:?}"),
-    }
+    expect_server_disconnect(&mut events, ReasonCode::ServerShuttingDown).await;
     // Published while the broker is down: completes after the reconnect.
     let pending = {
         let client = client.clone();
@@ -132,16 +123,7 @@ async fn reconnect_resumes_a_present_session() {
         ..options
     })
     .await;
-    match next_event(&mut events).await {
-        Event::Disconnected {
-            reason:
-                DisconnectReason::Server {
-                    reason: ReasonCode::SessionTakenOver,
-                    ..
-                },
-        } => {}
-        other => panic!("expected Disconnected, got {other:?}"),
-    }
+    expect_server_disconnect(&mut events, ReasonCode::SessionTakenOver).await;
     match next_event(&mut events).await {
         Event::Reconnected { session_present } => assert!(session_present),
         other => panic!("expected Reconnected, got {other:?}"),

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use tern_broker::{Broker, BrokerHandle, Config};
 use tern_client::{
-    Client, ConnectOptions, Event, Events, ProtocolVersion, QoS, Received, SubscribeProperties,
-    SubscriptionOptions,
+    Client, ConnectOptions, DisconnectReason, Event, Events, ProtocolVersion, QoS, ReasonCode,
+    Received, SubscribeProperties, SubscriptionOptions,
 };
 
 /// How long a test waits for something it expects.
@@ -95,6 +95,16 @@ pub async fn next_event(events: &mut Events) -> Event {
         Ok(Some(event)) => event,
         Ok(None) => panic!("event stream ended"),
         Err(_) => panic!("no event within {WAIT:?}"),
+    }
+}
+
+/// The next event, which must be a DISCONNECT from the broker with `expected`.
+pub async fn expect_server_disconnect(events: &mut Events, expected: ReasonCode) {
+    match next_event(events).await {
+        Event::Disconnected {
+            reason: DisconnectReason::Server { reason, .. },
+        } if reason == expected => {}
+        other => panic!("expected Disconnected({expected:?}) from the broker, got {other:?}"),
     }
 }
 
