@@ -42,7 +42,8 @@ impl Failure {
         }
     }
 
-    fn message(&self) -> &str {
+    /// The one-line explanation, without the tool's name.
+    pub fn message(&self) -> &str {
         match self {
             Failure::Other(m)
             | Failure::Unreachable(m)

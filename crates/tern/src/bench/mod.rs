@@ -487,7 +487,7 @@ async fn run_connections(run: &Run) -> Result<Summary, Failure> {
                         }
                         Err(f) => {
                             stats.connect_failed.fetch_add(1, Relaxed);
-                            stats.error(format!("connection {i}: {}", failure_text(&f)));
+                            stats.error(format!("connection {i}: {}", f.message()));
                         }
                     }
                 });
@@ -549,16 +549,5 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
-    }
-}
-
-fn failure_text(f: &Failure) -> &str {
-    match f {
-        Failure::Other(m)
-        | Failure::Unreachable(m)
-        | Failure::Refused(m)
-        | Failure::Timeout(m)
-        | Failure::Rejected(m)
-        | Failure::Lost(m) => m,
     }
 }
