@@ -1,0 +1,483 @@
+#!/usr/bin/env bash
+# Tern vs Mosquitto, side by side, on loopback (issue 4).
+#
+#   scripts/bench-compare.sh            # default: 10 s measured + 2 s warm-up per run (~8 min)
+#   scripts/bench-compare.sh --quick    # 3 s measured + 1 s warm-up per run (~3 min), for trying it
+#   scripts/bench-compare.sh --duration 5 --warmup 1
+#   scripts/bench-compare.sh --only fanout-q1,idle   # a subset of the scenarios (ids below)
+#
+# For each scenario, each broker is started fresh (one broker running at a time), the same
+# `tern bench ... --json` runs against it, and the broker's CPU time (utime+stime of
+# /proc/PID/stat) and memory (VmRSS/VmHWM of /proc/PID/status) are read around the run.
+# The table goes to stdout and to target/bench-compare/results.md, the raw JSON of every run
+# to target/bench-compare/runs/. Run from anywhere inside the repository; needs python3,
+# and apt-get (as root) if Mosquitto is not installed.
+set -euo pipefail
+
+DURATION=10
+WARMUP=2
+ONLY=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --quick) DURATION=3; WARMUP=1 ;;
+        --duration) DURATION="$2"; shift ;;
+        --warmup) WARMUP="$2"; shift ;;
+        --only) ONLY="$2"; shift ;;
+        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+        *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
+    esac
+    shift
+done
+DRAIN=2                 # longest wait for late messages after publishing stops
+IDLE_CONNS=19000        # idle-connection scenario (this machine: 20,000 open files per process)
+CONNECT_RATE=5000
+MOSQ_PORT=18831
+TERN_PORT=18832
+# Shared broker limits (Tern's defaults; Mosquitto's default inflight is 20, raised to match).
+MAX_INFLIGHT=100
+MAX_QUEUED=1000
+MAX_QUEUED_BYTES=67108864
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$ROOT"
+OUT="$ROOT/target/bench-compare"
+rm -rf "$OUT"
+mkdir -p "$OUT/runs" "$OUT/conf" "$OUT/logs"
+CMDS="$OUT/commands.txt"
+: > "$CMDS"
+TERN="$ROOT/target/release/tern"
+START_TIME=$(date +%s)
+
+say() { echo "$@" >&2; }
+run_logged() { # print and record a command, then run it
+    say "+ $*"
+    echo "$*" >> "$CMDS"
+    "$@"
+}
+
+# --- prerequisites --------------------------------------------------------------------------
+if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
+    say "Mosquitto not found: installing the Debian package"
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO apt-get update
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y mosquitto
+fi
+MOSQUITTO="$(command -v mosquitto || echo /usr/sbin/mosquitto)"
+# The Debian package starts a service on port 1883; it is left alone (we use other ports).
+command -v python3 >/dev/null || { say "python3 is needed"; exit 1; }
+command -v taskset >/dev/null || { say "taskset (util-linux) is needed"; exit 1; }
+
+run_logged cargo build --release --bin tern
+
+# Open files: brokers and `tern bench` inherit this; 19,000 idle connections need it.
+ulimit -n "$(ulimit -Hn)"
+NOFILE=$(ulimit -n)
+if [ "$NOFILE" != unlimited ] && [ "$NOFILE" -lt $((IDLE_CONNS + 100)) ]; then
+    IDLE_CONNS=$((NOFILE - 200))
+    say "open-files limit $NOFILE: idle scenario lowered to $IDLE_CONNS connections"
+fi
+CLK_TCK=$(getconf CLK_TCK)
+
+# --- brokers --------------------------------------------------------------------------------
+BROKER_PID=""
+SLOW_PID=""
+SAMPLER_PID=""
+cleanup() {
+    for p in $SAMPLER_PID $SLOW_PID $BROKER_PID; do
+        kill "$p" 2>/dev/null || true
+    done
+}
+trap cleanup EXIT
+
+write_configs() { # $1: sys interval in seconds
+    local sys="$1"
+    {
+        echo "listener $MOSQ_PORT 127.0.0.1"
+        echo "max_connections -1"
+        echo "allow_anonymous true"
+        echo "persistence false"
+        echo "max_inflight_messages $MAX_INFLIGHT"
+        echo "max_queued_messages $MAX_QUEUED"
+        echo "max_queued_bytes $MAX_QUEUED_BYTES"
+        echo "sys_interval $sys"
+        echo "log_dest stderr"
+        echo "log_type error"
+        echo "log_type warning"
+        echo "connection_messages false"
+        if [ "$(id -u)" -eq 0 ]; then echo "user root"; fi
+    } > "$OUT/conf/mosquitto-sys$sys.conf"
+    cat > "$OUT/conf/tern-sys$sys.toml" <<EOF
+bind = "127.0.0.1:$TERN_PORT"
+max_inflight_messages = $MAX_INFLIGHT
+max_queued_messages = $MAX_QUEUED
+max_queued_bytes = $MAX_QUEUED_BYTES
+sys_interval_secs = $sys
+EOF
+}
+write_configs 0
+write_configs 1
+
+port_of() { [ "$1" = mosquitto ] && echo $MOSQ_PORT || echo $TERN_PORT; }
+
+port_open() { python3 - "$1" <<'EOF'
+import socket, sys
+s = socket.socket()
+s.settimeout(0.2)
+sys.exit(0 if s.connect_ex(("127.0.0.1", int(sys.argv[1]))) == 0 else 1)
+EOF
+}
+
+start_broker() { # $1 broker, $2 sys interval, $3 cpu list for taskset ("" = unpinned), $4 log name
+    local broker="$1" sys="$2" cpus="$3" log="$OUT/logs/$4-$1.log" port
+    port=$(port_of "$broker")
+    if port_open "$port"; then say "port $port is already in use"; exit 1; fi
+    local cmd=()
+    [ -n "$cpus" ] && cmd=(taskset -c "$cpus")
+    if [ "$broker" = mosquitto ]; then
+        cmd+=("$MOSQUITTO" -c "$OUT/conf/mosquitto-sys$sys.conf")
+    else
+        cmd+=("$TERN" serve --config "$OUT/conf/tern-sys$sys.toml")
+    fi
+    say "+ ${cmd[*]} 2>$log &"
+    echo "${cmd[*]} &" >> "$CMDS"
+    "${cmd[@]}" 2> "$log" > /dev/null &
+    BROKER_PID=$!
+    for _ in $(seq 100); do
+        port_open "$port" && { sleep 0.3; return 0; }
+        kill -0 "$BROKER_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    say "$broker did not start; log:"; cat "$log" >&2; exit 1
+}
+
+stop_broker() {
+    kill "$BROKER_PID" 2>/dev/null || true
+    wait "$BROKER_PID" 2>/dev/null || true
+    BROKER_PID=""
+}
+
+cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'; }
+status_kb() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status"; }
+
+bench() { # $1 output json, rest: tern bench arguments
+    local out="$1"; shift
+    run_logged "$TERN" bench "$@" --json --quiet > "$out"
+}
+
+# Writes runs/<id>-<broker>.json: the bench summary plus the broker's measurements.
+record() { # $1 id, $2 broker, $3 bench json, $4 cpu ticks, $5.. key=value extras
+    local id="$1" broker="$2" json="$3" ticks="$4"; shift 4
+    python3 - "$OUT/runs/$id-$broker.json" "$json" "$id" "$broker" "$ticks" "$CLK_TCK" \
+        "$(status_kb "$BROKER_PID" VmRSS)" "$(status_kb "$BROKER_PID" VmHWM)" "$@" <<'EOF'
+import json, sys
+out, src, sid, broker, ticks, tck, rss, hwm, *extra = sys.argv[1:]
+bench = json.load(open(src)) if src else None
+rec = {"id": sid, "broker": broker, "bench": bench, "cpu_s": int(ticks) / int(tck),
+       "rss_kb": int(rss), "hwm_kb": int(hwm)}
+for kv in extra:
+    k, v = kv.split("=", 1)
+    try:
+        v = json.loads(v)
+    except ValueError:
+        pass
+    rec[k] = v
+json.dump(rec, open(out, "w"), indent=1)
+EOF
+}
+
+want() { [ -z "$ONLY" ] || [[ ",$ONLY," == *",$1,"* ]]; }
+
+# A throughput/latency scenario: $1 id, $2 taskset cpus ("" = unpinned), rest: bench args.
+scenario() {
+    local id="$1" cpus="$2"; shift 2
+    want "$id" || return 0
+    for broker in mosquitto tern; do
+        say ""; say "=== $id on $broker"
+        start_broker "$broker" 0 "$cpus" "$id"
+        local port c0 c1
+        port=$(port_of "$broker")
+        c0=$(cpu_ticks "$BROKER_PID")
+        bench "$OUT/runs/$id-$broker.bench.json" "$@" -p "$port" \
+            -d "$DURATION" --warmup "$WARMUP" --drain "$DRAIN"
+        c1=$(cpu_ticks "$BROKER_PID")
+        record "$id" "$broker" "$OUT/runs/$id-$broker.bench.json" $((c1 - c0)) \
+            "pinned=\"$cpus\""
+        stop_broker
+    done
+}
+
+# Idle connections: RSS per connection = (RSS with N idle - RSS empty) / N.
+idle_scenario() {
+    local id=idle
+    want "$id" || return 0
+    local hold=$((DURATION < 5 ? 5 : DURATION))
+    for broker in mosquitto tern; do
+        say ""; say "=== $id ($IDLE_CONNS connections) on $broker"
+        start_broker "$broker" 0 "" "$id"
+        sleep 1
+        local port empty_kb base_fds c0 c1 bpid fds=0
+        port=$(port_of "$broker")
+        empty_kb=$(status_kb "$BROKER_PID" VmRSS)
+        base_fds=$(ls "/proc/$BROKER_PID/fd" | wc -l)
+        c0=$(cpu_ticks "$BROKER_PID")
+        say "+ $TERN bench conn -p $port -c $IDLE_CONNS --connect-rate $CONNECT_RATE -d $hold --json --quiet &"
+        echo "$TERN bench conn -p $port -c $IDLE_CONNS --connect-rate $CONNECT_RATE -d $hold --json --quiet" >> "$CMDS"
+        "$TERN" bench conn -p "$port" -c "$IDLE_CONNS" --connect-rate "$CONNECT_RATE" \
+            -d "$hold" --json --quiet > "$OUT/runs/$id-$broker.bench.json" &
+        bpid=$!
+        for _ in $(seq 600); do
+            fds=$(ls "/proc/$BROKER_PID/fd" | wc -l)
+            [ "$fds" -ge $((base_fds + IDLE_CONNS)) ] && break
+            kill -0 "$bpid" 2>/dev/null || break
+            sleep 0.1
+        done
+        sleep 2   # let the connections settle (CONNACKs sent, buffers released)
+        local conns=$((fds - base_fds))
+        record "$id" "$broker" "" $(( $(cpu_ticks "$BROKER_PID") - c0 )) \
+            "empty_kb=$empty_kb" "connections=$conns" "target=$IDLE_CONNS"
+        wait "$bpid" || say "tern bench conn exited with an error"
+        stop_broker
+    done
+}
+
+# A subscriber that connects (MQTT 3.1.1, keep-alive off), subscribes to bench/# at QoS 1,
+# then never reads; its receive buffer is 16 KB, so it backs up at once.
+start_slow_subscriber() { # $1 port
+    say "+ python3 <slow subscriber: CONNECT, SUBSCRIBE bench/# QoS 1, never read> 127.0.0.1:$1 &"
+    echo "python3 slow subscriber on 127.0.0.1:$1 (see scripts/bench-compare.sh) &" >> "$CMDS"
+    python3 -u - "$1" > "$OUT/logs/slow-sub.out" <<'EOF' &
+import socket, sys, time
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+s.connect(("127.0.0.1", int(sys.argv[1])))
+cid = b"slow-subscriber"
+var = b"\x00\x04MQTT\x04\x02\x00\x00"                     # 3.1.1, clean session, keep-alive 0
+body = var + len(cid).to_bytes(2, "big") + cid
+s.sendall(bytes([0x10, len(body)]) + body)
+def read(n):
+    b = b""
+    while len(b) < n:
+        chunk = s.recv(n - len(b))
+        if not chunk:
+            sys.exit("closed")
+        b += chunk
+    return b
+assert read(4)[0] == 0x20, "no CONNACK"
+topic = b"bench/#"
+body = b"\x00\x01" + len(topic).to_bytes(2, "big") + topic + b"\x01"
+s.sendall(bytes([0x82, len(body)]) + body)
+assert read(5)[0] == 0x90, "no SUBACK"
+print("subscribed", flush=True)
+while True:
+    time.sleep(3600)                                      # never read again
+EOF
+    SLOW_PID=$!
+    for _ in $(seq 50); do
+        grep -q subscribed "$OUT/logs/slow-sub.out" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    say "slow subscriber did not subscribe"; exit 1
+}
+
+read_dropped() { # $1 port: the broker's $SYS dropped count
+    "$TERN" sub -p "$1" -t '$SYS/broker/publish/messages/dropped' -C 1 -W 5 2>/dev/null \
+        | tail -n 1 || echo null
+}
+
+# Fan-out QoS 1 with and without a subscriber that reads nothing ($SYS every second).
+slow_scenario() {
+    want slow || return 0
+    local args=(fanout -P 1 -S 64 -q 1 -w 100)
+    for variant in normal slow; do
+        local id="slow-$variant"
+        for broker in mosquitto tern; do
+            say ""; say "=== $id on $broker"
+            start_broker "$broker" 1 "" "$id"
+            local port c0 c1 dropped
+            port=$(port_of "$broker")
+            [ "$variant" = slow ] && start_slow_subscriber "$port"
+            # sample RSS twice a second to show whether it stays bounded
+            ( while kill -0 "$BROKER_PID" 2>/dev/null; do
+                  status_kb "$BROKER_PID" VmRSS 2>/dev/null || true; sleep 0.5
+              done ) > "$OUT/runs/$id-$broker.rss" 2>/dev/null &
+            SAMPLER_PID=$!
+            c0=$(cpu_ticks "$BROKER_PID")
+            bench "$OUT/runs/$id-$broker.bench.json" "${args[@]}" -p "$port" \
+                -d "$DURATION" --warmup "$WARMUP" --drain "$DRAIN"
+            c1=$(cpu_ticks "$BROKER_PID")
+            sleep 1.5   # one more $SYS interval
+            dropped=$(read_dropped "$port")
+            [ -z "$dropped" ] && dropped=null
+            kill "$SAMPLER_PID" 2>/dev/null || true; wait "$SAMPLER_PID" 2>/dev/null || true
+            SAMPLER_PID=""
+            local samples
+            samples=$(paste -sd, "$OUT/runs/$id-$broker.rss")
+            record "$id" "$broker" "$OUT/runs/$id-$broker.bench.json" $((c1 - c0)) \
+                "dropped=$dropped" "rss_samples_kb=[$samples]"
+            if [ -n "$SLOW_PID" ]; then
+                kill "$SLOW_PID" 2>/dev/null || true; wait "$SLOW_PID" 2>/dev/null || true
+                SLOW_PID=""
+            fi
+            stop_broker
+        done
+    done
+}
+
+# --- the scenario set -----------------------------------------------------------------------
+say "Tern vs Mosquitto: ${DURATION} s measured + ${WARMUP} s warm-up per run; open files $NOFILE"
+scenario fanin-q0   "" fanin -P 8 -S 1 -q 0 -w 1000
+scenario fanin-q1   "" fanin -P 8 -S 1 -q 1 -w 100
+scenario fanout-q0  "" fanout -P 1 -S 64 -q 0 -w 1000
+scenario fanout-q1  "" fanout -P 1 -S 64 -q 1 -w 100
+scenario p2p-q0     "" p2p -n 64 -q 0 -w 100
+scenario p2p-q1     "" p2p -n 64 -q 1 -w 100
+scenario p2p-4k-q1  "" p2p -n 64 -q 1 -s 4096 -w 100
+scenario p2p-10k-q1 "" p2p -n 16 -q 1 -r 625
+idle_scenario
+slow_scenario
+scenario fanout-q1-1core "0"   fanout -P 1 -S 64 -q 1 -w 100
+scenario fanout-q1-2core "0,1" fanout -P 1 -S 64 -q 1 -w 100
+
+ELAPSED=$(( $(date +%s) - START_TIME ))
+
+# --- the table ------------------------------------------------------------------------------
+python3 - "$OUT" "$DURATION" "$WARMUP" "$ELAPSED" "$NOFILE" "$IDLE_CONNS" <<'EOF' | tee "$OUT/results.md"
+import glob, json, os, platform, sys
+out, duration, warmup, elapsed, nofile, idle_target = sys.argv[1:]
+runs = {}
+for path in glob.glob(os.path.join(out, "runs", "*.json")):
+    if path.endswith(".bench.json"):
+        continue
+    r = json.load(open(path))
+    runs[(r["id"], r["broker"])] = r
+
+ORDER = [
+    ("fanin-q0", "fan-in 8→1, QoS 0, -w 1000"),
+    ("fanin-q1", "fan-in 8→1, QoS 1, -w 100"),
+    ("fanout-q0", "fan-out 1→64, QoS 0, -w 1000"),
+    ("fanout-q1", "fan-out 1→64, QoS 1, -w 100"),
+    ("p2p-q0", "p2p 64 pairs, QoS 0, -w 100"),
+    ("p2p-q1", "p2p 64 pairs, QoS 1, -w 100"),
+    ("p2p-4k-q1", "p2p 64 pairs, 4 KB, QoS 1, -w 100"),
+    ("p2p-10k-q1", "p2p 16 pairs, 10,000 msg/s total, QoS 1"),
+    ("idle", f"idle connections ({idle_target})"),
+    ("slow-normal", "fan-out 1→64 QoS 1, $SYS 1 s, no slow sub"),
+    ("slow-slow", "same + 1 subscriber reading nothing"),
+    ("fanout-q1-1core", "fan-out 1→64 QoS 1, broker on 1 core"),
+    ("fanout-q1-2core", "fan-out 1→64 QoS 1, broker on 2 cores"),
+]
+
+def metrics(r):
+    b = r.get("bench")
+    m = {"rss": r["hwm_kb"] / 1024}
+    if r["id"] == "idle":
+        m["rss"] = r["rss_kb"] / 1024
+        return m
+    if not b:
+        return m
+    m["rate"] = b.get("delivered_per_sec")
+    if b.get("received_total"):
+        m["cpu"] = r["cpu_s"] * 1e6 / b["received_total"]
+    lat = b.get("latency_us") or {}
+    m["p50"], m["p99"] = lat.get("p50"), lat.get("p99")
+    m["lost"] = b.get("lost_percent")
+    return m
+
+def fmt(v, kind):
+    if v is None:
+        return "–"
+    if kind == "rate":
+        return f"{v:,.0f}"
+    if kind == "cpu":
+        return f"{v:.2f}"
+    if kind in ("p50", "p99"):
+        return f"{v / 1000:.2f} ms" if v >= 1000 else f"{v:.0f} µs"
+    if kind == "rss":
+        return f"{v:.1f} MiB"
+    if kind == "lost":
+        return f"{v:.2f} %"
+    return str(v)
+
+def ratio(t, m):
+    if t is None or m is None or m == 0:
+        return "–"
+    return f"**{t / m:.2f}×**"
+
+lines = []
+p = lines.append
+p(f"Tern vs Mosquitto — {duration} s measured + {warmup} s warm-up per run; "
+  f"script took {int(elapsed) // 60} min {int(elapsed) % 60} s; open-files limit {nofile}")
+p("")
+p("| scenario | broker | delivered msg/s | broker CPU µs/msg | p50 | p99 | RSS | lost |")
+p("|---|---|---:|---:|---:|---:|---:|---:|")
+keys = ["rate", "cpu", "p50", "p99", "rss", "lost"]
+for sid, label in ORDER:
+    mo, te = runs.get((sid, "mosquitto")), runs.get((sid, "tern"))
+    if not mo and not te:
+        continue
+    mm = metrics(mo) if mo else {}
+    tm = metrics(te) if te else {}
+    for name, m in (("mosquitto", mm), ("tern", tm)):
+        p(f"| {label} | {name} | " + " | ".join(fmt(m.get(k), k) for k in keys) + " |")
+    p(f"| {label} | tern/mosquitto | "
+      + " | ".join(ratio(tm.get(k), mm.get(k)) for k in keys[:-1]) + " | |")
+
+p("")
+p("RSS is the broker's peak (VmHWM) over its run, except for idle connections (VmRSS while "
+  "they are held). Broker CPU per message = (utime+stime during the whole `tern bench` run, "
+  "warm-up and drain included) / all messages delivered in that run (`received_total`).")
+
+idle = {b: runs.get(("idle", b)) for b in ("mosquitto", "tern")}
+if all(idle.values()):
+    p("")
+    p("**Idle connections** (RSS with N idle connections − RSS of the empty broker) / N:")
+    p("")
+    p("| broker | connections | empty RSS | RSS with N | per connection |")
+    p("|---|---:|---:|---:|---:|")
+    per = {}
+    for b, r in idle.items():
+        n = r["connections"]
+        per[b] = (r["rss_kb"] - r["empty_kb"]) * 1024 / n if n else None
+        p(f"| {b} | {n:,} | {r['empty_kb'] / 1024:.1f} MiB | {r['rss_kb'] / 1024:.1f} MiB | "
+          f"{per[b]:,.0f} B |")
+    if per["mosquitto"]:
+        p(f"| tern/mosquitto | | | | **{per['tern'] / per['mosquitto']:.2f}×** |")
+    p("")
+    for b, v in per.items():
+        p(f"- 1,000,000 idle connections, {b}: {v * 1e6 / 2**30:.2f} GiB of broker RSS "
+          f"(+ kernel socket memory, not counted here)")
+
+sl = {(v, b): runs.get((f"slow-{v}", b)) for v in ("normal", "slow") for b in ("mosquitto", "tern")}
+if all(sl.values()):
+    p("")
+    p("**Slow subscriber** (fan-out 1→64 QoS 1; the 65th subscriber reads nothing):")
+    p("")
+    p("| broker | msg/s without | msg/s with | change | peak RSS without | peak RSS with | RSS samples with (MiB) | $SYS dropped with |")
+    p("|---|---:|---:|---:|---:|---:|---|---:|")
+    for b in ("mosquitto", "tern"):
+        n, s = sl[("normal", b)], sl[("slow", b)]
+        rn, rs = n["bench"]["delivered_per_sec"], s["bench"]["delivered_per_sec"]
+        samples = s.get("rss_samples_kb") or []
+        step = max(1, len(samples) // 8)
+        sm = ", ".join(f"{k / 1024:.0f}" for k in samples[::step])
+        p(f"| {b} | {rn:,.0f} | {rs:,.0f} | {(rs / rn - 1) * 100:+.1f} % | "
+          f"{n['hwm_kb'] / 1024:.1f} MiB | {s['hwm_kb'] / 1024:.1f} MiB | {sm} | {s.get('dropped')} |")
+
+cs = {(c, b): runs.get((f"fanout-q1-{c}", b)) for c in ("1core", "2core") for b in ("mosquitto", "tern")}
+if all(cs.values()):
+    p("")
+    p("**Core scaling** (fan-out 1→64 QoS 1, broker under `taskset`, load generator unpinned):")
+    p("")
+    p("| broker | 1 core msg/s | 2 cores msg/s | 2 cores / 1 core |")
+    p("|---|---:|---:|---:|")
+    for b in ("mosquitto", "tern"):
+        one = cs[("1core", b)]["bench"]["delivered_per_sec"]
+        two = cs[("2core", b)]["bench"]["delivered_per_sec"]
+        p(f"| {b} | {one:,.0f} | {two:,.0f} | {two / one:.2f}× |")
+
+p("")
+p(f"Commands: {os.path.join(out, 'commands.txt')}; raw JSON: {os.path.join(out, 'runs')}/")
+print("\n".join(lines))
+EOF
+say ""
+say "results: $OUT/results.md (commands: $CMDS)"
