@@ -118,13 +118,7 @@ async fn disconnect_ends_the_stream_and_later_calls_fail() {
         let (client, mut events) = connect(options(&broker, version, "bye")).await;
         let other = client.clone();
         client.disconnect(ReasonCode::Success).await.unwrap();
-        match next_event(&mut events).await {
-            Event::Disconnected {
-                reason: DisconnectReason::Requested,
-            } => {}
-            other => panic!("expected Disconnected(Requested), got {other:?}"),
-        }
-        stream_ends(&mut events).await;
+        expect_requested_close(&mut events).await;
         match other.publish(Message::new("t", "x", QoS::AtMostOnce)).await {
             Err(Error::Closed(DisconnectReason::Requested)) => {}
             other => panic!("expected Closed(Requested), got {other:?}"),

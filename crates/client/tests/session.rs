@@ -167,13 +167,7 @@ async fn disconnect_while_reconnecting_ends_the_stream() {
     };
     tokio::task::yield_now().await;
     client.disconnect(ReasonCode::Success).await.unwrap();
-    match next_event(&mut events).await {
-        Event::Disconnected {
-            reason: DisconnectReason::Requested,
-        } => {}
-        other => panic!("expected Disconnected(Requested), got {other:?}"),
-    }
-    stream_ends(&mut events).await;
+    expect_requested_close(&mut events).await;
     match pending.await.unwrap() {
         Err(tern_client::Error::Closed(DisconnectReason::Requested)) => {}
         other => panic!("expected Closed(Requested), got {other:?}"),

@@ -124,6 +124,17 @@ pub async fn no_event(events: &mut Events) {
 }
 
 /// Asserts the next thing the stream does is end.
+/// After our own `disconnect()`: the stream reports it, then ends.
+pub async fn expect_requested_close(events: &mut Events) {
+    match next_event(events).await {
+        Event::Disconnected {
+            reason: DisconnectReason::Requested,
+        } => {}
+        other => panic!("expected Disconnected(Requested), got {other:?}"),
+    }
+    stream_ends(events).await;
+}
+
 pub async fn stream_ends(events: &mut Events) {
     match tokio::time::timeout(WAIT, events.next()).await {
         Ok(None) => {}
