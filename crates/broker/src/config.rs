@@ -53,6 +53,12 @@ pub struct Config {
     /// Seconds a new connection may take to send CONNECT before it is closed.
     /// Default 10.
     pub connect_timeout_secs: u64,
+    /// Milliseconds without traffic after which a TCP connection is parked:
+    /// its task ends and the socket waits in one shared epoll set, so an idle
+    /// client costs a few hundred bytes instead of a few kilobytes. The first
+    /// byte, delivery or keep-alive expiry resumes it (in microseconds).
+    /// 0 never parks. Default 1000.
+    pub park_idle_ms: u64,
 }
 
 impl Default for Config {
@@ -71,6 +77,7 @@ impl Default for Config {
             retain_available: true,
             sys_interval_secs: 10,
             connect_timeout_secs: 10,
+            park_idle_ms: 1000,
         }
     }
 }

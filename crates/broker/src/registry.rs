@@ -56,7 +56,12 @@ pub async fn attach(
         });
         st.generation += 1;
         session.set_online(true);
+        // A parked connection needs its task back to see the kick.
+        let parked = st.parked.take();
         drop(st);
+        if let Some(parked) = parked {
+            parked.resume();
+        }
         (session, existed, previous)
     };
     if let Some(previous) = previous {

@@ -34,7 +34,7 @@ impl Broker {
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         let listener = TcpListener::bind(config.bind).await?;
         let local_addr = listener.local_addr()?;
-        let state = BrokerState::new(config);
+        let state = BrokerState::new(config)?;
         sys::spawn(&state);
         state.tasks.spawn(accept_loop(listener, state.clone()));
         Ok(BrokerHandle { local_addr, state })

@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tern_codec::{ByteStr, QoS, ReasonCode, SubscriptionOptions};
 use tokio::sync::{Notify, oneshot};
 
+use crate::connection::park::Parked;
 use crate::message::Message;
 
 /// Session Expiry Interval meaning "never expires" [MQTT-3.1.2-23 note].
@@ -122,6 +123,8 @@ pub struct SessionState {
     /// Deliveries dropped because the queue was full.
     pub dropped: u64,
     limits: QueueLimits,
+    /// The attached connection, while it is parked (idle, without a task).
+    pub parked: Option<Box<Parked>>,
 }
 
 impl Session {
@@ -142,6 +145,7 @@ impl Session {
                 pending_will: None,
                 dropped: 0,
                 limits,
+                parked: None,
             }),
             notify: Notify::new(),
             online: AtomicBool::new(false),
@@ -167,11 +171,17 @@ impl Session {
         self.online.store(online, Ordering::Relaxed);
     }
 
-    /// Queues a delivery and wakes the connection. Returns false if it was
-    /// dropped (queue full, or QoS 0 to an offline session that does not queue it).
+    /// Queues a delivery and wakes the connection (resuming it if it is
+    /// parked). Returns false if it was dropped (queue full, or QoS 0 to an
+    /// offline session that does not queue it).
     pub fn deliver(&self, delivery: Delivery) -> bool {
-        let queued = self.lock().enqueue(delivery, self.is_online());
-        if queued {
+        let mut st = self.lock();
+        let queued = st.enqueue(delivery, self.is_online());
+        let parked = st.parked.take_if(|_| queued);
+        drop(st);
+        if let Some(parked) = parked {
+            parked.resume();
+        } else if queued {
             self.notify.notify_one();
         }
         queued

@@ -16,13 +16,14 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tern_codec::{ByteStr, QoS, SubscriptionOptions};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::connection::park::Parker;
 use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::retained::RetainedStore;
@@ -49,6 +50,8 @@ pub struct BrokerState {
     pub shutdown: CancellationToken,
     /// Every spawned task, so shutdown can wait for them.
     pub tasks: TaskTracker,
+    /// Holds idle connections without a task each.
+    pub parker: Arc<Parker>,
     next_connection_id: AtomicU64,
 }
 
@@ -59,19 +62,26 @@ fn unpoison<G>(result: Result<G, std::sync::PoisonError<G>>) -> G {
 }
 
 impl BrokerState {
-    /// Fresh state for a broker with this configuration.
-    pub fn new(config: Config) -> Arc<BrokerState> {
-        Arc::new(BrokerState {
+    /// Fresh state for a broker with this configuration. Must be called within
+    /// the tokio runtime that will run the broker (the parker spawns on it).
+    pub fn new(config: Config) -> std::io::Result<Arc<BrokerState>> {
+        let shutdown = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let park_after =
+            (config.park_idle_ms > 0).then(|| Duration::from_millis(config.park_idle_ms));
+        let parker = Parker::start(park_after, shutdown.clone(), tasks.clone())?;
+        Ok(Arc::new(BrokerState {
             config,
             sessions: Mutex::new(HashMap::new()),
             subscriptions: RwLock::new(TopicTree::new()),
             retained: RwLock::new(RetainedStore::new()),
             metrics: Metrics::default(),
             started: Instant::now(),
-            shutdown: CancellationToken::new(),
-            tasks: TaskTracker::new(),
+            shutdown,
+            tasks,
+            parker,
             next_connection_id: AtomicU64::new(1),
-        })
+        }))
     }
 
     pub fn sessions(&self) -> MutexGuard<'_, HashMap<ByteStr, Arc<Session>>> {

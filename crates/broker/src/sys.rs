@@ -60,6 +60,7 @@ fn snapshot(state: &BrokerState) -> Vec<(&'static str, String)> {
         ("clients/connected", connected.to_string()),
         ("clients/active", connected.to_string()),
         ("clients/total", total.to_string()),
+        ("clients/parked", state.parker.parked_count().to_string()),
         (
             "clients/disconnected",
             total.saturating_sub(connected).to_string(),

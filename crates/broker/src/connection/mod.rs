@@ -17,14 +17,19 @@
 
 pub mod client;
 pub mod outbound;
+pub mod park;
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use tern_codec::{Connect, Disconnect, DisconnectProperties, Packet, ProtocolVersion, ReasonCode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
@@ -44,6 +49,8 @@ const READ_CHUNK: usize = 4096;
 const IDLE_READ: usize = 128;
 /// Time allowed to flush the last packets (DISCONNECT) before closing.
 const CLOSE_FLUSH: Duration = Duration::from_secs(1);
+/// How soon a connection that could not park (bytes still to write) looks again.
+const PARK_RETRY: Duration = Duration::from_millis(250);
 
 /// The socket halves and the read buffer.
 struct Io<S> {
@@ -67,11 +74,42 @@ enum Close {
     Shutdown,
 }
 
-/// Serves one accepted connection until it closes.
-pub async fn serve<S>(stream: S, peer: SocketAddr, state: Arc<BrokerState>)
-where
-    S: AsyncRead + AsyncWrite + Send + 'static,
-{
+/// A client's byte stream. Plain TCP can park while idle (see [`park`]);
+/// other transports keep their task.
+pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Whether [`Transport::into_std`] works.
+    const PARKABLE: bool;
+    /// The socket as a std TCP stream, no longer registered with tokio.
+    fn into_std(self) -> std::io::Result<std::net::TcpStream>;
+}
+
+impl Transport for TcpStream {
+    const PARKABLE: bool = true;
+    fn into_std(self) -> std::io::Result<std::net::TcpStream> {
+        TcpStream::into_std(self)
+    }
+}
+
+/// A connection past CONNECT: what its task owns.
+struct Conn<S> {
+    io: Io<S>,
+    client: Client,
+    /// Fires when another connection takes the session over.
+    kicked: oneshot::Receiver<Kick>,
+    peer: SocketAddr,
+    /// When the last packet arrived, for keep-alive.
+    last_heard: Instant,
+}
+
+/// How the main loop ended.
+enum Exit {
+    Close(Close),
+    /// Quiet for the parking time: hand the connection to the parker.
+    Park,
+}
+
+/// Serves one accepted connection until it closes (or parks).
+pub async fn serve<S: Transport>(stream: S, peer: SocketAddr, state: Arc<BrokerState>) {
     let (reader, writer) = tokio::io::split(stream);
     let mut io = Io {
         reader,
@@ -98,18 +136,85 @@ where
         },
         _ = state.shutdown.cancelled() => return,
     };
-    let Some((mut client, mut kicked)) =
-        Box::pin(start_session(&mut io, *connect, peer, &state)).await
+    let Some((client, kicked)) = Box::pin(start_session(&mut io, *connect, peer, &state)).await
     else {
         return;
     };
     Metrics::add(&state.metrics.clients_connected, 1);
-    let close = run(&mut client, &mut io, &mut kicked).await;
-    Box::pin(finish(&mut client, &mut io, close, peer)).await;
-    state
-        .metrics
-        .clients_connected
-        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    drive(Conn {
+        io,
+        client,
+        kicked,
+        peer,
+        last_heard: Instant::now(),
+    })
+    .await;
+}
+
+/// Runs a parked connection again, in a new task.
+async fn resume(parked: Box<park::Parked>) {
+    let (socket, mut client, kicked, peer, last_heard) = parked.into_parts();
+    match TcpStream::from_std(socket) {
+        Ok(stream) => {
+            let (reader, writer) = tokio::io::split(stream);
+            let io = Io {
+                reader,
+                writer,
+                rbuf: BytesMut::new(),
+            };
+            drive(Conn {
+                io,
+                client,
+                kicked,
+                peer,
+                last_heard,
+            })
+            .await;
+        }
+        Err(e) => depart(&mut client, Close::Lost(Some(e)), peer),
+    }
+}
+
+/// Runs the main loop until the connection closes or parks.
+async fn drive<S: Transport>(mut conn: Conn<S>) {
+    let close = match run(&mut conn).await {
+        Exit::Close(close) => close,
+        Exit::Park => {
+            // The kick receiver holds the waker of the task that last polled
+            // it, and a waker keeps its task's memory allocated. This task
+            // is ending, so leave a no-op waker there instead (the parker
+            // resumes a parked connection on a kick; it needs no waker).
+            let mut cx = Context::from_waker(Waker::noop());
+            match Pin::new(&mut conn.kicked).poll(&mut cx) {
+                Poll::Pending => return park(conn),
+                Poll::Ready(kick) => Close::Kicked(kick.ok()),
+            }
+        }
+    };
+    Box::pin(finish(&mut conn, close)).await;
+}
+
+/// Hands a quiet connection to the parker; this task ends.
+fn park<S: Transport>(conn: Conn<S>) {
+    let Conn {
+        io,
+        mut client,
+        kicked,
+        peer,
+        last_heard,
+    } = conn;
+    let parker = client.state.parker.clone();
+    match io.reader.unsplit(io.writer).into_std() {
+        Ok(socket) => {
+            tracing::trace!(%peer, client_id = %client.client_id, "parking idle connection");
+            if let Err(parked) = parker.park(socket, client, kicked, peer, last_heard) {
+                // Something arrived meanwhile: straight back into a task.
+                parker.resume(parked);
+            }
+        }
+        // Deregistering from tokio failed, which closed the socket.
+        Err(e) => depart(&mut client, Close::Lost(Some(e)), peer),
+    }
 }
 
 /// Reads until the first packet, which must be CONNECT [MQTT-3.1.0-1].
@@ -224,58 +329,99 @@ async fn start_session<S: AsyncWrite>(
     Some((client, attached.kicked))
 }
 
-/// The main loop; returns why the connection is closing.
-async fn run<S: AsyncRead + AsyncWrite>(
-    client: &mut Client,
-    io: &mut Io<S>,
-    kicked: &mut oneshot::Receiver<Kick>,
-) -> Close {
+/// The main loop; returns why the connection is closing, or that it parks.
+async fn run<S: Transport>(conn: &mut Conn<S>) -> Exit {
+    let Conn {
+        io,
+        client,
+        kicked,
+        last_heard,
+        ..
+    } = conn;
     let state = client.state.clone();
     let session = client.session.clone();
-    let mut last_heard = Instant::now();
     // Packets that arrived in the same read as CONNECT are already buffered;
     // handle them now rather than when the next bytes come.
-    match process(client, &mut io.rbuf, &mut last_heard) {
-        Ok(Flow::Continue) => {}
-        Ok(Flow::Disconnect { publish_will }) => return Close::Disconnect { publish_will },
-        Err(v) => return Close::Violation(v),
+    if let Err(close) = process(client, &mut io.rbuf, last_heard) {
+        return Exit::Close(close);
     }
+    let park_after = state.parker.idle().filter(|_| S::PARKABLE);
+    // Created once, not per loop turn: each creation would register anew
+    // with the cancellation token and the timer wheel.
+    let shutdown = state.shutdown.cancelled();
+    tokio::pin!(shutdown);
+    // One timer serves keep-alive and parking. It is not moved on every
+    // packet; when it fires it checks how long the connection has really
+    // been quiet, and sets itself again if not long enough.
+    let mut last_active = Instant::now();
+    let timer = tokio::time::sleep_until(
+        next_check(client, *last_heard, last_active, park_after).unwrap_or(last_active),
+    );
+    tokio::pin!(timer);
+    let timed = client.keep_alive_timeout.is_some() || park_after.is_some();
     // Whether the last read filled the buffer: more is probably waiting.
     let mut busy = false;
     loop {
         outbound::fill(client);
-        let deadline = client.keep_alive_timeout.map(|t| last_heard + t);
         let spare = prepare_read_buffer(&mut io.rbuf, busy);
         tokio::select! {
             biased;
-            _ = state.shutdown.cancelled() => return Close::Shutdown,
-            kick = &mut *kicked => return Close::Kicked(kick.ok()),
+            _ = &mut shutdown => return Exit::Close(Close::Shutdown),
+            kick = &mut *kicked => return Exit::Close(Close::Kicked(kick.ok())),
             written = io.writer.write(&client.out), if !client.out.is_empty() => match written {
-                Ok(0) => return Close::Lost(None),
+                Ok(0) => return Exit::Close(Close::Lost(None)),
                 Ok(n) => {
                     client.out.advance(n);
                     Metrics::add(&state.metrics.bytes_sent, n as u64);
                 }
-                Err(e) => return Close::Lost(Some(e)),
+                Err(e) => return Exit::Close(Close::Lost(Some(e))),
             },
             // Stop reading while our responses pile up unread: backpressure
             // on a client that publishes without reading its acks.
             read = io.reader.read_buf(&mut io.rbuf), if client.out.len() < outbound::HIGH_WATER => match read {
-                Ok(0) => return Close::Lost(None),
+                Ok(0) => return Exit::Close(Close::Lost(None)),
                 Ok(n) => {
                     busy = n >= spare;
                     Metrics::add(&state.metrics.bytes_received, n as u64);
-                    match process(client, &mut io.rbuf, &mut last_heard) {
-                        Ok(Flow::Continue) => {}
-                        Ok(Flow::Disconnect { publish_will }) => return Close::Disconnect { publish_will },
-                        Err(v) => return Close::Violation(v),
+                    if let Err(close) = process(client, &mut io.rbuf, last_heard) {
+                        return Exit::Close(close);
                     }
                 }
-                Err(e) => return Close::Lost(Some(e)),
+                Err(e) => return Exit::Close(Close::Lost(Some(e))),
             },
-            _ = session.notify.notified() => {}
-            _ = sleep_until(deadline), if deadline.is_some() => return Close::KeepAliveTimeout,
+            _ = session.notify.notified() => last_active = Instant::now(),
+            () = &mut timer, if timed => {
+                let now = Instant::now();
+                if client.keep_alive_timeout.is_some_and(|t| *last_heard + t <= now) {
+                    return Exit::Close(Close::KeepAliveTimeout);
+                }
+                last_active = last_active.max(*last_heard);
+                let quiet = client.out.is_empty() && io.rbuf.is_empty();
+                if quiet && park_after.is_some_and(|p| last_active + p <= now) {
+                    return Exit::Park;
+                }
+                if let Some(at) = next_check(client, *last_heard, last_active, park_after) {
+                    // Not quiet yet (bytes still to write): look again soon.
+                    timer.as_mut().reset(at.max(now + PARK_RETRY));
+                }
+            }
         }
+    }
+}
+
+/// When the timer should next look: the keep-alive deadline or the time the
+/// connection may park, whichever is first.
+fn next_check(
+    client: &Client,
+    last_heard: Instant,
+    last_active: Instant,
+    park_after: Option<Duration>,
+) -> Option<Instant> {
+    let keep_alive = client.keep_alive_timeout.map(|t| last_heard + t);
+    let park = park_after.map(|p| last_active.max(last_heard) + p);
+    match (keep_alive, park) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 
@@ -298,69 +444,56 @@ fn prepare_read_buffer(rbuf: &mut BytesMut, busy: bool) -> usize {
     rbuf.capacity() - rbuf.len()
 }
 
-async fn sleep_until(deadline: Option<Instant>) {
-    if let Some(deadline) = deadline {
-        tokio::time::sleep_until(deadline).await;
-    }
-}
-
-/// Decodes and handles every whole packet in the read buffer.
+/// Decodes and handles every whole packet in the read buffer. `Err`: the
+/// connection closes (the client's DISCONNECT, or a protocol violation).
 fn process(
     client: &mut Client,
     rbuf: &mut BytesMut,
     last_heard: &mut Instant,
-) -> Result<Flow, ProtocolViolation> {
+) -> Result<(), Close> {
     let max = client.state.config.max_packet_size as usize;
-    while let Some(packet) = tern_codec::decode(rbuf, client.version, max)? {
+    loop {
+        let packet = match tern_codec::decode(rbuf, client.version, max) {
+            Ok(Some(packet)) => packet,
+            Ok(None) => return Ok(()),
+            Err(e) => return Err(Close::Violation(e.into())),
+        };
         *last_heard = Instant::now();
         Metrics::add(&client.state.metrics.packets_received, 1);
         tracing::trace!(client_id = %client.client_id, packet = ?packet, "received");
-        match handler::dispatch(client, packet)? {
-            Flow::Continue => {}
-            disconnect => return Ok(disconnect),
+        match handler::dispatch(client, packet) {
+            Ok(Flow::Continue) => {}
+            Ok(Flow::Disconnect { publish_will }) => {
+                return Err(Close::Disconnect { publish_will });
+            }
+            Err(v) => return Err(Close::Violation(v)),
         }
     }
-    Ok(Flow::Continue)
 }
 
 /// Reports the close to the client, flushes, and detaches from the session.
-async fn finish<S: AsyncWrite>(
-    client: &mut Client,
-    io: &mut Io<S>,
-    close: Close,
-    peer: SocketAddr,
-) {
-    let id = client.client_id.clone();
-    let (reason, text): (Option<ReasonCode>, String) = match &close {
-        Close::Disconnect { .. } => (None, String::new()),
-        Close::Lost(e) => {
-            tracing::debug!(%peer, client_id = %id, error = ?e, "connection lost");
-            (None, String::new())
-        }
-        Close::KeepAliveTimeout => {
-            tracing::info!(%peer, client_id = %id, "closing connection: keep-alive timeout");
-            (
-                Some(ReasonCode::KeepAliveTimeout),
-                "keep-alive timeout".into(),
-            )
-        }
-        Close::Violation(v) => {
-            tracing::warn!(%peer, client_id = %id, error = %v, "closing connection: protocol violation");
-            (Some(v.reason_code()), v.to_string())
-        }
-        Close::Kicked(kick) => {
-            let reason = kick
-                .as_ref()
-                .map_or(ReasonCode::SessionTakenOver, |k| k.reason);
-            tracing::info!(%peer, client_id = %id, ?reason, "closing connection: session taken over");
-            (Some(reason), "session taken over".into())
-        }
-        Close::Shutdown => (
-            Some(ReasonCode::ServerShuttingDown),
-            "server shutting down".into(),
+async fn finish<S: Transport>(conn: &mut Conn<S>, close: Close) {
+    let Conn {
+        io, client, peer, ..
+    } = conn;
+    let (reason, text): (Option<ReasonCode>, &str) = match &close {
+        Close::KeepAliveTimeout => (Some(ReasonCode::KeepAliveTimeout), "keep-alive timeout"),
+        Close::Violation(v) => (Some(v.reason_code()), ""),
+        Close::Kicked(kick) => (
+            Some(
+                kick.as_ref()
+                    .map_or(ReasonCode::SessionTakenOver, |k| k.reason),
+            ),
+            "session taken over",
         ),
+        Close::Shutdown => (Some(ReasonCode::ServerShuttingDown), "server shutting down"),
+        Close::Disconnect { .. } | Close::Lost(_) => (None, ""),
     };
     if let (Some(reason), ProtocolVersion::V5) = (reason, client.version) {
+        let text = match &close {
+            Close::Violation(v) => v.to_string(),
+            _ => text.to_owned(),
+        };
         let properties = DisconnectProperties {
             reason_string: client.reason_string(text),
             ..Default::default()
@@ -373,6 +506,27 @@ async fn finish<S: AsyncWrite>(
             io.writer.shutdown().await
         })
         .await;
+    }
+    depart(client, close, *peer);
+}
+
+/// Logs why the connection ended, and detaches it from its session (which
+/// publishes or schedules the will).
+fn depart(client: &mut Client, close: Close, peer: SocketAddr) {
+    let id = client.client_id.clone();
+    match &close {
+        Close::Disconnect { .. } | Close::Shutdown => {}
+        Close::Lost(e) => tracing::debug!(%peer, client_id = %id, error = ?e, "connection lost"),
+        Close::KeepAliveTimeout => {
+            tracing::info!(%peer, client_id = %id, "closing connection: keep-alive timeout")
+        }
+        Close::Violation(v) => {
+            tracing::warn!(%peer, client_id = %id, error = %v, "closing connection: protocol violation")
+        }
+        Close::Kicked(kick) => {
+            let reason = kick.as_ref().map(|k| k.reason);
+            tracing::info!(%peer, client_id = %id, ?reason, "closing connection: session taken over")
+        }
     }
     // The will is published unless the client ended normally without asking
     // for it [MQTT-3.1.2-8], [MQTT-3.14.4-3]; not at broker shutdown, where
@@ -393,6 +547,11 @@ async fn finish<S: AsyncWrite>(
         will_delay_secs: client.will_delay_secs,
     };
     registry::detach(&client.state, &client.session, departure);
+    client
+        .state
+        .metrics
+        .clients_connected
+        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     // Dropping the kick's `done` (inside `close`) tells a taking-over
     // connection that this one has detached.
     drop(close);

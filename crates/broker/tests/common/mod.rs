@@ -22,11 +22,14 @@ pub const WAIT: Duration = Duration::from_secs(5);
 /// How long a test waits to be sure a packet does NOT come.
 pub const QUIET: Duration = Duration::from_millis(300);
 
-/// The test configuration: defaults on 127.0.0.1:0, `$SYS` off.
+/// The test configuration: defaults on 127.0.0.1:0, `$SYS` off, and
+/// connections parked after 1 ms without traffic, so that every test also
+/// runs through parking and resuming at each pause.
 pub fn test_config() -> Config {
     Config {
         bind: "127.0.0.1:0".parse().unwrap(),
         sys_interval_secs: 0,
+        park_idle_ms: 1,
         ..Config::default()
     }
 }

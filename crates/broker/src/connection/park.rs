@@ -1,0 +1,297 @@
+//! Parking: idle TCP connections wait without a task.
+//!
+//! A connected client costs its task (the connection loop's future, about
+//! 1.4 KB), tokio's registration of its socket and its read buffer. Most MQTT
+//! clients are quiet most of the time (a sensor that publishes once a
+//! minute), and a broker holds many of them, so after `park_idle_ms` without
+//! traffic the connection task hands its socket and its [`Client`] to the
+//! [`Parker`] and ends. The socket joins one epoll set watched by one thread;
+//! the client state waits in a box in its session.
+//!
+//! Whatever needs the connection resumes it by taking the box out of the
+//! session and spawning a connection task with it:
+//! - bytes or end-of-stream on the socket: the parker thread;
+//! - a delivery queued for the session: `Session::deliver`;
+//! - a session takeover: `registry::attach` (the new task then sees the kick);
+//! - keep-alive expiry: the parker thread's scan, once a second;
+//! - broker shutdown: the parker thread resumes every parked connection, and
+//!   each closes as a running one does (MQTT 5: DISCONNECT 0x8B).
+//!
+//! Races are settled by the session lock. A connection parks only while
+//! holding it (so a delivery either comes before, and the connection stays
+//! awake, or after, and finds the box), and a resumer takes the box while
+//! holding it (so exactly one resumer wins). The socket is added to the epoll
+//! set under that lock too: an event that arrives at once waits for the box to
+//! be in place.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use mio::{Events, Interest, Poll, Token, Waker};
+use tokio::runtime::Handle;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::client::Client;
+use crate::session::{Kick, Session, SessionState};
+
+/// How often the parker thread looks for parked connections whose keep-alive
+/// has run out. Keep-alive is enforced to within this.
+const SCAN_INTERVAL: Duration = Duration::from_secs(1);
+/// The token of the waker that stops the parker thread.
+const STOP: Token = Token(0);
+
+/// A parked connection: everything its task held, minus the task.
+pub struct Parked {
+    stream: mio::net::TcpStream,
+    token: Token,
+    client: Client,
+    kicked: oneshot::Receiver<Kick>,
+    peer: SocketAddr,
+    last_heard: Instant,
+}
+
+impl std::fmt::Debug for Parked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Parked")
+            .field("client_id", &self.client.client_id)
+            .field("peer", &self.peer)
+            .finish()
+    }
+}
+
+/// The thread and epoll set that hold parked connections.
+pub struct Parker {
+    /// Adds and removes sockets from any thread.
+    registry: mio::Registry,
+    stop: Waker,
+    stopping: AtomicBool,
+    /// Parked connections by token: the session that holds each one's box,
+    /// and when its keep-alive runs out.
+    entries: Mutex<HashMap<Token, Entry>>,
+    next_token: AtomicUsize,
+    /// Where resumed connection tasks are spawned.
+    runtime: Handle,
+    tasks: TaskTracker,
+    /// Quiet time after which a connection parks; `None`: never.
+    idle: Option<Duration>,
+}
+
+struct Entry {
+    session: Arc<Session>,
+    deadline: Option<std::time::Instant>,
+}
+
+impl Parker {
+    /// Starts the parker thread. Must be called within the tokio runtime
+    /// that will run resumed connections. The thread stops at `shutdown`
+    /// (resuming every parked connection so it can close) or when that
+    /// runtime goes away.
+    pub fn start(
+        idle: Option<Duration>,
+        shutdown: CancellationToken,
+        tasks: TaskTracker,
+    ) -> std::io::Result<Arc<Parker>> {
+        let poll = Poll::new()?;
+        let parker = Arc::new(Parker {
+            registry: poll.registry().try_clone()?,
+            stop: Waker::new(poll.registry(), STOP)?,
+            stopping: AtomicBool::new(false),
+            entries: Mutex::new(HashMap::new()),
+            next_token: AtomicUsize::new(STOP.0 + 1),
+            runtime: Handle::try_current().map_err(std::io::Error::other)?,
+            tasks: tasks.clone(),
+            idle,
+        });
+        // Shutdown waits for this token, so for the thread to have resumed
+        // every parked connection.
+        let running = tasks.token();
+        let thread = parker.clone();
+        std::thread::Builder::new()
+            .name("tern-parker".into())
+            .spawn(move || {
+                thread.poll_loop(poll);
+                drop(running);
+            })?;
+        // Dropped at shutdown, or with the runtime if it ends without one.
+        let stopper = StopOnDrop(parker.clone());
+        tasks.spawn(async move {
+            let _stopper = stopper;
+            shutdown.cancelled().await;
+        });
+        Ok(parker)
+    }
+
+    /// Quiet time after which a connection parks, if parking is on.
+    pub fn idle(&self) -> Option<Duration> {
+        self.idle
+    }
+
+    /// How many connections are parked now.
+    pub fn parked_count(&self) -> usize {
+        self.entries().len()
+    }
+
+    fn entries(&self) -> MutexGuard<'_, HashMap<Token, Entry>> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Parks a connection whose task is about to end. Gives it back (still
+    /// registered with the parker: resume it with [`Parker::unregister`])
+    /// if it must stay awake: something was queued for it meanwhile, it no
+    /// longer owns its session, or the broker is stopping.
+    pub(super) fn park(
+        &self,
+        stream: std::net::TcpStream,
+        client: Client,
+        kicked: oneshot::Receiver<Kick>,
+        peer: SocketAddr,
+        last_heard: Instant,
+    ) -> Result<(), Box<Parked>> {
+        let token = Token(self.next_token.fetch_add(1, Ordering::Relaxed));
+        let mut parked = Box::new(Parked {
+            stream: mio::net::TcpStream::from_std(stream),
+            token,
+            client,
+            kicked,
+            peer,
+            last_heard,
+        });
+        let session = parked.client.session.clone();
+        let mut st = session.lock();
+        if !may_park(&st, &parked) {
+            return Err(parked);
+        }
+        let deadline = parked
+            .client
+            .keep_alive_timeout
+            .map(|timeout| (last_heard + timeout).into_std());
+        self.entries().insert(
+            token,
+            Entry {
+                session: session.clone(),
+                deadline,
+            },
+        );
+        // After the entry: a stop that began before it was inserted did not
+        // see it, so this connection must not park.
+        if self.stopping.load(Ordering::SeqCst) {
+            return Err(parked);
+        }
+        if let Err(e) = self
+            .registry
+            .register(&mut parked.stream, token, Interest::READABLE)
+        {
+            tracing::warn!(error = %e, "cannot park connection; it stays in its task");
+            return Err(parked);
+        }
+        st.parked = Some(parked);
+        Ok(())
+    }
+
+    /// Takes a parked (or half-parked) connection out of the epoll set, so it
+    /// can go back into a task.
+    pub(super) fn unregister(&self, parked: &mut Parked) {
+        self.entries().remove(&parked.token);
+        // Not registered if parking stopped half-way; nothing to undo then.
+        let _ = self.registry.deregister(&mut parked.stream);
+    }
+
+    /// Spawns a connection task for a connection taken out of its session.
+    pub fn resume(&self, mut parked: Box<Parked>) {
+        self.unregister(&mut parked);
+        self.tasks.spawn_on(super::resume(parked), &self.runtime);
+    }
+
+    /// The thread: waits for socket events and resumes their connections.
+    fn poll_loop(&self, mut poll: Poll) {
+        let mut events = Events::with_capacity(256);
+        let mut last_scan = std::time::Instant::now();
+        loop {
+            if let Err(e) = poll.poll(&mut events, Some(SCAN_INTERVAL))
+                && e.kind() != std::io::ErrorKind::Interrupted
+            {
+                tracing::error!(error = %e, "parked connections: epoll failed; resuming them all");
+                self.stopping.store(true, Ordering::SeqCst);
+            }
+            if self.stopping.load(Ordering::SeqCst) {
+                let all: Vec<Token> = self.entries().keys().copied().collect();
+                all.into_iter().for_each(|token| self.wake(token));
+                return;
+            }
+            for event in events.iter() {
+                self.wake(event.token());
+            }
+            let now = std::time::Instant::now();
+            if now.duration_since(last_scan) >= SCAN_INTERVAL {
+                last_scan = now;
+                let expired: Vec<Token> = self
+                    .entries()
+                    .iter()
+                    .filter(|(_, e)| e.deadline.is_some_and(|d| d <= now))
+                    .map(|(token, _)| *token)
+                    .collect();
+                expired.into_iter().for_each(|token| self.wake(token));
+            }
+        }
+    }
+
+    /// Resumes the connection parked under `token`, if it still is.
+    fn wake(&self, token: Token) {
+        // The entries lock is never held while taking a session lock: park
+        // takes them the other way round.
+        let Some(session) = self.entries().get(&token).map(|e| e.session.clone()) else {
+            return;
+        };
+        let parked = session.lock().parked.take_if(|p| p.token == token);
+        if let Some(parked) = parked {
+            self.resume(parked);
+        }
+    }
+}
+
+/// Whether the connection may park, given its session's state.
+fn may_park(st: &SessionState, parked: &Parked) -> bool {
+    let owns_session = st.connection.as_ref().map(|c| c.id) == Some(parked.client.connection_id);
+    owns_session && st.pending_len() == 0 && st.parked.is_none()
+}
+
+/// Stops the parker thread when dropped.
+struct StopOnDrop(Arc<Parker>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.stopping.store(true, Ordering::SeqCst);
+        if let Err(e) = self.0.stop.wake() {
+            tracing::error!(error = %e, "cannot wake the parker thread to stop it");
+        }
+    }
+}
+
+impl Parked {
+    /// Spawns a connection task for this connection, taken out of its session.
+    pub fn resume(self: Box<Self>) {
+        let parker = self.client.state.parker.clone();
+        parker.resume(self);
+    }
+
+    /// The socket, unwrapped for tokio, and the connection's state.
+    pub(super) fn into_parts(
+        self,
+    ) -> (
+        std::net::TcpStream,
+        Client,
+        oneshot::Receiver<Kick>,
+        SocketAddr,
+        Instant,
+    ) {
+        let socket = std::net::TcpStream::from(OwnedFd::from(self.stream));
+        (socket, self.client, self.kicked, self.peer, self.last_heard)
+    }
+}
