@@ -13,12 +13,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tern_codec::{ByteStr, ReasonCode};
-use tokio::sync::oneshot;
+use tern_codec::ByteStr;
 
 use crate::message::Message;
 use crate::router;
-use crate::session::{ConnectionLink, Kick, NEVER_EXPIRES, Session};
+use crate::session::{NEVER_EXPIRES, Session};
 use crate::state::BrokerState;
 
 /// How long a new connection waits for the one it takes over to close.
@@ -29,8 +28,6 @@ pub struct Attached {
     pub session: Arc<Session>,
     /// CONNACK Session Present.
     pub session_present: bool,
-    /// Fires if another connection takes the session over.
-    pub kicked: oneshot::Receiver<Kick>,
 }
 
 /// Attaches connection `connection_id` to the session of `client_id`.
@@ -41,31 +38,30 @@ pub async fn attach(
     expiry_secs: u32,
     connection_id: u64,
 ) -> Attached {
-    let (kick, kicked) = oneshot::channel();
     let (session, existed, previous) = {
         let mut sessions = state.sessions();
-        let existed = sessions.contains_key(client_id.as_str());
-        let session = sessions
-            .entry(client_id.clone())
-            .or_insert_with(|| Session::new(client_id.clone(), state.queue_limits()))
-            .clone();
-        let mut st = session.lock();
-        let previous = st.connection.replace(ConnectionLink {
-            id: connection_id,
-            kick,
+        let (session, existed) = sessions.get_or_create(client_id, || {
+            Session::new(client_id.clone(), state.queue_limits())
         });
+        let mut st = session.lock();
+        let previous = st.attach(connection_id);
         st.generation += 1;
         session.set_online(true);
-        // A parked connection needs its task back to see the kick.
+        // Wake the connection being replaced, so it sees its kick: a parked
+        // one needs its task back.
         let parked = st.parked.take();
         drop(st);
         if let Some(parked) = parked {
             parked.resume();
+        } else if previous.is_some() {
+            session.notify.notify_one();
         }
         (session, existed, previous)
     };
-    if let Some(previous) = previous {
-        take_over(previous).await;
+    if let Some(closed) = previous {
+        // The old connection drops the kick's `done` once it has detached; an
+        // error here just means it is gone.
+        let _ = tokio::time::timeout(TAKEOVER_WAIT, closed).await;
     }
     let ended = {
         let mut st = session.lock();
@@ -91,21 +87,6 @@ pub async fn attach(
     Attached {
         session,
         session_present,
-        kicked,
-    }
-}
-
-/// Asks the previous connection to close and waits until it has.
-async fn take_over(previous: ConnectionLink) {
-    let (done, closed) = oneshot::channel();
-    let kick = Kick {
-        reason: ReasonCode::SessionTakenOver,
-        done,
-    };
-    if previous.kick.send(kick).is_ok() {
-        // The old connection drops `done` once it has detached; an error here
-        // just means it is gone.
-        let _ = tokio::time::timeout(TAKEOVER_WAIT, closed).await;
     }
 }
 
@@ -121,7 +102,7 @@ pub struct Departure {
 pub fn detach(state: &Arc<BrokerState>, session: &Arc<Session>, departure: Departure) {
     let mut sessions = state.sessions();
     let mut st = session.lock();
-    let still_attached = st.connection.as_ref().map(|c| c.id) == Some(departure.connection_id);
+    let still_attached = st.connection == Some(departure.connection_id);
     let mut will_delay = departure.will_delay_secs;
     let mut ended = None;
     let mut expiry_timer = None;
@@ -136,12 +117,7 @@ pub fn detach(state: &Arc<BrokerState>, session: &Arc<Session>, departure: Depar
             // it any will delay.
             will_delay = 0;
             ended = Some(st.clear());
-            if sessions
-                .get(session.client_id.as_str())
-                .is_some_and(|s| Arc::ptr_eq(s, session))
-            {
-                sessions.remove(session.client_id.as_str());
-            }
+            sessions.remove(session);
         } else {
             // The will waits for the lesser of its delay and the expiry.
             will_delay = will_delay.min(st.expiry_secs);
@@ -230,12 +206,7 @@ fn expire(state: &Arc<BrokerState>, session: &Arc<Session>, generation: u64) {
     let will = st.pending_will.take();
     let subscriptions = st.clear();
     drop(st);
-    if sessions
-        .get(session.client_id.as_str())
-        .is_some_and(|s| Arc::ptr_eq(s, session))
-    {
-        sessions.remove(session.client_id.as_str());
-    }
+    sessions.remove(session);
     drop(sessions);
     tracing::debug!(client_id = %session.client_id, "session expired");
     remove_subscriptions(state, session, subscriptions.into_keys());

@@ -11,7 +11,9 @@
 //! The mutex is a std one: it is held only for queue operations, never across
 //! an `.await` or I/O.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::borrow::Borrow;
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
+use std::hash::{Hash, Hasher};
 use std::num::NonZeroU16;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -31,7 +33,8 @@ pub const NEVER_EXPIRES: u32 = u32::MAX;
 pub struct Session {
     pub client_id: ByteStr,
     state: Mutex<SessionState>,
-    /// Wakes the attached connection when a delivery was queued.
+    /// Wakes the attached connection when a delivery was queued, or a
+    /// connection that was just replaced, so it sees its kick.
     pub notify: Notify,
     /// Whether a connection is attached; read without the lock by shared
     /// subscription routing to prefer online members.
@@ -83,36 +86,39 @@ pub struct SessionSubscription {
     pub subscription_id: Option<u32>,
 }
 
-/// Asks an attached connection to close: session takeover or administrative.
-/// The connection drops `done` once it has finished closing, so the one
-/// taking over knows the old connection no longer touches the session.
+/// Tells a connection that another one took its session over: left in the
+/// session for it, which then wakes it (see [`Session::kick`]). The
+/// connection drops `done` once it has finished closing, so the one taking
+/// over knows the old connection no longer touches the session.
 #[derive(Debug)]
 pub struct Kick {
+    /// The connection being closed.
+    pub connection_id: u64,
     pub reason: ReasonCode,
     pub done: oneshot::Sender<()>,
 }
 
-/// The connection currently attached to a session.
-#[derive(Debug)]
-pub struct ConnectionLink {
-    pub id: u64,
-    pub kick: oneshot::Sender<Kick>,
-}
-
 /// The mutable part of a session.
+///
+/// One exists per client, connected or not, so its collections are the kinds
+/// that are small and allocate nothing while empty (B-trees, not hash maps).
 #[derive(Debug)]
 pub struct SessionState {
     /// Keyed by the filter exactly as subscribed (including `$share/g/`).
-    pub subscriptions: HashMap<ByteStr, SessionSubscription>,
+    pub subscriptions: BTreeMap<ByteStr, SessionSubscription>,
     /// Deliveries not yet sent, in order.
     pending: VecDeque<Delivery>,
     pending_bytes: usize,
     /// Sent, awaiting acknowledgement, in send order.
     pub inflight: VecDeque<Inflight>,
     /// QoS 2 packet ids received from the client, awaiting its PUBREL.
-    pub inbound_qos2: HashSet<u16>,
+    pub inbound_qos2: BTreeSet<u16>,
     last_packet_id: u16,
-    pub connection: Option<ConnectionLink>,
+    /// The id of the attached connection.
+    pub connection: Option<u64>,
+    /// A kick for a connection that no longer owns the session, until it
+    /// notices.
+    pub kick: Option<Kick>,
     /// Seconds the session outlives its connection; [`NEVER_EXPIRES`] for ever.
     pub expiry_secs: u32,
     /// Bumped on every attach and detach, so timers started for one detached
@@ -133,13 +139,14 @@ impl Session {
         Arc::new(Session {
             client_id,
             state: Mutex::new(SessionState {
-                subscriptions: HashMap::new(),
+                subscriptions: BTreeMap::new(),
                 pending: VecDeque::new(),
                 pending_bytes: 0,
                 inflight: VecDeque::new(),
-                inbound_qos2: HashSet::new(),
+                inbound_qos2: BTreeSet::new(),
                 last_packet_id: 0,
                 connection: None,
+                kick: None,
                 expiry_secs: 0,
                 generation: 0,
                 pending_will: None,
@@ -189,6 +196,29 @@ impl Session {
 }
 
 impl SessionState {
+    /// Attaches connection `connection_id`. If another was attached, leaves it
+    /// a kick (its waker is the caller's job) and returns a receiver that
+    /// resolves when it has closed.
+    pub fn attach(&mut self, connection_id: u64) -> Option<oneshot::Receiver<()>> {
+        let previous = self.connection.replace(connection_id)?;
+        let (done, closed) = oneshot::channel();
+        self.kick = Some(Kick {
+            connection_id: previous,
+            reason: ReasonCode::SessionTakenOver,
+            done,
+        });
+        Some(closed)
+    }
+
+    /// `Err` if connection `connection_id` no longer owns the session, with
+    /// the kick left for it if it is still there.
+    pub fn check_owner(&mut self, connection_id: u64) -> Result<(), Option<Kick>> {
+        if self.connection == Some(connection_id) {
+            return Ok(());
+        }
+        Err(self.kick.take_if(|k| k.connection_id == connection_id))
+    }
+
     /// Appends to the pending queue within the limits.
     fn enqueue(&mut self, delivery: Delivery, online: bool) -> bool {
         if !online && delivery.qos == QoS::AtMostOnce && !self.limits.queue_qos0_offline {
@@ -227,7 +257,7 @@ impl SessionState {
 
     /// Forgets everything but the identity: Clean Start, or a new session.
     /// Returns the subscriptions so the caller can remove them from the tree.
-    pub fn clear(&mut self) -> HashMap<ByteStr, SessionSubscription> {
+    pub fn clear(&mut self) -> BTreeMap<ByteStr, SessionSubscription> {
         self.pending.clear();
         self.pending_bytes = 0;
         self.inflight.clear();
@@ -324,5 +354,70 @@ mod tests {
             delivery: delivery(QoS::AtLeastOnce, "x"),
         });
         assert_eq!(st.next_packet_id().unwrap().get(), 2);
+    }
+}
+
+/// Every session, found by client id.
+///
+/// A set of the sessions themselves, looked up through each one's own client
+/// id: an entry is one pointer, not a second copy of the id beside it. There
+/// is one entry per client the broker knows, so this matters at scale.
+#[derive(Debug, Default)]
+pub struct Sessions(HashSet<ById>);
+
+/// A session, hashed and compared by its client id.
+#[derive(Debug)]
+struct ById(Arc<Session>);
+
+impl Borrow<str> for ById {
+    fn borrow(&self) -> &str {
+        self.0.client_id.as_str()
+    }
+}
+
+impl Hash for ById {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.client_id.as_str().hash(state);
+    }
+}
+
+impl PartialEq for ById {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.client_id == other.0.client_id
+    }
+}
+
+impl Eq for ById {}
+
+impl Sessions {
+    /// The session of `client_id`, and whether it existed; a new one (made
+    /// by `create`) if not.
+    pub fn get_or_create(
+        &mut self,
+        client_id: &str,
+        create: impl FnOnce() -> Arc<Session>,
+    ) -> (Arc<Session>, bool) {
+        if let Some(found) = self.0.get(client_id) {
+            return (found.0.clone(), true);
+        }
+        let session = create();
+        self.0.insert(ById(session.clone()));
+        (session, false)
+    }
+
+    /// Removes `session`, if it is still the one registered under its id.
+    pub fn remove(&mut self, session: &Arc<Session>) {
+        let id = session.client_id.as_str();
+        if self.0.get(id).is_some_and(|s| Arc::ptr_eq(&s.0, session)) {
+            self.0.remove(id);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 }

@@ -13,12 +13,11 @@
 //! lock. The tree and retained locks are never held while taking another lock,
 //! and no lock is ever held across an `.await`.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
-use tern_codec::{ByteStr, QoS, SubscriptionOptions};
+use tern_codec::{QoS, SubscriptionOptions};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -27,7 +26,7 @@ use crate::connection::park::Parker;
 use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::retained::RetainedStore;
-use crate::session::{QueueLimits, Session};
+use crate::session::{QueueLimits, Session, Sessions};
 use crate::topic_tree::TopicTree;
 
 /// What the subscription tree stores for one subscription.
@@ -41,7 +40,7 @@ pub struct Subscriber {
 /// State shared by all tasks of one broker.
 pub struct BrokerState {
     pub config: Config,
-    pub sessions: Mutex<HashMap<ByteStr, Arc<Session>>>,
+    pub sessions: Mutex<Sessions>,
     pub subscriptions: RwLock<TopicTree<Subscriber>>,
     pub retained: RwLock<RetainedStore<Arc<Message>>>,
     pub metrics: Metrics,
@@ -72,7 +71,7 @@ impl BrokerState {
         let parker = Parker::start(park_after, shutdown.clone(), tasks.clone())?;
         Ok(Arc::new(BrokerState {
             config,
-            sessions: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(Sessions::default()),
             subscriptions: RwLock::new(TopicTree::new()),
             retained: RwLock::new(RetainedStore::new()),
             metrics: Metrics::default(),
@@ -84,7 +83,7 @@ impl BrokerState {
         }))
     }
 
-    pub fn sessions(&self) -> MutexGuard<'_, HashMap<ByteStr, Arc<Session>>> {
+    pub fn sessions(&self) -> MutexGuard<'_, Sessions> {
         unpoison(self.sessions.lock())
     }
 

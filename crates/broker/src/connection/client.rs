@@ -26,21 +26,30 @@ pub struct PeerLimits {
     pub topic_alias_maximum: u16,
 }
 
+/// Topic aliases in force on one MQTT 5 connection, both directions.
+#[derive(Debug, Default)]
+pub struct TopicAliases {
+    /// Aliases the client set for its PUBLISHes.
+    pub inbound: HashMap<u16, ByteStr>,
+    /// Aliases we set for PUBLISHes to the client.
+    pub outbound: HashMap<ByteStr, u16>,
+}
+
 /// State of one connected client.
+///
+/// Kept small: it is what an idle connection costs (with its session), so
+/// what most clients never use (topic aliases, a will) is boxed.
 pub struct Client {
     pub connection_id: u64,
-    pub client_id: ByteStr,
     pub version: ProtocolVersion,
     pub session: Arc<Session>,
     pub state: Arc<BrokerState>,
     /// Encoded packets waiting to be written, many per write syscall.
     pub out: BytesMut,
     pub peer: PeerLimits,
-    /// Aliases the client set for its PUBLISHes.
-    pub inbound_aliases: HashMap<u16, ByteStr>,
-    /// Aliases we set for PUBLISHes to the client.
-    pub outbound_aliases: HashMap<ByteStr, u16>,
-    pub will: Option<LastWill>,
+    /// Created when the first alias is.
+    pub aliases: Option<Box<TopicAliases>>,
+    pub will: Option<Box<LastWill>>,
     pub will_delay_secs: u32,
     /// Session Expiry Interval now in force (DISCONNECT may change it).
     pub session_expiry_secs: u32,
@@ -53,6 +62,16 @@ pub struct Client {
 }
 
 impl Client {
+    /// The client identifier (the session's).
+    pub fn client_id(&self) -> &ByteStr {
+        &self.session.client_id
+    }
+
+    /// The topic aliases, created on first use.
+    pub fn aliases_mut(&mut self) -> &mut TopicAliases {
+        self.aliases.get_or_insert_with(Default::default)
+    }
+
     /// Encodes `packet` into the output buffer. Returns the encoded size, or
     /// `None` if it could not be encoded (logged; nothing was appended).
     pub fn send(&mut self, packet: &Packet) -> Option<usize> {
@@ -63,7 +82,7 @@ impl Client {
                 Some(self.out.len() - start)
             }
             Err(e) => {
-                tracing::warn!(client_id = %self.client_id, packet = packet.name(), error = %e, "cannot encode packet");
+                tracing::warn!(client_id = %self.client_id(), packet = packet.name(), error = %e, "cannot encode packet");
                 None
             }
         }

@@ -9,7 +9,9 @@
 //!   encodes them into `client.out`;
 //! - the socket becoming writable while `client.out` holds bytes: one write
 //!   carries as many packets as are buffered;
-//! - keep-alive expiry, session takeover, broker shutdown.
+//! - keep-alive expiry and broker shutdown;
+//! - session takeover: the new connection leaves a kick in the session and
+//!   wakes this one through the same notification; `outbound::fill` finds it.
 //!
 //! On the way out it sends an MQTT 5 DISCONNECT with the reason (if the
 //! server is the one closing), flushes, and detaches from the session, which
@@ -19,18 +21,14 @@ pub mod client;
 pub mod outbound;
 pub mod park;
 
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use tern_codec::{Connect, Disconnect, DisconnectProperties, Packet, ProtocolVersion, ReasonCode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use self::client::{Client, PeerLimits};
@@ -94,8 +92,6 @@ impl Transport for TcpStream {
 struct Conn<S> {
     io: Io<S>,
     client: Client,
-    /// Fires when another connection takes the session over.
-    kicked: oneshot::Receiver<Kick>,
     peer: SocketAddr,
     /// When the last packet arrived, for keep-alive.
     last_heard: Instant,
@@ -110,6 +106,21 @@ enum Exit {
 
 /// Serves one accepted connection until it closes (or parks).
 pub async fn serve<S: Transport>(stream: S, peer: SocketAddr, state: Arc<BrokerState>) {
+    // The handshake is boxed and over before the main loop starts: inline,
+    // its futures would make every idle connection's task as large as the
+    // largest of them.
+    if let Some(conn) = Box::pin(handshake(stream, peer, state)).await {
+        drive(conn).await;
+    }
+}
+
+/// Reads CONNECT, attaches the session and queues CONNACK. `None`: the
+/// connection was refused or closed.
+async fn handshake<S: Transport>(
+    stream: S,
+    peer: SocketAddr,
+    state: Arc<BrokerState>,
+) -> Option<Conn<S>> {
     let (reader, writer) = tokio::io::split(stream);
     let mut io = Io {
         reader,
@@ -118,42 +129,34 @@ pub async fn serve<S: Transport>(stream: S, peer: SocketAddr, state: Arc<BrokerS
     };
     let timeout = Duration::from_secs(state.config.connect_timeout_secs);
     let connect = tokio::select! {
-        // The handshake and closing futures are boxed: they are not alive while
-        // the connection idles, and inline they would make every idle
-        // connection's task as large as the largest of them.
-        r = Box::pin(tokio::time::timeout(timeout, read_connect(&mut io, &state))) => match r {
+        r = tokio::time::timeout(timeout, read_connect(&mut io, &state)) => match r {
             Ok(Ok(Some(connect))) => connect,
-            Ok(Ok(None)) => return,
+            Ok(Ok(None)) => return None,
             Ok(Err(e)) => {
                 tracing::info!(%peer, error = %e, "closing connection: invalid CONNECT");
                 refuse_unsupported(&mut io, e).await;
-                return;
+                return None;
             }
             Err(_) => {
                 tracing::info!(%peer, "closing connection: no CONNECT within {timeout:?}");
-                return;
+                return None;
             }
         },
-        _ = state.shutdown.cancelled() => return,
+        _ = state.shutdown.cancelled() => return None,
     };
-    let Some((client, kicked)) = Box::pin(start_session(&mut io, *connect, peer, &state)).await
-    else {
-        return;
-    };
+    let client = start_session(&mut io, *connect, peer, &state).await?;
     Metrics::add(&state.metrics.clients_connected, 1);
-    drive(Conn {
+    Some(Conn {
         io,
         client,
-        kicked,
         peer,
         last_heard: Instant::now(),
     })
-    .await;
 }
 
 /// Runs a parked connection again, in a new task.
 async fn resume(parked: Box<park::Parked>) {
-    let (socket, mut client, kicked, peer, last_heard) = parked.into_parts();
+    let (socket, mut client, peer, last_heard) = parked.into_parts();
     match TcpStream::from_std(socket) {
         Ok(stream) => {
             let (reader, writer) = tokio::io::split(stream);
@@ -165,7 +168,6 @@ async fn resume(parked: Box<park::Parked>) {
             drive(Conn {
                 io,
                 client,
-                kicked,
                 peer,
                 last_heard,
             })
@@ -177,21 +179,10 @@ async fn resume(parked: Box<park::Parked>) {
 
 /// Runs the main loop until the connection closes or parks.
 async fn drive<S: Transport>(mut conn: Conn<S>) {
-    let close = match run(&mut conn).await {
-        Exit::Close(close) => close,
-        Exit::Park => {
-            // The kick receiver holds the waker of the task that last polled
-            // it, and a waker keeps its task's memory allocated. This task
-            // is ending, so leave a no-op waker there instead (the parker
-            // resumes a parked connection on a kick; it needs no waker).
-            let mut cx = Context::from_waker(Waker::noop());
-            match Pin::new(&mut conn.kicked).poll(&mut cx) {
-                Poll::Pending => return park(conn),
-                Poll::Ready(kick) => Close::Kicked(kick.ok()),
-            }
-        }
-    };
-    Box::pin(finish(&mut conn, close)).await;
+    match run(&mut conn).await {
+        Exit::Close(close) => Box::pin(finish(&mut conn, close)).await,
+        Exit::Park => park(conn),
+    }
 }
 
 /// Hands a quiet connection to the parker; this task ends.
@@ -199,15 +190,17 @@ fn park<S: Transport>(conn: Conn<S>) {
     let Conn {
         io,
         mut client,
-        kicked,
         peer,
         last_heard,
     } = conn;
     let parker = client.state.parker.clone();
+    // Only a connection with nothing left to write parks; its output buffer's
+    // allocation is not worth keeping for however long it sleeps.
+    client.out = BytesMut::new();
     match io.reader.unsplit(io.writer).into_std() {
         Ok(socket) => {
-            tracing::trace!(%peer, client_id = %client.client_id, "parking idle connection");
-            if let Err(parked) = parker.park(socket, client, kicked, peer, last_heard) {
+            tracing::trace!(%peer, client_id = %client.client_id(), "parking idle connection");
+            if let Err(parked) = parker.park(socket, client, peer, last_heard) {
                 // Something arrived meanwhile: straight back into a task.
                 parker.resume(parked);
             }
@@ -240,7 +233,7 @@ async fn read_connect<S: AsyncRead>(
             }
             None => {}
         }
-        io.rbuf.reserve(READ_CHUNK);
+        io.rbuf.reserve(IDLE_READ);
         match io.reader.read_buf(&mut io.rbuf).await {
             Ok(0) | Err(_) => return Ok(None),
             Ok(n) => Metrics::add(&state.metrics.bytes_received, n as u64),
@@ -266,7 +259,7 @@ async fn start_session<S: AsyncWrite>(
     connect: Connect,
     peer: SocketAddr,
     state: &Arc<BrokerState>,
-) -> Option<(Client, oneshot::Receiver<Kick>)> {
+) -> Option<Client> {
     let version = connect.protocol;
     let accepted = match connect::accept(&connect, state) {
         Ok(accepted) => accepted,
@@ -295,7 +288,6 @@ async fn start_session<S: AsyncWrite>(
     let keep_alive = accepted.keep_alive_secs;
     let mut client = Client {
         connection_id,
-        client_id: accepted.client_id.clone(),
         version,
         session: attached.session,
         state: state.clone(),
@@ -308,14 +300,13 @@ async fn start_session<S: AsyncWrite>(
             max_packet_size: props.maximum_packet_size.map_or(usize::MAX, |m| m as usize),
             topic_alias_maximum: props.topic_alias_maximum.unwrap_or(0),
         },
-        inbound_aliases: Default::default(),
-        outbound_aliases: Default::default(),
+        aliases: None,
         will_delay_secs: connect
             .will
             .as_ref()
             .and_then(|w| w.properties.will_delay_interval)
             .unwrap_or(0),
-        will: connect.will.map(connect::owned_will),
+        will: connect.will.map(|will| Box::new(connect::owned_will(will))),
         session_expiry_secs: accepted.session_expiry_secs,
         // Close after one and a half keep-alive periods of silence [MQTT-3.1.2-24].
         keep_alive_timeout: (keep_alive > 0)
@@ -325,8 +316,8 @@ async fn start_session<S: AsyncWrite>(
     };
     let connack = connect::connack(&accepted, version, attached.session_present, state);
     client.send(&Packet::ConnAck(connack));
-    tracing::debug!(%peer, client_id = %client.client_id, ?version, session_present = attached.session_present, "client connected");
-    Some((client, attached.kicked))
+    tracing::debug!(%peer, client_id = %client.client_id(), ?version, session_present = attached.session_present, "client connected");
+    Some(client)
 }
 
 /// The main loop; returns why the connection is closing, or that it parks.
@@ -334,7 +325,6 @@ async fn run<S: Transport>(conn: &mut Conn<S>) -> Exit {
     let Conn {
         io,
         client,
-        kicked,
         last_heard,
         ..
     } = conn;
@@ -362,12 +352,13 @@ async fn run<S: Transport>(conn: &mut Conn<S>) -> Exit {
     // Whether the last read filled the buffer: more is probably waiting.
     let mut busy = false;
     loop {
-        outbound::fill(client);
+        if let Err(kick) = outbound::fill(client) {
+            return Exit::Close(Close::Kicked(kick));
+        }
         let spare = prepare_read_buffer(&mut io.rbuf, busy);
         tokio::select! {
             biased;
             _ = &mut shutdown => return Exit::Close(Close::Shutdown),
-            kick = &mut *kicked => return Exit::Close(Close::Kicked(kick.ok())),
             written = io.writer.write(&client.out), if !client.out.is_empty() => match written {
                 Ok(0) => return Exit::Close(Close::Lost(None)),
                 Ok(n) => {
@@ -460,7 +451,7 @@ fn process(
         };
         *last_heard = Instant::now();
         Metrics::add(&client.state.metrics.packets_received, 1);
-        tracing::trace!(client_id = %client.client_id, packet = ?packet, "received");
+        tracing::trace!(client_id = %client.client_id(), packet = ?packet, "received");
         match handler::dispatch(client, packet) {
             Ok(Flow::Continue) => {}
             Ok(Flow::Disconnect { publish_will }) => {
@@ -513,7 +504,7 @@ async fn finish<S: Transport>(conn: &mut Conn<S>, close: Close) {
 /// Logs why the connection ended, and detaches it from its session (which
 /// publishes or schedules the will).
 fn depart(client: &mut Client, close: Close, peer: SocketAddr) {
-    let id = client.client_id.clone();
+    let id = client.client_id().clone();
     match &close {
         Close::Disconnect { .. } | Close::Shutdown => {}
         Close::Lost(e) => tracing::debug!(%peer, client_id = %id, error = ?e, "connection lost"),
@@ -540,7 +531,7 @@ fn depart(client: &mut Client, close: Close, peer: SocketAddr) {
         .will
         .take()
         .filter(|_| publish_will)
-        .map(|w| Message::from_will(w, id.clone(), std::time::Instant::now()));
+        .map(|w| Message::from_will(*w, id.clone(), std::time::Instant::now()));
     let departure = Departure {
         connection_id: client.connection_id,
         will,

@@ -15,23 +15,26 @@ use tern_codec::{ByteStr, Packet, PubAck, Publish, QoS};
 
 use super::client::Client;
 use crate::metrics::Metrics;
-use crate::session::{Delivery, Inflight, InflightState, SessionState};
+use crate::session::{Delivery, Inflight, InflightState, Kick, SessionState};
 
 /// Stop encoding when this many bytes wait to be written.
 pub const HIGH_WATER: usize = 64 * 1024;
 
-/// Fills `client.out` from the session.
-pub fn fill(client: &mut Client) {
-    if client.out.len() >= HIGH_WATER {
-        return;
-    }
+/// Fills `client.out` from the session. `Err`: another connection has taken
+/// the session over (with the kick left for this one, if still there).
+pub fn fill(client: &mut Client) -> Result<(), Option<Kick>> {
     let session = client.session.clone();
     let mut st = session.lock();
+    st.check_owner(client.connection_id)?;
+    if client.out.len() >= HIGH_WATER {
+        return Ok(());
+    }
     if client.resend_inflight {
         client.resend_inflight = false;
         resend(client, &st);
     }
     send_pending(client, &mut st);
+    Ok(())
 }
 
 /// Re-sends every in-flight message: PUBLISH with DUP, or PUBREL where the
@@ -123,7 +126,7 @@ fn send_publish(
     } else {
         client.out.truncate(start);
         if new_alias {
-            client.outbound_aliases.remove(&message.topic);
+            client.aliases_mut().outbound.remove(&message.topic);
         }
         Metrics::add(&client.state.metrics.publish_dropped, 1);
     }
@@ -138,13 +141,14 @@ fn outbound_alias(client: &mut Client, topic: &ByteStr) -> (ByteStr, Option<u16>
     if max == 0 {
         return (topic.clone(), None, false);
     }
-    if let Some(&alias) = client.outbound_aliases.get(topic.as_str()) {
+    let aliases = &mut client.aliases_mut().outbound;
+    if let Some(&alias) = aliases.get(topic.as_str()) {
         return (ByteStr::default(), Some(alias), false);
     }
-    let used = client.outbound_aliases.len();
+    let used = aliases.len();
     if used < usize::from(max) {
         let alias = used as u16 + 1;
-        client.outbound_aliases.insert(topic.clone(), alias);
+        aliases.insert(topic.clone(), alias);
         return (topic.clone(), Some(alias), true);
     }
     (topic.clone(), None, false)

@@ -24,22 +24,20 @@
 //! set under that lock too: an event that arrives at once waits for the box to
 //! be in place.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use mio::{Events, Interest, Poll, Token, Waker};
 use tokio::runtime::Handle;
-use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::client::Client;
-use crate::session::{Kick, Session, SessionState};
+use crate::session::{Session, SessionState};
 
 /// How often the parker thread looks for parked connections whose keep-alive
 /// has run out. Keep-alive is enforced to within this.
@@ -52,7 +50,6 @@ pub struct Parked {
     stream: mio::net::TcpStream,
     token: Token,
     client: Client,
-    kicked: oneshot::Receiver<Kick>,
     peer: SocketAddr,
     last_heard: Instant,
 }
@@ -60,7 +57,7 @@ pub struct Parked {
 impl std::fmt::Debug for Parked {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Parked")
-            .field("client_id", &self.client.client_id)
+            .field("client_id", &self.client.client_id())
             .field("peer", &self.peer)
             .finish()
     }
@@ -72,10 +69,10 @@ pub struct Parker {
     registry: mio::Registry,
     stop: Waker,
     stopping: AtomicBool,
-    /// Parked connections by token: the session that holds each one's box,
-    /// and when its keep-alive runs out.
-    entries: Mutex<HashMap<Token, Entry>>,
-    next_token: AtomicUsize,
+    /// Parked connections by token.
+    entries: Mutex<Entries>,
+    /// Deadlines are kept as whole seconds since this instant.
+    epoch: std::time::Instant,
     /// Where resumed connection tasks are spawned.
     runtime: Handle,
     tasks: TaskTracker,
@@ -83,9 +80,70 @@ pub struct Parker {
     idle: Option<Duration>,
 }
 
+/// Parked connections, in slots indexed by token (token − 1). There is one
+/// per idle client, so a slot is kept to 16 bytes and freed slots are reused.
+#[derive(Default)]
+struct Entries {
+    slots: Vec<Option<Entry>>,
+    free: Vec<usize>,
+    len: usize,
+}
+
 struct Entry {
+    /// The session holding the connection's box.
     session: Arc<Session>,
-    deadline: Option<std::time::Instant>,
+    /// When its keep-alive runs out, in seconds since the parker's epoch
+    /// (rounded up: keep-alive is enforced to within a second anyway).
+    deadline: u32,
+}
+
+impl Entries {
+    fn insert(&mut self, entry: Entry) -> Token {
+        self.len += 1;
+        match self.free.pop() {
+            Some(index) => {
+                self.slots[index] = Some(entry);
+                Token(index + 1)
+            }
+            None => {
+                self.slots.push(Some(entry));
+                Token(self.slots.len())
+            }
+        }
+    }
+
+    fn get(&self, token: Token) -> Option<&Entry> {
+        self.slots.get(token.0.checked_sub(1)?)?.as_ref()
+    }
+
+    fn remove(&mut self, token: Token) {
+        let Some(index) = token.0.checked_sub(1) else {
+            return;
+        };
+        if let Some(slot) = self.slots.get_mut(index)
+            && slot.take().is_some()
+        {
+            self.len -= 1;
+            self.free.push(index);
+        }
+    }
+
+    /// Tokens of the entries whose deadline is at or before `now`.
+    fn expired(&self, now: u32) -> Vec<Token> {
+        let slots = self.slots.iter().enumerate();
+        slots
+            .filter(|(_, slot)| slot.as_ref().is_some_and(|e| e.deadline <= now))
+            .map(|(index, _)| Token(index + 1))
+            .collect()
+    }
+
+    fn tokens(&self) -> Vec<Token> {
+        let slots = self.slots.iter().enumerate();
+        slots
+            .filter(|(_, slot)| slot.is_some())
+            .map(|(index, _)| Token(index + 1))
+            .collect()
+    }
 }
 
 impl Parker {
@@ -103,8 +161,8 @@ impl Parker {
             registry: poll.registry().try_clone()?,
             stop: Waker::new(poll.registry(), STOP)?,
             stopping: AtomicBool::new(false),
-            entries: Mutex::new(HashMap::new()),
-            next_token: AtomicUsize::new(STOP.0 + 1),
+            entries: Mutex::new(Entries::default()),
+            epoch: std::time::Instant::now(),
             runtime: Handle::try_current().map_err(std::io::Error::other)?,
             tasks: tasks.clone(),
             idle,
@@ -135,10 +193,10 @@ impl Parker {
 
     /// How many connections are parked now.
     pub fn parked_count(&self) -> usize {
-        self.entries().len()
+        self.entries().len
     }
 
-    fn entries(&self) -> MutexGuard<'_, HashMap<Token, Entry>> {
+    fn entries(&self) -> MutexGuard<'_, Entries> {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -150,16 +208,13 @@ impl Parker {
         &self,
         stream: std::net::TcpStream,
         client: Client,
-        kicked: oneshot::Receiver<Kick>,
         peer: SocketAddr,
         last_heard: Instant,
     ) -> Result<(), Box<Parked>> {
-        let token = Token(self.next_token.fetch_add(1, Ordering::Relaxed));
         let mut parked = Box::new(Parked {
             stream: mio::net::TcpStream::from_std(stream),
-            token,
+            token: STOP,
             client,
-            kicked,
             peer,
             last_heard,
         });
@@ -168,17 +223,15 @@ impl Parker {
         if !may_park(&st, &parked) {
             return Err(parked);
         }
-        let deadline = parked
-            .client
-            .keep_alive_timeout
-            .map(|timeout| (last_heard + timeout).into_std());
-        self.entries().insert(
-            token,
-            Entry {
-                session: session.clone(),
-                deadline,
-            },
-        );
+        let deadline = match parked.client.keep_alive_timeout {
+            Some(timeout) => self.seconds_ceil((last_heard + timeout).into_std()),
+            None => u32::MAX,
+        };
+        let token = self.entries().insert(Entry {
+            session: session.clone(),
+            deadline,
+        });
+        parked.token = token;
         // After the entry: a stop that began before it was inserted did not
         // see it, so this connection must not park.
         if self.stopping.load(Ordering::SeqCst) {
@@ -198,7 +251,7 @@ impl Parker {
     /// Takes a parked (or half-parked) connection out of the epoll set, so it
     /// can go back into a task.
     pub(super) fn unregister(&self, parked: &mut Parked) {
-        self.entries().remove(&parked.token);
+        self.entries().remove(parked.token);
         // Not registered if parking stopped half-way; nothing to undo then.
         let _ = self.registry.deregister(&mut parked.stream);
     }
@@ -221,7 +274,7 @@ impl Parker {
                 self.stopping.store(true, Ordering::SeqCst);
             }
             if self.stopping.load(Ordering::SeqCst) {
-                let all: Vec<Token> = self.entries().keys().copied().collect();
+                let all = self.entries().tokens();
                 all.into_iter().for_each(|token| self.wake(token));
                 return;
             }
@@ -231,22 +284,30 @@ impl Parker {
             let now = std::time::Instant::now();
             if now.duration_since(last_scan) >= SCAN_INTERVAL {
                 last_scan = now;
-                let expired: Vec<Token> = self
-                    .entries()
-                    .iter()
-                    .filter(|(_, e)| e.deadline.is_some_and(|d| d <= now))
-                    .map(|(token, _)| *token)
-                    .collect();
+                let expired = self.entries().expired(self.seconds(now));
                 expired.into_iter().for_each(|token| self.wake(token));
             }
         }
+    }
+
+    /// Whole seconds from the parker's epoch to `at`, rounded down.
+    fn seconds(&self, at: std::time::Instant) -> u32 {
+        let secs = at.saturating_duration_since(self.epoch).as_secs();
+        u32::try_from(secs).unwrap_or(u32::MAX - 1)
+    }
+
+    /// Whole seconds from the parker's epoch to `at`, rounded up.
+    fn seconds_ceil(&self, at: std::time::Instant) -> u32 {
+        let since = at.saturating_duration_since(self.epoch);
+        let secs = since.as_secs() + u64::from(since.subsec_nanos() > 0);
+        u32::try_from(secs).unwrap_or(u32::MAX - 1)
     }
 
     /// Resumes the connection parked under `token`, if it still is.
     fn wake(&self, token: Token) {
         // The entries lock is never held while taking a session lock: park
         // takes them the other way round.
-        let Some(session) = self.entries().get(&token).map(|e| e.session.clone()) else {
+        let Some(session) = self.entries().get(token).map(|e| e.session.clone()) else {
             return;
         };
         let parked = session.lock().parked.take_if(|p| p.token == token);
@@ -258,7 +319,7 @@ impl Parker {
 
 /// Whether the connection may park, given its session's state.
 fn may_park(st: &SessionState, parked: &Parked) -> bool {
-    let owns_session = st.connection.as_ref().map(|c| c.id) == Some(parked.client.connection_id);
+    let owns_session = st.connection == Some(parked.client.connection_id);
     owns_session && st.pending_len() == 0 && st.parked.is_none()
 }
 
@@ -282,16 +343,8 @@ impl Parked {
     }
 
     /// The socket, unwrapped for tokio, and the connection's state.
-    pub(super) fn into_parts(
-        self,
-    ) -> (
-        std::net::TcpStream,
-        Client,
-        oneshot::Receiver<Kick>,
-        SocketAddr,
-        Instant,
-    ) {
+    pub(super) fn into_parts(self) -> (std::net::TcpStream, Client, SocketAddr, Instant) {
         let socket = std::net::TcpStream::from(OwnedFd::from(self.stream));
-        (socket, self.client, self.kicked, self.peer, self.last_heard)
+        (socket, self.client, self.peer, self.last_heard)
     }
 }

@@ -99,7 +99,7 @@ pub fn release(client: &mut Client, ack: PubAck) -> Result<Flow, ProtocolViolati
 }
 
 fn route(client: &Client, publish: Publish) -> usize {
-    let message = Message::from_publish(publish, client.client_id.clone(), Instant::now());
+    let message = Message::from_publish(publish, client.client_id().clone(), Instant::now());
     router::publish(&client.state, message)
 }
 
@@ -126,12 +126,16 @@ fn resolve_topic_alias(
     }
     if publish.topic.is_empty() {
         publish.topic = client
-            .inbound_aliases
-            .get(&alias)
+            .aliases
+            .as_ref()
+            .and_then(|aliases| aliases.inbound.get(&alias))
             .cloned()
             .ok_or(ProtocolViolation::TopicAliasUnknown)?;
     } else {
-        client.inbound_aliases.insert(alias, publish.topic.clone());
+        client
+            .aliases_mut()
+            .inbound
+            .insert(alias, publish.topic.clone());
     }
     Ok(())
 }

@@ -79,7 +79,7 @@ fn subscribe_one(
     let existed = client
         .state
         .tree_mut()
-        .insert(filter, group, &client.client_id, subscriber)
+        .insert(filter, group, client.client_id(), subscriber)
         .is_some();
     client.session.lock().subscriptions.insert(
         request.filter.clone(),

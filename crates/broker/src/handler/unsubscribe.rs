@@ -21,7 +21,7 @@ pub fn handle(client: &mut Client, unsubscribe: Unsubscribe) -> Result<Flow, Pro
             client
                 .state
                 .tree_mut()
-                .remove(inner, group, &client.client_id);
+                .remove(inner, group, client.client_id());
         }
         reasons.push(if existed {
             ReasonCode::Success
