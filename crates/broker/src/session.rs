@@ -106,19 +106,13 @@ pub struct Kick {
 pub struct SessionState {
     /// Keyed by the filter exactly as subscribed (including `$share/g/`).
     pub subscriptions: BTreeMap<ByteStr, SessionSubscription>,
-    /// Deliveries not yet sent, in order.
-    pending: VecDeque<Delivery>,
-    pending_bytes: usize,
-    /// Sent, awaiting acknowledgement, in send order.
-    pub inflight: VecDeque<Inflight>,
-    /// QoS 2 packet ids received from the client, awaiting its PUBREL.
-    pub inbound_qos2: BTreeSet<u16>,
-    last_packet_id: u16,
+    /// Queues and in-flight state; `None` while all are empty.
+    traffic: Option<Box<Traffic>>,
     /// The id of the attached connection.
     pub connection: Option<u64>,
     /// A kick for a connection that no longer owns the session, until it
     /// notices.
-    pub kick: Option<Kick>,
+    pub kick: Option<Box<Kick>>,
     /// Seconds the session outlives its connection; [`NEVER_EXPIRES`] for ever.
     pub expiry_secs: u32,
     /// Bumped on every attach and detach, so timers started for one detached
@@ -133,6 +127,21 @@ pub struct SessionState {
     pub parked: Option<Box<Parked>>,
 }
 
+/// What a session holds only while messages pass through it. Boxed, and
+/// dropped when empty as its connection parks: an idle session, the common
+/// case, carries one pointer instead.
+#[derive(Debug, Default)]
+pub struct Traffic {
+    /// Deliveries not yet sent, in order.
+    pending: VecDeque<Delivery>,
+    pending_bytes: usize,
+    /// Sent, awaiting acknowledgement, in send order.
+    pub inflight: VecDeque<Inflight>,
+    /// QoS 2 packet ids received from the client, awaiting its PUBREL.
+    pub inbound_qos2: BTreeSet<u16>,
+    last_packet_id: u16,
+}
+
 impl Session {
     /// A new, empty session.
     pub fn new(client_id: ByteStr, limits: QueueLimits) -> Arc<Session> {
@@ -140,11 +149,7 @@ impl Session {
             client_id,
             state: Mutex::new(SessionState {
                 subscriptions: BTreeMap::new(),
-                pending: VecDeque::new(),
-                pending_bytes: 0,
-                inflight: VecDeque::new(),
-                inbound_qos2: BTreeSet::new(),
-                last_packet_id: 0,
+                traffic: None,
                 connection: None,
                 kick: None,
                 expiry_secs: 0,
@@ -202,21 +207,35 @@ impl SessionState {
     pub fn attach(&mut self, connection_id: u64) -> Option<oneshot::Receiver<()>> {
         let previous = self.connection.replace(connection_id)?;
         let (done, closed) = oneshot::channel();
-        self.kick = Some(Kick {
+        self.kick = Some(Box::new(Kick {
             connection_id: previous,
             reason: ReasonCode::SessionTakenOver,
             done,
-        });
+        }));
         Some(closed)
     }
 
     /// `Err` if connection `connection_id` no longer owns the session, with
     /// the kick left for it if it is still there.
-    pub fn check_owner(&mut self, connection_id: u64) -> Result<(), Option<Kick>> {
+    pub fn check_owner(&mut self, connection_id: u64) -> Result<(), Option<Box<Kick>>> {
         if self.connection == Some(connection_id) {
             return Ok(());
         }
         Err(self.kick.take_if(|k| k.connection_id == connection_id))
+    }
+
+    /// The queues, created on first use.
+    pub fn traffic(&mut self) -> &mut Traffic {
+        self.traffic.get_or_insert_with(Default::default)
+    }
+
+    /// Frees the queues if all are empty (the connection is parking).
+    pub fn release_idle_traffic(&mut self) {
+        if self.traffic.as_ref().is_some_and(|t| {
+            t.pending.is_empty() && t.inflight.is_empty() && t.inbound_qos2.is_empty()
+        }) {
+            self.traffic = None;
+        }
     }
 
     /// Appends to the pending queue within the limits.
@@ -224,44 +243,54 @@ impl SessionState {
         if !online && delivery.qos == QoS::AtMostOnce && !self.limits.queue_qos0_offline {
             return false;
         }
+        let limits = self.limits;
         let size = delivery.message.size();
-        let over_count = self.pending.len() >= self.limits.max_messages;
-        let over_bytes =
-            self.limits.max_bytes != 0 && self.pending_bytes + size > self.limits.max_bytes;
+        let t = self.traffic();
+        let over_count = t.pending.len() >= limits.max_messages;
+        let over_bytes = limits.max_bytes != 0 && t.pending_bytes + size > limits.max_bytes;
         if over_count || over_bytes {
             self.dropped += 1;
             return false;
         }
-        self.pending_bytes += size;
-        self.pending.push_back(delivery);
+        t.pending_bytes += size;
+        t.pending.push_back(delivery);
         true
     }
 
     /// Takes the next pending delivery.
     pub fn pop_pending(&mut self) -> Option<Delivery> {
-        let d = self.pending.pop_front()?;
-        self.pending_bytes -= d.message.size();
+        let t = self.traffic.as_mut()?;
+        let d = t.pending.pop_front()?;
+        t.pending_bytes -= d.message.size();
         Some(d)
     }
 
     /// Puts a delivery back at the front (it could not be sent yet).
     pub fn unpop_pending(&mut self, delivery: Delivery) {
-        self.pending_bytes += delivery.message.size();
-        self.pending.push_front(delivery);
+        let t = self.traffic();
+        t.pending_bytes += delivery.message.size();
+        t.pending.push_front(delivery);
     }
 
     /// Number of pending deliveries.
     pub fn pending_len(&self) -> usize {
-        self.pending.len()
+        self.traffic.as_ref().map_or(0, |t| t.pending.len())
+    }
+
+    /// The in-flight messages, in send order.
+    pub fn inflight(&self) -> impl Iterator<Item = &Inflight> {
+        self.traffic.iter().flat_map(|t| t.inflight.iter())
+    }
+
+    /// Number of in-flight messages.
+    pub fn inflight_len(&self) -> usize {
+        self.traffic.as_ref().map_or(0, |t| t.inflight.len())
     }
 
     /// Forgets everything but the identity: Clean Start, or a new session.
     /// Returns the subscriptions so the caller can remove them from the tree.
     pub fn clear(&mut self) -> BTreeMap<ByteStr, SessionSubscription> {
-        self.pending.clear();
-        self.pending_bytes = 0;
-        self.inflight.clear();
-        self.inbound_qos2.clear();
+        self.traffic = None;
         self.pending_will = None;
         std::mem::take(&mut self.subscriptions)
     }
@@ -269,12 +298,13 @@ impl SessionState {
     /// Allocates a packet id not used by any in-flight message [MQTT-2.2.1-3].
     /// `None` if all 65535 are in use.
     pub fn next_packet_id(&mut self) -> Option<NonZeroU16> {
+        let t = self.traffic();
         for _ in 0..u16::MAX {
-            self.last_packet_id = self.last_packet_id.wrapping_add(1);
-            let Some(id) = NonZeroU16::new(self.last_packet_id) else {
+            t.last_packet_id = t.last_packet_id.wrapping_add(1);
+            let Some(id) = NonZeroU16::new(t.last_packet_id) else {
                 continue;
             };
-            if !self.inflight.iter().any(|i| i.packet_id == id) {
+            if !t.inflight.iter().any(|i| i.packet_id == id) {
                 return Some(id);
             }
         }
@@ -283,8 +313,7 @@ impl SessionState {
 
     /// Finds the in-flight entry for `packet_id` in `state`.
     pub fn inflight_position(&self, packet_id: NonZeroU16, state: InflightState) -> Option<usize> {
-        self.inflight
-            .iter()
+        self.inflight()
             .position(|i| i.packet_id == packet_id && i.state == state)
     }
 }
@@ -345,10 +374,10 @@ mod tests {
     fn packet_ids_skip_inflight_and_zero() {
         let s = Session::new("c".into(), limits(10, 0));
         let mut st = s.lock();
-        st.last_packet_id = u16::MAX - 1;
+        st.traffic().last_packet_id = u16::MAX - 1;
         let a = st.next_packet_id().unwrap();
         assert_eq!(a.get(), u16::MAX);
-        st.inflight.push_back(Inflight {
+        st.traffic().inflight.push_back(Inflight {
             packet_id: NonZeroU16::new(1).unwrap(),
             state: InflightState::AwaitingPubAck,
             delivery: delivery(QoS::AtLeastOnce, "x"),

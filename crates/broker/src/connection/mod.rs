@@ -23,6 +23,7 @@ pub mod park;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
@@ -68,7 +69,7 @@ enum Close {
     KeepAliveTimeout,
     Violation(ProtocolViolation),
     /// Another connection took the session over (or it was closed by the broker).
-    Kicked(Option<Kick>),
+    Kicked(Option<Box<Kick>>),
     Shutdown,
 }
 
@@ -335,7 +336,11 @@ async fn run<S: Transport>(conn: &mut Conn<S>) -> Exit {
     if let Err(close) = process(client, &mut io.rbuf, last_heard) {
         return Exit::Close(close);
     }
-    let park_after = state.parker.idle().filter(|_| S::PARKABLE);
+    let connected = state.metrics.clients_connected.load(Ordering::Relaxed);
+    let park_after = state
+        .parker
+        .idle(connected as usize)
+        .filter(|_| S::PARKABLE);
     // Created once, not per loop turn: each creation would register anew
     // with the cancellation token and the timer wheel.
     let shutdown = state.shutdown.cancelled();

@@ -22,7 +22,7 @@ pub const HIGH_WATER: usize = 64 * 1024;
 
 /// Fills `client.out` from the session. `Err`: another connection has taken
 /// the session over (with the kick left for this one, if still there).
-pub fn fill(client: &mut Client) -> Result<(), Option<Kick>> {
+pub fn fill(client: &mut Client) -> Result<(), Option<Box<Kick>>> {
     let session = client.session.clone();
     let mut st = session.lock();
     st.check_owner(client.connection_id)?;
@@ -41,7 +41,7 @@ pub fn fill(client: &mut Client) -> Result<(), Option<Kick>> {
 /// PUBREC was already received [MQTT-4.4.0-1], [MQTT-4.4.0-2].
 fn resend(client: &mut Client, st: &SessionState) {
     let now = Instant::now();
-    for entry in &st.inflight {
+    for entry in st.inflight() {
         match entry.state {
             InflightState::AwaitingPubComp => {
                 client.send(&Packet::PubRel(PubAck::new(entry.packet_id)));
@@ -70,7 +70,7 @@ fn send_pending(client: &mut Client, st: &mut SessionState) {
             send_publish(client, &delivery, None, false, now);
             continue;
         }
-        if st.inflight.len() >= window {
+        if st.inflight_len() >= window {
             st.unpop_pending(delivery);
             break;
         }
@@ -83,7 +83,7 @@ fn send_pending(client: &mut Client, st: &mut SessionState) {
                 QoS::AtLeastOnce => InflightState::AwaitingPubAck,
                 _ => InflightState::AwaitingPubRec,
             };
-            st.inflight.push_back(Inflight {
+            st.traffic().inflight.push_back(Inflight {
                 packet_id,
                 state,
                 delivery,

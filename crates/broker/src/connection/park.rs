@@ -26,7 +26,7 @@
 
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -44,6 +44,17 @@ use crate::session::{Session, SessionState};
 const SCAN_INTERVAL: Duration = Duration::from_secs(1);
 /// The token of the waker that stops the parker thread.
 const STOP: Token = Token(0);
+/// With more connections than this awake at once (in tasks), connections
+/// park after a [`CROWDED_DIVISOR`]th of the usual quiet time.
+const CROWDED: usize = 1024;
+const CROWDED_DIVISOR: u32 = 8;
+/// Heap memory is handed back to the OS once at least this many connections
+/// have parked since the last time...
+const RELEASE_AFTER_PARKS: usize = 1000;
+/// ...and fewer than this many parked in the last scan interval (the wave is
+/// over: trimming in the middle of it would only hand back pages that the
+/// next connections fault in again).
+const RELEASE_WHEN_QUIET: usize = 100;
 
 /// A parked connection: everything its task held, minus the task.
 pub struct Parked {
@@ -73,6 +84,8 @@ pub struct Parker {
     entries: Mutex<Entries>,
     /// Deadlines are kept as whole seconds since this instant.
     epoch: std::time::Instant,
+    /// Connections parked since the parker thread last looked.
+    parks: AtomicUsize,
     /// Where resumed connection tasks are spawned.
     runtime: Handle,
     tasks: TaskTracker,
@@ -163,6 +176,7 @@ impl Parker {
             stopping: AtomicBool::new(false),
             entries: Mutex::new(Entries::default()),
             epoch: std::time::Instant::now(),
+            parks: AtomicUsize::new(0),
             runtime: Handle::try_current().map_err(std::io::Error::other)?,
             tasks: tasks.clone(),
             idle,
@@ -186,9 +200,21 @@ impl Parker {
         Ok(parker)
     }
 
-    /// Quiet time after which a connection parks, if parking is on.
-    pub fn idle(&self) -> Option<Duration> {
-        self.idle
+    /// Quiet time after which a connection parks, if parking is on, given
+    /// how many connections there are.
+    ///
+    /// While many connections are awake at once, as in a wave of connects
+    /// (every device reconnecting after an outage), it is shorter: each awake
+    /// connection holds a task and buffers, and the heap keeps the high-water
+    /// mark of a wave long after its connections went quiet.
+    pub fn idle(&self, connected: usize) -> Option<Duration> {
+        let idle = self.idle?;
+        let awake = connected.saturating_sub(self.parked_count());
+        Some(if awake > CROWDED {
+            idle / CROWDED_DIVISOR
+        } else {
+            idle
+        })
     }
 
     /// How many connections are parked now.
@@ -223,6 +249,7 @@ impl Parker {
         if !may_park(&st, &parked) {
             return Err(parked);
         }
+        st.release_idle_traffic();
         let deadline = match parked.client.keep_alive_timeout {
             Some(timeout) => self.seconds_ceil((last_heard + timeout).into_std()),
             None => u32::MAX,
@@ -245,6 +272,7 @@ impl Parker {
             return Err(parked);
         }
         st.parked = Some(parked);
+        self.parks.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -266,6 +294,7 @@ impl Parker {
     fn poll_loop(&self, mut poll: Poll) {
         let mut events = Events::with_capacity(256);
         let mut last_scan = std::time::Instant::now();
+        let mut unreleased = 0;
         loop {
             if let Err(e) = poll.poll(&mut events, Some(SCAN_INTERVAL))
                 && e.kind() != std::io::ErrorKind::Interrupted
@@ -286,6 +315,12 @@ impl Parker {
                 last_scan = now;
                 let expired = self.entries().expired(self.seconds(now));
                 expired.into_iter().for_each(|token| self.wake(token));
+                let parks = self.parks.swap(0, Ordering::Relaxed);
+                unreleased += parks;
+                if unreleased >= RELEASE_AFTER_PARKS && parks < RELEASE_WHEN_QUIET {
+                    unreleased = 0;
+                    release_free_memory();
+                }
             }
         }
     }
@@ -314,6 +349,22 @@ impl Parker {
         if let Some(parked) = parked {
             self.resume(parked);
         }
+    }
+}
+
+/// Hands the heap's free pages back to the OS.
+///
+/// Each connection that parks frees its task (about a kilobyte and a half)
+/// while its session and parked state stay. After thousands connected at
+/// once, glibc's malloc keeps the freed pages between the live ones, and the
+/// broker's resident memory stays at the high-water mark of the wave;
+/// `malloc_trim` releases every whole free page. It runs on the parker
+/// thread, after a wave, so it costs the runtime nothing.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks glibc's own heap, under its own locks.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
@@ -346,5 +397,26 @@ impl Parked {
     pub(super) fn into_parts(self) -> (std::net::TcpStream, Client, SocketAddr, Instant) {
         let socket = std::net::TcpStream::from(OwnedFd::from(self.stream));
         (socket, self.client, self.peer, self.last_heard)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn parks_sooner_while_many_connections_are_awake() {
+        let shutdown = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let idle = Duration::from_millis(800);
+        let parker = Parker::start(Some(idle), shutdown.clone(), tasks.clone()).unwrap();
+        assert_eq!(parker.idle(10), Some(idle));
+        assert_eq!(parker.idle(CROWDED), Some(idle));
+        assert_eq!(parker.idle(CROWDED + 1), Some(Duration::from_millis(100)));
+        let off = Parker::start(None, shutdown.clone(), tasks.clone()).unwrap();
+        assert_eq!(off.idle(CROWDED + 1), None);
+        shutdown.cancel();
+        tasks.close();
+        tasks.wait().await;
     }
 }

@@ -27,7 +27,7 @@ pub fn pubcomp(client: &mut Client, ack: PubAck) -> Result<Flow, ProtocolViolati
 fn complete(client: &mut Client, ack: PubAck, state: InflightState) {
     let mut st = client.session.lock();
     if let Some(pos) = st.inflight_position(ack.packet_id, state) {
-        st.inflight.remove(pos);
+        st.traffic().inflight.remove(pos);
     }
 }
 
@@ -38,10 +38,10 @@ pub fn pubrec(client: &mut Client, ack: PubAck) -> Result<Flow, ProtocolViolatio
         let mut st = client.session.lock();
         if let Some(pos) = st.inflight_position(ack.packet_id, InflightState::AwaitingPubRec) {
             if ack.reason.is_error() {
-                st.inflight.remove(pos);
+                st.traffic().inflight.remove(pos);
                 return Ok(Flow::Continue);
             }
-            if let Some(entry) = st.inflight.get_mut(pos) {
+            if let Some(entry) = st.traffic().inflight.get_mut(pos) {
                 entry.state = InflightState::AwaitingPubComp;
             }
             true

@@ -48,13 +48,13 @@ pub fn handle(client: &mut Client, mut publish: Publish) -> Result<Flow, Protoco
         (QoS::ExactlyOnce, Some(id)) => {
             let first_time = {
                 let mut st = client.session.lock();
-                if st.inbound_qos2.contains(&id.get()) {
+                let awaiting = &mut st.traffic().inbound_qos2;
+                if awaiting.contains(&id.get()) {
                     false
-                } else if st.inbound_qos2.len() >= usize::from(client.state.config.receive_maximum)
-                {
+                } else if awaiting.len() >= usize::from(client.state.config.receive_maximum) {
                     return Err(ProtocolViolation::ReceiveMaximumExceeded);
                 } else {
-                    st.inbound_qos2.insert(id.get());
+                    awaiting.insert(id.get());
                     true
                 }
             };
@@ -84,6 +84,7 @@ pub fn release(client: &mut Client, ack: PubAck) -> Result<Flow, ProtocolViolati
     let known = client
         .session
         .lock()
+        .traffic()
         .inbound_qos2
         .remove(&ack.packet_id.get());
     let reason = if known {
