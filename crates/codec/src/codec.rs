@@ -79,6 +79,26 @@ fn check_first_byte(first: u8, version: ProtocolVersion) -> Result<(), DecodeErr
     Ok(())
 }
 
+/// The total size and the fixed header's size of the packet at the front of
+/// `buf`, once its Remaining Length is complete.
+fn fixed_header(buf: &[u8]) -> Result<Option<(usize, usize)>, DecodeError> {
+    let Some((remaining, len_bytes)) = parse_varint(buf.get(1..).unwrap_or_default())? else {
+        return Ok(None);
+    };
+    let header_len = len_bytes.saturating_add(1);
+    let size = usize::try_from(remaining)
+        .unwrap_or(usize::MAX)
+        .saturating_add(header_len);
+    Ok(Some((size, header_len)))
+}
+
+/// The total size of the packet at the front of `buf`, if enough of its fixed
+/// header is there to tell (no other check is made: [`decode`] does those).
+/// Lets a reader fetch the rest of a large packet in one read.
+pub fn frame_size(buf: &[u8]) -> Option<usize> {
+    fixed_header(buf).ok().flatten().map(|(size, _)| size)
+}
+
 /// Decodes one packet from the front of `buf`.
 ///
 /// Returns `Ok(None)` if `buf` does not yet hold a whole packet (read more and
@@ -99,13 +119,9 @@ pub fn decode(
         return Ok(None);
     };
     check_first_byte(first, version)?;
-    let Some((remaining, len_bytes)) = parse_varint(buf.get(1..).unwrap_or_default())? else {
+    let Some((size, header_len)) = fixed_header(buf)? else {
         return Ok(None);
     };
-    let header_len = len_bytes.saturating_add(1);
-    let size = usize::try_from(remaining)
-        .unwrap_or(usize::MAX)
-        .saturating_add(header_len);
     if size > max_packet_size {
         return Err(DecodeError::PacketTooLarge {
             size,

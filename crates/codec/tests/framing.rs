@@ -135,3 +135,25 @@ fn empty_buffer_waits() {
         assert_eq!(decode(&mut buf, version, 0), Ok(None));
     }
 }
+
+/// `frame_size` tells a packet's whole size as soon as its Remaining Length
+/// is complete, for every sample and every prefix of it.
+#[test]
+fn frame_size_is_known_once_the_length_is() {
+    for version in ALL_VERSIONS {
+        for packet in samples(version) {
+            let bytes = encode(&packet, version);
+            let length_end = 1 + bytes[1..].iter().position(|b| b & 0x80 == 0).unwrap() + 1;
+            for cut in 0..=bytes.len() {
+                let expected = (cut >= length_end).then_some(bytes.len());
+                assert_eq!(
+                    frame_size(&bytes[..cut]),
+                    expected,
+                    "{packet:?} cut at {cut}"
+                );
+            }
+        }
+    }
+    // A malformed Remaining Length (a fifth continuation byte) has no size.
+    assert_eq!(frame_size(&[0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x01]), None);
+}

@@ -42,7 +42,7 @@ use crate::session::Kick;
 use crate::state::BrokerState;
 
 /// Read buffer size for a connection that is receiving a stream of data.
-const READ_CHUNK: usize = 4096;
+const READ_CHUNK: usize = 16 * 1024;
 /// Read buffer size for a connection that is mostly idle. Idle connections
 /// are many, so they hold only this much between packets.
 const IDLE_READ: usize = 128;
@@ -433,7 +433,12 @@ fn prepare_read_buffer(rbuf: &mut BytesMut, busy: bool) -> usize {
     if !busy && rbuf.is_empty() && rbuf.capacity() > IDLE_READ {
         *rbuf = BytesMut::new();
     }
-    let want = if busy { READ_CHUNK } else { IDLE_READ };
+    let mut want = if busy { READ_CHUNK } else { IDLE_READ };
+    // The rest of a packet begun in the buffer is read in one go (`decode`
+    // has checked its size against the maximum already).
+    if let Some(size) = tern_codec::frame_size(rbuf) {
+        want = want.max(size.saturating_sub(rbuf.len()));
+    }
     if rbuf.capacity() - rbuf.len() < want {
         rbuf.reserve(want);
     }
