@@ -4,7 +4,7 @@ The suite is broker-agnostic: the broker under test is started from the
 command template in the environment variable ``TERN_INTEROP_BROKER`` (it must
 contain ``{port}``), e.g.::
 
-    TERN_INTEROP_BROKER='target/debug/tern serve --bind 127.0.0.1:{port}'
+    TERN_INTEROP_BROKER='target/debug/tern serve --bind 127.0.0.1:{port} --data-dir {data_dir}'
     TERN_INTEROP_BROKER='mosquitto -p {port}'
 
 Relative paths are resolved from the repository root. Every test gets a fresh

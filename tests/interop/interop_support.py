@@ -10,6 +10,7 @@ import shlex
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 import uuid
@@ -22,7 +23,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.packettypes import PacketTypes
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_BROKER = "target/debug/tern serve --bind 127.0.0.1:{port}"
+DEFAULT_BROKER = "target/debug/tern serve --bind 127.0.0.1:{port} --data-dir {data_dir}"
 HOST = "127.0.0.1"
 
 #: Timeout for anything that is expected to happen (CONNACK, SUBACK, a message).
@@ -63,7 +64,10 @@ class Broker:
         self.template = template
         self.port = free_port()
         self.host = HOST
-        self.argv = shlex.split(template.format(port=self.port))
+        # A data directory of its own (a template without `{data_dir}`, such
+        # as Mosquitto's, ignores it); kept across restarts of this broker.
+        self.data_dir = tempfile.mkdtemp(prefix="tern-interop-")
+        self.argv = shlex.split(template.format(port=self.port, data_dir=self.data_dir))
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None
         self._log = None

@@ -27,7 +27,7 @@ from interop_support import HOST, REPO_ROOT, Broker
 
 #: The binary under test (relative to the repository root, like the broker).
 TERN = REPO_ROOT / "target" / "debug" / "tern"
-TERN_BROKER = "target/debug/tern serve --bind 127.0.0.1:{port}"
+TERN_BROKER = "target/debug/tern serve --bind 127.0.0.1:{port} --data-dir {data_dir}"
 #: mosquitto lives in /usr/sbin, which is not always on PATH.
 MOSQUITTO = shutil.which("mosquitto", path=os.environ.get("PATH", "") + ":/usr/sbin:/usr/local/sbin")
 MOSQUITTO_SUB = shutil.which("mosquitto_sub")

@@ -7,9 +7,11 @@
 //! that names the key, so a typo never silently falls back to a default.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+
+pub use crate::store::Durability;
 
 /// All broker settings. Field docs give the default and why it was chosen.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -60,6 +62,20 @@ pub struct Config {
     /// An eighth of this while more than 1024 connections are awake at once.
     /// 0 never parks. Default 1000.
     pub park_idle_ms: u64,
+    /// Keep persistent sessions (subscriptions, queued and in-flight QoS 1/2
+    /// messages, QoS 2 state) and retained messages on disk, so they survive
+    /// a restart or a crash. Default true; false keeps everything in memory.
+    pub persistence: bool,
+    /// Directory of the data file (`tern.redb`), created if missing. Default
+    /// `tern-data`, relative to the working directory.
+    pub data_dir: PathBuf,
+    /// When an acknowledgement that promises durability (PUBACK, PUBREC,
+    /// PUBCOMP, SUBACK) is sent: `"fsync"` (default) after the change is
+    /// fsynced (survives a crash and a power cut); `"os"` once it is written
+    /// to the operating system (survives the broker being killed, not a power
+    /// cut); `"none"` without waiting (a crash loses the last few
+    /// milliseconds of acknowledged messages).
+    pub durability: Durability,
 }
 
 impl Default for Config {
@@ -79,6 +95,9 @@ impl Default for Config {
             sys_interval_secs: 10,
             connect_timeout_secs: 10,
             park_idle_ms: 1000,
+            persistence: true,
+            data_dir: PathBuf::from("tern-data"),
+            durability: Durability::Fsync,
         }
     }
 }

@@ -33,6 +33,7 @@ pub mod router;
 pub mod server;
 pub mod session;
 pub mod state;
+pub mod store;
 pub mod sys;
 pub mod topic_tree;
 

@@ -7,6 +7,8 @@ use std::time::Instant;
 use bytes::Bytes;
 use tern_codec::{ByteStr, LastWill, Publish, PublishProperties, QoS};
 
+use crate::store::StoredSlot;
+
 /// A published message, independent of who receives it.
 #[derive(Debug)]
 pub struct Message {
@@ -23,6 +25,8 @@ pub struct Message {
     pub expires_at: Option<Instant>,
     /// Client id of the publisher, for No Local; `None` for broker messages.
     pub origin: Option<ByteStr>,
+    /// Its record in the store, once a persistent session queued it.
+    pub stored: StoredSlot,
 }
 
 impl Message {
@@ -40,6 +44,7 @@ impl Message {
             properties,
             expires_at,
             origin: Some(origin),
+            stored: StoredSlot::new(),
         })
     }
 
@@ -64,6 +69,7 @@ impl Message {
             properties,
             expires_at,
             origin: Some(origin),
+            stored: StoredSlot::new(),
         })
     }
 
@@ -77,6 +83,7 @@ impl Message {
             properties: PublishProperties::default(),
             expires_at: None,
             origin: None,
+            stored: StoredSlot::new(),
         })
     }
 

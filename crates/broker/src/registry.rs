@@ -11,13 +11,13 @@
 //! and the timer does nothing.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tern_codec::ByteStr;
 
 use crate::message::Message;
 use crate::router;
-use crate::session::{NEVER_EXPIRES, Session};
+use crate::session::{NEVER_EXPIRES, PendingWill, Session, SessionState};
 use crate::state::BrokerState;
 
 /// How long a new connection waits for the one it takes over to close.
@@ -28,6 +28,8 @@ pub struct Attached {
     pub session: Arc<Session>,
     /// CONNACK Session Present.
     pub session_present: bool,
+    /// The store's ticket for the session's record: CONNACK waits for it.
+    pub ticket: u64,
 }
 
 /// Attaches connection `connection_id` to the session of `client_id`.
@@ -67,7 +69,7 @@ pub async fn attach(
         let mut st = session.lock();
         st.expiry_secs = expiry_secs;
         st.generation += 1;
-        let will = st.pending_will.take();
+        let will = st.pending_will.take().map(|w| w.message);
         if clean_start {
             // The old session ends here, so a will still waiting for its
             // delay is published now [MQTT-3.1.3-9 note: session end].
@@ -78,6 +80,7 @@ pub async fn attach(
         }
     };
     let session_present = existed && ended.is_none();
+    let ticket = persist_attached(state, &session, existed && clean_start);
     if let Some((subscriptions, will)) = ended {
         remove_subscriptions(state, &session, subscriptions.into_keys());
         if let Some(will) = will {
@@ -87,6 +90,33 @@ pub async fn attach(
     Attached {
         session,
         session_present,
+        ticket,
+    }
+}
+
+/// Stores the session as it is now attached (or deletes its record, if it no
+/// longer outlives its connection). `replaced`: Clean Start ended a previous
+/// session of this client id, whose record goes first. Returns the ticket.
+fn persist_attached(state: &BrokerState, session: &Session, replaced: bool) -> u64 {
+    let Some(store) = &state.store else {
+        return 0;
+    };
+    let st = session.lock();
+    if replaced || st.expiry_secs == 0 {
+        store.delete_session(&session.client_id);
+    }
+    if st.expiry_secs == 0 {
+        return store.durable();
+    }
+    store.put_session(&session.client_id, &st)
+}
+
+/// Rewrites a persistent session's record after a change (subscriptions,
+/// disconnect, will). Returns the ticket (0 if nothing was stored).
+pub fn persist(state: &BrokerState, session: &Session, st: &SessionState) -> u64 {
+    match &state.store {
+        Some(store) if st.expiry_secs != 0 => store.put_session(&session.client_id, st),
+        _ => 0,
     }
 }
 
@@ -118,6 +148,9 @@ pub fn detach(state: &Arc<BrokerState>, session: &Arc<Session>, departure: Depar
             will_delay = 0;
             ended = Some(st.clear());
             sessions.remove(session);
+            if let Some(store) = &state.store {
+                store.delete_session(&session.client_id);
+            }
         } else {
             // The will waits for the lesser of its delay and the expiry.
             will_delay = will_delay.min(st.expiry_secs);
@@ -128,12 +161,19 @@ pub fn detach(state: &Arc<BrokerState>, session: &Arc<Session>, departure: Depar
     }
     let will_now = match departure.will {
         Some(will) if will_delay > 0 => {
-            st.pending_will = Some(will.clone());
-            schedule_will(state, session, will, will_delay);
+            let delay = Duration::from_secs(u64::from(will_delay));
+            st.pending_will = Some(Box::new(PendingWill {
+                message: will.clone(),
+                due: Instant::now() + delay,
+            }));
+            schedule_will(state, session, will, delay);
             None
         }
         will => will,
     };
+    if still_attached {
+        persist(state, session, &st);
+    }
     drop(st);
     drop(sessions);
     if let Some(subscriptions) = ended {
@@ -143,32 +183,37 @@ pub fn detach(state: &Arc<BrokerState>, session: &Arc<Session>, departure: Depar
         router::publish(state, will);
     }
     if let Some((generation, expiry_secs)) = expiry_timer {
-        schedule_expiry(state, session, generation, expiry_secs);
+        let expiry = Duration::from_secs(u64::from(expiry_secs));
+        schedule_expiry(state, session, generation, expiry);
     }
 }
 
 /// Publishes `will` after `delay_secs` unless the session was resumed (which
 /// takes `pending_will`) or ended first (which published it).
-fn schedule_will(
+pub(crate) fn schedule_will(
     state: &Arc<BrokerState>,
     session: &Arc<Session>,
     will: Arc<Message>,
-    delay_secs: u32,
+    delay: Duration,
 ) {
     let state2 = state.clone();
     let session = session.clone();
     let shutdown = state.shutdown.clone();
     state.tasks.spawn(async move {
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(u64::from(delay_secs))) => {}
+            _ = tokio::time::sleep(delay) => {}
             _ = shutdown.cancelled() => return,
         }
         let due = {
             let mut st = session.lock();
-            match &st.pending_will {
-                Some(pending) if Arc::ptr_eq(pending, &will) => st.pending_will.take(),
+            let due = match &st.pending_will {
+                Some(pending) if Arc::ptr_eq(&pending.message, &will) => st.pending_will.take(),
                 _ => None,
+            };
+            if due.is_some() {
+                persist(&state2, &session, &st);
             }
+            due.map(|w| w.message)
         };
         if let Some(will) = due {
             router::publish(&state2, will);
@@ -178,18 +223,18 @@ fn schedule_will(
 
 /// Ends the session after `expiry_secs` if it is still in the same detached
 /// period (`generation`).
-fn schedule_expiry(
+pub(crate) fn schedule_expiry(
     state: &Arc<BrokerState>,
     session: &Arc<Session>,
     generation: u64,
-    expiry_secs: u32,
+    expiry: Duration,
 ) {
     let state2 = state.clone();
     let session = session.clone();
     let shutdown = state.shutdown.clone();
     state.tasks.spawn(async move {
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(u64::from(expiry_secs))) => {}
+            _ = tokio::time::sleep(expiry) => {}
             _ = shutdown.cancelled() => return,
         }
         expire(&state2, &session, generation);
@@ -203,10 +248,13 @@ fn expire(state: &Arc<BrokerState>, session: &Arc<Session>, generation: u64) {
     if st.generation != generation || st.connection.is_some() {
         return;
     }
-    let will = st.pending_will.take();
+    let will = st.pending_will.take().map(|w| w.message);
     let subscriptions = st.clear();
     drop(st);
     sessions.remove(session);
+    if let Some(store) = &state.store {
+        store.delete_session(&session.client_id);
+    }
     drop(sessions);
     tracing::debug!(client_id = %session.client_id, "session expired");
     remove_subscriptions(state, session, subscriptions.into_keys());

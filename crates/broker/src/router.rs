@@ -42,25 +42,45 @@ struct Target {
     shared: bool,
 }
 
-/// Stores (if retained) and routes a message. Returns how many sessions it
-/// was queued for.
-pub fn publish(state: &BrokerState, message: Arc<Message>) -> usize {
+/// Where a published message went.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Routed {
+    /// How many sessions it was queued for.
+    pub queued: usize,
+    /// The store's ticket for everything it wrote for this message (0 if
+    /// nothing): the publisher's acknowledgement waits for it.
+    pub ticket: u64,
+}
+
+/// Stores (if retained) and routes a message.
+pub fn publish(state: &BrokerState, message: Arc<Message>) -> Routed {
+    let mut ticket = 0;
     if message.retain && state.config.retain_available {
         let mut retained = state.retained_mut();
-        if message.payload.is_empty() {
-            // An empty retained payload clears the topic [MQTT-3.3.1-10].
-            retained.remove(&message.topic);
-        } else {
+        // An empty retained payload clears the topic [MQTT-3.3.1-10].
+        let kept = !message.payload.is_empty();
+        if kept {
             retained.insert(&message.topic, message.clone());
+        } else {
+            retained.remove(&message.topic);
+        }
+        // Under the retained lock, so the file sees changes to one topic in
+        // the order the trie does. `$SYS` messages are not stored.
+        if let Some(store) = &state.store
+            && message.origin.is_some()
+        {
+            ticket = store.retain(&message.topic, kept.then_some(&*message));
         }
     }
-    route(state, &message)
+    let mut routed = route(state, &message);
+    routed.ticket = routed.ticket.max(ticket);
+    routed
 }
 
 /// Queues `message` for every matching subscription.
-fn route(state: &BrokerState, message: &Arc<Message>) -> usize {
+fn route(state: &BrokerState, message: &Arc<Message>) -> Routed {
     let targets = merge_overlapping(matching_targets(state, message));
-    let mut queued = 0;
+    let mut routed = Routed::default();
     for target in targets {
         let delivery = Delivery {
             message: message.clone(),
@@ -69,14 +89,17 @@ fn route(state: &BrokerState, message: &Arc<Message>) -> usize {
             // deliveries [MQTT-3.3.1-12], [MQTT-3.3.1-13].
             retain: message.retain && target.options.retain_as_published,
             subscription_ids: target.subscription_ids,
+            seq: 0,
         };
-        if target.session.deliver(delivery) {
-            queued += 1;
-        } else {
-            Metrics::add(&state.metrics.publish_dropped, 1);
+        match target.session.deliver(delivery, state.store.as_ref()) {
+            Some(ticket) => {
+                routed.queued += 1;
+                routed.ticket = routed.ticket.max(ticket);
+            }
+            None => Metrics::add(&state.metrics.publish_dropped, 1),
         }
     }
-    queued
+    routed
 }
 
 /// Walks the tree under its read lock and returns who should get `message`.
@@ -156,6 +179,7 @@ pub fn retained_matching(state: &BrokerState, filter: &str) -> Vec<Arc<Message>>
 /// Queues retained messages to a session that just subscribed. They are sent
 /// with RETAIN set [MQTT-3.3.1-9] at the lower of their QoS and the granted one.
 pub fn deliver_retained(
+    state: &BrokerState,
     session: &Session,
     messages: Vec<Arc<Message>>,
     granted: QoS,
@@ -163,12 +187,16 @@ pub fn deliver_retained(
 ) {
     for message in messages {
         let qos = message.qos.min(granted);
-        session.deliver(Delivery {
-            message,
-            qos,
-            retain: true,
-            subscription_ids: subscription_id.into_iter().collect(),
-        });
+        session.deliver(
+            Delivery {
+                message,
+                qos,
+                retain: true,
+                subscription_ids: subscription_id.into_iter().collect(),
+                seq: 0,
+            },
+            state.store.as_ref(),
+        );
     }
 }
 

@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 use crate::config::Config;
 use crate::connection;
 use crate::state::BrokerState;
+use crate::store::{Store, recover};
 use crate::sys;
 
 /// Entry point of the broker library.
@@ -32,9 +33,28 @@ impl Broker {
         config
             .validate()
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-        let listener = TcpListener::bind(config.bind).await?;
+        let (store, recovered) = if config.persistence {
+            let (store, recovered) =
+                Store::open(&config.data_dir, config.durability).map_err(std::io::Error::other)?;
+            (Some(store), Some(recovered))
+        } else {
+            (None, None)
+        };
+        let listener = TcpListener::bind(config.bind).await.map_err(|e| {
+            let bind = config.bind;
+            std::io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot listen on {bind}: {e} (is another broker running there? choose another with --bind)"
+                ),
+            )
+        })?;
         let local_addr = listener.local_addr()?;
-        let state = BrokerState::new(config)?;
+        let state = BrokerState::new(config, store)?;
+        // Everything stored is back before the first connection is accepted.
+        if let Some(recovered) = recovered {
+            recover::restore(&state, recovered);
+        }
         sys::spawn(&state);
         state.tasks.spawn(accept_loop(listener, state.clone()));
         Ok(BrokerHandle { local_addr, state })
@@ -57,6 +77,11 @@ impl BrokerHandle {
         self.state.shutdown.cancel();
         self.state.tasks.close();
         self.state.tasks.wait().await;
+        // Every connection has detached (and stored its session): write the
+        // rest and stop the store before the state is dropped.
+        if let Some(store) = &self.state.store {
+            store.close();
+        }
     }
 }
 

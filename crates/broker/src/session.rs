@@ -23,6 +23,7 @@ use tokio::sync::{Notify, oneshot};
 
 use crate::connection::park::Parked;
 use crate::message::Message;
+use crate::store::{self, Store};
 
 /// Session Expiry Interval meaning "never expires" [MQTT-3.1.2-23 note].
 pub const NEVER_EXPIRES: u32 = u32::MAX;
@@ -58,6 +59,8 @@ pub struct Delivery {
     pub qos: QoS,
     pub retain: bool,
     pub subscription_ids: Vec<u32>,
+    /// Its place in the store's queue; 0 if not stored.
+    pub seq: u64,
 }
 
 /// Where an outbound QoS 1/2 message is in its acknowledgement flow.
@@ -119,12 +122,19 @@ pub struct SessionState {
     /// period (expiry, will delay) can tell that it has ended.
     pub generation: u64,
     /// A will waiting out its Will Delay Interval.
-    pub pending_will: Option<Arc<Message>>,
+    pub pending_will: Option<Box<PendingWill>>,
     /// Deliveries dropped because the queue was full.
     pub dropped: u64,
     limits: QueueLimits,
     /// The attached connection, while it is parked (idle, without a task).
     pub parked: Option<Box<Parked>>,
+}
+
+/// A will waiting out its delay.
+#[derive(Debug)]
+pub struct PendingWill {
+    pub message: Arc<Message>,
+    pub due: std::time::Instant,
 }
 
 /// What a session holds only while messages pass through it. Boxed, and
@@ -184,19 +194,30 @@ impl Session {
     }
 
     /// Queues a delivery and wakes the connection (resuming it if it is
-    /// parked). Returns false if it was dropped (queue full, or QoS 0 to an
-    /// offline session that does not queue it).
-    pub fn deliver(&self, delivery: Delivery) -> bool {
+    /// parked); a persistent session's QoS 1/2 deliveries also go to the
+    /// store. Returns `None` if it was dropped (queue full, or QoS 0 to an
+    /// offline session that does not queue it), else the store's ticket for
+    /// it (0: not stored).
+    pub fn deliver(&self, mut delivery: Delivery, store: Option<&Arc<Store>>) -> Option<u64> {
         let mut st = self.lock();
-        let queued = st.enqueue(delivery, self.is_online());
-        let parked = st.parked.take_if(|_| queued);
+        if !st.admits(&delivery, self.is_online()) {
+            return None;
+        }
+        let ticket = match store {
+            Some(store) if store::stores(&st, delivery.qos) => {
+                store.queue(&self.client_id, &mut delivery)
+            }
+            _ => 0,
+        };
+        st.enqueue(delivery);
+        let parked = st.parked.take();
         drop(st);
         if let Some(parked) = parked {
             parked.resume();
-        } else if queued {
+        } else {
             self.notify.notify_one();
         }
-        queued
+        Some(ticket)
     }
 }
 
@@ -238,23 +259,32 @@ impl SessionState {
         }
     }
 
-    /// Appends to the pending queue within the limits.
-    fn enqueue(&mut self, delivery: Delivery, online: bool) -> bool {
+    /// Whether the pending queue takes `delivery` (within the limits);
+    /// counts it as dropped if not.
+    fn admits(&mut self, delivery: &Delivery, online: bool) -> bool {
         if !online && delivery.qos == QoS::AtMostOnce && !self.limits.queue_qos0_offline {
             return false;
         }
-        let limits = self.limits;
         let size = delivery.message.size();
-        let t = self.traffic();
-        let over_count = t.pending.len() >= limits.max_messages;
-        let over_bytes = limits.max_bytes != 0 && t.pending_bytes + size > limits.max_bytes;
+        let (len, bytes) = self
+            .traffic
+            .as_ref()
+            .map_or((0, 0), |t| (t.pending.len(), t.pending_bytes));
+        let over_count = len >= self.limits.max_messages;
+        let over_bytes = self.limits.max_bytes != 0 && bytes + size > self.limits.max_bytes;
         if over_count || over_bytes {
             self.dropped += 1;
             return false;
         }
-        t.pending_bytes += size;
-        t.pending.push_back(delivery);
         true
+    }
+
+    /// Appends to the pending queue (the caller checked the limits, or is
+    /// restoring a queue from the store).
+    pub(crate) fn enqueue(&mut self, delivery: Delivery) {
+        let t = self.traffic();
+        t.pending_bytes += delivery.message.size();
+        t.pending.push_back(delivery);
     }
 
     /// Takes the next pending delivery.
@@ -339,6 +369,7 @@ mod tests {
             qos,
             retain: false,
             subscription_ids: vec![],
+            seq: 0,
         }
     }
 
@@ -346,9 +377,9 @@ mod tests {
     fn queue_is_bounded_by_count_and_counts_drops() {
         let s = Session::new("c".into(), limits(2, 0));
         s.set_online(true);
-        assert!(s.deliver(delivery(QoS::AtLeastOnce, "a")));
-        assert!(s.deliver(delivery(QoS::AtLeastOnce, "b")));
-        assert!(!s.deliver(delivery(QoS::AtLeastOnce, "c")));
+        assert!(s.deliver(delivery(QoS::AtLeastOnce, "a"), None).is_some());
+        assert!(s.deliver(delivery(QoS::AtLeastOnce, "b"), None).is_some());
+        assert!(s.deliver(delivery(QoS::AtLeastOnce, "c"), None).is_none());
         assert_eq!(s.lock().dropped, 1);
         assert_eq!(s.lock().pending_len(), 2);
     }
@@ -357,17 +388,20 @@ mod tests {
     fn queue_is_bounded_by_bytes() {
         let s = Session::new("c".into(), limits(100, 10));
         s.set_online(true);
-        assert!(s.deliver(delivery(QoS::AtLeastOnce, "12345678"))); // 9 bytes with topic
-        assert!(!s.deliver(delivery(QoS::AtLeastOnce, "12")));
+        assert!(
+            s.deliver(delivery(QoS::AtLeastOnce, "12345678"), None)
+                .is_some()
+        ); // 9 bytes with topic
+        assert!(s.deliver(delivery(QoS::AtLeastOnce, "12"), None).is_none());
         assert_eq!(s.lock().pop_pending().unwrap().message.payload, "12345678");
-        assert!(s.deliver(delivery(QoS::AtLeastOnce, "12")));
+        assert!(s.deliver(delivery(QoS::AtLeastOnce, "12"), None).is_some());
     }
 
     #[test]
     fn qos0_not_queued_offline() {
         let s = Session::new("c".into(), limits(10, 0));
-        assert!(!s.deliver(delivery(QoS::AtMostOnce, "a")));
-        assert!(s.deliver(delivery(QoS::AtLeastOnce, "a")));
+        assert!(s.deliver(delivery(QoS::AtMostOnce, "a"), None).is_none());
+        assert!(s.deliver(delivery(QoS::AtLeastOnce, "a"), None).is_some());
     }
 
     #[test]
@@ -432,6 +466,11 @@ impl Sessions {
         let session = create();
         self.0.insert(ById(session.clone()));
         (session, false)
+    }
+
+    /// The session of `client_id`, if there is one.
+    pub fn get(&self, client_id: &str) -> Option<Arc<Session>> {
+        self.0.get(client_id).map(|s| s.0.clone())
     }
 
     /// Removes `session`, if it is still the one registered under its id.

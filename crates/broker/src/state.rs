@@ -27,6 +27,7 @@ use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::retained::RetainedStore;
 use crate::session::{QueueLimits, Session, Sessions};
+use crate::store::Store;
 use crate::topic_tree::TopicTree;
 
 /// What the subscription tree stores for one subscription.
@@ -51,7 +52,19 @@ pub struct BrokerState {
     pub tasks: TaskTracker,
     /// Holds idle connections without a task each.
     pub parker: Arc<Parker>,
+    /// The data file, unless `persistence` is off.
+    pub store: Option<Arc<Store>>,
     next_connection_id: AtomicU64,
+}
+
+impl Drop for BrokerState {
+    /// Closes the store before the sessions and messages go: dropping them
+    /// must not delete what the file keeps for the next start.
+    fn drop(&mut self) {
+        if let Some(store) = &self.store {
+            store.close();
+        }
+    }
 }
 
 /// Poisoning only says another thread panicked while holding the lock; the
@@ -63,7 +76,7 @@ fn unpoison<G>(result: Result<G, std::sync::PoisonError<G>>) -> G {
 impl BrokerState {
     /// Fresh state for a broker with this configuration. Must be called within
     /// the tokio runtime that will run the broker (the parker spawns on it).
-    pub fn new(config: Config) -> std::io::Result<Arc<BrokerState>> {
+    pub fn new(config: Config, store: Option<Arc<Store>>) -> std::io::Result<Arc<BrokerState>> {
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
         let park_after =
@@ -79,6 +92,7 @@ impl BrokerState {
             shutdown,
             tasks,
             parker,
+            store,
             next_connection_id: AtomicU64::new(1),
         }))
     }

@@ -95,10 +95,15 @@ fn snapshot(state: &BrokerState) -> Vec<(&'static str, String)> {
     ]
 }
 
-/// Drops retained messages whose Message Expiry Interval has passed.
+/// Drops retained messages whose Message Expiry Interval has passed, from
+/// memory and from the store.
 fn purge_expired_retained(state: &BrokerState) {
     let now = Instant::now();
-    state
-        .retained_mut()
-        .retain(|m| m.remaining_expiry(now).is_some());
+    state.retained_mut().retain(|m| {
+        let keep = m.remaining_expiry(now).is_some();
+        if !keep && let Some(store) = &state.store {
+            store.retain(&m.topic, None);
+        }
+        keep
+    });
 }

@@ -11,15 +11,6 @@ use tern_codec::*;
 const V4: ProtocolVersion = ProtocolVersion::V3_1_1;
 const V5: ProtocolVersion = ProtocolVersion::V5;
 
-fn persistent(version: ProtocolVersion, client_id: &str) -> Connect {
-    let mut c = connect_packet(version, client_id);
-    c.clean_start = false;
-    if version == V5 {
-        c.properties.session_expiry_interval = Some(60);
-    }
-    c
-}
-
 #[tokio::test]
 async fn persistent_session_keeps_subscriptions_and_queues_in_order() {
     let broker = start().await;

@@ -9,7 +9,7 @@ use tern_broker::{Broker, Config};
 /// Options of `tern serve`.
 #[derive(clap::Args)]
 #[command(
-    after_help = "Examples:\n  tern serve\n  tern serve --bind 0.0.0.0:1883\n  tern serve --config tern.toml"
+    after_help = "Examples:\n  tern serve\n  tern serve --bind 0.0.0.0:1883\n  tern serve --config tern.toml\n  tern serve --data-dir /var/lib/tern"
 )]
 pub struct ServeArgs {
     /// Listen on this address (overrides `bind` in the config file).
@@ -18,6 +18,10 @@ pub struct ServeArgs {
     /// Read settings from this TOML file (see tern.example.toml).
     #[arg(long, short = 'c', value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Keep sessions and retained messages in this directory (overrides
+    /// `data_dir`; default ./tern-data).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
 }
 
 /// Starts the broker and serves until a shutdown signal.
@@ -29,6 +33,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(bind) = args.bind {
         config.bind = bind;
     }
+    if let Some(dir) = args.data_dir {
+        config.data_dir = dir;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -37,12 +44,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
-    let bind = config.bind;
-    let broker = Broker::start(config).await.with_context(|| {
-        format!(
-            "cannot listen on {bind} (is another broker running there? choose another with --bind)"
-        )
-    })?;
+    let persistence = config.persistence.then(|| config.data_dir.clone());
+    let broker = Broker::start(config).await?;
     let addr = broker.local_addr();
     tracing::info!(
         "tern {} listening on mqtt://{addr} (MQTT 3.1, 3.1.1, 5.0)",
@@ -53,6 +56,15 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             "accepting anonymous clients from this machine only; to open it up use --bind 0.0.0.0:{} or set `bind` in a config file (see tern.example.toml)",
             addr.port()
         );
+    }
+    match persistence {
+        Some(dir) => tracing::info!(
+            "keeping sessions and retained messages in {}",
+            dir.display()
+        ),
+        None => {
+            tracing::info!("persistence is off: sessions and retained messages live in memory only")
+        }
     }
     shutdown_signal().await;
     tracing::info!("shutting down: disconnecting clients");

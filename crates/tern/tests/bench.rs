@@ -19,8 +19,10 @@ struct Broker {
 
 impl Broker {
     fn start() -> Broker {
+        let dir = std::env::temp_dir().join(format!("tern-bench-test-{}", std::process::id()));
         let mut child = tern()
-            .args(["serve", "--bind", "127.0.0.1:0"])
+            .args(["serve", "--bind", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.join(format!("{:?}", std::thread::current().id())))
             .stderr(Stdio::piped())
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")

@@ -13,11 +13,19 @@ fn tern() -> Command {
     Command::new(env!("CARGO_BIN_EXE_tern"))
 }
 
+/// A data directory of its own for each broker a test starts.
+fn data_dir() -> std::path::PathBuf {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    std::env::temp_dir().join(format!("tern-serve-test-{}-{n}", std::process::id()))
+}
+
 /// Starts `tern serve` on a free port; returns the child, its address, and
 /// the log lines read up to the "listening" line.
 fn serve(extra: &[&str]) -> (Child, String, Vec<String>) {
     let mut child = tern()
-        .args(["serve", "--bind", "127.0.0.1:0"])
+        .args(["serve", "--bind", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir())
         .args(extra)
         .stderr(Stdio::piped())
         .env("RUST_LOG", "info")

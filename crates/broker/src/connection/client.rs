@@ -4,11 +4,11 @@
 //! peer's negotiated limits, topic-alias maps, the will, keep-alive. What
 //! must outlive the connection lives in the `Session` it points to.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use tern_codec::{ByteStr, LastWill, Packet, ProtocolVersion};
 
 use crate::metrics::Metrics;
@@ -35,6 +35,18 @@ pub struct TopicAliases {
     pub outbound: HashMap<ByteStr, u16>,
 }
 
+/// Responses held back until the store has made durable what they promise
+/// (a PUBACK for a stored message, say). Everything encoded after a hold
+/// waits with it, so responses still go out in order [MQTT-4.6.0-2].
+#[derive(Debug, Default)]
+pub struct Holds {
+    /// (ticket, position in the output stream): the bytes from that position
+    /// on wait until the store reports the ticket durable.
+    queue: VecDeque<(u64, u64)>,
+    /// Bytes written since this was created; positions count from here.
+    written: u64,
+}
+
 /// State of one connected client.
 ///
 /// Kept small: it is what an idle connection costs (with its session), so
@@ -46,6 +58,8 @@ pub struct Client {
     pub state: Arc<BrokerState>,
     /// Encoded packets waiting to be written, many per write syscall.
     pub out: BytesMut,
+    /// What part of `out` waits for the store; created on the first hold.
+    pub holds: Option<Box<Holds>>,
     pub peer: PeerLimits,
     /// Created when the first alias is.
     pub aliases: Option<Box<TopicAliases>>,
@@ -84,6 +98,58 @@ impl Client {
             Err(e) => {
                 tracing::warn!(client_id = %self.client_id(), packet = packet.name(), error = %e, "cannot encode packet");
                 None
+            }
+        }
+    }
+
+    /// Holds whatever is encoded from now on until the store reports
+    /// `ticket` durable (nothing to do if it already is, or acknowledgements
+    /// do not wait for the store).
+    pub fn hold_until(&mut self, ticket: u64) {
+        let Some(store) = self.state.store.as_ref().filter(|s| s.acks_wait()) else {
+            return;
+        };
+        if ticket <= store.durable() {
+            return;
+        }
+        let pending = self.out.len() as u64;
+        let holds = self.holds.get_or_insert_with(Default::default);
+        let at = holds.written + pending;
+        holds.queue.push_back((ticket, at));
+    }
+
+    /// How many bytes at the front of `out` may be written now.
+    pub fn writable(&self) -> usize {
+        match self
+            .holds
+            .as_ref()
+            .and_then(|h| Some((h, h.queue.front()?)))
+        {
+            Some((holds, &(_, at))) => (at - holds.written) as usize,
+            None => self.out.len(),
+        }
+    }
+
+    /// Drops `n` written bytes from the front of `out`.
+    pub fn advance(&mut self, n: usize) {
+        self.out.advance(n);
+        if let Some(holds) = &mut self.holds {
+            holds.written += n as u64;
+        }
+    }
+
+    /// Lets go of the holds the store has caught up with.
+    pub fn release(&mut self, durable: u64) {
+        if let Some(holds) = &mut self.holds {
+            while holds
+                .queue
+                .front()
+                .is_some_and(|&(ticket, _)| ticket <= durable)
+            {
+                holds.queue.pop_front();
+            }
+            if holds.queue.is_empty() {
+                self.holds = None;
             }
         }
     }

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use tern_codec::{Connect, Disconnect, DisconnectProperties, Packet, ProtocolVersion, ReasonCode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
@@ -293,6 +293,7 @@ async fn start_session<S: AsyncWrite>(
         session: attached.session,
         state: state.clone(),
         out: BytesMut::new(),
+        holds: None,
         peer: PeerLimits {
             receive_maximum: props
                 .receive_maximum
@@ -316,6 +317,8 @@ async fn start_session<S: AsyncWrite>(
         problem_information: props.request_problem_information.unwrap_or(true),
     };
     let connack = connect::connack(&accepted, version, attached.session_present, state);
+    // Session Present promises the session is kept: not before it is stored.
+    client.hold_until(attached.ticket);
     client.send(&Packet::ConnAck(connack));
     tracing::debug!(%peer, client_id = %client.client_id(), ?version, session_present = attached.session_present, "client connected");
     Some(client)
@@ -354,20 +357,27 @@ async fn run<S: Transport>(conn: &mut Conn<S>) -> Exit {
     );
     tokio::pin!(timer);
     let timed = client.keep_alive_timeout.is_some() || park_after.is_some();
+    let mut durable = state.store.as_ref().map(|s| s.watch());
     // Whether the last read filled the buffer: more is probably waiting.
     let mut busy = false;
     loop {
         if let Err(kick) = outbound::fill(client) {
             return Exit::Close(Close::Kicked(kick));
         }
+        if client.holds.is_some()
+            && let Some(store) = &state.store
+        {
+            client.release(store.durable());
+        }
+        let writable = client.writable();
         let spare = prepare_read_buffer(&mut io.rbuf, busy);
         tokio::select! {
             biased;
             _ = &mut shutdown => return Exit::Close(Close::Shutdown),
-            written = io.writer.write(&client.out), if !client.out.is_empty() => match written {
+            written = io.writer.write(&client.out[..writable]), if writable > 0 => match written {
                 Ok(0) => return Exit::Close(Close::Lost(None)),
                 Ok(n) => {
-                    client.out.advance(n);
+                    client.advance(n);
                     Metrics::add(&state.metrics.bytes_sent, n as u64);
                 }
                 Err(e) => return Exit::Close(Close::Lost(Some(e))),
@@ -386,6 +396,8 @@ async fn run<S: Transport>(conn: &mut Conn<S>) -> Exit {
                 Err(e) => return Exit::Close(Close::Lost(Some(e))),
             },
             _ = session.notify.notified() => last_active = Instant::now(),
+            // Held responses go out once the store has what they promise.
+            () = store_progress(&mut durable), if client.holds.is_some() => {}
             () = &mut timer, if timed => {
                 let now = Instant::now();
                 if client.keep_alive_timeout.is_some_and(|t| *last_heard + t <= now) {
@@ -402,6 +414,19 @@ async fn run<S: Transport>(conn: &mut Conn<S>) -> Exit {
                 }
             }
         }
+    }
+}
+
+/// Waits until the store reports more durable (forever without a store).
+async fn store_progress(durable: &mut Option<tokio::sync::watch::Receiver<u64>>) {
+    match durable {
+        Some(rx) => {
+            if rx.changed().await.is_err() {
+                // The store has stopped (shutdown): nothing more will come.
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
     }
 }
 
@@ -490,6 +515,7 @@ async fn finish<S: Transport>(conn: &mut Conn<S>, close: Close) {
         Close::Shutdown => (Some(ReasonCode::ServerShuttingDown), "server shutting down"),
         Close::Disconnect { .. } | Close::Lost(_) => (None, ""),
     };
+    settle_holds(client).await;
     if let (Some(reason), ProtocolVersion::V5) = (reason, client.version) {
         let text = match &close {
             Close::Violation(v) => v.to_string(),
@@ -509,6 +535,30 @@ async fn finish<S: Transport>(conn: &mut Conn<S>, close: Close) {
         .await;
     }
     depart(client, close, *peer);
+}
+
+/// Before the last write: gives the store a moment (`CLOSE_FLUSH`) to make
+/// held responses durable, then drops those it has not: an acknowledgement
+/// must never promise more than the store holds.
+async fn settle_holds(client: &mut Client) {
+    let Some(store) = client.state.store.clone() else {
+        return;
+    };
+    let mut durable = store.watch();
+    let _ = tokio::time::timeout(CLOSE_FLUSH, async {
+        loop {
+            client.release(*durable.borrow_and_update());
+            if client.holds.is_none() || durable.changed().await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    if client.holds.is_some() {
+        let writable = client.writable();
+        client.out.truncate(writable);
+        client.holds = None;
+    }
 }
 
 /// Logs why the connection ended, and detaches it from its session (which

@@ -64,6 +64,7 @@ fn send_pending(client: &mut Client, st: &mut SessionState) {
         if delivery.message.remaining_expiry(now).is_none() {
             // Expired while queued: not sent [MQTT-3.3.2-5].
             Metrics::add(&client.state.metrics.publish_dropped, 1);
+            record(client, &delivery, None);
             continue;
         }
         if delivery.qos == QoS::AtMostOnce {
@@ -78,17 +79,39 @@ fn send_pending(client: &mut Client, st: &mut SessionState) {
             st.unpop_pending(delivery);
             break;
         };
+        let state = match delivery.qos {
+            QoS::AtLeastOnce => InflightState::AwaitingPubAck,
+            _ => InflightState::AwaitingPubRec,
+        };
+        let ticket = record(client, &delivery, Some((packet_id, state)));
+        if state == InflightState::AwaitingPubRec {
+            // Exactly once across a restart: the packet id goes to the store
+            // before the PUBLISH goes out, so a resend after a crash carries
+            // the same id and the client can tell it is a duplicate.
+            client.hold_until(ticket);
+        }
         if send_publish(client, &delivery, Some(packet_id), false, now) {
-            let state = match delivery.qos {
-                QoS::AtLeastOnce => InflightState::AwaitingPubAck,
-                _ => InflightState::AwaitingPubRec,
-            };
             st.traffic().inflight.push_back(Inflight {
                 packet_id,
                 state,
                 delivery,
             });
+        } else {
+            record(client, &delivery, None);
         }
+    }
+}
+
+/// Tells the store where a stored delivery is: sent with a packet id and
+/// awaiting `sent`'s state, or (`None`) done with. Returns the ticket.
+pub fn record(
+    client: &Client,
+    delivery: &Delivery,
+    sent: Option<(NonZeroU16, InflightState)>,
+) -> u64 {
+    match &client.state.store {
+        Some(store) => store.update(client.client_id(), delivery, sent),
+        None => 0,
     }
 }
 

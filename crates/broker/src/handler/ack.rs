@@ -8,6 +8,7 @@ use tern_codec::{Packet, PubAck, ReasonCode};
 
 use super::Flow;
 use crate::connection::client::Client;
+use crate::connection::outbound;
 use crate::error::ProtocolViolation;
 use crate::session::InflightState;
 
@@ -25,32 +26,46 @@ pub fn pubcomp(client: &mut Client, ack: PubAck) -> Result<Flow, ProtocolViolati
 
 /// Removes the in-flight entry; an unknown id is ignored (a late duplicate).
 fn complete(client: &mut Client, ack: PubAck, state: InflightState) {
-    let mut st = client.session.lock();
-    if let Some(pos) = st.inflight_position(ack.packet_id, state) {
-        st.traffic().inflight.remove(pos);
+    let session = client.session.clone();
+    let mut st = session.lock();
+    if let Some(pos) = st.inflight_position(ack.packet_id, state)
+        && let Some(done) = st.traffic().inflight.remove(pos)
+    {
+        outbound::record(client, &done.delivery, None);
     }
 }
 
 /// PUBREC: the client has the QoS 2 message; answer PUBREL [MQTT-4.3.3-4].
 /// A failure reason code ends the flow instead [MQTT-4.3.3-?].
 pub fn pubrec(client: &mut Client, ack: PubAck) -> Result<Flow, ProtocolViolation> {
-    let found = {
-        let mut st = client.session.lock();
+    let session = client.session.clone();
+    let (found, ticket) = {
+        let mut st = session.lock();
         if let Some(pos) = st.inflight_position(ack.packet_id, InflightState::AwaitingPubRec) {
             if ack.reason.is_error() {
-                st.traffic().inflight.remove(pos);
+                if let Some(done) = st.traffic().inflight.remove(pos) {
+                    outbound::record(client, &done.delivery, None);
+                }
                 return Ok(Flow::Continue);
             }
+            let mut ticket = 0;
             if let Some(entry) = st.traffic().inflight.get_mut(pos) {
                 entry.state = InflightState::AwaitingPubComp;
+                let sent = Some((entry.packet_id, entry.state));
+                ticket = outbound::record(client, &entry.delivery, sent);
             }
-            true
+            (true, ticket)
         } else {
             // A repeated PUBREC for a message already released gets PUBREL again.
-            st.inflight_position(ack.packet_id, InflightState::AwaitingPubComp)
-                .is_some()
+            let found = st
+                .inflight_position(ack.packet_id, InflightState::AwaitingPubComp)
+                .is_some();
+            (found, 0)
         }
     };
+    // After PUBREL the client forgets the id: the broker must not resend the
+    // PUBLISH after a restart, so the new state is stored first.
+    client.hold_until(ticket);
     let reason = if found {
         ReasonCode::Success
     } else {

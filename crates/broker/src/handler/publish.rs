@@ -38,8 +38,10 @@ pub fn handle(client: &mut Client, mut publish: Publish) -> Result<Flow, Protoco
             route(client, publish);
         }
         (QoS::AtLeastOnce, Some(id)) => {
-            let matched = route(client, publish);
-            let reason = matched_reason(client, matched);
+            let routed = route(client, publish);
+            let reason = matched_reason(client, routed.queued);
+            // The PUBACK promises the message is safe: it waits for the store.
+            client.hold_until(routed.ticket);
             client.send(&Packet::PubAck(PubAck {
                 reason,
                 ..PubAck::new(id)
@@ -59,8 +61,15 @@ pub fn handle(client: &mut Client, mut publish: Publish) -> Result<Flow, Protoco
                 }
             };
             let reason = if first_time {
-                let matched = route(client, publish);
-                matched_reason(client, matched)
+                let routed = route(client, publish);
+                // The id is stored after what routing stored, never before:
+                // the store is durable in submission order, so a stored id
+                // always comes with its message. (Stored first, a crash in
+                // between would keep the id but lose the message, and the
+                // publisher's re-sent PUBLISH would be taken for a duplicate.)
+                let held = store_inbound(client, id.get(), true);
+                client.hold_until(routed.ticket.max(held));
+                matched_reason(client, routed.queued)
             } else {
                 ReasonCode::Success
             };
@@ -81,17 +90,23 @@ pub fn handle(client: &mut Client, mut publish: Publish) -> Result<Flow, Protoco
 
 /// Handles PUBREL: the client releases a QoS 2 packet id [MQTT-4.3.3-11].
 pub fn release(client: &mut Client, ack: PubAck) -> Result<Flow, ProtocolViolation> {
-    let known = client
-        .session
-        .lock()
-        .traffic()
-        .inbound_qos2
-        .remove(&ack.packet_id.get());
+    let known = {
+        let mut st = client.session.lock();
+        st.traffic().inbound_qos2.remove(&ack.packet_id.get())
+    };
+    // PUBCOMP lets the client reuse the id: its release must be stored
+    // first, or after a restart a new message with it would be ignored.
+    let ticket = if known {
+        store_inbound(client, ack.packet_id.get(), false)
+    } else {
+        0
+    };
     let reason = if known {
         ReasonCode::Success
     } else {
         ReasonCode::PacketIdentifierNotFound
     };
+    client.hold_until(ticket);
     client.send(&Packet::PubComp(PubAck {
         reason,
         ..PubAck::new(ack.packet_id)
@@ -99,7 +114,17 @@ pub fn release(client: &mut Client, ack: PubAck) -> Result<Flow, ProtocolViolati
     Ok(Flow::Continue)
 }
 
-fn route(client: &Client, publish: Publish) -> usize {
+/// Stores an inbound QoS 2 packet id (`held`) or its release, for a
+/// persistent session. Returns the ticket (0 if nothing was stored).
+fn store_inbound(client: &Client, packet_id: u16, held: bool) -> u64 {
+    let st = client.session.lock();
+    match &client.state.store {
+        Some(store) if st.expiry_secs != 0 => store.inbound(client.client_id(), packet_id, held),
+        _ => 0,
+    }
+}
+
+fn route(client: &Client, publish: Publish) -> router::Routed {
     let message = Message::from_publish(publish, client.client_id().clone(), Instant::now());
     router::publish(&client.state, message)
 }

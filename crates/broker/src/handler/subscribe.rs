@@ -12,6 +12,7 @@ use super::Flow;
 use crate::connection::client::Client;
 use crate::error::ProtocolViolation;
 use crate::message::Message;
+use crate::registry;
 use crate::router;
 use crate::session::SessionSubscription;
 use crate::state::Subscriber;
@@ -35,6 +36,12 @@ pub fn handle(client: &mut Client, subscribe: Subscribe) -> Result<Flow, Protoco
             &mut retained,
         )?);
     }
+    // The SUBACK promises the subscriptions: it waits for the session record.
+    let ticket = {
+        let st = client.session.lock();
+        registry::persist(&client.state, &client.session, &st)
+    };
+    client.hold_until(ticket);
     client.send(&Packet::SubAck(SubAck {
         packet_id: subscribe.packet_id,
         reasons,
@@ -42,6 +49,7 @@ pub fn handle(client: &mut Client, subscribe: Subscribe) -> Result<Flow, Protoco
     }));
     for batch in retained {
         router::deliver_retained(
+            &client.state,
             &client.session,
             batch.messages,
             batch.granted,

@@ -5,6 +5,7 @@ use tern_codec::{AckProperties, Packet, ReasonCode, UnsubAck, Unsubscribe};
 use super::Flow;
 use crate::connection::client::Client;
 use crate::error::ProtocolViolation;
+use crate::registry;
 use crate::router;
 
 /// Handles UNSUBSCRIBE; each filter gets Success or No Subscription Existed.
@@ -29,6 +30,11 @@ pub fn handle(client: &mut Client, unsubscribe: Unsubscribe) -> Result<Flow, Pro
             ReasonCode::NoSubscriptionExisted
         });
     }
+    let ticket = {
+        let st = client.session.lock();
+        registry::persist(&client.state, &client.session, &st)
+    };
+    client.hold_until(ticket);
     client.send(&Packet::UnsubAck(UnsubAck {
         packet_id: unsubscribe.packet_id,
         reasons,

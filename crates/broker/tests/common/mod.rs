@@ -30,6 +30,7 @@ pub fn test_config() -> Config {
         bind: "127.0.0.1:0".parse().unwrap(),
         sys_interval_secs: 0,
         park_idle_ms: 1,
+        persistence: false,
         ..Config::default()
     }
 }
@@ -60,6 +61,17 @@ pub fn connect_packet(version: ProtocolVersion, client_id: &str) -> Connect {
         password: None,
         properties: ConnectProperties::default(),
     }
+}
+
+/// A CONNECT for a session that outlives the connection: Clean Start 0, and
+/// for MQTT 5 a Session Expiry Interval of an hour.
+pub fn persistent(version: ProtocolVersion, client_id: &str) -> Connect {
+    let mut c = connect_packet(version, client_id);
+    c.clean_start = false;
+    if version == ProtocolVersion::V5 {
+        c.properties.session_expiry_interval = Some(3600);
+    }
+    c
 }
 
 /// A PUBLISH; `packet_id` is used only for QoS > 0.

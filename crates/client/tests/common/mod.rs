@@ -23,6 +23,7 @@ pub fn config() -> Config {
     Config {
         bind: "127.0.0.1:0".parse().unwrap(),
         sys_interval_secs: 0,
+        persistence: false,
         ..Config::default()
     }
 }

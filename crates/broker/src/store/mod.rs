@@ -1,0 +1,285 @@
+//! Persistence: what the broker must find again after a restart, and the
+//! promise that an acknowledged message is on disk.
+//!
+//! - [`engine`]: one redb file written by one thread, many changes per
+//!   transaction (group commit); knows only keys and opaque records.
+//! - [`records`]: the byte layout of messages, queue entries and sessions.
+//! - [`recover`]: rebuilds sessions, queues, in-flight state and retained
+//!   messages from the file at start.
+//! - [`Store`] (here): what the rest of the broker calls. Changes are
+//!   submitted without waiting; each returns a *ticket*, and a response that
+//!   promises durability (PUBACK, PUBREC, PUBREL, PUBCOMP, SUBACK) is held in
+//!   the connection's output until the store reports that ticket durable
+//!   (see `connection::client::Holds`).
+//!
+//! Only persistent sessions (a Session Expiry Interval above 0, or MQTT 3.1.1
+//! clean session 0) and retained messages are stored, and of deliveries only
+//! QoS 1 and 2: QoS 0 promises nothing to survive.
+
+pub mod engine;
+pub mod records;
+pub mod recover;
+
+use std::num::NonZeroU16;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use tern_codec::QoS;
+use tokio::sync::watch;
+
+pub use self::engine::{Durability, Recovered, StoreError};
+use self::engine::{Engine, Op};
+use self::records::{Clock, QueueEntry, SessionRecord};
+use crate::message::Message;
+use crate::session::{Delivery, InflightState, SessionState};
+
+/// The broker's handle on its store.
+pub struct Store {
+    engine: Arc<Engine>,
+    next_message_id: AtomicU64,
+    next_seq: AtomicU64,
+    /// Set at shutdown: the sessions and messages dropped after it must not
+    /// delete what the file holds for the next start.
+    closed: AtomicBool,
+}
+
+/// A message's record in the store. Held by the message itself, so the
+/// record is deleted when the last queue holding the message lets go of it.
+pub struct StoredMessage {
+    id: u64,
+    store: Arc<Store>,
+}
+
+impl std::fmt::Debug for StoredMessage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "StoredMessage({})", self.id)
+    }
+}
+
+impl Drop for StoredMessage {
+    fn drop(&mut self) {
+        self.store.submit(Op::DeleteMessage { id: self.id });
+    }
+}
+
+impl Store {
+    /// Opens the data directory and reads what it holds.
+    pub fn open(dir: &Path, durability: Durability) -> Result<(Arc<Store>, Recovered), StoreError> {
+        let (engine, recovered) = Engine::open(dir, durability)?;
+        let next_message_id = recovered
+            .messages
+            .iter()
+            .map(|(id, _)| *id)
+            .max()
+            .unwrap_or(0);
+        let next_seq = recovered
+            .queue
+            .iter()
+            .map(|(_, seq, _)| *seq)
+            .max()
+            .unwrap_or(0);
+        let store = Arc::new(Store {
+            engine,
+            next_message_id: AtomicU64::new(next_message_id + 1),
+            next_seq: AtomicU64::new(next_seq + 1),
+            closed: AtomicBool::new(false),
+        });
+        Ok((store, recovered))
+    }
+
+    /// The data file.
+    pub fn path(&self) -> &Path {
+        self.engine.path()
+    }
+
+    fn submit(&self, op: Op) -> u64 {
+        if self.closed.load(Ordering::Acquire) {
+            return 0;
+        }
+        self.engine.submit(op)
+    }
+
+    /// The highest durable ticket.
+    pub fn durable(&self) -> u64 {
+        self.engine.durable()
+    }
+
+    /// A watch of [`Store::durable`].
+    pub fn watch(&self) -> watch::Receiver<u64> {
+        self.engine.watch()
+    }
+
+    /// Whether responses wait for the store (`durability` fsync or os).
+    pub fn acks_wait(&self) -> bool {
+        self.engine.durability() != Durability::None
+    }
+
+    pub fn stats(&self) -> engine::StoreStats {
+        self.engine.stats()
+    }
+
+    /// Writes everything submitted so far and stops: what is dropped after
+    /// this (sessions, messages at shutdown) is not deleted from the file.
+    pub fn close(&self) {
+        self.engine.flush();
+        self.closed.store(true, Ordering::Release);
+        self.engine.close();
+    }
+
+    /// The id of `message`'s record, storing it the first time.
+    fn message_id(self: &Arc<Self>, message: &Message) -> u64 {
+        message
+            .stored
+            .get_or_init(|| {
+                let id = self.next_message_id.fetch_add(1, Ordering::Relaxed);
+                let record = records::encode_message(message, &Clock::now());
+                self.submit(Op::PutMessage { id, record });
+                StoredMessage {
+                    id,
+                    store: self.clone(),
+                }
+            })
+            .id
+    }
+
+    /// Gives a recovered message its record, so it is deleted with its last
+    /// holder like any other.
+    pub(crate) fn adopt(self: &Arc<Self>, message: &Message, id: u64) {
+        let _ = message.stored.set(StoredMessage {
+            id,
+            store: self.clone(),
+        });
+    }
+
+    /// Deletes a message record nothing refers to (expired at restart).
+    pub(crate) fn forget_message(&self, id: u64) {
+        self.submit(Op::DeleteMessage { id });
+    }
+
+    /// Deletes one queue entry (found useless at restart).
+    pub(crate) fn delete_entry(&self, client_id: &str, seq: u64) {
+        self.submit(Op::DeleteQueue {
+            client_id: client_id.to_owned(),
+            seq,
+        });
+    }
+
+    /// Stores a delivery queued for a persistent session: sets its `seq`.
+    /// Returns the ticket.
+    pub fn queue(self: &Arc<Self>, client_id: &str, delivery: &mut Delivery) -> u64 {
+        let message_id = self.message_id(&delivery.message);
+        delivery.seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        let entry = QueueEntry {
+            message_id,
+            qos: delivery.qos,
+            retain: delivery.retain,
+            subscription_ids: delivery.subscription_ids.clone(),
+            sent: None,
+        };
+        self.put_entry(client_id, delivery, &entry)
+    }
+
+    /// Records that a stored delivery was sent with `packet_id` and is now in
+    /// `state` (or, `None`, that it is done: acknowledged, expired, or QoS 0).
+    pub fn update(
+        self: &Arc<Self>,
+        client_id: &str,
+        delivery: &Delivery,
+        sent: Option<(NonZeroU16, InflightState)>,
+    ) -> u64 {
+        if delivery.seq == 0 {
+            return 0;
+        }
+        match sent {
+            None => self.submit(Op::DeleteQueue {
+                client_id: client_id.to_owned(),
+                seq: delivery.seq,
+            }),
+            Some(sent) => {
+                let entry = QueueEntry {
+                    message_id: self.message_id(&delivery.message),
+                    qos: delivery.qos,
+                    retain: delivery.retain,
+                    subscription_ids: delivery.subscription_ids.clone(),
+                    sent: Some(sent),
+                };
+                self.put_entry(client_id, delivery, &entry)
+            }
+        }
+    }
+
+    fn put_entry(&self, client_id: &str, delivery: &Delivery, entry: &QueueEntry) -> u64 {
+        self.submit(Op::PutQueue {
+            client_id: client_id.to_owned(),
+            seq: delivery.seq,
+            entry: records::encode_queue_entry(entry),
+        })
+    }
+
+    /// Writes the session's record (subscriptions, expiry, pending will).
+    pub fn put_session(&self, client_id: &str, st: &SessionState) -> u64 {
+        let clock = Clock::now();
+        let record = SessionRecord {
+            expiry_secs: st.expiry_secs,
+            disconnected_at_ms: st.connection.is_none().then(|| clock.unix_ms()),
+            subscriptions: st
+                .subscriptions
+                .iter()
+                .map(|(filter, s)| (filter.clone(), s.options, s.subscription_id))
+                .collect(),
+            will: st.pending_will.as_ref().map(|will| {
+                let record = records::encode_message(&will.message, &clock);
+                (record, clock.to_unix_ms(will.due))
+            }),
+        };
+        self.submit(Op::PutSession {
+            client_id: client_id.to_owned(),
+            record: records::encode_session(&record),
+        })
+    }
+
+    /// Deletes the session's record, queue and inbound QoS 2 ids.
+    pub fn delete_session(&self, client_id: &str) -> u64 {
+        self.submit(Op::DeleteSession {
+            client_id: client_id.to_owned(),
+        })
+    }
+
+    /// Records an inbound QoS 2 packet id (`held`) or its release.
+    pub fn inbound(&self, client_id: &str, packet_id: u16, held: bool) -> u64 {
+        let client_id = client_id.to_owned();
+        self.submit(if held {
+            Op::PutInbound {
+                client_id,
+                packet_id,
+            }
+        } else {
+            Op::DeleteInbound {
+                client_id,
+                packet_id,
+            }
+        })
+    }
+
+    /// Stores a retained message, or (`None`) clears the topic.
+    pub fn retain(&self, topic: &str, message: Option<&Message>) -> u64 {
+        let topic = topic.to_owned();
+        self.submit(match message {
+            Some(m) => Op::PutRetained {
+                topic,
+                record: records::encode_message(m, &Clock::now()),
+            },
+            None => Op::DeleteRetained { topic },
+        })
+    }
+}
+
+/// Whether a delivery to a session in this state is stored: QoS 1 and 2 to
+/// persistent sessions.
+pub fn stores(st: &SessionState, qos: QoS) -> bool {
+    st.expiry_secs != 0 && qos != QoS::AtMostOnce
+}
+
+/// A message's link to its record, for `Message::stored`.
+pub type StoredSlot = OnceLock<StoredMessage>;

@@ -1,0 +1,561 @@
+//! The byte layout of what the store keeps: messages, queue entries and
+//! session records, encoded here and kept as opaque values by the engine.
+//!
+//! A message is stored as the MQTT 5 PUBLISH that carries it (our own codec
+//! writes and checks it, properties included), after a small header with what
+//! a PUBLISH cannot carry: when the message expires and who published it.
+//! Every record starts with a format version byte, so a later layout can still
+//! read files written by this one. Times are Unix milliseconds: `Instant`s do
+//! not survive a restart.
+//!
+//! Decoding never trusts the bytes: a short or malformed record is an error
+//! naming what was wrong, never a panic.
+
+use std::num::NonZeroU16;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::BytesMut;
+use tern_codec::{
+    ByteStr, Packet, ProtocolVersion, Publish, QoS, RetainHandling, SubscriptionOptions,
+};
+
+use crate::message::Message;
+use crate::session::InflightState;
+
+/// The layout version written in front of every record.
+const FORMAT: u8 = 1;
+
+/// A record that cannot be read back.
+#[derive(Debug, thiserror::Error)]
+#[error("malformed {what} record: {problem}")]
+pub struct RecordError {
+    what: &'static str,
+    problem: String,
+}
+
+impl RecordError {
+    fn new(what: &'static str, problem: impl Into<String>) -> RecordError {
+        RecordError {
+            what,
+            problem: problem.into(),
+        }
+    }
+}
+
+/// Converts between `Instant`s (the broker's clock) and Unix milliseconds
+/// (the file's), through one reading of both clocks.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    instant: Instant,
+    unix_ms: u64,
+}
+
+impl Clock {
+    pub fn now() -> Clock {
+        let unix_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        Clock {
+            instant: Instant::now(),
+            unix_ms,
+        }
+    }
+
+    pub fn unix_ms(&self) -> u64 {
+        self.unix_ms
+    }
+
+    /// `at` in Unix milliseconds (times already past map to before now).
+    pub fn to_unix_ms(&self, at: Instant) -> u64 {
+        match at.checked_duration_since(self.instant) {
+            Some(ahead) => self.unix_ms.saturating_add(millis(ahead)),
+            None => self.unix_ms.saturating_sub(millis(self.instant - at)),
+        }
+    }
+
+    /// Unix milliseconds as an `Instant` (times already past map to now).
+    pub fn to_instant(&self, unix_ms: u64) -> Instant {
+        self.instant + Duration::from_millis(unix_ms.saturating_sub(self.unix_ms))
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Encodes a message: header (version, expiry, origin), then its PUBLISH.
+pub fn encode_message(message: &Message, clock: &Clock) -> Vec<u8> {
+    let mut w = Writer::default();
+    w.u8(FORMAT);
+    w.u64(
+        message
+            .expires_at
+            .map_or(0, |at| clock.to_unix_ms(at).max(1)),
+    );
+    w.bytes(message.origin.as_ref().map_or(&b""[..], |o| o.as_bytes()));
+    w.u8(u8::from(message.origin.is_some()));
+    let publish = Packet::Publish(Publish {
+        dup: false,
+        qos: message.qos,
+        retain: message.retain,
+        topic: message.topic.clone(),
+        // Any id: a PUBLISH at QoS 1/2 must carry one; it is not the one used
+        // on any connection.
+        packet_id: (message.qos != QoS::AtMostOnce).then_some(NonZeroU16::MIN),
+        payload: message.payload.clone(),
+        properties: message.properties.clone(),
+    });
+    let mut out = BytesMut::from(&w.0[..]);
+    if let Err(e) = publish.encode(ProtocolVersion::V5, &mut out) {
+        // Every routed message came from a PUBLISH or will we decoded, so it
+        // encodes; should it not, the record still decodes to an error.
+        tracing::error!(topic = %message.topic, error = %e, "cannot encode message for the store");
+    }
+    out.to_vec()
+}
+
+/// Decodes a message. `None` if it has expired by `clock`.
+pub fn decode_message(record: &[u8], clock: &Clock) -> Result<Option<Arc<Message>>, RecordError> {
+    const WHAT: &str = "message";
+    let mut r = Reader::new(record, WHAT);
+    r.format()?;
+    let expires_ms = r.u64()?;
+    let origin = r.bytes()?;
+    let has_origin = r.u8()? != 0;
+    let origin = if has_origin {
+        let origin = std::str::from_utf8(origin)
+            .map_err(|_| RecordError::new(WHAT, "origin is not UTF-8"))?;
+        Some(ByteStr::from(origin.to_owned()))
+    } else {
+        None
+    };
+    let mut buf = BytesMut::from(r.rest());
+    let publish = match tern_codec::decode(&mut buf, ProtocolVersion::V5, usize::MAX) {
+        Ok(Some(Packet::Publish(p))) if buf.is_empty() => p,
+        Ok(_) => return Err(RecordError::new(WHAT, "not one whole PUBLISH")),
+        Err(e) => return Err(RecordError::new(WHAT, e.to_string())),
+    };
+    if expires_ms != 0 && expires_ms <= clock.unix_ms() {
+        return Ok(None);
+    }
+    Ok(Some(Arc::new(Message {
+        topic: publish.topic,
+        payload: publish.payload,
+        qos: publish.qos,
+        retain: publish.retain,
+        properties: publish.properties,
+        expires_at: (expires_ms != 0).then(|| clock.to_instant(expires_ms)),
+        origin,
+        stored: Default::default(),
+    })))
+}
+
+/// One delivery queued for, or in flight to, a persistent session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueEntry {
+    pub message_id: u64,
+    pub qos: QoS,
+    pub retain: bool,
+    pub subscription_ids: Vec<u32>,
+    /// `None` while pending; the packet id and state once sent.
+    pub sent: Option<(NonZeroU16, InflightState)>,
+}
+
+pub fn encode_queue_entry(entry: &QueueEntry) -> Vec<u8> {
+    let mut w = Writer::default();
+    w.u8(FORMAT);
+    w.u64(entry.message_id);
+    w.u8(entry.qos as u8);
+    w.u8(u8::from(entry.retain));
+    w.u32(entry.subscription_ids.len() as u32);
+    entry.subscription_ids.iter().for_each(|id| w.u32(*id));
+    let (packet_id, state) = match entry.sent {
+        None => (0, 0),
+        Some((id, InflightState::AwaitingPubAck)) => (id.get(), 1),
+        Some((id, InflightState::AwaitingPubRec)) => (id.get(), 2),
+        Some((id, InflightState::AwaitingPubComp)) => (id.get(), 3),
+    };
+    w.u16(packet_id);
+    w.u8(state);
+    w.0
+}
+
+pub fn decode_queue_entry(record: &[u8]) -> Result<QueueEntry, RecordError> {
+    const WHAT: &str = "queue";
+    let mut r = Reader::new(record, WHAT);
+    r.format()?;
+    let message_id = r.u64()?;
+    let qos = qos(r.u8()?, WHAT)?;
+    let retain = r.u8()? != 0;
+    let count = r.u32()?;
+    // Bounded by the record's own length: a count that claims more is caught
+    // when the ids run out.
+    let subscription_ids = (0..count).map(|_| r.u32()).collect::<Result<Vec<_>, _>>()?;
+    let packet_id = r.u16()?;
+    let state = match r.u8()? {
+        0 => None,
+        1 => Some(InflightState::AwaitingPubAck),
+        2 => Some(InflightState::AwaitingPubRec),
+        3 => Some(InflightState::AwaitingPubComp),
+        other => return Err(RecordError::new(WHAT, format!("unknown state {other}"))),
+    };
+    let sent = match (state, NonZeroU16::new(packet_id)) {
+        (None, _) => None,
+        (Some(state), Some(id)) => Some((id, state)),
+        (Some(_), None) => return Err(RecordError::new(WHAT, "in flight without a packet id")),
+    };
+    r.end()?;
+    Ok(QueueEntry {
+        message_id,
+        qos,
+        retain,
+        subscription_ids,
+        sent,
+    })
+}
+
+/// What a persistent session must still know after a restart.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionRecord {
+    pub expiry_secs: u32,
+    /// When its connection went away; `None` while one was attached.
+    pub disconnected_at_ms: Option<u64>,
+    /// Filter (as subscribed, `$share/…` included), options, identifier.
+    pub subscriptions: Vec<(ByteStr, SubscriptionOptions, Option<u32>)>,
+    /// A will waiting out its delay: the message record and when it is due.
+    pub will: Option<(Vec<u8>, u64)>,
+}
+
+pub fn encode_session(record: &SessionRecord) -> Vec<u8> {
+    let mut w = Writer::default();
+    w.u8(FORMAT);
+    w.u32(record.expiry_secs);
+    w.u64(record.disconnected_at_ms.unwrap_or(0));
+    w.u32(record.subscriptions.len() as u32);
+    for (filter, options, id) in &record.subscriptions {
+        w.bytes(filter.as_bytes());
+        w.u8(options_byte(options));
+        w.u32(id.unwrap_or(0));
+    }
+    match &record.will {
+        Some((message, due_ms)) => {
+            w.u8(1);
+            w.u64(*due_ms);
+            w.bytes(message);
+        }
+        None => w.u8(0),
+    }
+    w.0
+}
+
+pub fn decode_session(record: &[u8]) -> Result<SessionRecord, RecordError> {
+    const WHAT: &str = "session";
+    let mut r = Reader::new(record, WHAT);
+    r.format()?;
+    let expiry_secs = r.u32()?;
+    let disconnected = r.u64()?;
+    let count = r.u32()?;
+    let mut subscriptions = Vec::new();
+    for _ in 0..count {
+        let filter = std::str::from_utf8(r.bytes()?)
+            .map_err(|_| RecordError::new(WHAT, "filter is not UTF-8"))?;
+        let options = options_from_byte(r.u8()?)?;
+        let id = r.u32()?;
+        subscriptions.push((
+            ByteStr::from(filter.to_owned()),
+            options,
+            (id != 0).then_some(id),
+        ));
+    }
+    let will = match r.u8()? {
+        0 => None,
+        _ => {
+            let due = r.u64()?;
+            Some((r.bytes()?.to_vec(), due))
+        }
+    };
+    r.end()?;
+    Ok(SessionRecord {
+        expiry_secs,
+        disconnected_at_ms: (disconnected != 0).then_some(disconnected),
+        subscriptions,
+        will,
+    })
+}
+
+/// Subscription options as MQTT 5's options byte.
+fn options_byte(o: &SubscriptionOptions) -> u8 {
+    o.qos as u8
+        | u8::from(o.no_local) << 2
+        | u8::from(o.retain_as_published) << 3
+        | (o.retain_handling as u8) << 4
+}
+
+fn options_from_byte(b: u8) -> Result<SubscriptionOptions, RecordError> {
+    let retain_handling = match (b >> 4) & 0b11 {
+        0 => RetainHandling::SendAtSubscribe,
+        1 => RetainHandling::SendAtSubscribeIfNew,
+        2 => RetainHandling::DoNotSend,
+        _ => return Err(RecordError::new("session", "bad retain handling")),
+    };
+    Ok(SubscriptionOptions {
+        qos: qos(b & 0b11, "session")?,
+        no_local: b & 0b100 != 0,
+        retain_as_published: b & 0b1000 != 0,
+        retain_handling,
+    })
+}
+
+fn qos(b: u8, what: &'static str) -> Result<QoS, RecordError> {
+    match b {
+        0 => Ok(QoS::AtMostOnce),
+        1 => Ok(QoS::AtLeastOnce),
+        2 => Ok(QoS::ExactlyOnce),
+        other => Err(RecordError::new(what, format!("bad QoS {other}"))),
+    }
+}
+
+/// Big-endian fields; byte strings prefixed with a u32 length.
+#[derive(Default)]
+struct Writer(Vec<u8>);
+
+impl Writer {
+    fn u8(&mut self, v: u8) {
+        self.0.push(v);
+    }
+    fn u16(&mut self, v: u16) {
+        self.0.extend_from_slice(&v.to_be_bytes());
+    }
+    fn u32(&mut self, v: u32) {
+        self.0.extend_from_slice(&v.to_be_bytes());
+    }
+    fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_be_bytes());
+    }
+    fn bytes(&mut self, b: &[u8]) {
+        self.u32(b.len() as u32);
+        self.0.extend_from_slice(b);
+    }
+}
+
+struct Reader<'a> {
+    rest: &'a [u8],
+    what: &'static str,
+}
+
+impl<'a> Reader<'a> {
+    fn new(record: &'a [u8], what: &'static str) -> Reader<'a> {
+        Reader { rest: record, what }
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], RecordError> {
+        if self.rest.len() < n {
+            return Err(RecordError::new(self.what, "ends early"));
+        }
+        let (head, rest) = self.rest.split_at(n);
+        self.rest = rest;
+        Ok(head)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], RecordError> {
+        let mut a = [0; N];
+        a.copy_from_slice(self.take(N)?);
+        Ok(a)
+    }
+
+    fn format(&mut self) -> Result<(), RecordError> {
+        match self.u8()? {
+            FORMAT => Ok(()),
+            other => Err(RecordError::new(
+                self.what,
+                format!("unknown format {other}"),
+            )),
+        }
+    }
+
+    fn u8(&mut self) -> Result<u8, RecordError> {
+        Ok(self.array::<1>()?[0])
+    }
+    fn u16(&mut self) -> Result<u16, RecordError> {
+        Ok(u16::from_be_bytes(self.array()?))
+    }
+    fn u32(&mut self) -> Result<u32, RecordError> {
+        Ok(u32::from_be_bytes(self.array()?))
+    }
+    fn u64(&mut self) -> Result<u64, RecordError> {
+        Ok(u64::from_be_bytes(self.array()?))
+    }
+    fn bytes(&mut self) -> Result<&'a [u8], RecordError> {
+        let len = self.u32()? as usize;
+        self.take(len)
+    }
+    fn rest(&mut self) -> &'a [u8] {
+        std::mem::take(&mut self.rest)
+    }
+    fn end(&self) -> Result<(), RecordError> {
+        if self.rest.is_empty() {
+            Ok(())
+        } else {
+            Err(RecordError::new(self.what, "trailing bytes"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use tern_codec::{PublishProperties, UserProperty};
+
+    fn message(expires_in: Option<Duration>, origin: Option<&str>) -> Message {
+        Message {
+            topic: "house/room1/temp".into(),
+            payload: Bytes::from_static(b"22.5"),
+            qos: QoS::ExactlyOnce,
+            retain: true,
+            properties: PublishProperties {
+                content_type: Some("text/plain".into()),
+                user_properties: vec![UserProperty {
+                    name: "k".into(),
+                    value: "v".into(),
+                }],
+                message_expiry_interval: expires_in.map(|d| d.as_secs() as u32),
+                ..PublishProperties::default()
+            },
+            expires_at: expires_in.map(|d| Instant::now() + d),
+            origin: origin.map(|o| ByteStr::from(o.to_owned())),
+            stored: Default::default(),
+        }
+    }
+
+    #[test]
+    fn message_round_trip() {
+        let clock = Clock::now();
+        for origin in [Some("sensor-1"), None] {
+            let m = message(Some(Duration::from_secs(60)), origin);
+            let back = decode_message(&encode_message(&m, &clock), &clock)
+                .unwrap()
+                .unwrap();
+            assert_eq!(back.topic, m.topic);
+            assert_eq!(back.payload, m.payload);
+            assert_eq!((back.qos, back.retain), (m.qos, m.retain));
+            assert_eq!(back.properties, m.properties);
+            assert_eq!(back.origin, m.origin);
+            let drift = back
+                .expires_at
+                .unwrap()
+                .duration_since(m.expires_at.unwrap());
+            assert!(drift < Duration::from_millis(2), "{drift:?}");
+        }
+    }
+
+    #[test]
+    fn an_expired_message_decodes_to_none() {
+        let clock = Clock::now();
+        let m = message(Some(Duration::from_millis(10)), None);
+        let record = encode_message(&m, &clock);
+        let later = Clock {
+            instant: clock.instant + Duration::from_secs(1),
+            unix_ms: clock.unix_ms + 1000,
+        };
+        assert!(decode_message(&record, &later).unwrap().is_none());
+    }
+
+    #[test]
+    fn queue_entry_round_trip() {
+        let entries = [
+            QueueEntry {
+                message_id: 7,
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                subscription_ids: vec![],
+                sent: None,
+            },
+            QueueEntry {
+                message_id: u64::MAX,
+                qos: QoS::ExactlyOnce,
+                retain: true,
+                subscription_ids: vec![1, 268_435_455],
+                sent: Some((
+                    NonZeroU16::new(65535).unwrap(),
+                    InflightState::AwaitingPubComp,
+                )),
+            },
+        ];
+        for e in entries {
+            assert_eq!(decode_queue_entry(&encode_queue_entry(&e)).unwrap(), e);
+        }
+    }
+
+    #[test]
+    fn session_round_trip() {
+        let clock = Clock::now();
+        let record = SessionRecord {
+            expiry_secs: 3600,
+            disconnected_at_ms: Some(clock.unix_ms()),
+            subscriptions: vec![
+                (
+                    "house/#".into(),
+                    SubscriptionOptions {
+                        qos: QoS::AtLeastOnce,
+                        no_local: true,
+                        retain_as_published: true,
+                        retain_handling: RetainHandling::DoNotSend,
+                    },
+                    Some(42),
+                ),
+                ("$share/g/a/+".into(), SubscriptionOptions::default(), None),
+            ],
+            will: Some((encode_message(&message(None, Some("c")), &clock), 12345)),
+        };
+        assert_eq!(decode_session(&encode_session(&record)).unwrap(), record);
+    }
+
+    /// Every truncation of a record is an error for its own decoder, and no
+    /// truncation or single-byte corruption of any record panics any decoder.
+    #[test]
+    fn damaged_records_are_errors_not_panics() {
+        let clock = Clock::now();
+        let message = encode_message(&message(Some(Duration::from_secs(5)), Some("o")), &clock);
+        let entry = encode_queue_entry(&QueueEntry {
+            message_id: 1,
+            qos: QoS::ExactlyOnce,
+            retain: false,
+            subscription_ids: vec![3],
+            sent: Some((NonZeroU16::MIN, InflightState::AwaitingPubRec)),
+        });
+        let session = encode_session(&SessionRecord {
+            expiry_secs: 1,
+            disconnected_at_ms: None,
+            subscriptions: vec![("a".into(), SubscriptionOptions::default(), None)],
+            will: None,
+        });
+        for cut in 0..message.len() {
+            assert!(
+                decode_message(&message[..cut], &clock).is_err(),
+                "cut {cut}"
+            );
+        }
+        for cut in 0..entry.len() {
+            assert!(decode_queue_entry(&entry[..cut]).is_err(), "cut {cut}");
+        }
+        for cut in 0..session.len() {
+            assert!(decode_session(&session[..cut]).is_err(), "cut {cut}");
+        }
+        for record in [&message, &entry, &session] {
+            for i in 0..record.len() {
+                for flip in [0x01, 0x80, 0xFF] {
+                    let mut bad = record.clone();
+                    bad[i] ^= flip;
+                    let _ = decode_message(&bad, &clock);
+                    let _ = decode_queue_entry(&bad);
+                    let _ = decode_session(&bad);
+                    let _ = decode_message(&bad[..i], &clock);
+                    let _ = decode_queue_entry(&bad[..i]);
+                    let _ = decode_session(&bad[..i]);
+                }
+            }
+        }
+    }
+}

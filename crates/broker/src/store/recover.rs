@@ -1,0 +1,228 @@
+//! Restart: rebuilds sessions, subscriptions, queues, in-flight and QoS 2
+//! state, pending wills and retained messages from the store, before the
+//! first connection is accepted.
+//!
+//! Every session comes back detached, as after its client disconnected: its
+//! expiry runs from when it was stored as disconnected (or from now, if the
+//! broker died while the client was connected), and a will waiting out its
+//! delay is due when it was. A record that cannot be read is skipped and
+//! counted, and the count is logged as an error naming the file: the broker
+//! never starts silently without data it had.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tern_codec::ByteStr;
+
+use super::engine::Recovered;
+use super::records::{self, Clock, RecordError};
+use crate::message::Message;
+use crate::registry;
+use crate::router;
+use crate::session::{
+    Delivery, Inflight, NEVER_EXPIRES, PendingWill, Session, SessionSubscription,
+};
+use crate::state::{BrokerState, Subscriber};
+
+/// What a restore found, for the log.
+#[derive(Debug, Default)]
+struct Report {
+    sessions: usize,
+    queued: usize,
+    inflight: usize,
+    retained: usize,
+    expired: usize,
+    unreadable: usize,
+    /// Queue entries whose message record is missing.
+    missing: usize,
+}
+
+/// Restores everything in `recovered` into `state`.
+pub fn restore(state: &Arc<BrokerState>, recovered: Recovered) {
+    let Some(store) = state.store.clone() else {
+        return;
+    };
+    let started = std::time::Instant::now();
+    let clock = Clock::now();
+    let mut report = Report::default();
+    let path = store.path().display().to_string();
+    let skip = |what: &str, key: &str, e: RecordError, report: &mut Report| {
+        tracing::error!(file = %path, %key, error = %e, "skipping unreadable {what} record");
+        report.unreadable += 1;
+    };
+
+    let mut messages: HashMap<u64, Arc<Message>> = HashMap::new();
+    let mut expired = HashSet::new();
+    for (id, record) in recovered.messages {
+        match records::decode_message(&record, &clock) {
+            Ok(Some(message)) => {
+                store.adopt(&message, id);
+                messages.insert(id, message);
+            }
+            Ok(None) => {
+                report.expired += 1;
+                expired.insert(id);
+                store.forget_message(id);
+            }
+            Err(e) => skip("message", &id.to_string(), e, &mut report),
+        }
+    }
+
+    for (client_id, record) in recovered.sessions {
+        match records::decode_session(&record) {
+            Ok(record) => {
+                restore_session(state, &client_id, record, &clock, &mut report);
+                report.sessions += 1;
+            }
+            Err(e) => skip("session", &client_id, e, &mut report),
+        }
+    }
+
+    for (client_id, seq, record) in recovered.queue {
+        let entry = match records::decode_queue_entry(&record) {
+            Ok(entry) => entry,
+            Err(e) => {
+                skip("queue", &format!("{client_id}/{seq}"), e, &mut report);
+                continue;
+            }
+        };
+        // An entry without its session (ended) is garbage; without its
+        // message, it expired, or the message is lost (counted).
+        let Some(session) = state.sessions().get(&client_id) else {
+            store.delete_entry(&client_id, seq);
+            continue;
+        };
+        let Some(message) = messages.get(&entry.message_id) else {
+            if !expired.contains(&entry.message_id) {
+                report.missing += 1;
+            }
+            store.delete_entry(&client_id, seq);
+            continue;
+        };
+        let delivery = Delivery {
+            message: message.clone(),
+            qos: entry.qos,
+            retain: entry.retain,
+            subscription_ids: entry.subscription_ids,
+            seq,
+        };
+        let mut st = session.lock();
+        match entry.sent {
+            None => {
+                st.enqueue(delivery);
+                report.queued += 1;
+            }
+            Some((packet_id, state)) => {
+                st.traffic().inflight.push_back(Inflight {
+                    packet_id,
+                    state,
+                    delivery,
+                });
+                report.inflight += 1;
+            }
+        }
+    }
+
+    for (client_id, packet_id) in recovered.inbound_qos2 {
+        if let Some(session) = state.sessions().get(&client_id) {
+            session.lock().traffic().inbound_qos2.insert(packet_id);
+        }
+    }
+
+    for (topic, record) in recovered.retained {
+        match records::decode_message(&record, &clock) {
+            Ok(Some(message)) => {
+                state.retained_mut().insert(&topic, message);
+                report.retained += 1;
+            }
+            Ok(None) => {
+                report.expired += 1;
+                store.retain(&topic, None);
+            }
+            Err(e) => skip("retained", &topic, e, &mut report),
+        }
+    }
+    // Messages no queue holds any more are deleted as they drop here.
+    drop(messages);
+
+    let file = store.path().display();
+    let took = started.elapsed();
+    tracing::info!(
+        %file,
+        sessions = report.sessions,
+        queued = report.queued,
+        in_flight = report.inflight,
+        retained = report.retained,
+        expired = report.expired,
+        ?took,
+        "restored state"
+    );
+    if report.unreadable > 0 || report.missing > 0 {
+        tracing::error!(
+            %file,
+            unreadable_records = report.unreadable,
+            queue_entries_without_message = report.missing,
+            "some stored data could not be restored; the rest was"
+        );
+    }
+}
+
+/// Rebuilds one session: subscriptions (into the tree too), expiry timer,
+/// pending will.
+fn restore_session(
+    state: &Arc<BrokerState>,
+    client_id: &str,
+    record: records::SessionRecord,
+    clock: &Clock,
+    report: &mut Report,
+) {
+    let id = ByteStr::from(client_id.to_owned());
+    let (session, _) = state
+        .sessions()
+        .get_or_create(client_id, || Session::new(id.clone(), state.queue_limits()));
+    let mut st = session.lock();
+    st.expiry_secs = record.expiry_secs;
+    for (filter, options, subscription_id) in record.subscriptions {
+        if let Some((group, inner)) = router::split_shared(&filter) {
+            let subscriber = Subscriber {
+                session: session.clone(),
+                options,
+                subscription_id,
+            };
+            state
+                .tree_mut()
+                .insert(inner, group, &session.client_id, subscriber);
+        }
+        st.subscriptions.insert(
+            filter,
+            SessionSubscription {
+                options,
+                subscription_id,
+            },
+        );
+    }
+    let now_ms = clock.unix_ms();
+    if let Some((will, due_ms)) = record.will {
+        match records::decode_message(&will, clock) {
+            Ok(Some(message)) => {
+                let delay = Duration::from_millis(due_ms.saturating_sub(now_ms));
+                st.pending_will = Some(Box::new(PendingWill {
+                    message: message.clone(),
+                    due: clock.to_instant(due_ms),
+                }));
+                registry::schedule_will(state, &session, message, delay);
+            }
+            Ok(None) => report.expired += 1,
+            Err(e) => {
+                tracing::error!(%client_id, error = %e, "skipping unreadable will");
+                report.unreadable += 1;
+            }
+        }
+    }
+    if st.expiry_secs != NEVER_EXPIRES {
+        let since = now_ms.saturating_sub(record.disconnected_at_ms.unwrap_or(now_ms));
+        let left = (u64::from(st.expiry_secs) * 1000).saturating_sub(since);
+        registry::schedule_expiry(state, &session, st.generation, Duration::from_millis(left));
+    }
+}

@@ -1,0 +1,304 @@
+//! Persistence across a restart of the broker (a clean shutdown here; the
+//! kill -9 case is `crates/tern/tests/crash.rs`): persistent sessions with
+//! their subscriptions, queued and in-flight messages, QoS 2 state on both
+//! sides, retained messages, and the data file's failure modes.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::*;
+use tern_broker::{BrokerHandle, Config};
+use tern_codec::*;
+
+const V4: ProtocolVersion = ProtocolVersion::V3_1_1;
+const V5: ProtocolVersion = ProtocolVersion::V5;
+
+/// A fresh data directory, removed when dropped.
+struct DataDir(PathBuf);
+
+impl DataDir {
+    fn new(name: &str) -> DataDir {
+        let dir = std::env::temp_dir().join(format!(
+            "tern-persistence-{name}-{}-{:?}",
+            std::process::id(),
+            std::time::SystemTime::now()
+        ));
+        DataDir(dir)
+    }
+
+    fn config(&self) -> Config {
+        Config {
+            persistence: true,
+            data_dir: self.0.clone(),
+            ..test_config()
+        }
+    }
+
+    fn file(&self) -> PathBuf {
+        self.0.join("tern.redb")
+    }
+}
+
+impl Drop for DataDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+async fn start_in(dir: &DataDir) -> BrokerHandle {
+    start_with(dir.config()).await
+}
+
+#[tokio::test]
+async fn queued_messages_and_subscriptions_survive_a_restart() {
+    let dir = DataDir::new("queue");
+    for version in [V4, V5] {
+        let broker = start_in(&dir).await;
+        let addr = broker.local_addr();
+        let (mut sub, _) = TestClient::connect_with(addr, persistent(version, "dev")).await;
+        sub.subscribe("q/#", QoS::ExactlyOnce).await;
+        sub.disconnect().await;
+        let mut publisher = TestClient::connect(addr, version, "pub").await;
+        publisher
+            .publish("q/1", b"one", QoS::AtLeastOnce, false)
+            .await;
+        publisher
+            .publish("q/2", b"two", QoS::ExactlyOnce, false)
+            .await;
+        publisher
+            .publish("q/3", b"three", QoS::AtLeastOnce, false)
+            .await;
+        broker.shutdown().await;
+
+        let broker = start_in(&dir).await;
+        let addr = broker.local_addr();
+        let (mut sub, ack) = TestClient::connect_with(addr, persistent(version, "dev")).await;
+        assert!(ack.session_present, "{version:?}: the session came back");
+        let mut received = Vec::new();
+        for expected in [&b"one"[..], b"two", b"three"] {
+            let p = sub.recv_publish().await;
+            assert_eq!(&p.payload[..], expected, "{version:?}: in order");
+            received.push(p);
+        }
+        for p in &received {
+            sub.ack(p).await;
+        }
+        sub.expect_nothing().await;
+        // The subscription was restored too: new messages are routed.
+        let mut publisher = TestClient::connect(addr, version, "pub").await;
+        publisher
+            .publish("q/4", b"four", QoS::AtLeastOnce, false)
+            .await;
+        let p = sub.recv_publish().await;
+        assert_eq!(&p.payload[..], b"four");
+        sub.ack(&p).await;
+        // Acknowledged messages are gone from the store: a further restart
+        // brings nothing back.
+        sub.disconnect().await;
+        broker.shutdown().await;
+        let broker = start_in(&dir).await;
+        let (mut sub, ack) =
+            TestClient::connect_with(broker.local_addr(), persistent(version, "dev")).await;
+        assert!(ack.session_present);
+        sub.expect_nothing().await;
+        // Clean Start ends it for good.
+        drop(sub);
+        let mut clean = persistent(version, "dev");
+        clean.clean_start = true;
+        let (sub, _) = TestClient::connect_with(broker.local_addr(), clean).await;
+        sub.disconnect().await;
+        broker.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn in_flight_messages_are_resent_with_their_packet_ids() {
+    let dir = DataDir::new("inflight");
+    let broker = start_in(&dir).await;
+    let addr = broker.local_addr();
+    let (mut sub, _) = TestClient::connect_with(addr, persistent(V5, "dev")).await;
+    sub.subscribe("t/1", QoS::AtLeastOnce).await;
+    sub.subscribe("t/2", QoS::ExactlyOnce).await;
+    let mut publisher = TestClient::connect(addr, V5, "pub").await;
+    publisher
+        .publish("t/1", b"q1", QoS::AtLeastOnce, false)
+        .await;
+    publisher
+        .publish("t/2", b"q2", QoS::ExactlyOnce, false)
+        .await;
+    publisher
+        .publish("t/2", b"q2b", QoS::ExactlyOnce, false)
+        .await;
+    let q1 = sub.recv_publish().await;
+    let q2 = sub.recv_publish().await;
+    let q2b = sub.recv_publish().await;
+    // The second QoS 2 message gets as far as PUBREC / PUBREL.
+    sub.send(Packet::PubRec(PubAck::new(q2b.packet_id.unwrap())))
+        .await;
+    match sub.recv().await {
+        Packet::PubRel(r) => assert_eq!(Some(r.packet_id), q2b.packet_id),
+        other => panic!("expected PUBREL, got {other:?}"),
+    }
+    sub.drop_connection();
+    broker.shutdown().await;
+
+    let broker = start_in(&dir).await;
+    let (mut sub, ack) = TestClient::connect_with(broker.local_addr(), persistent(V5, "dev")).await;
+    assert!(ack.session_present);
+    let again = sub.recv_publish().await;
+    assert_eq!(
+        (&again.payload[..], again.dup, again.packet_id),
+        (&b"q1"[..], true, q1.packet_id)
+    );
+    let again = sub.recv_publish().await;
+    assert_eq!(
+        (&again.payload[..], again.dup, again.packet_id),
+        (&b"q2"[..], true, q2.packet_id)
+    );
+    match sub.recv().await {
+        Packet::PubRel(r) => assert_eq!(Some(r.packet_id), q2b.packet_id),
+        other => panic!("expected PUBREL for the released message, got {other:?}"),
+    }
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_inbound_qos2_id_held_before_the_restart_is_not_routed_twice() {
+    let dir = DataDir::new("inbound");
+    let broker = start_in(&dir).await;
+    let addr = broker.local_addr();
+    let (mut sub, _) = TestClient::connect_with(addr, persistent(V5, "sub")).await;
+    sub.subscribe("x", QoS::AtLeastOnce).await;
+    let (mut publisher, _) = TestClient::connect_with(addr, persistent(V5, "pub")).await;
+    publisher
+        .send(Packet::Publish(publish_packet(
+            "x",
+            b"once",
+            QoS::ExactlyOnce,
+            7,
+        )))
+        .await;
+    match publisher.recv().await {
+        Packet::PubRec(r) => assert_eq!(r.packet_id, pid(7)),
+        other => panic!("expected PUBREC, got {other:?}"),
+    }
+    let p = sub.recv_publish().await;
+    sub.ack(&p).await;
+    publisher.drop_connection();
+    sub.disconnect().await;
+    broker.shutdown().await;
+
+    let broker = start_in(&dir).await;
+    let addr = broker.local_addr();
+    let (mut sub, _) = TestClient::connect_with(addr, persistent(V5, "sub")).await;
+    let (mut publisher, ack) = TestClient::connect_with(addr, persistent(V5, "pub")).await;
+    assert!(ack.session_present);
+    // The publisher did not see PUBCOMP, so it re-sends with DUP.
+    let mut dup = publish_packet("x", b"once", QoS::ExactlyOnce, 7);
+    dup.dup = true;
+    publisher.send(Packet::Publish(dup)).await;
+    match publisher.recv().await {
+        Packet::PubRec(r) => assert_eq!(r.packet_id, pid(7)),
+        other => panic!("expected PUBREC, got {other:?}"),
+    }
+    publisher.send(Packet::PubRel(PubAck::new(pid(7)))).await;
+    match publisher.recv().await {
+        Packet::PubComp(c) => assert_eq!((c.packet_id, c.reason), (pid(7), ReasonCode::Success)),
+        other => panic!("expected PUBCOMP, got {other:?}"),
+    }
+    sub.expect_nothing().await;
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn retained_messages_survive_and_clearing_them_does_too() {
+    let dir = DataDir::new("retained");
+    let broker = start_in(&dir).await;
+    let mut publisher = TestClient::connect(broker.local_addr(), V5, "pub").await;
+    publisher
+        .publish("r/kept", b"22.5", QoS::AtLeastOnce, true)
+        .await;
+    publisher
+        .publish("r/cleared", b"x", QoS::AtLeastOnce, true)
+        .await;
+    publisher
+        .publish("r/cleared", b"", QoS::AtLeastOnce, true)
+        .await;
+    broker.shutdown().await;
+
+    let broker = start_in(&dir).await;
+    let mut sub = TestClient::connect(broker.local_addr(), V5, "late").await;
+    sub.subscribe("r/#", QoS::AtLeastOnce).await;
+    let p = sub.recv_publish().await;
+    assert_eq!(
+        (p.topic.as_str(), &p.payload[..], p.retain),
+        ("r/kept", &b"22.5"[..], true)
+    );
+    sub.ack(&p).await;
+    sub.expect_nothing().await;
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn session_expiry_counts_the_time_the_broker_was_down() {
+    let dir = DataDir::new("expiry");
+    let broker = start_in(&dir).await;
+    let mut connect = persistent(V5, "brief");
+    connect.properties.session_expiry_interval = Some(1);
+    let (sub, _) = TestClient::connect_with(broker.local_addr(), connect.clone()).await;
+    sub.disconnect().await;
+    broker.shutdown().await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let broker = start_in(&dir).await;
+    // Restored, and already expired: the timer fires at once.
+    let waited = tokio::time::timeout(WAIT, async {
+        while broker.state().sessions().get("brief").is_some() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert!(waited.is_ok(), "the expired session is still there");
+    let (_sub, ack) = TestClient::connect_with(broker.local_addr(), connect).await;
+    assert!(!ack.session_present);
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_second_broker_on_the_same_data_directory_is_refused() {
+    let dir = DataDir::new("locked");
+    let broker = start_in(&dir).await;
+    let err = match tern_broker::Broker::start(dir.config()).await {
+        Ok(_) => panic!("a second broker opened a data file in use"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains(&dir.file().display().to_string()), "{err}");
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_data_file_that_is_not_one_is_refused_with_its_name() {
+    let dir = DataDir::new("garbage");
+    std::fs::create_dir_all(&dir.0).unwrap();
+    std::fs::write(dir.file(), vec![0xAB; 4096]).unwrap();
+    let err = match tern_broker::Broker::start(dir.config()).await {
+        Ok(_) => panic!("started on a damaged data file"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains(&dir.file().display().to_string()), "{err}");
+}
+
+#[tokio::test]
+async fn without_persistence_nothing_is_written() {
+    let dir = DataDir::new("off");
+    let config = Config {
+        persistence: false,
+        ..dir.config()
+    };
+    let broker = start_with(config).await;
+    let mut publisher = TestClient::connect(broker.local_addr(), V5, "pub").await;
+    publisher.publish("r", b"x", QoS::AtLeastOnce, true).await;
+    broker.shutdown().await;
+    assert!(!Path::new(&dir.0).exists());
+}
