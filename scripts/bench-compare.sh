@@ -112,6 +112,7 @@ max_inflight_messages = $MAX_INFLIGHT
 max_queued_messages = $MAX_QUEUED
 max_queued_bytes = $MAX_QUEUED_BYTES
 sys_interval_secs = $sys
+persistence = false
 EOF
 }
 write_configs 0

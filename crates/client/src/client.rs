@@ -110,6 +110,7 @@ impl Client {
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// # let broker = tern_broker::Broker::start(tern_broker::Config {
     /// #     bind: "127.0.0.1:0".parse()?,
+    /// #     persistence: false,
     /// #     ..Default::default()
     /// # }).await?;
     /// # let port = broker.local_addr().port();
@@ -182,6 +183,7 @@ impl Client {
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// # let broker = tern_broker::Broker::start(tern_broker::Config {
     /// #     bind: "127.0.0.1:0".parse()?,
+    /// #     persistence: false,
     /// #     ..Default::default()
     /// # }).await?;
     /// # let port = broker.local_addr().port();
@@ -216,6 +218,7 @@ impl Client {
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// # let broker = tern_broker::Broker::start(tern_broker::Config {
     /// #     bind: "127.0.0.1:0".parse()?,
+    /// #     persistence: false,
     /// #     ..Default::default()
     /// # }).await?;
     /// # let port = broker.local_addr().port();

@@ -143,6 +143,12 @@ pub struct BenchArgs {
     /// Keep-alive in seconds (0: off).
     #[arg(short = 'k', long = "keepalive", default_value_t = 60)]
     pub keep_alive: u16,
+    /// Make every session persistent: MQTT 5 Session Expiry Interval SECS
+    /// (still Clean Start, so each run starts fresh); MQTT 3.1/3.1.1 clean
+    /// session 0. With a persistent broker, QoS 1/2 then goes through its
+    /// store. Default 0: sessions end with their connections.
+    #[arg(long, value_name = "SECS", default_value_t = 0)]
+    pub session_expiry: u32,
     /// User name.
     #[arg(long)]
     pub username: Option<String>,

@@ -88,6 +88,8 @@ impl Target {
 pub struct Login {
     pub version: ProtocolVersion,
     pub keep_alive: u16,
+    /// 0: sessions end with the connection.
+    pub session_expiry: u32,
     pub username: Option<String>,
     pub password: Option<String>,
 }
@@ -145,15 +147,21 @@ async fn handshake(
         keep_alive: None,
         receive_maximum: u16::MAX,
     };
+    let v5 = login.version == ProtocolVersion::V5;
     let connect = Connect {
         protocol: login.version,
-        clean_start: true,
+        // Before MQTT 5 only clean session 0 makes a session persistent.
+        clean_start: v5 || login.session_expiry == 0,
         keep_alive: login.keep_alive,
         client_id: client_id.into(),
         will: None,
         username: login.username.as_deref().map(Into::into),
         password: login.password.clone().map(Into::into),
-        properties: ConnectProperties::default(),
+        properties: ConnectProperties {
+            session_expiry_interval: (v5 && login.session_expiry > 0)
+                .then_some(login.session_expiry),
+            ..ConnectProperties::default()
+        },
     };
     conn.send(&Packet::Connect(Box::new(connect)))?;
     conn.flush().await?;

@@ -149,6 +149,7 @@ async fn run(args: BenchArgs, plan: Plan) -> Result<(), Failure> {
     let login = Login {
         version: args.version,
         keep_alive: args.keep_alive,
+        session_expiry: args.session_expiry,
         username: args.username.clone(),
         password: args.password.clone(),
     };
