@@ -105,8 +105,12 @@ for name in "${CONFIGS[@]}"; do
     echo "$TERN bench ${BENCH[*]} -p $PORT --json --quiet" >> "$CMDS"
     "$TERN" bench "${BENCH[@]}" -p "$PORT" --json --quiet > "$OUT/runs/$name.bench.json"
     c1=$(cpu_ticks "$BROKER_PID")
-    echo "{\"cpu_s\": $(( c1 - c0 )).0, \"tck\": $CLK_TCK, \"hwm_kb\": $(hwm_kb "$BROKER_PID")}" > "$OUT/runs/$name.broker.json"
+    hwm=$(hwm_kb "$BROKER_PID")
     stop
+    # What the data directory holds once every message was acknowledged:
+    # shows that acknowledged messages are deleted and their space reused.
+    disk=$(du -sk "$OUT/data-$name" | awk '{print $1}')
+    echo "{\"cpu_s\": $(( c1 - c0 )).0, \"tck\": $CLK_TCK, \"hwm_kb\": $hwm, \"disk_kb\": $disk}" > "$OUT/runs/$name.broker.json"
 done
 
 # Restart time with RESTART_MESSAGES messages queued for an offline persistent session.
@@ -142,14 +146,14 @@ for n in names:
     cpu = m["cpu_s"] / m["tck"]
     rows[n] = dict(rate=b["delivered_per_sec"], cpu_us=cpu * 1e6 / max(b["received_total"], 1),
                    p50=b["latency_us"]["p50"], p99=b["latency_us"]["p99"], hwm=m["hwm_kb"] / 1024,
-                   lost=b["lost"])
+                   lost=b["lost"], total=b["received_total"], disk=m["disk_kb"])
 print(f"Durable QoS 1: p2p 16 pairs, QoS 1, window 100, persistent sessions; {dur} s measured + {warm} s warm-up\n")
-print("| broker | delivered msg/s | broker CPU µs/msg | p50 | p99 | peak RSS | lost | msg/s vs tern-memory |")
-print("|---|---:|---:|---:|---:|---:|---:|---:|")
+print("| broker | delivered msg/s | broker CPU µs/msg | p50 | p99 | peak RSS | lost | msg/s vs tern-memory | messages | data dir after |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 base = rows["tern-memory"]["rate"]
 for n, r in rows.items():
     print(f"| {n} | {r['rate']:,.0f} | {r['cpu_us']:.2f} | {r['p50']/1000:.2f} ms | {r['p99']/1000:.2f} ms "
-          f"| {r['hwm']:.1f} MiB | {r['lost']} | {r['rate']/base:.2f}× |")
+          f"| {r['hwm']:.1f} MiB | {r['lost']} | {r['rate']/base:.2f}× | {r['total']:,} | {r['disk']} KiB |")
 print()
 print(f"tern-fsync / tern-memory: **{rows['tern-fsync']['rate']/base:.2f}×** (target ≥ 0.5×); "
       f"tern-fsync / mosquitto-persistence: **{rows['tern-fsync']['rate']/rows['mosquitto-persistence']['rate']:.2f}×**\n")

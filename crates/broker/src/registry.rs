@@ -98,25 +98,32 @@ pub async fn attach(
 /// longer outlives its connection). `replaced`: Clean Start ended a previous
 /// session of this client id, whose record goes first. Returns the ticket.
 fn persist_attached(state: &BrokerState, session: &Session, replaced: bool) -> u64 {
-    let Some(store) = &state.store else {
-        return 0;
-    };
-    let st = session.lock();
+    let mut st = session.lock();
     if replaced || st.expiry_secs == 0 {
-        store.delete_session(&session.client_id);
+        unpersist(state, session, &mut st);
     }
-    if st.expiry_secs == 0 {
-        return store.durable();
-    }
-    store.put_session(&session.client_id, &st)
+    persist(state, session, &mut st)
 }
 
 /// Rewrites a persistent session's record after a change (subscriptions,
 /// disconnect, will). Returns the ticket (0 if nothing was stored).
-pub fn persist(state: &BrokerState, session: &Session, st: &SessionState) -> u64 {
+pub fn persist(state: &BrokerState, session: &Session, st: &mut SessionState) -> u64 {
     match &state.store {
-        Some(store) if st.expiry_secs != 0 => store.put_session(&session.client_id, st),
+        Some(store) if st.expiry_secs != 0 => {
+            st.stored = true;
+            store.put_session(&session.client_id, st)
+        }
         _ => 0,
+    }
+}
+
+/// Deletes the session's record, queue and QoS 2 ids from the store, if it
+/// has any (a session that was never persistent costs the store nothing).
+fn unpersist(state: &BrokerState, session: &Session, st: &mut SessionState) {
+    if let Some(store) = &state.store
+        && std::mem::take(&mut st.stored)
+    {
+        store.delete_session(&session.client_id);
     }
 }
 
@@ -148,9 +155,7 @@ pub fn detach(state: &Arc<BrokerState>, session: &Arc<Session>, departure: Depar
             will_delay = 0;
             ended = Some(st.clear());
             sessions.remove(session);
-            if let Some(store) = &state.store {
-                store.delete_session(&session.client_id);
-            }
+            unpersist(state, session, &mut st);
         } else {
             // The will waits for the lesser of its delay and the expiry.
             will_delay = will_delay.min(st.expiry_secs);
@@ -172,7 +177,7 @@ pub fn detach(state: &Arc<BrokerState>, session: &Arc<Session>, departure: Depar
         will => will,
     };
     if still_attached {
-        persist(state, session, &st);
+        persist(state, session, &mut st);
     }
     drop(st);
     drop(sessions);
@@ -211,7 +216,7 @@ pub(crate) fn schedule_will(
                 _ => None,
             };
             if due.is_some() {
-                persist(&state2, &session, &st);
+                persist(&state2, &session, &mut st);
             }
             due.map(|w| w.message)
         };
@@ -250,11 +255,9 @@ fn expire(state: &Arc<BrokerState>, session: &Arc<Session>, generation: u64) {
     }
     let will = st.pending_will.take().map(|w| w.message);
     let subscriptions = st.clear();
+    unpersist(state, session, &mut st);
     drop(st);
     sessions.remove(session);
-    if let Some(store) = &state.store {
-        store.delete_session(&session.client_id);
-    }
     drop(sessions);
     tracing::debug!(client_id = %session.client_id, "session expired");
     remove_subscriptions(state, session, subscriptions.into_keys());

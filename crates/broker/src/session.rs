@@ -125,6 +125,8 @@ pub struct SessionState {
     pub pending_will: Option<Box<PendingWill>>,
     /// Deliveries dropped because the queue was full.
     pub dropped: u64,
+    /// Whether the store holds a record of this session.
+    pub stored: bool,
     limits: QueueLimits,
     /// The attached connection, while it is parked (idle, without a task).
     pub parked: Option<Box<Parked>>,
@@ -166,6 +168,7 @@ impl Session {
                 generation: 0,
                 pending_will: None,
                 dropped: 0,
+                stored: false,
                 limits,
                 parked: None,
             }),

@@ -38,8 +38,8 @@ pub fn handle(client: &mut Client, subscribe: Subscribe) -> Result<Flow, Protoco
     }
     // The SUBACK promises the subscriptions: it waits for the session record.
     let ticket = {
-        let st = client.session.lock();
-        registry::persist(&client.state, &client.session, &st)
+        let mut st = client.session.lock();
+        registry::persist(&client.state, &client.session, &mut st)
     };
     client.hold_until(ticket);
     client.send(&Packet::SubAck(SubAck {

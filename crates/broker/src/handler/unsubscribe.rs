@@ -31,8 +31,8 @@ pub fn handle(client: &mut Client, unsubscribe: Unsubscribe) -> Result<Flow, Pro
         });
     }
     let ticket = {
-        let st = client.session.lock();
-        registry::persist(&client.state, &client.session, &st)
+        let mut st = client.session.lock();
+        registry::persist(&client.state, &client.session, &mut st)
     };
     client.hold_until(ticket);
     client.send(&Packet::UnsubAck(UnsubAck {

@@ -183,6 +183,7 @@ fn restore_session(
         .get_or_create(client_id, || Session::new(id.clone(), state.queue_limits()));
     let mut st = session.lock();
     st.expiry_secs = record.expiry_secs;
+    st.stored = true;
     for (filter, options, subscription_id) in record.subscriptions {
         if let Some((group, inner)) = router::split_shared(&filter) {
             let subscriber = Subscriber {
