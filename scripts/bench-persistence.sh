@@ -50,8 +50,8 @@ cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'; }
 hwm_kb() { awk '$1 == "VmHWM:" {print $2}' "/proc/$1/status"; }
 
 # One broker configuration: $1 name; the config file is $OUT/conf/$1.*
-start() {
-    local name="$1" log="$OUT/logs/$1.log"
+start() { # $1 config name, $2 log name (default: the config name)
+    local name="$1" log="$OUT/logs/${2:-$1}.log"
     if port_open; then say "port $PORT is in use"; exit 1; fi
     case "$name" in
         mosquitto*) cmd=("$MOSQUITTO" -c "$OUT/conf/$name.conf") ;;
@@ -118,7 +118,8 @@ restart() { # $1 config name
     local name="$1"
     say "=== restart: $name with $RESTART_MESSAGES queued messages"
     start "$name"
-    "$TERN" sub -p "$PORT" -i restart-probe -c -x 3600 -q 1 -t 'fill/#' -W 1 >/dev/null 2>&1 || true
+    echo "$TERN sub -p $PORT -i restart-probe -c -x 3600 -q 1 -t 'fill/#' -W 1" >> "$CMDS"
+    "$TERN" sub -p "$PORT" -i restart-probe -c -x 3600 -q 1 -t 'fill/#' -W 1 >"$OUT/logs/probe-$name.log" 2>&1 || true
     local rate=50000 secs=$(( (RESTART_MESSAGES + 49999) / 50000 ))
     rate=$(( RESTART_MESSAGES / (secs * 4) ))
     echo "$TERN bench pub -P 4 -q 1 -r $rate -t 'fill/%i' -d $secs --warmup 0 --drain 1 -p $PORT --json --quiet" >> "$CMDS"
@@ -127,8 +128,9 @@ restart() { # $1 config name
     stop
     local t0 t1
     t0=$(date +%s%N)
-    start "$name"
+    start "$name" "restart-$name"
     t1=$(date +%s%N)
+    sleep 0.5
     echo "{\"start_ms\": $(( (t1 - t0) / 1000000 ))}" > "$OUT/runs/restart-$name.json"
     stop
 }
@@ -162,7 +164,7 @@ print("|---|---:|---:|---|")
 for n in ["tern-fsync", "mosquitto-persistence"]:
     fill = json.load(open(f"{out}/runs/restart-{n}.fill.json"))
     start = json.load(open(f"{out}/runs/restart-{n}.json"))["start_ms"]
-    log = open(f"{out}/logs/{n}.log", errors="replace").read()
+    log = open(f"{out}/logs/restart-{n}.log", errors="replace").read()
     found = re.findall(r"restored state.*", log)
     print(f"| {n} | {fill['sent_total']:,} | {start} ms | {found[-1][:160] if found else '-'} |")
 EOF

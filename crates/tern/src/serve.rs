@@ -44,6 +44,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
+    let mut signals = ShutdownSignals::install()?;
     let persistence = config.persistence.then(|| config.data_dir.clone());
     let broker = Broker::start(config).await?;
     let addr = broker.local_addr();
@@ -66,32 +67,50 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             tracing::info!("persistence is off: sessions and retained messages live in memory only")
         }
     }
-    shutdown_signal().await;
+    signals.recv().await;
     tracing::info!("shutting down: disconnecting clients");
     broker.shutdown().await;
     tracing::info!("stopped");
     Ok(())
 }
 
-/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
+/// SIGINT (Ctrl-C) and SIGTERM, caught from before the broker starts: a
+/// signal that came before they were installed would kill the process at
+/// once, without the clean shutdown (DISCONNECT to clients, store flushed).
+#[cfg(unix)]
+struct ShutdownSignals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+#[cfg(unix)]
+impl ShutdownSignals {
+    fn install() -> anyhow::Result<ShutdownSignals> {
         use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+        Ok(ShutdownSignals {
+            interrupt: signal(SignalKind::interrupt()).context("cannot catch SIGINT")?,
+            terminate: signal(SignalKind::terminate()).context("cannot catch SIGTERM")?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
         }
     }
-    #[cfg(not(unix))]
-    {
+}
+
+#[cfg(not(unix))]
+struct ShutdownSignals;
+
+#[cfg(not(unix))]
+impl ShutdownSignals {
+    fn install() -> anyhow::Result<ShutdownSignals> {
+        Ok(ShutdownSignals)
+    }
+
+    async fn recv(&mut self) {
         let _ = tokio::signal::ctrl_c().await;
     }
 }

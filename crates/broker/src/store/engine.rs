@@ -55,6 +55,8 @@
 //! commits since the last fsync, or damage the file so it is refused: that
 //! is the mode's documented trade.)
 
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read};
 use std::ops::Bound;
@@ -64,6 +66,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
+use tern_codec::ByteStr;
 
 use redb::backends::FileBackend;
 use redb::{
@@ -147,10 +150,10 @@ pub enum Durability {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
     /// Inserts or replaces a session record.
-    PutSession { client_id: String, record: Vec<u8> },
+    PutSession { client_id: ByteStr, record: Vec<u8> },
     /// Removes the session record AND every queue and inbound entry of that
     /// client id.
-    DeleteSession { client_id: String },
+    DeleteSession { client_id: ByteStr },
     /// Inserts or replaces a message record (shared by the queues that
     /// reference its id).
     PutMessage { id: u64, record: Vec<u8> },
@@ -158,20 +161,23 @@ pub enum Op {
     DeleteMessage { id: u64 },
     /// Inserts or replaces one entry of a client's delivery queue.
     PutQueue {
-        client_id: String,
+        client_id: ByteStr,
         seq: u64,
         entry: Vec<u8>,
+        /// The entry is new: no earlier change wrote this key. (A new
+        /// entry deleted before it was committed costs nothing at all.)
+        new: bool,
     },
     /// Removes one entry of a client's delivery queue.
-    DeleteQueue { client_id: String, seq: u64 },
+    DeleteQueue { client_id: ByteStr, seq: u64 },
     /// Records a QoS 2 packet id received from a client and not yet released.
-    PutInbound { client_id: String, packet_id: u16 },
+    PutInbound { client_id: ByteStr, packet_id: u16 },
     /// Forgets a QoS 2 packet id (PUBREL received).
-    DeleteInbound { client_id: String, packet_id: u16 },
+    DeleteInbound { client_id: ByteStr, packet_id: u16 },
     /// Inserts or replaces the retained message of a topic.
-    PutRetained { topic: String, record: Vec<u8> },
+    PutRetained { topic: ByteStr, record: Vec<u8> },
     /// Removes the retained message of a topic.
-    DeleteRetained { topic: String },
+    DeleteRetained { topic: ByteStr },
 }
 
 /// Everything in the file at open, for the broker to rebuild its state from.
@@ -405,9 +411,14 @@ impl Engine {
             self.refused(1);
             return ticket;
         }
+        // The writer only waits on an empty queue: wake it for the first
+        // change only (a notify is a futex syscall, too dear per change).
+        let wake = state.pending.is_empty();
         state.pending.push((ticket, op));
         drop(state);
-        self.shared.work.notify_one();
+        if wake {
+            self.shared.work.notify_one();
+        }
         ticket
     }
 
@@ -431,9 +442,12 @@ impl Engine {
             self.refused(ops.len());
             return ticket;
         }
+        let wake = state.pending.is_empty();
         state.pending.extend(ops.into_iter().map(|op| (ticket, op)));
         drop(state);
-        self.shared.work.notify_one();
+        if wake {
+            self.shared.work.notify_one();
+        }
         ticket
     }
 
@@ -943,8 +957,11 @@ impl Writer {
         let txn = db.begin_write()?;
         {
             let mut tables = Tables::new(&txn);
-            for (_, op) in chunk {
-                tables.apply(op)?;
+            let superseded = superseded(chunk);
+            for ((_, op), skip) in chunk.iter().zip(superseded) {
+                if !skip {
+                    tables.apply(op)?;
+                }
             }
         }
         txn.commit()?;
@@ -961,6 +978,90 @@ impl Writer {
             tracing::error!(file = %self.shared.path.display(), error = %err, "cannot close the data file cleanly; it will be repaired at the next start");
         }
     }
+}
+
+/// The key an op writes, for coalescing. Hashed by its numeric part where
+/// it has one (ids and seqs are nearly unique on their own), compared whole.
+#[derive(PartialEq, Eq)]
+enum Key<'a> {
+    Session(&'a str),
+    Message(u64),
+    Queue(&'a str, u64),
+    Inbound(&'a str, u16),
+    Retained(&'a str),
+}
+
+impl std::hash::Hash for Key<'_> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        match self {
+            Key::Session(id) | Key::Retained(id) => id.hash(state),
+            Key::Message(n) | Key::Queue(_, n) => n.hash(state),
+            Key::Inbound(id, n) => (id, n).hash(state),
+        }
+    }
+}
+
+fn key(op: &Op) -> Option<Key<'_>> {
+    Some(match op {
+        Op::PutSession { client_id, .. } => Key::Session(client_id),
+        Op::DeleteSession { .. } => return None,
+        Op::PutMessage { id, .. } | Op::DeleteMessage { id } => Key::Message(*id),
+        Op::PutQueue { client_id, seq, .. } | Op::DeleteQueue { client_id, seq } => {
+            Key::Queue(client_id, *seq)
+        }
+        Op::PutInbound {
+            client_id,
+            packet_id,
+        }
+        | Op::DeleteInbound {
+            client_id,
+            packet_id,
+        } => Key::Inbound(client_id, *packet_id),
+        Op::PutRetained { topic, .. } | Op::DeleteRetained { topic } => Key::Retained(topic),
+    })
+}
+
+/// Which ops of one transaction need not be applied: every op on a key that
+/// a later op of the same transaction overwrites or deletes, and all the ops
+/// on a key that is created and deleted within the transaction (a new
+/// message or queue entry). The commit's result is the same, and this is the
+/// common case of a busy broker: a message stored, sent, acknowledged and
+/// deleted between two commits costs no write at all. A `DeleteSession` (a
+/// range delete) turns this off for its transaction, to keep its order with
+/// the ops around it.
+fn superseded(chunk: &[(u64, Op)]) -> Vec<bool> {
+    let mut skip = vec![false; chunk.len()];
+    if chunk
+        .iter()
+        .any(|(_, op)| matches!(op, Op::DeleteSession { .. }))
+    {
+        return skip;
+    }
+    // Per key: whether its first op here creates it, and its last op.
+    let mut keys: HashMap<Key<'_>, (bool, usize)> = HashMap::with_capacity(chunk.len());
+    for (i, (_, op)) in chunk.iter().enumerate() {
+        let Some(key) = key(op) else { continue };
+        let creates = matches!(op, Op::PutMessage { .. } | Op::PutQueue { new: true, .. });
+        match keys.entry(key) {
+            Entry::Occupied(mut seen) => {
+                skip[seen.get().1] = true;
+                seen.get_mut().1 = i;
+            }
+            Entry::Vacant(slot) => {
+                slot.insert((creates, i));
+            }
+        }
+    }
+    for (created, last) in keys.into_values() {
+        let deleted = matches!(
+            chunk[last].1,
+            Op::DeleteMessage { .. } | Op::DeleteQueue { .. }
+        );
+        if created && deleted {
+            skip[last] = true;
+        }
+    }
+    skip
 }
 
 /// End of the transaction that starts at `start`: `MAX_TXN_OPS` ops, then
@@ -1034,6 +1135,7 @@ impl<'t> Tables<'t> {
                 client_id,
                 seq,
                 entry,
+                ..
             } => {
                 table(&mut self.queue, txn, QUEUE)?
                     .insert((client_id.as_str(), *seq), entry.as_slice())?;
@@ -1134,6 +1236,47 @@ mod tests {
         recovered
     }
 
+    /// Within one transaction only the last op on each key is applied, and
+    /// nothing at all for a key created and deleted in it; a range delete of
+    /// a session turns that off.
+    #[test]
+    fn superseded_ops_are_skipped_within_a_transaction() {
+        let queue = |seq, new| Op::PutQueue {
+            client_id: n("c"),
+            seq,
+            entry: vec![1],
+            new,
+        };
+        let message = |id| Op::PutMessage {
+            id,
+            record: vec![1],
+        };
+        let delete = |seq| Op::DeleteQueue {
+            client_id: n("c"),
+            seq,
+        };
+        let chunk: Vec<(u64, Op)> = vec![
+            (1, message(1)),
+            (2, queue(7, true)),
+            (3, queue(7, false)),
+            (4, message(2)),
+            (5, delete(7)),
+            (6, Op::DeleteMessage { id: 1 }),
+            // Written by an earlier transaction: its delete must be applied.
+            (7, queue(3, false)),
+            (8, delete(3)),
+        ];
+        let skipped = [true, true, true, false, true, true, true, false];
+        assert_eq!(superseded(&chunk), skipped);
+        let mut with_range = chunk;
+        with_range.push((9, Op::DeleteSession { client_id: n("x") }));
+        assert!(superseded(&with_range).iter().all(|skip| !skip));
+    }
+
+    fn n(v: &str) -> ByteStr {
+        ByteStr::from(v.to_owned())
+    }
+
     fn s(v: &str) -> String {
         v.to_owned()
     }
@@ -1188,19 +1331,19 @@ mod tests {
 
         let ops = [
             Op::PutSession {
-                client_id: s("c2"),
+                client_id: n("c2"),
                 record: b"s2".to_vec(),
             },
             Op::PutSession {
-                client_id: s("c1"),
+                client_id: n("c1"),
                 record: b"s1".to_vec(),
             },
             Op::PutSession {
-                client_id: s("gone"),
+                client_id: n("gone"),
                 record: b"x".to_vec(),
             },
             Op::DeleteSession {
-                client_id: s("gone"),
+                client_id: n("gone"),
             },
             Op::PutMessage {
                 id: 7,
@@ -1216,58 +1359,62 @@ mod tests {
             },
             Op::DeleteMessage { id: 8 },
             Op::PutQueue {
-                client_id: s("c1"),
+                client_id: n("c1"),
                 seq: 2,
                 entry: b"q2".to_vec(),
+                new: true,
             },
             Op::PutQueue {
-                client_id: s("c1"),
+                client_id: n("c1"),
                 seq: 1,
                 entry: b"q1".to_vec(),
+                new: true,
             },
             Op::PutQueue {
-                client_id: s("c0"),
+                client_id: n("c0"),
                 seq: 9,
                 entry: b"q9".to_vec(),
+                new: true,
             },
             Op::PutQueue {
-                client_id: s("c1"),
+                client_id: n("c1"),
                 seq: 3,
                 entry: b"q3".to_vec(),
+                new: true,
             },
             Op::DeleteQueue {
-                client_id: s("c1"),
+                client_id: n("c1"),
                 seq: 3,
             },
             Op::PutInbound {
-                client_id: s("c1"),
+                client_id: n("c1"),
                 packet_id: 65535,
             },
             Op::PutInbound {
-                client_id: s("c1"),
+                client_id: n("c1"),
                 packet_id: 1,
             },
             Op::PutInbound {
-                client_id: s("c1"),
+                client_id: n("c1"),
                 packet_id: 2,
             },
             Op::DeleteInbound {
-                client_id: s("c1"),
+                client_id: n("c1"),
                 packet_id: 2,
             },
             Op::PutRetained {
-                topic: s("a/b"),
+                topic: n("a/b"),
                 record: b"r1".to_vec(),
             },
             Op::PutRetained {
-                topic: s("a"),
+                topic: n("a"),
                 record: b"r0".to_vec(),
             },
             Op::PutRetained {
-                topic: s("x"),
+                topic: n("x"),
                 record: b"rx".to_vec(),
             },
-            Op::DeleteRetained { topic: s("x") },
+            Op::DeleteRetained { topic: n("x") },
         ];
         let mut last = 0;
         for op in ops {
@@ -1335,36 +1482,36 @@ mod tests {
         ]);
         // Separate submits, not waited for: applied in ticket order too.
         engine.submit(Op::PutRetained {
-            topic: s("t"),
+            topic: n("t"),
             record: b"1".to_vec(),
         });
-        engine.submit(Op::DeleteRetained { topic: s("t") });
+        engine.submit(Op::DeleteRetained { topic: n("t") });
         engine.submit(Op::PutRetained {
-            topic: s("u"),
+            topic: n("u"),
             record: b"1".to_vec(),
         });
         engine.submit(Op::PutRetained {
-            topic: s("u"),
+            topic: n("u"),
             record: b"2".to_vec(),
         });
         engine.flush();
         // Across committed batches.
         engine.submit(Op::PutSession {
-            client_id: s("c"),
+            client_id: n("c"),
             record: b"1".to_vec(),
         });
         engine.flush();
-        engine.submit(Op::DeleteSession { client_id: s("c") });
+        engine.submit(Op::DeleteSession { client_id: n("c") });
         engine.flush();
         engine.submit(Op::PutSession {
-            client_id: s("d"),
+            client_id: n("d"),
             record: b"1".to_vec(),
         });
         engine.flush();
-        engine.submit(Op::DeleteSession { client_id: s("d") });
+        engine.submit(Op::DeleteSession { client_id: n("d") });
         engine.flush();
         engine.submit(Op::PutSession {
-            client_id: s("d"),
+            client_id: n("d"),
             record: b"2".to_vec(),
         });
         engine.close();
@@ -1386,27 +1533,28 @@ mod tests {
         let mut ops = Vec::new();
         for client in clients {
             ops.push(Op::PutSession {
-                client_id: s(client),
+                client_id: n(client),
                 record: client.as_bytes().to_vec(),
             });
             for seq in [0, 1, u64::MAX] {
                 ops.push(Op::PutQueue {
-                    client_id: s(client),
+                    client_id: n(client),
                     seq,
                     entry: vec![1],
+                    new: true,
                 });
             }
             for packet_id in [0, 7, u16::MAX] {
                 ops.push(Op::PutInbound {
-                    client_id: s(client),
+                    client_id: n(client),
                     packet_id,
                 });
             }
         }
         engine.submit_all(ops);
-        engine.submit(Op::DeleteSession { client_id: s("a") });
+        engine.submit(Op::DeleteSession { client_id: n("a") });
         engine.submit(Op::DeleteSession {
-            client_id: s("never-existed"),
+            client_id: n("never-existed"),
         });
         engine.close();
 
@@ -1567,7 +1715,7 @@ mod tests {
             engine.submit(put_message(id, 32));
         }
         engine.submit(Op::PutSession {
-            client_id: s("c"),
+            client_id: n("c"),
             record: vec![1, 2],
         });
         engine.flush();

@@ -25,7 +25,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use tern_codec::QoS;
+use tern_codec::{ByteStr, QoS};
 use tokio::sync::watch;
 
 pub use self::engine::{Durability, Recovered, StoreError};
@@ -158,16 +158,16 @@ impl Store {
     }
 
     /// Deletes one queue entry (found useless at restart).
-    pub(crate) fn delete_entry(&self, client_id: &str, seq: u64) {
+    pub(crate) fn delete_entry(&self, client_id: &ByteStr, seq: u64) {
         self.submit(Op::DeleteQueue {
-            client_id: client_id.to_owned(),
+            client_id: client_id.clone(),
             seq,
         });
     }
 
     /// Stores a delivery queued for a persistent session: sets its `seq`.
     /// Returns the ticket.
-    pub fn queue(self: &Arc<Self>, client_id: &str, delivery: &mut Delivery) -> u64 {
+    pub fn queue(self: &Arc<Self>, client_id: &ByteStr, delivery: &mut Delivery) -> u64 {
         let message_id = self.message_id(&delivery.message);
         delivery.seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
         let entry = QueueEntry {
@@ -184,7 +184,7 @@ impl Store {
     /// `state` (or, `None`, that it is done: acknowledged, expired, or QoS 0).
     pub fn update(
         self: &Arc<Self>,
-        client_id: &str,
+        client_id: &ByteStr,
         delivery: &Delivery,
         sent: Option<(NonZeroU16, InflightState)>,
     ) -> u64 {
@@ -193,7 +193,7 @@ impl Store {
         }
         match sent {
             None => self.submit(Op::DeleteQueue {
-                client_id: client_id.to_owned(),
+                client_id: client_id.clone(),
                 seq: delivery.seq,
             }),
             Some(sent) => {
@@ -209,16 +209,18 @@ impl Store {
         }
     }
 
-    fn put_entry(&self, client_id: &str, delivery: &Delivery, entry: &QueueEntry) -> u64 {
+    fn put_entry(&self, client_id: &ByteStr, delivery: &Delivery, entry: &QueueEntry) -> u64 {
         self.submit(Op::PutQueue {
-            client_id: client_id.to_owned(),
+            client_id: client_id.clone(),
             seq: delivery.seq,
             entry: records::encode_queue_entry(entry),
+            // Only `queue` writes entries not yet sent, and it takes a new seq.
+            new: entry.sent.is_none(),
         })
     }
 
     /// Writes the session's record (subscriptions, expiry, pending will).
-    pub fn put_session(&self, client_id: &str, st: &SessionState) -> u64 {
+    pub fn put_session(&self, client_id: &ByteStr, st: &SessionState) -> u64 {
         let clock = Clock::now();
         let record = SessionRecord {
             expiry_secs: st.expiry_secs,
@@ -234,21 +236,21 @@ impl Store {
             }),
         };
         self.submit(Op::PutSession {
-            client_id: client_id.to_owned(),
+            client_id: client_id.clone(),
             record: records::encode_session(&record),
         })
     }
 
     /// Deletes the session's record, queue and inbound QoS 2 ids.
-    pub fn delete_session(&self, client_id: &str) -> u64 {
+    pub fn delete_session(&self, client_id: &ByteStr) -> u64 {
         self.submit(Op::DeleteSession {
-            client_id: client_id.to_owned(),
+            client_id: client_id.clone(),
         })
     }
 
     /// Records an inbound QoS 2 packet id (`held`) or its release.
-    pub fn inbound(&self, client_id: &str, packet_id: u16, held: bool) -> u64 {
-        let client_id = client_id.to_owned();
+    pub fn inbound(&self, client_id: &ByteStr, packet_id: u16, held: bool) -> u64 {
+        let client_id = client_id.clone();
         self.submit(if held {
             Op::PutInbound {
                 client_id,
@@ -263,8 +265,8 @@ impl Store {
     }
 
     /// Stores a retained message, or (`None`) clears the topic.
-    pub fn retain(&self, topic: &str, message: Option<&Message>) -> u64 {
-        let topic = topic.to_owned();
+    pub fn retain(&self, topic: &ByteStr, message: Option<&Message>) -> u64 {
+        let topic = topic.clone();
         self.submit(match message {
             Some(m) => Op::PutRetained {
                 topic,

@@ -106,13 +106,14 @@ pub fn encode_message(message: &Message, clock: &Clock) -> Vec<u8> {
         payload: message.payload.clone(),
         properties: message.properties.clone(),
     });
-    let mut out = BytesMut::from(&w.0[..]);
+    let mut out = BytesMut::with_capacity(w.0.len() + message.size() + 64);
+    out.extend_from_slice(&w.0);
     if let Err(e) = publish.encode(ProtocolVersion::V5, &mut out) {
         // Every routed message came from a PUBLISH or will we decoded, so it
         // encodes; should it not, the record still decodes to an error.
         tracing::error!(topic = %message.topic, error = %e, "cannot encode message for the store");
     }
-    out.to_vec()
+    Vec::from(out)
 }
 
 /// Decodes a message. `None` if it has expired by `clock`.

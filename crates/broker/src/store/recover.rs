@@ -90,14 +90,14 @@ pub fn restore(state: &Arc<BrokerState>, recovered: Recovered) {
         // An entry without its session (ended) is garbage; without its
         // message, it expired, or the message is lost (counted).
         let Some(session) = state.sessions().get(&client_id) else {
-            store.delete_entry(&client_id, seq);
+            store.delete_entry(&ByteStr::from(client_id.clone()), seq);
             continue;
         };
         let Some(message) = messages.get(&entry.message_id) else {
             if !expired.contains(&entry.message_id) {
                 report.missing += 1;
             }
-            store.delete_entry(&client_id, seq);
+            store.delete_entry(&ByteStr::from(client_id.clone()), seq);
             continue;
         };
         let delivery = Delivery {
@@ -138,7 +138,7 @@ pub fn restore(state: &Arc<BrokerState>, recovered: Recovered) {
             }
             Ok(None) => {
                 report.expired += 1;
-                store.retain(&topic, None);
+                store.retain(&ByteStr::from(topic.clone()), None);
             }
             Err(e) => skip("retained", &topic, e, &mut report),
         }
