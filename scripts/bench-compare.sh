@@ -188,22 +188,29 @@ EOF
 
 want() { [ -z "$ONLY" ] || [[ ",$ONLY," == *",$1,"* ]]; }
 
-# A throughput/latency scenario: $1 id, $2 taskset cpus ("" = unpinned), rest: bench args.
+# One run: $1 run id (file names), $2 broker, $3 taskset cpus ("" = unpinned), rest: bench
+# args. Starts the broker fresh, runs `tern bench`, records, stops the broker.
+run_once() {
+    local run="$1" broker="$2" cpus="$3"; shift 3
+    start_broker "$broker" 0 "$cpus" "$run"
+    local port c0 c1
+    port=$(port_of "$broker")
+    c0=$(cpu_ticks "$BROKER_PID")
+    bench "$OUT/runs/$run-$broker.bench.json" "$@" -p "$port" \
+        -d "$DURATION" --warmup "$WARMUP" --drain "$DRAIN"
+    c1=$(cpu_ticks "$BROKER_PID")
+    record "$run" "$broker" "$OUT/runs/$run-$broker.bench.json" $((c1 - c0)) \
+        "pinned=\"$cpus\""
+    stop_broker
+}
+
+# A throughput scenario: $1 id, $2 taskset cpus ("" = unpinned), rest: bench args.
 scenario() {
     local id="$1" cpus="$2"; shift 2
     want "$id" || return 0
     for broker in mosquitto tern; do
         say ""; say "=== $id on $broker"
-        start_broker "$broker" 0 "$cpus" "$id"
-        local port c0 c1
-        port=$(port_of "$broker")
-        c0=$(cpu_ticks "$BROKER_PID")
-        bench "$OUT/runs/$id-$broker.bench.json" "$@" -p "$port" \
-            -d "$DURATION" --warmup "$WARMUP" --drain "$DRAIN"
-        c1=$(cpu_ticks "$BROKER_PID")
-        record "$id" "$broker" "$OUT/runs/$id-$broker.bench.json" $((c1 - c0)) \
-            "pinned=\"$cpus\""
-        stop_broker
+        run_once "$id" "$broker" "$cpus" "$@"
     done
 }
 
@@ -217,16 +224,7 @@ latency_scenario() {
     for round in $(seq "$LATENCY_ROUNDS"); do
         for broker in mosquitto tern; do
             say ""; say "=== $id on $broker, round $round of $LATENCY_ROUNDS"
-            start_broker "$broker" 0 "" "$id"
-            local port c0 c1
-            port=$(port_of "$broker")
-            c0=$(cpu_ticks "$BROKER_PID")
-            bench "$OUT/runs/$id-r$round-$broker.bench.json" "$@" -p "$port" \
-                -d "$DURATION" --warmup "$WARMUP" --drain "$DRAIN"
-            c1=$(cpu_ticks "$BROKER_PID")
-            record "$id-r$round" "$broker" "$OUT/runs/$id-r$round-$broker.bench.json" \
-                $((c1 - c0)) "pinned=\"\""
-            stop_broker
+            run_once "$id-r$round" "$broker" "" "$@"
         done
     done
     python3 - "$OUT/runs" "$id" "$LATENCY_ROUNDS" <<'PYEOF'

@@ -16,6 +16,7 @@ use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::session::{Delivery, Session};
 use crate::state::{BrokerState, Subscriber};
+use crate::store::Group;
 use crate::topic_tree::Matched;
 
 /// Splits `$share/group/filter` into `(Some(group), filter)`; any other
@@ -54,6 +55,12 @@ pub struct Routed {
 
 /// Stores (if retained) and routes a message.
 pub fn publish(state: &BrokerState, message: Arc<Message>) -> Routed {
+    publish_with(state, message, Group::default())
+}
+
+/// [`publish`], with `group` (changes that must land with the message's
+/// deliveries: an inbound QoS 2 id) stored in the same transaction.
+pub fn publish_with(state: &BrokerState, message: Arc<Message>, group: Group) -> Routed {
     let mut ticket = 0;
     if message.retain && state.config.retain_available {
         let mut retained = state.retained_mut();
@@ -72,15 +79,18 @@ pub fn publish(state: &BrokerState, message: Arc<Message>) -> Routed {
             ticket = store.retain(&message.topic, kept.then_some(&*message));
         }
     }
-    let mut routed = route(state, &message);
+    let mut routed = route(state, &message, group);
     routed.ticket = routed.ticket.max(ticket);
     routed
 }
 
-/// Queues `message` for every matching subscription.
-fn route(state: &BrokerState, message: &Arc<Message>) -> Routed {
+/// Queues `message` for every matching subscription. With a store, the
+/// deliveries to persistent sessions and `group` land in one transaction,
+/// and the deliveries become visible to their connections after that.
+fn route(state: &BrokerState, message: &Arc<Message>, mut group: Group) -> Routed {
     let targets = merge_overlapping(matching_targets(state, message));
     let mut routed = Routed::default();
+    let mut staged = Vec::new();
     for target in targets {
         let delivery = Delivery {
             message: message.clone(),
@@ -91,12 +101,26 @@ fn route(state: &BrokerState, message: &Arc<Message>) -> Routed {
             subscription_ids: target.subscription_ids,
             seq: 0,
         };
-        match target.session.deliver(delivery, state.store.as_ref()) {
-            Some(ticket) => {
-                routed.queued += 1;
-                routed.ticket = routed.ticket.max(ticket);
-            }
-            None => Metrics::add(&state.metrics.publish_dropped, 1),
+        let queued = match &state.store {
+            None => target.session.deliver(delivery),
+            Some(store) => match target.session.stage(delivery, store, &mut group) {
+                Some(delivery) => {
+                    staged.push((target.session, delivery));
+                    true
+                }
+                None => false,
+            },
+        };
+        if queued {
+            routed.queued += 1;
+        } else {
+            Metrics::add(&state.metrics.publish_dropped, 1);
+        }
+    }
+    if let Some(store) = &state.store {
+        routed.ticket = store.submit_group(group);
+        for (session, delivery) in staged {
+            session.enqueue_stored(delivery);
         }
     }
     routed
@@ -187,16 +211,25 @@ pub fn deliver_retained(
 ) {
     for message in messages {
         let qos = message.qos.min(granted);
-        session.deliver(
-            Delivery {
-                message,
-                qos,
-                retain: true,
-                subscription_ids: subscription_id.into_iter().collect(),
-                seq: 0,
-            },
-            state.store.as_ref(),
-        );
+        let delivery = Delivery {
+            message,
+            qos,
+            retain: true,
+            subscription_ids: subscription_id.into_iter().collect(),
+            seq: 0,
+        };
+        match &state.store {
+            None => {
+                session.deliver(delivery);
+            }
+            Some(store) => {
+                let mut group = Group::default();
+                if let Some(delivery) = session.stage(delivery, store, &mut group) {
+                    store.submit_group(group);
+                    session.enqueue_stored(delivery);
+                }
+            }
+        }
     }
 }
 

@@ -23,7 +23,7 @@ use tokio::sync::{Notify, oneshot};
 
 use crate::connection::park::Parked;
 use crate::message::Message;
-use crate::store::{self, Store};
+use crate::store::{self, Group, Store};
 
 /// Session Expiry Interval meaning "never expires" [MQTT-3.1.2-23 note].
 pub const NEVER_EXPIRES: u32 = u32::MAX;
@@ -197,22 +197,48 @@ impl Session {
     }
 
     /// Queues a delivery and wakes the connection (resuming it if it is
-    /// parked); a persistent session's QoS 1/2 deliveries also go to the
-    /// store. Returns `None` if it was dropped (queue full, or QoS 0 to an
-    /// offline session that does not queue it), else the store's ticket for
-    /// it (0: not stored).
-    pub fn deliver(&self, mut delivery: Delivery, store: Option<&Arc<Store>>) -> Option<u64> {
+    /// parked). Returns false if it was dropped (queue full, or QoS 0 to an
+    /// offline session that does not queue it). For a broker without a store.
+    pub fn deliver(&self, delivery: Delivery) -> bool {
+        let mut st = self.lock();
+        if !st.admits(&delivery, self.is_online()) {
+            return false;
+        }
+        st.enqueue(delivery);
+        self.wake(st);
+        true
+    }
+
+    /// The first half of a delivery with a store: admits it (`None`: dropped)
+    /// and, for a persistent session's QoS 1/2, adds it to `group`. The
+    /// caller submits the group and then calls [`Session::enqueue_stored`]:
+    /// the connection must not see a delivery before its entry is submitted,
+    /// or its own later changes to the entry could be ordered before it.
+    pub fn stage(
+        &self,
+        mut delivery: Delivery,
+        store: &Arc<Store>,
+        group: &mut Group,
+    ) -> Option<Delivery> {
         let mut st = self.lock();
         if !st.admits(&delivery, self.is_online()) {
             return None;
         }
-        let ticket = match store {
-            Some(store) if store::stores(&st, delivery.qos) => {
-                store.queue(&self.client_id, &mut delivery)
-            }
-            _ => 0,
-        };
+        if store::stores(&st, delivery.qos) {
+            store.queue(&self.client_id, &mut delivery, group);
+        }
+        Some(delivery)
+    }
+
+    /// The second half: queues a staged delivery and wakes the connection.
+    pub fn enqueue_stored(&self, delivery: Delivery) {
+        let mut st = self.lock();
         st.enqueue(delivery);
+        self.wake(st);
+    }
+
+    /// Wakes the attached connection (resuming it if it is parked).
+    fn wake(&self, mut st: MutexGuard<'_, SessionState>) {
         let parked = st.parked.take();
         drop(st);
         if let Some(parked) = parked {
@@ -220,7 +246,6 @@ impl Session {
         } else {
             self.notify.notify_one();
         }
-        Some(ticket)
     }
 }
 
@@ -380,9 +405,9 @@ mod tests {
     fn queue_is_bounded_by_count_and_counts_drops() {
         let s = Session::new("c".into(), limits(2, 0));
         s.set_online(true);
-        assert!(s.deliver(delivery(QoS::AtLeastOnce, "a"), None).is_some());
-        assert!(s.deliver(delivery(QoS::AtLeastOnce, "b"), None).is_some());
-        assert!(s.deliver(delivery(QoS::AtLeastOnce, "c"), None).is_none());
+        assert!(s.deliver(delivery(QoS::AtLeastOnce, "a")));
+        assert!(s.deliver(delivery(QoS::AtLeastOnce, "b")));
+        assert!(!s.deliver(delivery(QoS::AtLeastOnce, "c")));
         assert_eq!(s.lock().dropped, 1);
         assert_eq!(s.lock().pending_len(), 2);
     }
@@ -391,20 +416,17 @@ mod tests {
     fn queue_is_bounded_by_bytes() {
         let s = Session::new("c".into(), limits(100, 10));
         s.set_online(true);
-        assert!(
-            s.deliver(delivery(QoS::AtLeastOnce, "12345678"), None)
-                .is_some()
-        ); // 9 bytes with topic
-        assert!(s.deliver(delivery(QoS::AtLeastOnce, "12"), None).is_none());
+        assert!(s.deliver(delivery(QoS::AtLeastOnce, "12345678"))); // 9 bytes with topic
+        assert!(!s.deliver(delivery(QoS::AtLeastOnce, "12")));
         assert_eq!(s.lock().pop_pending().unwrap().message.payload, "12345678");
-        assert!(s.deliver(delivery(QoS::AtLeastOnce, "12"), None).is_some());
+        assert!(s.deliver(delivery(QoS::AtLeastOnce, "12")));
     }
 
     #[test]
     fn qos0_not_queued_offline() {
         let s = Session::new("c".into(), limits(10, 0));
-        assert!(s.deliver(delivery(QoS::AtMostOnce, "a"), None).is_none());
-        assert!(s.deliver(delivery(QoS::AtLeastOnce, "a"), None).is_some());
+        assert!(!s.deliver(delivery(QoS::AtMostOnce, "a")));
+        assert!(s.deliver(delivery(QoS::AtLeastOnce, "a")));
     }
 
     #[test]

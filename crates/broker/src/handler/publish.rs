@@ -5,6 +5,7 @@
 //! PUBACK for QoS 1; PUBREC for QoS 2, remembering the packet id until PUBREL
 //! so a re-sent PUBLISH is not routed twice [MQTT-4.3.3-10].
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use tern_codec::{
@@ -17,6 +18,7 @@ use crate::error::ProtocolViolation;
 use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::router;
+use crate::store::{Group, Store};
 
 /// Handles a PUBLISH from the client.
 pub fn handle(client: &mut Client, mut publish: Publish) -> Result<Flow, ProtocolViolation> {
@@ -35,10 +37,10 @@ pub fn handle(client: &mut Client, mut publish: Publish) -> Result<Flow, Protoco
     let packet_id = publish.packet_id;
     match (qos, packet_id) {
         (QoS::AtMostOnce, _) => {
-            route(client, publish);
+            route(client, publish, Group::default());
         }
         (QoS::AtLeastOnce, Some(id)) => {
-            let routed = route(client, publish);
+            let routed = route(client, publish, Group::default());
             let reason = matched_reason(client, routed.queued);
             // The PUBACK promises the message is safe: it waits for the store.
             client.hold_until(routed.ticket);
@@ -61,14 +63,17 @@ pub fn handle(client: &mut Client, mut publish: Publish) -> Result<Flow, Protoco
                 }
             };
             let reason = if first_time {
-                let routed = route(client, publish);
-                // The id is stored after what routing stored, never before:
-                // the store is durable in submission order, so a stored id
-                // always comes with its message. (Stored first, a crash in
-                // between would keep the id but lose the message, and the
-                // publisher's re-sent PUBLISH would be taken for a duplicate.)
-                let held = store_inbound(client, id.get(), true);
-                client.hold_until(routed.ticket.max(held));
+                // The id is stored in one transaction with the message's
+                // deliveries: after a crash, a stored id always has its
+                // message queued (else the re-sent PUBLISH would be taken for
+                // a duplicate and lost), and a queued message its id (else it
+                // would be routed twice).
+                let mut group = Group::default();
+                if let Some(store) = persistent_store(client) {
+                    store.hold_inbound(client.client_id(), id.get(), &mut group);
+                }
+                let routed = route(client, publish, group);
+                client.hold_until(routed.ticket);
                 matched_reason(client, routed.queued)
             } else {
                 ReasonCode::Success
@@ -96,10 +101,9 @@ pub fn release(client: &mut Client, ack: PubAck) -> Result<Flow, ProtocolViolati
     };
     // PUBCOMP lets the client reuse the id: its release must be stored
     // first, or after a restart a new message with it would be ignored.
-    let ticket = if known {
-        store_inbound(client, ack.packet_id.get(), false)
-    } else {
-        0
+    let ticket = match persistent_store(client) {
+        Some(store) if known => store.release_inbound(client.client_id(), ack.packet_id.get()),
+        _ => 0,
     };
     let reason = if known {
         ReasonCode::Success
@@ -114,19 +118,16 @@ pub fn release(client: &mut Client, ack: PubAck) -> Result<Flow, ProtocolViolati
     Ok(Flow::Continue)
 }
 
-/// Stores an inbound QoS 2 packet id (`held`) or its release, for a
-/// persistent session. Returns the ticket (0 if nothing was stored).
-fn store_inbound(client: &Client, packet_id: u16, held: bool) -> u64 {
-    let st = client.session.lock();
-    match &client.state.store {
-        Some(store) if st.expiry_secs != 0 => store.inbound(client.client_id(), packet_id, held),
-        _ => 0,
-    }
+/// The store, if this client's session is persistent (its QoS 2 state is
+/// then stored).
+fn persistent_store(client: &Client) -> Option<Arc<Store>> {
+    let persistent = client.session.lock().expiry_secs != 0;
+    client.state.store.clone().filter(|_| persistent)
 }
 
-fn route(client: &Client, publish: Publish) -> router::Routed {
+fn route(client: &Client, publish: Publish, group: Group) -> router::Routed {
     let message = Message::from_publish(publish, client.client_id().clone(), Instant::now());
-    router::publish(&client.state, message)
+    router::publish_with(&client.state, message, group)
 }
 
 /// MQTT 5 tells the publisher when nobody was subscribed (0x10).

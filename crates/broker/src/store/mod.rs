@@ -127,20 +127,30 @@ impl Store {
         self.engine.close();
     }
 
-    /// The id of `message`'s record, storing it the first time.
-    fn message_id(self: &Arc<Self>, message: &Message) -> u64 {
+    /// The id of `message`'s record, storing it the first time (through
+    /// `write`: submitted, or added to a group).
+    fn message_id(self: &Arc<Self>, message: &Message, write: impl FnOnce(Op)) -> u64 {
         message
             .stored
             .get_or_init(|| {
                 let id = self.next_message_id.fetch_add(1, Ordering::Relaxed);
                 let record = records::encode_message(message, &Clock::now());
-                self.submit(Op::PutMessage { id, record });
+                write(Op::PutMessage { id, record });
                 StoredMessage {
                     id,
                     store: self.clone(),
                 }
             })
             .id
+    }
+
+    /// Submits a group of changes as one (one ticket, one transaction).
+    /// Returns its ticket, 0 if the group is empty.
+    pub fn submit_group(&self, group: Group) -> u64 {
+        if group.0.is_empty() || self.closed.load(Ordering::Acquire) {
+            return 0;
+        }
+        self.engine.submit_all(group.0)
     }
 
     /// Gives a recovered message its record, so it is deleted with its last
@@ -165,10 +175,15 @@ impl Store {
         });
     }
 
-    /// Stores a delivery queued for a persistent session: sets its `seq`.
-    /// Returns the ticket.
-    pub fn queue(self: &Arc<Self>, client_id: &ByteStr, delivery: &mut Delivery) -> u64 {
-        let message_id = self.message_id(&delivery.message);
+    /// Adds a delivery queued for a persistent session to `group` (and its
+    /// message, the first time): sets its `seq`.
+    pub fn queue(
+        self: &Arc<Self>,
+        client_id: &ByteStr,
+        delivery: &mut Delivery,
+        group: &mut Group,
+    ) {
+        let message_id = self.message_id(&delivery.message, |op| group.0.push(op));
         delivery.seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
         let entry = QueueEntry {
             message_id,
@@ -177,7 +192,7 @@ impl Store {
             subscription_ids: delivery.subscription_ids.clone(),
             sent: None,
         };
-        self.put_entry(client_id, delivery, &entry)
+        group.0.push(entry_op(client_id, delivery, &entry));
     }
 
     /// Records that a stored delivery was sent with `packet_id` and is now in
@@ -198,7 +213,9 @@ impl Store {
             }),
             Some(sent) => {
                 let entry = QueueEntry {
-                    message_id: self.message_id(&delivery.message),
+                    message_id: self.message_id(&delivery.message, |op| {
+                        self.submit(op);
+                    }),
                     qos: delivery.qos,
                     retain: delivery.retain,
                     subscription_ids: delivery.subscription_ids.clone(),
@@ -210,13 +227,7 @@ impl Store {
     }
 
     fn put_entry(&self, client_id: &ByteStr, delivery: &Delivery, entry: &QueueEntry) -> u64 {
-        self.submit(Op::PutQueue {
-            client_id: client_id.clone(),
-            seq: delivery.seq,
-            entry: records::encode_queue_entry(entry),
-            // Only `queue` writes entries not yet sent, and it takes a new seq.
-            new: entry.sent.is_none(),
-        })
+        self.submit(entry_op(client_id, delivery, entry))
     }
 
     /// Writes the session's record (subscriptions, expiry, pending will).
@@ -248,19 +259,21 @@ impl Store {
         })
     }
 
-    /// Records an inbound QoS 2 packet id (`held`) or its release.
-    pub fn inbound(&self, client_id: &ByteStr, packet_id: u16, held: bool) -> u64 {
-        let client_id = client_id.clone();
-        self.submit(if held {
-            Op::PutInbound {
-                client_id,
-                packet_id,
-            }
-        } else {
-            Op::DeleteInbound {
-                client_id,
-                packet_id,
-            }
+    /// Adds an inbound QoS 2 packet id to `group`: it lands with the
+    /// deliveries of its message, all or none, so after a crash a stored id
+    /// always has its message queued, and a queued message its id.
+    pub fn hold_inbound(&self, client_id: &ByteStr, packet_id: u16, group: &mut Group) {
+        group.0.push(Op::PutInbound {
+            client_id: client_id.clone(),
+            packet_id,
+        });
+    }
+
+    /// Records that an inbound QoS 2 packet id was released (PUBREL).
+    pub fn release_inbound(&self, client_id: &ByteStr, packet_id: u16) -> u64 {
+        self.submit(Op::DeleteInbound {
+            client_id: client_id.clone(),
+            packet_id,
         })
     }
 
@@ -274,6 +287,21 @@ impl Store {
             },
             None => Op::DeleteRetained { topic },
         })
+    }
+}
+
+/// Changes that must land together: one ticket, one transaction.
+#[derive(Default)]
+pub struct Group(Vec<Op>);
+
+/// The op that writes `entry`.
+fn entry_op(client_id: &ByteStr, delivery: &Delivery, entry: &QueueEntry) -> Op {
+    Op::PutQueue {
+        client_id: client_id.clone(),
+        seq: delivery.seq,
+        entry: records::encode_queue_entry(entry),
+        // Only `queue` writes entries not yet sent, and it takes a new seq.
+        new: entry.sent.is_none(),
     }
 }
 
