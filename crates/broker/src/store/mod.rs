@@ -115,10 +115,6 @@ impl Store {
         self.engine.durability() != Durability::None
     }
 
-    pub fn stats(&self) -> engine::StoreStats {
-        self.engine.stats()
-    }
-
     /// Writes everything submitted so far and stops: what is dropped after
     /// this (sessions, messages at shutdown) is not deleted from the file.
     pub fn close(&self) {
