@@ -76,6 +76,103 @@ pub struct Config {
     /// cut); `"none"` without waiting (a crash loses the last few
     /// milliseconds of acknowledged messages).
     pub durability: Durability,
+    /// The listeners, `[[listeners]]` in TOML. Empty (the default): one plain
+    /// TCP listener on `bind`.
+    pub listeners: Vec<ListenerConfig>,
+    /// Whether clients without a username may connect, on listeners that do
+    /// not set their own. Unset (the default): allowed unless a
+    /// `password_file` is configured, as in Mosquitto.
+    pub allow_anonymous: Option<bool>,
+    /// Users and their salted password hashes, one `user:hash` per line, in
+    /// Mosquitto's format (`tern passwd` writes it). Unset: no passwords are
+    /// checked.
+    pub password_file: Option<PathBuf>,
+    /// Topic access rules in Mosquitto's `acl_file` syntax. Unset: every
+    /// client may publish and subscribe to every topic.
+    pub acl_file: Option<PathBuf>,
+    /// Clients connected at once, over all listeners; 0 = no limit. Default 0.
+    pub max_connections: usize,
+    /// Subscriptions one session may hold; 0 = no limit. Default 0.
+    pub max_subscriptions_per_client: usize,
+    /// Levels in a topic name or filter; 0 = no limit. Default 0.
+    pub max_topic_levels: usize,
+    /// PUBLISH packets per second one client may send; 0 = no limit. Default 0.
+    pub max_publish_rate: u32,
+    /// New connections per second from one IP address; 0 = no limit. Default 0.
+    pub max_connection_rate: u32,
+}
+
+/// The byte stream a listener speaks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerTransport {
+    /// MQTT over plain TCP.
+    #[default]
+    Tcp,
+    /// MQTT over TLS.
+    Tls,
+    /// MQTT over WebSocket.
+    Ws,
+    /// MQTT over WebSocket over TLS.
+    Wss,
+}
+
+/// One `[[listeners]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// Address to listen on.
+    pub bind: SocketAddr,
+    /// `"tcp"` (default), `"tls"`, `"ws"` or `"wss"`.
+    #[serde(default)]
+    pub transport: ListenerTransport,
+    /// Overrides the broker-wide `allow_anonymous` on this listener.
+    #[serde(default)]
+    pub allow_anonymous: Option<bool>,
+    /// Clients connected at once on this listener; 0 = no limit.
+    #[serde(default)]
+    pub max_connections: usize,
+    /// TLS: the certificate chain, PEM, leaf first.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// TLS: the private key, PEM.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// TLS: CA certificates (PEM) that client certificates are verified
+    /// against. Unset: client certificates are not asked for.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// TLS: refuse clients without a valid certificate (needs `ca_file`).
+    #[serde(default)]
+    pub require_certificate: bool,
+    /// TLS: the client certificate's Common Name is the client's username.
+    #[serde(default)]
+    pub use_identity_as_username: bool,
+    /// WebSocket: the HTTP path to upgrade on. Default `/mqtt`.
+    #[serde(default = "default_ws_path")]
+    pub ws_path: String,
+}
+
+fn default_ws_path() -> String {
+    "/mqtt".into()
+}
+
+impl ListenerConfig {
+    /// A plain TCP listener with every setting at its default.
+    pub fn tcp(bind: SocketAddr) -> ListenerConfig {
+        ListenerConfig {
+            bind,
+            transport: ListenerTransport::Tcp,
+            allow_anonymous: None,
+            max_connections: 0,
+            cert_file: None,
+            key_file: None,
+            ca_file: None,
+            require_certificate: false,
+            use_identity_as_username: false,
+            ws_path: default_ws_path(),
+        }
+    }
 }
 
 impl Default for Config {
@@ -98,6 +195,15 @@ impl Default for Config {
             persistence: true,
             data_dir: PathBuf::from("tern-data"),
             durability: Durability::Fsync,
+            listeners: Vec::new(),
+            allow_anonymous: None,
+            password_file: None,
+            acl_file: None,
+            max_connections: 0,
+            max_subscriptions_per_client: 0,
+            max_topic_levels: 0,
+            max_publish_rate: 0,
+            max_connection_rate: 0,
         }
     }
 }
@@ -140,6 +246,15 @@ impl Config {
         })?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// The listeners to open: `listeners`, or one TCP listener on `bind`.
+    pub fn effective_listeners(&self) -> Vec<ListenerConfig> {
+        if self.listeners.is_empty() {
+            vec![ListenerConfig::tcp(self.bind)]
+        } else {
+            self.listeners.clone()
+        }
     }
 
     /// Checks values serde cannot: ranges and combinations.

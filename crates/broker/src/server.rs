@@ -96,9 +96,14 @@ async fn accept_loop(listener: TcpListener, state: Arc<BrokerState>) {
             Ok((stream, peer)) => {
                 // Small packets (acks, pings) must not wait for Nagle's timer.
                 let _ = stream.set_nodelay(true);
+                let info = connection::ConnInfo {
+                    peer,
+                    listener: 0,
+                    cert_identity: None,
+                };
                 state
                     .tasks
-                    .spawn(connection::serve(stream, peer, state.clone()));
+                    .spawn(connection::serve(stream, info, state.clone()));
             }
             Err(e) => {
                 // Typically EMFILE: back off briefly instead of spinning.

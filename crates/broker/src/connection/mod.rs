@@ -89,6 +89,16 @@ impl Transport for TcpStream {
     }
 }
 
+/// What the listener knows about a connection before its CONNECT.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    /// Which listener accepted it: an index into `Config::effective_listeners`.
+    pub listener: usize,
+    /// TLS with client certificates: the verified certificate's Common Name.
+    pub cert_identity: Option<String>,
+}
+
 /// A connection past CONNECT: what its task owns.
 struct Conn<S> {
     io: Io<S>,
@@ -106,11 +116,11 @@ enum Exit {
 }
 
 /// Serves one accepted connection until it closes (or parks).
-pub async fn serve<S: Transport>(stream: S, peer: SocketAddr, state: Arc<BrokerState>) {
+pub async fn serve<S: Transport>(stream: S, info: ConnInfo, state: Arc<BrokerState>) {
     // The handshake is boxed and over before the main loop starts: inline,
     // its futures would make every idle connection's task as large as the
     // largest of them.
-    if let Some(conn) = Box::pin(handshake(stream, peer, state)).await {
+    if let Some(conn) = Box::pin(handshake(stream, info, state)).await {
         drive(conn).await;
     }
 }
@@ -119,9 +129,10 @@ pub async fn serve<S: Transport>(stream: S, peer: SocketAddr, state: Arc<BrokerS
 /// connection was refused or closed.
 async fn handshake<S: Transport>(
     stream: S,
-    peer: SocketAddr,
+    info: ConnInfo,
     state: Arc<BrokerState>,
 ) -> Option<Conn<S>> {
+    let peer = info.peer;
     let (reader, writer) = tokio::io::split(stream);
     let mut io = Io {
         reader,
@@ -145,7 +156,7 @@ async fn handshake<S: Transport>(
         },
         _ = state.shutdown.cancelled() => return None,
     };
-    let client = start_session(&mut io, *connect, peer, &state).await?;
+    let client = start_session(&mut io, *connect, &info, &state).await?;
     Metrics::add(&state.metrics.clients_connected, 1);
     Some(Conn {
         io,
@@ -258,11 +269,12 @@ async fn refuse_unsupported<S: AsyncWrite>(io: &mut Io<S>, error: tern_codec::De
 async fn start_session<S: AsyncWrite>(
     io: &mut Io<S>,
     connect: Connect,
-    peer: SocketAddr,
+    info: &ConnInfo,
     state: &Arc<BrokerState>,
 ) -> Option<Client> {
+    let peer = info.peer;
     let version = connect.protocol;
-    let accepted = match connect::accept(&connect, state) {
+    let accepted = match admit(&connect, info, state).await {
         Ok(accepted) => accepted,
         Err(reason) => {
             tracing::info!(%peer, client_id = %connect.client_id, ?reason, "refusing CONNECT");
@@ -322,6 +334,16 @@ async fn start_session<S: AsyncWrite>(
     client.send(&Packet::ConnAck(connack));
     tracing::debug!(%peer, client_id = %client.client_id(), ?version, session_present = attached.session_present, "client connected");
     Some(client)
+}
+
+/// Decides whether the CONNECT is accepted: protocol rules and
+/// configuration. `Err`: the CONNACK reason code refusing it.
+async fn admit(
+    connect: &Connect,
+    _info: &ConnInfo,
+    state: &Arc<BrokerState>,
+) -> Result<connect::Accepted, ReasonCode> {
+    connect::accept(connect, state)
 }
 
 /// The main loop; returns why the connection is closing, or that it parks.
