@@ -29,7 +29,9 @@ pub struct BrokerHandle {
 impl Broker {
     /// Binds the listener and starts serving. Returns once the socket is bound,
     /// so the address can be used immediately.
-    pub async fn start(config: Config) -> std::io::Result<BrokerHandle> {
+    pub async fn start(mut config: Config) -> std::io::Result<BrokerHandle> {
+        // From here on `config.listeners[ConnInfo::listener]` is always there.
+        config.listeners = config.effective_listeners();
         config
             .validate()
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;

@@ -93,7 +93,8 @@ impl Transport for TcpStream {
 #[derive(Debug, Clone)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
-    /// Which listener accepted it: an index into `Config::effective_listeners`.
+    /// Which listener accepted it: an index into `state.config.listeners`
+    /// (which `Broker::start` fills in when the file named none).
     pub listener: usize,
     /// TLS with client certificates: the verified certificate's Common Name.
     pub cert_identity: Option<String>,
