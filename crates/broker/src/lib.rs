@@ -17,6 +17,8 @@
 //! - [`registry`]: session lifecycle — attach, takeover, detach, expiry, will delay.
 //! - [`state`]: the shared state every task holds, and its lock rules.
 //! - [`sys`]: `$SYS/broker/...` statistics. [`metrics`]: the counters behind them.
+//! - [`limits`]: resource limits (connections, rates, subscriptions, topic
+//!   levels): their decisions and `$SYS` counters.
 //! - [`config`]: options and defaults. [`error`]: protocol violations and reason codes.
 //!
 //! See `docs/architecture.md` for the whole flow.
@@ -25,6 +27,7 @@ pub mod config;
 pub mod connection;
 pub mod error;
 pub mod handler;
+pub mod limits;
 pub mod message;
 pub mod metrics;
 pub mod registry;

@@ -14,7 +14,7 @@ use tern_codec::{QoS, SubscriptionOptions};
 
 use crate::message::Message;
 use crate::metrics::Metrics;
-use crate::session::{Delivery, Session};
+use crate::session::{Delivery, NotQueued, Session};
 use crate::state::{BrokerState, Subscriber};
 use crate::store::Group;
 use crate::topic_tree::Matched;
@@ -103,18 +103,14 @@ fn route(state: &BrokerState, message: &Arc<Message>, mut group: Group) -> Route
         };
         let queued = match &state.store {
             None => target.session.deliver(delivery),
-            Some(store) => match target.session.stage(delivery, store, &mut group) {
-                Some(delivery) => {
-                    staged.push((target.session, delivery));
-                    true
-                }
-                None => false,
-            },
+            Some(store) => target
+                .session
+                .stage(delivery, store, &mut group)
+                .map(|delivery| staged.push((target.session, delivery))),
         };
-        if queued {
-            routed.queued += 1;
-        } else {
-            Metrics::add(&state.metrics.publish_dropped, 1);
+        match queued {
+            Ok(()) => routed.queued += 1,
+            Err(why) => dropped(state, why),
         }
     }
     if let Some(store) = &state.store {
@@ -218,18 +214,29 @@ pub fn deliver_retained(
             subscription_ids: subscription_id.into_iter().collect(),
             seq: 0,
         };
-        match &state.store {
-            None => {
-                session.deliver(delivery);
-            }
+        let queued = match &state.store {
+            None => session.deliver(delivery),
             Some(store) => {
                 let mut group = Group::default();
-                if let Some(delivery) = session.stage(delivery, store, &mut group) {
+                session.stage(delivery, store, &mut group).map(|delivery| {
                     store.submit_group(group);
                     session.enqueue_stored(delivery);
-                }
+                })
             }
+        };
+        if let Err(why) = queued {
+            dropped(state, why);
         }
+    }
+}
+
+/// Counts a delivery that was not queued; over the queue limits it also
+/// counts for `$SYS/broker/limits/queue/dropped`. The publisher is not told:
+/// its message went to every other matching session.
+fn dropped(state: &BrokerState, why: NotQueued) {
+    Metrics::add(&state.metrics.publish_dropped, 1);
+    if why == NotQueued::QueueFull {
+        Metrics::add(&state.limits.counters.queue_dropped, 1);
     }
 }
 

@@ -51,6 +51,15 @@ pub struct QueueLimits {
     pub queue_qos0_offline: bool,
 }
 
+/// Why a delivery was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotQueued {
+    /// QoS 0 for an offline session, which does not queue it.
+    Offline,
+    /// Over `max_queued_messages` or `max_queued_bytes`.
+    QueueFull,
+}
+
 /// One message on its way to this session, with the per-subscription choices
 /// already made (effective QoS, retain flag, subscription identifiers).
 #[derive(Debug, Clone)]
@@ -197,19 +206,17 @@ impl Session {
     }
 
     /// Queues a delivery and wakes the connection (resuming it if it is
-    /// parked). Returns false if it was dropped (queue full, or QoS 0 to an
-    /// offline session that does not queue it). For a broker without a store.
-    pub fn deliver(&self, delivery: Delivery) -> bool {
+    /// parked). `Err` if it was dropped (queue full, or QoS 0 to an offline
+    /// session that does not queue it). For a broker without a store.
+    pub fn deliver(&self, delivery: Delivery) -> Result<(), NotQueued> {
         let mut st = self.lock();
-        if !st.admits(&delivery, self.is_online()) {
-            return false;
-        }
+        st.admits(&delivery, self.is_online())?;
         st.enqueue(delivery);
         self.wake(st);
-        true
+        Ok(())
     }
 
-    /// The first half of a delivery with a store: admits it (`None`: dropped)
+    /// The first half of a delivery with a store: admits it (`Err`: dropped)
     /// and, for a persistent session's QoS 1/2, adds it to `group`. The
     /// caller submits the group and then calls [`Session::enqueue_stored`]:
     /// the connection must not see a delivery before its entry is submitted,
@@ -219,15 +226,13 @@ impl Session {
         mut delivery: Delivery,
         store: &Arc<Store>,
         group: &mut Group,
-    ) -> Option<Delivery> {
+    ) -> Result<Delivery, NotQueued> {
         let mut st = self.lock();
-        if !st.admits(&delivery, self.is_online()) {
-            return None;
-        }
+        st.admits(&delivery, self.is_online())?;
         if store::stores(&st, delivery.qos) {
             store.queue(&self.client_id, &mut delivery, group);
         }
-        Some(delivery)
+        Ok(delivery)
     }
 
     /// The second half: queues a staged delivery and wakes the connection.
@@ -289,9 +294,9 @@ impl SessionState {
 
     /// Whether the pending queue takes `delivery` (within the limits);
     /// counts it as dropped if not.
-    fn admits(&mut self, delivery: &Delivery, online: bool) -> bool {
+    fn admits(&mut self, delivery: &Delivery, online: bool) -> Result<(), NotQueued> {
         if !online && delivery.qos == QoS::AtMostOnce && !self.limits.queue_qos0_offline {
-            return false;
+            return Err(NotQueued::Offline);
         }
         let size = delivery.message.size();
         let (len, bytes) = self
@@ -302,9 +307,9 @@ impl SessionState {
         let over_bytes = self.limits.max_bytes != 0 && bytes + size > self.limits.max_bytes;
         if over_count || over_bytes {
             self.dropped += 1;
-            return false;
+            return Err(NotQueued::QueueFull);
         }
-        true
+        Ok(())
     }
 
     /// Appends to the pending queue (the caller checked the limits, or is
@@ -405,9 +410,12 @@ mod tests {
     fn queue_is_bounded_by_count_and_counts_drops() {
         let s = Session::new("c".into(), limits(2, 0));
         s.set_online(true);
-        assert!(s.deliver(delivery(QoS::AtLeastOnce, "a")));
-        assert!(s.deliver(delivery(QoS::AtLeastOnce, "b")));
-        assert!(!s.deliver(delivery(QoS::AtLeastOnce, "c")));
+        assert!(s.deliver(delivery(QoS::AtLeastOnce, "a")).is_ok());
+        assert!(s.deliver(delivery(QoS::AtLeastOnce, "b")).is_ok());
+        assert_eq!(
+            s.deliver(delivery(QoS::AtLeastOnce, "c")),
+            Err(NotQueued::QueueFull)
+        );
         assert_eq!(s.lock().dropped, 1);
         assert_eq!(s.lock().pending_len(), 2);
     }
@@ -416,17 +424,23 @@ mod tests {
     fn queue_is_bounded_by_bytes() {
         let s = Session::new("c".into(), limits(100, 10));
         s.set_online(true);
-        assert!(s.deliver(delivery(QoS::AtLeastOnce, "12345678"))); // 9 bytes with topic
-        assert!(!s.deliver(delivery(QoS::AtLeastOnce, "12")));
+        assert!(s.deliver(delivery(QoS::AtLeastOnce, "12345678")).is_ok()); // 9 bytes with topic
+        assert_eq!(
+            s.deliver(delivery(QoS::AtLeastOnce, "12")),
+            Err(NotQueued::QueueFull)
+        );
         assert_eq!(s.lock().pop_pending().unwrap().message.payload, "12345678");
-        assert!(s.deliver(delivery(QoS::AtLeastOnce, "12")));
+        assert!(s.deliver(delivery(QoS::AtLeastOnce, "12")).is_ok());
     }
 
     #[test]
     fn qos0_not_queued_offline() {
         let s = Session::new("c".into(), limits(10, 0));
-        assert!(!s.deliver(delivery(QoS::AtMostOnce, "a")));
-        assert!(s.deliver(delivery(QoS::AtLeastOnce, "a")));
+        assert_eq!(
+            s.deliver(delivery(QoS::AtMostOnce, "a")),
+            Err(NotQueued::Offline)
+        );
+        assert!(s.deliver(delivery(QoS::AtLeastOnce, "a")).is_ok());
     }
 
     #[test]

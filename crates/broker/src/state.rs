@@ -23,6 +23,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::connection::park::Parker;
+use crate::limits::Limits;
 use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::retained::RetainedStore;
@@ -45,6 +46,8 @@ pub struct BrokerState {
     pub subscriptions: RwLock<TopicTree<Subscriber>>,
     pub retained: RwLock<RetainedStore<Arc<Message>>>,
     pub metrics: Metrics,
+    /// Resource limits: live connection counts, rate tables, their counters.
+    pub limits: Limits,
     pub started: Instant,
     /// Cancelled once to stop every task.
     pub shutdown: CancellationToken,
@@ -82,12 +85,14 @@ impl BrokerState {
         let park_after =
             (config.park_idle_ms > 0).then(|| Duration::from_millis(config.park_idle_ms));
         let parker = Parker::start(park_after, shutdown.clone(), tasks.clone())?;
+        let limits = Limits::new(&config);
         Ok(Arc::new(BrokerState {
             config,
             sessions: Mutex::new(Sessions::default()),
             subscriptions: RwLock::new(TopicTree::new()),
             retained: RwLock::new(RetainedStore::new()),
             metrics: Metrics::default(),
+            limits,
             started: Instant::now(),
             shutdown,
             tasks,

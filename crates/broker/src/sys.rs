@@ -93,6 +93,14 @@ fn snapshot(state: &BrokerState) -> Vec<(&'static str, String)> {
             state.retained().len().to_string(),
         ),
     ]
+    .into_iter()
+    .chain(
+        state
+            .limits
+            .snapshot()
+            .map(|(topic, value)| (topic, value.to_string())),
+    )
+    .collect()
 }
 
 /// Drops retained messages whose Message Expiry Interval has passed, from

@@ -11,6 +11,7 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use tern_codec::{ByteStr, LastWill, Packet, ProtocolVersion};
 
+use crate::limits::ClientLimits;
 use crate::metrics::Metrics;
 use crate::session::Session;
 use crate::state::BrokerState;
@@ -21,7 +22,8 @@ pub struct PeerLimits {
     /// QoS 1/2 messages we may have unacknowledged towards the client.
     pub receive_maximum: u16,
     /// Largest packet the client accepts; larger messages are not sent to it.
-    pub max_packet_size: usize,
+    /// (A u32 as in the protocol: it keeps `Client` within 128 bytes.)
+    pub max_packet_size: u32,
     /// Topic aliases we may use towards the client.
     pub topic_alias_maximum: u16,
 }
@@ -73,6 +75,11 @@ pub struct Client {
     pub resend_inflight: bool,
     /// MQTT 5 Request Problem Information: may we send reason strings.
     pub problem_information: bool,
+    /// The listener that accepted the connection (`ConnInfo::listener`),
+    /// whose connection slot it holds until it ends.
+    pub listener: u32,
+    /// Per-client limit state; only when such a limit is configured.
+    pub limits: Option<Box<ClientLimits>>,
 }
 
 impl Client {
@@ -158,5 +165,15 @@ impl Client {
     pub fn reason_string(&self, text: impl Into<String>) -> Option<ByteStr> {
         (self.version == ProtocolVersion::V5 && self.problem_information)
             .then(|| ByteStr::from(text.into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// An idle connection costs its `Client` (parked in its session); the
+    /// limits added a listener index and a box without growing it.
+    #[test]
+    fn client_stays_small() {
+        assert!(std::mem::size_of::<super::Client>() <= 128);
     }
 }

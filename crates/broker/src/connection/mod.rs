@@ -35,6 +35,7 @@ use tokio::time::Instant;
 use self::client::{Client, PeerLimits};
 use crate::error::ProtocolViolation;
 use crate::handler::{self, Flow, connect};
+use crate::limits;
 use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::registry::{self, Departure};
@@ -68,6 +69,8 @@ enum Close {
     Lost(Option<std::io::Error>),
     KeepAliveTimeout,
     Violation(ProtocolViolation),
+    /// More PUBLISH packets than `max_publish_rate` allows.
+    PublishRate,
     /// Another connection took the session over (or it was closed by the broker).
     Kicked(Option<Box<Kick>>),
     Shutdown,
@@ -146,6 +149,7 @@ async fn handshake<S: Transport>(
             Ok(Ok(Some(connect))) => connect,
             Ok(Ok(None)) => return None,
             Ok(Err(e)) => {
+                state.limits.count_violation(&e.into());
                 tracing::info!(%peer, error = %e, "closing connection: invalid CONNECT");
                 refuse_unsupported(&mut io, e).await;
                 return None;
@@ -312,7 +316,7 @@ async fn start_session<S: AsyncWrite>(
                 .receive_maximum
                 .unwrap_or(u16::MAX)
                 .min(state.config.max_inflight_messages),
-            max_packet_size: props.maximum_packet_size.map_or(usize::MAX, |m| m as usize),
+            max_packet_size: props.maximum_packet_size.unwrap_or(u32::MAX),
             topic_alias_maximum: props.topic_alias_maximum.unwrap_or(0),
         },
         aliases: None,
@@ -328,6 +332,8 @@ async fn start_session<S: AsyncWrite>(
             .then(|| Duration::from_millis(u64::from(keep_alive) * 1500)),
         resend_inflight: attached.session_present,
         problem_information: props.request_problem_information.unwrap_or(true),
+        listener: u32::try_from(info.listener).unwrap_or(u32::MAX),
+        limits: state.limits.client_limits(peer),
     };
     let connack = connect::connack(&accepted, version, attached.session_present, state);
     // Session Present promises the session is kept: not before it is stored.
@@ -341,10 +347,15 @@ async fn start_session<S: AsyncWrite>(
 /// configuration. `Err`: the CONNACK reason code refusing it.
 async fn admit(
     connect: &Connect,
-    _info: &ConnInfo,
+    info: &ConnInfo,
     state: &Arc<BrokerState>,
 ) -> Result<connect::Accepted, ReasonCode> {
-    connect::accept(connect, state)
+    state.limits.check_connect(connect, info.peer)?;
+    let accepted = connect::accept(connect, state)?;
+    // Last: the slot is given back only when the connection ends, so
+    // nothing may refuse the CONNECT after it is taken.
+    state.limits.reserve_connection(info.listener)?;
+    Ok(accepted)
 }
 
 /// The main loop; returns why the connection is closing, or that it parks.
@@ -509,6 +520,9 @@ fn process(
         };
         *last_heard = Instant::now();
         Metrics::add(&client.state.metrics.packets_received, 1);
+        if matches!(packet, Packet::Publish(_)) && !limits::publish_allowed(client, *last_heard) {
+            return Err(Close::PublishRate);
+        }
         tracing::trace!(client_id = %client.client_id(), packet = ?packet, "received");
         match handler::dispatch(client, packet) {
             Ok(Flow::Continue) => {}
@@ -536,6 +550,10 @@ async fn finish<S: Transport>(conn: &mut Conn<S>, close: Close) {
             "session taken over",
         ),
         Close::Shutdown => (Some(ReasonCode::ServerShuttingDown), "server shutting down"),
+        Close::PublishRate => (
+            Some(ReasonCode::MessageRateTooHigh),
+            "publish rate limit exceeded",
+        ),
         Close::Disconnect { .. } | Close::Lost(_) => (None, ""),
     };
     settle_holds(client).await;
@@ -594,8 +612,14 @@ fn depart(client: &mut Client, close: Close, peer: SocketAddr) {
         Close::KeepAliveTimeout => {
             tracing::info!(%peer, client_id = %id, "closing connection: keep-alive timeout")
         }
+        Close::Violation(v) if client.state.limits.count_violation(v) => {
+            tracing::info!(%peer, client_id = %id, error = %v, "closing connection: limit exceeded")
+        }
         Close::Violation(v) => {
             tracing::warn!(%peer, client_id = %id, error = %v, "closing connection: protocol violation")
+        }
+        Close::PublishRate => {
+            tracing::info!(%peer, client_id = %id, "closing connection: publish rate limit exceeded")
         }
         Close::Kicked(kick) => {
             let reason = kick.as_ref().map(|k| k.reason);
@@ -626,6 +650,7 @@ fn depart(client: &mut Client, close: Close, peer: SocketAddr) {
         .metrics
         .clients_connected
         .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    client.state.limits.release_connection(client.listener);
     // Dropping the kick's `done` (inside `close`) tells a taking-over
     // connection that this one has detached.
     drop(close);

@@ -143,7 +143,7 @@ fn send_publish(
     let start = client.out.len();
     let sent = client
         .send(&publish)
-        .is_some_and(|size| size <= client.peer.max_packet_size);
+        .is_some_and(|size| size <= client.peer.max_packet_size as usize);
     if sent {
         Metrics::add(&client.state.metrics.publish_sent, 1);
     } else {

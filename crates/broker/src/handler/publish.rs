@@ -15,6 +15,7 @@ use tern_codec::{
 use super::Flow;
 use crate::connection::client::Client;
 use crate::error::ProtocolViolation;
+use crate::limits;
 use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::router;
@@ -32,6 +33,9 @@ pub fn handle(client: &mut Client, mut publish: Publish) -> Result<Flow, Protoco
     }
     if publish.retain && !client.state.config.retain_available {
         return Err(ProtocolViolation::RetainNotSupported);
+    }
+    if limits::publish_refused(client, &publish) {
+        return Ok(Flow::Continue);
     }
     let qos = publish.qos;
     let packet_id = publish.packet_id;

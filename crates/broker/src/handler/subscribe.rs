@@ -11,6 +11,7 @@ use tern_codec::{
 use super::Flow;
 use crate::connection::client::Client;
 use crate::error::ProtocolViolation;
+use crate::limits;
 use crate::message::Message;
 use crate::registry;
 use crate::router;
@@ -73,6 +74,9 @@ fn subscribe_one(
     };
     if group.is_some() && request.options.no_local {
         return Err(ProtocolViolation::SharedNoLocal);
+    }
+    if let Some(refused) = limits::subscription_refused(client, &request.filter, filter) {
+        return Ok(refused);
     }
     let granted = request.options.qos.min(client.state.maximum_qos());
     let options = tern_codec::SubscriptionOptions {
