@@ -46,8 +46,10 @@ struct Target {
 /// Where a published message went.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Routed {
-    /// How many sessions it was queued for.
-    pub queued: usize,
+    /// How many sessions it matched, whether or not it was queued for them
+    /// (a full queue drops it for that session alone; the publisher is not
+    /// told, as its message went to the others).
+    pub matched: usize,
     /// The store's ticket for everything it wrote for this message (0 if
     /// nothing): the publisher's acknowledgement waits for it.
     pub ticket: u64,
@@ -91,6 +93,7 @@ fn route(state: &BrokerState, message: &Arc<Message>, mut group: Group) -> Route
     let targets = merge_overlapping(matching_targets(state, message));
     let mut routed = Routed::default();
     let mut staged = Vec::new();
+    routed.matched = targets.len();
     for target in targets {
         let delivery = Delivery {
             message: message.clone(),
@@ -108,9 +111,8 @@ fn route(state: &BrokerState, message: &Arc<Message>, mut group: Group) -> Route
                 .stage(delivery, store, &mut group)
                 .map(|delivery| staged.push((target.session, delivery))),
         };
-        match queued {
-            Ok(()) => routed.queued += 1,
-            Err(why) => dropped(state, why),
+        if let Err(why) = queued {
+            dropped(state, why);
         }
     }
     if let Some(store) = &state.store {

@@ -645,12 +645,14 @@ fn depart(client: &mut Client, close: Close, peer: SocketAddr) {
         will_delay_secs: client.will_delay_secs,
     };
     registry::detach(&client.state, &client.session, departure);
+    // Before `clients_connected`: once that shows the connection gone, its
+    // slot is free.
+    client.state.limits.release_connection(client.listener);
     client
         .state
         .metrics
         .clients_connected
         .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-    client.state.limits.release_connection(client.listener);
     // Dropping the kick's `done` (inside `close`) tells a taking-over
     // connection that this one has detached.
     drop(close);

@@ -45,7 +45,7 @@ pub fn handle(client: &mut Client, mut publish: Publish) -> Result<Flow, Protoco
         }
         (QoS::AtLeastOnce, Some(id)) => {
             let routed = route(client, publish, Group::default());
-            let reason = matched_reason(client, routed.queued);
+            let reason = matched_reason(client, routed.matched);
             // The PUBACK promises the message is safe: it waits for the store.
             client.hold_until(routed.ticket);
             client.send(&Packet::PubAck(PubAck {
@@ -78,7 +78,7 @@ pub fn handle(client: &mut Client, mut publish: Publish) -> Result<Flow, Protoco
                 }
                 let routed = route(client, publish, group);
                 client.hold_until(routed.ticket);
-                matched_reason(client, routed.queued)
+                matched_reason(client, routed.matched)
             } else {
                 ReasonCode::Success
             };

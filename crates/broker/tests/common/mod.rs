@@ -106,6 +106,24 @@ impl TestClient {
         }
     }
 
+    /// Opens a TCP connection from the local address `from` (any
+    /// 127.x.y.z works on Linux loopback) without sending anything.
+    pub async fn raw_from(
+        addr: SocketAddr,
+        from: std::net::IpAddr,
+        version: ProtocolVersion,
+    ) -> TestClient {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.bind(SocketAddr::new(from, 0)).expect("bind");
+        let stream = socket.connect(addr).await.expect("tcp connect");
+        stream.set_nodelay(true).unwrap();
+        TestClient {
+            stream,
+            buf: BytesMut::new(),
+            version,
+        }
+    }
+
     /// Connects with clean start and returns the client and its CONNACK.
     pub async fn connect(
         addr: SocketAddr,
