@@ -165,6 +165,20 @@ class Broker:
         return "broker log (tail):\n" + "\n".join(tail)
 
 
+def broker_with_config(template: str, config_toml: str, tmp_path: Path) -> Broker:
+    """A Tern broker (not started) from `template` plus `--config FILE`, FILE
+    holding `config_toml`. The template's --bind and --data-dir still apply.
+    Skips the test for a broker that is not Tern (Mosquitto's configuration
+    is another language)."""
+    b = Broker(template, tmp_path / "broker.log")
+    if b.is_mosquitto:
+        pytest.skip("needs Tern's TOML configuration")
+    config = tmp_path / "tern.toml"
+    config.write_text(config_toml)
+    b.argv += ["--config", str(config)]
+    return b
+
+
 # --------------------------------------------------------------------------
 # paho client wrapper
 # --------------------------------------------------------------------------
