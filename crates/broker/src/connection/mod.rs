@@ -612,6 +612,7 @@ fn depart(client: &mut Client, close: Close, peer: SocketAddr) {
         Close::KeepAliveTimeout => {
             tracing::info!(%peer, client_id = %id, "closing connection: keep-alive timeout")
         }
+        // Limits (packet size, receive maximum) are counted, and logged at info.
         Close::Violation(v) if client.state.limits.count_violation(v) => {
             tracing::info!(%peer, client_id = %id, error = %v, "closing connection: limit exceeded")
         }
