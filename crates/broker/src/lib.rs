@@ -17,10 +17,13 @@
 //! - [`registry`]: session lifecycle — attach, takeover, detach, expiry, will delay.
 //! - [`state`]: the shared state every task holds, and its lock rules.
 //! - [`sys`]: `$SYS/broker/...` statistics. [`metrics`]: the counters behind them.
+//! - [`auth`]: passwords (who may connect) and the ACL (which topics they
+//!   may use), reloadable.
 //! - [`config`]: options and defaults. [`error`]: protocol violations and reason codes.
 //!
 //! See `docs/architecture.md` for the whole flow.
 
+pub mod auth;
 pub mod config;
 pub mod connection;
 pub mod error;

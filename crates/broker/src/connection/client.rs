@@ -73,6 +73,8 @@ pub struct Client {
     pub resend_inflight: bool,
     /// MQTT 5 Request Problem Information: may we send reason strings.
     pub problem_information: bool,
+    /// The username the client was accepted with (ACL checks).
+    pub username: Option<Arc<str>>,
 }
 
 impl Client {

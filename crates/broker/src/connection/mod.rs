@@ -33,6 +33,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use self::client::{Client, PeerLimits};
+use crate::auth;
 use crate::error::ProtocolViolation;
 use crate::handler::{self, Flow, connect};
 use crate::message::Message;
@@ -298,6 +299,7 @@ async fn start_session<S: AsyncWrite>(
         connection_id,
     )
     .await;
+    auth::bind_session(&attached.session, accepted.username.clone());
     let props = &connect.properties;
     let keep_alive = accepted.keep_alive_secs;
     let mut client = Client {
@@ -328,6 +330,7 @@ async fn start_session<S: AsyncWrite>(
             .then(|| Duration::from_millis(u64::from(keep_alive) * 1500)),
         resend_inflight: attached.session_present,
         problem_information: props.request_problem_information.unwrap_or(true),
+        username: accepted.username.clone(),
     };
     let connack = connect::connack(&accepted, version, attached.session_present, state);
     // Session Present promises the session is kept: not before it is stored.
@@ -341,10 +344,12 @@ async fn start_session<S: AsyncWrite>(
 /// configuration. `Err`: the CONNACK reason code refusing it.
 async fn admit(
     connect: &Connect,
-    _info: &ConnInfo,
+    info: &ConnInfo,
     state: &Arc<BrokerState>,
 ) -> Result<connect::Accepted, ReasonCode> {
-    connect::accept(connect, state)
+    let mut accepted = connect::accept(connect, state)?;
+    accepted.username = auth::authenticate(connect, &accepted.client_id, info, state).await?;
+    Ok(accepted)
 }
 
 /// The main loop; returns why the connection is closing, or that it parks.
