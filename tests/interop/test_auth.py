@@ -177,3 +177,22 @@ def test_mosquitto_clients_with_credentials(auth_broker, cli_version):
     bad = _mosquitto("mosquitto_pub", auth_broker, cli_version, "-u", "alice", "-P", "nope", "-t", "alice/x", "-m", "x")
     assert bad.returncode != 0
     assert "not authori" in bad.stderr.lower() or "bad user name or password" in bad.stderr.lower(), bad.stderr
+
+
+def test_will_topic_must_be_writable(auth_broker, clients, version):
+    """A will on a topic the client may not write: Tern refuses the CONNECT
+    (0x87 / 5); Mosquitto 2.0 accepts it and drops the will when due."""
+    watcher = clients(auth_broker, version)
+    watcher.connect()
+    watcher.subscribe("public/#")
+    will = {"topic": "public/news", "payload": b"gone"}
+    c = clients(auth_broker, version, "alice", USERS["alice"], will=will)
+    if auth_broker.is_mosquitto:
+        assert c.connect_reason() == SUCCESS
+        c.abort()
+        assert watcher.drain() == []
+    else:
+        assert c.connect_reason() == NOT_AUTHORIZED
+    will = {"topic": "alice/status", "payload": b"gone"}
+    c = clients(auth_broker, version, "alice", USERS["alice"], will=will)
+    assert c.connect_reason() == SUCCESS
