@@ -49,7 +49,7 @@ fn batch_mode_writes_a_file_that_verifies() {
     let mode = std::fs::metadata(&file).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
     let text = std::fs::read_to_string(&file).unwrap();
-    assert!(text.starts_with("alice:$7$20000$"), "{text}");
+    assert!(text.starts_with("alice:$7$10000$"), "{text}");
     assert!(table(&file).check("alice", b"wonder"));
 
     ok(&["-b", "-I", "1000", f, "bob", "builder"]);
