@@ -522,3 +522,33 @@ async fn repeated_failures_are_slowed_down() {
     assert!(start.elapsed() >= first * 4 - Duration::from_millis(1));
     broker.shutdown().await;
 }
+
+/// No TLS listener here yet, so the certificate's identity is handed to
+/// `authenticate` directly, as the TLS listener does through `ConnInfo`.
+#[tokio::test]
+async fn certificate_identity_is_the_username() {
+    let dir = temp_dir("identity");
+    let file = dir.join("passwd");
+    write(&file, &user_line("alice", "pw"));
+    let broker = start_auth(|c| {
+        c.password_file = Some(file.clone());
+        let mut l = ListenerConfig::tcp("127.0.0.1:0".parse().unwrap());
+        l.use_identity_as_username = true;
+        c.listeners = vec![l];
+    })
+    .await;
+    let info = |cn: Option<&str>| tern_broker::connection::ConnInfo {
+        peer: "127.0.0.1:5000".parse().unwrap(),
+        listener: 0,
+        cert_identity: cn.map(Into::into),
+    };
+    let state = broker.state();
+    // The password is not checked: the certificate vouches for the client.
+    let connect = login(V5, "d1", Some("alice"), Some("wrong"));
+    let user =
+        tern_broker::auth::authenticate(&connect, "d1", &info(Some("device-1")), state).await;
+    assert_eq!(user.unwrap().as_deref(), Some("device-1"));
+    let user = tern_broker::auth::authenticate(&connect, "d1", &info(None), state).await;
+    assert_eq!(user.unwrap_err(), ReasonCode::NotAuthorized);
+    broker.shutdown().await;
+}
