@@ -51,6 +51,25 @@ def pytest_runtest_makereport(item, call):
 
 
 @pytest.fixture
+def start_broker(request, tmp_path):
+    """Factory: start_broker(auth={...}) -> a started Broker with that
+    authentication config (see Broker._configure_auth); stopped at teardown."""
+    started: list[Broker] = []
+
+    def factory(auth: dict) -> Broker:
+        template = os.environ.get("TERN_INTEROP_BROKER", DEFAULT_BROKER)
+        b = Broker(template, tmp_path / f"broker{len(started)}.log", auth=auth)
+        started.append(b)
+        request.node._interop_broker = b
+        b.start()
+        return b
+
+    yield factory
+    for b in started:
+        b.cleanup()
+
+
+@pytest.fixture
 def make_client(broker):
     """Factory: make_client(version, **kwargs) -> Client (call .connect() on it); all are closed at teardown."""
     clients: list[Client] = []

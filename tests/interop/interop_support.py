@@ -56,7 +56,7 @@ def unique(prefix: str = "t") -> str:
 
 
 class Broker:
-    def __init__(self, template: str, log_path: Path):
+    def __init__(self, template: str, log_path: Path, auth: dict | None = None):
         if "{port}" not in template:
             raise pytest.UsageError(
                 f"TERN_INTEROP_BROKER must contain '{{port}}': {template!r}"
@@ -68,6 +68,8 @@ class Broker:
         # as Mosquitto's, ignores it); kept across restarts of this broker.
         self.data_dir = tempfile.mkdtemp(prefix="tern-interop-")
         self.argv = shlex.split(template.format(port=self.port, data_dir=self.data_dir))
+        if auth is not None:
+            self._configure_auth(auth)
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None
         self._log = None
@@ -76,6 +78,38 @@ class Broker:
     @property
     def is_mosquitto(self) -> bool:
         return Path(self.argv[0]).name.startswith("mosquitto")
+
+    def _configure_auth(self, auth: dict) -> None:
+        """Starts the broker with a config file naming `password_file`,
+        `acl_file` (paths, optional) and `allow_anonymous` (bool, optional).
+
+        Tern: a TOML file added as `--config FILE` (the template's `--bind`
+        and `--data-dir` still apply). Mosquitto: a mosquitto.conf with one
+        listener on the port, run as `mosquitto -c FILE`."""
+        if self.is_mosquitto:
+            lines = [f"listener {self.port} {self.host}"]
+            if os.geteuid() == 0:
+                # Else Mosquitto drops to user `mosquitto`, who cannot read
+                # the test's private temporary files.
+                lines.append("user root")
+            for key in ("password_file", "acl_file"):
+                if auth.get(key):
+                    lines.append(f"{key} {auth[key]}")
+            if "allow_anonymous" in auth:
+                lines.append(f"allow_anonymous {'true' if auth['allow_anonymous'] else 'false'}")
+            conf = Path(self.data_dir) / "mosquitto.conf"
+            conf.write_text("\n".join(lines) + "\n")
+            self.argv = [self.argv[0], "-c", str(conf)]
+        else:
+            lines = []
+            for key in ("password_file", "acl_file"):
+                if auth.get(key):
+                    lines.append(f'{key} = "{auth[key]}"')
+            if "allow_anonymous" in auth:
+                lines.append(f"allow_anonymous = {'true' if auth['allow_anonymous'] else 'false'}")
+            conf = Path(self.data_dir) / "tern.toml"
+            conf.write_text("\n".join(lines) + "\n")
+            self.argv += ["--config", str(conf)]
 
     def start(self) -> None:
         exe = self.argv[0]
@@ -196,6 +230,8 @@ class Client:
         session_expiry: int | None = None,
         will: dict | None = None,
         keepalive: int = 30,
+        username: str | None = None,
+        password: str | None = None,
     ):
         self.broker = broker
         self.version = version
@@ -215,6 +251,8 @@ class Client:
         )
         if will:
             self.c.will_set(**will)
+        if username is not None:
+            self.c.username_pw_set(username, password)
         self.messages: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
         self._connack: queue.Queue = queue.Queue()
         self._subacks: dict[int, queue.Queue] = {}
@@ -226,6 +264,8 @@ class Client:
         self.c.on_subscribe = self._on_subscribe
         self.c.on_disconnect = self._on_disconnect
         self.c.on_unsubscribe = self._on_unsubscribe
+        self.c.on_publish = self._on_publish
+        self._pubacks: dict[int, queue.Queue] = {}
         self._unsubacks: queue.Queue = queue.Queue()
         self._loop_running = False
 
@@ -239,6 +279,13 @@ class Client:
     def _suback_queue(self, mid: int) -> queue.Queue:
         with self._lock:
             return self._subacks.setdefault(mid, queue.Queue())
+
+    def _puback_queue(self, mid: int) -> queue.Queue:
+        with self._lock:
+            return self._pubacks.setdefault(mid, queue.Queue())
+
+    def _on_publish(self, client, userdata, mid, reason_code, properties):
+        self._puback_queue(mid).put(reason_code)
 
     def _on_subscribe(self, client, userdata, mid, reason_code_list, properties):
         self._suback_queue(mid).put(reason_code_list)
@@ -290,6 +337,34 @@ class Client:
             flags, rc, props = self._connack.get_nowait()
         assert not rc.is_failure, f"{self.client_id}: CONNACK refused: {rc}"
         return flags
+
+    def connect_reason(self) -> int:
+        """Connect and return the CONNACK reason code's value (paho reports
+        3.1.1 return codes 4 and 5 as 0x86 and 0x87)."""
+        kwargs = {}
+        if self.version == mqtt.MQTTv5:
+            kwargs["clean_start"] = self.clean
+            kwargs["properties"] = self._connect_properties()
+        self.c.connect(self.broker.host, self.broker.port, self.keepalive, **kwargs)
+        self.c.loop_start()
+        self._loop_running = True
+        _, rc, _ = self._get(self._connack, "CONNACK")
+        return rc.value
+
+    def subscribe_reasons(self, topic: str, qos: int = 0) -> list[int]:
+        """Subscribe and return the SUBACK codes' values, refusals included."""
+        if self.version == mqtt.MQTTv5:
+            rc, mid = self.c.subscribe(topic, options=mqtt.SubscribeOptions(qos=qos))
+        else:
+            rc, mid = self.c.subscribe(topic, qos)
+        assert rc == mqtt.MQTT_ERR_SUCCESS, f"subscribe failed locally: {rc}"
+        return [code.value for code in self._get(self._suback_queue(mid), f"SUBACK for {topic!r}")]
+
+    def publish_reason(self, topic: str, payload=b"", qos: int = 1) -> int:
+        """Publish at QoS 1 or 2 and return the PUBACK/PUBREC reason's value."""
+        info = self.c.publish(topic, payload, qos=qos)
+        assert info.rc == mqtt.MQTT_ERR_SUCCESS, f"publish failed locally: {info.rc}"
+        return self._get(self._puback_queue(info.mid), f"acknowledgement of {topic!r}").value
 
     def _get(self, q: queue.Queue, what: str):
         try:

@@ -19,10 +19,13 @@
 //! - [`sys`]: `$SYS/broker/...` statistics. [`metrics`]: the counters behind them.
 //! - [`limits`]: resource limits (connections, rates, subscriptions, topic
 //!   levels): their decisions and `$SYS` counters.
+//! - [`auth`]: passwords (who may connect) and the ACL (which topics they
+//!   may use), reloadable.
 //! - [`config`]: options and defaults. [`error`]: protocol violations and reason codes.
 //!
 //! See `docs/architecture.md` for the whole flow.
 
+pub mod auth;
 pub mod config;
 pub mod connection;
 pub mod error;

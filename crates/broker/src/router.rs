@@ -12,6 +12,7 @@ use std::time::Instant;
 
 use tern_codec::{QoS, SubscriptionOptions};
 
+use crate::auth::ReadCheck;
 use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::session::{Delivery, NotQueued, Session};
@@ -41,6 +42,8 @@ struct Target {
     subscription_ids: Vec<u32>,
     /// Shared-subscription deliveries are never merged with others.
     shared: bool,
+    /// Whether the ACL must be asked if the session may read the topic.
+    check: bool,
 }
 
 /// Where a published message went.
@@ -94,7 +97,11 @@ fn route(state: &BrokerState, message: &Arc<Message>, mut group: Group) -> Route
     let mut routed = Routed::default();
     let mut staged = Vec::new();
     routed.matched = targets.len();
+    let mut acl = ReadCheck::default();
     for target in targets {
+        if target.check && !acl.allows(state, &target.session, &message.topic) {
+            continue;
+        }
         let delivery = Delivery {
             message: message.clone(),
             qos: message.qos.min(target.options.qos),
@@ -127,6 +134,8 @@ fn route(state: &BrokerState, message: &Arc<Message>, mut group: Group) -> Route
 /// Walks the tree under its read lock and returns who should get `message`.
 fn matching_targets(state: &BrokerState, message: &Message) -> Vec<Target> {
     let mut targets = Vec::new();
+    // One load per message; 0 (no ACL) means no subscription needs a check.
+    let acl_generation = state.auth.acl_generation();
     let tree = state.tree();
     tree.for_each_match(&message.topic, |m| match m {
         Matched::Subscriber { client_id, value } => {
@@ -134,7 +143,7 @@ fn matching_targets(state: &BrokerState, message: &Message) -> Vec<Target> {
             if value.options.no_local && message.origin.as_ref() == Some(client_id) {
                 return;
             }
-            targets.push(target(value, false));
+            targets.push(target(value, false, acl_generation));
         }
         Matched::Shared(group) => {
             let members = group.members();
@@ -147,14 +156,17 @@ fn matching_targets(state: &BrokerState, message: &Message) -> Vec<Target> {
                 .map(|i| &members[(start + i) % members.len()].1)
                 .find(|s| s.session.is_online());
             let chosen = online.unwrap_or(&members[start % members.len()].1);
-            targets.push(target(chosen, true));
+            targets.push(target(chosen, true, acl_generation));
         }
     });
     targets
 }
 
-fn target(subscriber: &Subscriber, shared: bool) -> Target {
+fn target(subscriber: &Subscriber, shared: bool, acl_generation: u64) -> Target {
     Target {
+        check: subscriber
+            .readable
+            .needs_check(acl_generation, &subscriber.session),
         session: subscriber.session.clone(),
         options: subscriber.options,
         subscription_ids: subscriber.subscription_id.into_iter().collect(),
@@ -178,6 +190,8 @@ fn merge_overlapping(mut targets: Vec<Target>) -> Vec<Target> {
                 last.options.qos = last.options.qos.max(t.options.qos);
                 last.options.retain_as_published |= t.options.retain_as_published;
                 last.subscription_ids.extend(t.subscription_ids);
+                // One wholly readable filter matching the topic is enough.
+                last.check &= t.check;
             }
             _ => merged.push(t),
         }

@@ -15,7 +15,7 @@ use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::num::NonZeroU16;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tern_codec::{ByteStr, QoS, ReasonCode, SubscriptionOptions};
@@ -40,6 +40,9 @@ pub struct Session {
     /// Whether a connection is attached; read without the lock by shared
     /// subscription routing to prefer online members.
     online: AtomicBool,
+    /// Bumped when a connection with another username attaches (see
+    /// [`crate::auth::Readable`]).
+    pub identity: AtomicU64,
 }
 
 /// Queue bounds, from the configuration.
@@ -139,6 +142,9 @@ pub struct SessionState {
     limits: QueueLimits,
     /// The attached connection, while it is parked (idle, without a task).
     pub parked: Option<Box<Parked>>,
+    /// The username of the last connection attached, for ACL checks on
+    /// deliveries.
+    pub username: Option<Arc<str>>,
 }
 
 /// A will waiting out its delay.
@@ -180,9 +186,11 @@ impl Session {
                 stored: false,
                 limits,
                 parked: None,
+                username: None,
             }),
             notify: Notify::new(),
             online: AtomicBool::new(false),
+            identity: AtomicU64::new(0),
         })
     }
 

@@ -21,6 +21,7 @@ use tern_codec::{QoS, SubscriptionOptions};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::AuthState;
 use crate::config::Config;
 use crate::connection::park::Parker;
 use crate::limits::Limits;
@@ -37,6 +38,8 @@ pub struct Subscriber {
     pub session: Arc<Session>,
     pub options: SubscriptionOptions,
     pub subscription_id: Option<u32>,
+    /// Whether deliveries need an ACL read check (see [`crate::auth`]).
+    pub readable: crate::auth::Readable,
 }
 
 /// State shared by all tasks of one broker.
@@ -57,6 +60,8 @@ pub struct BrokerState {
     pub parker: Arc<Parker>,
     /// The data file, unless `persistence` is off.
     pub store: Option<Arc<Store>>,
+    /// Passwords, ACL and failed logins; swapped by `reload_auth`.
+    pub auth: AuthState,
     next_connection_id: AtomicU64,
 }
 
@@ -80,6 +85,8 @@ impl BrokerState {
     /// Fresh state for a broker with this configuration. Must be called within
     /// the tokio runtime that will run the broker (the parker spawns on it).
     pub fn new(config: Config, store: Option<Arc<Store>>) -> std::io::Result<Arc<BrokerState>> {
+        let auth = AuthState::new(&config)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
         let park_after =
@@ -98,6 +105,7 @@ impl BrokerState {
             tasks,
             parker,
             store,
+            auth,
             next_connection_id: AtomicU64::new(1),
         }))
     }

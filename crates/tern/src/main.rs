@@ -9,6 +9,7 @@ mod bench;
 mod connect_args;
 mod exit;
 mod output;
+mod passwd;
 mod publish;
 mod serve;
 mod subscribe;
@@ -36,6 +37,8 @@ enum Command {
     Sub(subscribe::SubArgs),
     /// Load-test a broker: connections, throughput, latency (any broker).
     Bench(bench::BenchArgs),
+    /// Manage a password file (like mosquitto_passwd).
+    Passwd(passwd::PasswdArgs),
 }
 
 fn main() -> ExitCode {
@@ -63,6 +66,13 @@ fn main() -> ExitCode {
             init_logging("warn");
             bench::main(args)
         }
+        Command::Passwd(args) => match passwd::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("tern passwd: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 

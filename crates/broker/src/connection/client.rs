@@ -65,12 +65,14 @@ pub struct Client {
     pub peer: PeerLimits,
     /// Created when the first alias is.
     pub aliases: Option<Box<TopicAliases>>,
+    /// The will, with its Will Delay Interval among its properties.
     pub will: Option<Box<LastWill>>,
-    pub will_delay_secs: u32,
     /// Session Expiry Interval now in force (DISCONNECT may change it).
     pub session_expiry_secs: u32,
     /// Close the connection after this long without a packet (1.5 × keep-alive).
-    pub keep_alive_timeout: Option<Duration>,
+    /// In milliseconds, 0 for none: a `u32` rather than an
+    /// `Option<Duration>` (16 bytes), read through [`Client::keep_alive_timeout`].
+    pub keep_alive_ms: u32,
     /// In-flight messages of a resumed session still to be re-sent.
     pub resend_inflight: bool,
     /// MQTT 5 Request Problem Information: may we send reason strings.
@@ -80,6 +82,8 @@ pub struct Client {
     pub listener: u32,
     /// Per-client limit state; only when such a limit is configured.
     pub limits: Option<Box<ClientLimits>>,
+    /// The username the client was accepted with (ACL checks).
+    pub username: Option<Arc<str>>,
 }
 
 impl Client {
@@ -161,6 +165,11 @@ impl Client {
         }
     }
 
+    /// How long the connection may be silent before it is closed.
+    pub fn keep_alive_timeout(&self) -> Option<Duration> {
+        (self.keep_alive_ms > 0).then(|| Duration::from_millis(u64::from(self.keep_alive_ms)))
+    }
+
     /// A reason string for an MQTT 5 response, if the client wants them.
     pub fn reason_string(&self, text: impl Into<String>) -> Option<ByteStr> {
         (self.version == ProtocolVersion::V5 && self.problem_information)
@@ -171,7 +180,8 @@ impl Client {
 #[cfg(test)]
 mod tests {
     /// An idle connection costs its `Client` (parked in its session); the
-    /// limits added a listener index and a box without growing it.
+    /// limits added a listener index and a box, and the ACL a username, while
+    /// the keep-alive and the will delay got more compact to pay for them.
     #[test]
     fn client_stays_small() {
         assert!(std::mem::size_of::<super::Client>() <= 128);

@@ -33,6 +33,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use self::client::{Client, PeerLimits};
+use crate::auth;
 use crate::error::ProtocolViolation;
 use crate::handler::{self, Flow, connect};
 use crate::limits;
@@ -302,6 +303,7 @@ async fn start_session<S: AsyncWrite>(
         connection_id,
     )
     .await;
+    auth::bind_session(&attached.session, accepted.username.clone());
     let props = &connect.properties;
     let keep_alive = accepted.keep_alive_secs;
     let mut client = Client {
@@ -320,20 +322,16 @@ async fn start_session<S: AsyncWrite>(
             topic_alias_maximum: props.topic_alias_maximum.unwrap_or(0),
         },
         aliases: None,
-        will_delay_secs: connect
-            .will
-            .as_ref()
-            .and_then(|w| w.properties.will_delay_interval)
-            .unwrap_or(0),
         will: connect.will.map(|will| Box::new(connect::owned_will(will))),
         session_expiry_secs: accepted.session_expiry_secs,
         // Close after one and a half keep-alive periods of silence [MQTT-3.1.2-24].
-        keep_alive_timeout: (keep_alive > 0)
-            .then(|| Duration::from_millis(u64::from(keep_alive) * 1500)),
+        // (65535 × 1500 ms fits a u32.)
+        keep_alive_ms: u32::from(keep_alive) * 1500,
         resend_inflight: attached.session_present,
         problem_information: props.request_problem_information.unwrap_or(true),
         listener: u32::try_from(info.listener).unwrap_or(u32::MAX),
         limits: state.limits.client_limits(peer),
+        username: accepted.username.clone(),
     };
     let connack = connect::connack(&accepted, version, attached.session_present, state);
     // Session Present promises the session is kept: not before it is stored.
@@ -351,7 +349,8 @@ async fn admit(
     state: &Arc<BrokerState>,
 ) -> Result<connect::Accepted, ReasonCode> {
     state.limits.check_connect(connect, info.peer)?;
-    let accepted = connect::accept(connect, state)?;
+    let mut accepted = connect::accept(connect, state)?;
+    accepted.username = auth::authenticate(connect, &accepted.client_id, info, state).await?;
     // Last: the slot is given back only when the connection ends, so
     // nothing may refuse the CONNECT after it is taken.
     state.limits.reserve_connection(info.listener)?;
@@ -390,7 +389,7 @@ async fn run<S: Transport>(conn: &mut Conn<S>) -> Exit {
         next_check(client, *last_heard, last_active, park_after).unwrap_or(last_active),
     );
     tokio::pin!(timer);
-    let timed = client.keep_alive_timeout.is_some() || park_after.is_some();
+    let timed = client.keep_alive_timeout().is_some() || park_after.is_some();
     let mut durable = state.store.as_ref().map(|s| s.watch());
     // Whether the last read filled the buffer: more is probably waiting.
     let mut busy = false;
@@ -434,7 +433,7 @@ async fn run<S: Transport>(conn: &mut Conn<S>) -> Exit {
             () = store_progress(&mut durable), if client.holds.is_some() => {}
             () = &mut timer, if timed => {
                 let now = Instant::now();
-                if client.keep_alive_timeout.is_some_and(|t| *last_heard + t <= now) {
+                if client.keep_alive_timeout().is_some_and(|t| *last_heard + t <= now) {
                     return Exit::Close(Close::KeepAliveTimeout);
                 }
                 last_active = last_active.max(*last_heard);
@@ -472,7 +471,7 @@ fn next_check(
     last_active: Instant,
     park_after: Option<Duration>,
 ) -> Option<Instant> {
-    let keep_alive = client.keep_alive_timeout.map(|t| last_heard + t);
+    let keep_alive = client.keep_alive_timeout().map(|t| last_heard + t);
     let park = park_after.map(|p| last_active.max(last_heard) + p);
     match (keep_alive, park) {
         (Some(a), Some(b)) => Some(a.min(b)),
@@ -635,6 +634,11 @@ fn depart(client: &mut Client, close: Close, peer: SocketAddr) {
         Close::Shutdown => false,
         _ => true,
     };
+    let will_delay_secs = client
+        .will
+        .as_ref()
+        .and_then(|w| w.properties.will_delay_interval)
+        .unwrap_or(0);
     let will = client
         .will
         .take()
@@ -643,7 +647,7 @@ fn depart(client: &mut Client, close: Close, peer: SocketAddr) {
     let departure = Departure {
         connection_id: client.connection_id,
         will,
-        will_delay_secs: client.will_delay_secs,
+        will_delay_secs,
     };
     registry::detach(&client.state, &client.session, departure);
     // Before `clients_connected`: once that shows the connection gone, its

@@ -250,7 +250,7 @@ impl Parker {
             return Err(parked);
         }
         st.release_idle_traffic();
-        let deadline = match parked.client.keep_alive_timeout {
+        let deadline = match parked.client.keep_alive_timeout() {
             Some(timeout) => self.seconds_ceil((last_heard + timeout).into_std()),
             None => u32::MAX,
         };

@@ -13,6 +13,7 @@ use tern_codec::{
 };
 
 use super::Flow;
+use crate::auth;
 use crate::connection::client::Client;
 use crate::error::ProtocolViolation;
 use crate::limits;
@@ -39,21 +40,38 @@ pub fn handle(client: &mut Client, mut publish: Publish) -> Result<Flow, Protoco
     }
     let qos = publish.qos;
     let packet_id = publish.packet_id;
+    // A topic the ACL does not let the client write is not routed. MQTT 5
+    // says so (0x87); 3.1.1 acknowledges as usual [MQTT-3.3.5-2].
+    let allowed = auth::may_publish(client, &publish.topic);
     match (qos, packet_id) {
         (QoS::AtMostOnce, _) => {
-            route(client, publish, Group::default());
+            if allowed {
+                route(client, publish, Group::default());
+            }
         }
         (QoS::AtLeastOnce, Some(id)) => {
-            let routed = route(client, publish, Group::default());
-            let reason = matched_reason(client, routed.matched);
-            // The PUBACK promises the message is safe: it waits for the store.
-            client.hold_until(routed.ticket);
+            let reason = if allowed {
+                let routed = route(client, publish, Group::default());
+                // The PUBACK promises the message is safe: it waits for the store.
+                client.hold_until(routed.ticket);
+                matched_reason(client, routed.matched)
+            } else {
+                denied_reason(client)
+            };
             client.send(&Packet::PubAck(PubAck {
                 reason,
                 ..PubAck::new(id)
             }));
         }
         (QoS::ExactlyOnce, Some(id)) => {
+            if !allowed && client.version == ProtocolVersion::V5 {
+                // A failed PUBREC ends the exchange: no id to remember.
+                client.send(&Packet::PubRec(PubAck {
+                    reason: ReasonCode::NotAuthorized,
+                    ..PubAck::new(id)
+                }));
+                return Ok(Flow::Continue);
+            }
             let first_time = {
                 let mut st = client.session.lock();
                 let awaiting = &mut st.traffic().inbound_qos2;
@@ -66,7 +84,7 @@ pub fn handle(client: &mut Client, mut publish: Publish) -> Result<Flow, Protoco
                     true
                 }
             };
-            let reason = if first_time {
+            let reason = if first_time && allowed {
                 // The id is stored in one transaction with the message's
                 // deliveries: after a crash, a stored id always has its
                 // message queued (else the re-sent PUBLISH would be taken for
@@ -132,6 +150,15 @@ fn persistent_store(client: &Client) -> Option<Arc<Store>> {
 fn route(client: &Client, publish: Publish, group: Group) -> router::Routed {
     let message = Message::from_publish(publish, client.client_id().clone(), Instant::now());
     router::publish_with(&client.state, message, group)
+}
+
+/// The acknowledgement of a message the ACL refused: MQTT 5 says so.
+fn denied_reason(client: &Client) -> ReasonCode {
+    if client.version == ProtocolVersion::V5 {
+        ReasonCode::NotAuthorized
+    } else {
+        ReasonCode::Success
+    }
 }
 
 /// MQTT 5 tells the publisher when nobody was subscribed (0x10).

@@ -9,6 +9,7 @@ use tern_codec::{
 };
 
 use super::Flow;
+use crate::auth;
 use crate::connection::client::Client;
 use crate::error::ProtocolViolation;
 use crate::limits;
@@ -75,6 +76,11 @@ fn subscribe_one(
     if group.is_some() && request.options.no_local {
         return Err(ProtocolViolation::SharedNoLocal);
     }
+    let (permitted, readable) = auth::subscribe_access(client, filter);
+    if !permitted {
+        // 3.1.1 encodes every failure as 0x80.
+        return Ok(ReasonCode::NotAuthorized);
+    }
     if let Some(refused) = limits::subscription_refused(client, &request.filter, filter) {
         return Ok(refused);
     }
@@ -87,6 +93,7 @@ fn subscribe_one(
         session: client.session.clone(),
         options,
         subscription_id,
+        readable,
     };
     let existed = client
         .state
@@ -108,7 +115,10 @@ fn subscribe_one(
             RetainHandling::DoNotSend => false,
         };
     if send_retained {
-        let messages = router::retained_matching(&client.state, filter);
+        let mut messages = router::retained_matching(&client.state, filter);
+        if readable.needs_check(client.state.auth.acl_generation(), &client.session) {
+            messages.retain(|m| auth::may_read(client, &m.topic));
+        }
         if !messages.is_empty() {
             retained.push(RetainedBatch { messages, granted });
         }

@@ -190,6 +190,8 @@ fn restore_session(
                 session: session.clone(),
                 options,
                 subscription_id,
+                // Unknown until the client connects: checked per message.
+                readable: Default::default(),
             };
             state
                 .tree_mut()

@@ -1,0 +1,554 @@
+//! Authentication and ACL through real sockets: password logins, anonymous
+//! access per listener, the ACL on publish, subscribe, delivery, retained
+//! messages, wills and `$SYS`, reloading, and the failed-login slow-down.
+
+mod common;
+
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::*;
+use tern_broker::auth::password::PasswordHash;
+use tern_broker::config::ListenerConfig;
+use tern_broker::{BrokerHandle, Config};
+use tern_codec::*;
+
+const V5: ProtocolVersion = ProtocolVersion::V5;
+const V3: ProtocolVersion = ProtocolVersion::V3_1_1;
+
+/// A directory of its own for one test's files.
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("tern-auth-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A `user:hash` line, with few iterations so debug builds stay fast.
+fn user_line(user: &str, password: &str) -> String {
+    let hash = PasswordHash::new(password, NonZeroU32::new(1000).unwrap()).unwrap();
+    format!("{user}:{}\n", hash.encode())
+}
+
+fn write(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+}
+
+async fn start_auth(edit: impl FnOnce(&mut Config)) -> BrokerHandle {
+    let mut config = test_config();
+    edit(&mut config);
+    start_with(config).await
+}
+
+fn login(version: ProtocolVersion, id: &str, user: Option<&str>, pw: Option<&str>) -> Connect {
+    let mut c = connect_packet(version, id);
+    c.username = user.map(Into::into);
+    c.password = pw.map(|p| bytes::Bytes::copy_from_slice(p.as_bytes()));
+    c
+}
+
+async fn connack(broker: &BrokerHandle, connect: Connect) -> ReasonCode {
+    TestClient::connect_with(broker.local_addr(), connect)
+        .await
+        .1
+        .reason
+}
+
+async fn connect_as(
+    broker: &BrokerHandle,
+    version: ProtocolVersion,
+    id: &str,
+    user: Option<&str>,
+) -> TestClient {
+    let (client, ack) =
+        TestClient::connect_with(broker.local_addr(), login(version, id, user, None)).await;
+    assert_eq!(ack.reason, ReasonCode::Success, "{id} as {user:?}");
+    client
+}
+
+#[tokio::test]
+async fn passwords_decide_connect() {
+    let dir = temp_dir("passwords");
+    let file = dir.join("passwd");
+    write(
+        &file,
+        &format!(
+            "{}garbage line\n{}",
+            user_line("alice", "wonder"),
+            user_line("bob", "builder")
+        ),
+    );
+    let broker = start_auth(|c| c.password_file = Some(file.clone())).await;
+    for v in [V5, V3] {
+        let bad = ReasonCode::BadUserNameOrPassword;
+        assert_eq!(
+            connack(&broker, login(v, "a", Some("alice"), Some("wonder"))).await,
+            ReasonCode::Success
+        );
+        assert_eq!(
+            connack(&broker, login(v, "b", Some("bob"), Some("builder"))).await,
+            ReasonCode::Success
+        );
+        assert_eq!(
+            connack(&broker, login(v, "c", Some("alice"), Some("builder"))).await,
+            bad
+        );
+        assert_eq!(
+            connack(&broker, login(v, "d", Some("mallory"), Some("wonder"))).await,
+            bad
+        );
+        assert_eq!(
+            connack(&broker, login(v, "e", Some("alice"), None)).await,
+            bad
+        );
+        // A password file makes anonymous access refused unless allowed.
+        assert_eq!(
+            connack(&broker, login(v, "f", None, None)).await,
+            ReasonCode::NotAuthorized
+        );
+    }
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn mosquitto_passwd_files_are_read() {
+    let dir = temp_dir("mosquitto");
+    let file = dir.join("passwd");
+    let run = |args: &[&str]| {
+        let status = std::process::Command::new("mosquitto_passwd")
+            .args(args)
+            .status()
+            .expect("mosquitto_passwd is installed");
+        assert!(status.success());
+    };
+    let f = file.to_str().unwrap();
+    run(&["-c", "-b", f, "seven", "pbkdf2-pw"]);
+    run(&["-H", "sha512", "-b", f, "six", "sha-pw"]);
+    let broker = start_auth(|c| c.password_file = Some(file.clone())).await;
+    assert_eq!(
+        connack(&broker, login(V5, "a", Some("seven"), Some("pbkdf2-pw"))).await,
+        ReasonCode::Success
+    );
+    assert_eq!(
+        connack(&broker, login(V5, "b", Some("six"), Some("sha-pw"))).await,
+        ReasonCode::Success
+    );
+    assert_eq!(
+        connack(&broker, login(V5, "c", Some("six"), Some("pbkdf2-pw"))).await,
+        ReasonCode::BadUserNameOrPassword
+    );
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn anonymous_access_per_listener() {
+    let dir = temp_dir("anonymous");
+    let file = dir.join("passwd");
+    write(&file, &user_line("alice", "pw"));
+    let listener = |allow: Option<bool>, identity: bool| {
+        let mut l = ListenerConfig::tcp("127.0.0.1:0".parse().unwrap());
+        l.allow_anonymous = allow;
+        l.use_identity_as_username = identity;
+        vec![l]
+    };
+    let cases = [
+        // (broker-wide, listener, anonymous accepted)
+        (Some(false), Some(true), true),
+        (Some(true), Some(false), false),
+        (Some(true), None, true),
+        (None, None, false),
+    ];
+    for (global, own, accepted) in cases {
+        let broker = start_auth(|c| {
+            c.password_file = Some(file.clone());
+            c.allow_anonymous = global;
+            c.listeners = listener(own, false);
+        })
+        .await;
+        let expected = if accepted {
+            ReasonCode::Success
+        } else {
+            ReasonCode::NotAuthorized
+        };
+        for v in [V5, V3] {
+            assert_eq!(
+                connack(&broker, login(v, "anon", None, None)).await,
+                expected,
+                "{global:?} {own:?}"
+            );
+        }
+        broker.shutdown().await;
+    }
+    // Without a password file anonymous clients are welcome by default.
+    let broker = start_auth(|_| {}).await;
+    assert_eq!(
+        connack(&broker, login(V5, "anon", None, None)).await,
+        ReasonCode::Success
+    );
+    broker.shutdown().await;
+    // A listener taking the username from the certificate refuses a client
+    // without one, whatever it sends.
+    let broker = start_auth(|c| c.listeners = listener(Some(true), true)).await;
+    assert_eq!(
+        connack(&broker, login(V5, "x", Some("alice"), Some("pw"))).await,
+        ReasonCode::NotAuthorized
+    );
+    assert_eq!(
+        connack(&broker, login(V3, "y", None, None)).await,
+        ReasonCode::NotAuthorized
+    );
+    broker.shutdown().await;
+}
+
+const ACL: &str = "\
+# anonymous clients
+topic read public/#
+
+user root
+topic readwrite #
+topic read $SYS/#
+
+user alice
+topic readwrite alice/#
+topic deny alice/secret
+topic read $SYS/#
+topic deny $SYS/broker/uptime
+
+user bob
+topic write bob/+/out
+topic read #
+
+pattern readwrite devices/%c/#
+pattern read inbox/%u
+";
+
+async fn acl_broker(name: &str, edit: impl FnOnce(&mut Config)) -> (BrokerHandle, PathBuf) {
+    let dir = temp_dir(name);
+    let file = dir.join("acl");
+    write(&file, ACL);
+    let broker = start_auth(|c| {
+        c.acl_file = Some(file.clone());
+        edit(c);
+    })
+    .await;
+    (broker, file)
+}
+
+/// PUBLISH QoS 1 and return the PUBACK reason.
+async fn puback(client: &mut TestClient, topic: &str) -> ReasonCode {
+    client
+        .send(Packet::Publish(publish_packet(
+            topic,
+            b"m",
+            QoS::AtLeastOnce,
+            7,
+        )))
+        .await;
+    match client.recv().await {
+        Packet::PubAck(a) => a.reason,
+        other => panic!("expected PUBACK, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn acl_matrix() {
+    let (broker, _) = acl_broker("matrix", |_| {}).await;
+    // root sees everything that is routed.
+    let mut watch = connect_as(&broker, V5, "watch", Some("root")).await;
+    assert_eq!(
+        watch.subscribe("#", QoS::AtMostOnce).await,
+        ReasonCode::Success
+    );
+    // (user, client id, topic, may write, may read)
+    let matrix: &[(Option<&str>, &str, &str, bool, bool)] = &[
+        (None, "anon", "public/news", false, true),
+        (None, "anon", "alice/x", false, false),
+        (Some("alice"), "a1", "alice/x", true, true),
+        (Some("alice"), "a1", "alice/secret", false, false),
+        (Some("alice"), "a1", "public/news", false, false),
+        (Some("bob"), "b1", "bob/1/out", true, true),
+        (Some("bob"), "b1", "bob/1/in", false, true),
+        (Some("bob"), "b1", "alice/x", false, true),
+        (Some("carol"), "c1", "alice/x", false, false),
+        (Some("carol"), "dev7", "devices/dev7/temp", true, true),
+        (Some("carol"), "dev7", "devices/dev8/temp", false, false),
+        (Some("carol"), "c1", "inbox/carol", false, true),
+        (Some("carol"), "c1", "inbox/dave", false, false),
+        (None, "c1", "inbox/", false, false),
+    ];
+    for &(user, id, topic, write, read) in matrix {
+        for v in [V5, V3] {
+            let mut c = connect_as(&broker, v, id, user).await;
+            let reason = puback(&mut c, topic).await;
+            let want = match (write, v) {
+                (true, _) => ReasonCode::Success,
+                (false, V5) => ReasonCode::NotAuthorized,
+                // 3.1.1 cannot say no: acknowledged, then dropped.
+                (false, _) => ReasonCode::Success,
+            };
+            assert_eq!(reason, want, "{user:?}/{id} write {topic} ({v:?})");
+            if write {
+                assert_eq!(watch.recv_publish().await.topic.as_str(), topic);
+            }
+            let sub = c.subscribe(topic, QoS::AtMostOnce).await;
+            let want = match (read, v) {
+                (true, _) => ReasonCode::Success,
+                (false, V5) => ReasonCode::NotAuthorized,
+                (false, _) => ReasonCode::UnspecifiedError,
+            };
+            assert_eq!(sub, want, "{user:?}/{id} read {topic} ({v:?})");
+            c.disconnect().await;
+        }
+    }
+    // Nothing refused reached the watcher; QoS 0 and 2 are dropped too.
+    let mut anon = connect_as(&broker, V5, "anon", None).await;
+    anon.send(Packet::Publish(publish_packet(
+        "alice/x",
+        b"q0",
+        QoS::AtMostOnce,
+        0,
+    )))
+    .await;
+    anon.send(Packet::Publish(publish_packet(
+        "alice/x",
+        b"q2",
+        QoS::ExactlyOnce,
+        9,
+    )))
+    .await;
+    match anon.recv().await {
+        Packet::PubRec(a) => assert_eq!(a.reason, ReasonCode::NotAuthorized),
+        other => panic!("expected PUBREC, got {other:?}"),
+    }
+    let mut anon3 = connect_as(&broker, V3, "anon3", None).await;
+    anon3
+        .publish("alice/x", b"q2", QoS::ExactlyOnce, false)
+        .await;
+    watch.expect_nothing().await;
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn deliveries_and_retained_follow_deny() {
+    let (broker, _) = acl_broker("delivery", |_| {}).await;
+    let mut root = connect_as(&broker, V5, "root", Some("root")).await;
+    root.publish("alice/secret", b"r-secret", QoS::AtLeastOnce, true)
+        .await;
+    root.publish("alice/ok", b"r-ok", QoS::AtLeastOnce, true)
+        .await;
+    let mut alice = connect_as(&broker, V5, "a1", Some("alice")).await;
+    assert_eq!(
+        alice.subscribe("alice/#", QoS::AtLeastOnce).await,
+        ReasonCode::GrantedQoS1
+    );
+    // Only the readable retained message arrives.
+    let p = alice.recv_publish().await;
+    assert_eq!((p.topic.as_str(), p.retain), ("alice/ok", true));
+    alice.ack(&p).await;
+    alice.expect_nothing().await;
+    // Live messages: the denied topic is filtered per message.
+    root.publish("alice/secret", b"live-secret", QoS::AtLeastOnce, false)
+        .await;
+    root.publish("alice/x", b"live-x", QoS::AtLeastOnce, false)
+        .await;
+    let p = alice.recv_publish().await;
+    assert_eq!(p.topic.as_str(), "alice/x");
+    alice.ack(&p).await;
+    alice.expect_nothing().await;
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn will_must_be_writable() {
+    let (broker, _) = acl_broker("will", |_| {}).await;
+    let with_will = |v, topic: &str| {
+        let mut c = login(v, "w", Some("alice"), None);
+        c.will = Some(LastWill {
+            topic: topic.into(),
+            payload: bytes::Bytes::from_static(b"gone"),
+            qos: QoS::AtMostOnce,
+            retain: false,
+            properties: WillProperties::default(),
+        });
+        c
+    };
+    for v in [V5, V3] {
+        assert_eq!(
+            connack(&broker, with_will(v, "bob/1/out")).await,
+            ReasonCode::NotAuthorized
+        );
+        assert_eq!(
+            connack(&broker, with_will(v, "alice/status")).await,
+            ReasonCode::Success
+        );
+    }
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn sys_topics_only_where_allowed() {
+    let (broker, _) = acl_broker("sys", |c| c.sys_interval_secs = 1).await;
+    let mut bob = connect_as(&broker, V5, "b1", Some("bob")).await;
+    // bob reads `#`, which does not reach `$SYS`.
+    assert_eq!(
+        bob.subscribe("$SYS/#", QoS::AtMostOnce).await,
+        ReasonCode::NotAuthorized
+    );
+    let mut alice = connect_as(&broker, V5, "a1", Some("alice")).await;
+    assert_eq!(
+        alice.subscribe("$SYS/#", QoS::AtMostOnce).await,
+        ReasonCode::Success
+    );
+    // One whole round of `$SYS` (its last topic ends it), without uptime.
+    let mut seen = Vec::new();
+    loop {
+        let p = alice.recv_publish().await;
+        let topic = p.topic.to_string();
+        seen.push(topic.clone());
+        if topic == "$SYS/broker/retained messages/count" {
+            break;
+        }
+    }
+    assert!(seen.iter().any(|t| t == "$SYS/broker/version"), "{seen:?}");
+    assert!(!seen.iter().any(|t| t == "$SYS/broker/uptime"), "{seen:?}");
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn reload_applies_good_files_and_keeps_old_rules_on_errors() {
+    let dir = temp_dir("reload");
+    let acl = dir.join("acl");
+    let passwd = dir.join("passwd");
+    write(&acl, "topic readwrite news/#\n");
+    write(&passwd, &user_line("alice", "one"));
+    let broker = start_auth(|c| {
+        c.acl_file = Some(acl.clone());
+        c.password_file = Some(passwd.clone());
+        c.allow_anonymous = Some(true);
+    })
+    .await;
+    let mut sub = connect_as(&broker, V5, "sub", None).await;
+    assert_eq!(
+        sub.subscribe("news/#", QoS::AtMostOnce).await,
+        ReasonCode::Success
+    );
+    let mut publisher = connect_as(&broker, V5, "pub", None).await;
+    assert_eq!(
+        puback(&mut publisher, "news/secret").await,
+        ReasonCode::Success
+    );
+    assert_eq!(sub.recv_publish().await.topic.as_str(), "news/secret");
+    assert_eq!(
+        puback(&mut publisher, "other").await,
+        ReasonCode::NotAuthorized
+    );
+
+    // New rules: the existing subscription loses news/secret, `other` opens.
+    write(
+        &acl,
+        "topic readwrite news/#\ntopic deny news/secret\ntopic readwrite other\n",
+    );
+    write(
+        &passwd,
+        &(user_line("alice", "one") + &user_line("bob", "two")),
+    );
+    broker.state().reload_auth().unwrap();
+    assert_eq!(
+        puback(&mut publisher, "other").await,
+        ReasonCode::NoMatchingSubscribers
+    );
+    assert_eq!(
+        puback(&mut publisher, "news/secret").await,
+        ReasonCode::NotAuthorized
+    );
+    assert_eq!(
+        puback(&mut publisher, "news/open").await,
+        ReasonCode::Success
+    );
+    assert_eq!(sub.recv_publish().await.topic.as_str(), "news/open");
+    assert_eq!(
+        connack(&broker, login(V5, "b", Some("bob"), Some("two"))).await,
+        ReasonCode::Success
+    );
+
+    // A broken ACL: the error names file and line; the rules stay.
+    write(&acl, "topic readwrite #\nbogus line\n");
+    let err = broker.state().reload_auth().unwrap_err();
+    assert!(
+        err.contains(acl.to_str().unwrap()) && err.contains("line 2"),
+        "{err}"
+    );
+    assert_eq!(
+        puback(&mut publisher, "news/secret").await,
+        ReasonCode::NotAuthorized
+    );
+    // A missing password file is an error too; bob still logs in.
+    std::fs::remove_file(&passwd).unwrap();
+    let err = broker.state().reload_auth().unwrap_err();
+    assert!(err.contains(passwd.to_str().unwrap()), "{err}");
+    assert_eq!(
+        connack(&broker, login(V5, "b", Some("bob"), Some("two"))).await,
+        ReasonCode::Success
+    );
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn repeated_failures_are_slowed_down() {
+    let dir = temp_dir("slow");
+    let file = dir.join("passwd");
+    write(&file, &user_line("alice", "right"));
+    let broker = start_auth(|c| c.password_file = Some(file.clone())).await;
+    let attempt = || async {
+        let start = Instant::now();
+        let reason = connack(&broker, login(V5, "x", Some("alice"), Some("wrong"))).await;
+        assert_eq!(reason, ReasonCode::BadUserNameOrPassword);
+        start.elapsed()
+    };
+    let free = tern_broker::auth::FREE_FAILURES;
+    let first = tern_broker::auth::FIRST_DELAY;
+    for _ in 0..free {
+        assert!(attempt().await < first);
+    }
+    assert!(attempt().await >= first);
+    assert!(attempt().await >= first * 2);
+    // The right password from the same address waits too, then succeeds.
+    let start = Instant::now();
+    assert_eq!(
+        connack(&broker, login(V5, "y", Some("alice"), Some("right"))).await,
+        ReasonCode::Success
+    );
+    assert!(start.elapsed() >= first * 4 - Duration::from_millis(1));
+    broker.shutdown().await;
+}
+
+/// No TLS listener here yet, so the certificate's identity is handed to
+/// `authenticate` directly, as the TLS listener does through `ConnInfo`.
+#[tokio::test]
+async fn certificate_identity_is_the_username() {
+    let dir = temp_dir("identity");
+    let file = dir.join("passwd");
+    write(&file, &user_line("alice", "pw"));
+    let broker = start_auth(|c| {
+        c.password_file = Some(file.clone());
+        let mut l = ListenerConfig::tcp("127.0.0.1:0".parse().unwrap());
+        l.use_identity_as_username = true;
+        c.listeners = vec![l];
+    })
+    .await;
+    let info = |cn: Option<&str>| tern_broker::connection::ConnInfo {
+        peer: "127.0.0.1:5000".parse().unwrap(),
+        listener: 0,
+        cert_identity: cn.map(Into::into),
+    };
+    let state = broker.state();
+    // The password is not checked: the certificate vouches for the client.
+    let connect = login(V5, "d1", Some("alice"), Some("wrong"));
+    let user =
+        tern_broker::auth::authenticate(&connect, "d1", &info(Some("device-1")), state).await;
+    assert_eq!(user.unwrap().as_deref(), Some("device-1"));
+    let user = tern_broker::auth::authenticate(&connect, "d1", &info(None), state).await;
+    assert_eq!(user.unwrap_err(), ReasonCode::NotAuthorized);
+    broker.shutdown().await;
+}
