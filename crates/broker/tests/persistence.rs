@@ -302,3 +302,40 @@ async fn without_persistence_nothing_is_written() {
     broker.shutdown().await;
     assert!(!Path::new(&dir.0).exists());
 }
+
+/// A persistent session keeps its client's username across a restart, so
+/// the ACL lets through what that user may read while the client is still
+/// offline: `%u` rules would otherwise judge it as anonymous and drop it.
+#[tokio::test]
+async fn the_acl_judges_a_restored_session_by_its_username() {
+    let dir = DataDir::new("acl-username");
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let acl = dir.0.join("acl");
+    std::fs::write(&acl, "pattern read inbox/%u/#\npattern write inbox/#\n").unwrap();
+    let config = || Config {
+        acl_file: Some(acl.clone()),
+        ..dir.config()
+    };
+    let broker = start_with(config()).await;
+    let mut login = persistent(V5, "phone");
+    login.username = Some("alice".into());
+    let (mut sub, _) = TestClient::connect_with(broker.local_addr(), login.clone()).await;
+    assert_eq!(
+        sub.subscribe("inbox/alice/#", QoS::AtLeastOnce).await,
+        ReasonCode::GrantedQoS1
+    );
+    sub.disconnect().await;
+    broker.shutdown().await;
+
+    let broker = start_with(config()).await;
+    let mut publisher = TestClient::connect(broker.local_addr(), V5, "server").await;
+    publisher
+        .publish("inbox/alice/1", b"for alice", QoS::AtLeastOnce, false)
+        .await;
+    let (mut sub, ack) = TestClient::connect_with(broker.local_addr(), login).await;
+    assert!(ack.session_present);
+    let p = sub.recv_publish().await;
+    assert_eq!(&p.payload[..], b"for alice");
+    sub.ack(&p).await;
+    broker.shutdown().await;
+}

@@ -241,6 +241,7 @@ impl Store {
                 let record = records::encode_message(&will.message, &clock);
                 (record, clock.to_unix_ms(will.due))
             }),
+            username: st.username.as_deref().map(str::to_owned),
         };
         self.submit(Op::PutSession {
             client_id: client_id.clone(),

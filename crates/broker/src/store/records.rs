@@ -25,6 +25,9 @@ use crate::session::InflightState;
 
 /// The layout version written in front of every record.
 const FORMAT: u8 = 1;
+/// Session records are at layout 2: layout 1 plus the username. Layout 1
+/// records still read, with no username.
+const SESSION_FORMAT: u8 = 2;
 
 /// A record that cannot be read back.
 #[derive(Debug, thiserror::Error)]
@@ -226,11 +229,16 @@ pub struct SessionRecord {
     pub subscriptions: Vec<(ByteStr, SubscriptionOptions, Option<u32>)>,
     /// A will waiting out its delay: the message record and when it is due.
     pub will: Option<(Vec<u8>, u64)>,
+    /// The username its client last connected with, so the ACL judges
+    /// deliveries to it as that user even before it reconnects after a
+    /// restart. Layout 1 records (from before usernames were stored) read
+    /// as `None`.
+    pub username: Option<String>,
 }
 
 pub fn encode_session(record: &SessionRecord) -> Vec<u8> {
     let mut w = Writer::default();
-    w.u8(FORMAT);
+    w.u8(SESSION_FORMAT);
     w.u32(record.expiry_secs);
     w.u64(record.disconnected_at_ms.unwrap_or(0));
     w.u32(record.subscriptions.len() as u32);
@@ -247,13 +255,23 @@ pub fn encode_session(record: &SessionRecord) -> Vec<u8> {
         }
         None => w.u8(0),
     }
+    match &record.username {
+        Some(name) => {
+            w.u8(1);
+            w.bytes(name.as_bytes());
+        }
+        None => w.u8(0),
+    }
     w.0
 }
 
 pub fn decode_session(record: &[u8]) -> Result<SessionRecord, RecordError> {
     const WHAT: &str = "session";
     let mut r = Reader::new(record, WHAT);
-    r.format()?;
+    let layout = r.u8()?;
+    if layout != FORMAT && layout != SESSION_FORMAT {
+        return Err(RecordError::new(WHAT, format!("unknown format {layout}")));
+    }
     let expiry_secs = r.u32()?;
     let disconnected = r.u64()?;
     let count = r.u32()?;
@@ -276,12 +294,24 @@ pub fn decode_session(record: &[u8]) -> Result<SessionRecord, RecordError> {
             Some((r.bytes()?.to_vec(), due))
         }
     };
+    let username = match layout {
+        FORMAT => None,
+        _ => match r.u8()? {
+            0 => None,
+            _ => Some(
+                std::str::from_utf8(r.bytes()?)
+                    .map_err(|_| RecordError::new(WHAT, "username is not UTF-8"))?
+                    .to_owned(),
+            ),
+        },
+    };
     r.end()?;
     Ok(SessionRecord {
         expiry_secs,
         disconnected_at_ms: (disconnected != 0).then_some(disconnected),
         subscriptions,
         will,
+        username,
     })
 }
 
@@ -509,8 +539,29 @@ mod tests {
                 ("$share/g/a/+".into(), SubscriptionOptions::default(), None),
             ],
             will: Some((encode_message(&message(None, Some("c")), &clock), 12345)),
+            username: Some("alice".into()),
         };
         assert_eq!(decode_session(&encode_session(&record)).unwrap(), record);
+    }
+
+    /// A session record of layout 1 (before usernames were stored) still
+    /// reads, as a session without a username.
+    #[test]
+    fn layout_1_session_records_read_without_a_username() {
+        let record = SessionRecord {
+            expiry_secs: 60,
+            disconnected_at_ms: None,
+            subscriptions: vec![("a/+".into(), SubscriptionOptions::default(), Some(7))],
+            will: None,
+            username: Some("bob".into()),
+        };
+        let mut old = encode_session(&record);
+        // Layout 1 is layout 2 without the trailing username.
+        old[0] = 1;
+        old.truncate(old.len() - (1 + 4 + 3));
+        let decoded = decode_session(&old).unwrap();
+        assert_eq!(decoded.username, None);
+        assert_eq!(decoded.subscriptions, record.subscriptions);
     }
 
     /// Every truncation of a record is an error for its own decoder, and no
@@ -531,6 +582,7 @@ mod tests {
             disconnected_at_ms: None,
             subscriptions: vec![("a".into(), SubscriptionOptions::default(), None)],
             will: None,
+            username: Some("u".into()),
         });
         for cut in 0..message.len() {
             assert!(

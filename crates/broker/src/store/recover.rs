@@ -184,6 +184,7 @@ fn restore_session(
     let mut st = session.lock();
     st.expiry_secs = record.expiry_secs;
     st.stored = true;
+    st.username = record.username.map(std::sync::Arc::from);
     for (filter, options, subscription_id) in record.subscriptions {
         if let Some((group, inner)) = router::split_shared(&filter) {
             let subscriber = Subscriber {
