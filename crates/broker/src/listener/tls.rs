@@ -192,7 +192,7 @@ fn decode_string(tag: u8, bytes: &[u8]) -> Option<String> {
         // UTF8String, PrintableString, IA5String
         0x0c | 0x13 | 0x16 => String::from_utf8(bytes.to_vec()).ok(),
         // BMPString: UTF-16BE
-        0x1e if bytes.len() % 2 == 0 => {
+        0x1e if bytes.len().is_multiple_of(2) => {
             let units = bytes
                 .chunks_exact(2)
                 .map(|pair| u16::from_be_bytes([pair[0], pair[1]]));

@@ -52,6 +52,8 @@ impl Upgrade {
     }
 
     /// Runs the HTTP upgrade. A request for another path is answered 404.
+    // The callback's error is tungstenite's ErrorResponse: not ours to shrink.
+    #[allow(clippy::result_large_err)]
     pub async fn accept<S>(&self, stream: S, peer: SocketAddr) -> io::Result<WsStream<S>>
     where
         S: AsyncRead + AsyncWrite + Unpin,
@@ -72,7 +74,6 @@ impl Upgrade {
 }
 
 /// Checks the path and picks the subprotocol.
-// ErrorResponse is tungstenite's type: its size is not ours to choose.
 #[allow(clippy::result_large_err)]
 fn respond(
     path: &str,
