@@ -182,6 +182,7 @@ class Client:
         session_expiry: int | None = None,
         will: dict | None = None,
         keepalive: int = 30,
+        transport: str = "tcp",
     ):
         self.broker = broker
         self.version = version
@@ -197,6 +198,7 @@ class Client:
             client_id=self.client_id,
             protocol=version,
             reconnect_on_failure=False,  # never silently reconnect mid-test
+            transport=transport,  # "tcp" or "websockets"
             **kwargs,
         )
         if will:
