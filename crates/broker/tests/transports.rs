@@ -625,6 +625,20 @@ async fn ws_round_trip_with_split_and_batched_packets_next_to_tcp() {
     )));
     client.send_messages(&[&back]).await;
     assert_eq!(&tcp_client.recv_publish().await.payload[..], b"from ws");
+    // DISCONNECT: the broker closes with a Close frame and waits for ours
+    // (tungstenite answers it), instead of cutting the socket.
+    let disconnect = encode(Packet::Disconnect(Disconnect {
+        reason: ReasonCode::Success,
+        properties: Default::default(),
+    }));
+    client.send_messages(&[&disconnect]).await;
+    let closing = tokio::time::timeout(WAIT, client.ws.next()).await.unwrap();
+    assert!(
+        matches!(closing, Some(Ok(Message::Close(_)))),
+        "{closing:?}"
+    );
+    let end = tokio::time::timeout(WAIT, client.ws.next()).await.unwrap();
+    assert!(end.is_none(), "{end:?}");
     broker.shutdown().await;
 }
 
@@ -675,6 +689,9 @@ async fn ws_other_path_gets_404() {
     client
         .connect_split_and_subscribe_batched("after-404", "ws/404")
         .await;
+    // Gone before shutdown, which would otherwise wait a moment for its
+    // answer to the Close frame.
+    drop(client);
     broker.shutdown().await;
 }
 
@@ -693,6 +710,9 @@ async fn wss_round_trip_with_split_and_batched_packets() {
     client
         .connect_split_and_subscribe_batched("wss-client", "wss/t")
         .await;
+    // Gone before shutdown, which would otherwise wait a moment for its
+    // answer to the Close frame.
+    drop(client);
     broker.shutdown().await;
 }
 

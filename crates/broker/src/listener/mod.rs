@@ -56,7 +56,10 @@ pub async fn bind(config: &Config) -> std::io::Result<(Sockets, ListenerSet)> {
         let name = describe(listener);
         let mut acceptor = || -> std::io::Result<Arc<TlsAcceptor>> {
             let acceptor = TlsAcceptor::load(listener).map(Arc::new).map_err(|e| {
-                std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{name}: {e}"))
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!("{name}: {e} (fix that file, or point the listener at another)"),
+                )
             })?;
             tls.push(acceptor.clone());
             Ok(acceptor)

@@ -69,6 +69,7 @@ impl Upgrade {
             ws,
             pending: Bytes::new(),
             accepted: 0,
+            close_sent: false,
         })
     }
 }
@@ -124,6 +125,8 @@ pub struct WsStream<S> {
     /// Bytes of the current write already queued as a message, not yet
     /// flushed: the write returns once they are (see `TlsConn` for why).
     accepted: usize,
+    /// Whether our Close frame has gone out.
+    close_sent: bool,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsStream<S> {
@@ -184,8 +187,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsStream<S> {
         Pin::new(&mut self.ws).poll_flush(cx).map_err(into_io)
     }
 
+    /// Sends a Close frame, then waits for the client's (the caller bounds
+    /// the wait): a client still writing, typically its own Close, must not
+    /// meet a closed socket (it would report EPIPE or a reset).
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.ws).poll_close(cx).map_err(into_io)
+        if !self.close_sent {
+            ready!(Pin::new(&mut self.ws).poll_close(cx)).map_err(into_io)?;
+            self.close_sent = true;
+        }
+        loop {
+            match ready!(Pin::new(&mut self.ws).poll_next(cx)) {
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return Poll::Ready(Ok(())),
+            }
+        }
     }
 }
 
