@@ -625,6 +625,23 @@ async fn ws_round_trip_with_split_and_batched_packets_next_to_tcp() {
     )));
     client.send_messages(&[&back]).await;
     assert_eq!(&tcp_client.recv_publish().await.payload[..], b"from ws");
+    // Packets larger than the WebSocket read buffer, both ways.
+    static LARGE: [u8; 200 * 1024] = [3; 200 * 1024];
+    tcp_client
+        .publish("ws/t", &LARGE, QoS::AtMostOnce, false)
+        .await;
+    let Some(Packet::Publish(p)) = client.recv().await else {
+        panic!("expected PUBLISH");
+    };
+    assert_eq!(p.payload.len(), LARGE.len());
+    let large = encode(Packet::Publish(publish_packet(
+        "ws/back",
+        &LARGE,
+        QoS::AtMostOnce,
+        0,
+    )));
+    client.send_messages(&[&large]).await;
+    assert_eq!(tcp_client.recv_publish().await.payload.len(), LARGE.len());
     // DISCONNECT: the broker closes with a Close frame and waits for ours
     // (tungstenite answers it), instead of cutting the socket.
     let disconnect = encode(Packet::Disconnect(Disconnect {

@@ -45,7 +45,11 @@ impl Upgrade {
             .max(64 * 1024);
         Upgrade {
             path: listener.ws_path.clone(),
+            // tungstenite allocates its read buffer up front (128 KiB by
+            // default) for every connection: 16 KiB, the connection task's
+            // own read size, keeps idle WebSocket clients small.
             config: WebSocketConfig::default()
+                .read_buffer_size(16 * 1024)
                 .max_message_size(Some(max))
                 .max_frame_size(Some(max)),
         }
