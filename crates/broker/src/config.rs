@@ -117,6 +117,18 @@ pub enum ListenerTransport {
     Wss,
 }
 
+impl ListenerTransport {
+    /// The name used in the configuration file: "tcp", "tls", "ws" or "wss".
+    pub fn name(self) -> &'static str {
+        match self {
+            ListenerTransport::Tcp => "tcp",
+            ListenerTransport::Tls => "tls",
+            ListenerTransport::Ws => "ws",
+            ListenerTransport::Wss => "wss",
+        }
+    }
+}
+
 /// One `[[listeners]]` entry.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -183,14 +195,9 @@ impl ListenerConfig {
             ListenerTransport::Tls | ListenerTransport::Wss
         );
         let invalid = |what: &str| {
-            let transport = match self.transport {
-                ListenerTransport::Tcp => "tcp",
-                ListenerTransport::Tls => "tls",
-                ListenerTransport::Ws => "ws",
-                ListenerTransport::Wss => "wss",
-            };
             Err(ConfigError::Invalid(format!(
-                "listener {} ({transport}): {what}",
+                "{} listener {}: {what}",
+                self.transport.name(),
                 self.bind
             )))
         };

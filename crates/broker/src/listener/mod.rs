@@ -37,7 +37,6 @@ pub struct ListenerSet {
 }
 
 /// How an accepted socket is turned into a [`connection::Transport`].
-#[derive(Clone)]
 enum Kind {
     Tcp,
     Tls(Arc<TlsAcceptor>),
@@ -88,13 +87,7 @@ pub async fn bind(config: &Config) -> std::io::Result<(Sockets, ListenerSet)> {
 
 /// "tls listener 127.0.0.1:8883": how errors and logs name a listener.
 fn describe(listener: &ListenerConfig) -> String {
-    let transport = match listener.transport {
-        ListenerTransport::Tcp => "tcp",
-        ListenerTransport::Tls => "tls",
-        ListenerTransport::Ws => "ws",
-        ListenerTransport::Wss => "wss",
-    };
-    format!("{transport} listener {}", listener.bind)
+    format!("{} listener {}", listener.transport.name(), listener.bind)
 }
 
 /// Starts one accept loop per bound listener.
