@@ -232,6 +232,7 @@ class Client:
         keepalive: int = 30,
         username: str | None = None,
         password: str | None = None,
+        transport: str = "tcp",
     ):
         self.broker = broker
         self.version = version
@@ -247,6 +248,7 @@ class Client:
             client_id=self.client_id,
             protocol=version,
             reconnect_on_failure=False,  # never silently reconnect mid-test
+            transport=transport,  # "tcp" or "websockets"
             **kwargs,
         )
         if will:

@@ -117,6 +117,18 @@ pub enum ListenerTransport {
     Wss,
 }
 
+impl ListenerTransport {
+    /// The name used in the configuration file: "tcp", "tls", "ws" or "wss".
+    pub fn name(self) -> &'static str {
+        match self {
+            ListenerTransport::Tcp => "tcp",
+            ListenerTransport::Tls => "tls",
+            ListenerTransport::Ws => "ws",
+            ListenerTransport::Wss => "wss",
+        }
+    }
+}
+
 /// One `[[listeners]]` entry.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -172,6 +184,38 @@ impl ListenerConfig {
             use_identity_as_username: false,
             ws_path: default_ws_path(),
         }
+    }
+}
+
+impl ListenerConfig {
+    /// Checks the combinations of TLS and WebSocket settings.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let tls = matches!(
+            self.transport,
+            ListenerTransport::Tls | ListenerTransport::Wss
+        );
+        let invalid = |what: &str| {
+            Err(ConfigError::Invalid(format!(
+                "{} listener {}: {what}",
+                self.transport.name(),
+                self.bind
+            )))
+        };
+        if tls && (self.cert_file.is_none() || self.key_file.is_none()) {
+            return invalid("transport tls and wss need cert_file and key_file (PEM)");
+        }
+        if !tls && (self.cert_file.is_some() || self.key_file.is_some() || self.ca_file.is_some()) {
+            return invalid("cert_file, key_file and ca_file need transport = \"tls\" or \"wss\"");
+        }
+        if (self.require_certificate || self.use_identity_as_username) && self.ca_file.is_none() {
+            return invalid(
+                "require_certificate and use_identity_as_username need ca_file (the CA that signs client certificates)",
+            );
+        }
+        if !self.ws_path.starts_with('/') {
+            return invalid("ws_path must start with '/'");
+        }
+        Ok(())
     }
 }
 
@@ -257,6 +301,17 @@ impl Config {
         }
     }
 
+    /// Whether clients without a username may connect on the listener at
+    /// `index`: its own `allow_anonymous`, else the broker-wide one, else
+    /// only if no `password_file` is set (as in Mosquitto).
+    pub fn allows_anonymous(&self, index: usize) -> bool {
+        self.listeners
+            .get(index)
+            .and_then(|l| l.allow_anonymous)
+            .or(self.allow_anonymous)
+            .unwrap_or(self.password_file.is_none())
+    }
+
     /// Checks values serde cannot: ranges and combinations.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.maximum_qos > 2 {
@@ -271,6 +326,9 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "max_packet_size must be at least 64 bytes".into(),
             ));
+        }
+        for listener in &self.listeners {
+            listener.validate()?;
         }
         Ok(())
     }
@@ -303,5 +361,33 @@ mod tests {
     fn invalid_values_are_refused() {
         assert!(Config::from_toml("maximum_qos = 3").is_err());
         assert!(Config::from_toml("receive_maximum = 0").is_err());
+    }
+
+    #[test]
+    fn listener_combinations_are_checked() {
+        let listener = |extra: &str| {
+            Config::from_toml(&format!(
+                "[[listeners]]\nbind = \"127.0.0.1:8883\"\n{extra}"
+            ))
+        };
+        let err = listener("transport = \"tls\"").unwrap_err().to_string();
+        assert!(
+            err.contains("127.0.0.1:8883") && err.contains("cert_file"),
+            "{err}"
+        );
+        assert!(listener("transport = \"wss\"\ncert_file = \"c\"").is_err());
+        assert!(listener("cert_file = \"c\"\nkey_file = \"k\"").is_err());
+        let tls = "transport = \"tls\"\ncert_file = \"c\"\nkey_file = \"k\"\n";
+        assert!(listener(tls).is_ok());
+        assert!(listener(&format!("{tls}require_certificate = true")).is_err());
+        assert!(listener(&format!("{tls}use_identity_as_username = true")).is_err());
+        assert!(
+            listener(&format!(
+                "{tls}ca_file = \"ca\"\nrequire_certificate = true"
+            ))
+            .is_ok()
+        );
+        assert!(listener("transport = \"ws\"\nws_path = \"mqtt\"").is_err());
+        assert!(listener("transport = \"ws\"\nws_path = \"/ws\"").is_ok());
     }
 }

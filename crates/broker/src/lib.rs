@@ -3,8 +3,9 @@
 //! The Tern MQTT broker as a library: `Broker::start(config)` is all a caller
 //! needs. The modules follow one PUBLISH through the broker:
 //!
-//! - [`server`]: binds the listener, spawns a connection task per socket,
-//!   shuts everything down.
+//! - [`server`]: starts the listeners and the `$SYS` task, shuts everything down.
+//! - [`listener`]: one accept loop per configured listener (tcp, tls, ws,
+//!   wss); TLS (rustls) and WebSocket handshakes, certificate reload.
 //! - [`connection`]: the connection task — reads and decodes packets
 //!   (with `tern-codec`), runs the handlers, writes batched output.
 //! - [`handler`]: one file per packet kind: `connect`, `publish`, `ack`,
@@ -31,6 +32,7 @@ pub mod connection;
 pub mod error;
 pub mod handler;
 pub mod limits;
+pub mod listener;
 pub mod message;
 pub mod metrics;
 pub mod registry;

@@ -1,7 +1,8 @@
-//! The server: binds the listener, accepts connections, and stops cleanly.
+//! The server: binds the listeners, starts everything, and stops cleanly.
 //!
-//! [`Broker::start`] binds, spawns the accept loop and the `$SYS` task, and
-//! returns a [`BrokerHandle`] with the bound address. Every task is spawned on
+//! [`Broker::start`] binds every listener (see [`crate::listener`]), spawns
+//! their accept loops and the `$SYS` task, and returns a [`BrokerHandle`]
+//! with the bound addresses. Every task is spawned on
 //! one `TaskTracker` and watches one `CancellationToken`, so
 //! [`BrokerHandle::shutdown`] can stop them all (MQTT 5 clients get DISCONNECT
 //! 0x8B) and wait until the last one has finished.
@@ -9,10 +10,8 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::net::TcpListener;
-
 use crate::config::Config;
-use crate::connection;
+use crate::listener::{self, ListenerSet};
 use crate::state::BrokerState;
 use crate::store::{Store, recover};
 use crate::sys;
@@ -22,13 +21,13 @@ pub struct Broker;
 
 /// A running broker.
 pub struct BrokerHandle {
-    local_addr: SocketAddr,
+    listeners: ListenerSet,
     state: Arc<BrokerState>,
 }
 
 impl Broker {
-    /// Binds the listener and starts serving. Returns once the socket is bound,
-    /// so the address can be used immediately.
+    /// Binds the listeners and starts serving. Returns once the sockets are
+    /// bound, so the addresses can be used immediately.
     pub async fn start(mut config: Config) -> std::io::Result<BrokerHandle> {
         // From here on `config.listeners[ConnInfo::listener]` is always there.
         config.listeners = config.effective_listeners();
@@ -42,31 +41,49 @@ impl Broker {
         } else {
             (None, None)
         };
-        let listener = TcpListener::bind(config.bind).await.map_err(|e| {
-            let bind = config.bind;
-            std::io::Error::new(
-                e.kind(),
-                format!(
-                    "cannot listen on {bind}: {e} (is another broker running there? choose another with --bind)"
-                ),
-            )
-        })?;
-        let local_addr = listener.local_addr()?;
+        let (sockets, listeners) = listener::bind(&config).await?;
         let state = BrokerState::new(config, store)?;
         // Everything stored is back before the first connection is accepted.
         if let Some(recovered) = recovered {
             recover::restore(&state, recovered);
         }
         sys::spawn(&state);
-        state.tasks.spawn(accept_loop(listener, state.clone()));
-        Ok(BrokerHandle { local_addr, state })
+        listener::spawn(sockets, &state);
+        Ok(BrokerHandle { listeners, state })
     }
 }
 
 impl BrokerHandle {
-    /// The address the listener is bound to (useful with port 0).
+    /// The address the first listener is bound to (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+        self.listeners.local_addrs()[0]
+    }
+
+    /// Every listener's bound address, in the order of `config.listeners`.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners.local_addrs().to_vec()
+    }
+
+    /// Re-reads the certificate, key and CA files of every TLS and wss
+    /// listener, for new connections; open ones keep theirs. A listener
+    /// whose files cannot be used keeps its current certificates. Returns
+    /// the errors (also logged), each naming the listener, the file and the
+    /// reason; empty when all were reloaded.
+    pub fn reload_certificates(&self) -> Vec<String> {
+        self.listeners.reload_certificates()
+    }
+
+    /// Re-reads the password file, the ACL file and every TLS listener's
+    /// certificates (what `tern serve` does on SIGHUP), without dropping a
+    /// connection. Whatever cannot be read keeps its current version; the
+    /// returned errors (also logged) say which file and why. Empty: all
+    /// reloaded.
+    pub fn reload(&self) -> Vec<String> {
+        let mut errors = self.reload_certificates();
+        if let Err(e) = self.state.reload_auth() {
+            errors.push(e);
+        }
+        errors
     }
 
     /// Shared state, for inspection by tests and `$SYS`.
@@ -83,35 +100,6 @@ impl BrokerHandle {
         // rest and stop the store before the state is dropped.
         if let Some(store) = &self.state.store {
             store.close();
-        }
-    }
-}
-
-/// Accepts connections until shutdown, one task each.
-async fn accept_loop(listener: TcpListener, state: Arc<BrokerState>) {
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = state.shutdown.cancelled() => return,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                // Small packets (acks, pings) must not wait for Nagle's timer.
-                let _ = stream.set_nodelay(true);
-                let info = connection::ConnInfo {
-                    peer,
-                    listener: 0,
-                    cert_identity: None,
-                };
-                state
-                    .tasks
-                    .spawn(connection::serve(stream, info, state.clone()));
-            }
-            Err(e) => {
-                // Typically EMFILE: back off briefly instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            }
         }
     }
 }

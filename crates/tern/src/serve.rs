@@ -1,9 +1,11 @@
-//! `tern serve`: run the broker until SIGINT or SIGTERM.
+//! `tern serve`: run the broker until SIGINT or SIGTERM; SIGHUP reloads the
+//! password file, the ACL file and the TLS certificates.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
+use tern_broker::config::ListenerTransport;
 use tern_broker::{Broker, Config};
 
 /// Options of `tern serve`.
@@ -12,7 +14,8 @@ use tern_broker::{Broker, Config};
     after_help = "Examples:\n  tern serve\n  tern serve --bind 0.0.0.0:1883\n  tern serve --config tern.toml\n  tern serve --data-dir /var/lib/tern"
 )]
 pub struct ServeArgs {
-    /// Listen on this address (overrides `bind` in the config file).
+    /// Listen on this address with plain TCP (overrides `bind` in the config
+    /// file; not with `[[listeners]]`, whose addresses are set there).
     #[arg(long, value_name = "ADDR:PORT")]
     bind: Option<SocketAddr>,
     /// Read settings from this TOML file (see tern.example.toml).
@@ -31,6 +34,15 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         None => Config::default(),
     };
     if let Some(bind) = args.bind {
+        if !config.listeners.is_empty() {
+            anyhow::bail!(
+                "--bind cannot be used with a config file that has [[listeners]] sections; change their `bind` in {} instead",
+                args.config
+                    .as_deref()
+                    .unwrap_or("the config file".as_ref())
+                    .display()
+            );
+        }
         config.bind = bind;
     }
     if let Some(dir) = args.data_dir {
@@ -44,15 +56,28 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
-    let mut signals = ShutdownSignals::install()?;
+    let mut signals = Signals::install()?;
     let persistence = config.persistence.then(|| config.data_dir.clone());
     let broker = Broker::start(config).await?;
+    let config = &broker.state().config;
+    for (listener, addr) in config.listeners.iter().zip(broker.local_addrs()) {
+        let scheme = match listener.transport {
+            ListenerTransport::Tcp => "mqtt",
+            ListenerTransport::Tls => "mqtts",
+            ListenerTransport::Ws => "ws",
+            ListenerTransport::Wss => "wss",
+        };
+        let path = match listener.transport {
+            ListenerTransport::Ws | ListenerTransport::Wss => listener.ws_path.as_str(),
+            _ => "",
+        };
+        tracing::info!(
+            "tern {} listening on {scheme}://{addr}{path} (MQTT 3.1, 3.1.1, 5.0)",
+            env!("CARGO_PKG_VERSION")
+        );
+    }
     let addr = broker.local_addr();
-    tracing::info!(
-        "tern {} listening on mqtt://{addr} (MQTT 3.1, 3.1.1, 5.0)",
-        env!("CARGO_PKG_VERSION")
-    );
-    if addr.ip().is_loopback() {
+    if config.listeners.len() == 1 && addr.ip().is_loopback() && config.allows_anonymous(0) {
         tracing::info!(
             "accepting anonymous clients from this machine only; to open it up use --bind 0.0.0.0:{} or set `bind` in a config file (see tern.example.toml)",
             addr.port()
@@ -67,50 +92,66 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             tracing::info!("persistence is off: sessions and retained messages live in memory only")
         }
     }
-    signals.recv().await;
+    while let Signal::Reload = signals.recv().await {
+        tracing::info!("SIGHUP: reloading the password file, the ACL file and the certificates");
+        for error in broker.reload() {
+            tracing::error!("not reloaded, the previous version stays in force: {error}");
+        }
+    }
     tracing::info!("shutting down: disconnecting clients");
     broker.shutdown().await;
     tracing::info!("stopped");
     Ok(())
 }
 
-/// SIGINT (Ctrl-C) and SIGTERM, caught from before the broker starts: a
-/// signal that came before they were installed would kill the process at
-/// once, without the clean shutdown (DISCONNECT to clients, store flushed).
+/// What a signal asks for.
+enum Signal {
+    Shutdown,
+    Reload,
+}
+
+/// SIGINT (Ctrl-C), SIGTERM and SIGHUP, caught from before the broker
+/// starts: a signal that came before they were installed would kill the
+/// process at once, without the clean shutdown (DISCONNECT to clients, store
+/// flushed).
 #[cfg(unix)]
-struct ShutdownSignals {
+struct Signals {
     interrupt: tokio::signal::unix::Signal,
     terminate: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
 }
 
 #[cfg(unix)]
-impl ShutdownSignals {
-    fn install() -> anyhow::Result<ShutdownSignals> {
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
         use tokio::signal::unix::{SignalKind, signal};
-        Ok(ShutdownSignals {
+        Ok(Signals {
             interrupt: signal(SignalKind::interrupt()).context("cannot catch SIGINT")?,
             terminate: signal(SignalKind::terminate()).context("cannot catch SIGTERM")?,
+            hangup: signal(SignalKind::hangup()).context("cannot catch SIGHUP")?,
         })
     }
 
-    async fn recv(&mut self) {
+    async fn recv(&mut self) -> Signal {
         tokio::select! {
-            _ = self.interrupt.recv() => {}
-            _ = self.terminate.recv() => {}
+            _ = self.interrupt.recv() => Signal::Shutdown,
+            _ = self.terminate.recv() => Signal::Shutdown,
+            _ = self.hangup.recv() => Signal::Reload,
         }
     }
 }
 
 #[cfg(not(unix))]
-struct ShutdownSignals;
+struct Signals;
 
 #[cfg(not(unix))]
-impl ShutdownSignals {
-    fn install() -> anyhow::Result<ShutdownSignals> {
-        Ok(ShutdownSignals)
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        Ok(Signals)
     }
 
-    async fn recv(&mut self) {
+    async fn recv(&mut self) -> Signal {
         let _ = tokio::signal::ctrl_c().await;
+        Signal::Shutdown
     }
 }

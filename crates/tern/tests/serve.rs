@@ -139,3 +139,128 @@ fn example_config_file_runs() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// CONNECT as `user` with `password`; the CONNACK's reason code.
+fn login(addr: &str, user: &str, password: &str) -> ReasonCode {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    send(
+        &mut stream,
+        Packet::Connect(Box::new(Connect {
+            protocol: ProtocolVersion::V5,
+            clean_start: true,
+            keep_alive: 30,
+            client_id: "reload".into(),
+            will: None,
+            username: Some(user.into()),
+            password: Some(bytes::Bytes::copy_from_slice(password.as_bytes())),
+            properties: ConnectProperties::default(),
+        })),
+    );
+    match recv(&mut stream, &mut BytesMut::new()) {
+        Some(Packet::ConnAck(a)) => a.reason,
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+}
+
+fn passwd(file: &std::path::Path, user: &str, password: &str) {
+    let create = if file.exists() { "-b" } else { "-cb" };
+    let status = tern()
+        .args(["passwd", create])
+        .arg(file)
+        .args([user, password])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+fn sighup(child: &Child) {
+    let status = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Starts `tern serve --config FILE` with its log lines sent to a channel;
+/// returns the child, the broker's address and the log.
+fn serve_logged(config: &str) -> (Child, String, std::sync::mpsc::Receiver<String>) {
+    let mut child = tern()
+        .args(["serve", "--bind", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir())
+        .args(["--config", config])
+        .stderr(Stdio::piped())
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .spawn()
+        .expect("tern starts");
+    let (tx, log) = std::sync::mpsc::channel();
+    let reader = BufReader::new(child.stderr.take().unwrap());
+    std::thread::spawn(move || {
+        for line in reader.lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let addr = wait_for_line(&log, "mqtt://");
+    let addr = addr.split("mqtt://").nth(1).unwrap();
+    let addr = addr.split_whitespace().next().unwrap().to_string();
+    (child, addr, log)
+}
+
+/// The next log line containing `text` (panics after 10 s).
+fn wait_for_line(log: &std::sync::mpsc::Receiver<String>, text: &str) -> String {
+    loop {
+        match log.recv_timeout(Duration::from_secs(10)) {
+            Ok(line) if line.contains(text) => return line,
+            Ok(_) => {}
+            Err(e) => panic!("no log line with {text:?}: {e}"),
+        }
+    }
+}
+
+#[test]
+fn sighup_reloads_the_password_file_and_keeps_it_when_broken() {
+    let dir = data_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("passwd");
+    passwd(&file, "alice", "first");
+    let config = dir.join("tern.toml");
+    std::fs::write(
+        &config,
+        format!("password_file = {:?}\n", file.display().to_string()),
+    )
+    .unwrap();
+    let (mut child, addr, log) = serve_logged(&config.display().to_string());
+    assert_eq!(login(&addr, "alice", "first"), ReasonCode::Success);
+    assert_eq!(
+        login(&addr, "alice", "second"),
+        ReasonCode::BadUserNameOrPassword
+    );
+
+    passwd(&file, "alice", "second");
+    sighup(&child);
+    wait_for_line(&log, "authentication files reloaded");
+    assert_eq!(login(&addr, "alice", "second"), ReasonCode::Success);
+    assert_eq!(
+        login(&addr, "alice", "first"),
+        ReasonCode::BadUserNameOrPassword
+    );
+
+    // A password file that cannot be read keeps the rules in force.
+    std::fs::remove_file(&file).unwrap();
+    sighup(&child);
+    let error = wait_for_line(&log, "not reloaded");
+    assert!(
+        error.contains("passwd"),
+        "the error names the file: {error}"
+    );
+    assert_eq!(login(&addr, "alice", "second"), ReasonCode::Success);
+    assert!(child.try_wait().unwrap().is_none(), "still running");
+    child.kill().unwrap();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -253,11 +253,7 @@ async fn login(
         };
     }
     let Some(username) = &connect.username else {
-        let anonymous = listener
-            .and_then(|l| l.allow_anonymous)
-            .or(state.config.allow_anonymous)
-            .unwrap_or(state.config.password_file.is_none());
-        return if anonymous {
+        return if state.config.allows_anonymous(info.listener) {
             Ok(None)
         } else {
             Err(ReasonCode::NotAuthorized)

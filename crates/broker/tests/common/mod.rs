@@ -14,7 +14,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use tern_broker::{Broker, BrokerHandle, Config};
 use tern_codec::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// How long a test waits for a packet it expects.
@@ -87,9 +87,13 @@ pub fn publish_packet(topic: &str, payload: &'static [u8], qos: QoS, packet_id: 
     }
 }
 
+/// Any byte stream a test client can speak MQTT over (TCP, TLS, ...).
+pub trait ByteStream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> ByteStream for S {}
+
 /// A raw MQTT client for tests.
 pub struct TestClient {
-    stream: TcpStream,
+    stream: Box<dyn ByteStream>,
     buf: BytesMut,
     pub version: ProtocolVersion,
 }
@@ -99,8 +103,13 @@ impl TestClient {
     pub async fn raw(addr: SocketAddr, version: ProtocolVersion) -> TestClient {
         let stream = TcpStream::connect(addr).await.expect("tcp connect");
         stream.set_nodelay(true).unwrap();
+        Self::over(stream, version)
+    }
+
+    /// A client on an already open stream, nothing sent yet.
+    pub fn over(stream: impl ByteStream + 'static, version: ProtocolVersion) -> TestClient {
         TestClient {
-            stream,
+            stream: Box::new(stream),
             buf: BytesMut::new(),
             version,
         }
@@ -117,11 +126,7 @@ impl TestClient {
         socket.bind(SocketAddr::new(from, 0)).expect("bind");
         let stream = socket.connect(addr).await.expect("tcp connect");
         stream.set_nodelay(true).unwrap();
-        TestClient {
-            stream,
-            buf: BytesMut::new(),
-            version,
-        }
+        Self::over(stream, version)
     }
 
     /// Connects with clean start and returns the client and its CONNACK.
@@ -137,10 +142,15 @@ impl TestClient {
 
     /// Sends `connect` and returns the CONNACK.
     pub async fn connect_with(addr: SocketAddr, connect: Connect) -> (TestClient, ConnAck) {
-        let mut client = Self::raw(addr, connect.protocol).await;
-        client.send(Packet::Connect(Box::new(connect))).await;
-        match client.recv().await {
-            Packet::ConnAck(connack) => (client, connack),
+        let client = Self::raw(addr, connect.protocol).await;
+        client.handshake(connect).await
+    }
+
+    /// Sends `connect` on this client's stream and returns the CONNACK.
+    pub async fn handshake(mut self, connect: Connect) -> (TestClient, ConnAck) {
+        self.send(Packet::Connect(Box::new(connect))).await;
+        match self.recv().await {
+            Packet::ConnAck(connack) => (self, connack),
             other => panic!("expected CONNACK, got {other:?}"),
         }
     }

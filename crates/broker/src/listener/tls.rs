@@ -1,0 +1,331 @@
+//! TLS listeners: rustls (ring provider), TLS 1.2 and 1.3, optional or
+//! required client certificates, certificate reload, and the client
+//! certificate's Common Name as the connection's identity.
+
+use std::io;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll, ready};
+
+use rustls::RootCertStore;
+use rustls::ServerConfig;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+
+use crate::config::ListenerConfig;
+use crate::connection::{ConnInfo, Transport};
+
+/// A TLS listener's settings and its current rustls configuration, which
+/// [`TlsAcceptor::reload`] swaps. Each accept reads it once: the lock is never
+/// held across I/O, and open connections keep the configuration they began with.
+pub struct TlsAcceptor {
+    listener: ListenerConfig,
+    config: RwLock<Arc<ServerConfig>>,
+}
+
+impl TlsAcceptor {
+    /// Loads the listener's certificate chain, key and CA files. The error
+    /// names the file and what is wrong with it.
+    pub fn load(listener: &ListenerConfig) -> Result<TlsAcceptor, String> {
+        Ok(TlsAcceptor {
+            listener: listener.clone(),
+            config: RwLock::new(Arc::new(server_config(listener)?)),
+        })
+    }
+
+    /// Re-reads the files. On error the current configuration stays.
+    pub fn reload(&self) -> Result<(), String> {
+        let fresh = Arc::new(server_config(&self.listener)?);
+        // A poisoned lock only means a panic elsewhere while swapping an Arc:
+        // the value inside is still whole.
+        *self.config.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+        Ok(())
+    }
+
+    /// "tls listener 127.0.0.1:8883", for logs and errors.
+    pub fn name(&self) -> String {
+        super::describe(&self.listener)
+    }
+
+    fn current(&self) -> Arc<ServerConfig> {
+        self.config
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Runs the TLS handshake on an accepted socket. With
+    /// `use_identity_as_username`, the returned [`ConnInfo`] carries the
+    /// verified client certificate's Common Name as `cert_identity`.
+    pub async fn accept(
+        &self,
+        stream: TcpStream,
+        mut info: ConnInfo,
+    ) -> io::Result<(TlsStream<TcpStream>, ConnInfo)> {
+        let tls = tokio_rustls::TlsAcceptor::from(self.current())
+            .accept(stream)
+            .await?;
+        if self.listener.use_identity_as_username {
+            info.cert_identity = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(|leaf| common_name(leaf.as_ref()));
+        }
+        tracing::debug!(peer = %info.peer, listener = info.listener, cert_identity = ?info.cert_identity, "TLS handshake done");
+        Ok((tls, info))
+    }
+}
+
+/// Builds the rustls configuration from the listener's files.
+fn server_config(listener: &ListenerConfig) -> Result<ServerConfig, String> {
+    let (Some(cert_file), Some(key_file)) = (&listener.cert_file, &listener.key_file) else {
+        return Err("cert_file and key_file must be set".into());
+    };
+    let chain = read_certs(cert_file, "cert_file")?;
+    let key = PrivateKeyDer::from_pem_file(key_file)
+        .map_err(|e| format!("cannot read key_file {}: {e}", key_file.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| format!("TLS setup: {e}"))?;
+    let builder = match &listener.ca_file {
+        Some(ca_file) => {
+            let verifier = client_verifier(ca_file, listener.require_certificate, provider)?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    builder.with_single_cert(chain, key).map_err(|e| {
+        format!(
+            "cert_file {} and key_file {} do not make a usable certificate: {e}",
+            cert_file.display(),
+            key_file.display()
+        )
+    })
+}
+
+/// Verifies client certificates against the CA file's certificates.
+fn client_verifier(
+    ca_file: &Path,
+    require: bool,
+    provider: Arc<CryptoProvider>,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, String> {
+    let mut roots = RootCertStore::empty();
+    for cert in read_certs(ca_file, "ca_file")? {
+        roots
+            .add(cert)
+            .map_err(|e| format!("ca_file {}: invalid CA certificate: {e}", ca_file.display()))?;
+    }
+    let builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+    let builder = if require {
+        builder
+    } else {
+        builder.allow_unauthenticated()
+    };
+    builder
+        .build()
+        .map_err(|e| format!("ca_file {}: {e}", ca_file.display()))
+}
+
+/// The certificates in a PEM file; at least one.
+fn read_certs(path: &Path, key: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("cannot read {key} {}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "{key} {} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+            path.display()
+        ));
+    }
+    Ok(certs)
+}
+
+/// The first Common Name (OID 2.5.4.3) in a DER certificate's subject, or
+/// `None` if the certificate has none or is not well-formed DER. A small
+/// reader of its own: the input may be hostile, so every length is checked
+/// and nothing panics.
+pub fn common_name(der: &[u8]) -> Option<String> {
+    const SEQUENCE: u8 = 0x30;
+    const SET: u8 = 0x31;
+    const OID: u8 = 0x06;
+    const COMMON_NAME: &[u8] = &[0x55, 0x04, 0x03];
+    let (certificate, _) = Der::new(der).expect(SEQUENCE)?;
+    let (tbs, _) = certificate.expect(SEQUENCE)?;
+    let mut fields = tbs;
+    // version [0] EXPLICIT (absent in v1 certificates)
+    if fields.peek_tag() == Some(0xa0) {
+        fields = fields.any()?.1;
+    }
+    // serialNumber, signature, issuer, validity, then subject
+    for _ in 0..4 {
+        fields = fields.any()?.1;
+    }
+    let (mut subject, _) = fields.expect(SEQUENCE)?;
+    while !subject.is_empty() {
+        let (mut rdn, rest) = subject.expect(SET)?;
+        subject = rest;
+        while !rdn.is_empty() {
+            let (attribute, rest) = rdn.expect(SEQUENCE)?;
+            rdn = rest;
+            let (oid, value) = attribute.expect(OID)?;
+            if oid.0 == COMMON_NAME {
+                let (tag, value, _) = value.any_tagged()?;
+                return decode_string(tag, value.0);
+            }
+        }
+    }
+    None
+}
+
+/// A DirectoryString's text.
+fn decode_string(tag: u8, bytes: &[u8]) -> Option<String> {
+    match tag {
+        // UTF8String, PrintableString, IA5String
+        0x0c | 0x13 | 0x16 => String::from_utf8(bytes.to_vec()).ok(),
+        // BMPString: UTF-16BE
+        0x1e if bytes.len().is_multiple_of(2) => {
+            let units = bytes
+                .chunks_exact(2)
+                .map(|pair| u16::from_be_bytes([pair[0], pair[1]]));
+            char::decode_utf16(units)
+                .collect::<Result<String, _>>()
+                .ok()
+        }
+        // TeletexString: in practice Latin-1
+        0x14 => Some(bytes.iter().map(|&b| char::from(b)).collect()),
+        _ => None,
+    }
+}
+
+/// DER bytes still to read.
+#[derive(Clone, Copy)]
+struct Der<'a>(&'a [u8]);
+
+impl<'a> Der<'a> {
+    fn new(bytes: &'a [u8]) -> Der<'a> {
+        Der(bytes)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn peek_tag(&self) -> Option<u8> {
+        self.0.first().copied()
+    }
+
+    /// The next element (tag, contents) and what follows it.
+    fn any_tagged(self) -> Option<(u8, Der<'a>, Der<'a>)> {
+        let (&tag, rest) = self.0.split_first()?;
+        // High tag numbers (0x1f) never occur in the fields read here.
+        if tag & 0x1f == 0x1f {
+            return None;
+        }
+        let (&first, mut rest) = rest.split_first()?;
+        let len = if first < 0x80 {
+            usize::from(first)
+        } else {
+            // Long form, at most 4 length bytes; 0x80 (indefinite) is not DER.
+            let count = usize::from(first & 0x7f);
+            if count == 0 || count > 4 || rest.len() < count {
+                return None;
+            }
+            let (bytes, after) = rest.split_at(count);
+            rest = after;
+            bytes
+                .iter()
+                .fold(0usize, |len, &b| (len << 8) | usize::from(b))
+        };
+        if rest.len() < len {
+            return None;
+        }
+        let (contents, after) = rest.split_at(len);
+        Some((tag, Der(contents), Der(after)))
+    }
+
+    fn any(self) -> Option<(Der<'a>, Der<'a>)> {
+        self.any_tagged()
+            .map(|(_, contents, after)| (contents, after))
+    }
+
+    fn expect(self, tag: u8) -> Option<(Der<'a>, Der<'a>)> {
+        let (found, contents, after) = self.any_tagged()?;
+        (found == tag).then_some((contents, after))
+    }
+}
+
+/// A server-side TLS stream whose writes return only once their bytes have
+/// left rustls for the socket.
+///
+/// tokio-rustls may keep encrypted bytes buffered when the socket is full and
+/// send them on the next write or flush; the connection task writes only when
+/// it has packets to send and never flushes, so those bytes could wait for
+/// the next packet. Here a write that rustls accepted is reported only after
+/// a flush completes; until then it is `Pending`, and the caller (the
+/// connection task, like `write_all`) calls again with the same bytes first.
+pub struct TlsConn {
+    inner: TlsStream<TcpStream>,
+    /// Bytes of the current write already handed to rustls.
+    accepted: usize,
+}
+
+impl TlsConn {
+    pub fn new(inner: TlsStream<TcpStream>) -> TlsConn {
+        TlsConn { inner, accepted: 0 }
+    }
+}
+
+impl AsyncRead for TlsConn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TlsConn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if self.accepted == 0 {
+            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, buf))?;
+            if n == 0 {
+                return Poll::Ready(Ok(0));
+            }
+            self.accepted = n;
+        }
+        ready!(Pin::new(&mut self.inner).poll_flush(cx))?;
+        let n = std::mem::take(&mut self.accepted);
+        Poll::Ready(Ok(n.min(buf.len())))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// TLS connections keep their task: rustls's session state cannot move into
+/// the parker's epoll set.
+impl Transport for TlsConn {
+    const PARKABLE: bool = false;
+    fn into_std(self) -> io::Result<std::net::TcpStream> {
+        Err(io::Error::other("TLS connections do not park"))
+    }
+}

@@ -1,0 +1,262 @@
+"""Listeners other than plain TCP, with real clients: TLS (mosquitto_pub and
+mosquitto_sub with --cafile, paho-mqtt), TLS with client certificates
+(paho-mqtt), and WebSocket (paho-mqtt, and MQTT.js run by node).
+
+Each test starts `tern serve --config FILE` with a generated configuration
+and certificates made by trustme. These options are Tern's, so the module is
+skipped when TERN_INTEROP_BROKER names another broker.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+from types import SimpleNamespace
+
+import paho.mqtt.client as mqtt
+import pytest
+import trustme
+from paho.mqtt.enums import CallbackAPIVersion
+
+from interop_support import DEFAULT_BROKER, HOST, REPO_ROOT, TIMEOUT, Broker, Client, free_port, unique
+
+NODE_DIR = Path(__file__).resolve().parent / "node"
+
+
+def tern_exe() -> str:
+    exe = shlex.split(os.environ.get("TERN_INTEROP_BROKER", DEFAULT_BROKER))[0]
+    if not Path(exe).name.startswith("tern"):
+        pytest.skip(f"listener options are Tern's; TERN_INTEROP_BROKER runs {exe}")
+    return exe
+
+
+class Certs:
+    """A CA, a server certificate for 127.0.0.1/localhost and a client
+    certificate with Common Name `device-1`, written as PEM files."""
+
+    def __init__(self, directory: Path):
+        self.dir = directory
+        ca = trustme.CA()
+        server = ca.issue_cert("127.0.0.1", "localhost")
+        client = ca.issue_cert("device-1@example.org", common_name="device-1")
+        self.ca = self._write("ca.pem", ca.cert_pem.bytes())
+        self.server_cert = self._write("server.pem", b"".join(p.bytes() for p in server.cert_chain_pems))
+        self.server_key = self._write("server.key", server.private_key_pem.bytes())
+        self.client_cert = self._write("client.pem", b"".join(p.bytes() for p in client.cert_chain_pems))
+        self.client_key = self._write("client.key", client.private_key_pem.bytes())
+
+    def _write(self, name: str, data: bytes) -> str:
+        path = self.dir / name
+        path.write_bytes(data)
+        return str(path)
+
+
+class TransportBroker(Broker):
+    """`tern serve --config` with the given listeners, each on a free port.
+
+    `listeners` are dicts of listener keys without `bind`; `self.ports[i]`
+    is the port of listener i (`self.port` is the first, which wait_ready
+    polls with a TCP connect)."""
+
+    def __init__(self, tmp_path: Path, listeners: list[dict]):
+        super().__init__("{port}", tmp_path / "broker.log")
+        self.ports = [self.port] + [free_port() for _ in listeners[1:]]
+        lines = ["persistence = false", "sys_interval_secs = 0"]
+        for port, listener in zip(self.ports, listeners):
+            lines += ["", "[[listeners]]", f'bind = "{HOST}:{port}"']
+            for key, value in listener.items():
+                rendered = str(value).lower() if isinstance(value, bool) else f'"{value}"'
+                lines.append(f"{key} = {rendered}")
+        config = tmp_path / "tern.toml"
+        config.write_text("\n".join(lines) + "\n")
+        self.argv = [tern_exe(), "serve", "--config", str(config), "--data-dir", self.data_dir]
+
+    def endpoint(self, index: int) -> SimpleNamespace:
+        """What interop_support.Client needs of a broker, for listener `index`."""
+        return SimpleNamespace(host=HOST, port=self.ports[index])
+
+
+@pytest.fixture
+def certs(tmp_path) -> Certs:
+    return Certs(tmp_path)
+
+
+@pytest.fixture
+def start_broker(request, tmp_path):
+    """start_broker(listeners) -> a running TransportBroker, stopped at teardown."""
+    started: list[TransportBroker] = []
+
+    def start(listeners: list[dict]) -> TransportBroker:
+        b = TransportBroker(tmp_path, listeners)
+        request.node._interop_broker = b  # its log is shown when the test fails
+        started.append(b)
+        b.start()
+        return b
+
+    yield start
+    for b in started:
+        b.cleanup()
+
+
+def tls_listener(certs: Certs, **extra) -> dict:
+    return {"transport": "tls", "cert_file": certs.server_cert, "key_file": certs.server_key, **extra}
+
+
+def paho_round_trip(sub: Client, pub: Client) -> None:
+    topic = f"interop/{unique('tr')}"
+    sub.subscribe(topic, qos=1)
+    pub.publish(topic, b"across the listener", qos=1)
+    msg = sub.get()
+    assert (msg.topic, msg.payload) == (topic, b"across the listener")
+
+
+# --------------------------------------------------------------------------
+# TLS
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(
+    not (shutil.which("mosquitto_pub") and shutil.which("mosquitto_sub")),
+    reason="mosquitto_pub/mosquitto_sub not installed (apt-get install mosquitto-clients)",
+)
+def test_mosquitto_clients_over_tls(start_broker, certs):
+    broker = start_broker([tls_listener(certs)])
+    topic = f"interop/{unique('tls')}"
+    common = ["-h", HOST, "-p", str(broker.port), "--cafile", certs.ca, "-V", "mqttv5", "-q", "1"]
+    argv = ["stdbuf", "-oL"] if shutil.which("stdbuf") else []
+    sub = subprocess.Popen(
+        argv + ["mosquitto_sub", *common, "-t", topic, "-C", "1", "-W", "10", "-d"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+    )
+    try:
+        output = []
+        for line in sub.stdout:  # ends when mosquitto_sub exits (-W bounds it)
+            output.append(line)
+            if "received SUBACK" in line:
+                break
+        else:
+            pytest.fail(f"mosquitto_sub got no SUBACK over TLS: {output} {sub.stderr.read()}")
+        pub = subprocess.run(
+            ["mosquitto_pub", *common, "-t", topic, "-m", "hello over tls"],
+            capture_output=True, text=True, timeout=TIMEOUT * 2,
+        )
+        assert pub.returncode == 0, pub.stderr
+        rest, err = sub.communicate(timeout=TIMEOUT * 2)
+        assert sub.returncode == 0, f"mosquitto_sub exited {sub.returncode}: {err}"
+        assert "hello over tls" in rest.splitlines(), rest
+    finally:
+        if sub.poll() is None:
+            sub.kill()
+            sub.wait()
+
+
+@pytest.mark.parametrize("version", [mqtt.MQTTv311, mqtt.MQTTv5], ids=["v311", "v5"])
+def test_paho_over_tls(start_broker, certs, version):
+    broker = start_broker([tls_listener(certs)])
+    clients = [Client(broker.endpoint(0), version) for _ in range(2)]
+    try:
+        for c in clients:
+            c.c.tls_set(ca_certs=certs.ca)
+            c.connect()
+        paho_round_trip(*clients)
+    finally:
+        for c in clients:
+            c.close()
+
+
+def paho_tls_outcome(broker, certs: Certs, with_cert: bool) -> str:
+    """Connects paho over TLS, with or without the client certificate, and
+    reports what happened first: "connack", "refused: ..." (the TLS
+    handshake failed) or "closed" (the broker closed before CONNACK)."""
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=unique("mtls"), protocol=mqtt.MQTTv5)
+    if with_cert:
+        c.tls_set(ca_certs=certs.ca, certfile=certs.client_cert, keyfile=certs.client_key)
+    else:
+        c.tls_set(ca_certs=certs.ca)
+    outcome: queue.Queue[str] = queue.Queue()
+    c.on_connect = lambda *args: outcome.put("connack")
+    c.on_disconnect = lambda *args: outcome.put("closed")
+    try:
+        c.connect(HOST, broker.port)
+    except OSError as e:  # ssl.SSLError is an OSError
+        return f"refused: {e}"
+    c.loop_start()
+    try:
+        return outcome.get(timeout=TIMEOUT)
+    finally:
+        c.disconnect()
+        c.loop_stop()
+
+
+def test_paho_mtls_accepts_client_certificate_and_refuses_none(start_broker, certs):
+    broker = start_broker([
+        tls_listener(certs, ca_file=certs.ca, require_certificate=True, use_identity_as_username=True)
+    ])
+    assert paho_tls_outcome(broker, certs, with_cert=True) == "connack"
+    outcome = paho_tls_outcome(broker, certs, with_cert=False)
+    assert outcome != "connack", "a client without certificate was accepted"
+
+
+def test_paho_mtls_optional_accepts_both(start_broker, certs):
+    broker = start_broker([tls_listener(certs, ca_file=certs.ca)])
+    assert paho_tls_outcome(broker, certs, with_cert=True) == "connack"
+    assert paho_tls_outcome(broker, certs, with_cert=False) == "connack"
+
+
+# --------------------------------------------------------------------------
+# WebSocket
+# --------------------------------------------------------------------------
+
+
+def ws_client(endpoint, version: int, path: str = "/mqtt", ca: str | None = None) -> Client:
+    c = Client(endpoint, version, transport="websockets")
+    c.c.ws_set_options(path=path)
+    if ca:
+        c.c.tls_set(ca_certs=ca)
+    return c
+
+
+@pytest.mark.parametrize("version", [mqtt.MQTTv311, mqtt.MQTTv5], ids=["v311", "v5"])
+def test_paho_websockets_next_to_tcp(start_broker, version):
+    broker = start_broker([{"transport": "ws"}, {"transport": "tcp"}])
+    ws = ws_client(broker.endpoint(0), version)
+    tcp = Client(broker.endpoint(1), version)
+    try:
+        ws.connect()
+        tcp.connect()
+        paho_round_trip(ws, tcp)
+        paho_round_trip(tcp, ws)
+    finally:
+        ws.close()
+        tcp.close()
+
+
+def test_paho_websockets_over_tls(start_broker, certs):
+    broker = start_broker([tls_listener(certs, transport="wss", ws_path="/ws")])
+    clients = [ws_client(broker.endpoint(0), mqtt.MQTTv5, path="/ws", ca=certs.ca) for _ in range(2)]
+    try:
+        for c in clients:
+            c.connect()
+        paho_round_trip(*clients)
+    finally:
+        for c in clients:
+            c.close()
+
+
+def test_mqttjs_over_websockets(start_broker):
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed (CI installs it: apt-get install nodejs npm)")
+    if not (NODE_DIR / "node_modules" / "mqtt").exists():
+        pytest.fail(f"MQTT.js is not installed: run `npm ci --prefix {NODE_DIR.relative_to(REPO_ROOT)}`")
+    broker = start_broker([{"transport": "ws"}])
+    for protocol_version in ("4", "5"):
+        run = subprocess.run(
+            [node, str(NODE_DIR / "ws_roundtrip.js"), f"ws://{HOST}:{broker.port}/mqtt", protocol_version],
+            capture_output=True, text=True, timeout=30,
+        )
+        assert run.returncode == 0, f"MQTT.js (MQTT {protocol_version}): {run.stdout}{run.stderr}"
