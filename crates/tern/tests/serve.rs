@@ -57,6 +57,20 @@ fn send(stream: &mut TcpStream, packet: Packet) {
     stream.write_all(&out).unwrap();
 }
 
+/// An MQTT 5 CONNECT with clean start, with a username and password if given.
+fn connect_packet(client_id: &str, login: Option<(&str, &str)>) -> Packet {
+    Packet::Connect(Box::new(Connect {
+        protocol: ProtocolVersion::V5,
+        clean_start: true,
+        keep_alive: 30,
+        client_id: client_id.into(),
+        will: None,
+        username: login.map(|(user, _)| user.into()),
+        password: login.map(|(_, pw)| bytes::Bytes::copy_from_slice(pw.as_bytes())),
+        properties: ConnectProperties::default(),
+    }))
+}
+
 fn recv(stream: &mut TcpStream, buf: &mut BytesMut) -> Option<Packet> {
     loop {
         if let Some(p) = decode(buf, ProtocolVersion::V5, usize::MAX).unwrap() {
@@ -84,19 +98,7 @@ fn serve_logs_where_it_listens_and_stops_cleanly_on_sigterm() {
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
-    send(
-        &mut stream,
-        Packet::Connect(Box::new(Connect {
-            protocol: ProtocolVersion::V5,
-            clean_start: true,
-            keep_alive: 30,
-            client_id: "c".into(),
-            will: None,
-            username: None,
-            password: None,
-            properties: ConnectProperties::default(),
-        })),
-    );
+    send(&mut stream, connect_packet("c", None));
     let mut buf = BytesMut::new();
     assert!(
         matches!(recv(&mut stream, &mut buf), Some(Packet::ConnAck(a)) if a.reason == ReasonCode::Success)
@@ -148,16 +150,7 @@ fn login(addr: &str, user: &str, password: &str) -> ReasonCode {
         .unwrap();
     send(
         &mut stream,
-        Packet::Connect(Box::new(Connect {
-            protocol: ProtocolVersion::V5,
-            clean_start: true,
-            keep_alive: 30,
-            client_id: "reload".into(),
-            will: None,
-            username: Some(user.into()),
-            password: Some(bytes::Bytes::copy_from_slice(password.as_bytes())),
-            properties: ConnectProperties::default(),
-        })),
+        connect_packet("reload", Some((user, password))),
     );
     match recv(&mut stream, &mut BytesMut::new()) {
         Some(Packet::ConnAck(a)) => a.reason,
