@@ -17,7 +17,7 @@ use tern_codec::ByteStr;
 
 use crate::message::Message;
 use crate::router;
-use crate::session::{NEVER_EXPIRES, PendingWill, Session, SessionState};
+use crate::session::{ConnectionId, NEVER_EXPIRES, PendingWill, Session, SessionState};
 use crate::state::BrokerState;
 
 /// How long a new connection waits for the one it takes over to close.
@@ -38,7 +38,7 @@ pub async fn attach(
     client_id: &ByteStr,
     clean_start: bool,
     expiry_secs: u32,
-    connection_id: u64,
+    connection_id: ConnectionId,
 ) -> Attached {
     let (session, existed, previous) = {
         let mut sessions = state.sessions();
@@ -129,7 +129,7 @@ fn unpersist(state: &BrokerState, session: &Session, st: &mut SessionState) {
 
 /// What a closing connection leaves behind for its session.
 pub struct Departure {
-    pub connection_id: u64,
+    pub connection_id: ConnectionId,
     /// The will to publish, if the connection ended without a normal DISCONNECT.
     pub will: Option<Arc<Message>>,
     pub will_delay_secs: u32,

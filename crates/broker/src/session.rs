@@ -15,7 +15,7 @@ use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::num::NonZeroU16;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tern_codec::{ByteStr, QoS, ReasonCode, SubscriptionOptions};
@@ -42,8 +42,12 @@ pub struct Session {
     online: AtomicBool,
     /// Bumped when a connection with another username attaches (see
     /// [`crate::auth::Readable`]).
-    pub identity: AtomicU64,
+    pub identity: AtomicU32,
 }
+
+/// Identifies one connection (they are numbered from 1), so a session can
+/// tell its current connection from one it has replaced.
+pub type ConnectionId = std::num::NonZeroU64;
 
 /// Queue bounds, from the configuration.
 #[derive(Debug, Clone, Copy)]
@@ -108,7 +112,7 @@ pub struct SessionSubscription {
 #[derive(Debug)]
 pub struct Kick {
     /// The connection being closed.
-    pub connection_id: u64,
+    pub connection_id: ConnectionId,
     pub reason: ReasonCode,
     pub done: oneshot::Sender<()>,
 }
@@ -124,7 +128,7 @@ pub struct SessionState {
     /// Queues and in-flight state; `None` while all are empty.
     traffic: Option<Box<Traffic>>,
     /// The id of the attached connection.
-    pub connection: Option<u64>,
+    pub connection: Option<ConnectionId>,
     /// A kick for a connection that no longer owns the session, until it
     /// notices.
     pub kick: Option<Box<Kick>>,
@@ -135,8 +139,6 @@ pub struct SessionState {
     pub generation: u64,
     /// A will waiting out its Will Delay Interval.
     pub pending_will: Option<Box<PendingWill>>,
-    /// Deliveries dropped because the queue was full.
-    pub dropped: u64,
     /// Whether the store holds a record of this session.
     pub stored: bool,
     limits: QueueLimits,
@@ -182,7 +184,6 @@ impl Session {
                 expiry_secs: 0,
                 generation: 0,
                 pending_will: None,
-                dropped: 0,
                 stored: false,
                 limits,
                 parked: None,
@@ -190,7 +191,7 @@ impl Session {
             }),
             notify: Notify::new(),
             online: AtomicBool::new(false),
-            identity: AtomicU64::new(0),
+            identity: AtomicU32::new(0),
         })
     }
 
@@ -266,7 +267,7 @@ impl SessionState {
     /// Attaches connection `connection_id`. If another was attached, leaves it
     /// a kick (its waker is the caller's job) and returns a receiver that
     /// resolves when it has closed.
-    pub fn attach(&mut self, connection_id: u64) -> Option<oneshot::Receiver<()>> {
+    pub fn attach(&mut self, connection_id: ConnectionId) -> Option<oneshot::Receiver<()>> {
         let previous = self.connection.replace(connection_id)?;
         let (done, closed) = oneshot::channel();
         self.kick = Some(Box::new(Kick {
@@ -279,7 +280,7 @@ impl SessionState {
 
     /// `Err` if connection `connection_id` no longer owns the session, with
     /// the kick left for it if it is still there.
-    pub fn check_owner(&mut self, connection_id: u64) -> Result<(), Option<Box<Kick>>> {
+    pub fn check_owner(&mut self, connection_id: ConnectionId) -> Result<(), Option<Box<Kick>>> {
         if self.connection == Some(connection_id) {
             return Ok(());
         }
@@ -301,7 +302,7 @@ impl SessionState {
     }
 
     /// Whether the pending queue takes `delivery` (within the limits);
-    /// counts it as dropped if not.
+    /// `Err` says why not (the caller counts the drop).
     fn admits(&mut self, delivery: &Delivery, online: bool) -> Result<(), NotQueued> {
         if !online && delivery.qos == QoS::AtMostOnce && !self.limits.queue_qos0_offline {
             return Err(NotQueued::Offline);
@@ -314,7 +315,6 @@ impl SessionState {
         let over_count = len >= self.limits.max_messages;
         let over_bytes = self.limits.max_bytes != 0 && bytes + size > self.limits.max_bytes;
         if over_count || over_bytes {
-            self.dropped += 1;
             return Err(NotQueued::QueueFull);
         }
         Ok(())
@@ -392,6 +392,15 @@ impl SessionState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every connected or persistent client costs one `Session` (in an
+    /// `Arc`, so 16 bytes more), idle or not: at 200 bytes the allocation
+    /// takes a 224-byte heap chunk (glibc), one class below what another 8
+    /// bytes would cost.
+    #[test]
+    fn session_stays_small() {
+        assert!(std::mem::size_of::<Session>() <= 200);
+    }
     use crate::message::Message;
 
     fn limits(max_messages: usize, max_bytes: usize) -> QueueLimits {
@@ -424,7 +433,6 @@ mod tests {
             s.deliver(delivery(QoS::AtLeastOnce, "c")),
             Err(NotQueued::QueueFull)
         );
-        assert_eq!(s.lock().dropped, 1);
         assert_eq!(s.lock().pending_len(), 2);
     }
 

@@ -28,7 +28,7 @@ use crate::limits::Limits;
 use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::retained::RetainedStore;
-use crate::session::{QueueLimits, Session, Sessions};
+use crate::session::{ConnectionId, QueueLimits, Session, Sessions};
 use crate::store::Store;
 use crate::topic_tree::TopicTree;
 
@@ -131,8 +131,10 @@ impl BrokerState {
     }
 
     /// A number unique to each accepted connection, for logs and takeover.
-    pub fn next_connection_id(&self) -> u64 {
-        self.next_connection_id.fetch_add(1, Ordering::Relaxed)
+    pub fn next_connection_id(&self) -> ConnectionId {
+        let id = self.next_connection_id.fetch_add(1, Ordering::Relaxed);
+        // Counting from 1, a u64 does not wrap round to 0.
+        ConnectionId::new(id).unwrap_or(ConnectionId::MIN)
     }
 
     /// Queue bounds every session gets.

@@ -210,12 +210,14 @@ pub async fn authenticate(
     let delay = state.auth.failures().delay(ip, Instant::now());
     let auth = state.auth.current();
     let username = connect.username.as_ref().map(|u| u.as_str());
-    let result = login(connect, info, state, &auth).await;
+    // Boxed, like the sleep below: inline they would enlarge every
+    // connection's handshake future, most of which need neither.
+    let result = Box::pin(login(connect, info, state, &auth)).await;
     if result == Err(ReasonCode::BadUserNameOrPassword) {
         state.auth.failures().record(ip, Instant::now());
     }
     if !delay.is_zero() {
-        tokio::time::sleep(delay).await;
+        Box::pin(tokio::time::sleep(delay)).await;
     }
     let username = match result {
         Ok(username) => username,
@@ -325,7 +327,7 @@ pub fn may_read(client: &Client, topic: &str) -> bool {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Readable {
     acl_generation: u64,
-    identity: u64,
+    identity: u32,
 }
 
 impl Readable {

@@ -13,7 +13,7 @@ use tern_codec::{ByteStr, LastWill, Packet, ProtocolVersion};
 
 use crate::limits::ClientLimits;
 use crate::metrics::Metrics;
-use crate::session::Session;
+use crate::session::{ConnectionId, Session};
 use crate::state::BrokerState;
 
 /// Limits the peer announced in CONNECT (MQTT 5), or their 3.1.1 equivalents.
@@ -54,7 +54,7 @@ pub struct Holds {
 /// Kept small: it is what an idle connection costs (with its session), so
 /// what most clients never use (topic aliases, a will) is boxed.
 pub struct Client {
-    pub connection_id: u64,
+    pub connection_id: ConnectionId,
     pub version: ProtocolVersion,
     pub session: Arc<Session>,
     pub state: Arc<BrokerState>,

@@ -162,7 +162,7 @@ async fn handshake<S: Transport>(
         },
         _ = state.shutdown.cancelled() => return None,
     };
-    let client = start_session(&mut io, *connect, &info, &state).await?;
+    let client = start_session(&mut io, connect, &info, &state).await?;
     Metrics::add(&state.metrics.clients_connected, 1);
     Some(Conn {
         io,
@@ -274,7 +274,9 @@ async fn refuse_unsupported<S: AsyncWrite>(io: &mut Io<S>, error: tern_codec::De
 /// Accepts or refuses the CONNECT, attaches the session and queues CONNACK.
 async fn start_session<S: AsyncWrite>(
     io: &mut Io<S>,
-    connect: Connect,
+    // Boxed as decoded: by value it would be part of every handshake
+    // future, a transient allocation per connection.
+    mut connect: Box<Connect>,
     info: &ConnInfo,
     state: &Arc<BrokerState>,
 ) -> Option<Client> {
@@ -322,7 +324,10 @@ async fn start_session<S: AsyncWrite>(
             topic_alias_maximum: props.topic_alias_maximum.unwrap_or(0),
         },
         aliases: None,
-        will: connect.will.map(|will| Box::new(connect::owned_will(will))),
+        will: connect
+            .will
+            .take()
+            .map(|will| Box::new(connect::owned_will(will))),
         session_expiry_secs: accepted.session_expiry_secs,
         // Close after one and a half keep-alive periods of silence [MQTT-3.1.2-24].
         // (65535 × 1500 ms fits a u32.)
