@@ -47,7 +47,7 @@ pub async fn attach(
         });
         let mut st = session.lock();
         let previous = st.attach(connection_id);
-        st.generation += 1;
+        st.generation = st.generation.wrapping_add(1);
         session.set_online(true);
         // Wake the connection being replaced, so it sees its kick: a parked
         // one needs its task back.
@@ -68,7 +68,7 @@ pub async fn attach(
     let ended = {
         let mut st = session.lock();
         st.expiry_secs = expiry_secs;
-        st.generation += 1;
+        st.generation = st.generation.wrapping_add(1);
         let will = st.pending_will.take().map(|w| w.message);
         if clean_start {
             // The old session ends here, so a will still waiting for its
@@ -147,7 +147,7 @@ pub fn detach(state: &Arc<BrokerState>, session: &Arc<Session>, departure: Depar
     // resolves a pending will when it attaches; only the will is handled here.
     if still_attached {
         st.connection = None;
-        st.generation += 1;
+        st.generation = st.generation.wrapping_add(1);
         session.set_online(false);
         if st.expiry_secs == 0 {
             // The session ends with the connection [MQTT-3.1.2-23], and with
@@ -231,7 +231,7 @@ pub(crate) fn schedule_will(
 pub(crate) fn schedule_expiry(
     state: &Arc<BrokerState>,
     session: &Arc<Session>,
-    generation: u64,
+    generation: u32,
     expiry: Duration,
 ) {
     let state2 = state.clone();
@@ -247,7 +247,7 @@ pub(crate) fn schedule_expiry(
 }
 
 /// Removes an expired session and publishes a will still waiting on it.
-fn expire(state: &Arc<BrokerState>, session: &Arc<Session>, generation: u64) {
+fn expire(state: &Arc<BrokerState>, session: &Arc<Session>, generation: u32) {
     let mut sessions = state.sessions();
     let mut st = session.lock();
     if st.generation != generation || st.connection.is_some() {

@@ -63,6 +63,7 @@ pub struct BrokerState {
     /// Passwords, ACL and failed logins; swapped by `reload_auth`.
     pub auth: AuthState,
     next_connection_id: AtomicU64,
+    queue_limits: Arc<QueueLimits>,
 }
 
 impl Drop for BrokerState {
@@ -93,6 +94,11 @@ impl BrokerState {
             (config.park_idle_ms > 0).then(|| Duration::from_millis(config.park_idle_ms));
         let parker = Parker::start(park_after, shutdown.clone(), tasks.clone())?;
         let limits = Limits::new(&config);
+        let queue_limits = Arc::new(QueueLimits {
+            max_messages: config.max_queued_messages,
+            max_bytes: config.max_queued_bytes,
+            queue_qos0_offline: config.queue_qos0_messages,
+        });
         Ok(Arc::new(BrokerState {
             config,
             sessions: Mutex::new(Sessions::default()),
@@ -107,6 +113,7 @@ impl BrokerState {
             store,
             auth,
             next_connection_id: AtomicU64::new(1),
+            queue_limits,
         }))
     }
 
@@ -137,13 +144,9 @@ impl BrokerState {
         ConnectionId::new(id).unwrap_or(ConnectionId::MIN)
     }
 
-    /// Queue bounds every session gets.
-    pub fn queue_limits(&self) -> QueueLimits {
-        QueueLimits {
-            max_messages: self.config.max_queued_messages,
-            max_bytes: self.config.max_queued_bytes,
-            queue_qos0_offline: self.config.queue_qos0_messages,
-        }
+    /// Queue bounds every session gets (one shared copy).
+    pub fn queue_limits(&self) -> Arc<QueueLimits> {
+        self.queue_limits.clone()
     }
 
     /// The highest QoS this broker grants.
