@@ -209,7 +209,6 @@ pub async fn authenticate(
     let ip = info.peer.ip();
     let delay = state.auth.failures().delay(ip, Instant::now());
     let auth = state.auth.current();
-    let username = connect.username.as_ref().map(|u| u.as_str());
     // Boxed, like the sleep below: inline they would enlarge every
     // connection's handshake future, most of which need neither.
     let result = Box::pin(login(connect, info, state, &auth)).await;
@@ -219,13 +218,9 @@ pub async fn authenticate(
     if !delay.is_zero() {
         Box::pin(tokio::time::sleep(delay)).await;
     }
-    let username = match result {
-        Ok(username) => username,
-        Err(reason) => {
-            tracing::info!(peer = %info.peer, client_id, username, ?reason, "login refused");
-            return Err(reason);
-        }
-    };
+    // A refusal is logged once, with the username, where every CONNECT
+    // refusal is (`connection::start_session`).
+    let username = result?;
     if let (Some(will), Some(acl)) = (&connect.will, &auth.acl) {
         let id = Identity {
             username: username.as_deref(),

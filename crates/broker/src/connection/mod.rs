@@ -285,7 +285,9 @@ async fn start_session<S: AsyncWrite>(
     let accepted = match admit(&connect, info, state).await {
         Ok(accepted) => accepted,
         Err(reason) => {
-            tracing::info!(%peer, client_id = %connect.client_id, ?reason, "refusing CONNECT");
+            // Never the password.
+            let username = connect.username.as_ref().map(|u| u.as_str());
+            tracing::info!(%peer, client_id = %connect.client_id, username, ?reason, "refusing CONNECT");
             let mut out = BytesMut::new();
             if Packet::ConnAck(connect::refusal(reason))
                 .encode(version, &mut out)
