@@ -2,11 +2,12 @@
 //! `DIR/tern.redb`.
 //!
 //! It knows nothing about MQTT. Keys are client ids, message ids, sequence
-//! numbers, packet ids and topics; values are opaque records encoded by the
-//! caller. The broker submits changes ([`Op`]) without waiting; one background
-//! thread ("tern-store") applies them in submission order, many per write
-//! transaction, and publishes how far it is durable ([`Engine::durable`],
-//! [`Engine::watch`]). While one commit (and its fsync) runs, new submissions
+//! numbers, packet ids and topics; values are opaque records the caller
+//! encodes, those of messages and queue entries only when they reach the
+//! file (see [`Value`]). The broker submits changes ([`Op`]) without waiting;
+//! one background thread ("tern-store") applies them in submission order,
+//! many per write transaction, and publishes how far it is durable
+//! ([`Engine::durable`], [`Engine::watch`]). While one commit (and its fsync) runs, new submissions
 //! pile up and go into the next transaction together: that is the group
 //! commit, and it is why a thousand clients waiting for their PUBACK cost a
 //! handful of fsyncs, not a thousand.
@@ -55,6 +56,7 @@
 //! commits since the last fsync, or damage the file so it is refused: that
 //! is the mode's documented trade.)
 
+use bytes::BytesMut;
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::fs::{File, OpenOptions};
@@ -86,8 +88,8 @@ const FILE_NAME: &str = "tern.redb";
 /// [`Engine::submit_all`] is never split, whatever its size.
 const MAX_TXN_OPS: usize = 65_536;
 
-/// Queue entries whose memory the writer keeps between batches (about
-/// 300 KB); a bigger burst's queue is freed once written.
+/// Queue entries whose memory the writer keeps between batches at least
+/// (about 300 KB); see `Writer::run` for more.
 const KEEP_QUEUE_CAPACITY: usize = 4096;
 
 /// redb's page cache. Why not redb's default (1 GiB): the broker reads the
@@ -146,9 +148,32 @@ pub enum Durability {
     None,
 }
 
-/// One change to the store. Applied in submission order.
+/// The value of a message or queue entry change, turned into bytes by the
+/// writer thread when (and only if) its change reaches the file.
+///
+/// Why lazily: on a busy broker most messages are stored, sent, acknowledged
+/// and deleted between two commits, so their changes cancel out within the
+/// transaction (see [`superseded`]). Encoding them on the submitting side
+/// would allocate, encode and free records that are never written.
+pub trait Value: Send + 'static {
+    /// The bytes to write, encoded into `buf` if need be. `None` if the value
+    /// is no longer wanted: the change is skipped, and the caller promises
+    /// that a delete of the same key is submitted (or already was).
+    fn bytes<'a>(&'a self, buf: &'a mut BytesMut) -> Option<&'a [u8]>;
+}
+
+/// Already encoded.
+impl Value for Vec<u8> {
+    fn bytes<'a>(&'a self, _: &'a mut BytesMut) -> Option<&'a [u8]> {
+        Some(self)
+    }
+}
+
+/// One change to the store. Applied in submission order. `V` is how message
+/// and queue entry values are given (see [`Value`]); sessions and retained
+/// messages change rarely and come encoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Op {
+pub enum Op<V = Vec<u8>> {
     /// Inserts or replaces a session record.
     PutSession { client_id: ByteStr, record: Vec<u8> },
     /// Removes the session record AND every queue and inbound entry of that
@@ -156,14 +181,14 @@ pub enum Op {
     DeleteSession { client_id: ByteStr },
     /// Inserts or replaces a message record (shared by the queues that
     /// reference its id).
-    PutMessage { id: u64, record: Vec<u8> },
+    PutMessage { id: u64, record: V },
     /// Removes a message record.
     DeleteMessage { id: u64 },
     /// Inserts or replaces one entry of a client's delivery queue.
     PutQueue {
         client_id: ByteStr,
         seq: u64,
-        entry: Vec<u8>,
+        entry: V,
         /// The entry is new: no earlier change wrote this key. (A new
         /// entry deleted before it was committed costs nothing at all.)
         new: bool,
@@ -259,8 +284,8 @@ pub struct StoreStats {
 /// The persistent store. `Send + Sync`; shared as `Arc<Engine>`. Dropping
 /// the last `Arc` closes it, but callers should [`Engine::close`] explicitly
 /// so shutdown order does not depend on who drops last.
-pub struct Engine {
-    shared: Arc<Shared>,
+pub struct Engine<V: Value = Vec<u8>> {
+    shared: Arc<Shared<V>>,
     durability: Durability,
     /// The writer thread, until [`Engine::close`] joins it. A mutex so that
     /// a second `close` waits for the first to finish.
@@ -268,10 +293,10 @@ pub struct Engine {
 }
 
 /// What the submitting side and the writer thread share.
-struct Shared {
+struct Shared<V> {
     /// The file.
     path: PathBuf,
-    state: Mutex<State>,
+    state: Mutex<State<V>>,
     /// Wakes the writer: ops were queued, or close was asked.
     work: Condvar,
     /// Wakes `flush` waiters: `durable` advanced, or the writer ended.
@@ -287,10 +312,10 @@ struct Shared {
 }
 
 /// The queue between submitters and the writer.
-struct State {
+struct State<V> {
     /// Ops not yet taken by the writer, in ticket order. A group from
     /// `submit_all` is consecutive entries with the same ticket.
-    pending: Vec<(u64, Op)>,
+    pending: Vec<(u64, Op<V>)>,
     /// The last ticket handed out.
     last_ticket: u64,
     /// `close` was called: submissions are refused, the writer drains and exits.
@@ -300,15 +325,15 @@ struct State {
     writer_gone: bool,
 }
 
-impl Shared {
-    fn lock_state(&self) -> MutexGuard<'_, State> {
+impl<V> Shared<V> {
+    fn lock_state(&self) -> MutexGuard<'_, State<V>> {
         // Nothing panics while holding this lock; if something ever did, the
         // state is still a consistent queue, so carry on with it.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
-impl Engine {
+impl<V: Value> Engine<V> {
     /// Creates DIR if missing, opens or creates DIR/tern.redb, reads
     /// everything into [`Recovered`], starts the writer thread.
     ///
@@ -317,7 +342,7 @@ impl Engine {
     pub fn open(
         dir: &Path,
         durability: Durability,
-    ) -> Result<(Arc<Engine>, Recovered), StoreError> {
+    ) -> Result<(Arc<Engine<V>>, Recovered), StoreError> {
         Self::open_with(dir, durability, Hooks::default())
     }
 
@@ -325,7 +350,7 @@ impl Engine {
         dir: &Path,
         durability: Durability,
         hooks: Hooks,
-    ) -> Result<(Arc<Engine>, Recovered), StoreError> {
+    ) -> Result<(Arc<Engine<V>>, Recovered), StoreError> {
         std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
             path: dir.to_path_buf(),
             source,
@@ -402,7 +427,7 @@ impl Engine {
     ///
     /// After [`Engine::close`] the change is dropped (and logged): its
     /// ticket never becomes durable.
-    pub fn submit(&self, op: Op) -> u64 {
+    pub fn submit(&self, op: Op<V>) -> u64 {
         let mut state = self.shared.lock_state();
         state.last_ticket += 1;
         let ticket = state.last_ticket;
@@ -429,8 +454,8 @@ impl Engine {
     ///
     /// The ops are collected before the queue is locked, so the iterator may
     /// do anything (even submit).
-    pub fn submit_all(&self, ops: impl IntoIterator<Item = Op>) -> u64 {
-        let ops: Vec<Op> = ops.into_iter().collect();
+    pub fn submit_all(&self, ops: impl IntoIterator<Item = Op<V>>) -> u64 {
+        let ops: Vec<Op<V>> = ops.into_iter().collect();
         let mut state = self.shared.lock_state();
         if ops.is_empty() {
             return state.last_ticket;
@@ -525,13 +550,13 @@ impl Engine {
     }
 }
 
-impl Drop for Engine {
+impl<V: Value> Drop for Engine<V> {
     fn drop(&mut self) {
         self.close();
     }
 }
 
-impl std::fmt::Debug for Engine {
+impl<V: Value> std::fmt::Debug for Engine<V> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine")
             .field("path", &self.shared.path)
@@ -813,29 +838,31 @@ impl Hooks {
 }
 
 /// The writer thread's state.
-struct Writer {
-    shared: Arc<Shared>,
+struct Writer<V> {
+    shared: Arc<Shared<V>>,
     /// Sends `durable` to [`Engine::watch`]ers; dropped with the thread.
     durable_tx: watch::Sender<u64>,
     /// `None` after a failed write, until a retry reopens it.
     db: Option<Database>,
     opener: Opener,
+    /// Where values are encoded, one at a time (see [`Value`]).
+    buf: BytesMut,
 }
 
 /// Marks the writer gone when the thread ends, even by a panic, so that
 /// `flush` never waits for a thread that is not there.
-struct GoneOnDrop(Arc<Shared>);
+struct GoneOnDrop<V>(Arc<Shared<V>>);
 
-impl Drop for GoneOnDrop {
+impl<V> Drop for GoneOnDrop<V> {
     fn drop(&mut self) {
         self.0.lock_state().writer_gone = true;
         self.0.progress.notify_all();
     }
 }
 
-impl Writer {
+impl<V: Value> Writer<V> {
     fn new(
-        shared: Arc<Shared>,
+        shared: Arc<Shared<V>>,
         durable_tx: watch::Sender<u64>,
         db: Database,
         opener: Opener,
@@ -845,13 +872,14 @@ impl Writer {
             durable_tx,
             db: Some(db),
             opener,
+            buf: BytesMut::new(),
         }
     }
 
     fn run(mut self) {
         let _gone = GoneOnDrop(self.shared.clone());
         // Swapped with `pending`, so both Vecs keep their capacity.
-        let mut batch: Vec<(u64, Op)> = Vec::new();
+        let mut batch: Vec<(u64, Op<V>)> = Vec::new();
         loop {
             {
                 let mut state = self.shared.lock_state();
@@ -868,9 +896,12 @@ impl Writer {
                 std::mem::swap(&mut state.pending, &mut batch);
             }
             let written = self.write_batch(&batch);
+            // Room for twice this batch: under steady load the submitters
+            // then push without growing the queue while they hold its lock,
+            // and a burst's memory is given back once batches are small.
+            let keep = KEEP_QUEUE_CAPACITY.max(2 * batch.len());
             batch.clear();
-            // A burst must not pin its queue's memory for good.
-            batch.shrink_to(KEEP_QUEUE_CAPACITY);
+            batch.shrink_to(keep);
             if !written {
                 break;
             }
@@ -881,7 +912,7 @@ impl Writer {
     /// Applies `batch` in transactions of at most `MAX_TXN_OPS` ops (never
     /// splitting a ticket), publishing each. Returns false if it gave up
     /// (only while closing); the thread then ends without writing the rest.
-    fn write_batch(&mut self, batch: &[(u64, Op)]) -> bool {
+    fn write_batch(&mut self, batch: &[(u64, Op<V>)]) -> bool {
         let mut start = 0;
         while start < batch.len() {
             let end = chunk_end(batch, start);
@@ -948,7 +979,7 @@ impl Writer {
 
     /// One write transaction for `chunk`, reopening the file first if the
     /// last attempt failed.
-    fn try_write(&mut self, chunk: &[(u64, Op)]) -> Result<(), redb::Error> {
+    fn try_write(&mut self, chunk: &[(u64, Op<V>)]) -> Result<(), redb::Error> {
         let db = match self.db.take() {
             Some(db) => db,
             None => self.opener.open(None)?,
@@ -960,7 +991,7 @@ impl Writer {
             let superseded = superseded(chunk);
             for ((_, op), skip) in chunk.iter().zip(superseded) {
                 if !skip {
-                    tables.apply(op)?;
+                    tables.apply(op, &mut self.buf)?;
                 }
             }
         }
@@ -1001,7 +1032,7 @@ impl std::hash::Hash for Key<'_> {
     }
 }
 
-fn key(op: &Op) -> Option<Key<'_>> {
+fn key<V>(op: &Op<V>) -> Option<Key<'_>> {
     Some(match op {
         Op::PutSession { client_id, .. } => Key::Session(client_id),
         Op::DeleteSession { .. } => return None,
@@ -1029,7 +1060,7 @@ fn key(op: &Op) -> Option<Key<'_>> {
 /// deleted between two commits costs no write at all. A `DeleteSession` (a
 /// range delete) turns this off for its transaction, to keep its order with
 /// the ops around it.
-fn superseded(chunk: &[(u64, Op)]) -> Vec<bool> {
+fn superseded<V>(chunk: &[(u64, Op<V>)]) -> Vec<bool> {
     let mut skip = vec![false; chunk.len()];
     if chunk
         .iter()
@@ -1066,7 +1097,7 @@ fn superseded(chunk: &[(u64, Op)]) -> Vec<bool> {
 
 /// End of the transaction that starts at `start`: `MAX_TXN_OPS` ops, then
 /// on to the end of the ticket that is cut, so a group stays whole.
-fn chunk_end(batch: &[(u64, Op)], start: usize) -> usize {
+fn chunk_end<V>(batch: &[(u64, Op<V>)], start: usize) -> usize {
     let mut end = start.saturating_add(MAX_TXN_OPS).min(batch.len());
     while end < batch.len() && batch[end].0 == batch[end - 1].0 {
         end += 1;
@@ -1110,7 +1141,8 @@ impl<'t> Tables<'t> {
         }
     }
 
-    fn apply(&mut self, op: &Op) -> Result<(), redb::Error> {
+    /// Applies `op`, encoding its value into `buf` if it has to be.
+    fn apply<V: Value>(&mut self, op: &Op<V>, buf: &mut BytesMut) -> Result<(), redb::Error> {
         let txn = self.txn;
         match op {
             Op::PutSession { client_id, record } => {
@@ -1126,7 +1158,9 @@ impl<'t> Tables<'t> {
                     .retain_in((id, 0u16)..=(id, u16::MAX), |_, _| false)?;
             }
             Op::PutMessage { id, record } => {
-                table(&mut self.messages, txn, MESSAGES)?.insert(*id, record.as_slice())?;
+                if let Some(bytes) = record.bytes(buf) {
+                    table(&mut self.messages, txn, MESSAGES)?.insert(*id, bytes)?;
+                }
             }
             Op::DeleteMessage { id } => {
                 table(&mut self.messages, txn, MESSAGES)?.remove(*id)?;
@@ -1137,8 +1171,10 @@ impl<'t> Tables<'t> {
                 entry,
                 ..
             } => {
-                table(&mut self.queue, txn, QUEUE)?
-                    .insert((client_id.as_str(), *seq), entry.as_slice())?;
+                if let Some(bytes) = entry.bytes(buf) {
+                    table(&mut self.queue, txn, QUEUE)?
+                        .insert((client_id.as_str(), *seq), bytes)?;
+                }
             }
             Op::DeleteQueue { client_id, seq } => {
                 table(&mut self.queue, txn, QUEUE)?.remove((client_id.as_str(), *seq))?;
@@ -1756,7 +1792,7 @@ mod tests {
     fn file_in_use_is_refused_with_its_name() {
         let dir = TestDir::new("in-use");
         let (engine, _) = open(&dir, Durability::Fsync);
-        let err = Engine::open(&dir.0, Durability::Fsync).unwrap_err();
+        let err = Engine::<Vec<u8>>::open(&dir.0, Durability::Fsync).unwrap_err();
         assert!(matches!(err, StoreError::InUse { .. }), "{err:?}");
         let message = err.to_string();
         assert!(
@@ -1773,7 +1809,7 @@ mod tests {
     fn unwritable_data_directory_is_named() {
         let dir = TestDir::new("not-a-dir");
         std::fs::write(&dir.0, b"a file where the directory should be").unwrap();
-        let err = Engine::open(&dir.0, Durability::Fsync).unwrap_err();
+        let err = Engine::<Vec<u8>>::open(&dir.0, Durability::Fsync).unwrap_err();
         assert!(matches!(err, StoreError::CreateDir { .. }), "{err:?}");
         assert!(err.to_string().contains(&dir.0.display().to_string()));
         let _ = std::fs::remove_file(&dir.0);
@@ -1832,7 +1868,7 @@ mod tests {
 
     /// Opens a damaged file: an error naming the file, or everything.
     fn open_damaged(case: &str, dir: &TestDir, expected: &[(u64, Vec<u8>)]) -> Option<StoreError> {
-        match Engine::open(&dir.0, Durability::Fsync) {
+        match Engine::<Vec<u8>>::open(&dir.0, Durability::Fsync) {
             Err(err) => {
                 let message = err.to_string();
                 eprintln!("{case}: Err: {message}");

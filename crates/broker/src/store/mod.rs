@@ -23,7 +23,9 @@ pub mod recover;
 use std::num::NonZeroU16;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, Weak};
+
+use bytes::BytesMut;
 
 use tern_codec::{ByteStr, QoS};
 use tokio::sync::watch;
@@ -36,7 +38,7 @@ use crate::session::{Delivery, InflightState, SessionState};
 
 /// The broker's handle on its store.
 pub struct Store {
-    engine: Arc<Engine>,
+    engine: Arc<Engine<Record>>,
     next_message_id: AtomicU64,
     next_seq: AtomicU64,
     /// Set at shutdown: the sessions and messages dropped after it must not
@@ -93,7 +95,7 @@ impl Store {
         self.engine.path()
     }
 
-    fn submit(&self, op: Op) -> u64 {
+    fn submit(&self, op: Op<Record>) -> u64 {
         if self.closed.load(Ordering::Acquire) {
             return 0;
         }
@@ -125,12 +127,12 @@ impl Store {
 
     /// The id of `message`'s record, storing it the first time (through
     /// `write`: submitted, or added to a group).
-    fn message_id(self: &Arc<Self>, message: &Message, write: impl FnOnce(Op)) -> u64 {
+    fn message_id(self: &Arc<Self>, message: &Arc<Message>, write: impl FnOnce(Op<Record>)) -> u64 {
         message
             .stored
             .get_or_init(|| {
                 let id = self.next_message_id.fetch_add(1, Ordering::Relaxed);
-                let record = records::encode_message(message, &Clock::now());
+                let record = Record::Message(Arc::downgrade(message));
                 write(Op::PutMessage { id, record });
                 StoredMessage {
                     id,
@@ -188,7 +190,7 @@ impl Store {
             subscription_ids: delivery.subscription_ids.clone(),
             sent: None,
         };
-        group.0.push(entry_op(client_id, delivery, &entry));
+        group.0.push(entry_op(client_id, delivery, entry));
     }
 
     /// Records that a stored delivery was sent with `packet_id` and is now in
@@ -217,13 +219,9 @@ impl Store {
                     subscription_ids: delivery.subscription_ids.clone(),
                     sent: Some(sent),
                 };
-                self.put_entry(client_id, delivery, &entry)
+                self.submit(entry_op(client_id, delivery, entry))
             }
         }
-    }
-
-    fn put_entry(&self, client_id: &ByteStr, delivery: &Delivery, entry: &QueueEntry) -> u64 {
-        self.submit(entry_op(client_id, delivery, entry))
     }
 
     /// Writes the session's record (subscriptions, expiry, pending will).
@@ -289,16 +287,53 @@ impl Store {
 
 /// Changes that must land together: one ticket, one transaction.
 #[derive(Default)]
-pub struct Group(Vec<Op>);
+pub struct Group(Vec<Op<Record>>);
 
 /// The op that writes `entry`.
-fn entry_op(client_id: &ByteStr, delivery: &Delivery, entry: &QueueEntry) -> Op {
+fn entry_op(client_id: &ByteStr, delivery: &Delivery, entry: QueueEntry) -> Op<Record> {
     Op::PutQueue {
         client_id: client_id.clone(),
         seq: delivery.seq,
-        entry: records::encode_queue_entry(entry),
         // Only `queue` writes entries not yet sent, and it takes a new seq.
         new: entry.sent.is_none(),
+        entry: Record::Entry(entry, Arc::downgrade(&delivery.message)),
+    }
+}
+
+/// A message or queue entry as the store submits it: the live value, which
+/// the writer thread encodes only if its change reaches the file (most are
+/// cancelled out within their transaction: see [`engine::Value`]).
+///
+/// Both hold their message weakly. A message that nothing holds any more
+/// was delivered and acknowledged by every persistent session it was queued
+/// for, or discarded, so neither it nor its queue entries need writing: its
+/// [`StoredMessage`] submits the message's delete as it goes, and every
+/// delivery that ends submits its entry's delete ([`Store::update`] with
+/// `None`, or the session's delete). Holding it strongly would keep it alive
+/// until the writer let go, and move its delete to the next transaction.
+#[derive(Debug)]
+pub enum Record {
+    /// A message record.
+    Message(Weak<Message>),
+    /// A queue entry, and the message it refers to.
+    Entry(QueueEntry, Weak<Message>),
+}
+
+impl engine::Value for Record {
+    fn bytes<'a>(&'a self, buf: &'a mut BytesMut) -> Option<&'a [u8]> {
+        match self {
+            Record::Message(message) => {
+                let message = message.upgrade()?;
+                records::write_message(&message, &Clock::now(), buf);
+            }
+            Record::Entry(entry, message) => {
+                if message.strong_count() == 0 {
+                    return None;
+                }
+                records::write_queue_entry(entry, buf);
+            }
+        }
+        Some(buf)
     }
 }
 
@@ -310,3 +345,36 @@ pub fn stores(st: &SessionState, qos: QoS) -> bool {
 
 /// A message's link to its record, for `Message::stored`.
 pub type StoredSlot = OnceLock<StoredMessage>;
+
+#[cfg(test)]
+mod tests {
+    use super::engine::Value;
+    use super::*;
+
+    /// A message and its queue entries are encoded while the message lives,
+    /// and skipped once nothing holds it (its delete is on its way).
+    #[test]
+    fn records_are_written_only_while_their_message_lives() {
+        let message = Message::broker_retained("a/b".into(), "payload".into());
+        let entry = QueueEntry {
+            message_id: 7,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            subscription_ids: vec![3],
+            sent: None,
+        };
+        let as_message = Record::Message(Arc::downgrade(&message));
+        let as_entry = Record::Entry(entry.clone(), Arc::downgrade(&message));
+        let mut buf = BytesMut::new();
+
+        let written = as_message.bytes(&mut buf).map(<[u8]>::to_vec);
+        let clock = Clock::now();
+        assert_eq!(written, Some(records::encode_message(&message, &clock)));
+        let written = as_entry.bytes(&mut buf).map(<[u8]>::to_vec);
+        assert_eq!(written, Some(records::encode_queue_entry(&entry)));
+
+        drop(message);
+        assert!(as_message.bytes(&mut buf).is_none());
+        assert!(as_entry.bytes(&mut buf).is_none());
+    }
+}

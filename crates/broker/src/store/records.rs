@@ -15,7 +15,7 @@ use std::num::NonZeroU16;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::BytesMut;
+use bytes::{BufMut, BytesMut};
 use tern_codec::{
     ByteStr, Packet, ProtocolVersion, Publish, QoS, RetainHandling, SubscriptionOptions,
 };
@@ -89,15 +89,26 @@ fn millis(d: Duration) -> u64 {
 
 /// Encodes a message: header (version, expiry, origin), then its PUBLISH.
 pub fn encode_message(message: &Message, clock: &Clock) -> Vec<u8> {
-    let mut w = Writer::default();
-    w.u8(FORMAT);
-    w.u64(
+    let mut out = BytesMut::new();
+    write_message(message, clock, &mut out);
+    Vec::from(out)
+}
+
+/// [`encode_message`] into `out` (cleared first), so the store's writer can
+/// reuse one buffer for every record.
+pub fn write_message(message: &Message, clock: &Clock, out: &mut BytesMut) {
+    let origin = message.origin.as_ref().map_or(&b""[..], |o| o.as_bytes());
+    out.clear();
+    out.reserve(MESSAGE_HEADER + origin.len() + message.size() + 64);
+    out.put_u8(FORMAT);
+    out.put_u64(
         message
             .expires_at
             .map_or(0, |at| clock.to_unix_ms(at).max(1)),
     );
-    w.bytes(message.origin.as_ref().map_or(&b""[..], |o| o.as_bytes()));
-    w.u8(u8::from(message.origin.is_some()));
+    out.put_u32(origin.len() as u32);
+    out.put_slice(origin);
+    out.put_u8(u8::from(message.origin.is_some()));
     let publish = Packet::Publish(Publish {
         dup: false,
         qos: message.qos,
@@ -109,15 +120,15 @@ pub fn encode_message(message: &Message, clock: &Clock) -> Vec<u8> {
         payload: message.payload.clone(),
         properties: message.properties.clone(),
     });
-    let mut out = BytesMut::with_capacity(w.0.len() + message.size() + 64);
-    out.extend_from_slice(&w.0);
-    if let Err(e) = publish.encode(ProtocolVersion::V5, &mut out) {
+    if let Err(e) = publish.encode(ProtocolVersion::V5, out) {
         // Every routed message came from a PUBLISH or will we decoded, so it
         // encodes; should it not, the record still decodes to an error.
         tracing::error!(topic = %message.topic, error = %e, "cannot encode message for the store");
     }
-    Vec::from(out)
 }
+
+/// A message record's header before its origin: version, expiry, origin length.
+const MESSAGE_HEADER: usize = 1 + 8 + 4 + 1;
 
 /// Decodes a message. `None` if it has expired by `clock`.
 pub fn decode_message(record: &[u8], clock: &Clock) -> Result<Option<Arc<Message>>, RecordError> {
@@ -167,22 +178,32 @@ pub struct QueueEntry {
 }
 
 pub fn encode_queue_entry(entry: &QueueEntry) -> Vec<u8> {
-    let mut w = Writer::default();
-    w.u8(FORMAT);
-    w.u64(entry.message_id);
-    w.u8(entry.qos as u8);
-    w.u8(u8::from(entry.retain));
-    w.u32(entry.subscription_ids.len() as u32);
-    entry.subscription_ids.iter().for_each(|id| w.u32(*id));
+    let mut out = BytesMut::new();
+    write_queue_entry(entry, &mut out);
+    Vec::from(out)
+}
+
+/// [`encode_queue_entry`] into `out` (cleared first).
+pub fn write_queue_entry(entry: &QueueEntry, out: &mut BytesMut) {
+    out.clear();
+    out.reserve(1 + 8 + 1 + 1 + 4 + 4 * entry.subscription_ids.len() + 2 + 1);
+    out.put_u8(FORMAT);
+    out.put_u64(entry.message_id);
+    out.put_u8(entry.qos as u8);
+    out.put_u8(u8::from(entry.retain));
+    out.put_u32(entry.subscription_ids.len() as u32);
+    entry
+        .subscription_ids
+        .iter()
+        .for_each(|id| out.put_u32(*id));
     let (packet_id, state) = match entry.sent {
         None => (0, 0),
         Some((id, InflightState::AwaitingPubAck)) => (id.get(), 1),
         Some((id, InflightState::AwaitingPubRec)) => (id.get(), 2),
         Some((id, InflightState::AwaitingPubComp)) => (id.get(), 3),
     };
-    w.u16(packet_id);
-    w.u8(state);
-    w.0
+    out.put_u16(packet_id);
+    out.put_u8(state);
 }
 
 pub fn decode_queue_entry(record: &[u8]) -> Result<QueueEntry, RecordError> {
@@ -354,9 +375,6 @@ struct Writer(Vec<u8>);
 impl Writer {
     fn u8(&mut self, v: u8) {
         self.0.push(v);
-    }
-    fn u16(&mut self, v: u16) {
-        self.0.extend_from_slice(&v.to_be_bytes());
     }
     fn u32(&mut self, v: u32) {
         self.0.extend_from_slice(&v.to_be_bytes());
