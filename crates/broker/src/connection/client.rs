@@ -117,15 +117,20 @@ impl Client {
     /// `ticket` durable (nothing to do if it already is, or acknowledgements
     /// do not wait for the store).
     pub fn hold_until(&mut self, ticket: u64) {
+        self.hold_from(ticket, self.out.len());
+    }
+
+    /// Like [`Client::hold_until`], for what is encoded from position `at`
+    /// of `out` on (encoded after every earlier hold's position).
+    pub fn hold_from(&mut self, ticket: u64, at: usize) {
         let Some(store) = self.state.store.as_ref().filter(|s| s.acks_wait()) else {
             return;
         };
         if ticket <= store.durable() {
             return;
         }
-        let pending = self.out.len() as u64;
         let holds = self.holds.get_or_insert_with(Default::default);
-        let at = holds.written + pending;
+        let at = holds.written + at as u64;
         holds.queue.push_back((ticket, at));
     }
 

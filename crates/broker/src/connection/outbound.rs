@@ -16,6 +16,7 @@ use tern_codec::{ByteStr, Packet, PubAck, Publish, QoS};
 use super::client::Client;
 use crate::metrics::Metrics;
 use crate::session::{Delivery, Inflight, InflightState, Kick, SessionState};
+use crate::store::Group;
 
 /// Stop encoding when this many bytes wait to be written.
 pub const HIGH_WATER: usize = 64 * 1024;
@@ -54,7 +55,31 @@ fn resend(client: &mut Client, st: &SessionState) {
 }
 
 /// Sends pending deliveries while the window and the buffer allow.
+///
+/// The store changes this makes ("sent with this packet id", "dropped") are
+/// submitted together at the end, still under the session lock, so they keep
+/// their order with any other connection's changes to the same session.
 fn send_pending(client: &mut Client, st: &mut SessionState) {
+    let mut changes = Group::default();
+    // Where the first QoS 2 PUBLISH starts in `out`: it and what follows
+    // wait for the changes.
+    let mut held_from = None;
+    take_pending(client, st, &mut changes, &mut held_from);
+    let ticket = submit(client, changes);
+    if let Some(at) = held_from {
+        // Exactly once across a restart: the packet id is in the store
+        // before the PUBLISH goes out, so a resend after a crash carries the
+        // same id and the client can tell it is a duplicate.
+        client.hold_from(ticket, at);
+    }
+}
+
+fn take_pending(
+    client: &mut Client,
+    st: &mut SessionState,
+    changes: &mut Group,
+    held_from: &mut Option<usize>,
+) {
     let now = Instant::now();
     let window = usize::from(client.peer.receive_maximum);
     while client.out.len() < HIGH_WATER {
@@ -64,7 +89,7 @@ fn send_pending(client: &mut Client, st: &mut SessionState) {
         if delivery.message.remaining_expiry(now).is_none() {
             // Expired while queued: not sent [MQTT-3.3.2-5].
             Metrics::add(&client.state.metrics.publish_dropped, 1);
-            record(client, &delivery, None);
+            record_done(client, delivery, changes);
             continue;
         }
         if delivery.qos == QoS::AtMostOnce {
@@ -83,12 +108,9 @@ fn send_pending(client: &mut Client, st: &mut SessionState) {
             QoS::AtLeastOnce => InflightState::AwaitingPubAck,
             _ => InflightState::AwaitingPubRec,
         };
-        let ticket = record(client, &delivery, Some((packet_id, state)));
+        record_sent(client, &delivery, (packet_id, state), changes);
         if state == InflightState::AwaitingPubRec {
-            // Exactly once across a restart: the packet id goes to the store
-            // before the PUBLISH goes out, so a resend after a crash carries
-            // the same id and the client can tell it is a duplicate.
-            client.hold_until(ticket);
+            held_from.get_or_insert(client.out.len());
         }
         if send_publish(client, &delivery, Some(packet_id), false, now) {
             st.traffic().inflight.push_back(Inflight {
@@ -97,20 +119,35 @@ fn send_pending(client: &mut Client, st: &mut SessionState) {
                 delivery,
             });
         } else {
-            record(client, &delivery, None);
+            record_done(client, delivery, changes);
         }
     }
 }
 
-/// Tells the store where a stored delivery is: sent with a packet id and
-/// awaiting `sent`'s state, or (`None`) done with. Returns the ticket.
-pub fn record(
+/// Adds to `changes` that a stored delivery was sent with a packet id and is
+/// now in the state `sent` names (nothing without a store).
+pub fn record_sent(
     client: &Client,
     delivery: &Delivery,
-    sent: Option<(NonZeroU16, InflightState)>,
-) -> u64 {
+    sent: (NonZeroU16, InflightState),
+    changes: &mut Group,
+) {
+    if let Some(store) = &client.state.store {
+        store.sent(client.client_id(), delivery, sent, changes);
+    }
+}
+
+/// Adds to `changes` that a delivery is done with, and lets go of it.
+pub fn record_done(client: &Client, delivery: Delivery, changes: &mut Group) {
+    if let Some(store) = &client.state.store {
+        store.finish(client.client_id(), delivery, changes);
+    }
+}
+
+/// Submits `changes` to the store. Returns their ticket (0 if none).
+pub fn submit(client: &Client, changes: Group) -> u64 {
     match &client.state.store {
-        Some(store) => store.update(client.client_id(), delivery, sent),
+        Some(store) => store.submit_group(changes),
         None => 0,
     }
 }

@@ -11,6 +11,7 @@ use crate::connection::client::Client;
 use crate::connection::outbound;
 use crate::error::ProtocolViolation;
 use crate::session::InflightState;
+use crate::store::Group;
 
 /// PUBACK ends a QoS 1 delivery [MQTT-4.3.2-?].
 pub fn puback(client: &mut Client, ack: PubAck) -> Result<Flow, ProtocolViolation> {
@@ -31,7 +32,9 @@ fn complete(client: &mut Client, ack: PubAck, state: InflightState) {
     if let Some(pos) = st.inflight_position(ack.packet_id, state)
         && let Some(done) = st.traffic().inflight.remove(pos)
     {
-        outbound::record(client, &done.delivery, None);
+        let mut changes = Group::default();
+        outbound::record_done(client, done.delivery, &mut changes);
+        outbound::submit(client, changes);
     }
 }
 
@@ -42,19 +45,20 @@ pub fn pubrec(client: &mut Client, ack: PubAck) -> Result<Flow, ProtocolViolatio
     let (found, ticket) = {
         let mut st = session.lock();
         if let Some(pos) = st.inflight_position(ack.packet_id, InflightState::AwaitingPubRec) {
+            let mut changes = Group::default();
             if ack.reason.is_error() {
                 if let Some(done) = st.traffic().inflight.remove(pos) {
-                    outbound::record(client, &done.delivery, None);
+                    outbound::record_done(client, done.delivery, &mut changes);
+                    outbound::submit(client, changes);
                 }
                 return Ok(Flow::Continue);
             }
-            let mut ticket = 0;
             if let Some(entry) = st.traffic().inflight.get_mut(pos) {
                 entry.state = InflightState::AwaitingPubComp;
-                let sent = Some((entry.packet_id, entry.state));
-                ticket = outbound::record(client, &entry.delivery, sent);
+                let sent = (entry.packet_id, entry.state);
+                outbound::record_sent(client, &entry.delivery, sent, &mut changes);
             }
-            (true, ticket)
+            (true, outbound::submit(client, changes))
         } else {
             // A repeated PUBREC for a message already released gets PUBREL again.
             let found = st

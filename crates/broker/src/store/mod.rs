@@ -50,7 +50,17 @@ pub struct Store {
 /// record is deleted when the last queue holding the message lets go of it.
 pub struct StoredMessage {
     id: u64,
-    store: Arc<Store>,
+    /// `None` once its delete was handed over (see [`StoredMessage::into_delete`]).
+    store: Option<Arc<Store>>,
+}
+
+impl StoredMessage {
+    /// The op deleting the record, for the caller to submit instead of this
+    /// record's drop.
+    fn into_delete(mut self) -> Op<Record> {
+        self.store = None;
+        Op::DeleteMessage { id: self.id }
+    }
 }
 
 impl std::fmt::Debug for StoredMessage {
@@ -61,7 +71,9 @@ impl std::fmt::Debug for StoredMessage {
 
 impl Drop for StoredMessage {
     fn drop(&mut self) {
-        self.store.submit(Op::DeleteMessage { id: self.id });
+        if let Some(store) = self.store.take() {
+            store.submit(Op::DeleteMessage { id: self.id });
+        }
     }
 }
 
@@ -136,7 +148,7 @@ impl Store {
                 write(Op::PutMessage { id, record });
                 StoredMessage {
                     id,
-                    store: self.clone(),
+                    store: Some(self.clone()),
                 }
             })
             .id
@@ -156,7 +168,7 @@ impl Store {
     pub(crate) fn adopt(self: &Arc<Self>, message: &Message, id: u64) {
         let _ = message.stored.set(StoredMessage {
             id,
-            store: self.clone(),
+            store: Some(self.clone()),
         });
     }
 
@@ -193,34 +205,45 @@ impl Store {
         group.0.push(entry_op(client_id, delivery, entry));
     }
 
-    /// Records that a stored delivery was sent with `packet_id` and is now in
-    /// `state` (or, `None`, that it is done: acknowledged, expired, or QoS 0).
-    pub fn update(
+    /// Adds to `group` that a stored delivery was sent with a packet id and
+    /// is now in the state `sent` names.
+    pub fn sent(
         self: &Arc<Self>,
         client_id: &ByteStr,
         delivery: &Delivery,
-        sent: Option<(NonZeroU16, InflightState)>,
-    ) -> u64 {
+        sent: (NonZeroU16, InflightState),
+        group: &mut Group,
+    ) {
         if delivery.seq == 0 {
-            return 0;
+            return;
         }
-        match sent {
-            None => self.submit(Op::DeleteQueue {
-                client_id: client_id.clone(),
-                seq: delivery.seq,
-            }),
-            Some(sent) => {
-                let entry = QueueEntry {
-                    message_id: self.message_id(&delivery.message, |op| {
-                        self.submit(op);
-                    }),
-                    qos: delivery.qos,
-                    retain: delivery.retain,
-                    subscription_ids: delivery.subscription_ids.clone(),
-                    sent: Some(sent),
-                };
-                self.submit(entry_op(client_id, delivery, entry))
-            }
+        let entry = QueueEntry {
+            message_id: self.message_id(&delivery.message, |op| group.0.push(op)),
+            qos: delivery.qos,
+            retain: delivery.retain,
+            subscription_ids: delivery.subscription_ids.clone(),
+            sent: Some(sent),
+        };
+        group.0.push(entry_op(client_id, delivery, entry));
+    }
+
+    /// Adds to `group` that a stored delivery is done with (acknowledged,
+    /// expired, or too large to send), and consumes it. If it held the last
+    /// reference to its message, the message's delete follows its entry's in
+    /// the same submission: one submission, not two, for the common end of a
+    /// message, and never a message deleted before an entry that names it.
+    pub fn finish(&self, client_id: &ByteStr, delivery: Delivery, group: &mut Group) {
+        if delivery.seq == 0 {
+            return;
+        }
+        group.0.push(Op::DeleteQueue {
+            client_id: client_id.clone(),
+            seq: delivery.seq,
+        });
+        if let Some(message) = Arc::into_inner(delivery.message)
+            && let Some(stored) = message.stored.into_inner()
+        {
+            group.0.push(stored.into_delete());
         }
     }
 
@@ -376,5 +399,58 @@ mod tests {
         drop(message);
         assert!(as_message.bytes(&mut buf).is_none());
         assert!(as_entry.bytes(&mut buf).is_none());
+    }
+
+    /// Finishing a delivery deletes its entry; finishing the last one that
+    /// holds its message deletes the message too, after the entry, in the
+    /// same group (and its drop submits nothing more).
+    #[test]
+    fn the_last_finished_delivery_deletes_its_message_in_the_same_group() {
+        let dir = std::env::temp_dir().join(format!("tern-store-finish-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (store, _) = Store::open(&dir, Durability::Fsync).expect("open the store");
+        let client: ByteStr = "c".into();
+        let delivery = |message: &Arc<Message>| Delivery {
+            message: message.clone(),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            subscription_ids: Vec::new(),
+            seq: 0,
+        };
+        let message = Message::broker_retained("t".into(), "p".into());
+        let (mut first, mut second) = (delivery(&message), delivery(&message));
+        drop(message);
+        let mut queued = Group::default();
+        store.queue(&client, &mut first, &mut queued);
+        store.queue(&client, &mut second, &mut queued);
+        store.submit_group(queued);
+        let deleted = |group: &Group| -> Vec<&'static str> {
+            let name = |op: &Op<Record>| match op {
+                Op::DeleteQueue { .. } => "queue",
+                Op::DeleteMessage { .. } => "message",
+                _ => "other",
+            };
+            group.0.iter().map(name).collect()
+        };
+
+        let mut done = Group::default();
+        store.finish(&client, first, &mut done);
+        assert_eq!(deleted(&done), ["queue"]);
+        store.submit_group(done);
+        let mut done = Group::default();
+        store.finish(&client, second, &mut done);
+        assert_eq!(deleted(&done), ["queue", "message"]);
+        let last = store.submit_group(done);
+        store.close();
+        assert_eq!(
+            store.durable(),
+            last,
+            "nothing was submitted after the group"
+        );
+
+        let (store, recovered) = Store::open(&dir, Durability::Fsync).expect("reopen");
+        assert!(recovered.messages.is_empty() && recovered.queue.is_empty());
+        store.close();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
