@@ -519,6 +519,54 @@ async fn receive_maximum_of_the_client_limits_inflight_messages() {
     sub.expect_nothing().await;
 }
 
+/// PUBACKs that arrive in one read are handled as one run: each still frees
+/// its slot, an unknown id among them is ignored, and the packet after them
+/// is answered in order.
+#[tokio::test]
+async fn pubacks_read_together_each_free_their_slot() {
+    let broker = start().await;
+    let addr = broker.local_addr();
+    let (mut sub, _) =
+        connect_v5(addr, "run-sub", |c| c.properties.receive_maximum = Some(3)).await;
+    assert_eq!(
+        sub.subscribe("run/t", QoS::AtLeastOnce).await,
+        ReasonCode::GrantedQoS1
+    );
+    let mut publisher = TestClient::connect(addr, V5, "run-pub").await;
+    let payloads: [&'static [u8]; 6] = [b"m0", b"m1", b"m2", b"m3", b"m4", b"m5"];
+    for payload in payloads {
+        publisher
+            .publish("run/t", payload, QoS::AtLeastOnce, false)
+            .await;
+    }
+
+    let mut received = Vec::new();
+    for round in 0..2 {
+        let mut ids = Vec::new();
+        for _ in 0..3 {
+            let publish = sub.recv_publish().await;
+            received.push(publish.payload.clone());
+            ids.extend(publish.packet_id);
+        }
+        sub.expect_nothing().await;
+        let mut bytes = bytes::BytesMut::new();
+        let unknown = pid(999);
+        for id in ids.into_iter().chain([unknown]) {
+            Packet::PubAck(PubAck::new(id))
+                .encode(V5, &mut bytes)
+                .expect("encode");
+        }
+        Packet::PingReq.encode(V5, &mut bytes).expect("encode");
+        sub.send_bytes(&bytes).await;
+        assert!(
+            matches!(sub.recv().await, Packet::PingResp),
+            "round {round}"
+        );
+    }
+    sub.expect_nothing().await;
+    assert_eq!(received, payloads);
+}
+
 static BIG: [u8; 500] = [b'x'; 500];
 
 #[tokio::test]

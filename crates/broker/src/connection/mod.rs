@@ -35,6 +35,7 @@ use tokio::time::Instant;
 use self::client::{Client, PeerLimits};
 use crate::auth;
 use crate::error::ProtocolViolation;
+use crate::handler::ack::PubAcks;
 use crate::handler::{self, Flow, connect};
 use crate::limits;
 use crate::message::Message;
@@ -518,8 +519,13 @@ fn process(
     last_heard: &mut Instant,
 ) -> Result<(), Close> {
     let max = client.state.config.max_packet_size as usize;
+    let mut pubacks = PubAcks::default();
     loop {
-        let packet = match tern_codec::decode(rbuf, client.version, max) {
+        let decoded = tern_codec::decode(rbuf, client.version, max);
+        if !matches!(decoded, Ok(Some(Packet::PubAck(_)))) {
+            pubacks.flush(client);
+        }
+        let packet = match decoded {
             Ok(Some(packet)) => packet,
             Ok(None) => return Ok(()),
             Err(e) => return Err(Close::Violation(e.into())),
@@ -530,6 +536,10 @@ fn process(
             return Err(Close::PublishRate);
         }
         tracing::trace!(client_id = %client.client_id(), packet = ?packet, "received");
+        if let Packet::PubAck(ack) = &packet {
+            pubacks.push(client, ack);
+            continue;
+        }
         match handler::dispatch(client, packet) {
             Ok(Flow::Continue) => {}
             Ok(Flow::Disconnect { publish_will }) => {

@@ -4,6 +4,8 @@
 //! frees a slot in the client's Receive Maximum window; the connection task
 //! then sends more from the queue.
 
+use std::num::NonZeroU16;
+
 use tern_codec::{Packet, PubAck, ReasonCode};
 
 use super::Flow;
@@ -15,27 +17,71 @@ use crate::store::Group;
 
 /// PUBACK ends a QoS 1 delivery [MQTT-4.3.2-?].
 pub fn puback(client: &mut Client, ack: PubAck) -> Result<Flow, ProtocolViolation> {
-    complete(client, ack, InflightState::AwaitingPubAck);
+    complete(client, &[ack.packet_id], InflightState::AwaitingPubAck);
     Ok(Flow::Continue)
 }
 
 /// PUBCOMP ends a QoS 2 delivery.
 pub fn pubcomp(client: &mut Client, ack: PubAck) -> Result<Flow, ProtocolViolation> {
-    complete(client, ack, InflightState::AwaitingPubComp);
+    complete(client, &[ack.packet_id], InflightState::AwaitingPubComp);
     Ok(Flow::Continue)
 }
 
-/// Removes the in-flight entry; an unknown id is ignored (a late duplicate).
-fn complete(client: &mut Client, ack: PubAck, state: InflightState) {
+/// PUBACKs read back to back, handled as one ([`PubAcks::flush`]): a client
+/// acknowledging a burst costs one session lock and one store submission,
+/// not one of each per message. The connection task gathers them while it
+/// decodes and flushes before anything else is handled, so the order of
+/// events is the same as one at a time.
+pub struct PubAcks {
+    ids: [NonZeroU16; RUN],
+    len: usize,
+}
+
+/// Most PUBACKs in one run (bounds the time the session is locked).
+const RUN: usize = 64;
+
+impl Default for PubAcks {
+    fn default() -> Self {
+        PubAcks {
+            ids: [NonZeroU16::MIN; RUN],
+            len: 0,
+        }
+    }
+}
+
+impl PubAcks {
+    /// Adds a PUBACK to the run, handling the run first if it is full.
+    pub fn push(&mut self, client: &mut Client, ack: &PubAck) {
+        if self.len == RUN {
+            self.flush(client);
+        }
+        self.ids[self.len] = ack.packet_id;
+        self.len += 1;
+    }
+
+    /// Handles the PUBACKs gathered so far.
+    pub fn flush(&mut self, client: &mut Client) {
+        if self.len > 0 {
+            complete(client, &self.ids[..self.len], InflightState::AwaitingPubAck);
+            self.len = 0;
+        }
+    }
+}
+
+/// Removes the in-flight entries `ids` name in `state`; an unknown id is
+/// ignored (a late duplicate).
+fn complete(client: &mut Client, ids: &[NonZeroU16], state: InflightState) {
     let session = client.session.clone();
     let mut st = session.lock();
-    if let Some(pos) = st.inflight_position(ack.packet_id, state)
-        && let Some(done) = st.traffic().inflight.remove(pos)
-    {
-        let mut changes = Group::default();
-        outbound::record_done(client, done.delivery, &mut changes);
-        outbound::submit(client, changes);
+    let mut changes = Group::default();
+    for &id in ids {
+        if let Some(pos) = st.inflight_position(id, state)
+            && let Some(done) = st.traffic().inflight.remove(pos)
+        {
+            outbound::record_done(client, done.delivery, &mut changes);
+        }
     }
+    outbound::submit(client, changes);
 }
 
 /// PUBREC: the client has the QoS 2 message; answer PUBREL [MQTT-4.3.3-4].
