@@ -265,6 +265,62 @@ async fn session_expiry_counts_the_time_the_broker_was_down() {
     broker.shutdown().await;
 }
 
+/// A will waiting out its Will Delay Interval when the broker stops is
+/// published after the restart, when its delay ends, once.
+#[tokio::test]
+async fn a_pending_will_survives_a_restart() {
+    let dir = DataDir::new("will");
+    let broker = start_in(&dir).await;
+    let mut device = persistent(V5, "device");
+    device.properties.session_expiry_interval = Some(60);
+    device.will = Some(LastWill {
+        topic: "dev/status".into(),
+        payload: bytes::Bytes::from_static(b"offline"),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        properties: WillProperties {
+            will_delay_interval: Some(2),
+            ..WillProperties::default()
+        },
+    });
+    let (dev, _) = TestClient::connect_with(broker.local_addr(), device).await;
+    let dropped_at = tokio::time::Instant::now();
+    dev.drop_connection();
+    // The broker has seen the connection go (and stored the pending will).
+    let detached = tokio::time::timeout(WAIT, async {
+        loop {
+            let session = broker.state().sessions().get("device");
+            let waiting = session.is_some_and(|s| {
+                let st = s.lock();
+                st.connection.is_none() && st.pending_will.is_some()
+            });
+            if waiting {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert!(
+        detached.is_ok(),
+        "the device's connection was not seen to end"
+    );
+    broker.shutdown().await;
+
+    let broker = start_in(&dir).await;
+    let mut watcher = TestClient::connect(broker.local_addr(), V5, "watcher").await;
+    watcher.subscribe("dev/#", QoS::AtLeastOnce).await;
+    let will = watcher.recv_publish().await;
+    assert_eq!(will.payload, "offline");
+    assert!(
+        dropped_at.elapsed() >= Duration::from_millis(1900),
+        "published before its delay"
+    );
+    watcher.ack(&will).await;
+    watcher.expect_nothing().await;
+    broker.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_second_broker_on_the_same_data_directory_is_refused() {
     let dir = DataDir::new("locked");
