@@ -321,6 +321,54 @@ async fn a_pending_will_survives_a_restart() {
     broker.shutdown().await;
 }
 
+/// A queued or retained message whose Message Expiry Interval runs out while
+/// the broker is down is not delivered after the restart, and stays gone.
+#[tokio::test]
+async fn messages_that_expire_while_the_broker_is_down_are_dropped() {
+    let dir = DataDir::new("message-expiry");
+    let broker = start_in(&dir).await;
+    let addr = broker.local_addr();
+    let (mut sub, _) = TestClient::connect_with(addr, persistent(V5, "offline")).await;
+    sub.subscribe("exp/#", QoS::AtLeastOnce).await;
+    sub.disconnect().await;
+    let mut publisher = TestClient::connect(addr, V5, "pub").await;
+    let expiring = |topic: &str, retain: bool, id: u16| {
+        let mut p = publish_packet(topic, b"short", QoS::AtLeastOnce, id);
+        p.retain = retain;
+        p.properties.message_expiry_interval = Some(1);
+        p
+    };
+    publisher
+        .publish_packet(expiring("exp/queued", false, 1))
+        .await;
+    publisher
+        .publish_packet(expiring("exp/retained", true, 2))
+        .await;
+    publisher
+        .publish("exp/kept", b"kept", QoS::AtLeastOnce, false)
+        .await;
+    broker.shutdown().await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+
+    for restart in 0..2 {
+        let broker = start_in(&dir).await;
+        let addr = broker.local_addr();
+        let (mut sub, ack) = TestClient::connect_with(addr, persistent(V5, "offline")).await;
+        assert!(ack.session_present);
+        if restart == 0 {
+            let p = sub.recv_publish().await;
+            assert_eq!(p.payload, "kept", "only the message that has not expired");
+            sub.ack(&p).await;
+        }
+        sub.expect_nothing().await;
+        let mut late = TestClient::connect(addr, V5, "late").await;
+        late.subscribe("exp/#", QoS::AtLeastOnce).await;
+        late.expect_nothing().await;
+        sub.disconnect().await;
+        broker.shutdown().await;
+    }
+}
+
 #[tokio::test]
 async fn a_second_broker_on_the_same_data_directory_is_refused() {
     let dir = DataDir::new("locked");
