@@ -433,14 +433,22 @@ async fn packet_too_large_disconnects_and_is_counted() {
     )))
     .await;
     assert!(read_until_closed(&mut old).await.is_empty());
-    // A CONNECT too large is closed without CONNACK (its level is unread).
+    // A CONNECT too large: MQTT 5 gets CONNACK 0x95, 3.1.1 (no such code)
+    // is just closed.
     let mut huge = TestClient::raw(addr, V5).await;
     huge.send_bytes(&raw_connect(b"MQTT", 5, 0x02, &"c".repeat(200)))
         .await;
+    match read_until_closed(&mut huge).await.as_slice() {
+        [Packet::ConnAck(ack)] => assert_eq!(ack.reason, ReasonCode::PacketTooLarge),
+        other => panic!("expected CONNACK 0x95, got {other:?}"),
+    }
+    let mut huge = TestClient::raw(addr, V311).await;
+    huge.send_bytes(&raw_connect(b"MQTT", 4, 0x02, &"c".repeat(200)))
+        .await;
     assert!(read_until_closed(&mut huge).await.is_empty());
 
-    eventually("three refusals counted", || {
-        counter(&broker, |c| &c.packet_size_refused) == 3
+    eventually("four refusals counted", || {
+        counter(&broker, |c| &c.packet_size_refused) == 4
     })
     .await;
     assert!(

@@ -99,6 +99,20 @@ pub fn frame_size(buf: &[u8]) -> Option<usize> {
     fixed_header(buf).ok().flatten().map(|(size, _)| size)
 }
 
+/// The protocol level of the CONNECT at the front of `buf`, once its fixed
+/// header, protocol name and level byte are there (nothing else is read or
+/// checked). Lets a server answer, in the client's own version, a CONNECT it
+/// refuses to decode, such as one above its maximum packet size.
+pub fn connect_level(buf: &[u8]) -> Option<u8> {
+    if buf.first()? >> 4 != packet_type::CONNECT {
+        return None;
+    }
+    let (_, header_len) = fixed_header(buf).ok().flatten()?;
+    let body = buf.get(header_len..)?;
+    let name_len = u16::from_be_bytes([*body.first()?, *body.get(1)?]);
+    body.get(2 + usize::from(name_len)).copied()
+}
+
 /// Decodes one packet from the front of `buf`.
 ///
 /// Returns `Ok(None)` if `buf` does not yet hold a whole packet (read more and

@@ -157,3 +157,37 @@ fn frame_size_is_known_once_the_length_is() {
     // A malformed Remaining Length (a fifth continuation byte) has no size.
     assert_eq!(frame_size(&[0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x01]), None);
 }
+
+/// `connect_level` reads a CONNECT's protocol level from any prefix that
+/// holds it (3.1's longer protocol name included), and nothing from a shorter
+/// prefix or another packet.
+#[test]
+fn connect_level_is_read_from_a_prefix() {
+    for version in ALL_VERSIONS {
+        for packet in samples(version) {
+            let bytes = encode(&packet, version);
+            let is_connect = matches!(packet, Packet::Connect(_));
+            let level = match version {
+                ProtocolVersion::V3_1 => 3,
+                ProtocolVersion::V3_1_1 => 4,
+                ProtocolVersion::V5 => 5,
+            };
+            // Fixed header (2 bytes for these small samples), name length,
+            // name ("MQIsdp" in 3.1, "MQTT" after), level.
+            let name_len = if version == ProtocolVersion::V3_1 {
+                6
+            } else {
+                4
+            };
+            let level_at = 2 + 2 + name_len;
+            for cut in 0..=bytes.len() {
+                let expected = (is_connect && cut > level_at).then_some(level);
+                assert_eq!(
+                    connect_level(&bytes[..cut]),
+                    expected,
+                    "{packet:?} cut at {cut}"
+                );
+            }
+        }
+    }
+}

@@ -153,7 +153,7 @@ async fn handshake<S: Transport>(
             Ok(Err(e)) => {
                 state.limits.count_violation(&e.into());
                 tracing::info!(%peer, error = %e, "closing connection: invalid CONNECT");
-                refuse_unsupported(&mut io, e).await;
+                refuse_invalid(&mut io, e).await;
                 return None;
             }
             Err(_) => {
@@ -260,15 +260,34 @@ async fn read_connect<S: AsyncRead>(
     }
 }
 
-/// An unsupported protocol level is answered with CONNACK return code 1 in
-/// 3.1.1 form before closing [MQTT-3.1.2-2]; other errors just close.
-async fn refuse_unsupported<S: AsyncWrite>(io: &mut Io<S>, error: tern_codec::DecodeError) {
-    if let tern_codec::DecodeError::UnsupportedProtocolVersion(_) = error {
-        let mut out = BytesMut::new();
-        let connack = Packet::ConnAck(connect::refusal(ReasonCode::UnsupportedProtocolVersion));
-        if connack.encode(ProtocolVersion::V3_1_1, &mut out).is_ok() {
-            let _ = tokio::time::timeout(CLOSE_FLUSH, io.writer.write_all(&out)).await;
+/// Answers a CONNECT that cannot be decoded, where a CONNACK can say why,
+/// before the connection is closed:
+/// - an unsupported protocol level: CONNACK return code 1 in 3.1.1 form
+///   [MQTT-3.1.2-2];
+/// - an MQTT 5 CONNECT above `max_packet_size`: CONNACK 0x95 (Packet too
+///   large). Older levels have no code for it, and a CONNECT whose level has
+///   not arrived yet cannot be answered in its version: both just close.
+///
+/// Other errors just close.
+async fn refuse_invalid<S: AsyncWrite>(io: &mut Io<S>, error: tern_codec::DecodeError) {
+    let (reason, version) = match error {
+        tern_codec::DecodeError::UnsupportedProtocolVersion(_) => (
+            ReasonCode::UnsupportedProtocolVersion,
+            ProtocolVersion::V3_1_1,
+        ),
+        tern_codec::DecodeError::PacketTooLarge { .. }
+            if tern_codec::connect_level(&io.rbuf) == Some(5) =>
+        {
+            (ReasonCode::PacketTooLarge, ProtocolVersion::V5)
         }
+        _ => return,
+    };
+    let mut out = BytesMut::new();
+    if Packet::ConnAck(connect::refusal(reason))
+        .encode(version, &mut out)
+        .is_ok()
+    {
+        let _ = tokio::time::timeout(CLOSE_FLUSH, io.writer.write_all(&out)).await;
     }
 }
 
