@@ -19,7 +19,10 @@ import uuid
 
 import pytest
 
-from interop_support import DEFAULT_BROKER, VERSIONS, Broker, Client
+# Plain asserts in the shared helpers report their operands, as in tests.
+pytest.register_assert_rewrite("tools_support")
+
+from interop_support import DEFAULT_BROKER, VERSIONS, Broker, Client  # noqa: E402
 
 
 @pytest.fixture

@@ -22,10 +22,8 @@ import time
 
 import pytest
 
-pytest.register_assert_rewrite("tools_support")
-
-from interop_support import HOST, free_port  # noqa: E402
-from tools_support import (  # noqa: E402
+from interop_support import HOST, free_port
+from tools_support import (
     TERN,
     assert_clear_error,
     assert_ok,

@@ -1,6 +1,7 @@
 """Listeners other than plain TCP, with real clients: TLS (mosquitto_pub and
 mosquitto_sub with --cafile, paho-mqtt), TLS with client certificates
-(paho-mqtt), and WebSocket (paho-mqtt, and MQTT.js run by node).
+(paho-mqtt), and WebSocket (paho-mqtt, and MQTT.js run by node). Also Tern's
+own tools over TLS, against Tern and against a real Mosquitto.
 
 Each test starts `tern serve --config FILE` with a generated configuration
 and certificates made by trustme. These options are Tern's, so the module is
@@ -23,6 +24,7 @@ import trustme
 from paho.mqtt.enums import CallbackAPIVersion
 
 from interop_support import DEFAULT_BROKER, HOST, REPO_ROOT, TIMEOUT, Broker, Client, free_port, unique
+from tools_support import SUBACK_RE, TERN, Proc, assert_ok, describe_run, run
 
 NODE_DIR = Path(__file__).resolve().parent / "node"
 
@@ -205,6 +207,80 @@ def test_paho_mtls_optional_accepts_both(start_broker, certs):
     broker = start_broker([tls_listener(certs, ca_file=certs.ca)])
     assert paho_tls_outcome(broker, certs, with_cert=True) == "connack"
     assert paho_tls_outcome(broker, certs, with_cert=False) == "connack"
+
+
+# --------------------------------------------------------------------------
+# tern pub / tern sub over TLS, against Tern and against Mosquitto
+# --------------------------------------------------------------------------
+
+
+def mosquitto_tls_broker(request, tmp_path: Path, certs: Certs, require_certificate: bool) -> Broker:
+    """A real Mosquitto with one TLS listener signed by `certs`' CA."""
+    exe = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+    if exe is None:
+        pytest.skip("mosquitto not installed (apt-get install mosquitto)")
+    b = Broker(exe + " {port}", tmp_path / "mosquitto.log")
+    lines = [
+        f"listener {b.port} {HOST}",
+        f"cafile {certs.ca}",
+        f"certfile {certs.server_cert}",
+        f"keyfile {certs.server_key}",
+        f"require_certificate {'true' if require_certificate else 'false'}",
+        "allow_anonymous true",
+    ]
+    if os.geteuid() == 0:
+        lines.append("user root")  # else it cannot read the test's files
+    conf = tmp_path / "mosquitto.conf"
+    conf.write_text("\n".join(lines) + "\n")
+    b.argv = [exe, "-c", str(conf)]
+    request.node._interop_broker = b
+    b.start()
+    request.addfinalizer(b.cleanup)
+    return b
+
+
+def tern_tools_round_trip(port: int, tls: list[str]) -> None:
+    """tern sub and tern pub, both with the TLS flags `tls`: one QoS 1 message."""
+    topic = f"interop/{unique('tls-tools')}"
+    conn = ["-h", HOST, "-p", port, *tls]
+    sub = Proc([TERN, "sub", *conn, "-t", topic, "-q", "1", "-C", "1", "-W", "10", "-d"], name="tern sub")
+    try:
+        sub.wait_stderr(SUBACK_RE)
+        assert_ok(run([TERN, "pub", *conn, "-t", topic, "-q", "1", "-m", "hello over tls"]))
+        assert sub.wait() == 0, sub.describe()
+        assert sub.stdout_lines() == ["hello over tls"], sub.describe()
+    finally:
+        sub.cleanup()
+
+
+@pytest.mark.parametrize("broker_kind", ["tern", "mosquitto"])
+def test_tern_tools_over_tls(request, tmp_path, start_broker, certs, broker_kind):
+    if broker_kind == "tern":
+        port = start_broker([tls_listener(certs)]).port
+    else:
+        port = mosquitto_tls_broker(request, tmp_path, certs, require_certificate=False).port
+    tern_tools_round_trip(port, ["--cafile", certs.ca])
+
+
+@pytest.mark.parametrize("broker_kind", ["tern", "mosquitto"])
+def test_tern_tools_with_a_client_certificate(request, tmp_path, start_broker, certs, broker_kind):
+    if broker_kind == "tern":
+        port = start_broker([tls_listener(certs, ca_file=certs.ca, require_certificate=True)]).port
+    else:
+        port = mosquitto_tls_broker(request, tmp_path, certs, require_certificate=True).port
+    tern_tools_round_trip(port, ["--cafile", certs.ca, "--cert", certs.client_cert, "--key", certs.client_key])
+    # Without the certificate the broker refuses it: a failure, not a hang.
+    cp = run([TERN, "pub", "-h", HOST, "-p", port, "--cafile", certs.ca, "-t", "t", "-m", "x"])
+    assert cp.returncode not in (0, None), describe_run(cp)
+
+
+def test_tern_tools_refuse_a_broker_signed_by_another_ca(start_broker, certs, tmp_path):
+    broker = start_broker([tls_listener(certs)])
+    other = tmp_path / "other-ca.pem"
+    other.write_bytes(trustme.CA().cert_pem.bytes())
+    cp = run([TERN, "pub", "-h", HOST, "-p", broker.port, "--cafile", other, "-t", "t", "-m", "x"])
+    assert cp.returncode == 3, describe_run(cp)
+    assert b"TLS handshake" in cp.stderr and b"--cafile" in cp.stderr, describe_run(cp)
 
 
 # --------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-//! One network connection: TCP connect and the CONNECT/CONNACK handshake,
+//! One network connection: the CONNECT/CONNACK handshake over a fresh stream,
 //! framing (encode into the output buffer, decode from the read buffer),
 //! incoming topic aliases and the keep-alive clock.
 //!
@@ -15,13 +15,12 @@ use bytes::BytesMut;
 use tern_codec::{
     ByteStr, ConnAck, DecodeError, EncodeError, Packet, ProtocolVersion, Publish, QoS, ReasonCode,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::time::Instant;
 
 use crate::error::{DisconnectReason, Error};
 use crate::options::ConnectOptions;
+use crate::transport::{self, Stream};
 
 /// The `tracing` target of the packet log (`RUST_LOG=tern_client=debug`).
 pub(crate) const LOG_TARGET: &str = "tern_client";
@@ -77,8 +76,8 @@ impl From<DecodeError> for Violation {
 /// An open, accepted connection.
 #[derive(Debug)]
 pub(crate) struct Connection {
-    pub(crate) reader: OwnedReadHalf,
-    pub(crate) writer: OwnedWriteHalf,
+    pub(crate) reader: ReadHalf<Stream>,
+    pub(crate) writer: WriteHalf<Stream>,
     pub(crate) rbuf: BytesMut,
     /// Encoded packets not yet written; one write takes as much as it can.
     pub(crate) out: BytesMut,
@@ -101,15 +100,7 @@ pub(crate) async fn establish(
     options: Arc<ConnectOptions>,
     client_id: String,
 ) -> Result<(Connection, ConnAck), Error> {
-    let stream = TcpStream::connect((options.host.as_str(), options.port))
-        .await
-        .map_err(|source| Error::Unreachable {
-            addr: options.address(),
-            source,
-        })?;
-    // Small packets (acks, pings) must not wait for Nagle's timer.
-    let _ = stream.set_nodelay(true);
-    let (reader, writer) = stream.into_split();
+    let (reader, writer) = tokio::io::split(transport::open(&options).await?);
     let mut conn = Connection {
         reader,
         writer,

@@ -58,6 +58,17 @@ pub enum Error {
         addr: String,
         source: std::io::Error,
     },
+    /// The TLS handshake failed (an unknown CA, a certificate that does not
+    /// name the host, a broker that does not speak TLS there).
+    #[error("TLS handshake with the broker at {addr} failed: {source}")]
+    Tls {
+        addr: String,
+        source: std::io::Error,
+    },
+    /// The TLS options cannot be used (an unreadable or empty CA file, a
+    /// key that does not match its certificate).
+    #[error("TLS setup: {0}")]
+    TlsSetup(String),
     /// The broker refused CONNECT with this reason code.
     #[error("broker refused the connection: {}", describe_refusal(*.0))]
     Refused(ReasonCode),

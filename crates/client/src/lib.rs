@@ -39,6 +39,7 @@
 //! - `event_loop`: the task owning the socket: select loop, keep-alive,
 //!   reconnect with backoff.
 //! - `connection`: one socket: handshake, framing, topic aliases, keep-alive clock.
+//! - `transport`: the byte stream under it: TCP, or TLS ([`TlsOptions`]).
 //! - `session`: state that outlives a connection: packet ids, in-flight
 //!   QoS 1/2 messages, queued publishes, subscriptions.
 //! - `event`: [`Event`], [`Events`] and the bounded queue between them.
@@ -65,6 +66,7 @@ mod event;
 mod event_loop;
 mod options;
 mod session;
+mod transport;
 
 pub use client::Client;
 pub use error::{DisconnectReason, Error, describe_refusal};
@@ -74,3 +76,4 @@ pub use tern_codec::{
     ConnAck, ProtocolVersion, PublishProperties, QoS, ReasonCode, RetainHandling, SubAck,
     SubscribeProperties, SubscriptionOptions, UnsubAck, UserProperty, WillProperties,
 };
+pub use transport::TlsOptions;

@@ -14,6 +14,8 @@ use tern_codec::{
     UserProperty, WillProperties,
 };
 
+use crate::transport::TlsOptions;
+
 /// Where and how to connect.
 #[derive(Debug, Clone)]
 pub struct ConnectOptions {
@@ -44,6 +46,8 @@ pub struct ConnectOptions {
     pub connect_timeout: Duration,
     /// Automatic reconnect; `None` (the default) reports the loss and stops.
     pub reconnect: Option<Reconnect>,
+    /// TLS (`None`, the default: plain TCP).
+    pub tls: Option<TlsOptions>,
 }
 
 impl ConnectOptions {
@@ -79,6 +83,7 @@ impl ConnectOptions {
             user_properties: Vec::new(),
             connect_timeout: Duration::from_secs(10),
             reconnect: None,
+            tls: None,
         }
     }
 

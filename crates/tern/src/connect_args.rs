@@ -2,12 +2,13 @@
 //! protocol version, will, and MQTT 5 properties given with `-D`, spelled as
 //! mosquitto_pub/mosquitto_sub spell them so existing scripts carry over.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
 use tern_client::{
-    ConnectOptions, ProtocolVersion, PublishProperties, QoS, SubscribeProperties, UserProperty,
-    Will, WillProperties,
+    ConnectOptions, ProtocolVersion, PublishProperties, QoS, SubscribeProperties, TlsOptions,
+    UserProperty, Will, WillProperties,
 };
 
 use crate::exit::Failure;
@@ -18,9 +19,9 @@ pub struct ConnectArgs {
     /// Broker host.
     #[arg(short = 'h', long, default_value = "localhost")]
     pub host: String,
-    /// Broker port.
-    #[arg(short = 'p', long, default_value_t = 1883)]
-    pub port: u16,
+    /// Broker port [default: 1883, or 8883 with --cafile].
+    #[arg(short = 'p', long)]
+    pub port: Option<u16>,
     /// Client id (default: assigned by the broker, or generated for 3.1.1).
     #[arg(short = 'i', long = "id")]
     pub client_id: Option<String>,
@@ -36,6 +37,16 @@ pub struct ConnectArgs {
     /// Keep-alive in seconds.
     #[arg(short = 'k', long = "keepalive", default_value_t = 60)]
     pub keep_alive: u16,
+    /// Connect with TLS, trusting the certificate authorities in this PEM
+    /// file to sign the broker's certificate, which must name the -h host.
+    #[arg(long, value_name = "FILE")]
+    pub cafile: Option<PathBuf>,
+    /// Client certificate (PEM), for a broker that asks for one (with --key).
+    #[arg(long, value_name = "FILE", requires_all = ["cafile", "key"])]
+    pub cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    pub key: Option<PathBuf>,
     /// Print every packet sent and received on stderr.
     #[arg(short = 'd', long)]
     pub debug: bool,
@@ -113,7 +124,14 @@ impl ConnectArgs {
 
     /// The client's connect options.
     pub fn options(&self, props: &CliProperties) -> ConnectOptions {
-        let mut o = ConnectOptions::new(self.host.clone(), self.port);
+        let port = self
+            .port
+            .unwrap_or(if self.cafile.is_some() { 8883 } else { 1883 });
+        let mut o = ConnectOptions::new(self.host.clone(), port);
+        o.tls = self.cafile.clone().map(|ca_file| TlsOptions {
+            ca_file,
+            client_cert: self.cert.clone().zip(self.key.clone()),
+        });
         o.version = self.version;
         o.client_id = self
             .client_id

@@ -68,10 +68,13 @@ impl From<Error> for Failure {
             Error::Unreachable { .. } => Failure::Unreachable(format!(
                 "{text} (is a broker running there? check -h and -p)"
             )),
+            Error::Tls { .. } => Failure::Unreachable(format!(
+                "{text} (check --cafile, and that the broker's certificate names the -h host)"
+            )),
             Error::Refused(_) => Failure::Refused(text),
             Error::Timeout(_) => Failure::Timeout(text),
             Error::Closed(_) => Failure::Lost(text),
-            Error::Protocol(_) | Error::Invalid(_) => Failure::Other(text),
+            Error::Protocol(_) | Error::Invalid(_) | Error::TlsSetup(_) => Failure::Other(text),
         }
     }
 }

@@ -21,7 +21,8 @@ Examples:
   tern sub -t 'house/#' -T 'house/garage/#' --json
   tern sub -t alerts -c -i phone -q 1            (persistent session: nothing missed while away)
   tern sub -t 'house/#' --remove-retained --retained-only
-  tern sub -t sensors -F '%I %t %p'";
+  tern sub -t sensors -F '%I %t %p'
+  tern sub -h broker.example.org --cafile ca.pem -t 'house/#'   (TLS, port 8883)";
 
 /// Options of `tern sub`.
 #[derive(clap::Args, Debug)]
