@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use tern_codec::ByteStr;
 
+use crate::auth;
 use crate::message::Message;
 use crate::router;
 use crate::session::{ConnectionId, NEVER_EXPIRES, PendingWill, Session, SessionState};
@@ -69,7 +70,7 @@ pub async fn attach(
         let mut st = session.lock();
         st.expiry_secs = expiry_secs;
         st.generation = st.generation.wrapping_add(1);
-        let will = st.pending_will.take().map(|w| w.message);
+        let will = st.pending_will.take();
         if clean_start {
             // The old session ends here, so a will still waiting for its
             // delay is published now [MQTT-3.1.3-9 note: session end].
@@ -84,7 +85,7 @@ pub async fn attach(
     if let Some((subscriptions, will)) = ended {
         remove_subscriptions(state, &session, subscriptions.into_keys());
         if let Some(will) = will {
-            router::publish(state, will);
+            publish_will(state, will.message, will.username.as_deref());
         }
     }
     Attached {
@@ -133,6 +134,8 @@ pub struct Departure {
     /// The will to publish, if the connection ended without a normal DISCONNECT.
     pub will: Option<Arc<Message>>,
     pub will_delay_secs: u32,
+    /// Who the client logged in as, for the will's ACL check.
+    pub username: Option<Arc<str>>,
 }
 
 /// Detaches a closing connection from its session.
@@ -170,6 +173,7 @@ pub fn detach(state: &Arc<BrokerState>, session: &Arc<Session>, departure: Depar
             st.pending_will = Some(Box::new(PendingWill {
                 message: will.clone(),
                 due: Instant::now() + delay,
+                username: departure.username.clone(),
             }));
             schedule_will(state, session, will, delay);
             None
@@ -185,7 +189,7 @@ pub fn detach(state: &Arc<BrokerState>, session: &Arc<Session>, departure: Depar
         remove_subscriptions(state, session, subscriptions.into_keys());
     }
     if let Some(will) = will_now {
-        router::publish(state, will);
+        publish_will(state, will, departure.username.as_deref());
     }
     if let Some((generation, expiry_secs)) = expiry_timer {
         let expiry = Duration::from_secs(u64::from(expiry_secs));
@@ -218,10 +222,10 @@ pub(crate) fn schedule_will(
             if due.is_some() {
                 persist(&state2, &session, &mut st);
             }
-            due.map(|w| w.message)
+            due
         };
         if let Some(will) = due {
-            router::publish(&state2, will);
+            publish_will(&state2, will.message, will.username.as_deref());
         }
     });
 }
@@ -253,7 +257,7 @@ fn expire(state: &Arc<BrokerState>, session: &Arc<Session>, generation: u32) {
     if st.generation != generation || st.connection.is_some() {
         return;
     }
-    let will = st.pending_will.take().map(|w| w.message);
+    let will = st.pending_will.take();
     let subscriptions = st.clear();
     unpersist(state, session, &mut st);
     drop(st);
@@ -262,8 +266,20 @@ fn expire(state: &Arc<BrokerState>, session: &Arc<Session>, generation: u32) {
     tracing::debug!(client_id = %session.client_id, "session expired");
     remove_subscriptions(state, session, subscriptions.into_keys());
     if let Some(will) = will {
-        router::publish(state, will);
+        publish_will(state, will.message, will.username.as_deref());
     }
+}
+
+/// Publishes a will, if the ACL in force now still lets its client write its
+/// topic. It was checked at CONNECT, but the rules may have been reloaded
+/// since (SIGHUP), and a client must not keep a right it lost by leaving.
+fn publish_will(state: &BrokerState, will: Arc<Message>, username: Option<&str>) {
+    let client_id = will.origin.as_ref().map_or("", |id| id.as_str());
+    if !auth::may_write(state, username, client_id, &will.topic) {
+        tracing::info!(client_id, username, topic = %will.topic, "not publishing the will: its topic is no longer writable");
+        return;
+    }
+    router::publish(state, will);
 }
 
 /// Removes a session's subscriptions from the tree, if they are still its own.

@@ -156,6 +156,9 @@ pub struct SessionState {
 pub struct PendingWill {
     pub message: Arc<Message>,
     pub due: std::time::Instant,
+    /// Who its client logged in as: the ACL in force when the will is
+    /// published judges it by this.
+    pub username: Option<Arc<str>>,
 }
 
 /// What a session holds only while messages pass through it. Boxed, and

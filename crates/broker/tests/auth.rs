@@ -373,6 +373,55 @@ async fn will_must_be_writable() {
     broker.shutdown().await;
 }
 
+/// A will is checked again when it is published: after a reload takes away
+/// its client's right to write the topic, neither an immediate nor a delayed
+/// will goes out.
+#[tokio::test]
+async fn a_will_is_judged_by_the_rules_in_force_when_it_is_published() {
+    let dir = temp_dir("will-reload");
+    let acl = dir.join("acl");
+    write(&acl, "user alice\ntopic readwrite alice/#\n");
+    let broker = start_auth(|c| c.acl_file = Some(acl.clone())).await;
+    let mut watcher = connect_as(&broker, V5, "watcher", Some("alice")).await;
+    watcher.subscribe("alice/#", QoS::AtMostOnce).await;
+    let device = |id: &str, delay: Option<u32>| {
+        let mut c = login(V5, id, Some("alice"), None);
+        c.clean_start = false;
+        c.properties.session_expiry_interval = Some(60);
+        c.will = Some(LastWill {
+            topic: format!("alice/{id}/status").as_str().into(),
+            payload: bytes::Bytes::from_static(b"gone"),
+            qos: QoS::AtMostOnce,
+            retain: false,
+            properties: WillProperties {
+                will_delay_interval: delay,
+                ..WillProperties::default()
+            },
+        });
+        c
+    };
+    let connect = |c: Connect| TestClient::connect_with(broker.local_addr(), c);
+    // While the rules allow it, the will goes out.
+    let (allowed, _) = connect(device("d0", None)).await;
+    allowed.drop_connection();
+    assert_eq!(
+        watcher.recv_publish().await.topic.as_str(),
+        "alice/d0/status"
+    );
+
+    let (now, _) = connect(device("d1", None)).await;
+    let (later, _) = connect(device("d2", Some(1))).await;
+    write(&acl, "user alice\ntopic read alice/#\n");
+    broker.state().reload_auth().unwrap();
+    now.drop_connection();
+    later.drop_connection();
+    // Past the delayed will's second.
+    if let Ok(Some(p)) = watcher.next(Duration::from_millis(1500)).await {
+        panic!("a will went out although its topic is no longer writable: {p:?}");
+    }
+    broker.shutdown().await;
+}
+
 #[tokio::test]
 async fn sys_topics_only_where_allowed() {
     let (broker, _) = acl_broker("sys", |c| c.sys_interval_secs = 1).await;

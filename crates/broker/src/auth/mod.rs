@@ -291,14 +291,30 @@ pub fn bind_session(session: &Session, username: Option<Arc<str>>) {
 
 /// Whether the client may publish to `topic`.
 pub fn may_publish(client: &Client, topic: &str) -> bool {
-    if client.state.auth.acl_generation() == 0 {
+    may_write(
+        &client.state,
+        client.username.as_deref(),
+        client.client_id(),
+        topic,
+    )
+}
+
+/// Whether a client logged in as `username` with `client_id` may publish to
+/// `topic` under the rules in force now (for a will, whose client is gone).
+pub fn may_write(
+    state: &BrokerState,
+    username: Option<&str>,
+    client_id: &str,
+    topic: &str,
+) -> bool {
+    if state.auth.acl_generation() == 0 {
         return true;
     }
-    let auth = client.state.auth.current();
+    let auth = state.auth.current();
     auth.acl.as_ref().is_none_or(|acl| {
         let id = Identity {
-            username: client.username.as_deref(),
-            client_id: client.client_id(),
+            username,
+            client_id,
         };
         acl.allows(&id, topic, Access::Write)
     })

@@ -684,6 +684,7 @@ fn depart(client: &mut Client, close: Close, peer: SocketAddr) {
         connection_id: client.connection_id,
         will,
         will_delay_secs,
+        username: client.username.clone(),
     };
     registry::detach(&client.state, &client.session, departure);
     // Before `clients_connected`: once that shows the connection gone, its

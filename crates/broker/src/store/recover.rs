@@ -214,6 +214,7 @@ fn restore_session(
                 st.pending_will = Some(Box::new(PendingWill {
                     message: message.clone(),
                     due: clock.to_instant(due_ms),
+                    username: st.username.clone(),
                 }));
                 registry::schedule_will(state, &session, message, delay);
             }
