@@ -33,21 +33,41 @@ pub struct Attached {
     pub ticket: u64,
 }
 
-/// Attaches connection `connection_id` to the session of `client_id`.
+/// Attaches connection `connection_id`, logged in as `username`, to the
+/// session of `client_id`.
+///
+/// A session is resumed only by the user it belongs to. A client id is all
+/// MQTT identifies a session by, so without this check anyone allowed to
+/// connect could take over another user's session and receive what was
+/// queued for it, and its subscriptions (MQTT 5.0 section 5.4.2 asks the
+/// server to check that a client may use a client id). Another user's
+/// connection still takes over the connection [MQTT-3.1.4-3], but starts
+/// clean: the previous user's session ends.
 pub async fn attach(
     state: &Arc<BrokerState>,
     client_id: &ByteStr,
     clean_start: bool,
     expiry_secs: u32,
     connection_id: ConnectionId,
+    username: Option<Arc<str>>,
 ) -> Attached {
-    let (session, existed, previous) = {
+    let (session, existed, previous, other_user) = {
         let mut sessions = state.sessions();
         let (session, existed) = sessions.get_or_create(client_id, || {
             Session::new(client_id.clone(), state.queue_limits())
         });
         let mut st = session.lock();
+        let other_user = existed && st.username != username;
+        if other_user && !clean_start {
+            tracing::info!(
+                %client_id,
+                username = username.as_deref(),
+                previous = st.username.as_deref(),
+                "client id used by another user: its session is not resumed"
+            );
+        }
         let previous = st.attach(connection_id);
+        auth::bind_session(&session, &mut st, username);
         st.generation = st.generation.wrapping_add(1);
         session.set_online(true);
         // Wake the connection being replaced, so it sees its kick: a parked
@@ -59,8 +79,9 @@ pub async fn attach(
         } else if previous.is_some() {
             session.notify.notify_one();
         }
-        (session, existed, previous)
+        (session, existed, previous, other_user)
     };
+    let clean_start = clean_start || other_user;
     if let Some(closed) = previous {
         // The old connection drops the kick's `done` once it has detached; an
         // error here just means it is gone.

@@ -422,6 +422,53 @@ async fn a_will_is_judged_by_the_rules_in_force_when_it_is_published() {
     broker.shutdown().await;
 }
 
+/// A session is resumed only by the user it belongs to: another user who
+/// connects with its client id takes the connection over but starts clean,
+/// without the messages queued for the session or its subscriptions.
+#[tokio::test]
+async fn another_user_cannot_resume_a_session() {
+    let broker = start_auth(|_| {}).await;
+    let addr = broker.local_addr();
+    for version in [V5, V3] {
+        let as_user = |user: &str| {
+            let mut c = persistent(version, "gateway");
+            c.username = Some(user.into());
+            c
+        };
+        let (mut alice, _) = TestClient::connect_with(addr, as_user("alice")).await;
+        alice.subscribe("data/#", QoS::AtLeastOnce).await;
+        alice.disconnect().await;
+        let mut publisher = TestClient::connect(addr, version, "publisher").await;
+        publisher
+            .publish("data/1", b"for alice", QoS::AtLeastOnce, false)
+            .await;
+
+        let (mut mallory, ack) = TestClient::connect_with(addr, as_user("mallory")).await;
+        assert_eq!(ack.reason, ReasonCode::Success);
+        assert!(
+            !ack.session_present,
+            "{version:?}: resumed another user's session"
+        );
+        publisher
+            .publish("data/2", b"for alice", QoS::AtLeastOnce, false)
+            .await;
+        mallory.expect_nothing().await;
+        mallory.disconnect().await;
+
+        // The same user resumes as before (the session is mallory's now).
+        let (mut again, ack) = TestClient::connect_with(addr, as_user("mallory")).await;
+        assert!(ack.session_present, "{version:?}: the owner resumes");
+        again.expect_nothing().await;
+        again.disconnect().await;
+        // Clean up for the next version.
+        let mut clean = as_user("mallory");
+        clean.clean_start = true;
+        let (end, _) = TestClient::connect_with(addr, clean).await;
+        end.disconnect().await;
+    }
+    broker.shutdown().await;
+}
+
 #[tokio::test]
 async fn sys_topics_only_where_allowed() {
     let (broker, _) = acl_broker("sys", |c| c.sys_interval_secs = 1).await;

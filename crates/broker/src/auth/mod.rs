@@ -35,7 +35,7 @@ use self::password::PasswordTable;
 use crate::config::Config;
 use crate::connection::ConnInfo;
 use crate::connection::client::Client;
-use crate::session::Session;
+use crate::session::{Session, SessionState};
 use crate::state::BrokerState;
 
 /// Failed logins from one IP address that cost nothing extra.
@@ -279,10 +279,11 @@ async fn login(
     }
 }
 
-/// Records the connection's username in its session, where deliveries look
-/// it up. A change makes earlier "wholly readable" decisions stale.
-pub fn bind_session(session: &Session, username: Option<Arc<str>>) {
-    let mut st = session.lock();
+/// Records a connection's username in its session (`st`, locked), where
+/// deliveries look it up. A change makes earlier "wholly readable" decisions
+/// stale. Done as the connection attaches, under the same lock, so no
+/// delivery is judged by a previous user's rights once the new one owns it.
+pub fn bind_session(session: &Session, st: &mut SessionState, username: Option<Arc<str>>) {
     if st.username != username {
         st.username = username;
         session.identity.fetch_add(1, Ordering::Relaxed);

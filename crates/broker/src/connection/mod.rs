@@ -325,9 +325,9 @@ async fn start_session<S: AsyncWrite>(
         connect.clean_start,
         accepted.session_expiry_secs,
         connection_id,
+        accepted.username.clone(),
     )
     .await;
-    auth::bind_session(&attached.session, accepted.username.clone());
     let props = &connect.properties;
     let keep_alive = accepted.keep_alive_secs;
     let mut client = Client {
