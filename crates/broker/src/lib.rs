@@ -33,6 +33,7 @@ pub mod error;
 pub mod handler;
 pub mod limits;
 pub mod listener;
+pub mod log_throttle;
 pub mod message;
 pub mod metrics;
 pub mod registry;

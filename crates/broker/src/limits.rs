@@ -32,6 +32,7 @@ use tokio::time::Instant;
 use crate::config::Config;
 use crate::connection::client::Client;
 use crate::error::ProtocolViolation;
+use crate::log_throttle::Throttle;
 
 /// How many IP addresses the connection-rate table tracks within one second.
 /// At the cap, connections from addresses not yet in the table are refused
@@ -379,8 +380,12 @@ pub fn subscription_refused(client: &Client, filter: &str, inner: &str) -> Optio
     Some(reason)
 }
 
-/// Logs a refused PUBLISH or subscription, once, at info.
+/// Logs a refused PUBLISH or subscription, once, at info (throttled).
 fn log_refusal(client: &Client, packet: &str, topic: &str, why: &str) {
+    static LOG: Throttle = Throttle::new("refused");
+    if !LOG.allow() {
+        return;
+    }
     let client_id = client.client_id();
     // The box exists whenever a limit that refuses packets is set.
     match &client.limits {

@@ -257,3 +257,42 @@ fn sighup_reloads_the_password_file_and_keeps_it_when_broken() {
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Lines about what any client can cause (here: a first packet that is not
+/// CONNECT) are throttled: a flood of 30 logs 20 of them.
+#[test]
+fn a_flood_of_bad_connections_logs_a_bounded_number_of_lines() {
+    let dir = data_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("tern.toml");
+    std::fs::write(&config, "").unwrap();
+    let (mut child, addr, log) = serve_logged(&config.display().to_string());
+    for _ in 0..30 {
+        let mut stream = TcpStream::connect(&addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        stream.write_all(&[0xC0, 0x00]).unwrap(); // PINGREQ
+        let mut rest = Vec::new();
+        // The broker logs, then closes: EOF means the line was written.
+        let _ = stream.read_to_end(&mut rest);
+    }
+    // A marker after all of them.
+    sighup(&child);
+    let mut logged = 0;
+    loop {
+        let line = log
+            .recv_timeout(Duration::from_secs(10))
+            .expect("log lines until the reload");
+        if line.contains("first packet is not CONNECT") {
+            logged += 1;
+        }
+        if line.contains("reloaded") {
+            break;
+        }
+    }
+    assert_eq!(logged, 20, "a burst of lines, then nothing until the next window");
+    child.kill().unwrap();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -227,7 +227,8 @@ pub async fn authenticate(
             client_id,
         };
         if !acl.allows(&id, &will.topic, Access::Write) {
-            tracing::info!(peer = %info.peer, client_id, username = id.username, topic = %will.topic, "refusing CONNECT: the will's topic is not writable");
+            // The refusal itself is logged (once) by the caller, with the reason.
+            tracing::debug!(peer = %info.peer, client_id, username = id.username, topic = %will.topic, "the will's topic is not writable");
             return Err(ReasonCode::NotAuthorized);
         }
     }

@@ -38,6 +38,7 @@ use crate::error::ProtocolViolation;
 use crate::handler::ack::PubAcks;
 use crate::handler::{self, Flow, connect};
 use crate::limits;
+use crate::log_throttle::Throttle;
 use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::registry::{self, Departure};
@@ -152,12 +153,18 @@ async fn handshake<S: Transport>(
             Ok(Ok(None)) => return None,
             Ok(Err(e)) => {
                 state.limits.count_violation(&e.into());
-                tracing::info!(%peer, error = %e, "closing connection: invalid CONNECT");
+                static LOG: Throttle = Throttle::new("closing connection: invalid CONNECT");
+                if LOG.allow() {
+                    tracing::info!(%peer, error = %e, "closing connection: invalid CONNECT");
+                }
                 refuse_invalid(&mut io, e).await;
                 return None;
             }
             Err(_) => {
-                tracing::info!(%peer, "closing connection: no CONNECT within {timeout:?}");
+                static LOG: Throttle = Throttle::new("closing connection: no CONNECT");
+                if LOG.allow() {
+                    tracing::info!(%peer, "closing connection: no CONNECT within {timeout:?}");
+                }
                 return None;
             }
         },
@@ -244,10 +251,14 @@ async fn read_connect<S: AsyncRead>(
                 return Ok(Some(connect));
             }
             Some(other) => {
-                tracing::info!(
-                    packet = other.name(),
-                    "closing connection: first packet is not CONNECT"
-                );
+                static LOG: Throttle =
+                    Throttle::new("closing connection: first packet is not CONNECT");
+                if LOG.allow() {
+                    tracing::info!(
+                        packet = other.name(),
+                        "closing connection: first packet is not CONNECT"
+                    );
+                }
                 return Ok(None);
             }
             None => {}
@@ -307,7 +318,10 @@ async fn start_session<S: AsyncWrite>(
         Err(reason) => {
             // Never the password.
             let username = connect.username.as_ref().map(|u| u.as_str());
-            tracing::info!(%peer, client_id = %connect.client_id, username, ?reason, "refusing CONNECT");
+            static LOG: Throttle = Throttle::new("refusing CONNECT");
+            if LOG.allow() {
+                tracing::info!(%peer, client_id = %connect.client_id, username, ?reason, "refusing CONNECT");
+            }
             let mut out = BytesMut::new();
             if Packet::ConnAck(connect::refusal(reason))
                 .encode(version, &mut out)
@@ -649,13 +663,22 @@ fn depart(client: &mut Client, close: Close, peer: SocketAddr) {
         }
         // Limits (packet size, receive maximum) are counted, and logged at info.
         Close::Violation(v) if client.state.limits.count_violation(v) => {
-            tracing::info!(%peer, client_id = %id, error = %v, "closing connection: limit exceeded")
+            static LOG: Throttle = Throttle::new("closing connection: limit exceeded");
+            if LOG.allow() {
+                tracing::info!(%peer, client_id = %id, error = %v, "closing connection: limit exceeded")
+            }
         }
         Close::Violation(v) => {
-            tracing::warn!(%peer, client_id = %id, error = %v, "closing connection: protocol violation")
+            static LOG: Throttle = Throttle::new("closing connection: protocol violation");
+            if LOG.allow() {
+                tracing::warn!(%peer, client_id = %id, error = %v, "closing connection: protocol violation")
+            }
         }
         Close::PublishRate => {
-            tracing::info!(%peer, client_id = %id, "closing connection: publish rate limit exceeded")
+            static LOG: Throttle = Throttle::new("closing connection: publish rate limit exceeded");
+            if LOG.allow() {
+                tracing::info!(%peer, client_id = %id, "closing connection: publish rate limit exceeded")
+            }
         }
         Close::Kicked(kick) => {
             let reason = kick.as_ref().map(|k| k.reason);
