@@ -291,7 +291,10 @@ fn a_flood_of_bad_connections_logs_a_bounded_number_of_lines() {
             break;
         }
     }
-    assert_eq!(logged, 20, "a burst of lines, then nothing until the next window");
+    assert_eq!(
+        logged, 20,
+        "a burst of lines, then nothing until the next window"
+    );
     child.kill().unwrap();
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(&dir);
