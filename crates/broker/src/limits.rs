@@ -32,7 +32,6 @@ use tokio::time::Instant;
 use crate::config::Config;
 use crate::connection::client::Client;
 use crate::error::ProtocolViolation;
-use crate::log_throttle::Throttle;
 
 /// How many IP addresses the connection-rate table tracks within one second.
 /// At the cap, connections from addresses not yet in the table are refused
@@ -382,17 +381,14 @@ pub fn subscription_refused(client: &Client, filter: &str, inner: &str) -> Optio
 
 /// Logs a refused PUBLISH or subscription, once, at info (throttled).
 fn log_refusal(client: &Client, packet: &str, topic: &str, why: &str) {
-    static LOG: Throttle = Throttle::new("refused");
-    if !LOG.allow() {
-        return;
-    }
     let client_id = client.client_id();
-    // The box exists whenever a limit that refuses packets is set.
+    // The box exists whenever a limit that refuses packets is set (so one
+    // configuration uses one of the two lines).
     match &client.limits {
         Some(own) => {
-            tracing::info!(peer = %own.peer, %client_id, packet, topic, "refused: {why}")
+            crate::throttled!(info, "refused", peer = %own.peer, %client_id, packet, topic, "refused: {why}")
         }
-        None => tracing::info!(%client_id, packet, topic, "refused: {why}"),
+        None => crate::throttled!(info, "refused", %client_id, packet, topic, "refused: {why}"),
     }
 }
 

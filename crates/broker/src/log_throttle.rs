@@ -15,7 +15,22 @@ pub const BURST: u32 = 20;
 /// The window, in seconds.
 pub const WINDOW_SECS: u64 = 10;
 
-/// The throttle of one kind of event: a `static` next to its log line.
+/// A `tracing` event throttled at its call site:
+/// `throttled!(info, "refusing CONNECT", %peer, ?reason, "refusing CONNECT")`
+/// logs like `tracing::info!(%peer, ?reason, "refusing CONNECT")`, at most
+/// [`BURST`] times per window; the label names the kind in the line that
+/// reports held-back events.
+#[macro_export]
+macro_rules! throttled {
+    ($level:ident, $what:expr, $($event:tt)+) => {{
+        static THROTTLE: $crate::log_throttle::Throttle = $crate::log_throttle::Throttle::new($what);
+        if THROTTLE.allow() {
+            ::tracing::$level!($($event)+);
+        }
+    }};
+}
+
+/// The throttle of one kind of event (see [`throttled!`](crate::throttled)).
 pub struct Throttle {
     /// What the lines are about, for the line that reports held-back ones.
     what: &'static str,

@@ -38,7 +38,6 @@ use crate::error::ProtocolViolation;
 use crate::handler::ack::PubAcks;
 use crate::handler::{self, Flow, connect};
 use crate::limits;
-use crate::log_throttle::Throttle;
 use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::registry::{self, Departure};
@@ -153,18 +152,12 @@ async fn handshake<S: Transport>(
             Ok(Ok(None)) => return None,
             Ok(Err(e)) => {
                 state.limits.count_violation(&e.into());
-                static LOG: Throttle = Throttle::new("closing connection: invalid CONNECT");
-                if LOG.allow() {
-                    tracing::info!(%peer, error = %e, "closing connection: invalid CONNECT");
-                }
+                crate::throttled!(info, "invalid CONNECT", %peer, error = %e, "closing connection: invalid CONNECT");
                 refuse_invalid(&mut io, e).await;
                 return None;
             }
             Err(_) => {
-                static LOG: Throttle = Throttle::new("closing connection: no CONNECT");
-                if LOG.allow() {
-                    tracing::info!(%peer, "closing connection: no CONNECT within {timeout:?}");
-                }
+                crate::throttled!(info, "no CONNECT", %peer, "closing connection: no CONNECT within {timeout:?}");
                 return None;
             }
         },
@@ -251,14 +244,12 @@ async fn read_connect<S: AsyncRead>(
                 return Ok(Some(connect));
             }
             Some(other) => {
-                static LOG: Throttle =
-                    Throttle::new("closing connection: first packet is not CONNECT");
-                if LOG.allow() {
-                    tracing::info!(
-                        packet = other.name(),
-                        "closing connection: first packet is not CONNECT"
-                    );
-                }
+                crate::throttled!(
+                    info,
+                    "first packet is not CONNECT",
+                    packet = other.name(),
+                    "closing connection: first packet is not CONNECT"
+                );
                 return Ok(None);
             }
             None => {}
@@ -318,10 +309,7 @@ async fn start_session<S: AsyncWrite>(
         Err(reason) => {
             // Never the password.
             let username = connect.username.as_ref().map(|u| u.as_str());
-            static LOG: Throttle = Throttle::new("refusing CONNECT");
-            if LOG.allow() {
-                tracing::info!(%peer, client_id = %connect.client_id, username, ?reason, "refusing CONNECT");
-            }
+            crate::throttled!(info, "refusing CONNECT", %peer, client_id = %connect.client_id, username, ?reason, "refusing CONNECT");
             let mut out = BytesMut::new();
             if Packet::ConnAck(connect::refusal(reason))
                 .encode(version, &mut out)
@@ -663,22 +651,13 @@ fn depart(client: &mut Client, close: Close, peer: SocketAddr) {
         }
         // Limits (packet size, receive maximum) are counted, and logged at info.
         Close::Violation(v) if client.state.limits.count_violation(v) => {
-            static LOG: Throttle = Throttle::new("closing connection: limit exceeded");
-            if LOG.allow() {
-                tracing::info!(%peer, client_id = %id, error = %v, "closing connection: limit exceeded")
-            }
+            crate::throttled!(info, "limit exceeded", %peer, client_id = %id, error = %v, "closing connection: limit exceeded")
         }
         Close::Violation(v) => {
-            static LOG: Throttle = Throttle::new("closing connection: protocol violation");
-            if LOG.allow() {
-                tracing::warn!(%peer, client_id = %id, error = %v, "closing connection: protocol violation")
-            }
+            crate::throttled!(warn, "protocol violation", %peer, client_id = %id, error = %v, "closing connection: protocol violation")
         }
         Close::PublishRate => {
-            static LOG: Throttle = Throttle::new("closing connection: publish rate limit exceeded");
-            if LOG.allow() {
-                tracing::info!(%peer, client_id = %id, "closing connection: publish rate limit exceeded")
-            }
+            crate::throttled!(info, "publish rate limit exceeded", %peer, client_id = %id, "closing connection: publish rate limit exceeded")
         }
         Close::Kicked(kick) => {
             let reason = kick.as_ref().map(|k| k.reason);

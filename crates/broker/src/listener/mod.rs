@@ -22,7 +22,6 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::config::{Config, ListenerConfig, ListenerTransport};
 use crate::connection::{self, ConnInfo};
-use crate::log_throttle::Throttle;
 use crate::state::BrokerState;
 
 pub use self::tls::{TlsAcceptor, TlsConn};
@@ -169,10 +168,7 @@ async fn accept_loop(listener: TcpListener, index: usize, kind: Kind, state: Arc
             }
             Err(e) => {
                 // Typically EMFILE: back off briefly instead of spinning.
-                static LOG: Throttle = Throttle::new("accept failed");
-                if LOG.allow() {
-                    tracing::warn!(error = %e, "accept failed");
-                }
+                crate::throttled!(warn, "accept failed", error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
@@ -193,17 +189,11 @@ async fn bounded<T>(
         done = tokio::time::timeout(timeout, handshake) => match done {
             Ok(Ok(t)) => Some(t),
             Ok(Err(e)) => {
-                static LOG: Throttle = Throttle::new("closing connection: handshake failed");
-                if LOG.allow() {
-                    tracing::info!(%peer, listener = info.listener, error = %e, "closing connection: {what} handshake failed");
-                }
+                crate::throttled!(info, "handshake failed", %peer, listener = info.listener, error = %e, "closing connection: {what} handshake failed");
                 None
             }
             Err(_) => {
-                static LOG: Throttle = Throttle::new("closing connection: no handshake");
-                if LOG.allow() {
-                    tracing::info!(%peer, listener = info.listener, "closing connection: no {what} handshake within {timeout:?}");
-                }
+                crate::throttled!(info, "no handshake", %peer, listener = info.listener, "closing connection: no {what} handshake within {timeout:?}");
                 None
             }
         },
