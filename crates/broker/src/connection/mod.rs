@@ -539,14 +539,23 @@ fn process(
     rbuf: &mut BytesMut,
     last_heard: &mut Instant,
 ) -> Result<(), Close> {
-    let max = client.state.config.max_packet_size as usize;
     let mut pubacks = PubAcks::default();
+    let result = handle_packets(client, rbuf, last_heard, &mut pubacks);
+    // Whatever ended the reading, the PUBACKs before it count.
+    pubacks.flush(client);
+    result
+}
+
+/// The loop of [`process`]; PUBACKs gather in `pubacks`.
+fn handle_packets(
+    client: &mut Client,
+    rbuf: &mut BytesMut,
+    last_heard: &mut Instant,
+    pubacks: &mut PubAcks,
+) -> Result<(), Close> {
+    let max = client.state.config.max_packet_size as usize;
     loop {
-        let decoded = tern_codec::decode(rbuf, client.version, max);
-        if !matches!(decoded, Ok(Some(Packet::PubAck(_)))) {
-            pubacks.flush(client);
-        }
-        let packet = match decoded {
+        let packet = match tern_codec::decode(rbuf, client.version, max) {
             Ok(Some(packet)) => packet,
             Ok(None) => return Ok(()),
             Err(e) => return Err(Close::Violation(e.into())),
@@ -557,11 +566,7 @@ fn process(
             return Err(Close::PublishRate);
         }
         tracing::trace!(client_id = %client.client_id(), packet = ?packet, "received");
-        if let Packet::PubAck(ack) = &packet {
-            pubacks.push(client, ack);
-            continue;
-        }
-        match handler::dispatch(client, packet) {
+        match handler::dispatch(client, packet, pubacks) {
             Ok(Flow::Continue) => {}
             Ok(Flow::Disconnect { publish_will }) => {
                 return Err(Close::Disconnect { publish_will });

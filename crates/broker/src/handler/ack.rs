@@ -15,23 +15,17 @@ use crate::error::ProtocolViolation;
 use crate::session::InflightState;
 use crate::store::Group;
 
-/// PUBACK ends a QoS 1 delivery [MQTT-4.3.2-?].
-pub fn puback(client: &mut Client, ack: PubAck) -> Result<Flow, ProtocolViolation> {
-    complete(client, &[ack.packet_id], InflightState::AwaitingPubAck);
-    Ok(Flow::Continue)
-}
-
 /// PUBCOMP ends a QoS 2 delivery.
 pub fn pubcomp(client: &mut Client, ack: PubAck) -> Result<Flow, ProtocolViolation> {
     complete(client, &[ack.packet_id], InflightState::AwaitingPubComp);
     Ok(Flow::Continue)
 }
 
-/// PUBACKs read back to back, handled as one ([`PubAcks::flush`]): a client
-/// acknowledging a burst costs one session lock and one store submission,
-/// not one of each per message. The connection task gathers them while it
-/// decodes and flushes before anything else is handled, so the order of
-/// events is the same as one at a time.
+/// PUBACKs (each ends a QoS 1 delivery) read back to back, handled as one
+/// run ([`PubAcks::flush`]): a client acknowledging a burst costs one session
+/// lock and one store submission, not one of each per message. `dispatch`
+/// gathers them and flushes the run before any other packet is handled, so
+/// the order of events is the same as one at a time.
 pub struct PubAcks {
     ids: [NonZeroU16; RUN],
     len: usize,

@@ -26,12 +26,22 @@ pub enum Flow {
     },
 }
 
-/// Hands a decoded packet (after CONNECT) to its handler.
-pub fn dispatch(client: &mut Client, packet: Packet) -> Result<Flow, ProtocolViolation> {
+/// Hands a decoded packet (after CONNECT) to its handler. PUBACKs gather in
+/// `pubacks` and are handled as one run before the next packet of another
+/// kind (the caller flushes the run when it stops reading).
+pub fn dispatch(
+    client: &mut Client,
+    packet: Packet,
+    pubacks: &mut ack::PubAcks,
+) -> Result<Flow, ProtocolViolation> {
+    if let Packet::PubAck(ack) = &packet {
+        pubacks.push(client, ack);
+        return Ok(Flow::Continue);
+    }
+    pubacks.flush(client);
     match packet {
         Packet::Publish(p) => publish::handle(client, p),
         Packet::PubRel(ack) => publish::release(client, ack),
-        Packet::PubAck(ack) => ack::puback(client, ack),
         Packet::PubRec(ack) => ack::pubrec(client, ack),
         Packet::PubComp(ack) => ack::pubcomp(client, ack),
         Packet::Subscribe(s) => subscribe::handle(client, s),
