@@ -407,6 +407,40 @@ async fn publish_rate_disconnects_with_message_rate_too_high() {
     eventually("slots released", || connected(&broker) == 1).await;
 }
 
+/// PUBACKs read together with a PUBLISH that breaks the rate limit still
+/// count: the acknowledged messages are not sent again when the client
+/// resumes its session.
+#[tokio::test]
+async fn acks_before_a_rate_violation_are_handled() {
+    let broker = start_limited(|c| c.max_publish_rate = 5).await;
+    let addr = broker.local_addr();
+    let (mut device, _) = TestClient::connect_with(addr, persistent(V5, "pr-acks")).await;
+    device.subscribe("pr-acks/#", QoS::AtLeastOnce).await;
+    let mut publisher = TestClient::connect(addr, V5, "pr-acks-pub").await;
+    publisher
+        .publish("pr-acks/1", b"one", QoS::AtLeastOnce, false)
+        .await;
+    publisher
+        .publish("pr-acks/2", b"two", QoS::AtLeastOnce, false)
+        .await;
+    let mut bytes = BytesMut::new();
+    for _ in 0..2 {
+        let p = device.recv_publish().await;
+        Packet::PubAck(PubAck::new(p.packet_id.expect("QoS 1")))
+            .encode(V5, &mut bytes)
+            .unwrap();
+    }
+    // Then six publishes where five a second are allowed, in the same write.
+    bytes.extend_from_slice(&burst(V5, "elsewhere", 6));
+    device.send_bytes(&bytes).await;
+    expect_disconnect(&mut device, ReasonCode::MessageRateTooHigh).await;
+
+    let (mut device, ack) = TestClient::connect_with(addr, persistent(V5, "pr-acks")).await;
+    assert!(ack.session_present);
+    device.expect_nothing().await;
+    broker.shutdown().await;
+}
+
 #[tokio::test]
 async fn packet_too_large_disconnects_and_is_counted() {
     let broker = start_limited(|c| c.max_packet_size = 128).await;
