@@ -106,8 +106,7 @@ pub fn write_message(message: &Message, clock: &Clock, out: &mut BytesMut) {
             .expires_at
             .map_or(0, |at| clock.to_unix_ms(at).max(1)),
     );
-    out.put_u32(origin.len() as u32);
-    out.put_slice(origin);
+    put_bytes(out, origin);
     out.put_u8(u8::from(message.origin.is_some()));
     let publish = Packet::Publish(Publish {
         dup: false,
@@ -258,32 +257,32 @@ pub struct SessionRecord {
 }
 
 pub fn encode_session(record: &SessionRecord) -> Vec<u8> {
-    let mut w = Writer::default();
-    w.u8(SESSION_FORMAT);
-    w.u32(record.expiry_secs);
-    w.u64(record.disconnected_at_ms.unwrap_or(0));
-    w.u32(record.subscriptions.len() as u32);
+    let mut w = Vec::new();
+    w.put_u8(SESSION_FORMAT);
+    w.put_u32(record.expiry_secs);
+    w.put_u64(record.disconnected_at_ms.unwrap_or(0));
+    w.put_u32(record.subscriptions.len() as u32);
     for (filter, options, id) in &record.subscriptions {
-        w.bytes(filter.as_bytes());
-        w.u8(options_byte(options));
-        w.u32(id.unwrap_or(0));
+        put_bytes(&mut w, filter.as_bytes());
+        w.put_u8(options_byte(options));
+        w.put_u32(id.unwrap_or(0));
     }
     match &record.will {
         Some((message, due_ms)) => {
-            w.u8(1);
-            w.u64(*due_ms);
-            w.bytes(message);
+            w.put_u8(1);
+            w.put_u64(*due_ms);
+            put_bytes(&mut w, message);
         }
-        None => w.u8(0),
+        None => w.put_u8(0),
     }
     match &record.username {
         Some(name) => {
-            w.u8(1);
-            w.bytes(name.as_bytes());
+            w.put_u8(1);
+            put_bytes(&mut w, name.as_bytes());
         }
-        None => w.u8(0),
+        None => w.put_u8(0),
     }
-    w.0
+    w
 }
 
 pub fn decode_session(record: &[u8]) -> Result<SessionRecord, RecordError> {
@@ -368,24 +367,11 @@ fn qos(b: u8, what: &'static str) -> Result<QoS, RecordError> {
     }
 }
 
-/// Big-endian fields; byte strings prefixed with a u32 length.
-#[derive(Default)]
-struct Writer(Vec<u8>);
-
-impl Writer {
-    fn u8(&mut self, v: u8) {
-        self.0.push(v);
-    }
-    fn u32(&mut self, v: u32) {
-        self.0.extend_from_slice(&v.to_be_bytes());
-    }
-    fn u64(&mut self, v: u64) {
-        self.0.extend_from_slice(&v.to_be_bytes());
-    }
-    fn bytes(&mut self, b: &[u8]) {
-        self.u32(b.len() as u32);
-        self.0.extend_from_slice(b);
-    }
+/// A byte string as records write it: a big-endian u32 length, then the
+/// bytes (every other field is written with `BufMut`'s big-endian `put_*`).
+fn put_bytes(out: &mut impl BufMut, b: &[u8]) {
+    out.put_u32(b.len() as u32);
+    out.put_slice(b);
 }
 
 struct Reader<'a> {
