@@ -6,22 +6,32 @@
 //! the message was routed to: QoS 1 at least once, QoS 2 exactly once.
 //!
 //! How: the real binary runs in a temporary directory on a free loopback port.
-//! Two MQTT 5 subscribers with persistent sessions (Session Expiry Interval
-//! 3600 s, Clean Start 0 once subscribed) hold `crash/q1/#` at QoS 1 and
-//! `crash/q2/#` at QoS 2. Two publishers send numbered messages (payload
-//! `q1 17` on `crash/q1/1`, ...) at QoS 1 and QoS 2, 20 in flight each, and
-//! note every number the broker acknowledged. The killer SIGKILLs the broker
-//! 50-400 ms after each (re)start, chosen by a seeded xorshift (the seed is
-//! printed), and restarts it on the same port and data dir. Every client
-//! reconnects with Clean Start 0 and carries on as MQTT says: the publishers
-//! resend their unacknowledged PUBLISHes (DUP, same packet id) and PUBRELs;
-//! the QoS 2 subscriber delivers a message when its PUBLISH arrives with a
-//! packet id it does not hold and holds that id until PUBREL (spec 4.3.3,
-//! "method B"), so a resent PUBLISH of a message it already has is not
-//! delivered twice. After the last restart the publishers stop, finish their
+//! Three subscribers with persistent sessions hold `crash/q1/#` at QoS 1,
+//! `crash/q2/#` and `crash/q2p/#` at QoS 2: MQTT 5 ones (Session Expiry
+//! Interval 3600 s, Clean Start 0 once subscribed) for `q1` and `q2`, and
+//! for `q2p` MQTT 3.1.1 with Clean Session 0, as paho-mqtt connects. Three publishers, also with
+//! persistent sessions, send numbered messages (payload `q1 17` on
+//! `crash/q1/1`, ...), 20 in flight each, and note every number the broker
+//! acknowledged. The killer SIGKILLs the broker 50-400 ms after each
+//! (re)start, chosen by a seeded xorshift (the seed is printed), and restarts
+//! it on the same port and data dir. Every client reconnects with Clean Start
+//! 0 and carries on as MQTT says: the publishers resend their unacknowledged
+//! PUBLISHes (DUP, same packet id) and PUBRELs. The two QoS 2 subscribers
+//! receive in the two ways real clients do, and count by payload as an
+//! application would:
+//! - `q2` ("method B" of spec 4.3.3) delivers a message when its PUBLISH
+//!   arrives with a packet id it does not hold, and holds that id until
+//!   PUBREL, so a resent PUBLISH of a message it already has is not
+//!   delivered twice;
+//! - `q2p` does what paho-mqtt does: it keeps each PUBLISH under its packet
+//!   id (a later PUBLISH with the same id replaces it), delivers the kept
+//!   message when PUBREL arrives, and keeps unreleased ids across
+//!   reconnects.
+//!
+//! After the last restart the publishers stop, finish their
 //! in-flight messages, and the test waits for the subscribers to have every
 //! acknowledged number. It prints published / acknowledged / delivered /
-//! lost / duplicated per QoS and asserts that nothing acknowledged was lost
+//! lost / duplicated per flow and asserts that nothing acknowledged was lost
 //! and that no QoS 2 message was delivered twice (QoS 1 duplicates are
 //! allowed and printed).
 //!
@@ -174,13 +184,13 @@ fn no_acknowledged_message_is_lost_when_the_broker_is_killed() {
     let mut h = Harness::new(&dir);
     h.broker.start();
 
-    for flow in [Flow::Q1, Flow::Q2] {
+    for flow in Flow::ALL {
         h.spawn_subscriber(flow);
     }
-    h.wait_for("both subscriptions granted", SETUP_TIMEOUT, |h| {
+    h.wait_for("every subscription granted", SETUP_TIMEOUT, |h| {
         h.flows.iter().all(|f| lock(&f.subscriber).subscribed)
     });
-    for flow in [Flow::Q1, Flow::Q2] {
+    for flow in Flow::ALL {
         h.spawn_publisher(flow);
     }
     h.wait_for("a first acknowledgement on each flow", SETUP_TIMEOUT, |h| {
@@ -200,9 +210,10 @@ fn no_acknowledged_message_is_lost_when_the_broker_is_killed() {
         h.broker.kill();
         let restart = h.broker.start();
         println!(
-            "kill {k}/{kills}: {delay} ms after ready, acknowledged so far q1 {} q2 {}; ready again in {} ms",
+            "kill {k}/{kills}: {delay} ms after ready, acknowledged so far q1 {} q2 {} q2p {}; ready again in {} ms",
             at_kill[0],
             at_kill[1],
+            at_kill[2],
             restart.as_millis()
         );
     }
@@ -236,7 +247,7 @@ fn no_acknowledged_message_is_lost_when_the_broker_is_killed() {
         println!("{}", r.line());
     }
     println!(
-        "kills {kills} ({kills_in_traffic} with both flows acknowledging since the previous start), broker starts {}, seed {seed:#x}, {:.1} s",
+        "kills {kills} ({kills_in_traffic} with every flow acknowledging since the previous start), broker starts {}, seed {seed:#x}, {:.1} s",
         h.broker.starts,
         started.elapsed().as_secs_f64()
     );
@@ -281,14 +292,34 @@ fn no_acknowledged_message_is_lost_when_the_broker_is_killed() {
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Flow {
     Q1,
+    /// QoS 2, received as the spec's "method B": delivered when the PUBLISH
+    /// arrives with a packet id not held, the id held until PUBREL. Strict
+    /// on PUBLISHes: one sent again with a fresh id is delivered twice.
     Q2,
+    /// QoS 2, received as paho-mqtt does it: the PUBLISH is kept by packet
+    /// id (a later one with the same id replaces it), and the message is
+    /// delivered when PUBREL arrives for an id that is kept; kept ids survive
+    /// reconnects. Strict on PUBRELs: one sent before the broker has stored
+    /// the release lets a resend after a crash deliver the message again.
+    Q2Paho,
 }
 
 impl Flow {
+    const ALL: [Flow; 3] = [Flow::Q1, Flow::Q2, Flow::Q2Paho];
+
     fn qos(self) -> QoS {
         match self {
             Flow::Q1 => QoS::AtLeastOnce,
-            Flow::Q2 => QoS::ExactlyOnce,
+            Flow::Q2 | Flow::Q2Paho => QoS::ExactlyOnce,
+        }
+    }
+
+    /// paho-mqtt speaks MQTT 3.1.1 unless told otherwise, and so does its
+    /// flow here (Clean Session 0, so the session never expires).
+    fn version(self) -> ProtocolVersion {
+        match self {
+            Flow::Q1 | Flow::Q2 => ProtocolVersion::V5,
+            Flow::Q2Paho => ProtocolVersion::V3_1_1,
         }
     }
 
@@ -296,6 +327,7 @@ impl Flow {
         match self {
             Flow::Q1 => "q1",
             Flow::Q2 => "q2",
+            Flow::Q2Paho => "q2p",
         }
     }
 
@@ -500,7 +532,8 @@ impl FlowReport {
             )
         };
         format!(
-            "QoS {}: published {} / acknowledged {acked} / delivered {} / lost {} / duplicated {duplicated}",
+            "{} (QoS {}): published {} / acknowledged {acked} / delivered {} / lost {} / duplicated {duplicated}",
+            self.name,
             self.qos,
             self.published,
             self.delivered,
@@ -548,7 +581,7 @@ impl Harness {
             broker: Broker::new(dir, shared.clone()),
             rt,
             shared,
-            flows: [Flow::Q1, Flow::Q2]
+            flows: Flow::ALL
                 .into_iter()
                 .map(|flow| FlowState {
                     flow,
@@ -900,10 +933,11 @@ fn log_tail(path: &Path) -> String {
 
 // ---- The MQTT clients -------------------------------------------------------------
 
-/// One MQTT 5 connection: packets through `tern-codec` over a TCP socket.
+/// One MQTT connection: packets through `tern-codec` over a TCP socket.
 struct Conn {
     stream: TcpStream,
     buf: BytesMut,
+    version: ProtocolVersion,
 }
 
 impl Conn {
@@ -914,6 +948,7 @@ impl Conn {
         let mut conn = Conn {
             stream,
             buf: BytesMut::with_capacity(16 * 1024),
+            version: connect.protocol,
         };
         conn.send(&[Packet::Connect(Box::new(connect))]).await?;
         match tokio::time::timeout(CONNACK_TIMEOUT, conn.recv()).await {
@@ -933,7 +968,7 @@ impl Conn {
         }
         let mut out = BytesMut::new();
         for p in packets {
-            p.encode(ProtocolVersion::V5, &mut out)
+            p.encode(self.version, &mut out)
                 .map_err(|e| io::Error::other(format!("encode {}: {e}", p.name())))?;
         }
         self.stream.write_all(&out).await
@@ -944,7 +979,7 @@ impl Conn {
     /// only an end of stream).
     async fn recv(&mut self) -> io::Result<Packet> {
         loop {
-            match decode(&mut self.buf, ProtocolVersion::V5, MAX_PACKET) {
+            match decode(&mut self.buf, self.version, MAX_PACKET) {
                 Ok(Some(p)) => return Ok(p),
                 Ok(None) => {}
                 Err(e) => {
@@ -971,17 +1006,22 @@ fn fatal_if_malformed(client: &str, e: io::Error) -> Result<(), String> {
     }
 }
 
-fn connect_packet(client_id: &str, clean_start: bool) -> Connect {
+/// MQTT 5: a session that outlives the connection by `SESSION_EXPIRY_SECS`,
+/// started afresh with `clean_start`. MQTT 3.1.1: Clean Session 0 always,
+/// since only then is the session kept (the data directory starts empty, so
+/// there is nothing stale to resume).
+fn connect_packet(version: ProtocolVersion, client_id: &str, clean_start: bool) -> Connect {
+    let v5 = version == ProtocolVersion::V5;
     Connect {
-        protocol: ProtocolVersion::V5,
-        clean_start,
+        protocol: version,
+        clean_start: clean_start && v5,
         keep_alive: 0,
         client_id: client_id.into(),
         will: None,
         username: None,
         password: None,
         properties: ConnectProperties {
-            session_expiry_interval: Some(SESSION_EXPIRY_SECS),
+            session_expiry_interval: v5.then_some(SESSION_EXPIRY_SECS),
             ..Default::default()
         },
     }
@@ -990,6 +1030,7 @@ fn connect_packet(client_id: &str, clean_start: bool) -> Connect {
 /// Connects, retrying with a short backoff while the broker is down.
 async fn connect_retry(
     shared: &Shared,
+    flow: Flow,
     client_id: &str,
     clean_start: bool,
 ) -> Result<(Conn, tern_codec::ConnAck), String> {
@@ -997,14 +1038,15 @@ async fn connect_retry(
     let mut backoff = Duration::from_millis(10);
     loop {
         let port = shared.port.load(Ordering::SeqCst);
-        let last = match Conn::open(port, connect_packet(client_id, clean_start)).await {
-            Ok((conn, ack)) if ack.reason == ReasonCode::Success => return Ok((conn, ack)),
-            Ok((_, ack)) => format!("CONNACK {:?}", ack.reason),
-            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-                return Err(format!("{client_id}: {e}"));
-            }
-            Err(e) => e.to_string(),
-        };
+        let last =
+            match Conn::open(port, connect_packet(flow.version(), client_id, clean_start)).await {
+                Ok((conn, ack)) if ack.reason == ReasonCode::Success => return Ok((conn, ack)),
+                Ok((_, ack)) => format!("CONNACK {:?}", ack.reason),
+                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                    return Err(format!("{client_id}: {e}"));
+                }
+                Err(e) => e.to_string(),
+            };
         if Instant::now() >= deadline {
             return Err(format!(
                 "{client_id}: no connection for {RECONNECT_TIMEOUT:?}, last attempt: {last}"
@@ -1025,12 +1067,13 @@ async fn subscriber(
     let id = format!("crash-sub-{}", flow.name());
     // A SUBACK granted the subscription in the broker's current session.
     let mut subscribed = false;
-    // QoS 2: packet ids delivered and not yet released (PUBREL).
-    let mut held: HashSet<NonZeroU16> = HashSet::new();
+    // QoS 2: packet ids received and not yet released (PUBREL), with the
+    // number their PUBLISH carried.
+    let mut held: HashMap<NonZeroU16, Option<u64>> = HashMap::new();
     loop {
         // Clean Start only until the subscription exists: from then on the
         // session must survive every crash.
-        let (mut conn, connack) = connect_retry(&shared, &id, !subscribed).await?;
+        let (mut conn, connack) = connect_retry(&shared, flow, &id, !subscribed).await?;
         {
             let mut s = lock(&stats);
             s.connects += 1;
@@ -1071,7 +1114,10 @@ async fn subscriber(
             let reply = match packet {
                 Packet::Publish(p) => on_publish(flow, &p, &mut held, &mut lock(&stats)),
                 Packet::PubRel(r) => {
-                    held.remove(&r.packet_id);
+                    let released = held.remove(&r.packet_id).flatten();
+                    if let (Flow::Q2Paho, Some(seq)) = (flow, released) {
+                        lock(&stats).deliver(seq);
+                    }
                     Some(Packet::PubComp(PubAck::new(r.packet_id)))
                 }
                 Packet::SubAck(ack) => {
@@ -1104,13 +1150,14 @@ async fn subscriber(
     }
 }
 
-/// Records a received PUBLISH and returns the acknowledgement. QoS 2 is
-/// delivered when its packet id is not held, and the id is then held until
-/// PUBREL: a resend of a message already delivered is acknowledged only.
+/// Records a received PUBLISH and returns the acknowledgement. QoS 2 keeps
+/// the packet id until PUBREL; [`Flow::Q2`] delivers when the id was not
+/// held (a resend of a message already delivered is acknowledged only),
+/// [`Flow::Q2Paho`] keeps the message under its id and delivers at PUBREL.
 fn on_publish(
     flow: Flow,
     p: &Publish,
-    held: &mut HashSet<NonZeroU16>,
+    held: &mut HashMap<NonZeroU16, Option<u64>>,
     s: &mut SubStats,
 ) -> Option<Packet> {
     let Some(id) = p.packet_id else {
@@ -1126,12 +1173,11 @@ fn on_publish(
     let seq = flow.parse(p).map_err(|e| s.corrupt(e)).ok();
     match p.qos {
         QoS::ExactlyOnce => {
-            if held.insert(id) {
-                if let Some(seq) = seq {
-                    s.deliver(seq);
-                }
-            } else {
+            let was_held = held.insert(id, seq).is_some();
+            if was_held {
                 s.held_redeliveries += 1;
+            } else if let (Flow::Q2, Some(seq)) = (flow, seq) {
+                s.deliver(seq);
             }
             Some(Packet::PubRec(PubAck::new(id)))
         }
@@ -1164,7 +1210,7 @@ async fn publisher(
     let mut next_pid = 0u16;
     let mut first = true;
     loop {
-        let (mut conn, connack) = connect_retry(&shared, &id, first).await?;
+        let (mut conn, connack) = connect_retry(&shared, flow, &id, first).await?;
         {
             let mut s = lock(&stats);
             s.connects += 1;
@@ -1264,7 +1310,7 @@ fn on_ack(
             Some(_) => s.refused += 1,
             None => s.anomaly("PUBACK for an id not in flight".into()),
         },
-        (Flow::Q2, Packet::PubRec(a)) => {
+        (Flow::Q2 | Flow::Q2Paho, Packet::PubRec(a)) => {
             let Some(f) = in_flight.get_mut(&a.packet_id.get()) else {
                 s.anomaly("PUBREC for an id not in flight".into());
                 return AckStep::Nothing;
@@ -1283,7 +1329,7 @@ fn on_ack(
             }
             return AckStep::Release(a.packet_id);
         }
-        (Flow::Q2, Packet::PubComp(a)) => match in_flight.get(&a.packet_id.get()) {
+        (Flow::Q2 | Flow::Q2Paho, Packet::PubComp(a)) => match in_flight.get(&a.packet_id.get()) {
             Some(f) if f.released => {
                 in_flight.remove(&a.packet_id.get());
                 if a.reason == ReasonCode::Success {
