@@ -90,6 +90,13 @@ pub struct Config {
     /// Topic access rules in Mosquitto's `acl_file` syntax. Unset: every
     /// client may publish and subscribe to every topic.
     pub acl_file: Option<PathBuf>,
+    /// Whether a client may connect with a client id whose session belongs
+    /// to another user, taking it over (the session then ends). Default
+    /// false: it is refused (CONNACK 0x85 Client Identifier not valid; MQTT
+    /// 3.1.1: return code 2), so one user cannot kick another off or destroy
+    /// its persistent session. true: as Mosquitto, the newcomer takes the
+    /// client id over and starts a clean session.
+    pub client_id_takeover_by_other_users: bool,
     /// Clients connected at once, over all listeners; 0 = no limit. Default 0.
     pub max_connections: usize,
     /// Subscriptions one session may hold; 0 = no limit. Default 0.
@@ -243,6 +250,7 @@ impl Default for Config {
             allow_anonymous: None,
             password_file: None,
             acl_file: None,
+            client_id_takeover_by_other_users: false,
             max_connections: 0,
             max_subscriptions_per_client: 0,
             max_topic_levels: 0,

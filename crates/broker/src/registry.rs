@@ -116,6 +116,22 @@ pub async fn attach(
     }
 }
 
+/// Whether a client logged in as `username` may use `client_id`: not if
+/// its session belongs to another user (see [`auth::may_use_client_id`]).
+/// Checked before [`attach`]; a session created by another user in between
+/// is still not resumed by this one (`attach` starts it clean).
+pub fn may_claim(state: &BrokerState, client_id: &str, username: Option<&str>) -> bool {
+    let Some(session) = state.sessions().get(client_id) else {
+        return true;
+    };
+    let owner = session.lock().username.clone();
+    auth::may_use_client_id(
+        owner.as_deref(),
+        username,
+        state.config.client_id_takeover_by_other_users,
+    )
+}
+
 /// Stores the session as it is now attached (or deletes its record, if it no
 /// longer outlives its connection). `replaced`: Clean Start ended a previous
 /// session of this client id, whose record goes first. Returns the ticket.

@@ -422,12 +422,73 @@ async fn a_will_is_judged_by_the_rules_in_force_when_it_is_published() {
     broker.shutdown().await;
 }
 
-/// A session is resumed only by the user it belongs to: another user who
-/// connects with its client id takes the connection over but starts clean,
-/// without the messages queued for the session or its subscriptions.
+/// A client id whose session belongs to another user is refused (MQTT 5:
+/// CONNACK 0x85, 3.1.1: return code 2): the attack of issue 15, where alice
+/// connected with bob's client id, kicked him off and destroyed his session
+/// and its queued messages. Neither the connected owner nor the offline
+/// session is touched.
 #[tokio::test]
-async fn another_user_cannot_resume_a_session() {
+async fn another_user_cannot_take_a_client_id_over() {
     let broker = start_auth(|_| {}).await;
+    let addr = broker.local_addr();
+    for version in [V5, V3] {
+        let as_user = |user: Option<&str>, id: &str| {
+            let mut c = persistent(version, id);
+            c.username = user.map(Into::into);
+            c
+        };
+        let (mut bob, _) =
+            TestClient::connect_with(addr, as_user(Some("bob"), "bob-persist")).await;
+        bob.subscribe("data/#", QoS::AtLeastOnce).await;
+        for intruder in [Some("alice"), None] {
+            let (_, ack) = TestClient::connect_with(addr, as_user(intruder, "bob-persist")).await;
+            assert_eq!(
+                ack.reason,
+                ReasonCode::ClientIdentifierNotValid,
+                "{version:?}: {intruder:?} took bob's client id while he was connected"
+            );
+        }
+        let mut publisher = TestClient::connect(addr, version, "publisher").await;
+        publisher
+            .publish("data/1", b"while bob is on", QoS::AtLeastOnce, false)
+            .await;
+        let live = bob.recv_publish().await;
+        assert_eq!(live.payload.as_ref(), b"while bob is on");
+        bob.ack(&live).await;
+
+        bob.disconnect().await;
+        publisher
+            .publish("data/2", b"queued for bob", QoS::AtLeastOnce, false)
+            .await;
+        let (_, ack) = TestClient::connect_with(addr, as_user(Some("alice"), "bob-persist")).await;
+        assert_eq!(
+            ack.reason,
+            ReasonCode::ClientIdentifierNotValid,
+            "{version:?}: offline"
+        );
+
+        let (mut back, ack) =
+            TestClient::connect_with(addr, as_user(Some("bob"), "bob-persist")).await;
+        assert!(ack.session_present, "{version:?}: bob's session survived");
+        let queued = back.recv_publish().await;
+        assert_eq!(queued.payload.as_ref(), b"queued for bob");
+        back.ack(&queued).await;
+        // Clean up for the next version.
+        back.disconnect().await;
+        let mut clean = as_user(Some("bob"), "bob-persist");
+        clean.clean_start = true;
+        let (end, _) = TestClient::connect_with(addr, clean).await;
+        end.disconnect().await;
+    }
+    broker.shutdown().await;
+}
+
+/// With `client_id_takeover_by_other_users` (Mosquitto's rule) another user
+/// takes the client id over, but does not resume the session: it starts
+/// clean, without the messages queued for it or its subscriptions.
+#[tokio::test]
+async fn with_takeover_allowed_another_user_starts_clean() {
+    let broker = start_auth(|c| c.client_id_takeover_by_other_users = true).await;
     let addr = broker.local_addr();
     for version in [V5, V3] {
         let as_user = |user: &str| {

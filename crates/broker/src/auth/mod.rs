@@ -291,6 +291,22 @@ pub fn bind_session(session: &Session, st: &mut SessionState, username: Option<A
     }
 }
 
+/// Whether a client logged in as `username` may use a client id whose
+/// session belongs to `owner` (the username its client last connected
+/// with). A client id is all MQTT identifies a session by, so without this
+/// anyone allowed to connect could kick another user's client off and end
+/// its session (MQTT 5.0 section 5.4.2 asks the server to check that a
+/// client may use a client id). A session of an anonymous client belongs to
+/// nobody; `takeover_allowed` (`client_id_takeover_by_other_users`) restores
+/// Mosquitto's rule, under which anyone may.
+pub fn may_use_client_id(
+    owner: Option<&str>,
+    username: Option<&str>,
+    takeover_allowed: bool,
+) -> bool {
+    takeover_allowed || owner.is_none_or(|owner| Some(owner) == username)
+}
+
 /// Whether the client may publish to `topic`.
 pub fn may_publish(client: &Client, topic: &str) -> bool {
     may_write(
@@ -400,6 +416,21 @@ impl ReadCheck {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_client_id_is_used_only_by_the_user_its_session_belongs_to() {
+        let may = may_use_client_id;
+        assert!(may(None, None, false), "no owner, anonymous");
+        assert!(may(None, Some("alice"), false), "no owner: anyone");
+        assert!(may(Some("alice"), Some("alice"), false), "the owner");
+        assert!(!may(Some("alice"), Some("bob"), false), "another user");
+        assert!(!may(Some("alice"), None, false), "an anonymous client");
+        assert!(may(Some("alice"), Some("bob"), true), "Mosquitto's rule");
+        assert!(
+            may(Some("alice"), None, true),
+            "Mosquitto's rule, anonymous"
+        );
+    }
 
     #[test]
     fn failures_slow_down_then_decay() {

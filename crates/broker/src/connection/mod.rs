@@ -380,6 +380,9 @@ async fn admit(
     state.limits.check_connect(connect, info.peer)?;
     let mut accepted = connect::accept(connect, state)?;
     accepted.username = auth::authenticate(connect, &accepted.client_id, info, state).await?;
+    if !registry::may_claim(state, &accepted.client_id, accepted.username.as_deref()) {
+        return Err(ReasonCode::ClientIdentifierNotValid);
+    }
     // Last: the slot is given back only when the connection ends, so
     // nothing may refuse the CONNECT after it is taken.
     state.limits.reserve_connection(info.listener)?;
