@@ -8,9 +8,14 @@ it was away, and retained messages.
 
 from __future__ import annotations
 
+import collections
+import os
+import random
 import shutil
 import signal
 import subprocess
+import threading
+import time
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -109,12 +114,6 @@ def test_qos2_is_exactly_once_at_paho_over_crashes(broker):
     by payload, as an application would: paho hands a QoS 2 message over at
     PUBREL. Every message paho reports published (PUBCOMP) arrives, and none
     twice. TERN_INTEROP_CRASH_KILLS sets the number of kills (default 6)."""
-    import collections
-    import os
-    import random
-    import threading
-    import time
-
     kills = int(os.environ.get("TERN_INTEROP_CRASH_KILLS", "6"))
     rng = random.Random()
     lock = threading.Lock()

@@ -422,6 +422,14 @@ async fn a_will_is_judged_by_the_rules_in_force_when_it_is_published() {
     broker.shutdown().await;
 }
 
+/// Ends the session `connect` would resume (Clean Start, then DISCONNECT),
+/// so the next protocol version's round starts without it.
+async fn end_session(addr: std::net::SocketAddr, mut connect: Connect) {
+    connect.clean_start = true;
+    let (end, _) = TestClient::connect_with(addr, connect).await;
+    end.disconnect().await;
+}
+
 /// A client id whose session belongs to another user is refused (MQTT 5:
 /// CONNACK 0x85, 3.1.1: return code 2): the attack of issue 15, where alice
 /// connected with bob's client id, kicked him off and destroyed his session
@@ -473,12 +481,8 @@ async fn another_user_cannot_take_a_client_id_over() {
         let queued = back.recv_publish().await;
         assert_eq!(queued.payload.as_ref(), b"queued for bob");
         back.ack(&queued).await;
-        // Clean up for the next version.
         back.disconnect().await;
-        let mut clean = as_user(Some("bob"), "bob-persist");
-        clean.clean_start = true;
-        let (end, _) = TestClient::connect_with(addr, clean).await;
-        end.disconnect().await;
+        end_session(addr, as_user(Some("bob"), "bob-persist")).await;
     }
     broker.shutdown().await;
 }
@@ -521,11 +525,7 @@ async fn with_takeover_allowed_another_user_starts_clean() {
         assert!(ack.session_present, "{version:?}: the owner resumes");
         again.expect_nothing().await;
         again.disconnect().await;
-        // Clean up for the next version.
-        let mut clean = as_user("mallory");
-        clean.clean_start = true;
-        let (end, _) = TestClient::connect_with(addr, clean).await;
-        end.disconnect().await;
+        end_session(addr, as_user("mallory")).await;
     }
     broker.shutdown().await;
 }
