@@ -183,6 +183,12 @@ pub fn detach(state: &Arc<BrokerState>, session: &Arc<Session>, departure: Depar
     let mut will_delay = departure.will_delay_secs;
     let mut ended = None;
     let mut expiry_timer = None;
+    // Taken over after this connection stopped looking for kicks (it was
+    // already closing): the kick left for it is dropped below, which tells
+    // the new connection, waiting in `attach`, that this one has detached.
+    let stale_kick = st
+        .kick
+        .take_if(|k| k.connection_id == departure.connection_id);
     // If the session was taken over, the new connection decides its fate and
     // resolves a pending will when it attaches; only the will is handled here.
     if still_attached {
@@ -222,6 +228,7 @@ pub fn detach(state: &Arc<BrokerState>, session: &Arc<Session>, departure: Depar
     }
     drop(st);
     drop(sessions);
+    drop(stale_kick);
     if let Some(subscriptions) = ended {
         remove_subscriptions(state, session, subscriptions.into_keys());
     }
@@ -336,5 +343,45 @@ pub fn remove_subscriptions(
                 tree.insert(inner, group, &session.client_id, old);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Config;
+
+    fn id(n: u64) -> ConnectionId {
+        ConnectionId::new(n).expect("not zero")
+    }
+
+    /// The interleaving behind a 5 s CONNACK: connection 1 has left its loop
+    /// (DISCONNECT read, or the socket lost) and so no longer looks for kicks,
+    /// connection 2 takes the session over, then connection 1 detaches.
+    /// Connection 2 must go on at once, not after `TAKEOVER_WAIT`. Time is
+    /// paused: any wait on a timer shows as elapsed time.
+    #[tokio::test(start_paused = true)]
+    async fn a_takeover_of_a_closing_connection_does_not_wait() {
+        let state = BrokerState::new(Config::default(), None).expect("state");
+        let client_id = ByteStr::from("closing");
+        let first = attach(&state, &client_id, true, 0, id(1), None).await;
+        let takeover = tokio::spawn({
+            let (state, client_id) = (state.clone(), client_id.clone());
+            async move { attach(&state, &client_id, false, 0, id(2), None).await }
+        });
+        while first.session.lock().kick.is_none() {
+            tokio::task::yield_now().await;
+        }
+        let started = tokio::time::Instant::now();
+        let departure = Departure {
+            connection_id: id(1),
+            will: None,
+            will_delay_secs: 0,
+            username: None,
+        };
+        detach(&state, &first.session, departure);
+        let second = takeover.await.expect("attach");
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        assert_eq!(second.session.lock().connection, Some(id(2)));
     }
 }
