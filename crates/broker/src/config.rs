@@ -99,7 +99,9 @@ pub struct Config {
     pub client_id_takeover_by_other_users: bool,
     /// Clients connected at once, over all listeners; 0 = no limit. Default 0.
     pub max_connections: usize,
-    /// Subscriptions one session may hold; 0 = no limit. Default 0.
+    /// Subscriptions one session may hold; 0 = no limit. Default 10,000:
+    /// every filter matching a topic costs its walk through the tree, so
+    /// without a cap one client could make each publish cost millions.
     pub max_subscriptions_per_client: usize,
     /// Levels in a topic name or filter; 0 = no limit. Default 0.
     pub max_topic_levels: usize,
@@ -252,7 +254,7 @@ impl Default for Config {
             acl_file: None,
             client_id_takeover_by_other_users: false,
             max_connections: 0,
-            max_subscriptions_per_client: 0,
+            max_subscriptions_per_client: 10_000,
             max_topic_levels: 0,
             max_publish_rate: 0,
             max_connection_rate: 0,

@@ -14,10 +14,12 @@
 //! | `receive_maximum` | QoS 2 PUBLISH | DISCONNECT 0x93, closed / 3.1.1: closed | `receive_maximum/disconnected` |
 //! | `max_queued_messages`, `max_queued_bytes` | routing | nothing (the message is dropped for that session only) | `queue/dropped` |
 //!
-//! Every limit is off at 0, its default. Off, a limit costs nothing on the
-//! data path: the per-client state ([`ClientLimits`]) is only allocated when
-//! a per-client limit is set, and the one check per PUBLISH is whether that
-//! box exists. Live connections are counted in any case (two atomic
+//! Every limit is off at 0, the default of all but `max_subscriptions_per_client`
+//! (10,000: see `Config`). Off, a limit costs nothing on the data path: the
+//! per-client state ([`ClientLimits`]) is only allocated when
+//! `max_publish_rate` or `max_topic_levels` is set, and the one check per PUBLISH is whether that
+//! box exists. The subscription cap needs no box: it counts the session's
+//! subscriptions, on SUBSCRIBE. Live connections are counted in any case (two atomic
 //! operations per connection, none per packet).
 
 use std::collections::HashMap;
@@ -181,9 +183,7 @@ impl Limits {
             publish_rate,
             max_topic_levels: config.max_topic_levels,
             max_subscriptions: config.max_subscriptions_per_client,
-            per_client: publish_rate.is_some()
-                || config.max_topic_levels > 0
-                || config.max_subscriptions_per_client > 0,
+            per_client: publish_rate.is_some() || config.max_topic_levels > 0,
             counters: Counters::default(),
         }
     }
@@ -382,8 +382,8 @@ pub fn subscription_refused(client: &Client, filter: &str, inner: &str) -> Optio
 /// Logs a refused PUBLISH or subscription, once, at info (throttled).
 fn log_refusal(client: &Client, packet: &str, topic: &str, why: &str) {
     let client_id = client.client_id();
-    // The box exists whenever a limit that refuses packets is set (so one
-    // configuration uses one of the two lines).
+    // The box exists when `max_publish_rate` or `max_topic_levels` is set;
+    // without it a refused subscription is logged without the address.
     match &client.limits {
         Some(own) => {
             crate::throttled!(info, "refused", peer = %own.peer, %client_id, packet, topic, "refused: {why}")

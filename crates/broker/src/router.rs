@@ -7,6 +7,7 @@
 //! lock, then pushes one `Delivery` per session holding the shared
 //! `Arc<Message>`: the payload is never copied per subscriber.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -93,7 +94,7 @@ pub fn publish_with(state: &BrokerState, message: Arc<Message>, group: Group) ->
 /// deliveries to persistent sessions and `group` land in one transaction,
 /// and the deliveries become visible to their connections after that.
 fn route(state: &BrokerState, message: &Arc<Message>, mut group: Group) -> Routed {
-    let targets = merge_overlapping(matching_targets(state, message));
+    let targets = matching_targets(state, message);
     let mut routed = Routed::default();
     let mut staged = Vec::new();
     routed.matched = targets.len();
@@ -131,9 +132,10 @@ fn route(state: &BrokerState, message: &Arc<Message>, mut group: Group) -> Route
     routed
 }
 
-/// Walks the tree under its read lock and returns who should get `message`.
+/// Walks the tree under its read lock and returns who should get `message`,
+/// one target per session.
 fn matching_targets(state: &BrokerState, message: &Message) -> Vec<Target> {
-    let mut targets = Vec::new();
+    let mut targets = Targets::default();
     // One load per message; 0 (no ACL) means no subscription needs a check.
     let acl_generation = state.auth.acl_generation();
     let tree = state.tree();
@@ -143,7 +145,7 @@ fn matching_targets(state: &BrokerState, message: &Message) -> Vec<Target> {
             if value.options.no_local && message.origin.as_ref() == Some(client_id) {
                 return;
             }
-            targets.push(target(value, false, acl_generation));
+            targets.add(value, acl_generation);
         }
         Matched::Shared(group) => {
             let members = group.members();
@@ -156,10 +158,10 @@ fn matching_targets(state: &BrokerState, message: &Message) -> Vec<Target> {
                 .map(|i| &members[(start + i) % members.len()].1)
                 .find(|s| s.session.is_online());
             let chosen = online.unwrap_or(&members[start % members.len()].1);
-            targets.push(target(chosen, true, acl_generation));
+            targets.list.push(target(chosen, true, acl_generation));
         }
     });
-    targets
+    targets.list
 }
 
 fn target(subscriber: &Subscriber, shared: bool, acl_generation: u64) -> Target {
@@ -174,29 +176,64 @@ fn target(subscriber: &Subscriber, shared: bool, acl_generation: u64) -> Target 
     }
 }
 
-/// A client with several matching subscriptions gets one copy at the highest
-/// granted QoS carrying every subscription identifier [MQTT-3.3.4-3],
-/// [MQTT-3.3.4-5]. Retain As Published applies if any matching subscription
-/// asks for it.
-fn merge_overlapping(mut targets: Vec<Target>) -> Vec<Target> {
-    if targets.len() < 2 {
-        return targets;
+/// The targets of one message while the tree is walked: one per session, so
+/// that a session with many matching filters costs one delivery, and each
+/// further filter only a lookup (a client may hold thousands of filters that
+/// all match one topic).
+#[derive(Default)]
+struct Targets {
+    list: Vec<Target>,
+    /// Session → its non-shared target in `list`; built once the list is
+    /// too long to scan.
+    index: HashMap<*const Session, usize>,
+}
+
+/// Up to this many targets a scan finds a session faster than a hash.
+const SCAN_TARGETS: usize = 8;
+
+impl Targets {
+    /// Adds a non-shared subscription: a client with several matching
+    /// subscriptions gets one copy at the highest granted QoS carrying every
+    /// subscription identifier [MQTT-3.3.4-3], [MQTT-3.3.4-5]. Retain As
+    /// Published applies if any matching subscription asks for it.
+    fn add(&mut self, subscriber: &Subscriber, acl_generation: u64) {
+        let key = Arc::as_ptr(&subscriber.session);
+        let found = if self.index.is_empty() {
+            self.list
+                .iter()
+                .position(|t| !t.shared && Arc::as_ptr(&t.session) == key)
+        } else {
+            self.index.get(&key).copied()
+        };
+        let Some(i) = found else {
+            self.list.push(target(subscriber, false, acl_generation));
+            self.index_if_long();
+            return;
+        };
+        let t = &mut self.list[i];
+        t.options.qos = t.options.qos.max(subscriber.options.qos);
+        t.options.retain_as_published |= subscriber.options.retain_as_published;
+        t.subscription_ids.extend(subscriber.subscription_id);
+        // One wholly readable filter matching the topic is enough.
+        t.check &= subscriber
+            .readable
+            .needs_check(acl_generation, &subscriber.session);
     }
-    targets.sort_by_key(|t| (t.shared, Arc::as_ptr(&t.session)));
-    let mut merged: Vec<Target> = Vec::with_capacity(targets.len());
-    for t in targets {
-        match merged.last_mut() {
-            Some(last) if !t.shared && !last.shared && Arc::ptr_eq(&last.session, &t.session) => {
-                last.options.qos = last.options.qos.max(t.options.qos);
-                last.options.retain_as_published |= t.options.retain_as_published;
-                last.subscription_ids.extend(t.subscription_ids);
-                // One wholly readable filter matching the topic is enough.
-                last.check &= t.check;
+
+    /// Keeps `index` complete once the list is longer than a scan should be.
+    fn index_if_long(&mut self) {
+        if self.list.len() <= SCAN_TARGETS {
+            return;
+        }
+        if self.index.is_empty() {
+            for (i, t) in self.list.iter().enumerate().filter(|(_, t)| !t.shared) {
+                self.index.insert(Arc::as_ptr(&t.session), i);
             }
-            _ => merged.push(t),
+        } else if let Some(last) = self.list.last() {
+            self.index
+                .insert(Arc::as_ptr(&last.session), self.list.len() - 1);
         }
     }
-    merged
 }
 
 /// Retained messages matching `filter` that have not expired, for delivery

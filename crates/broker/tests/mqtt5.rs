@@ -363,6 +363,42 @@ async fn overlapping_subscriptions_get_one_copy_with_every_identifier() {
     sub.expect_nothing().await;
 }
 
+/// More sessions than the router scans (it then indexes them), each with
+/// two filters matching the topic: still one copy each, with both ids.
+#[tokio::test]
+async fn many_sessions_with_overlapping_filters_get_one_copy_each() {
+    let broker = start().await;
+    let addr = broker.local_addr();
+    let mut subs = Vec::new();
+    for n in 0..12 {
+        let mut sub = TestClient::connect(addr, V5, &format!("many-{n}")).await;
+        for (filter, id) in [("m/+", 1), ("m/b", 2)] {
+            let granted = sub
+                .subscribe_with(filter, SubscriptionOptions::default(), Some(id))
+                .await;
+            assert_eq!(granted, ReasonCode::Success);
+        }
+        subs.push(sub);
+    }
+    let mut publisher = TestClient::connect(addr, V5, "many-pub").await;
+    publisher
+        .publish("m/b", b"once", QoS::AtMostOnce, false)
+        .await;
+    // Matches one filter only: the next thing each session gets, if "once"
+    // came once.
+    publisher
+        .publish("m/c", b"end", QoS::AtMostOnce, false)
+        .await;
+    for sub in &mut subs {
+        let got = sub.recv_publish().await;
+        assert_eq!(got.payload, "once");
+        let mut ids = got.properties.subscription_identifiers.clone();
+        ids.sort_unstable();
+        assert_eq!(ids, [1, 2]);
+        assert_eq!(sub.recv_publish().await.payload, "end");
+    }
+}
+
 #[tokio::test]
 async fn no_local_skips_the_publisher_only() {
     let broker = start().await;

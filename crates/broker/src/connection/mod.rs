@@ -53,6 +53,10 @@ const IDLE_READ: usize = 128;
 const CLOSE_FLUSH: Duration = Duration::from_secs(1);
 /// How soon a connection that could not park (bytes still to write) looks again.
 const PARK_RETRY: Duration = Duration::from_millis(250);
+/// How long one connection handles packets before it lets other tasks run.
+/// Without it one read's worth of costly packets (a publish matching
+/// thousands of filters) holds a worker thread for as long as they take.
+const PROCESS_BUDGET: Duration = Duration::from_millis(2);
 
 /// The socket halves and the read buffer.
 struct Io<S> {
@@ -401,9 +405,11 @@ async fn run<S: Transport>(conn: &mut Conn<S>) -> Exit {
     let session = client.session.clone();
     // Packets that arrived in the same read as CONNECT are already buffered;
     // handle them now rather than when the next bytes come.
-    if let Err(close) = process(client, &mut io.rbuf, last_heard) {
-        return Exit::Close(close);
-    }
+    // `backlog`: whole packets are left in the buffer after the budget ran out.
+    let mut backlog = match process(client, &mut io.rbuf, last_heard) {
+        Ok(backlog) => backlog,
+        Err(close) => return Exit::Close(close),
+    };
     let connected = state.metrics.clients_connected.load(Ordering::Relaxed);
     let park_after = state
         .parker
@@ -449,17 +455,25 @@ async fn run<S: Transport>(conn: &mut Conn<S>) -> Exit {
             },
             // Stop reading while our responses pile up unread: backpressure
             // on a client that publishes without reading its acks.
-            read = io.reader.read_buf(&mut io.rbuf), if client.out.len() < outbound::HIGH_WATER => match read {
+            read = io.reader.read_buf(&mut io.rbuf), if !backlog && client.out.len() < outbound::HIGH_WATER => match read {
                 Ok(0) => return Exit::Close(Close::Lost(None)),
                 Ok(n) => {
                     busy = n >= spare;
                     Metrics::add(&state.metrics.bytes_received, n as u64);
-                    if let Err(close) = process(client, &mut io.rbuf, last_heard) {
-                        return Exit::Close(close);
-                    }
+                    backlog = match process(client, &mut io.rbuf, last_heard) {
+                        Ok(backlog) => backlog,
+                        Err(close) => return Exit::Close(close),
+                    };
                 }
                 Err(e) => return Exit::Close(Close::Lost(Some(e))),
             },
+            // The budget ran out: the rest of the buffer after other tasks.
+            () = tokio::task::yield_now(), if backlog && client.out.len() < outbound::HIGH_WATER => {
+                backlog = match process(client, &mut io.rbuf, last_heard) {
+                    Ok(backlog) => backlog,
+                    Err(close) => return Exit::Close(close),
+                };
+            }
             _ = session.notify.notified() => last_active = Instant::now(),
             // Held responses go out once the store has what they promise.
             () = store_progress(&mut durable), if client.holds.is_some() => {}
@@ -535,13 +549,15 @@ fn prepare_read_buffer(rbuf: &mut BytesMut, busy: bool) -> usize {
     rbuf.capacity() - rbuf.len()
 }
 
-/// Decodes and handles every whole packet in the read buffer. `Err`: the
-/// connection closes (the client's DISCONNECT, or a protocol violation).
+/// Decodes and handles the whole packets in the read buffer, for up to
+/// [`PROCESS_BUDGET`]. `Ok(true)`: it stopped with bytes left, to go on after
+/// other tasks had their turn. `Err`: the connection closes (the client's
+/// DISCONNECT, or a protocol violation).
 fn process(
     client: &mut Client,
     rbuf: &mut BytesMut,
     last_heard: &mut Instant,
-) -> Result<(), Close> {
+) -> Result<bool, Close> {
     let mut pubacks = PubAcks::default();
     let result = handle_packets(client, rbuf, last_heard, &mut pubacks);
     // Whatever ended the reading, the PUBACKs before it count.
@@ -555,15 +571,20 @@ fn handle_packets(
     rbuf: &mut BytesMut,
     last_heard: &mut Instant,
     pubacks: &mut PubAcks,
-) -> Result<(), Close> {
+) -> Result<bool, Close> {
     let max = client.state.config.max_packet_size as usize;
+    let started = Instant::now();
+    let mut now = started;
     loop {
+        if now - started >= PROCESS_BUDGET && !rbuf.is_empty() {
+            return Ok(true);
+        }
         let packet = match tern_codec::decode(rbuf, client.version, max) {
             Ok(Some(packet)) => packet,
-            Ok(None) => return Ok(()),
+            Ok(None) => return Ok(false),
             Err(e) => return Err(Close::Violation(e.into())),
         };
-        *last_heard = Instant::now();
+        *last_heard = now;
         Metrics::add(&client.state.metrics.packets_received, 1);
         if matches!(packet, Packet::Publish(_)) && !limits::publish_allowed(client, *last_heard) {
             return Err(Close::PublishRate);
@@ -576,6 +597,7 @@ fn handle_packets(
             }
             Err(v) => return Err(Close::Violation(v)),
         }
+        now = Instant::now();
     }
 }
 
