@@ -19,7 +19,7 @@ use crate::metrics::Metrics;
 use crate::session::{Delivery, NotQueued, Session};
 use crate::state::{BrokerState, Subscriber};
 use crate::store::Group;
-use crate::topic_tree::Matched;
+use crate::topic_tree::{Matched, SharedGroup};
 
 /// Splits `$share/group/filter` into `(Some(group), filter)`; any other
 /// filter into `(None, filter)`. `None` if a share filter is malformed: the
@@ -94,12 +94,30 @@ pub fn publish_with(state: &BrokerState, message: Arc<Message>, group: Group) ->
 /// deliveries to persistent sessions and `group` land in one transaction,
 /// and the deliveries become visible to their connections after that.
 fn route(state: &BrokerState, message: &Arc<Message>, mut group: Group) -> Routed {
-    let targets = matching_targets(state, message);
-    let mut routed = Routed::default();
+    let Targets {
+        mut list, groups, ..
+    } = matching_targets(state, message);
+    let mut routed = Routed {
+        matched: list.len() + groups.len(),
+        ..Routed::default()
+    };
     let mut staged = Vec::new();
-    routed.matched = targets.len();
     let mut acl = ReadCheck::default();
-    for target in targets {
+    // A shared message goes to the first member in pick order that may
+    // read its topic; only if none may is it dropped.
+    for candidates in groups {
+        let mut readable = candidates
+            .into_iter()
+            .filter(|t| !t.check || acl.allows(state, &t.session, &message.topic));
+        match readable.next() {
+            Some(chosen) => list.push(Target {
+                check: false,
+                ..chosen
+            }),
+            None => Metrics::add(&state.metrics.publish_dropped, 1),
+        }
+    }
+    for target in list {
         if target.check && !acl.allows(state, &target.session, &message.topic) {
             continue;
         }
@@ -132,9 +150,10 @@ fn route(state: &BrokerState, message: &Arc<Message>, mut group: Group) -> Route
     routed
 }
 
-/// Walks the tree under its read lock and returns who should get `message`,
-/// one target per session.
-fn matching_targets(state: &BrokerState, message: &Message) -> Vec<Target> {
+/// Walks the tree under its read lock and returns who should get `message`:
+/// one target per session, and the shared groups whose pick depends on an
+/// ACL check (made after the lock is released).
+fn matching_targets(state: &BrokerState, message: &Message) -> Targets {
     let mut targets = Targets::default();
     // One load per message; 0 (no ACL) means no subscription needs a check.
     let acl_generation = state.auth.acl_generation();
@@ -147,21 +166,9 @@ fn matching_targets(state: &BrokerState, message: &Message) -> Vec<Target> {
             }
             targets.add(value, acl_generation);
         }
-        Matched::Shared(group) => {
-            let members = group.members();
-            if members.is_empty() {
-                return;
-            }
-            // Round robin, skipping members that are offline when any is online.
-            let start = group.next_start();
-            let online = (0..members.len())
-                .map(|i| &members[(start + i) % members.len()].1)
-                .find(|s| s.session.is_online());
-            let chosen = online.unwrap_or(&members[start % members.len()].1);
-            targets.list.push(target(chosen, true, acl_generation));
-        }
+        Matched::Shared(group) => targets.add_shared(group, acl_generation),
     });
-    targets.list
+    targets
 }
 
 fn target(subscriber: &Subscriber, shared: bool, acl_generation: u64) -> Target {
@@ -183,6 +190,9 @@ fn target(subscriber: &Subscriber, shared: bool, acl_generation: u64) -> Target 
 #[derive(Default)]
 struct Targets {
     list: Vec<Target>,
+    /// Shared groups whose first choice needs an ACL check: their members
+    /// in pick order, up to the first that needs none.
+    groups: Vec<Vec<Target>>,
     /// Session → its non-shared target in `list`; built once the list is
     /// too long to scan.
     index: HashMap<*const Session, usize>,
@@ -218,6 +228,40 @@ impl Targets {
         t.check &= subscriber
             .readable
             .needs_check(acl_generation, &subscriber.session);
+    }
+
+    /// Picks the member of a shared group that gets the message: round
+    /// robin, online members before offline ones. A member that may need an
+    /// ACL check is not sure to get it, so then the group's members go to
+    /// `groups` in that order, to be checked one by one.
+    fn add_shared(&mut self, group: &SharedGroup<Subscriber>, acl_generation: u64) {
+        let members = group.members();
+        if members.is_empty() {
+            return;
+        }
+        let start = group.next_start();
+        let in_turn = (0..members.len()).map(|i| &members[(start + i) % members.len()].1);
+        let online = in_turn.clone().filter(|s| s.session.is_online());
+        let offline = in_turn.filter(|s| !s.session.is_online());
+        let mut order = online
+            .chain(offline)
+            .map(|s| target(s, true, acl_generation));
+        let Some(first) = order.next() else {
+            return;
+        };
+        if !first.check {
+            self.list.push(first);
+            return;
+        }
+        let mut candidates = vec![first];
+        for t in order {
+            let sure = !t.check;
+            candidates.push(t);
+            if sure {
+                break;
+            }
+        }
+        self.groups.push(candidates);
     }
 
     /// Keeps `index` complete once the list is longer than a scan should be.

@@ -346,6 +346,59 @@ async fn deliveries_and_retained_follow_deny() {
     broker.shutdown().await;
 }
 
+/// A member of a shared group whose ACL does not let it read a message's
+/// topic does not take its turn: the message goes to a member that may
+/// read it. Before, alice's turns were lost: bob-worker got half.
+#[tokio::test]
+async fn a_shared_message_goes_to_a_member_that_may_read_it() {
+    let (broker, _) = acl_broker("shared", |_| {}).await;
+    let mut worker = connect_as(&broker, V5, "bob-worker", Some("bob")).await;
+    let mut alice = connect_as(&broker, V5, "a1", Some("alice")).await;
+    for client in [&mut worker, &mut alice] {
+        // Granted to alice too: alice/task matches the filter.
+        let granted = client
+            .subscribe("$share/jobs/+/task", QoS::AtLeastOnce)
+            .await;
+        assert_eq!(granted, ReasonCode::GrantedQoS1);
+    }
+    let mut root = connect_as(&broker, V5, "root", Some("root")).await;
+    for _ in 0..20 {
+        root.publish("r/task", b"job", QoS::AtLeastOnce, false)
+            .await;
+    }
+    for _ in 0..20 {
+        let p = worker.recv_publish().await;
+        assert_eq!(p.topic.as_str(), "r/task");
+        worker.ack(&p).await;
+    }
+    // Both may read alice/task: their turns alternate as before.
+    root.publish("alice/task", b"a", QoS::AtLeastOnce, false)
+        .await;
+    root.publish("alice/task", b"b", QoS::AtLeastOnce, false)
+        .await;
+    let (p, q) = (worker.recv_publish().await, alice.recv_publish().await);
+    assert_ne!(p.payload, q.payload);
+    worker.ack(&p).await;
+    alice.ack(&q).await;
+    alice.expect_nothing().await;
+
+    // With no member that may read it, the message is dropped, and counted.
+    worker.disconnect().await;
+    let dropped = || {
+        broker
+            .state()
+            .metrics
+            .publish_dropped
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let before = dropped();
+    root.publish("r/task", b"nobody", QoS::AtLeastOnce, false)
+        .await;
+    assert_eq!(dropped(), before + 1);
+    alice.expect_nothing().await;
+    broker.shutdown().await;
+}
+
 #[tokio::test]
 async fn will_must_be_writable() {
     let (broker, _) = acl_broker("will", |_| {}).await;
