@@ -400,6 +400,17 @@ async fn will_topic_with_wildcard_is_refused() {
         let (mut client, connack) = TestClient::connect_with(addr, connect).await;
         assert_eq!(connack.reason, ReasonCode::TopicNameInvalid, "{topic}");
         assert_eq!(read_until_closed(&mut client).await, vec![]);
+        // MQTT 3.1.1 has no return code for a malformed will topic: the
+        // connection is closed without CONNACK (not "Server unavailable").
+        for version in [ProtocolVersion::V3_1_1, ProtocolVersion::V3_1] {
+            let connect = Connect {
+                will: Some(will(topic)),
+                ..connect_packet(version, "wild")
+            };
+            let mut client = TestClient::raw(addr, version).await;
+            client.send(Packet::Connect(Box::new(connect))).await;
+            assert_eq!(read_until_closed(&mut client).await, vec![], "{version:?}");
+        }
     }
     // The refused will is never published.
     watcher.expect_nothing().await;

@@ -740,6 +740,45 @@ async fn ws_answers_old_subprotocol_and_closes_on_text() {
     broker.shutdown().await;
 }
 
+/// Sends a WebSocket upgrade request for `path` with `headers` (each ending
+/// in CRLF) and returns the response: the head of a 101, all of a refusal.
+async fn raw_upgrade(addr: SocketAddr, path: &str, headers: &str) -> String {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{headers}\r\n"
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(WAIT, async {
+        let upgraded = |r: &[u8]| r.starts_with(b"HTTP/1.1 101") && r.ends_with(b"\r\n\r\n");
+        while !upgraded(&response) && tcp.read_buf(&mut response).await.unwrap() > 0 {}
+    })
+    .await
+    .unwrap();
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+/// An upgrade that offers subprotocols, none of them MQTT, is refused: the
+/// client would speak something else. One offering none is let in, as
+/// Mosquitto does, for clients that leave the header out.
+#[tokio::test]
+async fn ws_unknown_subprotocol_gets_400() {
+    let ws = ListenerConfig {
+        transport: ListenerTransport::Ws,
+        ..ListenerConfig::tcp(any_port())
+    };
+    let broker = Broker::start(config_with(vec![ws])).await.unwrap();
+    let addr = broker.local_addr();
+    let response = raw_upgrade(addr, "/mqtt", "Sec-WebSocket-Protocol: chat, superchat\r\n").await;
+    assert!(response.starts_with("HTTP/1.1 400"), "{response}");
+    assert!(response.contains("mqtt"), "says what to offer: {response}");
+    let response = raw_upgrade(addr, "/mqtt", "").await;
+    assert!(response.starts_with("HTTP/1.1 101"), "{response}");
+    assert!(!response.contains("Sec-WebSocket-Protocol"), "{response}");
+    broker.shutdown().await;
+}
+
 #[tokio::test]
 async fn ws_other_path_gets_404() {
     let ws = ListenerConfig {
@@ -748,18 +787,7 @@ async fn ws_other_path_gets_404() {
     };
     let broker = Broker::start(config_with(vec![ws])).await.unwrap();
     let addr = broker.local_addr();
-    let mut tcp = TcpStream::connect(addr).await.unwrap();
-    let request = format!(
-        "GET /elsewhere HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
-    );
-    tcp.write_all(request.as_bytes()).await.unwrap();
-    let mut response = Vec::new();
-    tokio::time::timeout(WAIT, tcp.read_to_end(&mut response))
-        .await
-        .unwrap()
-        .unwrap();
-    let response = String::from_utf8_lossy(&response);
+    let response = raw_upgrade(addr, "/elsewhere", "").await;
     assert!(response.starts_with("HTTP/1.1 404"), "{response}");
     // The listener still serves the right path.
     let tcp = TcpStream::connect(addr).await.unwrap();

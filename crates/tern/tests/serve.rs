@@ -252,6 +252,19 @@ fn sighup_reloads_the_password_file_and_keeps_it_when_broken() {
         "the error names the file: {error}"
     );
     assert_eq!(login(&addr, "alice", "second"), ReasonCode::Success);
+
+    // A file without users is taken (it may be meant), but said loudly.
+    std::fs::write(&file, "# nobody yet\nnot a user line\n").unwrap();
+    sighup(&child);
+    let warning = wait_for_line(&log, "no usable users");
+    assert!(
+        warning.contains("WARN") && warning.contains("passwd"),
+        "{warning}"
+    );
+    assert_eq!(
+        login(&addr, "alice", "second"),
+        ReasonCode::BadUserNameOrPassword
+    );
     assert!(child.try_wait().unwrap().is_none(), "still running");
     child.kill().unwrap();
     let _ = child.wait();

@@ -65,7 +65,13 @@ impl Auth {
         let passwords = match &config.password_file {
             Some(path) => {
                 let table = PasswordTable::load(path)?;
-                tracing::info!(file = %path.display(), users = table.len(), "password file loaded");
+                if table.is_empty() {
+                    // Most likely a mistake (a file emptied, or every line
+                    // unusable): from now on no password login succeeds.
+                    tracing::warn!(file = %path.display(), "password file has no usable users: every login with a username will be refused until it has some");
+                } else {
+                    tracing::info!(file = %path.display(), users = table.len(), "password file loaded");
+                }
                 Some(table)
             }
             None => None,

@@ -314,6 +314,10 @@ async fn start_session<S: AsyncWrite>(
             // Never the password.
             let username = connect.username.as_ref().map(|u| u.as_str());
             crate::throttled!(info, "refusing CONNECT", %peer, client_id = %connect.client_id, username, ?reason, "refusing CONNECT");
+            if reason == ReasonCode::MalformedPacket && version != ProtocolVersion::V5 {
+                // No 3.1.1 return code says so: closed without CONNACK.
+                return None;
+            }
             let mut out = BytesMut::new();
             if Packet::ConnAck(connect::refusal(reason))
                 .encode(version, &mut out)

@@ -39,7 +39,13 @@ pub fn accept(connect: &Connect, state: &BrokerState) -> Result<Accepted, Reason
     }
     if let Some(will) = &connect.will {
         if !is_valid_topic_name(&will.topic) {
-            return Err(ReasonCode::TopicNameInvalid);
+            // A will topic with wildcards is malformed. MQTT 5 has a CONNACK
+            // code for it; 3.1.1 has none, so the connection is closed
+            // without CONNACK, as for any protocol violation [MQTT-4.8.0-1].
+            return Err(match connect.protocol {
+                ProtocolVersion::V5 => ReasonCode::TopicNameInvalid,
+                _ => ReasonCode::MalformedPacket,
+            });
         }
         if will.qos > state.maximum_qos() {
             return Err(ReasonCode::QoSNotSupported);

@@ -100,14 +100,33 @@ fn respond(
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(','))
         .map(str::trim)
+        .filter(|p| !p.is_empty())
         .collect();
-    if let Some(chosen) = SUBPROTOCOLS.iter().find(|p| offered.contains(p)) {
-        response.headers_mut().insert(
-            header::SEC_WEBSOCKET_PROTOCOL,
-            HeaderValue::from_static(chosen),
-        );
+    match SUBPROTOCOLS.iter().find(|p| offered.contains(p)) {
+        Some(chosen) => {
+            response.headers_mut().insert(
+                header::SEC_WEBSOCKET_PROTOCOL,
+                HeaderValue::from_static(chosen),
+            );
+        }
+        // Subprotocols offered, none of them MQTT: the client means to
+        // speak something else [MQTT-6.0.0-3], and would not understand
+        // our answer. No header at all is let in (clients that omit it).
+        None if !offered.is_empty() => return Err(bad_subprotocol()),
+        None => {}
     }
     Ok(response)
+}
+
+/// The answer to an upgrade offering only subprotocols other than MQTT.
+fn bad_subprotocol() -> ErrorResponse {
+    let body = "Unsupported WebSocket subprotocol: offer \"mqtt\" (or \"mqttv3.1\")\n";
+    let mut response = ErrorResponse::new(Some(body.into()));
+    *response.status_mut() = StatusCode::BAD_REQUEST;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    response
 }
 
 fn into_io(e: WsError) -> io::Error {
