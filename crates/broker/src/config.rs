@@ -55,6 +55,15 @@ pub struct Config {
     /// Seconds a new connection may take to send CONNECT before it is closed.
     /// Default 10.
     pub connect_timeout_secs: u64,
+    /// The largest CONNECT accepted, in bytes: until a client has logged in
+    /// this, not `max_packet_size`, bounds what it can make the broker hold.
+    /// Default 131072 (room for a full 64 KiB will payload and a long token).
+    pub max_connect_size: u32,
+    /// Bytes all connections that have not finished CONNECT may have the
+    /// broker hold together, beyond the first 4 KiB of each (which any
+    /// ordinary CONNECT fits in). Past it such a connection is closed.
+    /// Default 16 MiB.
+    pub max_connecting_bytes: usize,
     /// Milliseconds without traffic after which a TCP connection is parked:
     /// its task ends and the socket waits in one shared epoll set, so an idle
     /// client costs a few hundred bytes instead of a few kilobytes. The first
@@ -244,6 +253,8 @@ impl Default for Config {
             retain_available: true,
             sys_interval_secs: 10,
             connect_timeout_secs: 10,
+            max_connect_size: 128 * 1024,
+            max_connecting_bytes: 16 * 1024 * 1024,
             park_idle_ms: 1000,
             persistence: true,
             data_dir: PathBuf::from("tern-data"),

@@ -11,6 +11,8 @@
 //! | | CONNECT (will topic) | CONNACK 0x90 / 3.1.1: 3 | `topic_levels/refused` |
 //! | `max_publish_rate` | PUBLISH | DISCONNECT 0x96, closed / 3.1.1: closed | `publish_rate/disconnected` |
 //! | `max_packet_size` | any packet | DISCONNECT 0x95, closed / 3.1.1: closed | `packet_size/refused` |
+//! | `max_connect_size` | CONNECT (fixed header) | CONNACK 0x95 / 3.1.1: closed | `packet_size/refused` |
+//! | `max_connecting_bytes` | reads before CONNECT ([`ConnectBytes`]) | closed | `connecting_bytes/refused` |
 //! | `receive_maximum` | QoS 2 PUBLISH | DISCONNECT 0x93, closed / 3.1.1: closed | `receive_maximum/disconnected` |
 //! | `max_queued_messages`, `max_queued_bytes` | routing | nothing (the message is dropped for that session only) | `queue/dropped` |
 //!
@@ -24,8 +26,8 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tern_codec::{Connect, DecodeError, Packet, ProtocolVersion, PubAck, Publish, QoS, ReasonCode};
@@ -63,6 +65,11 @@ pub struct Limits {
     max_subscriptions: usize,
     /// Whether clients get a [`ClientLimits`].
     per_client: bool,
+    /// Bytes held for connections that have not finished CONNECT, past
+    /// each one's free [`FREE_CONNECT_BYTES`] (see [`ConnectBytes`]).
+    connecting: Arc<Connecting>,
+    max_connecting_bytes: usize,
+    max_connect_size: usize,
     pub counters: Counters,
 }
 
@@ -184,8 +191,37 @@ impl Limits {
             max_topic_levels: config.max_topic_levels,
             max_subscriptions: config.max_subscriptions_per_client,
             per_client: publish_rate.is_some() || config.max_topic_levels > 0,
+            connecting: Arc::default(),
+            max_connecting_bytes: config.max_connecting_bytes,
+            max_connect_size: config.max_connect_size as usize,
             counters: Counters::default(),
         }
+    }
+
+    /// The largest CONNECT accepted: `max_connect_size`, or `max_packet_size`
+    /// if that is smaller.
+    pub fn max_connect_size(&self, max_packet_size: u32) -> usize {
+        self.max_connect_size.min(max_packet_size as usize)
+    }
+
+    /// A new connection's account of what it makes the broker hold until
+    /// its CONNECT is accepted.
+    pub fn connect_bytes(&self, peer: SocketAddr) -> ConnectBytes {
+        ConnectBytes {
+            peer,
+            totals: self.connecting.clone(),
+            max_total: self.max_connecting_bytes,
+            max_own: self.max_connect_size.saturating_add(CONNECT_SLACK),
+            held: AtomicUsize::new(0),
+            charged: AtomicUsize::new(0),
+            done: AtomicBool::new(false),
+        }
+    }
+
+    /// Bytes held now for connections that have not finished CONNECT,
+    /// past each one's first 4 KiB.
+    pub fn connecting_bytes(&self) -> usize {
+        self.connecting.bytes.load(Ordering::Relaxed)
     }
 
     /// Checks a CONNECT before anything else looks at it: the connection
@@ -270,7 +306,7 @@ impl Limits {
     }
 
     /// The counters, by topic below `$SYS/broker/`.
-    pub fn snapshot(&self) -> [(&'static str, u64); 8] {
+    pub fn snapshot(&self) -> [(&'static str, u64); 9] {
         let c = &self.counters;
         let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         [
@@ -294,6 +330,10 @@ impl Limits {
                 get(&c.receive_maximum_disconnected),
             ),
             ("limits/queue/dropped", get(&c.queue_dropped)),
+            (
+                "limits/connecting_bytes/refused",
+                get(&self.connecting.refused),
+            ),
         ]
     }
 
@@ -389,6 +429,79 @@ fn log_refusal(client: &Client, packet: &str, topic: &str, why: &str) {
             crate::throttled!(info, "refused", peer = %own.peer, %client_id, packet, topic, "refused: {why}")
         }
         None => crate::throttled!(info, "refused", %client_id, packet, topic, "refused: {why}"),
+    }
+}
+
+/// Bytes of each connection not charged to `max_connecting_bytes`: any
+/// ordinary CONNECT (and WebSocket upgrade request) fits, so ordinary clients
+/// get in however much others hold.
+pub const FREE_CONNECT_BYTES: usize = 4 * 1024;
+
+/// What one connection may hold beyond `max_connect_size` before CONNECT:
+/// a WebSocket upgrade request and frame headers, the start of the packet
+/// after CONNECT in the same read.
+const CONNECT_SLACK: usize = 16 * 1024;
+
+/// What one connection makes the broker hold before its CONNECT is accepted:
+/// its read buffer or, for WebSocket, the bytes tungstenite read for it.
+/// Beyond [`FREE_CONNECT_BYTES`] they count against `max_connecting_bytes`
+/// for all such connections together; given back when CONNECT is accepted
+/// ([`ConnectBytes::release`]) or the connection ends (drop).
+/// Atomics only so a WebSocket stream may hold it (it is `Sync`); one task
+/// uses it.
+#[derive(Debug)]
+pub struct ConnectBytes {
+    peer: SocketAddr,
+    totals: Arc<Connecting>,
+    max_total: usize,
+    max_own: usize,
+    held: AtomicUsize,
+    charged: AtomicUsize,
+    done: AtomicBool,
+}
+
+impl ConnectBytes {
+    /// Counts `n` more bytes held; false if that goes over this
+    /// connection's share or over everyone's (the connection must close).
+    pub fn hold(&self, n: usize) -> bool {
+        if self.done.load(Ordering::Relaxed) {
+            return true;
+        }
+        let held = self.held.fetch_add(n, Ordering::Relaxed) + n;
+        let within = held <= self.max_own && {
+            let due = held.saturating_sub(FREE_CONNECT_BYTES);
+            let charge = due.saturating_sub(self.charged.load(Ordering::Relaxed));
+            self.charged.fetch_add(charge, Ordering::Relaxed);
+            let total = self.totals.bytes.fetch_add(charge, Ordering::Relaxed) + charge;
+            charge == 0 || total <= self.max_total
+        };
+        if !within {
+            count(&self.totals.refused);
+            let peer = self.peer;
+            crate::throttled!(info, "connecting bytes", %peer, held, "closing connection: it sent too much before its CONNECT was accepted (max_connect_size, max_connecting_bytes)");
+        }
+        within
+    }
+
+    /// CONNECT accepted: gives the bytes back; no more are counted.
+    pub fn release(&self) {
+        self.done.store(true, Ordering::Relaxed);
+        let charged = self.charged.swap(0, Ordering::Relaxed);
+        self.totals.bytes.fetch_sub(charged, Ordering::Relaxed);
+    }
+}
+
+/// The bytes all connections not past CONNECT hold (beyond their free
+/// share), and how many were closed for going over.
+#[derive(Debug, Default)]
+struct Connecting {
+    bytes: AtomicUsize,
+    refused: AtomicU64,
+}
+
+impl Drop for ConnectBytes {
+    fn drop(&mut self) {
+        self.release();
     }
 }
 

@@ -132,3 +132,142 @@ async fn the_default_subscription_cap_refuses_filter_10001() {
         ReasonCode::GrantedQoS1
     );
 }
+
+/// The first bytes of a CONNECT that declares `size` bytes after its fixed
+/// header, and `sent` bytes of that body (never the whole).
+fn partial_connect(size: usize, sent: usize) -> Vec<u8> {
+    let mut out = vec![0x10];
+    varint(size, &mut out);
+    out.extend(std::iter::repeat_n(0u8, sent));
+    out
+}
+
+/// Waits until `cond` holds (every event it depends on comes from sockets
+/// the broker serves in other tasks), for at most `WAIT`.
+async fn eventually(what: &str, cond: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not within {WAIT:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Clients that never finish their CONNECT: each may make the broker hold
+/// at most `max_connect_size` (a CONNECT declaring more is refused at its
+/// fixed header), and all together at most `max_connecting_bytes` beyond
+/// 4 KiB each; past that they are closed. Before, each could make it hold
+/// `max_packet_size`, with no total. Ordinary clients still get in.
+#[tokio::test]
+async fn half_sent_connects_are_bounded_per_connection_and_in_total() {
+    let broker = start_with(Config {
+        max_connect_size: 64 * 1024,
+        max_connecting_bytes: 256 * 1024,
+        ..test_config()
+    })
+    .await;
+    let addr = broker.local_addr();
+    let limits = &broker.state().limits;
+
+    // Over max_connect_size (but under max_packet_size): refused at once.
+    let mut big = TestClient::raw(addr, V5).await;
+    big.send_bytes(&partial_connect(100 * 1024, 16)).await;
+    assert_eq!(read_until_closed(&mut big).await, vec![]);
+    // All but the last byte of the largest CONNECT allowed: held, and the
+    // buffer grows to what the CONNECT declared, not beyond.
+    let mut largest = TestClient::raw(addr, V5).await;
+    largest
+        .send_bytes(&partial_connect(64 * 1024 - 4, 64 * 1024 - 5))
+        .await;
+    assert!(
+        largest.next(Duration::from_millis(200)).await.is_err(),
+        "still open"
+    );
+    assert!(limits.connecting_bytes() <= 64 * 1024);
+    drop(largest);
+    eventually("the held bytes given back", || {
+        limits.connecting_bytes() == 0
+    })
+    .await;
+
+    // 60 KiB each: four fit in 256 KiB, the rest are closed.
+    let mut open = Vec::new();
+    for _ in 0..10 {
+        let mut c = TestClient::raw(addr, V5).await;
+        c.send_bytes(&partial_connect(60 * 1024, 30 * 1024)).await;
+        open.push(c);
+    }
+    let mut closed = 0;
+    for c in &mut open {
+        if let Ok(None) = c.next(Duration::from_millis(200)).await {
+            closed += 1;
+        }
+    }
+    assert_eq!(closed, 6, "four 60 KiB CONNECTs fit in 256 KiB");
+    assert!(limits.connecting_bytes() <= 256 * 1024);
+    let refused = limits.snapshot();
+    assert!(
+        refused.contains(&("limits/connecting_bytes/refused", 6)),
+        "{refused:?}"
+    );
+
+    // An ordinary client is not held up by them.
+    let ok = TestClient::connect(addr, V5, "ordinary").await;
+    drop(ok);
+    // Gone: what they held is given back.
+    drop(open);
+    eventually("the held bytes given back", || {
+        limits.connecting_bytes() == 0
+    })
+    .await;
+}
+
+/// The same over WebSocket, where tungstenite buffers a frame whole before
+/// the broker sees a byte of it: a non-final frame as large as the message
+/// limit allows used to be held in full. Now the socket under tungstenite
+/// counts what it reads before CONNECT, so the connection is closed once it
+/// passes `max_connect_size` (plus 16 KiB for the upgrade request).
+#[tokio::test]
+async fn half_sent_websocket_frames_are_bounded() {
+    use tern_broker::config::{ListenerConfig, ListenerTransport};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ws = ListenerConfig {
+        transport: ListenerTransport::Ws,
+        ..ListenerConfig::tcp("127.0.0.1:0".parse().unwrap())
+    };
+    let broker = start_with(Config {
+        listeners: vec![ws],
+        max_connect_size: 64 * 1024,
+        ..test_config()
+    })
+    .await;
+    let addr = broker.local_addr();
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "GET /mqtt HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Protocol: mqtt\r\n\r\n"
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut head = vec![0u8; 4096];
+    let n = tcp.read(&mut head).await.unwrap();
+    assert!(head[..n].starts_with(b"HTTP/1.1 101"));
+    // A binary frame, not final, masked, declaring 1 MiB; 200 KiB of it sent.
+    let mut frame = vec![0x02, 0x80 | 127];
+    frame.extend_from_slice(&(1u64 << 20).to_be_bytes());
+    frame.extend_from_slice(&[0, 0, 0, 0]);
+    let body = vec![0u8; 200 * 1024];
+    tcp.write_all(&frame).await.unwrap();
+    // The broker closes while the body is on its way: a write may fail.
+    let _ = tcp.write_all(&body).await;
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(WAIT, tcp.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the connection was not closed");
+    let snapshot = broker.state().limits.snapshot();
+    assert!(
+        snapshot.contains(&("limits/connecting_bytes/refused", 1)),
+        "{snapshot:?}"
+    );
+}

@@ -599,7 +599,7 @@ async fn limit_counters_are_published_under_sys() {
         if seen
             .get("$SYS/broker/limits/subscriptions/refused")
             .is_some_and(|v| v == "1")
-            && seen.len() == 8
+            && seen.len() == 9
         {
             break;
         }
@@ -612,6 +612,7 @@ async fn limit_counters_are_published_under_sys() {
         "packet_size/refused",
         "receive_maximum/disconnected",
         "queue/dropped",
+        "connecting_bytes/refused",
     ] {
         assert_eq!(seen[&format!("$SYS/broker/limits/{topic}")], "0", "{topic}");
     }

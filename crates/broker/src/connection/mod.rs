@@ -38,6 +38,7 @@ use crate::error::ProtocolViolation;
 use crate::handler::ack::PubAcks;
 use crate::handler::{self, Flow, connect};
 use crate::limits;
+use crate::limits::ConnectBytes;
 use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::registry::{self, Departure};
@@ -107,6 +108,9 @@ pub struct ConnInfo {
     pub listener: usize,
     /// TLS with client certificates: the verified certificate's Common Name.
     pub cert_identity: Option<String>,
+    /// Set when the transport itself counts what it buffers before CONNECT
+    /// (WebSocket: tungstenite's frames); given back once CONNECT is accepted.
+    pub connect_bytes: Option<Arc<ConnectBytes>>,
 }
 
 /// A connection past CONNECT: what its task owns.
@@ -150,8 +154,14 @@ async fn handshake<S: Transport>(
         rbuf: BytesMut::new(),
     };
     let timeout = Duration::from_secs(state.config.connect_timeout_secs);
+    // The read buffer's bytes count, unless the transport counts its own.
+    let own_bytes = match &info.connect_bytes {
+        Some(_) => None,
+        None => Some(state.limits.connect_bytes(peer)),
+    };
+    let reading = read_connect(&mut io, &state, own_bytes.as_ref());
     let connect = tokio::select! {
-        r = tokio::time::timeout(timeout, read_connect(&mut io, &state)) => match r {
+        r = tokio::time::timeout(timeout, reading) => match r {
             Ok(Ok(Some(connect))) => connect,
             Ok(Ok(None)) => return None,
             Ok(Err(e)) => {
@@ -168,6 +178,11 @@ async fn handshake<S: Transport>(
         _ = state.shutdown.cancelled() => return None,
     };
     let client = start_session(&mut io, connect, &info, &state).await?;
+    // Logged in: what it holds from now on is bounded by max_packet_size.
+    if let Some(bytes) = &info.connect_bytes {
+        bytes.release();
+    }
+    drop(own_bytes);
     Metrics::add(&state.metrics.clients_connected, 1);
     Some(Conn {
         io,
@@ -233,13 +248,16 @@ fn park<S: Transport>(conn: Conn<S>) {
     }
 }
 
-/// Reads until the first packet, which must be CONNECT [MQTT-3.1.0-1].
-/// `Ok(None)`: the socket closed or the first packet was something else.
+/// Reads until the first packet, which must be CONNECT [MQTT-3.1.0-1],
+/// of at most `max_connect_size`; the read buffer's growth is counted in
+/// `bytes`. `Ok(None)`: the socket closed, the first packet was something
+/// else, or the connection holds too much ([`ConnectBytes::hold`]).
 async fn read_connect<S: AsyncRead>(
     io: &mut Io<S>,
     state: &BrokerState,
+    bytes: Option<&ConnectBytes>,
 ) -> Result<Option<Box<Connect>>, tern_codec::DecodeError> {
-    let max = state.config.max_packet_size as usize;
+    let max = state.limits.max_connect_size(state.config.max_packet_size);
     loop {
         match tern_codec::decode(&mut io.rbuf, ProtocolVersion::V5, max)? {
             Some(Packet::Connect(connect)) => {
@@ -258,7 +276,19 @@ async fn read_connect<S: AsyncRead>(
             }
             None => {}
         }
-        io.rbuf.reserve(IDLE_READ);
+        // Exactly the rest of a CONNECT begun, so the buffer holds no more
+        // than it declared.
+        let before = io.rbuf.capacity();
+        let want = tern_codec::frame_size(&io.rbuf)
+            .map_or(IDLE_READ, |size| size.saturating_sub(io.rbuf.len()))
+            .max(1);
+        if io.rbuf.capacity() - io.rbuf.len() < want {
+            io.rbuf.reserve(want);
+        }
+        let grown = io.rbuf.capacity().saturating_sub(before);
+        if bytes.is_some_and(|b| !b.hold(grown)) {
+            return Ok(None);
+        }
         match io.reader.read_buf(&mut io.rbuf).await {
             Ok(0) | Err(_) => return Ok(None),
             Ok(n) => Metrics::add(&state.metrics.bytes_received, n as u64),

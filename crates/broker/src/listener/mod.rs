@@ -22,6 +22,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::config::{Config, ListenerConfig, ListenerTransport};
 use crate::connection::{self, ConnInfo};
+use crate::limits::ConnectBytes;
 use crate::state::BrokerState;
 
 pub use self::tls::{TlsAcceptor, TlsConn};
@@ -143,6 +144,7 @@ async fn accept_loop(listener: TcpListener, index: usize, kind: Kind, state: Arc
                     peer,
                     listener: index,
                     cert_identity: None,
+                    connect_bytes: None,
                 };
                 let state2 = state.clone();
                 match &kind {
@@ -220,17 +222,26 @@ async fn serve_tls(
     }
 }
 
+/// A WebSocket connection's account of what tungstenite buffers for it
+/// before CONNECT (see [`crate::limits::ConnectBytes`]), in its `ConnInfo`.
+fn count_connect_bytes(info: &mut ConnInfo, state: &BrokerState) -> Arc<ConnectBytes> {
+    let bytes = Arc::new(state.limits.connect_bytes(info.peer));
+    info.connect_bytes = Some(bytes.clone());
+    bytes
+}
+
 async fn serve_ws(
     stream: TcpStream,
     upgrade: Arc<ws::Upgrade>,
-    info: ConnInfo,
+    mut info: ConnInfo,
     state: Arc<BrokerState>,
 ) {
+    let bytes = count_connect_bytes(&mut info, &state);
     let accepted = Box::pin(bounded(
         "WebSocket",
         &info,
         &state,
-        upgrade.accept(stream, info.peer),
+        upgrade.accept(stream, info.peer, bytes),
     ))
     .await;
     if let Some(ws) = accepted {
@@ -242,12 +253,13 @@ async fn serve_wss(
     stream: TcpStream,
     acceptor: Arc<TlsAcceptor>,
     upgrade: Arc<ws::Upgrade>,
-    info: ConnInfo,
+    mut info: ConnInfo,
     state: Arc<BrokerState>,
 ) {
+    let bytes = count_connect_bytes(&mut info, &state);
     let handshake = async {
         let (tls, info) = acceptor.accept(stream, info.clone()).await?;
-        let ws = upgrade.accept(tls, info.peer).await?;
+        let ws = upgrade.accept(tls, info.peer, bytes).await?;
         Ok((ws, info))
     };
     let accepted = Box::pin(bounded("WebSocket over TLS", &info, &state, handshake)).await;

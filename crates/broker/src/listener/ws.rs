@@ -11,6 +11,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes};
@@ -25,6 +26,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::config::{Config, ListenerConfig};
 use crate::connection::Transport;
+use crate::limits::ConnectBytes;
 
 /// Subprotocols we answer, in order of preference: `mqtt` (MQTT 3.1.1 and 5)
 /// and `mqttv3.1`, which old clients offer.
@@ -58,12 +60,21 @@ impl Upgrade {
     /// Runs the HTTP upgrade. A request for another path is answered 404.
     // The callback's error is tungstenite's ErrorResponse: not ours to shrink.
     #[allow(clippy::result_large_err)]
-    pub async fn accept<S>(&self, stream: S, peer: SocketAddr) -> io::Result<WsStream<S>>
+    pub async fn accept<S>(
+        &self,
+        stream: S,
+        peer: SocketAddr,
+        bytes: Arc<ConnectBytes>,
+    ) -> io::Result<WsStream<S>>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let path = self.path.as_str();
         let callback = |request: &Request, response: Response| respond(path, request, response);
+        let stream = Metered {
+            inner: stream,
+            bytes,
+        };
         let ws =
             tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(self.config))
                 .await
@@ -142,7 +153,7 @@ fn into_io(e: WsError) -> io::Error {
 /// MQTT bytes over a WebSocket: reads return the binary messages' bytes in
 /// order; each write is sent as one binary message.
 pub struct WsStream<S> {
-    ws: WebSocketStream<S>,
+    ws: WebSocketStream<Metered<S>>,
     /// The rest of the binary message being read.
     pending: Bytes,
     /// Bytes of the current write already queued as a message, not yet
@@ -224,6 +235,50 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsStream<S> {
                 Some(Err(_)) | None => return Poll::Ready(Ok(())),
             }
         }
+    }
+}
+
+/// The socket under tungstenite, counting what it reads until CONNECT is
+/// accepted: tungstenite buffers a frame whole before we see any of it, so
+/// this is where a client's unauthenticated bytes can be bounded.
+struct Metered<S> {
+    inner: S,
+    bytes: Arc<ConnectBytes>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Metered<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
+        if !self.bytes.hold(buf.filled().len() - before) {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "too much sent before CONNECT was accepted",
+            )));
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
