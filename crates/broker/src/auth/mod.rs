@@ -10,7 +10,9 @@
 //! Where decisions are made:
 //! - CONNECT: [`authenticate`], from `connection::admit`: password (verified
 //!   on the blocking pool), anonymous access, certificate identity, the
-//!   will's topic, and the slow-down of repeated failures from one IP.
+//!   will's topic; [`guard`] decides when a password may be checked
+//!   (repeated failures from one address or for one username wait), and a
+//!   semaphore how many are checked at once.
 //! - PUBLISH: [`may_publish`] in `handler::publish`.
 //! - SUBSCRIBE: [`subscribe_access`] in `handler::subscribe`, which also
 //!   decides whether the filter is wholly readable ([`Readable`], kept in
@@ -20,17 +22,19 @@
 //!   force ([`ReadCheck`]); with no ACL it checks nothing.
 
 pub mod acl;
+pub mod guard;
 pub mod password;
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tern_codec::{Connect, ReasonCode};
+use tokio::sync::Semaphore;
 
 use self::acl::{Access, Acl, Identity};
+use self::guard::Guard;
 use self::password::PasswordTable;
 use crate::config::Config;
 use crate::connection::ConnInfo;
@@ -38,17 +42,11 @@ use crate::connection::client::Client;
 use crate::session::{Session, SessionState};
 use crate::state::BrokerState;
 
-/// Failed logins from one IP address that cost nothing extra.
-pub const FREE_FAILURES: u32 = 3;
-/// The delay before the CONNACK of each attempt after the free ones:
-/// 250 ms, doubling per further failure...
-pub const FIRST_DELAY: Duration = Duration::from_millis(250);
-/// ...up to 4 s.
-pub const MAX_DELAY: Duration = Duration::from_secs(4);
-/// An address without a failure for this long starts afresh.
-pub const FAILURE_MEMORY: Duration = Duration::from_secs(60);
-/// Addresses remembered at once; beyond this the longest quiet is forgotten.
-pub const MAX_TRACKED_ADDRESSES: usize = 10_000;
+/// Password checks running at once: one core is always left for the
+/// message path however many logins arrive (PBKDF2 is slow on purpose).
+fn verification_slots() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1))
+}
 
 /// The rules in force: users and passwords, topic access.
 #[derive(Debug, Default)]
@@ -90,7 +88,9 @@ pub struct AuthState {
     /// again per message.
     acl_generation: AtomicU64,
     loads: AtomicU64,
-    failures: Mutex<Failures>,
+    guard: Mutex<Guard>,
+    /// Password checks running at once ([`verification_slots`]).
+    verifications: Semaphore,
 }
 
 impl AuthState {
@@ -100,7 +100,8 @@ impl AuthState {
             current: RwLock::new(Arc::new(Auth::default())),
             acl_generation: AtomicU64::new(0),
             loads: AtomicU64::new(0),
-            failures: Mutex::new(Failures::default()),
+            guard: Mutex::new(Guard::default()),
+            verifications: Semaphore::new(verification_slots()),
         };
         state.install(Auth::load(config)?);
         Ok(state)
@@ -136,8 +137,8 @@ impl AuthState {
         self.acl_generation.store(generation, Ordering::Relaxed);
     }
 
-    fn failures(&self) -> std::sync::MutexGuard<'_, Failures> {
-        self.failures.lock().unwrap_or_else(|p| p.into_inner())
+    fn guard(&self) -> std::sync::MutexGuard<'_, Guard> {
+        self.guard.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -156,77 +157,20 @@ impl BrokerState {
     }
 }
 
-/// Recent failed logins per IP address.
-#[derive(Debug, Default)]
-struct Failures {
-    by_ip: HashMap<IpAddr, (u32, Instant)>,
-}
-
-impl Failures {
-    /// How long to hold this address's next CONNACK.
-    fn delay(&mut self, ip: IpAddr, now: Instant) -> Duration {
-        let Some(&(count, last)) = self.by_ip.get(&ip) else {
-            return Duration::ZERO;
-        };
-        if now.duration_since(last) >= FAILURE_MEMORY {
-            self.by_ip.remove(&ip);
-            return Duration::ZERO;
-        }
-        match count.checked_sub(FREE_FAILURES) {
-            None => Duration::ZERO,
-            Some(extra) => FIRST_DELAY
-                .saturating_mul(1 << extra.min(16))
-                .min(MAX_DELAY),
-        }
-    }
-
-    fn record(&mut self, ip: IpAddr, now: Instant) {
-        if self.by_ip.len() >= MAX_TRACKED_ADDRESSES && !self.by_ip.contains_key(&ip) {
-            self.by_ip
-                .retain(|_, (_, last)| now.duration_since(*last) < FAILURE_MEMORY);
-            if self.by_ip.len() >= MAX_TRACKED_ADDRESSES
-                && let Some(oldest) = self
-                    .by_ip
-                    .iter()
-                    .min_by_key(|(_, (_, t))| *t)
-                    .map(|(k, _)| *k)
-            {
-                self.by_ip.remove(&oldest);
-            }
-        }
-        let entry = self.by_ip.entry(ip).or_insert((0, now));
-        if now.duration_since(entry.1) >= FAILURE_MEMORY {
-            entry.0 = 0;
-        }
-        entry.0 = entry.0.saturating_add(1);
-        entry.1 = now;
-    }
-}
-
 /// Decides who the client is: `Ok(username)` (`None`: anonymous), or the
 /// CONNACK reason refusing it. Also checks that the will may be published.
-/// An address with repeated failures waits before it learns the answer.
+/// A password is checked when [`guard`] says so.
 pub async fn authenticate(
     connect: &Connect,
     client_id: &str,
     info: &ConnInfo,
     state: &BrokerState,
 ) -> Result<Option<Arc<str>>, ReasonCode> {
-    let ip = info.peer.ip();
-    let delay = state.auth.failures().delay(ip, Instant::now());
     let auth = state.auth.current();
-    // Boxed, like the sleep below: inline they would enlarge every
-    // connection's handshake future, most of which need neither.
-    let result = Box::pin(login(connect, info, state, &auth)).await;
-    if result == Err(ReasonCode::BadUserNameOrPassword) {
-        state.auth.failures().record(ip, Instant::now());
-    }
-    if !delay.is_zero() {
-        Box::pin(tokio::time::sleep(delay)).await;
-    }
+    // Boxed: inline it would enlarge every connection's handshake future.
     // A refusal is logged once, with the username, where every CONNECT
     // refusal is (`connection::start_session`).
-    let username = result?;
+    let username = Box::pin(login(connect, info, state, &auth)).await?;
     if let (Some(will), Some(acl)) = (&connect.will, &auth.acl) {
         let id = Identity {
             username: username.as_deref(),
@@ -270,19 +214,75 @@ async fn login(
     let Some(password) = connect.password.clone() else {
         return Err(ReasonCode::BadUserNameOrPassword);
     };
+    let mut attempt = Attempt::admit(state, info.peer.ip(), &username)?;
+    tokio::select! {
+        () = tokio::time::sleep_until(attempt.start.into()) => {}
+        () = state.shutdown.cancelled() => return Err(ReasonCode::ServerShuttingDown),
+    }
     let auth = auth.clone();
     let user = username.clone();
-    let verified = tokio::task::spawn_blocking(move || {
-        auth.passwords
-            .as_ref()
-            .is_some_and(|t| t.check(&user, &password))
-    })
-    .await
-    .unwrap_or(false);
+    let verified = {
+        // Held across the check only: waiting for it is what the guard's
+        // spacing and MAX_WAIT bound.
+        let _slot = state.auth.verifications.acquire().await;
+        tokio::task::spawn_blocking(move || {
+            auth.passwords
+                .as_ref()
+                .is_some_and(|t| t.check(&user, &password))
+        })
+        .await
+        .unwrap_or(false)
+    };
+    attempt.outcome = Some(verified);
+    drop(attempt);
     if verified {
         Ok(Some(username))
     } else {
         Err(ReasonCode::BadUserNameOrPassword)
+    }
+}
+
+/// A login admitted by the guard; reports its outcome when dropped (also
+/// if the connection goes away while it waits: then as not checked).
+struct Attempt<'a> {
+    state: &'a BrokerState,
+    ip: IpAddr,
+    username: Arc<str>,
+    /// When the password may be checked.
+    start: Instant,
+    outcome: Option<bool>,
+}
+
+impl<'a> Attempt<'a> {
+    /// Asks the guard when the password may be checked; `Err(ServerBusy)`
+    /// if it would wait too long (MQTT 3.1.1: return code 3).
+    fn admit(
+        state: &'a BrokerState,
+        ip: IpAddr,
+        username: &Arc<str>,
+    ) -> Result<Attempt<'a>, ReasonCode> {
+        match state.auth.guard().admit(ip, username, Instant::now()) {
+            Some(start) => Ok(Attempt {
+                state,
+                ip,
+                username: username.clone(),
+                outcome: None,
+                start,
+            }),
+            None => {
+                tracing::debug!(%ip, username = &**username, "login attempt refused unchecked: too many recent failures");
+                Err(ReasonCode::ServerBusy)
+            }
+        }
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        self.state
+            .auth
+            .guard()
+            .finish(self.ip, &self.username, self.outcome, Instant::now());
     }
 }
 
@@ -436,39 +436,5 @@ mod tests {
             may(Some("alice"), None, true),
             "Mosquitto's rule, anonymous"
         );
-    }
-
-    #[test]
-    fn failures_slow_down_then_decay() {
-        let mut f = Failures::default();
-        let ip: IpAddr = "10.0.0.1".parse().unwrap();
-        let t0 = Instant::now();
-        for _ in 0..FREE_FAILURES {
-            assert_eq!(f.delay(ip, t0), Duration::ZERO);
-            f.record(ip, t0);
-        }
-        assert_eq!(f.delay(ip, t0), FIRST_DELAY);
-        f.record(ip, t0);
-        assert_eq!(f.delay(ip, t0), FIRST_DELAY * 2);
-        for _ in 0..10 {
-            f.record(ip, t0);
-        }
-        assert_eq!(f.delay(ip, t0), MAX_DELAY);
-        let other: IpAddr = "10.0.0.2".parse().unwrap();
-        assert_eq!(f.delay(other, t0), Duration::ZERO);
-        assert_eq!(f.delay(ip, t0 + FAILURE_MEMORY), Duration::ZERO);
-    }
-
-    #[test]
-    fn failure_table_is_bounded() {
-        let mut f = Failures::default();
-        let t0 = Instant::now();
-        for i in 0..(MAX_TRACKED_ADDRESSES as u32 + 50) {
-            f.record(
-                IpAddr::from(i.to_be_bytes()),
-                t0 + Duration::from_millis(i.into()),
-            );
-        }
-        assert_eq!(f.by_ip.len(), MAX_TRACKED_ADDRESSES);
     }
 }
