@@ -108,6 +108,17 @@ pub struct Config {
     pub client_id_takeover_by_other_users: bool,
     /// Clients connected at once, over all listeners; 0 = no limit. Default 0.
     pub max_connections: usize,
+    /// Retained messages kept in all; 0 = no limit. Default 0.
+    pub max_retained_messages: usize,
+    /// Bytes (topic and payload) of retained messages kept in all; 0 = no
+    /// limit. Default 0.
+    pub max_retained_bytes: usize,
+    /// Retained messages one user (by username) may have set; 0 = no limit.
+    /// Default 0.
+    pub max_retained_messages_per_user: usize,
+    /// Bytes of retained messages one user may have set; 0 = no limit.
+    /// Default 0.
+    pub max_retained_bytes_per_user: usize,
     /// Subscriptions one session may hold; 0 = no limit. Default 10,000:
     /// every filter matching a topic costs its walk through the tree, so
     /// without a cap one client could make each publish cost millions.
@@ -266,6 +277,10 @@ impl Default for Config {
             client_id_takeover_by_other_users: false,
             max_connections: 0,
             max_subscriptions_per_client: 10_000,
+            max_retained_messages: 0,
+            max_retained_bytes: 0,
+            max_retained_messages_per_user: 0,
+            max_retained_bytes_per_user: 0,
             max_topic_levels: 0,
             max_publish_rate: 0,
             max_connection_rate: 0,

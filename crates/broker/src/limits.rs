@@ -14,6 +14,7 @@
 //! | `max_connect_size` | CONNECT (fixed header) | CONNACK 0x95 / 3.1.1: closed | `packet_size/refused` |
 //! | `max_connecting_bytes` | reads before CONNECT ([`ConnectBytes`]) | closed | `connecting_bytes/refused` |
 //! | `receive_maximum` | QoS 2 PUBLISH | DISCONNECT 0x93, closed / 3.1.1: closed | `receive_maximum/disconnected` |
+//! | `max_retained_*` | retained PUBLISH | PUBACK/PUBREC 0x97, not routed / 3.1.1: dropped | `retained/refused` |
 //! | `max_queued_messages`, `max_queued_bytes` | routing | nothing (the message is dropped for that session only) | `queue/dropped` |
 //!
 //! Every limit is off at 0, the default of all but `max_subscriptions_per_client`
@@ -36,6 +37,7 @@ use tokio::time::Instant;
 use crate::config::Config;
 use crate::connection::client::Client;
 use crate::error::ProtocolViolation;
+use crate::retained::Quotas;
 
 /// How many IP addresses the connection-rate table tracks within one second.
 /// At the cap, connections from addresses not yet in the table are refused
@@ -70,6 +72,8 @@ pub struct Limits {
     connecting: Arc<Connecting>,
     max_connecting_bytes: usize,
     max_connect_size: usize,
+    /// `max_retained_*`; `None` if all are 0.
+    retained: Option<Quotas>,
     pub counters: Counters,
 }
 
@@ -84,6 +88,7 @@ pub struct Counters {
     pub packet_size_refused: AtomicU64,
     pub receive_maximum_disconnected: AtomicU64,
     pub queue_dropped: AtomicU64,
+    pub retained_refused: AtomicU64,
 }
 
 /// A token bucket of `rate` tokens a second holding at most one second's
@@ -194,6 +199,7 @@ impl Limits {
             connecting: Arc::default(),
             max_connecting_bytes: config.max_connecting_bytes,
             max_connect_size: config.max_connect_size as usize,
+            retained: retained_quotas(config),
             counters: Counters::default(),
         }
     }
@@ -306,7 +312,7 @@ impl Limits {
     }
 
     /// The counters, by topic below `$SYS/broker/`.
-    pub fn snapshot(&self) -> [(&'static str, u64); 9] {
+    pub fn snapshot(&self) -> [(&'static str, u64); 10] {
         let c = &self.counters;
         let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         [
@@ -330,6 +336,7 @@ impl Limits {
                 get(&c.receive_maximum_disconnected),
             ),
             ("limits/queue/dropped", get(&c.queue_dropped)),
+            ("limits/retained/refused", get(&c.retained_refused)),
             (
                 "limits/connecting_bytes/refused",
                 get(&self.connecting.refused),
@@ -389,6 +396,52 @@ pub fn publish_refused(client: &mut Client, publish: &Publish) -> bool {
         _ => None,
     };
     true
+}
+
+/// The retained quotas of `config`; `None` if none is set.
+fn retained_quotas(config: &Config) -> Option<Quotas> {
+    let quotas = Quotas {
+        max_messages: config.max_retained_messages,
+        max_bytes: config.max_retained_bytes,
+        max_messages_per_user: config.max_retained_messages_per_user,
+        max_bytes_per_user: config.max_retained_bytes_per_user,
+    };
+    let any = quotas.max_messages
+        + quotas.max_bytes
+        + quotas.max_messages_per_user
+        + quotas.max_bytes_per_user
+        > 0;
+    any.then_some(quotas)
+}
+
+/// Whether a retained PUBLISH goes over a `max_retained_*` quota (counted
+/// and logged if so). Clearing a topic (empty payload) always passes, and
+/// so does everything when no quota is set. Checked before routing, under
+/// the retained store's read lock: publishes racing on other threads may
+/// each pass, so a quota can be exceeded by one message per worker thread.
+pub fn retained_refused(client: &Client, publish: &Publish) -> bool {
+    let Some(quotas) = client.state.limits.retained else {
+        return false;
+    };
+    if !publish.retain || publish.payload.is_empty() {
+        return false;
+    }
+    let size = publish.topic.len() + publish.payload.len();
+    let admitted =
+        client
+            .state
+            .retained()
+            .admits(&publish.topic, size, client.username.as_ref(), quotas);
+    if !admitted {
+        count(&client.state.limits.counters.retained_refused);
+        log_refusal(
+            client,
+            "PUBLISH",
+            &publish.topic,
+            "retained message quota reached",
+        );
+    }
+    !admitted
 }
 
 /// Checks one SUBSCRIBE filter (`filter` as sent, `inner` without a

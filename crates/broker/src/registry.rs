@@ -106,7 +106,7 @@ pub async fn attach(
     if let Some((subscriptions, will)) = ended {
         remove_subscriptions(state, &session, subscriptions.into_keys());
         if let Some(will) = will {
-            publish_will(state, will.message, will.username.as_deref());
+            publish_will(state, will.message, will.username.as_ref());
         }
     }
     Attached {
@@ -233,7 +233,7 @@ pub fn detach(state: &Arc<BrokerState>, session: &Arc<Session>, departure: Depar
         remove_subscriptions(state, session, subscriptions.into_keys());
     }
     if let Some(will) = will_now {
-        publish_will(state, will, departure.username.as_deref());
+        publish_will(state, will, departure.username.as_ref());
     }
     if let Some((generation, expiry_secs)) = expiry_timer {
         let expiry = Duration::from_secs(u64::from(expiry_secs));
@@ -269,7 +269,7 @@ pub(crate) fn schedule_will(
             due
         };
         if let Some(will) = due {
-            publish_will(&state2, will.message, will.username.as_deref());
+            publish_will(&state2, will.message, will.username.as_ref());
         }
     });
 }
@@ -310,20 +310,21 @@ fn expire(state: &Arc<BrokerState>, session: &Arc<Session>, generation: u32) {
     tracing::debug!(client_id = %session.client_id, "session expired");
     remove_subscriptions(state, session, subscriptions.into_keys());
     if let Some(will) = will {
-        publish_will(state, will.message, will.username.as_deref());
+        publish_will(state, will.message, will.username.as_ref());
     }
 }
 
 /// Publishes a will, if the ACL in force now still lets its client write its
 /// topic. It was checked at CONNECT, but the rules may have been reloaded
 /// since (SIGHUP), and a client must not keep a right it lost by leaving.
-fn publish_will(state: &BrokerState, will: Arc<Message>, username: Option<&str>) {
+fn publish_will(state: &BrokerState, will: Arc<Message>, username: Option<&Arc<str>>) {
     let client_id = will.origin.as_ref().map_or("", |id| id.as_str());
-    if !auth::may_write(state, username, client_id, &will.topic) {
-        tracing::info!(client_id, username, topic = %will.topic, "not publishing the will: its topic is no longer writable");
+    let user = username.map(|u| &**u);
+    if !auth::may_write(state, user, client_id, &will.topic) {
+        tracing::info!(client_id, username = user, topic = %will.topic, "not publishing the will: its topic is no longer writable");
         return;
     }
-    router::publish(state, will);
+    router::publish(state, will, username);
 }
 
 /// Removes a session's subscriptions from the tree, if they are still its own.

@@ -10,6 +10,9 @@
 //! The store owns its values (the broker keeps the message there) and the full
 //! topic of each, so a match hands out the topic without joining levels again.
 //!
+//! [`Retained`] is the broker's retained messages in such a store, with who
+//! set each and the totals the retained quotas are checked against.
+//!
 //! A topic can have tens of thousands of levels, chosen by a client, so nothing
 //! here recurses over levels: walks are loops with explicit stacks, and nodes
 //! are dropped iteratively.
@@ -17,6 +20,9 @@
 use std::collections::HashMap;
 use std::mem;
 use std::ptr;
+use std::sync::Arc;
+
+use crate::message::Message;
 
 /// Retained messages, indexed by topic level.
 pub struct RetainedStore<T> {
@@ -237,6 +243,177 @@ impl<T> Drop for Node<T> {
         let mut orphans: Vec<Node<T>> = self.children.drain().map(|(_, child)| child).collect();
         while let Some(mut node) = orphans.pop() {
             orphans.extend(node.children.drain().map(|(_, child)| child));
+        }
+    }
+}
+
+/// The broker's retained messages, with who set each and what each user
+/// holds, for the quotas (`max_retained_messages`, `max_retained_bytes`,
+/// and their `_per_user` forms). A message's size is its topic and payload.
+#[derive(Default)]
+pub struct Retained {
+    topics: RetainedStore<Held>,
+    total: Usage,
+    per_user: HashMap<Arc<str>, Usage>,
+}
+
+/// A retained message and the user whose PUBLISH set it (`None`: an
+/// anonymous client, or the broker).
+struct Held {
+    message: Arc<Message>,
+    owner: Option<Arc<str>>,
+}
+
+/// Retained messages and their bytes.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    pub messages: usize,
+    pub bytes: usize,
+}
+
+impl Usage {
+    fn add(&mut self, bytes: usize) {
+        self.messages += 1;
+        self.bytes += bytes;
+    }
+
+    fn sub(&mut self, bytes: usize) {
+        self.messages = self.messages.saturating_sub(1);
+        self.bytes = self.bytes.saturating_sub(bytes);
+    }
+
+    /// Whether adding `bytes` as one more message (after `freed` was taken
+    /// out) stays within `max_messages` and `max_bytes` (0: no limit).
+    fn fits(self, freed: Usage, bytes: usize, max_messages: usize, max_bytes: usize) -> bool {
+        let messages = self.messages - freed.messages + 1;
+        let total = self.bytes - freed.bytes + bytes;
+        (max_messages == 0 || messages <= max_messages) && (max_bytes == 0 || total <= max_bytes)
+    }
+}
+
+/// The retained-message quotas; 0 means no limit.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Quotas {
+    pub max_messages: usize,
+    pub max_bytes: usize,
+    pub max_messages_per_user: usize,
+    pub max_bytes_per_user: usize,
+}
+
+impl Retained {
+    /// Stores `message` as its topic's retained message, set by `owner`.
+    pub fn insert(&mut self, message: Arc<Message>, owner: Option<Arc<str>>) {
+        let size = message.size();
+        self.charge(owner.as_ref(), size);
+        let topic = message.topic.clone();
+        if let Some(old) = self.topics.insert(&topic, Held { message, owner }) {
+            self.refund(&old);
+        }
+    }
+
+    /// Removes the retained message of `topic`.
+    pub fn remove(&mut self, topic: &str) {
+        if let Some(old) = self.topics.remove(topic) {
+            self.refund(&old);
+        }
+    }
+
+    /// Whether `owner` may set `topic`'s retained message to one of `size`
+    /// bytes within `quotas`; replacing a message frees what it held.
+    pub fn admits(
+        &self,
+        topic: &str,
+        size: usize,
+        owner: Option<&Arc<str>>,
+        quotas: Quotas,
+    ) -> bool {
+        let old = self.topics.get(topic);
+        let freed = |held: Option<&Held>| match held {
+            Some(h) => Usage {
+                messages: 1,
+                bytes: h.message.size(),
+            },
+            None => Usage::default(),
+        };
+        if !self
+            .total
+            .fits(freed(old), size, quotas.max_messages, quotas.max_bytes)
+        {
+            return false;
+        }
+        let Some(owner) = owner else {
+            return true;
+        };
+        let own = self.per_user.get(owner).copied().unwrap_or_default();
+        let own_old = old.filter(|h| h.owner.as_ref() == Some(owner));
+        own.fits(
+            freed(own_old),
+            size,
+            quotas.max_messages_per_user,
+            quotas.max_bytes_per_user,
+        )
+    }
+
+    /// Calls `f` with every retained message whose topic matches `filter`
+    /// (see [`RetainedStore::for_each_match`]).
+    pub fn for_each_match(&self, filter: &str, mut f: impl FnMut(&Arc<Message>)) {
+        self.topics
+            .for_each_match(filter, |_, held| f(&held.message));
+    }
+
+    /// Keeps only the messages for which `keep` is true.
+    pub fn retain(&mut self, mut keep: impl FnMut(&Message) -> bool) {
+        let mut dropped = Vec::new();
+        self.topics.retain(|held| {
+            let kept = keep(&held.message);
+            if !kept {
+                dropped.push((held.owner.clone(), held.message.size()));
+            }
+            kept
+        });
+        for (owner, size) in dropped {
+            self.uncharge(owner.as_ref(), size);
+        }
+    }
+
+    /// Topics with a retained message.
+    pub fn len(&self) -> usize {
+        self.topics.len()
+    }
+
+    /// True if no message is retained.
+    pub fn is_empty(&self) -> bool {
+        self.topics.is_empty()
+    }
+
+    /// What is retained in all, and by `user`.
+    pub fn usage(&self, user: Option<&str>) -> Usage {
+        match user {
+            None => self.total,
+            Some(user) => self.per_user.get(user).copied().unwrap_or_default(),
+        }
+    }
+
+    fn charge(&mut self, owner: Option<&Arc<str>>, size: usize) {
+        self.total.add(size);
+        if let Some(owner) = owner {
+            self.per_user.entry(owner.clone()).or_default().add(size);
+        }
+    }
+
+    fn refund(&mut self, old: &Held) {
+        self.uncharge(old.owner.as_ref(), old.message.size());
+    }
+
+    fn uncharge(&mut self, owner: Option<&Arc<str>>, size: usize) {
+        self.total.sub(size);
+        if let Some(owner) = owner
+            && let Some(usage) = self.per_user.get_mut(owner)
+        {
+            usage.sub(size);
+            if usage.messages == 0 {
+                self.per_user.remove(owner);
+            }
         }
     }
 }

@@ -59,21 +59,27 @@ pub struct Routed {
     pub ticket: u64,
 }
 
-/// Stores (if retained) and routes a message.
-pub fn publish(state: &BrokerState, message: Arc<Message>) -> Routed {
-    publish_with(state, message, Group::default())
+/// Stores (if retained) and routes a message. `owner`: the user who
+/// published it (for the retained quotas), `None` if anonymous or the broker.
+pub fn publish(state: &BrokerState, message: Arc<Message>, owner: Option<&Arc<str>>) -> Routed {
+    publish_with(state, message, owner, Group::default())
 }
 
 /// [`publish`], with `group` (changes that must land with the message's
 /// deliveries: an inbound QoS 2 id) stored in the same transaction.
-pub fn publish_with(state: &BrokerState, message: Arc<Message>, group: Group) -> Routed {
+pub fn publish_with(
+    state: &BrokerState,
+    message: Arc<Message>,
+    owner: Option<&Arc<str>>,
+    group: Group,
+) -> Routed {
     let mut ticket = 0;
     if message.retain && state.config.retain_available {
         let mut retained = state.retained_mut();
         // An empty retained payload clears the topic [MQTT-3.3.1-10].
         let kept = !message.payload.is_empty();
         if kept {
-            retained.insert(&message.topic, message.clone());
+            retained.insert(message.clone(), owner.cloned());
         } else {
             retained.remove(&message.topic);
         }
@@ -82,7 +88,8 @@ pub fn publish_with(state: &BrokerState, message: Arc<Message>, group: Group) ->
         if let Some(store) = &state.store
             && message.origin.is_some()
         {
-            ticket = store.retain(&message.topic, kept.then_some(&*message));
+            let owner = owner.map(|o| &**o);
+            ticket = store.retain(&message.topic, kept.then_some((&*message, owner)));
         }
     }
     let mut routed = route(state, &message, group);
@@ -285,7 +292,7 @@ impl Targets {
 pub fn retained_matching(state: &BrokerState, filter: &str) -> Vec<Arc<Message>> {
     let now = Instant::now();
     let mut found = Vec::new();
-    state.retained().for_each_match(filter, |_, m| {
+    state.retained().for_each_match(filter, |m| {
         if m.remaining_expiry(now).is_some() {
             found.push(m.clone());
         }

@@ -25,9 +25,8 @@ use crate::auth::AuthState;
 use crate::config::Config;
 use crate::connection::park::Parker;
 use crate::limits::Limits;
-use crate::message::Message;
 use crate::metrics::Metrics;
-use crate::retained::RetainedStore;
+use crate::retained::Retained;
 use crate::session::{ConnectionId, QueueLimits, Session, Sessions};
 use crate::store::Store;
 use crate::topic_tree::TopicTree;
@@ -47,7 +46,7 @@ pub struct BrokerState {
     pub config: Config,
     pub sessions: Mutex<Sessions>,
     pub subscriptions: RwLock<TopicTree<Subscriber>>,
-    pub retained: RwLock<RetainedStore<Arc<Message>>>,
+    pub retained: RwLock<Retained>,
     pub metrics: Metrics,
     /// Resource limits: live connection counts, rate tables, their counters.
     pub limits: Limits,
@@ -103,7 +102,7 @@ impl BrokerState {
             config,
             sessions: Mutex::new(Sessions::default()),
             subscriptions: RwLock::new(TopicTree::new()),
-            retained: RwLock::new(RetainedStore::new()),
+            retained: RwLock::new(Retained::default()),
             metrics: Metrics::default(),
             limits,
             started: Instant::now(),
@@ -129,11 +128,11 @@ impl BrokerState {
         unpoison(self.subscriptions.write())
     }
 
-    pub fn retained(&self) -> RwLockReadGuard<'_, RetainedStore<Arc<Message>>> {
+    pub fn retained(&self) -> RwLockReadGuard<'_, Retained> {
         unpoison(self.retained.read())
     }
 
-    pub fn retained_mut(&self) -> RwLockWriteGuard<'_, RetainedStore<Arc<Message>>> {
+    pub fn retained_mut(&self) -> RwLockWriteGuard<'_, Retained> {
         unpoison(self.retained.write())
     }
 

@@ -42,6 +42,7 @@ pub fn publish_all(state: &BrokerState) {
         router::publish(
             state,
             Message::broker_retained(format!("$SYS/broker/{topic}"), value),
+            None,
         );
     }
 }

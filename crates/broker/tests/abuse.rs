@@ -271,3 +271,91 @@ async fn half_sent_websocket_frames_are_bounded() {
         "{snapshot:?}"
     );
 }
+
+/// Connects as `user` (no password file: the name is taken as given).
+async fn connect_user(
+    addr: std::net::SocketAddr,
+    version: ProtocolVersion,
+    id: &str,
+    user: &str,
+) -> TestClient {
+    let mut connect = connect_packet(version, id);
+    connect.username = Some(user.into());
+    let (client, ack) = TestClient::connect_with(addr, connect).await;
+    assert_eq!(ack.reason, ReasonCode::Success);
+    client
+}
+
+/// A retained QoS 1 PUBLISH; the PUBACK's reason.
+async fn retain(client: &mut TestClient, topic: &str, payload: &'static [u8]) -> ReasonCode {
+    let mut p = publish_packet(topic, payload, QoS::AtLeastOnce, 1);
+    p.retain = true;
+    client.send(Packet::Publish(p)).await;
+    match client.recv().await {
+        Packet::PubAck(ack) => ack.reason,
+        other => panic!("expected PUBACK, got {other:?}"),
+    }
+}
+
+/// Retained messages are quota'd in all and per user: over a quota a
+/// retained PUBLISH is refused (MQTT 5: 0x97 Quota exceeded; 3.1.1:
+/// acknowledged and dropped), neither kept nor delivered, and counted.
+/// Replacing a topic frees what it held, and clearing one always works.
+/// Before, any user could store 100,000 retained messages or more.
+#[tokio::test]
+async fn retained_messages_are_within_quotas() {
+    let broker = start_with(Config {
+        max_retained_messages: 5,
+        max_retained_messages_per_user: 2,
+        max_retained_bytes_per_user: 100,
+        ..test_config()
+    })
+    .await;
+    let addr = broker.local_addr();
+    let mut watcher = TestClient::connect(addr, V5, "watcher").await;
+    watcher.subscribe("q/#", QoS::AtMostOnce).await;
+    let mut alice = connect_user(addr, V5, "alice-1", "alice").await;
+    assert_eq!(retain(&mut alice, "q/a1", b"1").await, ReasonCode::Success);
+    assert_eq!(retain(&mut alice, "q/a2", b"2").await, ReasonCode::Success);
+    assert_eq!(
+        retain(&mut alice, "q/a3", b"3").await,
+        ReasonCode::QuotaExceeded
+    );
+    // Replacing her own topic fits; so does clearing one, which frees it.
+    assert_eq!(retain(&mut alice, "q/a2", b"2b").await, ReasonCode::Success);
+    assert_eq!(retain(&mut alice, "q/a1", b"").await, ReasonCode::Success);
+    assert_eq!(retain(&mut alice, "q/a3", b"3").await, ReasonCode::Success);
+    // Bytes per user: 100 in all, topic and payload.
+    assert_eq!(
+        retain(&mut alice, "q/a2", &[b'x'; 97]).await,
+        ReasonCode::QuotaExceeded,
+        "q/a3 (5 bytes) + 101 bytes"
+    );
+    // bob has quota of his own; 3.1.1 cannot be told, its message is dropped.
+    let mut bob = connect_user(addr, V5, "bob-1", "bob").await;
+    assert_eq!(retain(&mut bob, "q/b1", b"1").await, ReasonCode::Success);
+    assert_eq!(retain(&mut bob, "q/b2", b"2").await, ReasonCode::Success);
+    let mut bob3 = connect_user(addr, ProtocolVersion::V3_1_1, "bob-3", "bob").await;
+    assert_eq!(retain(&mut bob3, "q/b3", b"3").await, ReasonCode::Success);
+    // The broker-wide quota: 4 held, one more (anonymous) fits, then none.
+    let mut anon = TestClient::connect(addr, V5, "anon").await;
+    assert_eq!(retain(&mut anon, "q/n1", b"1").await, ReasonCode::Success);
+    assert_eq!(
+        retain(&mut anon, "q/n2", b"2").await,
+        ReasonCode::QuotaExceeded
+    );
+
+    // The watcher got exactly what was accepted, in order.
+    let accepted: [&[u8]; 8] = [b"1", b"2", b"2b", b"", b"3", b"1", b"2", b"1"];
+    for payload in accepted {
+        assert_eq!(&watcher.recv_publish().await.payload[..], payload);
+    }
+    let state = broker.state();
+    assert_eq!(state.retained().len(), 5);
+    let refused = state.limits.snapshot();
+    assert!(
+        refused.contains(&("limits/retained/refused", 4)),
+        "{refused:?}"
+    );
+    watcher.expect_nothing().await;
+}

@@ -599,7 +599,7 @@ async fn limit_counters_are_published_under_sys() {
         if seen
             .get("$SYS/broker/limits/subscriptions/refused")
             .is_some_and(|v| v == "1")
-            && seen.len() == 9
+            && seen.len() == 10
         {
             break;
         }
@@ -613,6 +613,7 @@ async fn limit_counters_are_published_under_sys() {
         "receive_maximum/disconnected",
         "queue/dropped",
         "connecting_bytes/refused",
+        "retained/refused",
     ] {
         assert_eq!(seen[&format!("$SYS/broker/limits/{topic}")], "0", "{topic}");
     }

@@ -40,9 +40,17 @@ pub fn handle(client: &mut Client, mut publish: Publish) -> Result<Flow, Protoco
     }
     let qos = publish.qos;
     let packet_id = publish.packet_id;
-    // A topic the ACL does not let the client write is not routed. MQTT 5
-    // says so (0x87); 3.1.1 acknowledges as usual [MQTT-3.3.5-2].
-    let allowed = auth::may_publish(client, &publish.topic);
+    // A topic the ACL does not let the client write, or a retained message
+    // over the quota, is not routed. MQTT 5 says so (0x87, 0x97); 3.1.1
+    // acknowledges as usual [MQTT-3.3.5-2].
+    let refusal = if !auth::may_publish(client, &publish.topic) {
+        Some(ReasonCode::NotAuthorized)
+    } else if limits::retained_refused(client, &publish) {
+        Some(ReasonCode::QuotaExceeded)
+    } else {
+        None
+    };
+    let allowed = refusal.is_none();
     match (qos, packet_id) {
         (QoS::AtMostOnce, _) => {
             if allowed {
@@ -56,7 +64,7 @@ pub fn handle(client: &mut Client, mut publish: Publish) -> Result<Flow, Protoco
                 client.hold_until(routed.ticket);
                 matched_reason(client, routed.matched)
             } else {
-                denied_reason(client)
+                refused_reason(client, refusal)
             };
             client.send(&Packet::PubAck(PubAck {
                 reason,
@@ -64,10 +72,12 @@ pub fn handle(client: &mut Client, mut publish: Publish) -> Result<Flow, Protoco
             }));
         }
         (QoS::ExactlyOnce, Some(id)) => {
-            if !allowed && client.version == ProtocolVersion::V5 {
+            if let Some(reason) = refusal
+                && client.version == ProtocolVersion::V5
+            {
                 // A failed PUBREC ends the exchange: no id to remember.
                 client.send(&Packet::PubRec(PubAck {
-                    reason: ReasonCode::NotAuthorized,
+                    reason,
                     ..PubAck::new(id)
                 }));
                 return Ok(Flow::Continue);
@@ -149,15 +159,14 @@ fn persistent_store(client: &Client) -> Option<Arc<Store>> {
 
 fn route(client: &Client, publish: Publish, group: Group) -> router::Routed {
     let message = Message::from_publish(publish, client.client_id().clone(), Instant::now());
-    router::publish_with(&client.state, message, group)
+    router::publish_with(&client.state, message, client.username.as_ref(), group)
 }
 
-/// The acknowledgement of a message the ACL refused: MQTT 5 says so.
-fn denied_reason(client: &Client) -> ReasonCode {
-    if client.version == ProtocolVersion::V5 {
-        ReasonCode::NotAuthorized
-    } else {
-        ReasonCode::Success
+/// The acknowledgement of a message refused for `refusal`: MQTT 5 says so.
+fn refused_reason(client: &Client, refusal: Option<ReasonCode>) -> ReasonCode {
+    match refusal {
+        Some(reason) if client.version == ProtocolVersion::V5 => reason,
+        _ => ReasonCode::Success,
     }
 }
 

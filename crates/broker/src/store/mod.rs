@@ -295,13 +295,14 @@ impl Store {
         })
     }
 
-    /// Stores a retained message, or (`None`) clears the topic.
-    pub fn retain(&self, topic: &ByteStr, message: Option<&Message>) -> u64 {
+    /// Stores a retained message and the user who set it, or (`None`)
+    /// clears the topic.
+    pub fn retain(&self, topic: &ByteStr, message: Option<(&Message, Option<&str>)>) -> u64 {
         let topic = topic.clone();
         self.submit(match message {
-            Some(m) => Op::PutRetained {
+            Some((m, owner)) => Op::PutRetained {
                 topic,
-                record: records::encode_message(m, &Clock::now()),
+                record: records::encode_retained(m, owner, &Clock::now()),
             },
             None => Op::DeleteRetained { topic },
         })

@@ -28,6 +28,10 @@ const FORMAT: u8 = 1;
 /// Session records are at layout 2: layout 1 plus the username. Layout 1
 /// records still read, with no username.
 const SESSION_FORMAT: u8 = 2;
+/// Retained records are at layout 2: the user who set the message (for the
+/// retained quotas), then the message record. Layout 1 (the message record
+/// alone) still reads, with no user.
+const RETAINED_FORMAT: u8 = 2;
 
 /// A record that cannot be read back.
 #[derive(Debug, thiserror::Error)]
@@ -125,6 +129,41 @@ pub fn write_message(message: &Message, clock: &Clock, out: &mut BytesMut) {
         tracing::error!(topic = %message.topic, error = %e, "cannot encode message for the store");
     }
 }
+
+/// Encodes a retained message and the user who set it.
+pub fn encode_retained(message: &Message, owner: Option<&str>, clock: &Clock) -> Vec<u8> {
+    let owner_bytes = owner.map_or(&b""[..], str::as_bytes);
+    let mut record = BytesMut::new();
+    write_message(message, clock, &mut record);
+    let mut out = Vec::with_capacity(1 + 1 + 4 + owner_bytes.len() + record.len());
+    out.put_u8(RETAINED_FORMAT);
+    out.put_u8(u8::from(owner.is_some()));
+    put_bytes(&mut out, owner_bytes);
+    out.extend_from_slice(&record);
+    out
+}
+
+/// Decodes a retained record: the message (`None` if it has expired by
+/// `clock`) and the user who set it.
+pub fn decode_retained(record: &[u8], clock: &Clock) -> Result<Option<Retained>, RecordError> {
+    const WHAT: &str = "retained";
+    match record.first() {
+        Some(&FORMAT) => Ok(decode_message(record, clock)?.map(|m| (m, None))),
+        Some(&RETAINED_FORMAT) => {
+            let mut r = Reader::new(&record[1..], WHAT);
+            let has_owner = r.u8()? != 0;
+            let owner = std::str::from_utf8(r.bytes()?)
+                .map_err(|_| RecordError::new(WHAT, "owner is not UTF-8"))?;
+            let owner = has_owner.then(|| Arc::from(owner));
+            Ok(decode_message(r.rest(), clock)?.map(|m| (m, owner)))
+        }
+        Some(other) => Err(RecordError::new(WHAT, format!("unknown format {other}"))),
+        None => Err(RecordError::new(WHAT, "empty")),
+    }
+}
+
+/// A retained message and the user who set it.
+pub type Retained = (Arc<Message>, Option<Arc<str>>);
 
 /// A message record's header before its origin: version, expiry, origin length.
 const MESSAGE_HEADER: usize = 1 + 8 + 4 + 1;
@@ -461,6 +500,33 @@ mod tests {
             expires_at: expires_in.map(|d| Instant::now() + d),
             origin: origin.map(|o| ByteStr::from(o.to_owned())),
             stored: Default::default(),
+        }
+    }
+
+    #[test]
+    fn retained_records_keep_their_owner_and_layout_1_still_reads() {
+        let clock = Clock::now();
+        let m = message(None, Some("sensor-1"));
+        for owner in [Some("alice"), None] {
+            let (back, back_owner) = decode_retained(&encode_retained(&m, owner, &clock), &clock)
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                (back.topic.as_str(), back_owner.as_deref()),
+                (m.topic.as_str(), owner)
+            );
+        }
+        // Written by an older Tern: the message record alone, no owner.
+        let (back, owner) = decode_retained(&encode_message(&m, &clock), &clock)
+            .unwrap()
+            .unwrap();
+        assert_eq!((back.payload.clone(), owner), (m.payload.clone(), None));
+        assert!(decode_retained(&[9, 0], &clock).is_err());
+        assert!(decode_retained(&[], &clock).is_err());
+        // Cut short anywhere: an error, never a panic.
+        let record = encode_retained(&m, Some("alice"), &clock);
+        for len in 0..record.len() {
+            assert!(decode_retained(&record[..len], &clock).is_err(), "{len}");
         }
     }
 

@@ -131,9 +131,9 @@ pub fn restore(state: &Arc<BrokerState>, recovered: Recovered) {
     }
 
     for (topic, record) in recovered.retained {
-        match records::decode_message(&record, &clock) {
-            Ok(Some(message)) => {
-                state.retained_mut().insert(&topic, message);
+        match records::decode_retained(&record, &clock) {
+            Ok(Some((message, owner))) => {
+                state.retained_mut().insert(message, owner);
                 report.retained += 1;
             }
             Ok(None) => {
