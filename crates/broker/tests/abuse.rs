@@ -142,19 +142,6 @@ fn partial_connect(size: usize, sent: usize) -> Vec<u8> {
     out
 }
 
-/// Waits until `cond` holds (every event it depends on comes from sockets
-/// the broker serves in other tasks), for at most `WAIT`.
-async fn eventually(what: &str, cond: impl Fn() -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !cond() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not within {WAIT:?}: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-}
-
 /// Clients that never finish their CONNECT: each may make the broker hold
 /// at most `max_connect_size` (a CONNECT declaring more is refused at its
 /// fixed header), and all together at most `max_connecting_bytes` beyond
@@ -286,17 +273,6 @@ async fn connect_user(
     client
 }
 
-/// A retained QoS 1 PUBLISH; the PUBACK's reason.
-async fn retain(client: &mut TestClient, topic: &str, payload: &'static [u8]) -> ReasonCode {
-    let mut p = publish_packet(topic, payload, QoS::AtLeastOnce, 1);
-    p.retain = true;
-    client.send(Packet::Publish(p)).await;
-    match client.recv().await {
-        Packet::PubAck(ack) => ack.reason,
-        other => panic!("expected PUBACK, got {other:?}"),
-    }
-}
-
 /// Retained messages are quota'd in all and per user: over a quota a
 /// retained PUBLISH is refused (MQTT 5: 0x97 Quota exceeded; 3.1.1:
 /// acknowledged and dropped), neither kept nor delivered, and counted.
@@ -315,35 +291,29 @@ async fn retained_messages_are_within_quotas() {
     let mut watcher = TestClient::connect(addr, V5, "watcher").await;
     watcher.subscribe("q/#", QoS::AtMostOnce).await;
     let mut alice = connect_user(addr, V5, "alice-1", "alice").await;
-    assert_eq!(retain(&mut alice, "q/a1", b"1").await, ReasonCode::Success);
-    assert_eq!(retain(&mut alice, "q/a2", b"2").await, ReasonCode::Success);
-    assert_eq!(
-        retain(&mut alice, "q/a3", b"3").await,
-        ReasonCode::QuotaExceeded
-    );
+    assert_eq!(alice.retain("q/a1", b"1").await, ReasonCode::Success);
+    assert_eq!(alice.retain("q/a2", b"2").await, ReasonCode::Success);
+    assert_eq!(alice.retain("q/a3", b"3").await, ReasonCode::QuotaExceeded);
     // Replacing her own topic fits; so does clearing one, which frees it.
-    assert_eq!(retain(&mut alice, "q/a2", b"2b").await, ReasonCode::Success);
-    assert_eq!(retain(&mut alice, "q/a1", b"").await, ReasonCode::Success);
-    assert_eq!(retain(&mut alice, "q/a3", b"3").await, ReasonCode::Success);
+    assert_eq!(alice.retain("q/a2", b"2b").await, ReasonCode::Success);
+    assert_eq!(alice.retain("q/a1", b"").await, ReasonCode::Success);
+    assert_eq!(alice.retain("q/a3", b"3").await, ReasonCode::Success);
     // Bytes per user: 100 in all, topic and payload.
     assert_eq!(
-        retain(&mut alice, "q/a2", &[b'x'; 97]).await,
+        alice.retain("q/a2", &[b'x'; 97]).await,
         ReasonCode::QuotaExceeded,
         "q/a3 (5 bytes) + 101 bytes"
     );
     // bob has quota of his own; 3.1.1 cannot be told, its message is dropped.
     let mut bob = connect_user(addr, V5, "bob-1", "bob").await;
-    assert_eq!(retain(&mut bob, "q/b1", b"1").await, ReasonCode::Success);
-    assert_eq!(retain(&mut bob, "q/b2", b"2").await, ReasonCode::Success);
+    assert_eq!(bob.retain("q/b1", b"1").await, ReasonCode::Success);
+    assert_eq!(bob.retain("q/b2", b"2").await, ReasonCode::Success);
     let mut bob3 = connect_user(addr, ProtocolVersion::V3_1_1, "bob-3", "bob").await;
-    assert_eq!(retain(&mut bob3, "q/b3", b"3").await, ReasonCode::Success);
+    assert_eq!(bob3.retain("q/b3", b"3").await, ReasonCode::Success);
     // The broker-wide quota: 4 held, one more (anonymous) fits, then none.
     let mut anon = TestClient::connect(addr, V5, "anon").await;
-    assert_eq!(retain(&mut anon, "q/n1", b"1").await, ReasonCode::Success);
-    assert_eq!(
-        retain(&mut anon, "q/n2", b"2").await,
-        ReasonCode::QuotaExceeded
-    );
+    assert_eq!(anon.retain("q/n1", b"1").await, ReasonCode::Success);
+    assert_eq!(anon.retain("q/n2", b"2").await, ReasonCode::QuotaExceeded);
 
     // The watcher got exactly what was accepted, in order.
     let accepted: [&[u8]; 8] = [b"1", b"2", b"2b", b"", b"3", b"1", b"2", b"1"];

@@ -6,7 +6,6 @@ mod common;
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use bytes::BytesMut;
 use common::*;
@@ -27,18 +26,6 @@ async fn start_limited(edit: impl FnOnce(&mut Config)) -> BrokerHandle {
 /// The current value of one limit counter.
 fn counter(broker: &BrokerHandle, pick: fn(&Counters) -> &AtomicU64) -> u64 {
     pick(&broker.state().limits.counters).load(Ordering::Relaxed)
-}
-
-/// Waits (polling, up to `WAIT`) until `cond` holds.
-async fn eventually(what: &str, cond: impl Fn() -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !cond() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not within {WAIT:?}: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
 }
 
 fn connected(broker: &BrokerHandle) -> u64 {

@@ -444,17 +444,6 @@ async fn the_acl_judges_a_restored_session_by_its_username() {
     broker.shutdown().await;
 }
 
-/// A retained QoS 1 PUBLISH; the PUBACK's reason.
-async fn retain(client: &mut TestClient, topic: &str) -> ReasonCode {
-    let mut p = publish_packet(topic, b"r", QoS::AtLeastOnce, 1);
-    p.retain = true;
-    client.send(Packet::Publish(p)).await;
-    match client.recv().await {
-        Packet::PubAck(ack) => ack.reason,
-        other => panic!("expected PUBACK, got {other:?}"),
-    }
-}
-
 /// Who set each retained message is stored with it, so a user's retained
 /// quota still counts what they set before a restart.
 #[tokio::test]
@@ -470,13 +459,13 @@ async fn retained_quotas_hold_across_a_restart() {
     let (mut carol, _) = TestClient::connect_with(broker.local_addr(), login.clone()).await;
     // Accepted (no one is subscribed: MQTT 5 says so).
     let accepted = ReasonCode::NoMatchingSubscribers;
-    assert_eq!(retain(&mut carol, "rq/1").await, accepted);
+    assert_eq!(carol.retain("rq/1", b"r").await, accepted);
     carol.disconnect().await;
     broker.shutdown().await;
 
     let broker = start_with(config()).await;
     let (mut carol, _) = TestClient::connect_with(broker.local_addr(), login).await;
-    assert_eq!(retain(&mut carol, "rq/2").await, ReasonCode::QuotaExceeded);
-    assert_eq!(retain(&mut carol, "rq/1").await, accepted, "her own topic");
+    assert_eq!(carol.retain("rq/2", b"r").await, ReasonCode::QuotaExceeded);
+    assert_eq!(carol.retain("rq/1", b"r").await, accepted, "her own topic");
     broker.shutdown().await;
 }

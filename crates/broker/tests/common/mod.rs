@@ -293,6 +293,17 @@ impl TestClient {
         }
     }
 
+    /// Sends a retained QoS 1 PUBLISH and returns the PUBACK's reason.
+    pub async fn retain(&mut self, topic: &str, payload: &'static [u8]) -> ReasonCode {
+        let mut p = publish_packet(topic, payload, QoS::AtLeastOnce, 1);
+        p.retain = true;
+        self.send(Packet::Publish(p)).await;
+        match self.recv().await {
+            Packet::PubAck(ack) => ack.reason,
+            other => panic!("expected PUBACK, got {other:?}"),
+        }
+    }
+
     /// Acknowledges a received PUBLISH as a well-behaved subscriber.
     pub async fn ack(&mut self, p: &Publish) {
         match (p.qos, p.packet_id) {
@@ -319,6 +330,19 @@ impl TestClient {
     /// Drops the TCP connection without DISCONNECT.
     pub fn drop_connection(self) {
         drop(self.stream);
+    }
+}
+
+/// Waits (polling, up to `WAIT`) until `cond` holds: for state the broker
+/// changes in its own tasks, with no packet to wait for.
+pub async fn eventually(what: &str, cond: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not within {WAIT:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
 
