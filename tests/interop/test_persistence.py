@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -20,7 +21,7 @@ import time
 import paho.mqtt.client as mqtt
 import pytest
 
-from interop_support import VERSIONS, unique
+from interop_support import REPO_ROOT, VERSIONS, unique
 
 V5 = mqtt.MQTTv5
 
@@ -187,3 +188,66 @@ def test_qos2_is_exactly_once_at_paho_over_crashes(broker):
     assert len(acked) == len(infos), f"{len(infos) - len(acked)} messages never completed"
     assert not lost, f"{len(lost)} acknowledged messages never delivered, first {lost[:20]}"
     assert not twice, f"QoS 2 messages delivered twice (number, packet id, DUP): {twice[:20]}"
+
+
+def test_a_damaged_data_file_is_salvaged(broker, make_client, topic_base):
+    """A data file with a damaged page: `tern serve` refuses it and names
+    `tern store salvage`; salvage writes a new data directory and reports
+    what it copied; the broker started on it serves exactly that to paho: the
+    persistent session with its queued messages (each the one published), and
+    the retained messages."""
+    cid = unique("salvage-sub")
+    sub = make_client(V5, client_id=cid, clean=True, session_expiry=3600)
+    sub.connect()
+    sub.subscribe(f"{topic_base}/q/#", qos=1)
+    sub.disconnect()
+    pub = make_client(V5)
+    pub.connect()
+    payload = {}
+    for i in range(300):
+        payload[f"{topic_base}/q/{i}"] = f"queued {i} ".encode() * 40
+        pub.publish(f"{topic_base}/q/{i}", payload[f"{topic_base}/q/{i}"], qos=1)
+    for i in range(100):
+        payload[f"{topic_base}/r/{i}"] = f"retained {i}".encode()
+        pub.publish(f"{topic_base}/r/{i}", payload[f"{topic_base}/r/{i}"], qos=1, retain=True)
+    pub.disconnect()
+    assert broker.terminate(signal.SIGTERM, timeout=10.0) == 0
+
+    # One page (4 KiB) of garbage a third of the way into the file.
+    data_file = os.path.join(broker.data_dir, "tern.redb")
+    with open(data_file, "r+b") as f:
+        size = f.seek(0, os.SEEK_END)
+        f.seek(size // 3 // 4096 * 4096)
+        f.write(bytes((i * 7 + 3) % 256 for i in range(4096)))
+
+    refused = subprocess.run(broker.argv, capture_output=True, timeout=30, cwd=REPO_ROOT)
+    assert refused.returncode != 0, "the broker started on a damaged data file"
+    assert b"tern store salvage" in refused.stderr, refused.stderr.decode(errors="replace")
+
+    tern = REPO_ROOT / broker.argv[0]
+    salvaged = subprocess.run([str(tern), "store", "salvage", broker.data_dir],
+                              capture_output=True, timeout=60)
+    report = salvaged.stdout.decode()
+    assert salvaged.returncode == 3, f"{salvaged.returncode}\n{report}{salvaged.stderr.decode()}"
+    counts = {name: int(copied) for name, copied in
+              re.findall(r"^  (\w[\w ]*?\w)\s+(\d+) of \d+ copied", report, re.M)}
+    assert counts["sessions"] == 1, report
+    queued, retained = counts["queued deliveries"], counts["retained messages"]
+    assert queued + retained > 0, report
+    print(f"salvaged {queued} of 300 queued, {retained} of 100 retained")
+
+    new_dir = broker.data_dir + ".salvaged"
+    broker.argv = [new_dir if a == broker.data_dir else a for a in broker.argv]
+    broker.stopped = False
+    broker.start()
+    back = make_client(V5, client_id=cid, clean=False, session_expiry=3600)
+    assert back.connect().session_present
+    got = back.get_n(queued) + back.drain()
+    assert len(got) == queued, report
+    assert all(m.payload == payload[m.topic] for m in got)
+    late = make_client(V5)
+    late.connect()
+    late.subscribe(f"{topic_base}/r/#", qos=1)
+    kept = late.get_n(retained) + late.drain()
+    assert len(kept) == retained, report
+    assert all(m.retain and m.payload == payload[m.topic] for m in kept)

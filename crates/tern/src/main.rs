@@ -3,7 +3,8 @@
 //! Thin over the libraries: this file parses the command line, sets up
 //! logging, and hands over to one module per subcommand: `serve` (the broker,
 //! over `tern-broker`), `pub` and `sub` (over `tern-client`), `bench` (a
-//! load generator over `tern-codec`).
+//! load generator over `tern-codec`), `passwd` (password files) and `store`
+//! (salvage of a damaged data file).
 
 mod bench;
 mod connect_args;
@@ -12,6 +13,7 @@ mod output;
 mod passwd;
 mod publish;
 mod serve;
+mod store;
 mod subscribe;
 
 use std::io::IsTerminal;
@@ -39,6 +41,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Manage a password file (like mosquitto_passwd).
     Passwd(passwd::PasswdArgs),
+    /// Work on a data directory while the broker is stopped (salvage).
+    Store(store::StoreArgs),
 }
 
 fn main() -> ExitCode {
@@ -73,6 +77,10 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Store(args) => {
+            init_logging("warn");
+            store::run(args)
+        }
     }
 }
 

@@ -23,9 +23,14 @@ fn data_dir() -> std::path::PathBuf {
 /// Starts `tern serve` on a free port; returns the child, its address, and
 /// the log lines read up to the "listening" line.
 fn serve(extra: &[&str]) -> (Child, String, Vec<String>) {
+    serve_in(&data_dir(), extra)
+}
+
+/// [`serve`] with the data directory `dir`.
+fn serve_in(dir: &std::path::Path, extra: &[&str]) -> (Child, String, Vec<String>) {
     let mut child = tern()
         .args(["serve", "--bind", "127.0.0.1:0", "--data-dir"])
-        .arg(data_dir())
+        .arg(dir)
         .args(extra)
         .stderr(Stdio::piped())
         .env("RUST_LOG", "info")
@@ -132,6 +137,24 @@ fn unknown_config_key_is_an_error_naming_it() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("max_packet_sise"), "{stderr}");
     assert!(stderr.contains("bad.toml"), "{stderr}");
+}
+
+/// A zero-length data file starts an empty broker (redb makes it a new
+/// file), but not silently: it may have been a full one.
+#[test]
+fn an_empty_data_file_is_warned_about() {
+    let dir = data_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("tern.redb"), b"").unwrap();
+    let (mut child, _, lines) = serve_in(&dir, &[]);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let warning = lines.iter().find(|l| l.contains("data file is empty"));
+    assert!(
+        warning.is_some_and(|w| w.contains("WARN") && w.contains("tern.redb")),
+        "{lines:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

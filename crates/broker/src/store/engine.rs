@@ -52,7 +52,9 @@
 //! reports `Recovered::repaired`. So an open either fails with a message
 //! naming the file or returns everything that was durable: never a panic,
 //! never silently less. As a last guard, a panic inside redb during open is
-//! caught and reported as `Damaged`. (In `Os` mode a power cut may lose the
+//! caught and reported as `Damaged`. What is still readable in a damaged
+//! file can be copied into a new one by `tern store salvage` (see
+//! [`super::salvage`]). A zero-length file is taken as new, with a warning. (In `Os` mode a power cut may lose the
 //! commits since the last fsync, or damage the file so it is refused: that
 //! is the mode's documented trade.)
 
@@ -79,7 +81,7 @@ use redb::{
 use tokio::sync::watch;
 
 /// The file's name inside the data directory.
-const FILE_NAME: &str = "tern.redb";
+pub(super) const FILE_NAME: &str = "tern.redb";
 
 /// Most ops in one write transaction; the rest of a batch goes into the next.
 /// Why: a transaction's dirty pages are held in memory until its commit, so
@@ -112,21 +114,21 @@ const ATTEMPTS_WHILE_CLOSING: u32 = 20;
 
 /// redb's magic number, the first 9 bytes of its files (redb's design doc,
 /// "Database layout"; also in redb's `header.rs`).
-const REDB_MAGIC: [u8; 9] = [b'r', b'e', b'd', b'b', 0x1A, 0x0A, 0xA9, 0x0D, 0x0A];
+pub(super) const REDB_MAGIC: [u8; 9] = [b'r', b'e', b'd', b'b', 0x1A, 0x0A, 0xA9, 0x0D, 0x0A];
 /// The "god byte" that follows the magic number, and its flag that redb sets
 /// while a writer has the file open and clears on a clean close. redb does
 /// not say whether an open repaired the file when the integrity check runs
 /// on every open (its repair callback then always fires), so this flag,
 /// read before the open, is how `Recovered::repaired` knows the file was not
 /// closed cleanly. The crash test checks it, so a format change fails a test.
-const REDB_GOD_BYTE: usize = 9;
-const REDB_RECOVERY_REQUIRED: u8 = 2;
+pub(super) const REDB_GOD_BYTE: usize = 9;
+pub(super) const REDB_RECOVERY_REQUIRED: u8 = 2;
 
-const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
-const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("messages");
-const QUEUE: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("queue");
-const INBOUND: TableDefinition<(&str, u16), ()> = TableDefinition::new("inbound");
-const RETAINED: TableDefinition<&str, &[u8]> = TableDefinition::new("retained");
+pub(super) const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
+pub(super) const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("messages");
+pub(super) const QUEUE: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("queue");
+pub(super) const INBOUND: TableDefinition<(&str, u16), ()> = TableDefinition::new("inbound");
+pub(super) const RETAINED: TableDefinition<&str, &[u8]> = TableDefinition::new("retained");
 
 /// How durable a commit is before the store reports it done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
@@ -240,8 +242,9 @@ pub enum StoreError {
     /// The file fails its checksums or its layout, and redb could not fall
     /// back to an intact commit.
     #[error(
-        "data file {} is damaged and could not be repaired: {reason}; move it away to start empty, or restore a backup",
-        .path.display()
+        "data file {} is damaged and could not be repaired: {reason}; with tern stopped, `tern store salvage {}` copies what is still readable into a new data directory (or move the file away to start empty, or restore a backup)",
+        .path.display(),
+        .path.parent().unwrap_or(Path::new(".")).display()
     )]
     Damaged { path: PathBuf, reason: String },
     /// The file exists but is not a redb file at all.
@@ -262,6 +265,12 @@ pub enum StoreError {
         .path.display()
     )]
     Io { path: PathBuf, source: io::Error },
+    /// Salvage was asked to write where a data file already is.
+    #[error(
+        "{} already exists: salvage writes a new data file and never overwrites one; name an empty directory with --to, or move that file away",
+        .path.display()
+    )]
+    Exists { path: PathBuf },
     /// Anything else redb reported while opening.
     #[error("cannot open data file {}: {reason}", .path.display())]
     Other { path: PathBuf, reason: String },
@@ -362,6 +371,12 @@ impl<V: Value> Engine<V> {
             hooks,
         };
 
+        if std::fs::metadata(&path).is_ok_and(|m| m.len() == 0) {
+            tracing::warn!(
+                file = %path.display(),
+                "the data file is empty (zero bytes): starting with no stored sessions or retained messages; if it held data, stop tern and restore it from a backup"
+            );
+        }
         let left_open = left_open(&path);
         let fell_back = Arc::new(AtomicBool::new(false));
         let opened = catch_unwind(AssertUnwindSafe(|| {
@@ -1205,7 +1220,7 @@ impl<'t> Tables<'t> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     /// Failure injection for the backend: while `fail` is set, every write,
@@ -1236,10 +1251,10 @@ mod tests {
     }
 
     /// A directory under the system temp dir, removed on drop.
-    struct TestDir(PathBuf);
+    pub(in crate::store) struct TestDir(pub(in crate::store) PathBuf);
 
     impl TestDir {
-        fn new(name: &str) -> TestDir {
+        pub(in crate::store) fn new(name: &str) -> TestDir {
             static NEXT: AtomicU64 = AtomicU64::new(0);
             let n = NEXT.fetch_add(1, Ordering::Relaxed);
             let path =
@@ -1248,7 +1263,7 @@ mod tests {
             TestDir(path)
         }
 
-        fn file(&self) -> PathBuf {
+        pub(in crate::store) fn file(&self) -> PathBuf {
             self.0.join(FILE_NAME)
         }
     }

@@ -6,6 +6,8 @@
 //! - [`records`]: the byte layout of messages, queue entries and sessions.
 //! - [`recover`]: rebuilds sessions, queues, in-flight state and retained
 //!   messages from the file at start.
+//! - [`salvage`]: copies what is still readable out of a damaged file into
+//!   a new one (`tern store salvage`).
 //! - [`Store`] (here): what the rest of the broker calls. Changes are
 //!   submitted without waiting; each returns a *ticket*, and a response that
 //!   promises durability (PUBACK, PUBREC, PUBREL, PUBCOMP, SUBACK) is held in
@@ -19,6 +21,7 @@
 pub mod engine;
 pub mod records;
 pub mod recover;
+pub mod salvage;
 
 use std::num::NonZeroU16;
 use std::path::Path;
