@@ -19,6 +19,8 @@ pub use crate::store::Durability;
 pub struct Config {
     /// Address of the TCP listener. Default `127.0.0.1:1883`: loopback only,
     /// so a broker started without configuration is not open to the network.
+    /// A host name (`localhost:1883`) is resolved once, at load.
+    #[serde(deserialize_with = "socket_addr")]
     pub bind: SocketAddr,
     /// Largest packet accepted from a client, in bytes, announced to MQTT 5
     /// clients as Maximum Packet Size. Larger packets are refused from their
@@ -76,7 +78,8 @@ pub struct Config {
     /// a restart or a crash. Default true; false keeps everything in memory.
     pub persistence: bool,
     /// Directory of the data file (`tern.redb`), created if missing. Default
-    /// `tern-data`, relative to the working directory.
+    /// `tern-data` in the working directory; set in a config file, a relative
+    /// path is relative to that file's folder (as every path there is).
     pub data_dir: PathBuf,
     /// When an acknowledgement that promises durability (PUBACK, PUBREC,
     /// PUBCOMP, SUBACK) is sent: `"fsync"` (default) after the change is
@@ -108,6 +111,13 @@ pub struct Config {
     pub client_id_takeover_by_other_users: bool,
     /// Clients connected at once, over all listeners; 0 = no limit. Default 0.
     pub max_connections: usize,
+    /// The longest a session is kept while its client is away, in seconds;
+    /// 0 = no cap. It bounds the sessions that would otherwise never expire
+    /// (MQTT 3.1.1 clean session 0, MQTT 5 expiry 0xFFFFFFFF), as Mosquitto's
+    /// `persistent_client_expiration` does, and any longer MQTT 5 expiry
+    /// (the client learns the value in force from CONNACK). Default 0, as in
+    /// Mosquitto: a device may stay away for months and find its messages.
+    pub max_session_expiry_secs: u32,
     /// Retained messages kept in all; 0 = no limit. Default 0.
     pub max_retained_messages: usize,
     /// Bytes (topic and payload) of retained messages kept in all; 0 = no
@@ -162,7 +172,8 @@ impl ListenerTransport {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
-    /// Address to listen on.
+    /// Address to listen on (a host name is resolved once, at load).
+    #[serde(deserialize_with = "socket_addr")]
     pub bind: SocketAddr,
     /// `"tcp"` (default), `"tls"`, `"ws"` or `"wss"`.
     #[serde(default)]
@@ -276,6 +287,7 @@ impl Default for Config {
             acl_file: None,
             client_id_takeover_by_other_users: false,
             max_connections: 0,
+            max_session_expiry_secs: 0,
             max_subscriptions_per_client: 10_000,
             max_retained_messages: 0,
             max_retained_bytes: 0,
@@ -288,44 +300,77 @@ impl Default for Config {
     }
 }
 
-/// Why a configuration could not be loaded.
+/// Why a configuration could not be loaded. Each message names the file and,
+/// for what is wrong inside it, the line, the key and the text at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}: {reason}")]
     Read {
         path: String,
-        source: std::io::Error,
+        reason: std::io::Error,
     },
-    #[error("invalid config file {path}: {message}")]
+    #[error("invalid config file {path}, {message}")]
     Parse { path: String, message: String },
     #[error("invalid config: {0}")]
     Invalid(String),
 }
 
 impl Config {
-    /// Reads and validates a TOML file.
+    /// Reads and validates a TOML file. Relative paths in it (`data_dir`,
+    /// `password_file`, `acl_file`, a listener's certificate files) are
+    /// relative to the file's folder, as Mosquitto users expect.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|reason| ConfigError::Read {
             path: path.display().to_string(),
-            source,
+            reason,
         })?;
-        Config::from_toml(&text).map_err(|e| match e {
-            ConfigError::Parse { message, .. } => ConfigError::Parse {
-                path: path.display().to_string(),
-                message,
-            },
-            other => other,
-        })
+        let mut config = Config::parse(&text).map_err(|message| ConfigError::Parse {
+            path: path.display().to_string(),
+            message,
+        })?;
+        let folder = std::path::absolute(path)
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_path_buf))
+            .unwrap_or_default();
+        config.resolve_paths(&folder, text_sets(&text, "data_dir"));
+        config.validate()?;
+        Ok(config)
     }
 
-    /// Parses and validates TOML text.
+    /// Parses and validates TOML text (paths stay as written).
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let config = Config::parse(text).map_err(|message| ConfigError::Parse {
             path: "<text>".into(),
-            message: e.message().to_string(),
+            message,
         })?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// Deserializes `text`; the error says where and what (see [`explain`]).
+    fn parse(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| explain(text, &e))
+    }
+
+    /// Makes the relative paths set in a config file relative to `folder`.
+    /// `data_dir` only if the file sets it: its default stays relative to
+    /// the working directory.
+    fn resolve_paths(&mut self, folder: &Path, data_dir_set: bool) {
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = folder.join(&*p);
+            }
+        };
+        if data_dir_set {
+            resolve(&mut self.data_dir);
+        }
+        self.password_file.iter_mut().for_each(resolve);
+        self.acl_file.iter_mut().for_each(resolve);
+        for l in &mut self.listeners {
+            l.cert_file.iter_mut().for_each(resolve);
+            l.key_file.iter_mut().for_each(resolve);
+            l.ca_file.iter_mut().for_each(resolve);
+        }
     }
 
     /// The listeners to open: `listeners`, or one TCP listener on `bind`.
@@ -370,6 +415,137 @@ impl Config {
     }
 }
 
+/// Whether `text` sets the top-level `key` (a config file that does not
+/// parse as a table never gets this far).
+fn text_sets(text: &str, key: &str) -> bool {
+    text.parse::<toml::Table>()
+        .is_ok_and(|table| table.contains_key(key))
+}
+
+/// Deserializes an address: `IP:PORT`, or `HOST:PORT` resolved now (the
+/// first address it resolves to).
+fn socket_addr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    let text = String::deserialize(d)?;
+    parse_addr(&text).map_err(serde::de::Error::custom)
+}
+
+/// `IP:PORT` or `HOST:PORT` as an address, or what is wrong and what to
+/// write instead. Also what `tern serve --bind` takes.
+pub fn parse_addr(text: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return Err(format!(
+            "`{text}` has no port: write it as \"{text}:1883\" (or the port you want)"
+        ));
+    };
+    let Ok(port) = port.parse::<u16>() else {
+        return Err(format!(
+            "`{text}`: the port `{port}` is not a number from 0 to 65535"
+        ));
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    match (host, port).to_socket_addrs() {
+        Ok(mut addrs) => addrs.next().ok_or_else(|| {
+            format!("the host name `{host}` resolves to no address: use an IP address, such as \"127.0.0.1:{port}\" or \"0.0.0.0:{port}\"")
+        }),
+        Err(e) => Err(format!(
+            "cannot resolve the host name `{host}` ({e}): use an IP address, such as \"127.0.0.1:{port}\" or \"0.0.0.0:{port}\""
+        )),
+    }
+}
+
+/// A TOML or value error as an operator reads it: line, column, key, the
+/// line itself with the fault underlined, and a hint where one helps.
+///
+/// ```text
+/// line 3, column 23, key `max_queued_messages`: invalid type: string "50", expected a whole number
+///   3 | max_queued_messages = "50"
+///     |                       ^^^^
+/// ```
+fn explain(text: &str, e: &toml::de::Error) -> String {
+    let message = friendly(e.message());
+    let Some(span) = e.span() else {
+        return message;
+    };
+    let start = span.start.min(text.len());
+    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    let line_no = text[..start].matches('\n').count() + 1;
+    let line = text[line_start..].lines().next().unwrap_or("");
+    let column = text[line_start..start].chars().count() + 1;
+    let key = line
+        .split_once('=')
+        .map(|(k, _)| k.trim())
+        .filter(|k| !k.is_empty() && !k.starts_with('['));
+    let mut out = format!("line {line_no}, column {column}");
+    if let Some(key) = key {
+        out.push_str(&format!(", key `{key}`"));
+    }
+    out.push_str(&format!(": {message}"));
+    let width = span
+        .end
+        .saturating_sub(span.start)
+        .max(1)
+        .min(line.len().saturating_sub(column - 1).max(1));
+    let gutter = line_no.to_string().len();
+    out.push_str(&format!(
+        "\n  {line_no} | {line}\n  {:gutter$} | {:pad$}{}",
+        "",
+        "",
+        "^".repeat(width),
+        pad = column - 1
+    ));
+    if let Some(hint) = hint(line, &message) {
+        out.push_str(&format!("\n  hint: {hint}"));
+    }
+    out
+}
+
+/// serde's wording, with Rust type names and the list of all keys replaced
+/// by what a user can act on.
+fn friendly(message: &str) -> String {
+    if let Some(rest) = message.strip_prefix("unknown field `") {
+        let (field, expected) = rest.split_once('`').unwrap_or((rest, ""));
+        let known: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+        let closest = known
+            .iter()
+            .map(|k| (strsim::levenshtein(field, k), *k))
+            .min()
+            .filter(|(d, k)| *d <= 2.max(k.len() / 4));
+        return match closest {
+            Some((_, k)) => format!("unknown key `{field}`: did you mean `{k}`?"),
+            None => format!("unknown key `{field}` (tern.example.toml lists every key)"),
+        };
+    }
+    let mut message = message.to_owned();
+    for (rust, human) in [
+        ("expected usize", "expected a whole number"),
+        ("expected u64", "expected a whole number"),
+        ("expected u32", "expected a whole number up to 4294967295"),
+        ("expected u16", "expected a whole number up to 65535"),
+        ("expected u8", "expected a whole number up to 255"),
+        (
+            "expected a boolean",
+            "expected true or false (without quotes)",
+        ),
+    ] {
+        message = message.replace(rust, human);
+    }
+    message
+}
+
+/// A hint for the classic slip: text (an address, a path) without quotes.
+fn hint(line: &str, message: &str) -> Option<String> {
+    let (key, value) = line.split_once('=')?;
+    let value = value.trim();
+    let unquoted = !value.starts_with(['"', '\'', '[', '{']);
+    let textual = value.contains([':', '/']) || value.matches('.').count() > 1;
+    (unquoted && textual && !message.contains("invalid type"))
+        .then(|| format!("text needs quotes: {} = \"{value}\"", key.trim()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -380,6 +556,116 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("bnid"), "{err}");
+    }
+
+    fn parse_error(text: &str) -> String {
+        Config::from_toml(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_wrong_type_names_line_column_key_and_text() {
+        let err = parse_error("# limits\nmax_queued_messages = \"50\"\n");
+        for part in [
+            "line 2, column 23",
+            "key `max_queued_messages`",
+            "string \"50\"",
+            "a whole number",
+            "2 | max_queued_messages = \"50\"",
+            "^^^^",
+        ] {
+            assert!(err.contains(part), "{part:?} missing in:\n{err}");
+        }
+        assert!(!err.contains("usize"), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_key_gets_a_suggestion_not_a_list() {
+        let err = parse_error("max_packet_sise = 10");
+        assert!(err.contains("did you mean `max_packet_size`?"), "{err}");
+        assert!(!err.contains("expected one of"), "{err}");
+        let err = parse_error("colour = 1");
+        assert!(
+            err.contains("unknown key `colour`") && err.contains("tern.example.toml"),
+            "{err}"
+        );
+        let err = parse_error("[[listeners]]\nbind = \"127.0.0.1:1\"\ntransprt = \"ws\"");
+        assert!(
+            err.contains("line 3") && err.contains("did you mean `transport`?"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn addresses_say_what_is_missing() {
+        let err = parse_error("bind = \"127.0.0.1\"");
+        assert!(
+            err.contains("has no port") && err.contains("\"127.0.0.1:1883\""),
+            "{err}"
+        );
+        let err = parse_error("bind = 127.0.0.1:1885");
+        assert!(err.contains("line 1"), "{err}");
+        assert!(
+            err.contains("hint: text needs quotes: bind = \"127.0.0.1:1885\""),
+            "{err}"
+        );
+        let err = parse_error("bind = \"127.0.0.1:70000\"");
+        assert!(err.contains("not a number from 0 to 65535"), "{err}");
+        let err = parse_error("bind = \"no-such-host.invalid:1883\"");
+        assert!(err.contains("use an IP address"), "{err}");
+    }
+
+    #[test]
+    fn host_names_are_resolved() {
+        let config = Config::from_toml("bind = \"localhost:1886\"").unwrap();
+        assert!(config.bind.ip().is_loopback(), "{}", config.bind);
+        assert_eq!(config.bind.port(), 1886);
+        let config = Config::from_toml("[[listeners]]\nbind = \"localhost:8883\"").unwrap();
+        assert!(config.listeners[0].bind.ip().is_loopback());
+    }
+
+    #[test]
+    fn paths_in_a_file_are_relative_to_its_folder() {
+        let dir = std::env::temp_dir().join(format!("tern-config-paths-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("tern.toml");
+        std::fs::write(
+            &file,
+            "data_dir = \"data\"\npassword_file = \"passwd\"\nacl_file = \"/etc/tern/acl\"\n\
+             [[listeners]]\nbind = \"127.0.0.1:8883\"\ntransport = \"tls\"\n\
+             cert_file = \"certs/server.pem\"\nkey_file = \"certs/server.key\"\n",
+        )
+        .unwrap();
+        let config = Config::from_file(&file).unwrap();
+        assert_eq!(config.data_dir, dir.join("data"));
+        assert_eq!(config.password_file, Some(dir.join("passwd")));
+        assert_eq!(config.acl_file, Some(PathBuf::from("/etc/tern/acl")));
+        assert_eq!(
+            config.listeners[0].cert_file,
+            Some(dir.join("certs/server.pem"))
+        );
+        assert_eq!(
+            config.listeners[0].key_file,
+            Some(dir.join("certs/server.key"))
+        );
+        // Not set in the file: the default stays in the working directory.
+        std::fs::write(&file, "max_connections = 5\n").unwrap();
+        assert_eq!(
+            Config::from_file(&file).unwrap().data_dir,
+            PathBuf::from("tern-data")
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The OS's reason appears once, not again as a chained cause.
+    #[test]
+    fn a_missing_file_is_one_message() {
+        let err = Config::from_file(Path::new("/nonexistent/tern.toml")).unwrap_err();
+        assert!(std::error::Error::source(&err).is_none());
+        let text = err.to_string();
+        assert!(
+            text.contains("/nonexistent/tern.toml") && text.contains("No such file"),
+            "{text}"
+        );
     }
 
     #[test]

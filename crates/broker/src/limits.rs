@@ -167,7 +167,7 @@ impl RateTable {
 #[derive(Debug)]
 pub struct ClientLimits {
     /// For the refusal logs (`Client` does not keep the address).
-    peer: SocketAddr,
+    pub(crate) peer: SocketAddr,
     /// The publish-rate bucket (see [`Bucket`]).
     publish_due: Instant,
 }
@@ -380,7 +380,7 @@ pub fn publish_refused(client: &mut Client, publish: &Publish) -> bool {
         return false;
     }
     count(&client.state.limits.counters.topic_levels_refused);
-    log_refusal(client, "PUBLISH", &publish.topic, "too many topic levels");
+    crate::handler::log_refused(client, "PUBLISH", &publish.topic, "too many topic levels");
     let reason = if client.version == ProtocolVersion::V5 {
         ReasonCode::TopicNameInvalid
     } else {
@@ -434,7 +434,7 @@ pub fn retained_refused(client: &Client, publish: &Publish) -> bool {
             .admits(&publish.topic, size, client.username.as_ref(), quotas);
     if !admitted {
         count(&client.state.limits.counters.retained_refused);
-        log_refusal(
+        crate::handler::log_refused(
             client,
             "PUBLISH",
             &publish.topic,
@@ -468,21 +468,8 @@ pub fn subscription_refused(client: &Client, filter: &str, inner: &str) -> Optio
         return None;
     };
     count(counter);
-    log_refusal(client, "SUBSCRIBE", filter, why);
+    crate::handler::log_refused(client, "SUBSCRIBE", filter, why);
     Some(reason)
-}
-
-/// Logs a refused PUBLISH or subscription, once, at info (throttled).
-fn log_refusal(client: &Client, packet: &str, topic: &str, why: &str) {
-    let client_id = client.client_id();
-    // The box exists when `max_publish_rate` or `max_topic_levels` is set;
-    // without it a refused subscription is logged without the address.
-    match &client.limits {
-        Some(own) => {
-            crate::throttled!(info, "refused", peer = %own.peer, %client_id, packet, topic, "refused: {why}")
-        }
-        None => crate::throttled!(info, "refused", %client_id, packet, topic, "refused: {why}"),
-    }
 }
 
 /// Bytes of each connection not charged to `max_connecting_bytes`: any

@@ -18,6 +18,9 @@ pub struct Metrics {
     pub publish_dropped: AtomicU64,
     pub bytes_received: AtomicU64,
     pub bytes_sent: AtomicU64,
+    /// Sessions removed because their client stayed away past their expiry
+    /// (Mosquitto's `clients/expired`).
+    pub sessions_expired: AtomicU64,
 }
 
 impl Metrics {

@@ -17,6 +17,7 @@ use tern_codec::ByteStr;
 
 use crate::auth;
 use crate::message::Message;
+use crate::metrics::Metrics;
 use crate::router;
 use crate::session::{ConnectionId, NEVER_EXPIRES, PendingWill, Session, SessionState};
 use crate::state::BrokerState;
@@ -307,7 +308,11 @@ fn expire(state: &Arc<BrokerState>, session: &Arc<Session>, generation: u32) {
     drop(st);
     sessions.remove(session);
     drop(sessions);
-    tracing::debug!(client_id = %session.client_id, "session expired");
+    Metrics::add(&state.metrics.sessions_expired, 1);
+    // Throttled: when a fleet's sessions expire together, a few lines and a
+    // count of the rest (and `$SYS/broker/clients/expired`) tell the story.
+    let client_id = &session.client_id;
+    crate::throttled!(info, "session expired", %client_id, "session expired: its client stayed away past its session expiry");
     remove_subscriptions(state, session, subscriptions.into_keys());
     if let Some(will) = will {
         publish_will(state, will.message, will.username.as_ref());
@@ -363,7 +368,9 @@ mod tests {
     /// paused: any wait on a timer shows as elapsed time.
     #[tokio::test(start_paused = true)]
     async fn a_takeover_of_a_closing_connection_does_not_wait() {
-        let state = BrokerState::new(Config::default(), None).expect("state");
+        let config = Config::default();
+        let auth = crate::auth::AuthState::new(&config).expect("auth");
+        let state = BrokerState::new(config, None, auth).expect("state");
         let client_id = ByteStr::from("closing");
         let first = attach(&state, &client_id, true, 0, id(1), None).await;
         let takeover = tokio::spawn({

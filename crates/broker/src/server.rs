@@ -10,6 +10,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use crate::auth::AuthState;
 use crate::config::Config;
 use crate::listener::{self, ListenerSet};
 use crate::state::BrokerState;
@@ -34,6 +35,11 @@ impl Broker {
         config
             .validate()
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        // Every file and port first: a start that fails on them must not
+        // have created the data directory and file.
+        let auth = AuthState::new(&config)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+        let (sockets, listeners) = listener::bind(&config).await?;
         let (store, recovered) = if config.persistence {
             let (store, recovered) =
                 Store::open(&config.data_dir, config.durability).map_err(std::io::Error::other)?;
@@ -41,8 +47,7 @@ impl Broker {
         } else {
             (None, None)
         };
-        let (sockets, listeners) = listener::bind(&config).await?;
-        let state = BrokerState::new(config, store)?;
+        let state = BrokerState::new(config, store, auth)?;
         // Everything stored is back before the first connection is accepted.
         if let Some(recovered) = recovered {
             recover::restore(&state, recovered);

@@ -84,9 +84,11 @@ fn unpoison<G>(result: Result<G, std::sync::PoisonError<G>>) -> G {
 impl BrokerState {
     /// Fresh state for a broker with this configuration. Must be called within
     /// the tokio runtime that will run the broker (the parker spawns on it).
-    pub fn new(config: Config, store: Option<Arc<Store>>) -> std::io::Result<Arc<BrokerState>> {
-        let auth = AuthState::new(&config)
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+    pub fn new(
+        config: Config,
+        store: Option<Arc<Store>>,
+        auth: AuthState,
+    ) -> std::io::Result<Arc<BrokerState>> {
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
         let park_after =

@@ -67,6 +67,10 @@ fn snapshot(state: &BrokerState) -> Vec<(&'static str, String)> {
             total.saturating_sub(connected).to_string(),
         ),
         (
+            "clients/expired",
+            Metrics::get(&m.sessions_expired).to_string(),
+        ),
+        (
             "messages/received",
             Metrics::get(&m.packets_received).to_string(),
         ),

@@ -158,3 +158,31 @@ async fn v5_session_expiry_zero_ends_session_at_disconnect() {
     let (_c, ack) = TestClient::connect_with(addr, connect).await;
     assert!(!ack.session_present);
 }
+
+/// `max_session_expiry_secs` (Mosquitto's persistent_client_expiration):
+/// a 3.1.1 persistent session, which has no expiry of its own, and an MQTT 5
+/// one asking for "never" are gone once their client stays away past the
+/// cap; the MQTT 5 client is told the cap in CONNACK; each expiry counts in
+/// `clients/expired`.
+#[tokio::test]
+async fn sessions_that_would_never_expire_are_capped() {
+    let broker = start_with(Config {
+        max_session_expiry_secs: 1,
+        ..test_config()
+    })
+    .await;
+    let addr = broker.local_addr();
+    let mut forever = persistent(V5, "v5-forever");
+    forever.properties.session_expiry_interval = Some(u32::MAX);
+    let (v5, ack) = TestClient::connect_with(addr, forever.clone()).await;
+    assert_eq!(ack.properties.session_expiry_interval, Some(1));
+    let (v4, _) = TestClient::connect_with(addr, persistent(V4, "v4-persistent")).await;
+    v5.disconnect().await;
+    v4.disconnect().await;
+    let expired = || tern_broker::metrics::Metrics::get(&broker.state().metrics.sessions_expired);
+    eventually("both sessions expire", || expired() == 2).await;
+    let (_v5, ack) = TestClient::connect_with(addr, forever).await;
+    assert!(!ack.session_present);
+    let (_v4, ack) = TestClient::connect_with(addr, persistent(V4, "v4-persistent")).await;
+    assert!(!ack.session_present);
+}

@@ -12,7 +12,7 @@
 //! atomically (a temporary file in the same directory, then a rename) and
 //! is readable by its owner only (0600).
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::num::NonZeroU32;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -104,12 +104,26 @@ fn read_lines(path: &Path) -> anyhow::Result<Vec<String>> {
     }
 }
 
-/// Asks twice, without echo.
+/// Asks twice, without echo, on a terminal. From a pipe (as
+/// mosquitto_passwd takes it: `printf 'pw\npw\n' | tern passwd FILE USER`)
+/// it reads the password from the first line, and if there is a second,
+/// checks that it is the same.
 fn prompt() -> anyhow::Result<String> {
-    let first = rpassword::prompt_password("Password: ").context("cannot read the password")?;
-    let second =
-        rpassword::prompt_password("Reenter password: ").context("cannot read the password")?;
-    if first != second {
+    let cannot = "cannot read the password";
+    let (first, again) = if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password("Password: ").context(cannot)?;
+        let again = rpassword::prompt_password("Reenter password: ").context(cannot)?;
+        (first, Some(again))
+    } else {
+        let mut lines = std::io::stdin().lines();
+        let first = lines
+            .next()
+            .transpose()
+            .context(cannot)?
+            .unwrap_or_default();
+        (first, lines.next().transpose().context(cannot)?)
+    };
+    if again.is_some_and(|again| again != first) {
         bail!("passwords do not match");
     }
     if first.is_empty() {

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use tern_broker::config::ListenerTransport;
+use tern_broker::config::{ListenerTransport, parse_addr};
 use tern_broker::{Broker, Config};
 
 /// Options of `tern serve`.
@@ -16,7 +16,7 @@ use tern_broker::{Broker, Config};
 pub struct ServeArgs {
     /// Listen on this address with plain TCP (overrides `bind` in the config
     /// file; not with `[[listeners]]`, whose addresses are set there).
-    #[arg(long, value_name = "ADDR:PORT")]
+    #[arg(long, value_name = "ADDR:PORT", value_parser = parse_addr)]
     bind: Option<SocketAddr>,
     /// Read settings from this TOML file (see tern.example.toml).
     #[arg(long, short = 'c', value_name = "FILE")]

@@ -335,3 +335,150 @@ fn a_flood_of_bad_connections_logs_a_bounded_number_of_lines() {
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// "Why did my message vanish?": the log says which client and user was
+/// refused what by the ACL, and how many rules the ACL file has. The
+/// config names its files relative to its own folder.
+#[test]
+fn acl_refusals_are_logged_with_client_user_and_topic() {
+    use std::num::NonZeroU16;
+    use tern_codec::{Publish, QoS, Subscribe, SubscribeFilter, SubscriptionOptions};
+    let dir = data_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    passwd(&dir.join("passwd"), "alice", "secret");
+    std::fs::write(
+        dir.join("acl"),
+        "user alice\ntopic readwrite alice/#\ntopic read public/#\n",
+    )
+    .unwrap();
+    let config = dir.join("tern.toml");
+    std::fs::write(&config, "password_file = \"passwd\"\nacl_file = \"acl\"\n").unwrap();
+    let (child, addr, log) = serve_logged(&config.display().to_string());
+    let child = KillOnDrop(child);
+    // Logged at start (before the listening line) and at every reload.
+    sighup(&child.0);
+    let loaded = wait_for_line(&log, "ACL file loaded");
+    assert!(
+        loaded.contains("rules=2") && loaded.contains("users=1"),
+        "{loaded}"
+    );
+
+    let mut stream = TcpStream::connect(&addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut buf = BytesMut::new();
+    send(
+        &mut stream,
+        connect_packet("alice-phone", Some(("alice", "secret"))),
+    );
+    assert!(
+        matches!(recv(&mut stream, &mut buf), Some(Packet::ConnAck(a)) if a.reason == ReasonCode::Success)
+    );
+    let id = NonZeroU16::new(1).unwrap();
+    send(
+        &mut stream,
+        Packet::Publish(Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: "bob/door".into(),
+            packet_id: Some(id),
+            payload: "open".into(),
+            properties: Default::default(),
+        }),
+    );
+    assert!(
+        matches!(recv(&mut stream, &mut buf), Some(Packet::PubAck(a)) if a.reason == ReasonCode::NotAuthorized)
+    );
+    let line = wait_for_line(&log, "refused");
+    for part in [
+        "client_id=alice-phone",
+        "username=\"alice\"",
+        "PUBLISH",
+        "bob/door",
+        "ACL",
+    ] {
+        assert!(line.contains(part), "{part:?} missing: {line}");
+    }
+    send(
+        &mut stream,
+        Packet::Subscribe(Subscribe {
+            packet_id: id,
+            filters: vec![SubscribeFilter {
+                filter: "bob/#".into(),
+                options: SubscriptionOptions::default(),
+            }],
+            properties: Default::default(),
+        }),
+    );
+    assert!(matches!(
+        recv(&mut stream, &mut buf),
+        Some(Packet::SubAck(_))
+    ));
+    let line = wait_for_line(&log, "refused");
+    assert!(
+        line.contains("SUBSCRIBE") && line.contains("bob/#"),
+        "{line}"
+    );
+    drop(child);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Kills the broker when a test ends, also by a failed assertion: a broker
+/// left running keeps the test binary's output open, and `cargo test` would
+/// wait for it for ever.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Once "stopped" is logged (clients told, store flushed), the process
+/// exits at once: a service manager or a script waiting on it is not held up.
+#[test]
+fn the_process_exits_right_after_stopped() {
+    let dir = data_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    passwd(&dir.join("passwd"), "alice", "secret");
+    let config = dir.join("tern.toml");
+    std::fs::write(&config, "password_file = \"passwd\"\n").unwrap();
+    let (child, addr, log) = serve_logged(&config.display().to_string());
+    let mut child = KillOnDrop(child);
+    // A logged-in client (a password check ran) that is connected at the end.
+    assert_eq!(login(&addr, "alice", "secret"), ReasonCode::Success);
+    let mut stream = TcpStream::connect(&addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    send(
+        &mut stream,
+        connect_packet("stays", Some(("alice", "secret"))),
+    );
+    assert!(matches!(
+        recv(&mut stream, &mut BytesMut::new()),
+        Some(Packet::ConnAck(_))
+    ));
+    let status = Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    wait_for_line(&log, "stopped");
+    let stopped = std::time::Instant::now();
+    let exit = loop {
+        if let Some(exit) = child.0.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            stopped.elapsed() < Duration::from_millis(500),
+            "still running 500 ms after \"stopped\""
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert!(exit.success(), "{exit:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

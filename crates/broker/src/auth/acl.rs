@@ -102,6 +102,13 @@ impl Acl {
             .map_err(|(line, why)| format!("ACL file {}: line {line}: {why}", path.display()))
     }
 
+    /// How many rules it has in all, and how many `user` sections.
+    pub fn size(&self) -> (usize, usize) {
+        let user_rules: usize = self.users.values().map(Vec::len).sum();
+        let rules = self.anonymous.len() + user_rules + self.patterns.len();
+        (rules, self.users.len())
+    }
+
     /// Parses ACL text; `Err((line number, why))`.
     pub fn parse(text: &str) -> Result<Acl, (usize, String)> {
         let mut acl = Acl::default();

@@ -74,7 +74,15 @@ impl Auth {
             }
             None => None,
         };
-        let acl = config.acl_file.as_deref().map(Acl::load).transpose()?;
+        let acl = match &config.acl_file {
+            Some(path) => {
+                let acl = Acl::load(path)?;
+                let (rules, users) = acl.size();
+                tracing::info!(file = %path.display(), rules, users, "ACL file loaded");
+                Some(acl)
+            }
+            None => None,
+        };
         Ok(Auth { passwords, acl })
     }
 }

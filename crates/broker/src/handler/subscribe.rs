@@ -78,6 +78,12 @@ fn subscribe_one(
     }
     let (permitted, readable) = auth::subscribe_access(client, filter);
     if !permitted {
+        super::log_refused(
+            client,
+            "SUBSCRIBE",
+            &request.filter,
+            "the ACL does not allow reading it",
+        );
         // 3.1.1 encodes every failure as 0x80.
         return Ok(ReasonCode::NotAuthorized);
     }

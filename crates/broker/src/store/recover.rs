@@ -182,7 +182,8 @@ fn restore_session(
         .sessions()
         .get_or_create(client_id, || Session::new(id.clone(), state.queue_limits()));
     let mut st = session.lock();
-    st.expiry_secs = record.expiry_secs;
+    // A cap set since the session was stored applies to it too.
+    st.expiry_secs = crate::handler::connect::capped_expiry(&state.config, record.expiry_secs);
     st.stored = true;
     st.username = record.username.map(std::sync::Arc::from);
     for (filter, options, subscription_id) in record.subscriptions {
