@@ -394,3 +394,49 @@ def test_passwd_synopsis_matches_the_tool(tmp_path):
     piped = subprocess.run([TERN, "passwd", f, "carol"], input="pw3\npw3\n", text=True, capture_output=True)
     assert piped.returncode == 0, piped.stderr
     assert "carol" in f.read_text()
+
+
+# ---------------------------------------------------------------------------
+# The errors a newcomer meets with the client tools: each says what to do.
+# (Here because the TLS brokers and certificates above are what they need.)
+# ---------------------------------------------------------------------------
+
+def tern_tool(*args, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([TERN, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=30)
+
+
+def test_a_plain_client_on_a_tls_port_is_told_to_use_tls(brokers):
+    out = tern_tool("pub", "-h", "localhost", "-p", brokers["tls"], "-t", "x", "-m", "y")
+    assert out.returncode == 3, out.stderr
+    assert "speaks TLS on this port" in out.stderr and "--cafile" in out.stderr, out.stderr
+
+
+def test_a_tls_client_on_a_plain_port_is_told_it_is_not_tls(brokers, workdir):
+    out = tern_tool("pub", "-h", "localhost", "-p", brokers["plain"], "--cafile", "ca.pem", "-t", "x", "-m", "y",
+                    cwd=workdir)
+    assert out.returncode == 3, out.stderr
+    assert "not speak TLS" in out.stderr and "without --cafile" in out.stderr, out.stderr
+
+
+def test_a_listener_wanting_a_client_certificate_says_so(brokers, workdir):
+    out = tern_tool("pub", "-h", "localhost", "-p", brokers["mtls"], "--cafile", "ca.pem", "-t", "x", "-m", "y",
+                    cwd=workdir)
+    assert out.returncode == 3, out.stderr
+    assert "--cert FILE and --key FILE" in out.stderr, out.stderr
+
+
+def test_command_line_mistakes_exit_2():
+    assert tern_tool("sub", "-p", "1").returncode == 2  # no -t
+    assert tern_tool("sub", "-t", "a/#/b", "-p", "1").returncode == 2  # invalid filter
+    assert tern_tool("pub", "--no-such-flag").returncode == 2
+
+
+def test_debug_output_is_one_line_per_packet(brokers):
+    out = tern_tool("pub", "-h", "127.0.0.1", "-p", brokers["plain"], "-i", "sensor-1", "-t", "house/t", "-m",
+                    "22.5", "-q", "1", "-d")
+    assert out.returncode == 0, out.stderr
+    lines = out.stderr.splitlines()
+    assert "Client sensor-1 sending PUBLISH (d0, q1, r0, m1, 'house/t', ... (4 bytes))" in lines, lines
+    # 0x10: no matching subscribers (MQTT 5 says so in the PUBACK).
+    assert "Client sensor-1 received PUBACK (Mid: 1, RC: 0x10)" in lines, lines
+    assert not any("{" in l for l in lines), "Rust debug structs in the output"

@@ -20,6 +20,7 @@ use tokio::time::Instant;
 
 use crate::error::{DisconnectReason, Error};
 use crate::options::ConnectOptions;
+use crate::packet_log;
 use crate::transport::{self, Stream};
 
 /// The `tracing` target of the packet log (`RUST_LOG=tern_client=debug`).
@@ -92,6 +93,8 @@ pub(crate) struct Connection {
     pub(crate) last_sent: Instant,
     /// A PINGREQ is out: the broker must send something by then.
     ping_deadline: Option<Instant>,
+    /// For the packet log.
+    client_id: String,
 }
 
 /// Connects, sends CONNECT and waits for CONNACK (no timeout: the caller
@@ -113,6 +116,7 @@ pub(crate) async fn establish(
         keep_alive: None,
         last_sent: Instant::now(),
         ping_deadline: None,
+        client_id: client_id.clone(),
     };
     let connect = options.connect_packet(&client_id, options.clean_start);
     conn.send(&Packet::Connect(Box::new(connect)))
@@ -123,7 +127,7 @@ pub(crate) async fn establish(
         .map_err(|e| lost(format!("sending CONNECT failed: {e}")))?;
     conn.out.clear();
     conn.last_sent = Instant::now();
-    let connack = conn.read_connack().await?;
+    let connack = conn.read_connack(|| options.address()).await?;
     if connack.reason.is_error() {
         return Err(Error::Refused(connack.reason));
     }
@@ -141,13 +145,21 @@ fn lost(message: String) -> Error {
 
 impl Connection {
     /// Reads until the first packet, which must be CONNACK.
-    async fn read_connack(&mut self) -> Result<ConnAck, Error> {
+    async fn read_connack(&mut self, addr: impl Fn() -> String) -> Result<ConnAck, Error> {
         loop {
             if let Some(code) = self.mqtt311_refusal() {
                 return Err(Error::Refused(code));
             }
+            if self.tls_record() {
+                return Err(Error::TlsPort { addr: addr() });
+            }
             match self.decode_next() {
-                Ok(Some(Packet::ConnAck(connack))) => return Ok(connack),
+                Ok(Some(Packet::ConnAck(connack))) => {
+                    if let Some(id) = &connack.properties.assigned_client_identifier {
+                        self.client_id = id.to_string();
+                    }
+                    return Ok(connack);
+                }
                 Ok(Some(other)) => {
                     return Err(Error::Protocol(format!(
                         "expected CONNACK, received {}",
@@ -161,13 +173,38 @@ impl Connection {
             match self.reader.read_buf(&mut self.rbuf).await {
                 Ok(0) => {
                     return Err(lost(
-                        "the broker closed the connection before CONNACK".into(),
+                        "the broker closed the connection before CONNACK (if this port speaks TLS, connect with --cafile)".into(),
                     ));
                 }
                 Ok(_) => {}
+                // TLS 1.3 finishes the handshake before the broker checks
+                // our certificate: its refusal comes as an alert here.
+                Err(e) if e.to_string().contains("alert") => {
+                    return Err(Error::Tls {
+                        addr: addr(),
+                        source: e,
+                    });
+                }
                 Err(e) => return Err(lost(format!("reading CONNACK failed: {e}"))),
             }
         }
+    }
+
+    /// The client id for the packet log; until the broker assigns one to a
+    /// client that sent none, "(unnamed)".
+    fn log_id(&self) -> &str {
+        if self.client_id.is_empty() {
+            "(unnamed)"
+        } else {
+            &self.client_id
+        }
+    }
+
+    /// Whether the broker answered with a TLS record (an alert or a
+    /// handshake: content type 21 or 22, version 3.x) instead of CONNACK: a
+    /// plain connection to a TLS port.
+    fn tls_record(&self) -> bool {
+        matches!(self.rbuf.get(..2), Some([0x15 | 0x16, 0x03]))
     }
 
     /// A broker that does not speak MQTT 5 answers an MQTT 5 CONNECT with a
@@ -192,7 +229,7 @@ impl Connection {
     /// Encodes `packet` into the output buffer (and logs it).
     pub(crate) fn send(&mut self, packet: &Packet) -> Result<(), EncodeError> {
         packet.encode(self.version, &mut self.out)?;
-        tracing::debug!(target: LOG_TARGET, "sent {packet:?}");
+        tracing::debug!(target: LOG_TARGET, "Client {} sending {}", self.log_id(), packet_log::line(packet));
         Ok(())
     }
 
@@ -210,7 +247,7 @@ impl Connection {
         let packet = tern_codec::decode(&mut self.rbuf, self.version, self.max_incoming)?;
         if let Some(packet) = &packet {
             self.ping_deadline = None;
-            tracing::debug!(target: LOG_TARGET, "received {packet:?}");
+            tracing::debug!(target: LOG_TARGET, "Client {} received {}", self.log_id(), packet_log::line(packet));
         }
         Ok(packet)
     }

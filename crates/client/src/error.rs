@@ -37,7 +37,7 @@ impl std::fmt::Display for DisconnectReason {
                 let code = *reason as u8;
                 match reason_string {
                     Some(text) => write!(f, "the broker disconnected: {text} ({code:#04x})"),
-                    None => write!(f, "the broker disconnected: {reason:?} ({code:#04x})"),
+                    None => write!(f, "the broker disconnected: {}", describe(*reason)),
                 }
             }
             DisconnectReason::ConnectionLost(text) => f.write_str(text),
@@ -59,18 +59,27 @@ pub enum Error {
         source: std::io::Error,
     },
     /// The TLS handshake failed (an unknown CA, a certificate that does not
-    /// name the host, a broker that does not speak TLS there).
-    #[error("TLS handshake with the broker at {addr} failed: {source}")]
+    /// name the host, a broker that does not speak TLS there, one that wants
+    /// a client certificate); the message says which and what to do.
+    #[error(
+        "TLS handshake with the broker at {addr} failed: {source}; {}",
+        tls_hint(source)
+    )]
     Tls {
         addr: String,
         source: std::io::Error,
     },
+    /// A plain connection reached a port that speaks TLS.
+    #[error(
+        "the broker at {addr} speaks TLS on this port: connect with TLS (--cafile FILE), or use its plain port (usually 1883)"
+    )]
+    TlsPort { addr: String },
     /// The TLS options cannot be used (an unreadable or empty CA file, a
     /// key that does not match its certificate).
     #[error("TLS setup: {0}")]
     TlsSetup(String),
     /// The broker refused CONNECT with this reason code.
-    #[error("broker refused the connection: {}", describe_refusal(*.0))]
+    #[error("broker refused the connection: {}", describe(*.0))]
     Refused(ReasonCode),
     /// No CONNACK (or other awaited answer) in time.
     #[error("timed out after {0:?} waiting for the broker")]
@@ -86,26 +95,32 @@ pub enum Error {
     Invalid(String),
 }
 
-/// A human explanation of a CONNACK refusal code, e.g.
-/// `"bad user name or password (0x86)"`.
+/// A reason code in words, with its number: one spelling for every refusal
+/// the tools print (CONNACK, PUBACK, SUBACK, DISCONNECT), e.g.
+/// `"not authorized (0x87)"`.
 ///
 /// ```
-/// use tern_client::{ReasonCode, describe_refusal};
+/// use tern_client::{ReasonCode, describe};
 /// assert_eq!(
-///     describe_refusal(ReasonCode::BadUserNameOrPassword),
+///     describe(ReasonCode::BadUserNameOrPassword),
 ///     "bad user name or password (0x86)"
 /// );
 /// ```
-pub fn describe_refusal(reason: ReasonCode) -> String {
+pub fn describe(reason: ReasonCode) -> String {
     use ReasonCode::*;
     let text = match reason {
-        Success => "connection accepted",
+        Success => "success",
+        GrantedQoS1 => "granted QoS 1",
+        GrantedQoS2 => "granted QoS 2",
+        DisconnectWithWillMessage => "disconnect with will message",
+        NoMatchingSubscribers => "no matching subscribers",
+        NoSubscriptionExisted => "no subscription existed",
+        ContinueAuthentication => "continue authentication",
+        ReAuthenticate => "re-authenticate",
         UnspecifiedError => "unspecified error",
-        MalformedPacket => "the broker could not parse the CONNECT packet",
-        ProtocolError => "protocol error in the CONNECT packet",
-        ImplementationSpecificError => {
-            "the broker rejected the connection (implementation specific)"
-        }
+        MalformedPacket => "malformed packet",
+        ProtocolError => "protocol error",
+        ImplementationSpecificError => "implementation specific error",
         UnsupportedProtocolVersion => "unsupported protocol version",
         ClientIdentifierNotValid => "client identifier not valid",
         BadUserNameOrPassword => "bad user name or password",
@@ -115,18 +130,52 @@ pub fn describe_refusal(reason: ReasonCode) -> String {
         Banned => "banned",
         ServerShuttingDown => "server shutting down",
         BadAuthenticationMethod => "bad authentication method",
-        TopicNameInvalid => "will topic name invalid",
+        KeepAliveTimeout => "keep-alive timeout",
+        SessionTakenOver => "session taken over",
+        TopicFilterInvalid => "topic filter invalid",
+        TopicNameInvalid => "topic name invalid",
+        PacketIdentifierInUse => "packet identifier in use",
+        PacketIdentifierNotFound => "packet identifier not found",
+        ReceiveMaximumExceeded => "receive maximum exceeded",
+        TopicAliasInvalid => "topic alias invalid",
         PacketTooLarge => "packet too large",
+        MessageRateTooHigh => "message rate too high",
         QuotaExceeded => "quota exceeded",
-        PayloadFormatInvalid => "will payload format invalid",
+        AdministrativeAction => "administrative action",
+        PayloadFormatInvalid => "payload format invalid",
         RetainNotSupported => "retain not supported",
         QoSNotSupported => "QoS not supported",
         UseAnotherServer => "use another server",
         ServerMoved => "server moved",
+        SharedSubscriptionsNotSupported => "shared subscriptions not supported",
         ConnectionRateExceeded => "connection rate exceeded",
-        other => return format!("unexpected reason {other:?} ({:#04x})", other as u8),
+        MaximumConnectTime => "maximum connect time",
+        SubscriptionIdentifiersNotSupported => "subscription identifiers not supported",
+        WildcardSubscriptionsNotSupported => "wildcard subscriptions not supported",
     };
     format!("{text} ({:#04x})", reason as u8)
+}
+
+/// What to do about a failed TLS handshake, from rustls' error.
+fn tls_hint(source: &std::io::Error) -> &'static str {
+    let text = source.to_string();
+    if text.contains("InvalidContentType") || text.contains("corrupt message") {
+        "this port does not speak TLS: connect without --cafile, or use the broker's TLS port (usually 8883)"
+    } else if text.contains("reset by peer")
+        || text.contains("close_notify")
+        || text.contains("UnexpectedEof")
+        || text.contains("unexpected end of file")
+    {
+        "the broker hung up during the handshake: this port may not speak TLS (connect without --cafile, or use the TLS port, usually 8883)"
+    } else if text.contains("CertificateRequired") {
+        "the broker asks for a client certificate: give --cert FILE and --key FILE"
+    } else if text.contains("NotValidForName") {
+        "the broker's certificate does not name this host: connect with -h set to a name it carries"
+    } else if text.contains("UnknownIssuer") || text.contains("invalid peer certificate") {
+        "the broker's certificate is not signed by a CA in --cafile"
+    } else {
+        "check --cafile, and that the broker's certificate names the -h host"
+    }
 }
 
 /// The error for an operation on a connection that ended for `reason`.
@@ -141,14 +190,11 @@ mod tests {
     #[test]
     fn refusals_are_short_sentences_with_the_code() {
         assert_eq!(
-            describe_refusal(ReasonCode::ClientIdentifierNotValid),
+            describe(ReasonCode::ClientIdentifierNotValid),
             "client identifier not valid (0x85)"
         );
-        assert_eq!(
-            describe_refusal(ReasonCode::ServerBusy),
-            "server busy (0x89)"
-        );
-        assert!(describe_refusal(ReasonCode::GrantedQoS1).contains("(0x01)"));
+        assert_eq!(describe(ReasonCode::ServerBusy), "server busy (0x89)");
+        assert_eq!(describe(ReasonCode::GrantedQoS1), "granted QoS 1 (0x01)");
     }
 
     #[test]

@@ -43,10 +43,12 @@
 //! - `session`: state that outlives a connection: packet ids, in-flight
 //!   QoS 1/2 messages, queued publishes, subscriptions.
 //! - `event`: [`Event`], [`Events`] and the bounded queue between them.
-//! - `error`: [`Error`], [`DisconnectReason`], [`describe_refusal`].
+//! - `error`: [`Error`], [`DisconnectReason`], [`describe`].
+//! - `packet_log`: one line per packet for the debug log.
 //!
 //! Every packet sent and received is logged at `debug` level with target
-//! `tern_client` (payloads as lengths only): `RUST_LOG=tern_client=debug`.
+//! `tern_client`, one line each as mosquitto_pub's `-d` prints it (payloads as
+//! lengths only): `RUST_LOG=tern_client=debug`.
 
 #![forbid(unsafe_code)]
 #![cfg_attr(
@@ -65,11 +67,12 @@ mod error;
 mod event;
 mod event_loop;
 mod options;
+mod packet_log;
 mod session;
 mod transport;
 
 pub use client::Client;
-pub use error::{DisconnectReason, Error, describe_refusal};
+pub use error::{DisconnectReason, Error, describe};
 pub use event::{Event, Events, Received};
 pub use options::{ConnectOptions, Message, Reconnect, Will};
 pub use tern_codec::{

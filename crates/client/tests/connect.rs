@@ -7,7 +7,7 @@ use std::time::Duration;
 use common::*;
 use tern_client::{
     Client, ConnectOptions, DisconnectReason, Error, Event, Message, ProtocolVersion, QoS,
-    ReasonCode, describe_refusal,
+    ReasonCode, describe,
 };
 
 #[tokio::test]
@@ -62,7 +62,7 @@ async fn refusal_is_reported_with_its_reason() {
         other => panic!("expected a refusal, got {other:?}"),
     }
     assert_eq!(
-        describe_refusal(ReasonCode::BadUserNameOrPassword),
+        describe(ReasonCode::BadUserNameOrPassword),
         "bad user name or password (0x86)"
     );
     broker.shutdown().await;

@@ -104,7 +104,7 @@ impl ConnectArgs {
     pub fn properties(&self) -> Result<CliProperties, Failure> {
         let mut props = CliProperties::default();
         if !self.properties.is_empty() && self.version != ProtocolVersion::V5 {
-            return Err(Failure::Other("-D properties need MQTT 5 (-V 5)".into()));
+            return Err(Failure::Usage("-D properties need MQTT 5 (-V 5)".into()));
         }
         // clap hands the values of every -D over as one list; each group is
         // COMMAND NAME VALUE, or COMMAND user-property KEY VALUE.
@@ -116,7 +116,7 @@ impl ConnectArgs {
                 3
             };
             let (group, rest) = words.split_at(len.min(words.len()));
-            apply_property(&mut props, group).map_err(Failure::Other)?;
+            apply_property(&mut props, group).map_err(Failure::Usage)?;
             words = rest;
         }
         Ok(props)

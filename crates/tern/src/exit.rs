@@ -22,6 +22,9 @@ Exit codes:
 pub enum Failure {
     /// Anything else: bad input, unreadable file.
     Other(String),
+    /// The command line asks for something impossible (what clap cannot
+    /// check): exit code 2, as for clap's own errors.
+    Usage(String),
     Unreachable(String),
     Refused(String),
     Timeout(String),
@@ -34,6 +37,7 @@ impl Failure {
     pub fn code(&self) -> u8 {
         match self {
             Failure::Other(_) => 1,
+            Failure::Usage(_) => 2,
             Failure::Unreachable(_) => 3,
             Failure::Refused(_) => 4,
             Failure::Timeout(_) => 5,
@@ -46,6 +50,7 @@ impl Failure {
     pub fn message(&self) -> &str {
         match self {
             Failure::Other(m)
+            | Failure::Usage(m)
             | Failure::Unreachable(m)
             | Failure::Refused(m)
             | Failure::Timeout(m)
@@ -68,9 +73,7 @@ impl From<Error> for Failure {
             Error::Unreachable { .. } => Failure::Unreachable(format!(
                 "{text} (is a broker running there? check -h and -p)"
             )),
-            Error::Tls { .. } => Failure::Unreachable(format!(
-                "{text} (check --cafile, and that the broker's certificate names the -h host)"
-            )),
+            Error::Tls { .. } | Error::TlsPort { .. } => Failure::Unreachable(text),
             Error::Refused(_) => Failure::Refused(text),
             Error::Timeout(_) => Failure::Timeout(text),
             Error::Closed(_) => Failure::Lost(text),

@@ -59,11 +59,11 @@ fn main() -> ExitCode {
             }
         }
         Command::Pub(args) => {
-            init_logging(client_log_level(args.connect.debug));
+            init_client_logging(args.connect.debug);
             run_tool("tern pub", publish::run(args))
         }
         Command::Sub(args) => {
-            init_logging(client_log_level(args.connect.debug));
+            init_client_logging(args.connect.debug);
             run_tool("tern sub", subscribe::run(args))
         }
         Command::Bench(args) => {
@@ -84,13 +84,23 @@ fn main() -> ExitCode {
     }
 }
 
-/// `-d` shows every packet the client sends and receives.
-fn client_log_level(debug: bool) -> &'static str {
-    if debug {
-        "warn,tern_client=debug"
-    } else {
-        "warn"
+/// Logging for `tern pub` and `tern sub`: warnings, and with `-d` every
+/// packet sent and received, one plain line each as mosquitto_pub/sub print
+/// them ("Client ID sending PUBLISH (d0, q1, ...)"), without timestamps.
+fn init_client_logging(debug: bool) {
+    if !debug {
+        init_logging("warn");
+        return;
     }
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("warn,tern_client=debug"))
+        .with_writer(std::io::stderr)
+        .without_time()
+        .with_level(false)
+        .with_target(false)
+        .with_ansi(false)
+        .log_internal_errors(false)
+        .init();
 }
 
 /// Runs a client tool on a small runtime and maps its failure to an exit code.

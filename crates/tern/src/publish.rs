@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tern_client::{Client, Message, QoS, ReasonCode};
+use tern_client::{Client, Message, QoS, ReasonCode, describe};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 
 use crate::connect_args::{ConnectArgs, parse_qos};
@@ -80,7 +80,7 @@ pub async fn run(args: PubArgs) -> Result<(), Failure> {
     } else {
         let payload = payload(&args).await?;
         let delay = Duration::try_from_secs_f64(args.repeat_delay).map_err(|_| {
-            Failure::Other("--repeat-delay must be a positive number of seconds".into())
+            Failure::Usage("--repeat-delay must be a positive number of seconds".into())
         })?;
         for i in 0..args.repeat {
             if i > 0 {
@@ -118,8 +118,8 @@ async fn publish(client: &Client, message: Message) -> Result<(), Failure> {
     let reason = client.publish(message).await?;
     if reason.is_error() {
         return Err(Failure::Rejected(format!(
-            "the broker refused the message to '{topic}': {reason:?} ({:#04x})",
-            reason as u8
+            "the broker refused the message to '{topic}': {}",
+            describe(reason)
         )));
     }
     Ok(())

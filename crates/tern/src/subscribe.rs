@@ -6,7 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tern_client::{
     Client, ConnectOptions, Event, Message, ProtocolVersion, QoS, ReasonCode, Received,
-    RetainHandling, SubscriptionOptions,
+    RetainHandling, SubscriptionOptions, describe,
 };
 use tern_codec::topic::{filter_matches, is_valid_topic_filter};
 
@@ -84,7 +84,7 @@ pub struct SubArgs {
 /// Runs `tern sub`.
 pub async fn run(args: SubArgs) -> Result<(), Failure> {
     if args.topics.is_empty() && args.unsubscribe.is_empty() {
-        return Err(Failure::Other(
+        return Err(Failure::Usage(
             "nothing to do: give a topic filter with -t".into(),
         ));
     }
@@ -100,7 +100,7 @@ pub async fn run(args: SubArgs) -> Result<(), Failure> {
                 .and_then(|s| s.split_once('/'))
                 .map_or(filter, |(_, f)| f),
         ) {
-            return Err(Failure::Other(format!("invalid topic filter '{filter}'")));
+            return Err(Failure::Usage(format!("invalid topic filter '{filter}'")));
         }
     }
     let props = args.connect.properties()?;
@@ -151,8 +151,8 @@ async fn subscribe(
     for (filter, reason) in args.topics.iter().zip(&suback.reasons) {
         if reason.is_error() {
             return Err(Failure::Rejected(format!(
-                "the broker refused the subscription to '{filter}': {reason:?} ({:#04x})",
-                *reason as u8
+                "the broker refused the subscription to '{filter}': {}",
+                describe(*reason)
             )));
         }
     }

@@ -284,6 +284,8 @@ fn sighup_reloads_the_password_file_and_keeps_it_when_broken() {
         warning.contains("WARN") && warning.contains("passwd"),
         "{warning}"
     );
+    // The warning comes while the file is read; the rules change after.
+    wait_for_line(&log, "authentication files reloaded");
     assert_eq!(
         login(&addr, "alice", "second"),
         ReasonCode::BadUserNameOrPassword

@@ -177,7 +177,7 @@ async fn handshake(
     if connack.reason.is_error() {
         return Err(Failure::Refused(format!(
             "broker refused the connection: {}",
-            tern_client::describe_refusal(connack.reason)
+            tern_client::describe(connack.reason)
         )));
     }
     let p = &connack.properties;

@@ -113,6 +113,7 @@ fn version_name(v: ProtocolVersion) -> &'static str {
 fn context(failure: Failure, what: &str) -> Failure {
     match failure {
         Failure::Other(m) => Failure::Other(format!("{what}: {m}")),
+        Failure::Usage(m) => Failure::Usage(format!("{what}: {m}")),
         Failure::Unreachable(m) => Failure::Unreachable(format!("{what}: {m}")),
         Failure::Refused(m) => Failure::Refused(format!("{what}: {m}")),
         Failure::Timeout(m) => Failure::Timeout(format!("{what}: {m}")),
