@@ -253,6 +253,9 @@ ELSEWHERE = {
     SECURITY("tern passwd [-c] FILE USER"):
         "the synopsis of `tern passwd`: test_passwd_synopsis_matches_the_tool",
     SECURITY("topic read public/#"): "loaded by `tern serve` with each TOML example (check_tern_config)",
+    SECURITY('INFO tern_broker::handler: refused: the ACL does not allow writing it client_id=alice-phone '
+             'username="alice" packet="PUBLISH" topic="bob/door"'):
+        "the log line crates/tern/tests/serve.rs acl_refusals_are_logged_with_client_user_and_topic checks",
     SECURITY("listener 1883 127.0.0.1"): "Mosquitto's syntax: loaded by a real Mosquitto (test_mosquitto_example_loads)",
 }
 
@@ -440,3 +443,11 @@ def test_debug_output_is_one_line_per_packet(brokers):
     # 0x10: no matching subscribers (MQTT 5 says so in the PUBACK).
     assert "Client sensor-1 received PUBACK (Mid: 1, RC: 0x10)" in lines, lines
     assert not any("{" in l for l in lines), "Rust debug structs in the output"
+
+
+def test_the_license_file_matches_cargo_toml():
+    """Cargo.toml says Apache-2.0; LICENSE is that license's text."""
+    assert 'license = "Apache-2.0"' in (REPO_ROOT / "Cargo.toml").read_text()
+    text = (REPO_ROOT / "LICENSE").read_text()
+    assert "Apache License" in text and "Version 2.0, January 2004" in text
+    assert "END OF TERMS AND CONDITIONS" in text

@@ -484,3 +484,43 @@ fn the_process_exits_right_after_stopped() {
     assert!(exit.success(), "{exit:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A start that fails on its configuration leaves nothing behind (no data
+/// directory), and says what failed once, with the resolved path.
+#[test]
+fn a_failed_start_creates_no_data_file() {
+    let dir = data_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("tern.toml");
+    std::fs::write(
+        &config,
+        "password_file = \"missing-passwd\"\ndata_dir = \"data\"\n",
+    )
+    .unwrap();
+    let out = tern()
+        .args(["serve", "--bind", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let resolved = dir.join("missing-passwd").display().to_string();
+    assert!(
+        stderr.contains(&resolved),
+        "names the resolved path: {stderr}"
+    );
+    assert!(!dir.join("data").exists(), "the data directory was created");
+
+    let out = tern()
+        .args(["serve", "--config", "/nonexistent/tern.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr.matches("No such file").count(),
+        1,
+        "the cause once: {stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
