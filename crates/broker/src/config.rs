@@ -57,6 +57,12 @@ pub struct Config {
     /// Seconds a new connection may take to send CONNECT before it is closed.
     /// Default 10.
     pub connect_timeout_secs: u64,
+    /// Milliseconds a connection the broker ends (protocol error, limit,
+    /// takeover, keep-alive) is kept half-open after its DISCONNECT, reading
+    /// and discarding what the client still sends, so that a client busy
+    /// sending reads the DISCONNECT and its reason code instead of a
+    /// connection reset. 0 closes at once. Default 1000.
+    pub disconnect_linger_ms: u64,
     /// The largest CONNECT accepted, in bytes: until a client has logged in
     /// this, not `max_packet_size`, bounds what it can make the broker hold.
     /// Default 131072 (room for a full 64 KiB will payload and a long token).
@@ -275,6 +281,7 @@ impl Default for Config {
             retain_available: true,
             sys_interval_secs: 10,
             connect_timeout_secs: 10,
+            disconnect_linger_ms: 1000,
             max_connect_size: 128 * 1024,
             max_connecting_bytes: 16 * 1024 * 1024,
             park_idle_ms: 1000,

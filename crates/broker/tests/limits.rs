@@ -605,3 +605,92 @@ async fn limit_counters_are_published_under_sys() {
         assert_eq!(seen[&format!("$SYS/broker/limits/{topic}")], "0", "{topic}");
     }
 }
+
+/// A client still sending when the broker ends its connection reads the
+/// DISCONNECT and its reason code, not a connection reset: the broker keeps
+/// reading (and discarding) for `disconnect_linger_ms` before it closes.
+#[tokio::test]
+async fn a_client_still_sending_reads_why_it_was_disconnected() {
+    let broker = start_limited(|c| {
+        c.receive_maximum = 10;
+        c.max_packet_size = 4096;
+    })
+    .await;
+    let addr = broker.local_addr();
+    let qos2 = |id: u16| Packet::Publish(publish_packet("busy/t", b"x", QoS::ExactlyOnce, id));
+    assert_eq!(
+        keep_sending_until_disconnected(addr, qos2).await,
+        ReasonCode::ReceiveMaximumExceeded
+    );
+    let too_large = |_| {
+        Packet::Publish(Publish {
+            payload: bytes::Bytes::from(vec![b'x'; 64 * 1024]),
+            ..publish_packet("busy/t", b"", QoS::AtMostOnce, 0)
+        })
+    };
+    assert_eq!(
+        keep_sending_until_disconnected(addr, too_large).await,
+        ReasonCode::PacketTooLarge
+    );
+}
+
+/// Connects (MQTT 5), then sends `next(1)`, `next(2)`, … without pause from
+/// one task while another reads; returns the reason of the DISCONNECT read.
+async fn keep_sending_until_disconnected(
+    addr: std::net::SocketAddr,
+    next: impl Fn(u16) -> Packet + Send + 'static,
+) -> ReasonCode {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let encode = |p: &Packet| {
+        let mut out = BytesMut::new();
+        p.encode(V5, &mut out).unwrap();
+        out
+    };
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut rd, mut wr) = stream.into_split();
+    wr.write_all(&encode(&Packet::Connect(Box::new(connect_packet(
+        V5, "busy",
+    )))))
+    .await
+    .unwrap();
+    let mut buf = BytesMut::new();
+    let mut read_packet = async move || loop {
+        if let Some(p) = decode(&mut buf, V5, usize::MAX).unwrap() {
+            return Ok(p);
+        }
+        match rd.read_buf(&mut buf).await {
+            Ok(0) => return Err("connection closed".to_string()),
+            Ok(_) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    };
+    assert!(matches!(read_packet().await, Ok(Packet::ConnAck(_))));
+    let write_failed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let failed = write_failed.clone();
+    let writer = tokio::spawn(async move {
+        for i in 1..=u16::MAX {
+            if wr.write_all(&encode(&next(i))).await.is_err() {
+                failed.store(true, Ordering::SeqCst);
+                return;
+            }
+        }
+    });
+    // A busy client reads now and then, not at once: by the time it does,
+    // the broker has ended the connection with input still arriving. A
+    // client library whose write fails first (broken pipe, reset) reports a
+    // lost connection and never reads the reason.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let reason = loop {
+        match read_packet().await {
+            Ok(Packet::Disconnect(d)) => break d.reason,
+            Ok(_) => {}
+            Err(e) => panic!("no DISCONNECT before the connection ended: {e}"),
+        }
+    };
+    assert!(
+        !write_failed.load(Ordering::SeqCst),
+        "the client's writes failed before it could read the DISCONNECT"
+    );
+    writer.abort();
+    reason
+}

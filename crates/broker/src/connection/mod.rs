@@ -676,7 +676,43 @@ async fn finish<S: Transport>(conn: &mut Conn<S>, close: Close) {
         })
         .await;
     }
+    // The broker ended it while the client may still be sending.
+    let linger = !matches!(
+        close,
+        Close::Lost(_) | Close::Disconnect { .. } | Close::Shutdown
+    );
     depart(client, close, *peer);
+    if linger {
+        drain(&mut io.reader, &client.state).await;
+    }
+}
+
+/// After the broker's DISCONNECT (and its FIN), reads and discards what the
+/// client still sends until it closes, for at most `disconnect_linger_ms`.
+/// Why: a socket closed with unread input makes the kernel answer with a
+/// reset, and a reset makes the client's kernel drop what it had received
+/// but not yet read: a client busy sending would lose the DISCONNECT and its
+/// reason code. Bounded, and cut short by shutdown, so it cannot be used to
+/// hold sockets; the session was already let go (`depart`).
+async fn drain<S: Transport>(reader: &mut ReadHalf<S>, state: &BrokerState) {
+    let linger = Duration::from_millis(state.config.disconnect_linger_ms);
+    if linger.is_zero() {
+        return;
+    }
+    let mut sink = vec![0u8; 4096];
+    let _ = tokio::time::timeout(linger, async {
+        loop {
+            tokio::select! {
+                read = reader.read(&mut sink) => {
+                    if !matches!(read, Ok(n) if n > 0) {
+                        return;
+                    }
+                }
+                _ = state.shutdown.cancelled() => return,
+            }
+        }
+    })
+    .await;
 }
 
 /// Before the last write: gives the store a moment (`CLOSE_FLUSH`) to make
