@@ -21,10 +21,12 @@ mod read;
 mod subscribe;
 mod write;
 
+use std::num::NonZeroU16;
+
 use bytes::BytesMut;
 
 use crate::reason::{PUBACK_REASONS, PUBREL_REASONS};
-use crate::{DecodeError, EncodeError, Packet, ProtocolVersion};
+use crate::{DecodeError, EncodeError, Packet, ProtocolVersion, QoS};
 use read::{MAX_VARINT, Reader, parse_varint};
 use write::{Counter, Sink, varint_len};
 
@@ -97,6 +99,54 @@ fn fixed_header(buf: &[u8]) -> Result<Option<(usize, usize)>, DecodeError> {
 /// Lets a reader fetch the rest of a large packet in one read.
 pub fn frame_size(buf: &[u8]) -> Option<usize> {
     fixed_header(buf).ok().flatten().map(|(size, _)| size)
+}
+
+/// A whole PUBLISH at the front of a read buffer, located by
+/// [`locate_publish`] without decoding it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PublishFrame {
+    /// Bytes of the whole packet.
+    pub len: usize,
+    pub qos: QoS,
+    pub packet_id: Option<NonZeroU16>,
+    /// Where the payload starts (it ends with the packet).
+    pub payload_at: usize,
+}
+
+/// Finds the packet id and payload of a whole PUBLISH at the front of `buf`
+/// in place: no allocation, no reference counting, no check of the topic or
+/// the properties. For a receiver that only counts and acknowledges (a load
+/// generator's subscribers). Anything else (another packet, a partial or
+/// malformed one) is `None`: pass it to [`decode`], which reports errors.
+pub fn locate_publish(buf: &[u8], version: ProtocolVersion) -> Option<PublishFrame> {
+    let first = *buf.first()?;
+    if first >> 4 != packet_type::PUBLISH {
+        return None;
+    }
+    let qos = publish::check_flags(first & 0x0F).ok()?;
+    let (len, mut at) = fixed_header(buf).ok().flatten()?;
+    let packet = buf.get(..len)?;
+    let topic_len = usize::from(u16::from_be_bytes([*packet.get(at)?, *packet.get(at + 1)?]));
+    at += 2 + topic_len;
+    let packet_id = if qos == QoS::AtMostOnce {
+        None
+    } else {
+        let id = u16::from_be_bytes([*packet.get(at)?, *packet.get(at + 1)?]);
+        at += 2;
+        Some(NonZeroU16::new(id)?)
+    };
+    if version == ProtocolVersion::V5 {
+        let (properties, taken) = parse_varint(packet.get(at..)?).ok().flatten()?;
+        at = at
+            .checked_add(taken)?
+            .checked_add(usize::try_from(properties).ok()?)?;
+    }
+    (at <= len).then_some(PublishFrame {
+        len,
+        qos,
+        packet_id,
+        payload_at: at,
+    })
 }
 
 /// The protocol level of the CONNECT at the front of `buf`, once its fixed

@@ -24,7 +24,7 @@ pub mod reason;
 pub mod topic;
 
 pub use bytestr::ByteStr;
-pub use codec::{connect_level, decode, frame_size};
+pub use codec::{PublishFrame, connect_level, decode, frame_size, locate_publish};
 pub use error::{DecodeError, EncodeError};
 pub use packet::*;
 pub use properties::*;

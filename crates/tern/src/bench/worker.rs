@@ -261,66 +261,6 @@ fn read_some(conn: &mut Conn) -> Result<bool, Lost> {
     }
 }
 
-/// A PUBLISH at the front of a read buffer, located without decoding it.
-#[derive(Debug, PartialEq, Eq)]
-struct PublishView {
-    /// Bytes of the whole packet.
-    len: usize,
-    qos: u8,
-    packet_id: Option<NonZeroU16>,
-    /// Where the payload starts (it ends with the packet).
-    payload_at: usize,
-}
-
-/// The subscribers' fast path: finds the packet id and payload of a whole
-/// PUBLISH at the front of `buf` in place, with no allocation and no
-/// reference counting. Anything else (another packet, a partial or
-/// malformed one) is `None` and goes through `tern_codec::decode`, which
-/// also reports errors.
-fn peek_publish(buf: &[u8], version: ProtocolVersion) -> Option<PublishView> {
-    let first = *buf.first()?;
-    let qos = (first >> 1) & 0b11;
-    if first >> 4 != 3 || qos == 3 {
-        return None;
-    }
-    let (remaining, mut at) = varint(buf, 1)?;
-    let len = at.checked_add(remaining)?;
-    let packet = buf.get(..len)?;
-    let topic_len = usize::from(u16::from_be_bytes([*packet.get(at)?, *packet.get(at + 1)?]));
-    at += 2 + topic_len;
-    let packet_id = if qos > 0 {
-        let id = u16::from_be_bytes([*packet.get(at)?, *packet.get(at + 1)?]);
-        at += 2;
-        Some(NonZeroU16::new(id)?)
-    } else {
-        None
-    };
-    if version == ProtocolVersion::V5 {
-        let (properties, after) = varint(packet, at)?;
-        at = after.checked_add(properties)?;
-    }
-    (at <= len).then_some(PublishView {
-        len,
-        qos,
-        packet_id,
-        payload_at: at,
-    })
-}
-
-/// A variable byte integer at `buf[at..]`: its value and where it ends.
-fn varint(buf: &[u8], mut at: usize) -> Option<(usize, usize)> {
-    let mut value = 0usize;
-    for shift in [0, 7, 14, 21] {
-        let byte = *buf.get(at)?;
-        at += 1;
-        value |= usize::from(byte & 0x7F) << shift;
-        if byte & 0x80 == 0 {
-            return Some((value, at));
-        }
-    }
-    None
-}
-
 fn next_packet(conn: &mut Conn) -> Result<Option<Packet>, Lost> {
     tern_codec::decode(&mut conn.rbuf, conn.version, usize::MAX)
         .map_err(|e| format!("undecodable packet from the broker: {e}"))
@@ -577,12 +517,17 @@ async fn subscribe_loop(
             let now = std::time::Instant::now();
             let received_ns = now_ns();
             loop {
-                if let Some(p) = peek_publish(&conn.rbuf, conn.version) {
+                // The fast path: a PUBLISH counted and acknowledged in place.
+                if let Some(p) = tern_codec::locate_publish(&conn.rbuf, conn.version) {
                     tally.message(&conn.rbuf[p.payload_at..p.len], received_ns);
                     conn.rbuf.advance(p.len);
                     match (p.qos, p.packet_id) {
-                        (1, Some(id)) => encode(conn, &Packet::PubAck(PubAck::new(id))),
-                        (2, Some(id)) => encode(conn, &Packet::PubRec(PubAck::new(id))),
+                        (QoS::AtLeastOnce, Some(id)) => {
+                            encode(conn, &Packet::PubAck(PubAck::new(id)))
+                        }
+                        (QoS::ExactlyOnce, Some(id)) => {
+                            encode(conn, &Packet::PubRec(PubAck::new(id)))
+                        }
                         _ => {}
                     }
                     continue;
@@ -734,7 +679,7 @@ mod tests {
     }
 
     #[test]
-    fn peek_publish_agrees_with_the_codec() {
+    fn locate_publish_finds_what_the_templates_write() {
         for version in [ProtocolVersion::V3_1_1, ProtocolVersion::V5] {
             for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
                 for size in [16, 200, 20_000] {
@@ -747,16 +692,19 @@ mod tests {
                         sent_ns: now_ns(),
                     };
                     t.put(&mut out, id, stamp);
-                    let view = peek_publish(&out, version).unwrap();
+                    let view = tern_codec::locate_publish(&out, version).unwrap();
                     assert_eq!(view.len, out.len());
-                    assert_eq!(view.qos, qos as u8);
+                    assert_eq!(view.qos, qos);
                     assert_eq!(view.packet_id, id);
                     assert_eq!(out.len() - view.payload_at, size);
                     assert_eq!(
                         Stamp::read(&out[view.payload_at..], stamp.sent_ns),
                         Some(stamp)
                     );
-                    assert_eq!(peek_publish(&out[..out.len() - 1], version), None);
+                    assert_eq!(
+                        tern_codec::locate_publish(&out[..out.len() - 1], version),
+                        None
+                    );
                 }
             }
         }
@@ -764,14 +712,14 @@ mod tests {
         Packet::PubAck(PubAck::new(NonZeroU16::MIN))
             .encode(ProtocolVersion::V5, &mut ack)
             .unwrap();
-        assert_eq!(peek_publish(&ack, ProtocolVersion::V5), None);
+        assert_eq!(tern_codec::locate_publish(&ack, ProtocolVersion::V5), None);
         assert_eq!(
-            peek_publish(&[0x36, 0x00], ProtocolVersion::V5),
+            tern_codec::locate_publish(&[0x36, 0x00], ProtocolVersion::V5),
             None,
             "QoS 3"
         );
         assert_eq!(
-            peek_publish(&[0x30, 0xFF, 0xFF, 0xFF, 0xFF], ProtocolVersion::V5),
+            tern_codec::locate_publish(&[0x30, 0xFF, 0xFF, 0xFF, 0xFF], ProtocolVersion::V5),
             None
         );
     }
