@@ -11,7 +11,25 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-pub use crate::store::Durability;
+/// How durable a commit is before the store reports it done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Each group commit is fsynced before it is reported: survives kill -9
+    /// and power loss. The default, because it is what "acknowledged" means
+    /// to a QoS 1/2 publisher.
+    #[default]
+    Fsync,
+    /// Commits are written to the OS page cache but never fsynced: survives
+    /// the broker being killed, not a power cut or kernel crash. For hosts
+    /// where an fsync per group commit costs too much. A clean close still
+    /// fsyncs once, so a stopped broker's file is safe.
+    Os,
+    /// The engine behaves as [`Durability::Os`]; the broker simply does not
+    /// wait for commits before acknowledging. Exposed so the configuration
+    /// names all three levels in one place.
+    None,
+}
 
 /// All broker settings. Field docs give the default and why it was chosen.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -673,6 +691,20 @@ mod tests {
             text.contains("/nonexistent/tern.toml") && text.contains("No such file"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn durability_reads_from_config() {
+        #[derive(serde::Deserialize)]
+        struct C {
+            d: Durability,
+        }
+        let read = |v: &str| toml::from_str::<C>(&format!("d = \"{v}\"")).map(|c| c.d);
+        assert_eq!(read("fsync").unwrap(), Durability::Fsync);
+        assert_eq!(read("os").unwrap(), Durability::Os);
+        assert_eq!(read("none").unwrap(), Durability::None);
+        assert!(read("Fsync").is_err());
+        assert_eq!(Durability::default(), Durability::Fsync);
     }
 
     #[test]

@@ -80,6 +80,8 @@ use redb::{
 };
 use tokio::sync::watch;
 
+pub use crate::config::Durability;
+
 /// The file's name inside the data directory.
 pub(super) const FILE_NAME: &str = "tern.redb";
 
@@ -129,26 +131,6 @@ pub(super) const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("m
 pub(super) const QUEUE: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("queue");
 pub(super) const INBOUND: TableDefinition<(&str, u16), ()> = TableDefinition::new("inbound");
 pub(super) const RETAINED: TableDefinition<&str, &[u8]> = TableDefinition::new("retained");
-
-/// How durable a commit is before the store reports it done.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Durability {
-    /// Each group commit is fsynced before it is reported: survives kill -9
-    /// and power loss. The default, because it is what "acknowledged" means
-    /// to a QoS 1/2 publisher.
-    #[default]
-    Fsync,
-    /// Commits are written to the OS page cache but never fsynced: survives
-    /// the broker being killed, not a power cut or kernel crash. For hosts
-    /// where an fsync per group commit costs too much. A clean close still
-    /// fsyncs once, so a stopped broker's file is safe.
-    Os,
-    /// The engine behaves as [`Durability::Os`]; the broker simply does not
-    /// wait for commits before acknowledging. Exposed so the configuration
-    /// names all three levels in one place.
-    None,
-}
 
 /// The value of a message or queue entry change, turned into bytes by the
 /// writer thread when (and only if) its change reaches the file.
@@ -1355,20 +1337,6 @@ pub(super) mod tests {
         fn send_sync<T: Send + Sync>() {}
         send_sync::<Engine>();
         send_sync::<Arc<Engine>>();
-    }
-
-    #[test]
-    fn durability_reads_from_config() {
-        #[derive(serde::Deserialize)]
-        struct C {
-            d: Durability,
-        }
-        let read = |v: &str| toml::from_str::<C>(&format!("d = \"{v}\"")).map(|c| c.d);
-        assert_eq!(read("fsync").unwrap(), Durability::Fsync);
-        assert_eq!(read("os").unwrap(), Durability::Os);
-        assert_eq!(read("none").unwrap(), Durability::None);
-        assert!(read("Fsync").is_err());
-        assert_eq!(Durability::default(), Durability::Fsync);
     }
 
     #[test]
