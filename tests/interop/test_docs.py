@@ -253,7 +253,7 @@ ELSEWHERE = {
     SECURITY("tern passwd [-c] FILE USER"):
         "the synopsis of `tern passwd`: test_passwd_synopsis_matches_the_tool",
     SECURITY("topic read public/#"): "loaded by `tern serve` with each TOML example (check_tern_config)",
-    SECURITY('INFO tern_broker::handler: refused: the ACL does not allow writing it client_id=alice-phone '
+    SECURITY('INFO tern_broker::limits: refused: the ACL does not allow writing it client_id=alice-phone '
              'username="alice" packet="PUBLISH" topic="bob/door"'):
         "the log line crates/tern/tests/serve.rs acl_refusals_are_logged_with_client_user_and_topic checks",
     SECURITY("listener 1883 127.0.0.1"): "Mosquitto's syntax: loaded by a real Mosquitto (test_mosquitto_example_loads)",

@@ -380,7 +380,7 @@ pub fn publish_refused(client: &mut Client, publish: &Publish) -> bool {
         return false;
     }
     count(&client.state.limits.counters.topic_levels_refused);
-    crate::handler::log_refused(client, "PUBLISH", &publish.topic, "too many topic levels");
+    log_refused(client, "PUBLISH", &publish.topic, "too many topic levels");
     let reason = if client.version == ProtocolVersion::V5 {
         ReasonCode::TopicNameInvalid
     } else {
@@ -434,7 +434,7 @@ pub fn retained_refused(client: &Client, publish: &Publish) -> bool {
             .admits(&publish.topic, size, client.username.as_ref(), quotas);
     if !admitted {
         count(&client.state.limits.counters.retained_refused);
-        crate::handler::log_refused(
+        log_refused(
             client,
             "PUBLISH",
             &publish.topic,
@@ -468,8 +468,26 @@ pub fn subscription_refused(client: &Client, filter: &str, inner: &str) -> Optio
         return None;
     };
     count(counter);
-    crate::handler::log_refused(client, "SUBSCRIBE", filter, why);
+    log_refused(client, "SUBSCRIBE", filter, why);
     Some(reason)
+}
+
+/// Logs a refused PUBLISH or subscription at info (throttled: any client
+/// can cause it), so an operator can answer "why did my message vanish":
+/// who (address when known, client id, username), what, and why.
+pub(crate) fn log_refused(client: &Client, packet: &str, topic: &str, why: &str) {
+    let client_id = client.client_id();
+    let username = client.username.as_deref().unwrap_or("");
+    // The box exists when `max_publish_rate` or `max_topic_levels` is set;
+    // without it the line goes without the address.
+    match &client.limits {
+        Some(own) => {
+            crate::throttled!(info, "refused", peer = %own.peer, %client_id, username, packet, topic, "refused: {why}")
+        }
+        None => {
+            crate::throttled!(info, "refused", %client_id, username, packet, topic, "refused: {why}")
+        }
+    }
 }
 
 /// Bytes of each connection not charged to `max_connecting_bytes`: any

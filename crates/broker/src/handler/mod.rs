@@ -55,21 +55,3 @@ pub fn dispatch(
         other => Err(ProtocolViolation::UnexpectedPacket(other.name())),
     }
 }
-
-/// Logs a refused PUBLISH or subscription at info (throttled: any client
-/// can cause it), so an operator can answer "why did my message vanish":
-/// who (address when known, client id, username), what, and why.
-pub(crate) fn log_refused(client: &Client, packet: &str, topic: &str, why: &str) {
-    let client_id = client.client_id();
-    let username = client.username.as_deref().unwrap_or("");
-    // The box exists when `max_publish_rate` or `max_topic_levels` is set;
-    // without it the line goes without the address.
-    match &client.limits {
-        Some(own) => {
-            crate::throttled!(info, "refused", peer = %own.peer, %client_id, username, packet, topic, "refused: {why}")
-        }
-        None => {
-            crate::throttled!(info, "refused", %client_id, username, packet, topic, "refused: {why}")
-        }
-    }
-}

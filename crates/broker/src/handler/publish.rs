@@ -44,7 +44,7 @@ pub fn handle(client: &mut Client, mut publish: Publish) -> Result<Flow, Protoco
     // over the quota, is not routed. MQTT 5 says so (0x87, 0x97); 3.1.1
     // acknowledges as usual [MQTT-3.3.5-2].
     let refusal = if !auth::may_publish(client, &publish.topic) {
-        super::log_refused(
+        limits::log_refused(
             client,
             "PUBLISH",
             &publish.topic,

@@ -78,7 +78,7 @@ fn subscribe_one(
     }
     let (permitted, readable) = auth::subscribe_access(client, filter);
     if !permitted {
-        super::log_refused(
+        limits::log_refused(
             client,
             "SUBSCRIBE",
             &request.filter,
