@@ -406,11 +406,14 @@ fn retained_quotas(config: &Config) -> Option<Quotas> {
         max_messages_per_user: config.max_retained_messages_per_user,
         max_bytes_per_user: config.max_retained_bytes_per_user,
     };
-    let any = quotas.max_messages
-        + quotas.max_bytes
-        + quotas.max_messages_per_user
-        + quotas.max_bytes_per_user
-        > 0;
+    let any = [
+        quotas.max_messages,
+        quotas.max_bytes,
+        quotas.max_messages_per_user,
+        quotas.max_bytes_per_user,
+    ]
+    .iter()
+    .any(|&q| q > 0);
     any.then_some(quotas)
 }
 

@@ -9,19 +9,15 @@
 //! Client sensor-1 received PUBACK (Mid: 1, RC: 0x00)
 //! ```
 
-use tern_codec::{Packet, ProtocolVersion, SubscriptionOptions};
+use tern_codec::{Packet, SubscriptionOptions};
 
 /// One packet as a log line (without "Client ID sending/received").
 pub(crate) fn line(packet: &Packet) -> String {
     let name = packet.name();
     match packet {
         Packet::Connect(c) => format!(
-            "{name} ({}, c{}, k{}, u{}, p{}, w{})",
-            match c.protocol {
-                ProtocolVersion::V5 => "v5",
-                ProtocolVersion::V3_1_1 => "v3.1.1",
-                ProtocolVersion::V3_1 => "v3.1",
-            },
+            "{name} (v{}, c{}, k{}, u{}, p{}, w{})",
+            c.protocol.name(),
             u8::from(c.clean_start),
             c.keep_alive,
             u8::from(c.username.is_some()),

@@ -21,6 +21,18 @@ pub enum ProtocolVersion {
     V5 = 5,
 }
 
+impl ProtocolVersion {
+    /// The version as people write it: "3.1", "3.1.1" or "5", for logs and
+    /// reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            ProtocolVersion::V3_1 => "3.1",
+            ProtocolVersion::V3_1_1 => "3.1.1",
+            ProtocolVersion::V5 => "5",
+        }
+    }
+}
+
 /// Quality of service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub enum QoS {

@@ -227,6 +227,13 @@ fn serve_logged(config: &str) -> (Child, String, std::sync::mpsc::Receiver<Strin
     (child, addr, log)
 }
 
+/// Writes `text` as `dir/tern.toml` (`dir` must exist); returns its path.
+fn write_config(dir: &std::path::Path, text: impl AsRef<str>) -> String {
+    let path = dir.join("tern.toml");
+    std::fs::write(&path, text.as_ref()).unwrap();
+    path.display().to_string()
+}
+
 /// The next log line containing `text` (panics after 10 s).
 fn wait_for_line(log: &std::sync::mpsc::Receiver<String>, text: &str) -> String {
     loop {
@@ -244,13 +251,11 @@ fn sighup_reloads_the_password_file_and_keeps_it_when_broken() {
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("passwd");
     passwd(&file, "alice", "first");
-    let config = dir.join("tern.toml");
-    std::fs::write(
-        &config,
+    let config = write_config(
+        &dir,
         format!("password_file = {:?}\n", file.display().to_string()),
-    )
-    .unwrap();
-    let (mut child, addr, log) = serve_logged(&config.display().to_string());
+    );
+    let (mut child, addr, log) = serve_logged(&config);
     assert_eq!(login(&addr, "alice", "first"), ReasonCode::Success);
     assert_eq!(
         login(&addr, "alice", "second"),
@@ -302,9 +307,8 @@ fn sighup_reloads_the_password_file_and_keeps_it_when_broken() {
 fn a_flood_of_bad_connections_logs_a_bounded_number_of_lines() {
     let dir = data_dir();
     std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("tern.toml");
-    std::fs::write(&config, "").unwrap();
-    let (mut child, addr, log) = serve_logged(&config.display().to_string());
+    let config = write_config(&dir, "");
+    let (mut child, addr, log) = serve_logged(&config);
     for _ in 0..30 {
         let mut stream = TcpStream::connect(&addr).unwrap();
         stream
@@ -353,9 +357,8 @@ fn acl_refusals_are_logged_with_client_user_and_topic() {
         "user alice\ntopic readwrite alice/#\ntopic read public/#\n",
     )
     .unwrap();
-    let config = dir.join("tern.toml");
-    std::fs::write(&config, "password_file = \"passwd\"\nacl_file = \"acl\"\n").unwrap();
-    let (child, addr, log) = serve_logged(&config.display().to_string());
+    let config = write_config(&dir, "password_file = \"passwd\"\nacl_file = \"acl\"\n");
+    let (child, addr, log) = serve_logged(&config);
     let child = KillOnDrop(child);
     // Logged at start (before the listening line) and at every reload.
     sighup(&child.0);
@@ -446,9 +449,8 @@ fn the_process_exits_right_after_stopped() {
     let dir = data_dir();
     std::fs::create_dir_all(&dir).unwrap();
     passwd(&dir.join("passwd"), "alice", "secret");
-    let config = dir.join("tern.toml");
-    std::fs::write(&config, "password_file = \"passwd\"\n").unwrap();
-    let (child, addr, log) = serve_logged(&config.display().to_string());
+    let config = write_config(&dir, "password_file = \"passwd\"\n");
+    let (child, addr, log) = serve_logged(&config);
     let mut child = KillOnDrop(child);
     // A logged-in client (a password check ran) that is connected at the end.
     assert_eq!(login(&addr, "alice", "secret"), ReasonCode::Success);
@@ -491,12 +493,10 @@ fn the_process_exits_right_after_stopped() {
 fn a_failed_start_creates_no_data_file() {
     let dir = data_dir();
     std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("tern.toml");
-    std::fs::write(
-        &config,
+    let config = write_config(
+        &dir,
         "password_file = \"missing-passwd\"\ndata_dir = \"data\"\n",
-    )
-    .unwrap();
+    );
     let out = tern()
         .args(["serve", "--bind", "127.0.0.1:0", "--config"])
         .arg(&config)

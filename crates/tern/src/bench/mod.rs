@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use tern_codec::{ProtocolVersion, QoS};
+use tern_codec::QoS;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior};
@@ -99,14 +99,6 @@ fn watch_interrupts() -> watch::Receiver<u32> {
         }
     });
     rx
-}
-
-fn version_name(v: ProtocolVersion) -> &'static str {
-    match v {
-        ProtocolVersion::V5 => "5",
-        ProtocolVersion::V3_1_1 => "3.1.1",
-        ProtocolVersion::V3_1 => "3.1",
-    }
 }
 
 /// Adds which connection failed to a setup error.
@@ -187,7 +179,7 @@ fn setup_of(run: &Run) -> Setup {
     Setup {
         scenario: a.scenario.name(),
         broker: run.target.addr.to_string(),
-        version: version_name(a.version),
+        version: a.version.name(),
         qos: a.qos as u8,
         payload: a.size,
         publishers: run.plan.publishers.len(),

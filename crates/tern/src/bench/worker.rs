@@ -274,9 +274,8 @@ fn encode(conn: &mut Conn, packet: &Packet) {
 fn broker_disconnect(packet: &Packet) -> Lost {
     match packet {
         Packet::Disconnect(d) => format!(
-            "the broker disconnected: {:?} ({:#04x}){}",
-            d.reason,
-            d.reason as u8,
+            "the broker disconnected: {}{}",
+            tern_client::describe(d.reason),
             d.properties
                 .reason_string
                 .as_ref()
