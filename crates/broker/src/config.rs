@@ -341,6 +341,16 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// A session's expiry within `max_session_expiry_secs` (0: no cap), so
+    /// that no session, 3.1.1 persistent ones included, is kept for ever by
+    /// accident. MQTT 5 clients learn the value in force from CONNACK.
+    pub fn capped_expiry(&self, expiry_secs: u32) -> u32 {
+        match self.max_session_expiry_secs {
+            0 => expiry_secs,
+            cap => expiry_secs.min(cap),
+        }
+    }
+
     /// Reads and validates a TOML file. Relative paths in it (`data_dir`,
     /// `password_file`, `acl_file`, a listener's certificate files) are
     /// relative to the file's folder, as Mosquitto users expect.

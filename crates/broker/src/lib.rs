@@ -36,6 +36,7 @@ pub mod listener;
 pub mod log_throttle;
 pub mod message;
 pub mod metrics;
+pub mod recover;
 pub mod registry;
 pub mod retained;
 pub mod router;

@@ -1,13 +1,16 @@
 //! An application message as routed: one `Arc<Message>` per PUBLISH, shared by
-//! every subscriber's queue, the retained store and a pending will.
+//! every subscriber's queue, the retained store and a pending will; and
+//! [`Delivery`], that message on its way to one session.
+//!
+//! Everything above (sessions, the store, the router) speaks of these
+//! types, so they depend on nothing in the broker: a message's record in the
+//! store is reached through the [`Records`] trait the store implements.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use bytes::Bytes;
 use tern_codec::{ByteStr, LastWill, Publish, PublishProperties, QoS};
-
-use crate::store::StoredSlot;
 
 /// A published message, independent of who receives it.
 #[derive(Debug)]
@@ -28,6 +31,76 @@ pub struct Message {
     /// Its record in the store, once a persistent session queued it.
     pub stored: StoredSlot,
 }
+
+/// One message on its way to one session, with the per-subscription choices
+/// already made (effective QoS, retain flag, subscription identifiers).
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub message: Arc<Message>,
+    pub qos: QoS,
+    pub retain: bool,
+    pub subscription_ids: Vec<u32>,
+    /// Its place in the store's queue; 0 if not stored.
+    pub seq: u64,
+}
+
+/// Where an outbound QoS 1/2 message is in its acknowledgement flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InflightState {
+    /// QoS 1, PUBLISH sent.
+    AwaitingPubAck,
+    /// QoS 2, PUBLISH sent.
+    AwaitingPubRec,
+    /// QoS 2, PUBREC received and PUBREL sent.
+    AwaitingPubComp,
+}
+
+/// What keeps message records (the store): told when the last holder of a
+/// stored message lets go of it, so its record is deleted.
+pub trait Records: Send + Sync {
+    fn delete_message(&self, id: u64);
+}
+
+/// A message's record in the store. Held by the message itself, so the
+/// record is deleted when the last queue holding the message lets go of it.
+pub struct StoredMessage {
+    pub id: u64,
+    /// `None` once its delete was handed over (see [`StoredMessage::into_id`]).
+    records: Option<Arc<dyn Records>>,
+}
+
+impl StoredMessage {
+    pub fn new(id: u64, records: Arc<dyn Records>) -> StoredMessage {
+        StoredMessage {
+            id,
+            records: Some(records),
+        }
+    }
+
+    /// The record's id, for a caller that deletes the record itself (with
+    /// other changes, in one submission) instead of this one's drop.
+    pub fn into_id(mut self) -> u64 {
+        self.records = None;
+        self.id
+    }
+}
+
+impl std::fmt::Debug for StoredMessage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "StoredMessage({})", self.id)
+    }
+}
+
+impl Drop for StoredMessage {
+    fn drop(&mut self) {
+        if let Some(records) = self.records.take() {
+            records.delete_message(self.id);
+        }
+    }
+}
+
+/// A message's link to its record, for `Message::stored`.
+pub type StoredSlot = OnceLock<StoredMessage>;
 
 impl Message {
     /// Builds the routed message from a client's PUBLISH (alias already resolved).

@@ -150,7 +150,7 @@ pub fn persist(state: &BrokerState, session: &Session, st: &mut SessionState) ->
     match &state.store {
         Some(store) if st.expiry_secs != 0 => {
             st.stored = true;
-            store.put_session(&session.client_id, st)
+            store.put_session(&session.client_id, &st.record())
         }
         _ => 0,
     }

@@ -15,9 +15,9 @@ use std::time::Instant;
 use tern_codec::{QoS, SubscriptionOptions};
 
 use crate::auth::ReadCheck;
-use crate::message::Message;
+use crate::message::{Delivery, Message};
 use crate::metrics::Metrics;
-use crate::session::{Delivery, NotQueued, Session};
+use crate::session::{NotQueued, Session};
 use crate::state::{BrokerState, Subscriber};
 use crate::store::Group;
 use crate::topic_tree::{Matched, SharedGroup};

@@ -13,8 +13,9 @@ use std::sync::Arc;
 use crate::auth::AuthState;
 use crate::config::Config;
 use crate::listener::{self, ListenerSet};
+use crate::recover;
 use crate::state::BrokerState;
-use crate::store::{Store, recover};
+use crate::store::Store;
 use crate::sys;
 
 /// Entry point of the broker library.

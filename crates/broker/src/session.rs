@@ -22,8 +22,9 @@ use tern_codec::{ByteStr, QoS, ReasonCode, SubscriptionOptions};
 use tokio::sync::{Notify, oneshot};
 
 use crate::connection::park::Parked;
-use crate::message::Message;
-use crate::store::{self, Group, Store};
+use crate::message::{Delivery, InflightState, Message};
+use crate::store::records::{self, Clock, SessionRecord};
+use crate::store::{Group, Store};
 
 /// Session Expiry Interval meaning "never expires" [MQTT-3.1.2-23 note].
 pub const NEVER_EXPIRES: u32 = u32::MAX;
@@ -65,29 +66,6 @@ pub enum NotQueued {
     Offline,
     /// Over `max_queued_messages` or `max_queued_bytes`.
     QueueFull,
-}
-
-/// One message on its way to this session, with the per-subscription choices
-/// already made (effective QoS, retain flag, subscription identifiers).
-#[derive(Debug, Clone)]
-pub struct Delivery {
-    pub message: Arc<Message>,
-    pub qos: QoS,
-    pub retain: bool,
-    pub subscription_ids: Vec<u32>,
-    /// Its place in the store's queue; 0 if not stored.
-    pub seq: u64,
-}
-
-/// Where an outbound QoS 1/2 message is in its acknowledgement flow.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum InflightState {
-    /// QoS 1, PUBLISH sent.
-    AwaitingPubAck,
-    /// QoS 2, PUBLISH sent.
-    AwaitingPubRec,
-    /// QoS 2, PUBREC received and PUBREL sent.
-    AwaitingPubComp,
 }
 
 /// An outbound message sent but not fully acknowledged.
@@ -243,7 +221,7 @@ impl Session {
     ) -> Result<Delivery, NotQueued> {
         let mut st = self.lock();
         st.admits(&delivery, self.is_online())?;
-        if store::stores(&st, delivery.qos) {
+        if st.stores(delivery.qos) {
             store.queue(&self.client_id, &mut delivery, group);
         }
         Ok(delivery)
@@ -385,6 +363,32 @@ impl SessionState {
             }
         }
         None
+    }
+
+    /// Whether a delivery at `qos` to this session is stored: QoS 1 and 2 to
+    /// persistent sessions (QoS 0 promises nothing to survive).
+    pub fn stores(&self, qos: QoS) -> bool {
+        self.expiry_secs != 0 && qos != QoS::AtMostOnce
+    }
+
+    /// What the store keeps of this session: subscriptions, expiry, the
+    /// pending will, the username.
+    pub fn record(&self) -> SessionRecord {
+        let clock = Clock::now();
+        SessionRecord {
+            expiry_secs: self.expiry_secs,
+            disconnected_at_ms: self.connection.is_none().then(|| clock.unix_ms()),
+            subscriptions: self
+                .subscriptions
+                .iter()
+                .map(|(filter, s)| (filter.clone(), s.options, s.subscription_id))
+                .collect(),
+            will: self.pending_will.as_ref().map(|will| {
+                let record = records::encode_message(&will.message, &clock);
+                (record, clock.to_unix_ms(will.due))
+            }),
+            username: self.username.as_deref().map(str::to_owned),
+        }
     }
 
     /// Finds the in-flight entry for `packet_id` in `state`.

@@ -14,8 +14,9 @@ use std::time::Instant;
 use tern_codec::{ByteStr, Packet, PubAck, Publish, QoS};
 
 use super::client::Client;
+use crate::message::{Delivery, InflightState};
 use crate::metrics::Metrics;
-use crate::session::{Delivery, Inflight, InflightState, Kick, SessionState};
+use crate::session::{Inflight, Kick, SessionState};
 use crate::store::Group;
 
 /// Stop encoding when this many bytes wait to be written.

@@ -12,7 +12,7 @@ use super::Flow;
 use crate::connection::client::Client;
 use crate::connection::outbound;
 use crate::error::ProtocolViolation;
-use crate::session::InflightState;
+use crate::message::InflightState;
 use crate::store::Group;
 
 /// PUBCOMP ends a QoS 2 delivery.

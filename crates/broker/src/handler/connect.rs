@@ -61,7 +61,7 @@ pub fn accept(connect: &Connect, state: &BrokerState) -> Result<Accepted, Reason
         _ if connect.clean_start => 0,
         _ => NEVER_EXPIRES,
     };
-    let session_expiry_secs = capped_expiry(config, session_expiry_secs);
+    let session_expiry_secs = config.capped_expiry(session_expiry_secs);
     let max = config.max_keepalive_secs;
     let keep_alive_secs = if max < u16::MAX && (connect.keep_alive == 0 || connect.keep_alive > max)
     {
@@ -135,16 +135,6 @@ pub fn owned_will(will: LastWill) -> LastWill {
                 .collect(),
             ..p
         },
-    }
-}
-
-/// A session's expiry within `max_session_expiry_secs` (0: no cap), so
-/// that no session, 3.1.1 persistent ones included, is kept for ever by
-/// accident. MQTT 5 clients learn the value in force from CONNACK.
-pub fn capped_expiry(config: &crate::config::Config, expiry_secs: u32) -> u32 {
-    match config.max_session_expiry_secs {
-        0 => expiry_secs,
-        cap => expiry_secs.min(cap),
     }
 }
 

@@ -4,8 +4,6 @@
 //! - [`engine`]: one redb file written by one thread, many changes per
 //!   transaction (group commit); knows only keys and opaque records.
 //! - [`records`]: the byte layout of messages, queue entries and sessions.
-//! - [`recover`]: rebuilds sessions, queues, in-flight state and retained
-//!   messages from the file at start.
 //! - [`salvage`]: copies what is still readable out of a damaged file into
 //!   a new one (`tern store salvage`).
 //! - [`Store`] (here): what the rest of the broker calls. Changes are
@@ -20,24 +18,22 @@
 
 pub mod engine;
 pub mod records;
-pub mod recover;
 pub mod salvage;
 
 use std::num::NonZeroU16;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, Weak};
 
 use bytes::BytesMut;
 
-use tern_codec::{ByteStr, QoS};
+use tern_codec::ByteStr;
 use tokio::sync::watch;
 
 pub use self::engine::{Durability, Recovered, StoreError};
 use self::engine::{Engine, Op};
 use self::records::{Clock, QueueEntry, SessionRecord};
-use crate::message::Message;
-use crate::session::{Delivery, InflightState, SessionState};
+use crate::message::{Delivery, InflightState, Message, Records, StoredMessage};
 
 /// The broker's handle on its store.
 pub struct Store {
@@ -47,37 +43,6 @@ pub struct Store {
     /// Set at shutdown: the sessions and messages dropped after it must not
     /// delete what the file holds for the next start.
     closed: AtomicBool,
-}
-
-/// A message's record in the store. Held by the message itself, so the
-/// record is deleted when the last queue holding the message lets go of it.
-pub struct StoredMessage {
-    id: u64,
-    /// `None` once its delete was handed over (see [`StoredMessage::into_delete`]).
-    store: Option<Arc<Store>>,
-}
-
-impl StoredMessage {
-    /// The op deleting the record, for the caller to submit instead of this
-    /// record's drop.
-    fn into_delete(mut self) -> Op<Record> {
-        self.store = None;
-        Op::DeleteMessage { id: self.id }
-    }
-}
-
-impl std::fmt::Debug for StoredMessage {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "StoredMessage({})", self.id)
-    }
-}
-
-impl Drop for StoredMessage {
-    fn drop(&mut self) {
-        if let Some(store) = self.store.take() {
-            store.submit(Op::DeleteMessage { id: self.id });
-        }
-    }
 }
 
 impl Store {
@@ -149,10 +114,7 @@ impl Store {
                 let id = self.next_message_id.fetch_add(1, Ordering::Relaxed);
                 let record = Record::Message(Arc::downgrade(message));
                 write(Op::PutMessage { id, record });
-                StoredMessage {
-                    id,
-                    store: Some(self.clone()),
-                }
+                StoredMessage::new(id, self.clone())
             })
             .id
     }
@@ -168,20 +130,17 @@ impl Store {
 
     /// Gives a recovered message its record, so it is deleted with its last
     /// holder like any other.
-    pub(crate) fn adopt(self: &Arc<Self>, message: &Message, id: u64) {
-        let _ = message.stored.set(StoredMessage {
-            id,
-            store: Some(self.clone()),
-        });
+    pub fn adopt(self: &Arc<Self>, message: &Message, id: u64) {
+        let _ = message.stored.set(StoredMessage::new(id, self.clone()));
     }
 
     /// Deletes a message record nothing refers to (expired at restart).
-    pub(crate) fn forget_message(&self, id: u64) {
+    pub fn forget_message(&self, id: u64) {
         self.submit(Op::DeleteMessage { id });
     }
 
     /// Deletes one queue entry (found useless at restart).
-    pub(crate) fn delete_entry(&self, client_id: &ByteStr, seq: u64) {
+    pub fn delete_entry(&self, client_id: &ByteStr, seq: u64) {
         self.submit(Op::DeleteQueue {
             client_id: client_id.clone(),
             seq,
@@ -246,30 +205,17 @@ impl Store {
         if let Some(message) = Arc::into_inner(delivery.message)
             && let Some(stored) = message.stored.into_inner()
         {
-            group.0.push(stored.into_delete());
+            group.0.push(Op::DeleteMessage {
+                id: stored.into_id(),
+            });
         }
     }
 
-    /// Writes the session's record (subscriptions, expiry, pending will).
-    pub fn put_session(&self, client_id: &ByteStr, st: &SessionState) -> u64 {
-        let clock = Clock::now();
-        let record = SessionRecord {
-            expiry_secs: st.expiry_secs,
-            disconnected_at_ms: st.connection.is_none().then(|| clock.unix_ms()),
-            subscriptions: st
-                .subscriptions
-                .iter()
-                .map(|(filter, s)| (filter.clone(), s.options, s.subscription_id))
-                .collect(),
-            will: st.pending_will.as_ref().map(|will| {
-                let record = records::encode_message(&will.message, &clock);
-                (record, clock.to_unix_ms(will.due))
-            }),
-            username: st.username.as_deref().map(str::to_owned),
-        };
+    /// Writes a session's record (subscriptions, expiry, pending will).
+    pub fn put_session(&self, client_id: &ByteStr, record: &SessionRecord) -> u64 {
         self.submit(Op::PutSession {
             client_id: client_id.clone(),
-            record: records::encode_session(&record),
+            record: records::encode_session(record),
         })
     }
 
@@ -364,19 +310,17 @@ impl engine::Value for Record {
     }
 }
 
-/// Whether a delivery to a session in this state is stored: QoS 1 and 2 to
-/// persistent sessions.
-pub fn stores(st: &SessionState, qos: QoS) -> bool {
-    st.expiry_secs != 0 && qos != QoS::AtMostOnce
+impl Records for Store {
+    fn delete_message(&self, id: u64) {
+        self.submit(Op::DeleteMessage { id });
+    }
 }
-
-/// A message's link to its record, for `Message::stored`.
-pub type StoredSlot = OnceLock<StoredMessage>;
 
 #[cfg(test)]
 mod tests {
     use super::engine::Value;
     use super::*;
+    use tern_codec::QoS;
 
     /// A message and its queue entries are encoded while the message lives,
     /// and skipped once nothing holds it (its delete is on its way).

@@ -20,8 +20,8 @@ use tern_codec::{
     ByteStr, Packet, ProtocolVersion, Publish, QoS, RetainHandling, SubscriptionOptions,
 };
 
+use crate::message::InflightState;
 use crate::message::Message;
-use crate::session::InflightState;
 
 /// The layout version written in front of every record.
 const FORMAT: u8 = 1;

@@ -15,15 +15,13 @@ use std::time::Duration;
 
 use tern_codec::ByteStr;
 
-use super::engine::Recovered;
-use super::records::{self, Clock, RecordError};
-use crate::message::Message;
+use crate::message::{Delivery, Message};
 use crate::registry;
 use crate::router;
-use crate::session::{
-    Delivery, Inflight, NEVER_EXPIRES, PendingWill, Session, SessionSubscription,
-};
+use crate::session::{Inflight, NEVER_EXPIRES, PendingWill, Session, SessionSubscription};
 use crate::state::{BrokerState, Subscriber};
+use crate::store::Recovered;
+use crate::store::records::{self, Clock, RecordError};
 
 /// What a restore found, for the log.
 #[derive(Debug, Default)]
@@ -183,7 +181,7 @@ fn restore_session(
         .get_or_create(client_id, || Session::new(id.clone(), state.queue_limits()));
     let mut st = session.lock();
     // A cap set since the session was stored applies to it too.
-    st.expiry_secs = crate::handler::connect::capped_expiry(&state.config, record.expiry_secs);
+    st.expiry_secs = state.config.capped_expiry(record.expiry_secs);
     st.stored = true;
     st.username = record.username.map(std::sync::Arc::from);
     for (filter, options, subscription_id) in record.subscriptions {
