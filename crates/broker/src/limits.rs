@@ -31,13 +31,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tern_codec::{Connect, DecodeError, Packet, ProtocolVersion, PubAck, Publish, QoS, ReasonCode};
+use tern_codec::{Connect, DecodeError, ReasonCode};
 use tokio::time::Instant;
 
 use crate::config::Config;
-use crate::connection::client::Client;
 use crate::error::ProtocolViolation;
-use crate::retained::Quotas;
+use crate::retained::{Quotas, Retained};
 
 /// How many IP addresses the connection-rate table tracks within one second.
 /// At the cap, connections from addresses not yet in the table are refused
@@ -167,7 +166,7 @@ impl RateTable {
 #[derive(Debug)]
 pub struct ClientLimits {
     /// For the refusal logs (`Client` does not keep the address).
-    pub(crate) peer: SocketAddr,
+    pub peer: SocketAddr,
     /// The publish-rate bucket (see [`Bucket`]).
     publish_due: Instant,
 }
@@ -344,58 +343,95 @@ impl Limits {
         ]
     }
 
+    /// Whether a client may send another PUBLISH at `now`
+    /// (`max_publish_rate`); counted if not (the caller closes the
+    /// connection). `own`: the client's limit state, `None` when no
+    /// per-client limit is set (then this is one test).
+    #[inline]
+    pub fn publish_allowed(&self, own: Option<&mut ClientLimits>, now: Instant) -> bool {
+        let (Some(own), Some(bucket)) = (own, self.publish_rate) else {
+            return true;
+        };
+        let allowed = bucket.take(&mut own.publish_due, now);
+        if !allowed {
+            count(&self.counters.publish_rate_disconnected);
+        }
+        allowed
+    }
+
+    /// Whether a PUBLISH to `topic` is refused for having too many levels
+    /// (`max_topic_levels`); counted if so. The caller answers it and does
+    /// not route it.
+    pub fn topic_refused(&self, topic: &str) -> bool {
+        let refused = self.too_deep(topic);
+        if refused {
+            count(&self.counters.topic_levels_refused);
+        }
+        refused
+    }
+
+    /// Whether a retained message of `size` bytes from `owner` to `topic`
+    /// goes over a `max_retained_*` quota, given the retained messages
+    /// held now; counted if so. Everything passes when no quota is set.
+    /// Clearing a topic is never refused: callers ask only about messages
+    /// that set one.
+    pub fn retained_refused(
+        &self,
+        retained: &Retained,
+        topic: &str,
+        size: usize,
+        owner: Option<&Arc<str>>,
+    ) -> bool {
+        let Some(quotas) = self.retained else {
+            return false;
+        };
+        let refused = !retained.admits(topic, size, owner, quotas);
+        if refused {
+            count(&self.counters.retained_refused);
+        }
+        refused
+    }
+
+    /// Whether a retained PUBLISH could be refused at all: a quota is set.
+    pub fn has_retained_quotas(&self) -> bool {
+        self.retained.is_some()
+    }
+
+    /// Checks one SUBSCRIBE filter (`inner`: without a `$share/group/`
+    /// prefix) from a session that has `held` subscriptions, `replaces`
+    /// whether it already has this filter (which may always be replaced).
+    /// `Some`: the SUBACK reason refusing it and why, counted.
+    pub fn subscription_refused(
+        &self,
+        inner: &str,
+        held: usize,
+        replaces: bool,
+    ) -> Option<(ReasonCode, &'static str)> {
+        let (reason, counter, why) = if self.too_deep(inner) {
+            (
+                ReasonCode::TopicFilterInvalid,
+                &self.counters.topic_levels_refused,
+                "too many topic levels",
+            )
+        } else if self.max_subscriptions != 0 && !replaces && held >= self.max_subscriptions {
+            (
+                ReasonCode::QuotaExceeded,
+                &self.counters.subscriptions_refused,
+                "subscription limit reached",
+            )
+        } else {
+            return None;
+        };
+        count(counter);
+        Some((reason, why))
+    }
+
     /// Whether a topic name or filter has more levels than allowed.
     fn too_deep(&self, topic: &str) -> bool {
         self.max_topic_levels != 0
             && topic.len() >= self.max_topic_levels
             && topic.bytes().filter(|&b| b == b'/').count() >= self.max_topic_levels
     }
-}
-
-/// Whether the client may send another PUBLISH at `now` (`max_publish_rate`);
-/// counted if not (the caller closes the connection). With no per-client
-/// limit this is one test of `client.limits`.
-#[inline]
-pub fn publish_allowed(client: &mut Client, now: Instant) -> bool {
-    let Some(own) = &mut client.limits else {
-        return true;
-    };
-    let limits = &client.state.limits;
-    let Some(bucket) = limits.publish_rate else {
-        return true;
-    };
-    let allowed = bucket.take(&mut own.publish_due, now);
-    if !allowed {
-        count(&limits.counters.publish_rate_disconnected);
-    }
-    allowed
-}
-
-/// Refuses a PUBLISH whose topic has too many levels: true if it was
-/// refused (and answered here), and must not be routed. MQTT 5 QoS 1/2
-/// publishers get PUBACK/PUBREC 0x90; QoS 0 and 3.1.1 have no way to be
-/// told, and 3.1.1 gets the normal acknowledgement [MQTT-3.3.5-2].
-pub fn publish_refused(client: &mut Client, publish: &Publish) -> bool {
-    if !client.state.limits.too_deep(&publish.topic) {
-        return false;
-    }
-    count(&client.state.limits.counters.topic_levels_refused);
-    log_refused(client, "PUBLISH", &publish.topic, "too many topic levels");
-    let reason = if client.version == ProtocolVersion::V5 {
-        ReasonCode::TopicNameInvalid
-    } else {
-        ReasonCode::Success
-    };
-    let ack = |id| PubAck {
-        reason,
-        ..PubAck::new(id)
-    };
-    match (publish.qos, publish.packet_id) {
-        (QoS::AtLeastOnce, Some(id)) => client.send(&Packet::PubAck(ack(id))),
-        (QoS::ExactlyOnce, Some(id)) => client.send(&Packet::PubRec(ack(id))),
-        _ => None,
-    };
-    true
 }
 
 /// The retained quotas of `config`; `None` if none is set.
@@ -415,82 +451,6 @@ fn retained_quotas(config: &Config) -> Option<Quotas> {
     .iter()
     .any(|&q| q > 0);
     any.then_some(quotas)
-}
-
-/// Whether a retained PUBLISH goes over a `max_retained_*` quota (counted
-/// and logged if so). Clearing a topic (empty payload) always passes, and
-/// so does everything when no quota is set. Checked before routing, under
-/// the retained store's read lock: publishes racing on other threads may
-/// each pass, so a quota can be exceeded by one message per worker thread.
-pub fn retained_refused(client: &Client, publish: &Publish) -> bool {
-    let Some(quotas) = client.state.limits.retained else {
-        return false;
-    };
-    if !publish.retain || publish.payload.is_empty() {
-        return false;
-    }
-    let size = publish.topic.len() + publish.payload.len();
-    let admitted =
-        client
-            .state
-            .retained()
-            .admits(&publish.topic, size, client.username.as_ref(), quotas);
-    if !admitted {
-        count(&client.state.limits.counters.retained_refused);
-        log_refused(
-            client,
-            "PUBLISH",
-            &publish.topic,
-            "retained message quota reached",
-        );
-    }
-    !admitted
-}
-
-/// Checks one SUBSCRIBE filter (`filter` as sent, `inner` without a
-/// `$share/group/` prefix): `Some` is the SUBACK reason refusing it. A
-/// filter the session already has may always be replaced.
-pub fn subscription_refused(client: &Client, filter: &str, inner: &str) -> Option<ReasonCode> {
-    let limits = &client.state.limits;
-    let (reason, counter, why) = if limits.too_deep(inner) {
-        (
-            ReasonCode::TopicFilterInvalid,
-            &limits.counters.topic_levels_refused,
-            "too many topic levels",
-        )
-    } else if limits.max_subscriptions != 0 && {
-        let st = client.session.lock();
-        !st.subscriptions.contains_key(filter) && st.subscriptions.len() >= limits.max_subscriptions
-    } {
-        (
-            ReasonCode::QuotaExceeded,
-            &limits.counters.subscriptions_refused,
-            "subscription limit reached",
-        )
-    } else {
-        return None;
-    };
-    count(counter);
-    log_refused(client, "SUBSCRIBE", filter, why);
-    Some(reason)
-}
-
-/// Logs a refused PUBLISH or subscription at info (throttled: any client
-/// can cause it), so an operator can answer "why did my message vanish":
-/// who (address when known, client id, username), what, and why.
-pub(crate) fn log_refused(client: &Client, packet: &str, topic: &str, why: &str) {
-    let client_id = client.client_id();
-    let username = client.username.as_deref().unwrap_or("");
-    // The box exists when `max_publish_rate` or `max_topic_levels` is set;
-    // without it the line goes without the address.
-    match &client.limits {
-        Some(own) => {
-            crate::throttled!(info, "refused", peer = %own.peer, %client_id, username, packet, topic, "refused: {why}")
-        }
-        None => {
-            crate::throttled!(info, "refused", %client_id, username, packet, topic, "refused: {why}")
-        }
-    }
 }
 
 /// Bytes of each connection not charged to `max_connecting_bytes`: any
@@ -661,6 +621,85 @@ mod tests {
         assert!(limits.too_deep("a/b/c/d"));
         assert!(limits.too_deep("///"));
         assert!(!Limits::new(&Config::default()).too_deep("a/b/c/d/e/f"));
+    }
+
+    #[test]
+    fn a_deep_topic_is_refused_and_counted() {
+        let limits = Limits::new(&Config {
+            max_topic_levels: 2,
+            ..Config::default()
+        });
+        assert!(!limits.topic_refused("a/b"));
+        assert!(limits.topic_refused("a/b/c"));
+        assert_eq!(
+            limits.counters.topic_levels_refused.load(Ordering::Relaxed),
+            1
+        );
+    }
+
+    #[test]
+    fn publish_rate_is_per_client_and_off_without_its_state() {
+        let limits = Limits::new(&Config {
+            max_publish_rate: 2,
+            ..Config::default()
+        });
+        let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let mut own = limits
+            .client_limits(peer)
+            .expect("a rate makes client state");
+        let mut other = limits.client_limits(peer).unwrap();
+        let now = Instant::now();
+        assert!(limits.publish_allowed(Some(&mut own), now));
+        assert!(limits.publish_allowed(Some(&mut own), now));
+        assert!(!limits.publish_allowed(Some(&mut own), now));
+        assert!(limits.publish_allowed(Some(&mut other), now), "per client");
+        assert!(limits.publish_allowed(None, now));
+        let counted = &limits.counters.publish_rate_disconnected;
+        assert_eq!(counted.load(Ordering::Relaxed), 1);
+        assert!(limits.publish_allowed(Some(&mut own), now + SECOND));
+        let off = Limits::new(&Config::default());
+        assert!(off.client_limits(peer).is_none());
+    }
+
+    #[test]
+    fn subscriptions_are_capped_but_a_held_filter_may_be_replaced() {
+        let limits = Limits::new(&Config {
+            max_subscriptions_per_client: 2,
+            max_topic_levels: 3,
+            ..Config::default()
+        });
+        assert_eq!(limits.subscription_refused("a/#", 1, false), None);
+        let full = limits.subscription_refused("a/#", 2, false);
+        assert_eq!(full.map(|r| r.0), Some(ReasonCode::QuotaExceeded));
+        assert_eq!(limits.subscription_refused("a/#", 2, true), None);
+        let deep = limits.subscription_refused("a/b/c/d", 0, false);
+        assert_eq!(deep.map(|r| r.0), Some(ReasonCode::TopicFilterInvalid));
+        let c = &limits.counters;
+        assert_eq!(c.subscriptions_refused.load(Ordering::Relaxed), 1);
+        assert_eq!(c.topic_levels_refused.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn retained_quotas_count_what_is_held_per_user() {
+        let limits = Limits::new(&Config {
+            max_retained_messages_per_user: 1,
+            ..Config::default()
+        });
+        assert!(limits.has_retained_quotas());
+        let mut retained = Retained::default();
+        let alice: Arc<str> = Arc::from("alice");
+        let message = crate::message::Message::broker_retained("a".into(), "1".into());
+        let size = message.size();
+        assert!(!limits.retained_refused(&retained, "a", size, Some(&alice)));
+        retained.insert(message, Some(alice.clone()));
+        assert!(
+            !limits.retained_refused(&retained, "a", size, Some(&alice)),
+            "replacing her own message"
+        );
+        assert!(limits.retained_refused(&retained, "b", size, Some(&alice)));
+        assert!(!limits.retained_refused(&retained, "b", size, None));
+        assert_eq!(limits.counters.retained_refused.load(Ordering::Relaxed), 1);
+        assert!(!Limits::new(&Config::default()).has_retained_quotas());
     }
 
     #[test]

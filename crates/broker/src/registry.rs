@@ -68,7 +68,7 @@ pub async fn attach(
             );
         }
         let previous = st.attach(connection_id);
-        auth::bind_session(&session, &mut st, username);
+        session.bind_user(&mut st, username);
         st.generation = st.generation.wrapping_add(1);
         session.set_online(true);
         // Wake the connection being replaced, so it sees its kick: a parked
@@ -325,7 +325,11 @@ fn expire(state: &Arc<BrokerState>, session: &Arc<Session>, generation: u32) {
 fn publish_will(state: &BrokerState, will: Arc<Message>, username: Option<&Arc<str>>) {
     let client_id = will.origin.as_ref().map_or("", |id| id.as_str());
     let user = username.map(|u| &**u);
-    if !auth::may_write(state, user, client_id, &will.topic) {
+    let id = auth::Identity {
+        username: user,
+        client_id,
+    };
+    if !state.auth.may_write(&id, &will.topic) {
         tracing::info!(client_id, username = user, topic = %will.topic, "not publishing the will: its topic is no longer writable");
         return;
     }

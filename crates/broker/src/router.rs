@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use tern_codec::{QoS, SubscriptionOptions};
 
-use crate::auth::ReadCheck;
+use crate::auth::{Identity, ReadCheck};
 use crate::message::{Delivery, Message};
 use crate::metrics::Metrics;
 use crate::session::{NotQueued, Session};
@@ -116,7 +116,7 @@ fn route(state: &BrokerState, message: &Arc<Message>, mut group: Group) -> Route
     for candidates in groups {
         let mut readable = candidates
             .into_iter()
-            .filter(|t| !t.check || acl.allows(state, &t.session, &message.topic));
+            .filter(|t| !t.check || may_read(&mut acl, state, &t.session, &message.topic));
         match readable.next() {
             Some(chosen) => list.push(Target {
                 check: false,
@@ -126,7 +126,7 @@ fn route(state: &BrokerState, message: &Arc<Message>, mut group: Group) -> Route
         }
     }
     for target in list {
-        if target.check && !acl.allows(state, &target.session, &message.topic) {
+        if target.check && !may_read(&mut acl, state, &target.session, &message.topic) {
             continue;
         }
         let delivery = Delivery {
@@ -179,11 +179,21 @@ fn matching_targets(state: &BrokerState, message: &Message) -> Targets {
     targets
 }
 
+/// Whether the ACL lets `session`'s client read `topic`.
+fn may_read(acl: &mut ReadCheck, state: &BrokerState, session: &Session, topic: &str) -> bool {
+    let username = session.lock().username.clone();
+    let id = Identity {
+        username: username.as_deref(),
+        client_id: &session.client_id,
+    };
+    acl.allows(&state.auth, &id, topic)
+}
+
 fn target(subscriber: &Subscriber, shared: bool, acl_generation: u64) -> Target {
     Target {
         check: subscriber
             .readable
-            .needs_check(acl_generation, &subscriber.session),
+            .needs_check(acl_generation, subscriber.session.identity()),
         session: subscriber.session.clone(),
         options: subscriber.options,
         subscription_ids: subscriber.subscription_id.into_iter().collect(),
@@ -260,7 +270,7 @@ impl Targets {
         // One wholly readable filter matching the topic is enough.
         t.check &= subscriber
             .readable
-            .needs_check(acl_generation, &subscriber.session);
+            .needs_check(acl_generation, subscriber.session.identity());
     }
 
     /// Picks the member of a shared group that gets the message: round

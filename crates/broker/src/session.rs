@@ -234,6 +234,23 @@ impl Session {
         self.wake(st);
     }
 
+    /// Records a connection's username in its session (`st`, this session's
+    /// state, locked), where deliveries look it up. A change makes earlier
+    /// "wholly readable" decisions stale (see [`crate::auth::Readable`]).
+    /// Done as the connection attaches, under the same lock, so no delivery
+    /// is judged by a previous user's rights once the new one owns it.
+    pub fn bind_user(&self, st: &mut SessionState, username: Option<Arc<str>>) {
+        if st.username != username {
+            st.username = username;
+            self.identity.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// This session's identity for [`crate::auth::Readable`].
+    pub fn identity(&self) -> u32 {
+        self.identity.load(Ordering::Relaxed)
+    }
+
     /// Wakes the attached connection (resuming it if it is parked).
     fn wake(&self, mut st: MutexGuard<'_, SessionState>) {
         let parked = st.parked.take();

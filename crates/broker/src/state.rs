@@ -150,6 +150,12 @@ impl BrokerState {
         self.queue_limits.clone()
     }
 
+    /// Re-reads `password_file` and `acl_file` (see [`AuthState::reload`]):
+    /// clients already connected stay connected.
+    pub fn reload_auth(&self) -> Result<(), String> {
+        self.auth.reload(&self.config)
+    }
+
     /// The highest QoS this broker grants.
     pub fn maximum_qos(&self) -> QoS {
         QoS::from_u8(self.config.maximum_qos).unwrap_or(QoS::ExactlyOnce)

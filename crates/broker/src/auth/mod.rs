@@ -4,11 +4,16 @@
 //! The rules read from both files form one [`Auth`], which [`AuthState`]
 //! (in `BrokerState::auth`) keeps behind a swappable `Arc`: a decision takes
 //! the `Arc` once and never holds the lock across an `.await`, and
-//! [`BrokerState::reload_auth`] swaps in new rules (or keeps the old ones if
-//! a file is broken).
+//! [`AuthState::reload`] swaps in new rules (or keeps the old ones if a file
+//! is broken).
+//!
+//! Every decision is a function of the rules and a few plain inputs (an
+//! [`Identity`], a topic, a listener's settings): this module knows nothing
+//! of connections or sessions, and the handlers turn its answers into
+//! packets.
 //!
 //! Where decisions are made:
-//! - CONNECT: [`authenticate`], from `connection::admit`: password (verified
+//! - CONNECT: [`AuthState::authenticate`], from `connection`: password (verified
 //!   on the blocking pool), anonymous access, certificate identity, the
 //!   will's topic; [`guard`] decides when a password may be checked
 //!   (repeated failures from one address or for one username wait), and a
@@ -32,15 +37,13 @@ use std::time::Instant;
 
 use tern_codec::{Connect, ReasonCode};
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 
-use self::acl::{Access, Acl, Identity};
+pub use self::acl::Identity;
+use self::acl::{Access, Acl};
 use self::guard::Guard;
 use self::password::PasswordTable;
 use crate::config::Config;
-use crate::connection::ConnInfo;
-use crate::connection::client::Client;
-use crate::session::{Session, SessionState};
-use crate::state::BrokerState;
 
 /// Password checks running at once: one core is always left for the
 /// message path however many logins arrive (PBKDF2 is slow on purpose).
@@ -150,89 +153,115 @@ impl AuthState {
     }
 }
 
-impl BrokerState {
+impl AuthState {
     /// Re-reads `password_file` and `acl_file`. On success the new rules
-    /// decide every later connect, publish, subscribe and delivery (clients
-    /// already connected stay connected). On error nothing changes and the
-    /// message names the file, the line and why.
-    pub fn reload_auth(&self) -> Result<(), String> {
-        let auth = Auth::load(&self.config).inspect_err(|e| {
+    /// decide every later connect, publish, subscribe and delivery. On error
+    /// nothing changes and the message names the file, the line and why.
+    pub fn reload(&self, config: &Config) -> Result<(), String> {
+        let auth = Auth::load(config).inspect_err(|e| {
             tracing::warn!(error = %e, "authentication files not reloaded; the old rules stay");
         })?;
-        self.auth.install(auth);
+        self.install(auth);
         tracing::info!("authentication files reloaded");
         Ok(())
     }
 }
 
-/// Decides who the client is: `Ok(username)` (`None`: anonymous), or the
-/// CONNACK reason refusing it. Also checks that the will may be published.
-/// A password is checked when [`guard`] says so.
-pub async fn authenticate(
-    connect: &Connect,
-    client_id: &str,
-    info: &ConnInfo,
-    state: &BrokerState,
-) -> Result<Option<Arc<str>>, ReasonCode> {
-    let auth = state.auth.current();
-    // Boxed: inline it would enlarge every connection's handshake future.
-    // A refusal is logged once, with the username, where every CONNECT
-    // refusal is (`connection::start_session`).
-    let username = Box::pin(login(connect, info, state, &auth)).await?;
-    if let (Some(will), Some(acl)) = (&connect.will, &auth.acl) {
-        let id = Identity {
-            username: username.as_deref(),
-            client_id,
-        };
-        if !acl.allows(&id, &will.topic, Access::Write) {
-            // The refusal itself is logged (once) by the caller, with the reason.
-            tracing::debug!(peer = %info.peer, client_id, username = id.username, topic = %will.topic, "the will's topic is not writable");
-            return Err(ReasonCode::NotAuthorized);
-        }
-    }
-    Ok(username)
+/// What a login is judged by, besides the rules: the CONNECT, where it came
+/// from, and its listener's settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Login<'a> {
+    pub connect: &'a Connect,
+    pub client_id: &'a str,
+    pub ip: IpAddr,
+    /// The listener takes the verified certificate's Common Name
+    /// (`cert_identity`) as the username, and checks no password.
+    pub use_identity_as_username: bool,
+    pub cert_identity: Option<&'a str>,
+    /// The listener admits clients without a username.
+    pub allow_anonymous: bool,
 }
 
-/// The username the client is known by, or why it is refused.
-async fn login(
-    connect: &Connect,
-    info: &ConnInfo,
-    state: &BrokerState,
-    auth: &Arc<Auth>,
-) -> Result<Option<Arc<str>>, ReasonCode> {
-    let listener = state.config.listeners.get(info.listener);
-    if listener.is_some_and(|l| l.use_identity_as_username) {
-        // The certificate vouches for the client; no password is checked.
-        return match &info.cert_identity {
-            Some(cn) => Ok(Some(Arc::from(cn.as_str()))),
-            None => Err(ReasonCode::NotAuthorized),
-        };
+impl AuthState {
+    /// Decides who the client is: `Ok(username)` (`None`: anonymous), or
+    /// the CONNACK reason refusing it. Also checks that the will may be
+    /// published. A password is checked when [`guard`] says so; waiting for
+    /// that ends at `shutdown`.
+    pub async fn authenticate(
+        &self,
+        login: &Login<'_>,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<Arc<str>>, ReasonCode> {
+        let auth = self.current();
+        // Boxed: inline it would enlarge every connection's handshake future.
+        // A refusal is logged once, with the username, where every CONNECT
+        // refusal is (`connection::start_session`).
+        let username = Box::pin(self.login(login, &auth, shutdown)).await?;
+        if let (Some(will), Some(acl)) = (&login.connect.will, &auth.acl) {
+            let id = Identity {
+                username: username.as_deref(),
+                client_id: login.client_id,
+            };
+            if !acl.allows(&id, &will.topic, Access::Write) {
+                // The refusal itself is logged (once) by the caller, with the reason.
+                tracing::debug!(ip = %login.ip, client_id = login.client_id, username = id.username, topic = %will.topic, "the will's topic is not writable");
+                return Err(ReasonCode::NotAuthorized);
+            }
+        }
+        Ok(username)
     }
-    let Some(username) = &connect.username else {
-        return if state.config.allows_anonymous(info.listener) {
-            Ok(None)
+
+    /// The username the client is known by, or why it is refused.
+    async fn login(
+        &self,
+        login: &Login<'_>,
+        auth: &Arc<Auth>,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<Arc<str>>, ReasonCode> {
+        if login.use_identity_as_username {
+            // The certificate vouches for the client; no password is checked.
+            return match login.cert_identity {
+                Some(cn) => Ok(Some(Arc::from(cn))),
+                None => Err(ReasonCode::NotAuthorized),
+            };
+        }
+        let Some(username) = &login.connect.username else {
+            return if login.allow_anonymous {
+                Ok(None)
+            } else {
+                Err(ReasonCode::NotAuthorized)
+            };
+        };
+        let username: Arc<str> = Arc::from(username.as_str());
+        if auth.passwords.is_none() {
+            return Ok(Some(username));
+        }
+        let Some(password) = login.connect.password.clone() else {
+            return Err(ReasonCode::BadUserNameOrPassword);
+        };
+        let mut attempt = Attempt::admit(self, login.ip, &username)?;
+        tokio::select! {
+            () = tokio::time::sleep_until(attempt.start.into()) => {}
+            () = shutdown.cancelled() => return Err(ReasonCode::ServerShuttingDown),
+        }
+        let verified = self.verify(auth, &username, password).await;
+        attempt.outcome = Some(verified);
+        drop(attempt);
+        if verified {
+            Ok(Some(username))
         } else {
-            Err(ReasonCode::NotAuthorized)
-        };
-    };
-    let username: Arc<str> = Arc::from(username.as_str());
-    if auth.passwords.is_none() {
-        return Ok(Some(username));
+            Err(ReasonCode::BadUserNameOrPassword)
+        }
     }
-    let Some(password) = connect.password.clone() else {
-        return Err(ReasonCode::BadUserNameOrPassword);
-    };
-    let mut attempt = Attempt::admit(state, info.peer.ip(), &username)?;
-    tokio::select! {
-        () = tokio::time::sleep_until(attempt.start.into()) => {}
-        () = state.shutdown.cancelled() => return Err(ReasonCode::ServerShuttingDown),
-    }
-    let auth = auth.clone();
-    let user = username.clone();
-    let verified = {
+
+    /// Checks a password on the blocking pool, within the
+    /// [`verification_slots`].
+    async fn verify(&self, auth: &Arc<Auth>, username: &Arc<str>, password: bytes::Bytes) -> bool {
+        let auth = auth.clone();
+        let user = username.clone();
         // Held across the check only: waiting for it is what the guard's
         // spacing and MAX_WAIT bound.
-        let _slot = state.auth.verifications.acquire().await;
+        let _slot = self.verifications.acquire().await;
         tokio::task::spawn_blocking(move || {
             auth.passwords
                 .as_ref()
@@ -240,20 +269,13 @@ async fn login(
         })
         .await
         .unwrap_or(false)
-    };
-    attempt.outcome = Some(verified);
-    drop(attempt);
-    if verified {
-        Ok(Some(username))
-    } else {
-        Err(ReasonCode::BadUserNameOrPassword)
     }
 }
 
 /// A login admitted by the guard; reports its outcome when dropped (also
 /// if the connection goes away while it waits: then as not checked).
 struct Attempt<'a> {
-    state: &'a BrokerState,
+    auth: &'a AuthState,
     ip: IpAddr,
     username: Arc<str>,
     /// When the password may be checked.
@@ -265,13 +287,13 @@ impl<'a> Attempt<'a> {
     /// Asks the guard when the password may be checked; `Err(ServerBusy)`
     /// if it would wait too long (MQTT 3.1.1: return code 3).
     fn admit(
-        state: &'a BrokerState,
+        auth: &'a AuthState,
         ip: IpAddr,
         username: &Arc<str>,
     ) -> Result<Attempt<'a>, ReasonCode> {
-        match state.auth.guard().admit(ip, username, Instant::now()) {
+        match auth.guard().admit(ip, username, Instant::now()) {
             Some(start) => Ok(Attempt {
-                state,
+                auth,
                 ip,
                 username: username.clone(),
                 outcome: None,
@@ -287,21 +309,9 @@ impl<'a> Attempt<'a> {
 
 impl Drop for Attempt<'_> {
     fn drop(&mut self) {
-        self.state
-            .auth
+        self.auth
             .guard()
             .finish(self.ip, &self.username, self.outcome, Instant::now());
-    }
-}
-
-/// Records a connection's username in its session (`st`, locked), where
-/// deliveries look it up. A change makes earlier "wholly readable" decisions
-/// stale. Done as the connection attaches, under the same lock, so no
-/// delivery is judged by a previous user's rights once the new one owns it.
-pub fn bind_session(session: &Session, st: &mut SessionState, username: Option<Arc<str>>) {
-    if st.username != username {
-        st.username = username;
-        session.identity.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -321,52 +331,58 @@ pub fn may_use_client_id(
     takeover_allowed || owner.is_none_or(|owner| Some(owner) == username)
 }
 
-/// Whether the client may publish to `topic`.
-pub fn may_publish(client: &Client, topic: &str) -> bool {
-    may_write(
-        &client.state,
-        client.username.as_deref(),
-        client.client_id(),
-        topic,
-    )
-}
-
-/// Whether a client logged in as `username` with `client_id` may publish to
-/// `topic` under the rules in force now (for a will, whose client is gone).
-pub fn may_write(
-    state: &BrokerState,
-    username: Option<&str>,
-    client_id: &str,
-    topic: &str,
-) -> bool {
-    if state.auth.acl_generation() == 0 {
-        return true;
+impl AuthState {
+    /// Whether `id` may publish to `topic` under the rules in force now
+    /// (also for a will, whose client is gone).
+    pub fn may_write(&self, id: &Identity<'_>, topic: &str) -> bool {
+        if self.acl_generation() == 0 {
+            return true;
+        }
+        let auth = self.current();
+        auth.acl
+            .as_ref()
+            .is_none_or(|acl| acl.allows(id, topic, Access::Write))
     }
-    let auth = state.auth.current();
-    auth.acl.as_ref().is_none_or(|acl| {
-        let id = Identity {
-            username,
-            client_id,
-        };
-        acl.allows(&id, topic, Access::Write)
-    })
-}
 
-/// Whether the client may read `topic` (a retained message on subscribe).
-pub fn may_read(client: &Client, topic: &str) -> bool {
-    let auth = client.state.auth.current();
-    auth.acl.as_ref().is_none_or(|acl| {
-        let id = Identity {
-            username: client.username.as_deref(),
-            client_id: client.client_id(),
+    /// Whether `id` may read `topic` (a retained message on subscribe).
+    pub fn may_read(&self, id: &Identity<'_>, topic: &str) -> bool {
+        let auth = self.current();
+        auth.acl
+            .as_ref()
+            .is_none_or(|acl| acl.allows(id, topic, Access::Read))
+    }
+
+    /// Whether `id` may SUBSCRIBE to `filter` (without `$share/group/`),
+    /// and the subscription's standing for deliveries. `session_identity`:
+    /// the session's [`Readable`] identity now.
+    pub fn subscribe_access(
+        &self,
+        id: &Identity<'_>,
+        session_identity: u32,
+        filter: &str,
+    ) -> (bool, Readable) {
+        let (auth, acl_generation) = self.snapshot();
+        let Some(acl) = &auth.acl else {
+            return (true, Readable::default());
         };
-        acl.allows(&id, topic, Access::Read)
-    })
+        let access = acl.filter_access(id, filter);
+        let readable = if access.whole {
+            Readable {
+                acl_generation,
+                identity: session_identity,
+            }
+        } else {
+            Readable::default()
+        };
+        (access.granted, readable)
+    }
 }
 
 /// A subscription's standing under the ACL, kept in the subscription tree:
 /// the ACL generation and session identity under which its filter was found
-/// wholly readable. The default (generation 0) is "not known".
+/// wholly readable. The default (generation 0) is "not known". A session's
+/// identity (`Session::identity`) changes when a client with another
+/// username attaches to it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Readable {
     acl_generation: u64,
@@ -374,35 +390,12 @@ pub struct Readable {
 }
 
 impl Readable {
-    /// Whether deliveries through this subscription need a read check now.
-    pub fn needs_check(&self, acl_generation: u64, session: &Session) -> bool {
+    /// Whether deliveries through this subscription need a read check now,
+    /// for a session whose identity is `session_identity`.
+    pub fn needs_check(&self, acl_generation: u64, session_identity: u32) -> bool {
         acl_generation != 0
-            && !(self.acl_generation == acl_generation
-                && self.identity == session.identity.load(Ordering::Relaxed))
+            && !(self.acl_generation == acl_generation && self.identity == session_identity)
     }
-}
-
-/// Whether a SUBSCRIBE to `filter` (without `$share/group/`) is granted,
-/// and its standing for deliveries.
-pub fn subscribe_access(client: &Client, filter: &str) -> (bool, Readable) {
-    let (auth, acl_generation) = client.state.auth.snapshot();
-    let Some(acl) = &auth.acl else {
-        return (true, Readable::default());
-    };
-    let id = Identity {
-        username: client.username.as_deref(),
-        client_id: client.client_id(),
-    };
-    let access = acl.filter_access(&id, filter);
-    let readable = if access.whole {
-        Readable {
-            acl_generation,
-            identity: client.session.identity.load(Ordering::Relaxed),
-        }
-    } else {
-        Readable::default()
-    };
-    (access.granted, readable)
 }
 
 /// Read checks for one message's deliveries; loads the rules on first use.
@@ -412,24 +405,187 @@ pub struct ReadCheck {
 }
 
 impl ReadCheck {
-    /// Whether the session's client may read `topic`.
-    pub fn allows(&mut self, state: &BrokerState, session: &Session, topic: &str) -> bool {
-        let auth = self.auth.get_or_insert_with(|| state.auth.current());
-        let Some(acl) = &auth.acl else {
-            return true;
-        };
-        let username = session.lock().username.clone();
-        let id = Identity {
-            username: username.as_deref(),
-            client_id: &session.client_id,
-        };
-        acl.allows(&id, topic, Access::Read)
+    /// Whether `id` may read `topic`.
+    pub fn allows(&mut self, rules: &AuthState, id: &Identity<'_>, topic: &str) -> bool {
+        let auth = self.auth.get_or_insert_with(|| rules.current());
+        auth.acl
+            .as_ref()
+            .is_none_or(|acl| acl.allows(id, topic, Access::Read))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use std::net::Ipv4Addr;
+    use std::num::NonZeroU32;
+    use std::path::Path;
+
+    use tern_codec::{ByteStr, ConnectProperties, LastWill, ProtocolVersion, QoS};
+
+    use super::password::PasswordHash;
+
+    /// Rules from the texts of an ACL file and (user, password) pairs.
+    fn rules(acl: Option<&str>, users: &[(&str, &str)]) -> AuthState {
+        let state = AuthState::new(&Config::default()).unwrap();
+        let passwords = (!users.is_empty()).then(|| {
+            let one = NonZeroU32::new(1).unwrap();
+            let lines: String = users
+                .iter()
+                .map(|(u, p)| format!("{u}:{}\n", PasswordHash::new(p, one).unwrap().encode()))
+                .collect();
+            PasswordTable::parse(&lines, Path::new("test"))
+        });
+        let acl = acl.map(|text| Acl::parse(text).unwrap());
+        state.install(Auth { passwords, acl });
+        state
+    }
+
+    fn id<'a>(username: Option<&'a str>) -> Identity<'a> {
+        Identity {
+            username,
+            client_id: "c1",
+        }
+    }
+
+    fn connect(username: Option<&str>, password: Option<&str>) -> Connect {
+        Connect {
+            protocol: ProtocolVersion::V5,
+            clean_start: true,
+            keep_alive: 0,
+            client_id: "c1".into(),
+            will: None,
+            username: username.map(ByteStr::from),
+            password: password.map(|p| bytes::Bytes::from(p.to_owned())),
+            properties: ConnectProperties::default(),
+        }
+    }
+
+    fn login(connect: &Connect) -> Login<'_> {
+        Login {
+            connect,
+            client_id: "c1",
+            ip: Ipv4Addr::LOCALHOST.into(),
+            use_identity_as_username: false,
+            cert_identity: None,
+            allow_anonymous: true,
+        }
+    }
+
+    const ACL: &str =
+        "topic read public/#\nuser alice\ntopic readwrite alice/#\ntopic read public/#\n";
+
+    #[test]
+    fn without_an_acl_everything_is_allowed_and_nothing_checked_per_message() {
+        let open = rules(None, &[]);
+        assert!(open.may_write(&id(None), "any/topic"));
+        assert!(open.may_read(&id(Some("bob")), "any/topic"));
+        let (granted, readable) = open.subscribe_access(&id(None), 0, "#");
+        assert!(granted);
+        assert!(!readable.needs_check(open.acl_generation(), 0));
+    }
+
+    #[test]
+    fn the_acl_decides_writes_and_reads_per_user() {
+        let acl = rules(Some(ACL), &[]);
+        assert!(acl.may_write(&id(Some("alice")), "alice/x"));
+        assert!(!acl.may_write(&id(Some("alice")), "public/x"));
+        assert!(acl.may_read(&id(Some("alice")), "public/x"));
+        assert!(acl.may_read(&id(None), "public/x"));
+        assert!(!acl.may_write(&id(None), "alice/x"));
+        assert!(!acl.may_read(&id(Some("bob")), "alice/x"));
+        let mut check = ReadCheck::default();
+        assert!(check.allows(&acl, &id(Some("alice")), "alice/x"));
+        assert!(!check.allows(&acl, &id(None), "alice/x"));
+    }
+
+    #[test]
+    fn a_wholly_readable_filter_skips_per_message_checks_until_rules_or_user_change() {
+        let acl = rules(Some(ACL), &[]);
+        let generation = acl.acl_generation();
+        let (granted, whole) = acl.subscribe_access(&id(Some("alice")), 7, "alice/#");
+        assert!(granted);
+        assert!(!whole.needs_check(generation, 7));
+        assert!(whole.needs_check(generation, 8), "another user attached");
+        acl.install(Auth {
+            passwords: None,
+            acl: Some(Acl::parse(ACL).unwrap()),
+        });
+        assert!(whole.needs_check(acl.acl_generation(), 7), "rules reloaded");
+        let (granted, partly) = acl.subscribe_access(&id(Some("alice")), 7, "#");
+        assert!(granted, "part of # is readable");
+        assert!(partly.needs_check(acl.acl_generation(), 7));
+        let (granted, _) = acl.subscribe_access(&id(Some("alice")), 7, "secret/#");
+        assert!(!granted);
+    }
+
+    #[tokio::test]
+    async fn logins_are_judged_by_listener_settings_and_passwords() {
+        let shutdown = CancellationToken::new();
+        let open = rules(None, &[]);
+        let anonymous = connect(None, None);
+        assert_eq!(
+            open.authenticate(&login(&anonymous), &shutdown).await,
+            Ok(None)
+        );
+        let closed = Login {
+            allow_anonymous: false,
+            ..login(&anonymous)
+        };
+        let refused = open.authenticate(&closed, &shutdown).await;
+        assert_eq!(refused, Err(ReasonCode::NotAuthorized));
+        let bob = connect(Some("bob"), None);
+        let taken = open.authenticate(&login(&bob), &shutdown).await;
+        assert_eq!(taken.unwrap().as_deref(), Some("bob"), "no password file");
+
+        let cert = Login {
+            use_identity_as_username: true,
+            cert_identity: Some("device-7"),
+            ..login(&bob)
+        };
+        let by_cert = open.authenticate(&cert, &shutdown).await;
+        assert_eq!(by_cert.unwrap().as_deref(), Some("device-7"));
+        let no_cert = Login {
+            cert_identity: None,
+            ..cert
+        };
+        let refused = open.authenticate(&no_cert, &shutdown).await;
+        assert_eq!(refused, Err(ReasonCode::NotAuthorized));
+
+        let users = rules(None, &[("alice", "secret")]);
+        let right = connect(Some("alice"), Some("secret"));
+        let ok = users.authenticate(&login(&right), &shutdown).await;
+        assert_eq!(ok.unwrap().as_deref(), Some("alice"));
+        for wrong in [
+            connect(Some("alice"), Some("guess")),
+            connect(Some("alice"), None),
+        ] {
+            let refused = users.authenticate(&login(&wrong), &shutdown).await;
+            assert_eq!(refused, Err(ReasonCode::BadUserNameOrPassword));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_will_must_be_writable_by_its_client() {
+        let acl = rules(Some(ACL), &[]);
+        let mut alice = connect(Some("alice"), None);
+        alice.will = Some(LastWill {
+            topic: "public/gone".into(),
+            payload: bytes::Bytes::new(),
+            qos: QoS::AtMostOnce,
+            retain: false,
+            properties: Default::default(),
+        });
+        let shutdown = CancellationToken::new();
+        let refused = acl.authenticate(&login(&alice), &shutdown).await;
+        assert_eq!(refused, Err(ReasonCode::NotAuthorized));
+        if let Some(will) = &mut alice.will {
+            will.topic = "alice/gone".into();
+        }
+        let ok = acl.authenticate(&login(&alice), &shutdown).await;
+        assert_eq!(ok.unwrap().as_deref(), Some("alice"));
+    }
 
     #[test]
     fn a_client_id_is_used_only_by_the_user_its_session_belongs_to() {

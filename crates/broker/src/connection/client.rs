@@ -11,6 +11,7 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use tern_codec::{ByteStr, LastWill, Packet, ProtocolVersion};
 
+use crate::auth::Identity;
 use crate::limits::ClientLimits;
 use crate::metrics::Metrics;
 use crate::session::{ConnectionId, Session};
@@ -92,6 +93,14 @@ impl Client {
         &self.session.client_id
     }
 
+    /// Who the client is, for the ACL.
+    pub fn identity(&self) -> Identity<'_> {
+        Identity {
+            username: self.username.as_deref(),
+            client_id: self.client_id(),
+        }
+    }
+
     /// The topic aliases, created on first use.
     pub fn aliases_mut(&mut self) -> &mut TopicAliases {
         self.aliases.get_or_insert_with(Default::default)
@@ -166,6 +175,24 @@ impl Client {
             }
             if holds.queue.is_empty() {
                 self.holds = None;
+            }
+        }
+    }
+
+    /// Logs a refused PUBLISH or subscription at info (throttled: any
+    /// client can cause it), so an operator can answer "why did my message
+    /// vanish": who (address when known, client id, username), what, and why.
+    pub fn log_refused(&self, packet: &str, topic: &str, why: &str) {
+        let client_id = self.client_id();
+        let username = self.username.as_deref().unwrap_or("");
+        // The box exists when `max_publish_rate` or `max_topic_levels` is set;
+        // without it the line goes without the address.
+        match &self.limits {
+            Some(own) => {
+                crate::throttled!(info, "refused", peer = %own.peer, %client_id, username, packet, topic, "refused: {why}")
+            }
+            None => {
+                crate::throttled!(info, "refused", %client_id, username, packet, topic, "refused: {why}")
             }
         }
     }

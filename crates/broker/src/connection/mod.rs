@@ -37,7 +37,6 @@ use crate::auth;
 use crate::error::ProtocolViolation;
 use crate::handler::ack::PubAcks;
 use crate::handler::{self, Flow, connect};
-use crate::limits;
 use crate::limits::ConnectBytes;
 use crate::message::Message;
 use crate::metrics::Metrics;
@@ -417,7 +416,16 @@ async fn admit(
 ) -> Result<connect::Accepted, ReasonCode> {
     state.limits.check_connect(connect, info.peer)?;
     let mut accepted = connect::accept(connect, state)?;
-    accepted.username = auth::authenticate(connect, &accepted.client_id, info, state).await?;
+    let listener = state.config.listeners.get(info.listener);
+    let login = auth::Login {
+        connect,
+        client_id: &accepted.client_id,
+        ip: info.peer.ip(),
+        use_identity_as_username: listener.is_some_and(|l| l.use_identity_as_username),
+        cert_identity: info.cert_identity.as_deref(),
+        allow_anonymous: state.config.allows_anonymous(info.listener),
+    };
+    accepted.username = state.auth.authenticate(&login, &state.shutdown).await?;
     if !registry::may_claim(state, &accepted.client_id, accepted.username.as_deref()) {
         return Err(ReasonCode::ClientIdentifierNotValid);
     }
@@ -620,7 +628,9 @@ fn handle_packets(
         };
         *last_heard = now;
         Metrics::add(&client.state.metrics.packets_received, 1);
-        if matches!(packet, Packet::Publish(_)) && !limits::publish_allowed(client, *last_heard) {
+        if matches!(packet, Packet::Publish(_))
+            && !(client.state.limits).publish_allowed(client.limits.as_deref_mut(), *last_heard)
+        {
             return Err(Close::PublishRate);
         }
         tracing::trace!(client_id = %client.client_id(), packet = ?packet, "received");

@@ -13,14 +13,55 @@ use tern_codec::{
 };
 
 use super::Flow;
-use crate::auth;
 use crate::connection::client::Client;
 use crate::error::ProtocolViolation;
-use crate::limits;
 use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::router;
 use crate::store::{Group, Store};
+
+/// Answers a PUBLISH refused for its topic's depth (`max_topic_levels`);
+/// it is not routed. MQTT 5 QoS 1/2 publishers get PUBACK/PUBREC 0x90; QoS 0
+/// and 3.1.1 have no way to be told, and 3.1.1 gets the normal
+/// acknowledgement [MQTT-3.3.5-2].
+fn refuse_deep_topic(client: &mut Client, publish: &Publish) {
+    client.log_refused("PUBLISH", &publish.topic, "too many topic levels");
+    let reason = if client.version == ProtocolVersion::V5 {
+        ReasonCode::TopicNameInvalid
+    } else {
+        ReasonCode::Success
+    };
+    let ack = |id| PubAck {
+        reason,
+        ..PubAck::new(id)
+    };
+    match (publish.qos, publish.packet_id) {
+        (QoS::AtLeastOnce, Some(id)) => client.send(&Packet::PubAck(ack(id))),
+        (QoS::ExactlyOnce, Some(id)) => client.send(&Packet::PubRec(ack(id))),
+        _ => None,
+    };
+}
+
+/// Whether a retained PUBLISH goes over a `max_retained_*` quota (counted
+/// and logged if so). Checked before routing, under the retained store's
+/// read lock: publishes racing on other threads may each pass, so a quota
+/// can be exceeded by one message per worker thread.
+fn retained_refused(client: &Client, publish: &Publish) -> bool {
+    let limits = &client.state.limits;
+    // Clearing a topic (an empty payload) is never refused.
+    if !publish.retain || publish.payload.is_empty() || !limits.has_retained_quotas() {
+        return false;
+    }
+    let size = publish.topic.len() + publish.payload.len();
+    let retained = client.state.retained();
+    let refused =
+        limits.retained_refused(&retained, &publish.topic, size, client.username.as_ref());
+    drop(retained);
+    if refused {
+        client.log_refused("PUBLISH", &publish.topic, "retained message quota reached");
+    }
+    refused
+}
 
 /// Handles a PUBLISH from the client.
 pub fn handle(client: &mut Client, mut publish: Publish) -> Result<Flow, ProtocolViolation> {
@@ -35,7 +76,8 @@ pub fn handle(client: &mut Client, mut publish: Publish) -> Result<Flow, Protoco
     if publish.retain && !client.state.config.retain_available {
         return Err(ProtocolViolation::RetainNotSupported);
     }
-    if limits::publish_refused(client, &publish) {
+    if client.state.limits.topic_refused(&publish.topic) {
+        refuse_deep_topic(client, &publish);
         return Ok(Flow::Continue);
     }
     let qos = publish.qos;
@@ -43,15 +85,18 @@ pub fn handle(client: &mut Client, mut publish: Publish) -> Result<Flow, Protoco
     // A topic the ACL does not let the client write, or a retained message
     // over the quota, is not routed. MQTT 5 says so (0x87, 0x97); 3.1.1
     // acknowledges as usual [MQTT-3.3.5-2].
-    let refusal = if !auth::may_publish(client, &publish.topic) {
-        limits::log_refused(
-            client,
+    let refusal = if !client
+        .state
+        .auth
+        .may_write(&client.identity(), &publish.topic)
+    {
+        client.log_refused(
             "PUBLISH",
             &publish.topic,
             "the ACL does not allow writing it",
         );
         Some(ReasonCode::NotAuthorized)
-    } else if limits::retained_refused(client, &publish) {
+    } else if retained_refused(client, &publish) {
         Some(ReasonCode::QuotaExceeded)
     } else {
         None

@@ -9,10 +9,8 @@ use tern_codec::{
 };
 
 use super::Flow;
-use crate::auth;
 use crate::connection::client::Client;
 use crate::error::ProtocolViolation;
-use crate::limits;
 use crate::message::Message;
 use crate::registry;
 use crate::router;
@@ -76,10 +74,13 @@ fn subscribe_one(
     if group.is_some() && request.options.no_local {
         return Err(ProtocolViolation::SharedNoLocal);
     }
-    let (permitted, readable) = auth::subscribe_access(client, filter);
+    let (permitted, readable) =
+        client
+            .state
+            .auth
+            .subscribe_access(&client.identity(), client.session.identity(), filter);
     if !permitted {
-        limits::log_refused(
-            client,
+        client.log_refused(
             "SUBSCRIBE",
             &request.filter,
             "the ACL does not allow reading it",
@@ -87,8 +88,20 @@ fn subscribe_one(
         // 3.1.1 encodes every failure as 0x80.
         return Ok(ReasonCode::NotAuthorized);
     }
-    if let Some(refused) = limits::subscription_refused(client, &request.filter, filter) {
-        return Ok(refused);
+    let (held, replaces) = {
+        let st = client.session.lock();
+        (
+            st.subscriptions.len(),
+            st.subscriptions.contains_key(&request.filter),
+        )
+    };
+    if let Some((reason, why)) = client
+        .state
+        .limits
+        .subscription_refused(filter, held, replaces)
+    {
+        client.log_refused("SUBSCRIBE", &request.filter, why);
+        return Ok(reason);
     }
     let granted = request.options.qos.min(client.state.maximum_qos());
     let options = tern_codec::SubscriptionOptions {
@@ -122,8 +135,10 @@ fn subscribe_one(
         };
     if send_retained {
         let mut messages = router::retained_matching(&client.state, filter);
-        if readable.needs_check(client.state.auth.acl_generation(), &client.session) {
-            messages.retain(|m| auth::may_read(client, &m.topic));
+        let generation = client.state.auth.acl_generation();
+        if readable.needs_check(generation, client.session.identity()) {
+            let id = client.identity();
+            messages.retain(|m| client.state.auth.may_read(&id, &m.topic));
         }
         if !messages.is_empty() {
             retained.push(RetainedBatch { messages, granted });
