@@ -178,7 +178,7 @@ fn restore_session(
     let id = ByteStr::from(client_id.to_owned());
     let (session, _) = state
         .sessions()
-        .get_or_create(client_id, || Session::new(id.clone(), state.queue_limits()));
+        .get_or_create(client_id, || Session::new(id.clone()));
     let mut st = session.lock();
     // A cap set since the session was stored applies to it too.
     st.expiry_secs = state.config.capped_expiry(record.expiry_secs);

@@ -54,9 +54,8 @@ pub async fn attach(
 ) -> Attached {
     let (session, existed, previous, other_user) = {
         let mut sessions = state.sessions();
-        let (session, existed) = sessions.get_or_create(client_id, || {
-            Session::new(client_id.clone(), state.queue_limits())
-        });
+        let (session, existed) =
+            sessions.get_or_create(client_id, || Session::new(client_id.clone()));
         let mut st = session.lock();
         let other_user = existed && st.username != username;
         if other_user && !clean_start {
@@ -374,7 +373,7 @@ mod tests {
     async fn a_takeover_of_a_closing_connection_does_not_wait() {
         let config = Config::default();
         let auth = crate::auth::AuthState::new(&config).expect("auth");
-        let state = BrokerState::new(config, None, auth).expect("state");
+        let state = BrokerState::new(config, None, auth);
         let client_id = ByteStr::from("closing");
         let first = attach(&state, &client_id, true, 0, id(1), None).await;
         let takeover = tokio::spawn({

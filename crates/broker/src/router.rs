@@ -139,10 +139,10 @@ fn route(state: &BrokerState, message: &Arc<Message>, mut group: Group) -> Route
             seq: 0,
         };
         let queued = match &state.store {
-            None => target.session.deliver(delivery),
+            None => target.session.deliver(delivery, state.queue_limits()),
             Some(store) => target
                 .session
-                .stage(delivery, store, &mut group)
+                .stage(delivery, state.queue_limits(), store, &mut group)
                 .map(|delivery| staged.push((target.session, delivery))),
         };
         if let Err(why) = queued {
@@ -355,13 +355,16 @@ pub fn deliver_retained(
             seq: 0,
         };
         let queued = match &state.store {
-            None => session.deliver(delivery),
+            None => session.deliver(delivery, state.queue_limits()),
             Some(store) => {
                 let mut group = Group::default();
-                session.stage(delivery, store, &mut group).map(|delivery| {
-                    store.submit_group(group);
-                    session.enqueue_stored(delivery);
-                })
+                let limits = state.queue_limits();
+                session
+                    .stage(delivery, limits, store, &mut group)
+                    .map(|delivery| {
+                        store.submit_group(group);
+                        session.enqueue_stored(delivery);
+                    })
             }
         };
         if let Err(why) = queued {

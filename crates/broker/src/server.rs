@@ -9,9 +9,11 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::auth::AuthState;
 use crate::config::Config;
+use crate::connection::park::Parker;
 use crate::listener::{self, ListenerSet};
 use crate::recover;
 use crate::state::BrokerState;
@@ -25,6 +27,7 @@ pub struct Broker;
 pub struct BrokerHandle {
     listeners: ListenerSet,
     state: Arc<BrokerState>,
+    parker: Arc<Parker>,
 }
 
 impl Broker {
@@ -48,14 +51,23 @@ impl Broker {
         } else {
             (None, None)
         };
-        let state = BrokerState::new(config, store, auth)?;
+        let park_after =
+            (config.park_idle_ms > 0).then(|| Duration::from_millis(config.park_idle_ms));
+        let state = BrokerState::new(config, store, auth);
+        // Not in the shared state: parked connections hold that state, and
+        // the parker holds them.
+        let parker = Parker::start(park_after, state.shutdown.clone(), state.tasks.clone())?;
         // Everything stored is back before the first connection is accepted.
         if let Some(recovered) = recovered {
             recover::restore(&state, recovered);
         }
-        sys::spawn(&state);
-        listener::spawn(sockets, &state);
-        Ok(BrokerHandle { listeners, state })
+        sys::spawn(&state, &parker);
+        listener::spawn(sockets, &state, &parker);
+        Ok(BrokerHandle {
+            listeners,
+            state,
+            parker,
+        })
     }
 }
 
@@ -90,6 +102,12 @@ impl BrokerHandle {
             errors.push(e);
         }
         errors
+    }
+
+    /// How many connections are parked now (idle, without a task; see
+    /// `park_idle_ms`), as `$SYS/broker/clients/parked` says.
+    pub fn parked_connections(&self) -> usize {
+        self.parker.parked_count()
     }
 
     /// Shared state, for inspection by tests and `$SYS`.

@@ -21,7 +21,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tern_codec::{ByteStr, QoS, ReasonCode, SubscriptionOptions};
 use tokio::sync::{Notify, oneshot};
 
-use crate::connection::park::Parked;
 use crate::message::{Delivery, InflightState, Message};
 use crate::store::records::{self, Clock, SessionRecord};
 use crate::store::{Group, Store};
@@ -44,6 +43,17 @@ pub struct Session {
     /// Bumped when a connection with another username attaches (see
     /// [`crate::auth::Readable`]).
     pub identity: AtomicU32,
+}
+
+/// A connection parked in its session: idle, without a task (see
+/// `connection::park`). Whatever needs it awake takes it out of the session,
+/// under the session lock, and resumes it.
+pub trait ParkedConnection: Send + std::fmt::Debug {
+    /// Gives the connection a task again.
+    fn resume(self: Box<Self>);
+    /// The parker's token for it, so the parker can tell it from a
+    /// connection parked later in the same session.
+    fn token(&self) -> usize;
 }
 
 /// Identifies one connection (they are numbered from 1), so a session can
@@ -119,11 +129,8 @@ pub struct SessionState {
     pub pending_will: Option<Box<PendingWill>>,
     /// Whether the store holds a record of this session.
     pub stored: bool,
-    /// Shared by every session (from the configuration): one pointer here
-    /// rather than a copy in each.
-    limits: Arc<QueueLimits>,
     /// The attached connection, while it is parked (idle, without a task).
-    pub parked: Option<Box<Parked>>,
+    pub parked: Option<Box<dyn ParkedConnection>>,
     /// The username of the last connection attached, for ACL checks on
     /// deliveries.
     pub username: Option<Arc<str>>,
@@ -156,7 +163,7 @@ pub struct Traffic {
 
 impl Session {
     /// A new, empty session.
-    pub fn new(client_id: ByteStr, limits: Arc<QueueLimits>) -> Arc<Session> {
+    pub fn new(client_id: ByteStr) -> Arc<Session> {
         Arc::new(Session {
             client_id,
             state: Mutex::new(SessionState {
@@ -168,7 +175,6 @@ impl Session {
                 generation: 0,
                 pending_will: None,
                 stored: false,
-                limits,
                 parked: None,
                 username: None,
             }),
@@ -200,9 +206,9 @@ impl Session {
     /// Queues a delivery and wakes the connection (resuming it if it is
     /// parked). `Err` if it was dropped (queue full, or QoS 0 to an offline
     /// session that does not queue it). For a broker without a store.
-    pub fn deliver(&self, delivery: Delivery) -> Result<(), NotQueued> {
+    pub fn deliver(&self, delivery: Delivery, limits: &QueueLimits) -> Result<(), NotQueued> {
         let mut st = self.lock();
-        st.admits(&delivery, self.is_online())?;
+        st.admits(&delivery, self.is_online(), limits)?;
         st.enqueue(delivery);
         self.wake(st);
         Ok(())
@@ -216,11 +222,12 @@ impl Session {
     pub fn stage(
         &self,
         mut delivery: Delivery,
+        limits: &QueueLimits,
         store: &Arc<Store>,
         group: &mut Group,
     ) -> Result<Delivery, NotQueued> {
         let mut st = self.lock();
-        st.admits(&delivery, self.is_online())?;
+        st.admits(&delivery, self.is_online(), limits)?;
         if st.stores(delivery.qos) {
             store.queue(&self.client_id, &mut delivery, group);
         }
@@ -303,8 +310,13 @@ impl SessionState {
 
     /// Whether the pending queue takes `delivery` (within the limits);
     /// `Err` says why not (the caller counts the drop).
-    fn admits(&mut self, delivery: &Delivery, online: bool) -> Result<(), NotQueued> {
-        if !online && delivery.qos == QoS::AtMostOnce && !self.limits.queue_qos0_offline {
+    fn admits(
+        &mut self,
+        delivery: &Delivery,
+        online: bool,
+        limits: &QueueLimits,
+    ) -> Result<(), NotQueued> {
+        if !online && delivery.qos == QoS::AtMostOnce && !limits.queue_qos0_offline {
             return Err(NotQueued::Offline);
         }
         let size = delivery.message.size();
@@ -312,8 +324,8 @@ impl SessionState {
             .traffic
             .as_ref()
             .map_or((0, 0), |t| (t.pending.len(), t.pending_bytes));
-        let over_count = len >= self.limits.max_messages;
-        let over_bytes = self.limits.max_bytes != 0 && bytes + size > self.limits.max_bytes;
+        let over_count = len >= limits.max_messages;
+        let over_bytes = limits.max_bytes != 0 && bytes + size > limits.max_bytes;
         if over_count || over_bytes {
             return Err(NotQueued::QueueFull);
         }
@@ -428,12 +440,12 @@ mod tests {
     }
     use crate::message::Message;
 
-    fn limits(max_messages: usize, max_bytes: usize) -> Arc<QueueLimits> {
-        Arc::new(QueueLimits {
+    fn limits(max_messages: usize, max_bytes: usize) -> QueueLimits {
+        QueueLimits {
             max_messages,
             max_bytes,
             queue_qos0_offline: false,
-        })
+        }
     }
 
     fn delivery(qos: QoS, payload: &'static str) -> Delivery {
@@ -450,12 +462,12 @@ mod tests {
 
     #[test]
     fn queue_is_bounded_by_count_and_counts_drops() {
-        let s = Session::new("c".into(), limits(2, 0));
+        let (s, limits) = (Session::new("c".into()), limits(2, 0));
         s.set_online(true);
-        assert!(s.deliver(delivery(QoS::AtLeastOnce, "a")).is_ok());
-        assert!(s.deliver(delivery(QoS::AtLeastOnce, "b")).is_ok());
+        assert!(s.deliver(delivery(QoS::AtLeastOnce, "a"), &limits).is_ok());
+        assert!(s.deliver(delivery(QoS::AtLeastOnce, "b"), &limits).is_ok());
         assert_eq!(
-            s.deliver(delivery(QoS::AtLeastOnce, "c")),
+            s.deliver(delivery(QoS::AtLeastOnce, "c"), &limits),
             Err(NotQueued::QueueFull)
         );
         assert_eq!(s.lock().pending_len(), 2);
@@ -463,30 +475,33 @@ mod tests {
 
     #[test]
     fn queue_is_bounded_by_bytes() {
-        let s = Session::new("c".into(), limits(100, 10));
+        let (s, limits) = (Session::new("c".into()), limits(100, 10));
         s.set_online(true);
-        assert!(s.deliver(delivery(QoS::AtLeastOnce, "12345678")).is_ok()); // 9 bytes with topic
+        assert!(
+            s.deliver(delivery(QoS::AtLeastOnce, "12345678"), &limits)
+                .is_ok()
+        ); // 9 bytes with topic
         assert_eq!(
-            s.deliver(delivery(QoS::AtLeastOnce, "12")),
+            s.deliver(delivery(QoS::AtLeastOnce, "12"), &limits),
             Err(NotQueued::QueueFull)
         );
         assert_eq!(s.lock().pop_pending().unwrap().message.payload, "12345678");
-        assert!(s.deliver(delivery(QoS::AtLeastOnce, "12")).is_ok());
+        assert!(s.deliver(delivery(QoS::AtLeastOnce, "12"), &limits).is_ok());
     }
 
     #[test]
     fn qos0_not_queued_offline() {
-        let s = Session::new("c".into(), limits(10, 0));
+        let (s, limits) = (Session::new("c".into()), limits(10, 0));
         assert_eq!(
-            s.deliver(delivery(QoS::AtMostOnce, "a")),
+            s.deliver(delivery(QoS::AtMostOnce, "a"), &limits),
             Err(NotQueued::Offline)
         );
-        assert!(s.deliver(delivery(QoS::AtLeastOnce, "a")).is_ok());
+        assert!(s.deliver(delivery(QoS::AtLeastOnce, "a"), &limits).is_ok());
     }
 
     #[test]
     fn packet_ids_skip_inflight_and_zero() {
-        let s = Session::new("c".into(), limits(10, 0));
+        let s = Session::new("c".into());
         let mut st = s.lock();
         st.traffic().last_packet_id = u16::MAX - 1;
         let a = st.next_packet_id().unwrap();

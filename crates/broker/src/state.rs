@@ -15,7 +15,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tern_codec::{QoS, SubscriptionOptions};
 use tokio_util::sync::CancellationToken;
@@ -23,7 +23,6 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::AuthState;
 use crate::config::Config;
-use crate::connection::park::Parker;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::retained::Retained;
@@ -55,14 +54,12 @@ pub struct BrokerState {
     pub shutdown: CancellationToken,
     /// Every spawned task, so shutdown can wait for them.
     pub tasks: TaskTracker,
-    /// Holds idle connections without a task each.
-    pub parker: Arc<Parker>,
     /// The data file, unless `persistence` is off.
     pub store: Option<Arc<Store>>,
     /// Passwords, ACL and failed logins; swapped by `reload_auth`.
     pub auth: AuthState,
     next_connection_id: AtomicU64,
-    queue_limits: Arc<QueueLimits>,
+    queue_limits: QueueLimits,
 }
 
 impl Drop for BrokerState {
@@ -82,25 +79,17 @@ fn unpoison<G>(result: Result<G, std::sync::PoisonError<G>>) -> G {
 }
 
 impl BrokerState {
-    /// Fresh state for a broker with this configuration. Must be called within
-    /// the tokio runtime that will run the broker (the parker spawns on it).
-    pub fn new(
-        config: Config,
-        store: Option<Arc<Store>>,
-        auth: AuthState,
-    ) -> std::io::Result<Arc<BrokerState>> {
+    /// Fresh state for a broker with this configuration.
+    pub fn new(config: Config, store: Option<Arc<Store>>, auth: AuthState) -> Arc<BrokerState> {
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
-        let park_after =
-            (config.park_idle_ms > 0).then(|| Duration::from_millis(config.park_idle_ms));
-        let parker = Parker::start(park_after, shutdown.clone(), tasks.clone())?;
         let limits = Limits::new(&config);
-        let queue_limits = Arc::new(QueueLimits {
+        let queue_limits = QueueLimits {
             max_messages: config.max_queued_messages,
             max_bytes: config.max_queued_bytes,
             queue_qos0_offline: config.queue_qos0_messages,
-        });
-        Ok(Arc::new(BrokerState {
+        };
+        Arc::new(BrokerState {
             config,
             sessions: Mutex::new(Sessions::default()),
             subscriptions: RwLock::new(TopicTree::new()),
@@ -110,12 +99,11 @@ impl BrokerState {
             started: Instant::now(),
             shutdown,
             tasks,
-            parker,
             store,
             auth,
             next_connection_id: AtomicU64::new(1),
             queue_limits,
-        }))
+        })
     }
 
     pub fn sessions(&self) -> MutexGuard<'_, Sessions> {
@@ -145,9 +133,9 @@ impl BrokerState {
         ConnectionId::new(id).unwrap_or(ConnectionId::MIN)
     }
 
-    /// Queue bounds every session gets (one shared copy).
-    pub fn queue_limits(&self) -> Arc<QueueLimits> {
-        self.queue_limits.clone()
+    /// Queue bounds every session gets.
+    pub fn queue_limits(&self) -> &QueueLimits {
+        &self.queue_limits
     }
 
     /// Re-reads `password_file` and `acl_file` (see [`AuthState::reload`]):

@@ -8,6 +8,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::connection::park::Parker;
 use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::router;
@@ -17,12 +18,12 @@ use crate::state::BrokerState;
 pub const VERSION: &str = concat!("tern ", env!("CARGO_PKG_VERSION"));
 
 /// Starts the `$SYS` task, unless the interval is 0.
-pub fn spawn(state: &Arc<BrokerState>) {
+pub fn spawn(state: &Arc<BrokerState>, parker: &Arc<Parker>) {
     let interval_secs = state.config.sys_interval_secs;
     if interval_secs == 0 {
         return;
     }
-    let state2 = state.clone();
+    let (state2, parker) = (state.clone(), parker.clone());
     state.tasks.spawn(async move {
         let mut ticker = tokio::time::interval(Duration::from_secs(interval_secs));
         loop {
@@ -31,14 +32,14 @@ pub fn spawn(state: &Arc<BrokerState>) {
                 _ = state2.shutdown.cancelled() => return,
             }
             purge_expired_retained(&state2);
-            publish_all(&state2);
+            publish_all(&state2, &parker);
         }
     });
 }
 
 /// Publishes every `$SYS` topic once.
-pub fn publish_all(state: &BrokerState) {
-    for (topic, value) in snapshot(state) {
+pub fn publish_all(state: &BrokerState, parker: &Parker) {
+    for (topic, value) in snapshot(state, parker) {
         router::publish(
             state,
             Message::broker_retained(format!("$SYS/broker/{topic}"), value),
@@ -48,7 +49,7 @@ pub fn publish_all(state: &BrokerState) {
 }
 
 /// The current values, by topic below `$SYS/broker/`.
-fn snapshot(state: &BrokerState) -> Vec<(&'static str, String)> {
+fn snapshot(state: &BrokerState, parker: &Parker) -> Vec<(&'static str, String)> {
     let m = &state.metrics;
     let connected = Metrics::get(&m.clients_connected);
     let total = state.sessions().len() as u64;
@@ -61,7 +62,7 @@ fn snapshot(state: &BrokerState) -> Vec<(&'static str, String)> {
         ("clients/connected", connected.to_string()),
         ("clients/active", connected.to_string()),
         ("clients/total", total.to_string()),
-        ("clients/parked", state.parker.parked_count().to_string()),
+        ("clients/parked", parker.parked_count().to_string()),
         (
             "clients/disconnected",
             total.saturating_sub(connected).to_string(),

@@ -102,7 +102,7 @@ async fn max_connections_refuses_with_quota_exceeded_until_a_slot_frees() {
 
     // A parked connection that is lost gives its slot back.
     eventually("both connections parked", || {
-        broker.state().parker.parked_count() == 2
+        broker.parked_connections() == 2
     })
     .await;
     b.drop_connection();
@@ -145,7 +145,7 @@ async fn listener_max_connections_is_per_listener() {
         ReasonCode::ServerUnavailable
     );
     assert_eq!(counter(&broker, |c| &c.connections_refused), 2);
-    eventually("a parked", || broker.state().parker.parked_count() == 1).await;
+    eventually("a parked", || broker.parked_connections() == 1).await;
     a.disconnect().await;
     eventually("a gone", || connected(&broker) == 0).await;
     let mut d = TestClient::connect(addr, V311, "ml-d").await;

@@ -36,9 +36,8 @@ async fn wait_until(what: &str, done: impl Fn() -> bool) {
 
 /// Waits until exactly `n` connections are parked.
 async fn wait_parked(broker: &BrokerHandle, n: usize) {
-    let parker = &broker.state().parker;
     wait_until(&format!("{n} connections are parked"), || {
-        parker.parked_count() == n
+        broker.parked_connections() == n
     })
     .await;
 }
@@ -172,7 +171,7 @@ async fn with_parking_off_nothing_parks() {
     let broker = tern_broker::Broker::start(config).await.unwrap();
     let mut c = TestClient::connect(broker.local_addr(), V5, "c").await;
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(broker.state().parker.parked_count(), 0);
+    assert_eq!(broker.parked_connections(), 0);
     c.send(Packet::PingReq).await;
     assert_eq!(c.recv().await, Packet::PingResp);
     broker.shutdown().await;

@@ -33,6 +33,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use self::client::{Client, PeerLimits};
+use self::park::Parker;
 use crate::auth;
 use crate::error::ProtocolViolation;
 use crate::handler::ack::PubAcks;
@@ -116,6 +117,8 @@ pub struct ConnInfo {
 struct Conn<S> {
     io: Io<S>,
     client: Client,
+    /// Where it goes when it has been quiet for a while.
+    parker: Arc<Parker>,
     peer: SocketAddr,
     /// When the last packet arrived, for keep-alive.
     last_heard: Instant,
@@ -129,11 +132,16 @@ enum Exit {
 }
 
 /// Serves one accepted connection until it closes (or parks).
-pub async fn serve<S: Transport>(stream: S, info: ConnInfo, state: Arc<BrokerState>) {
+pub async fn serve<S: Transport>(
+    stream: S,
+    info: ConnInfo,
+    state: Arc<BrokerState>,
+    parker: Arc<Parker>,
+) {
     // The handshake is boxed and over before the main loop starts: inline,
     // its futures would make every idle connection's task as large as the
     // largest of them.
-    if let Some(conn) = Box::pin(handshake(stream, info, state)).await {
+    if let Some(conn) = Box::pin(handshake(stream, info, state, parker)).await {
         drive(conn).await;
     }
 }
@@ -144,6 +152,7 @@ async fn handshake<S: Transport>(
     stream: S,
     info: ConnInfo,
     state: Arc<BrokerState>,
+    parker: Arc<Parker>,
 ) -> Option<Conn<S>> {
     let peer = info.peer;
     let (reader, writer) = tokio::io::split(stream);
@@ -186,6 +195,7 @@ async fn handshake<S: Transport>(
     Some(Conn {
         io,
         client,
+        parker,
         peer,
         last_heard: Instant::now(),
     })
@@ -193,7 +203,13 @@ async fn handshake<S: Transport>(
 
 /// Runs a parked connection again, in a new task.
 async fn resume(parked: Box<park::Parked>) {
-    let (socket, mut client, peer, last_heard) = parked.into_parts();
+    let park::Resumed {
+        socket,
+        mut client,
+        peer,
+        last_heard,
+        parker,
+    } = parked.into_parts();
     match TcpStream::from_std(socket) {
         Ok(stream) => {
             let (reader, writer) = tokio::io::split(stream);
@@ -205,6 +221,7 @@ async fn resume(parked: Box<park::Parked>) {
             drive(Conn {
                 io,
                 client,
+                parker,
                 peer,
                 last_heard,
             })
@@ -227,10 +244,10 @@ fn park<S: Transport>(conn: Conn<S>) {
     let Conn {
         io,
         mut client,
+        parker,
         peer,
         last_heard,
     } = conn;
-    let parker = client.state.parker.clone();
     // Only a connection with nothing left to write parks; its output buffer's
     // allocation is not worth keeping for however long it sleeps.
     client.out = BytesMut::new();
@@ -440,6 +457,7 @@ async fn run<S: Transport>(conn: &mut Conn<S>) -> Exit {
     let Conn {
         io,
         client,
+        parker,
         last_heard,
         ..
     } = conn;
@@ -453,10 +471,7 @@ async fn run<S: Transport>(conn: &mut Conn<S>) -> Exit {
         Err(close) => return Exit::Close(close),
     };
     let connected = state.metrics.clients_connected.load(Ordering::Relaxed);
-    let park_after = state
-        .parker
-        .idle(connected as usize)
-        .filter(|_| S::PARKABLE);
+    let park_after = parker.idle(connected as usize).filter(|_| S::PARKABLE);
     // Created once, not per loop turn: each creation would register anew
     // with the cancellation token and the timer wheel.
     let shutdown = state.shutdown.cancelled();

@@ -25,7 +25,7 @@
 //! be in place.
 
 use std::net::SocketAddr;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -37,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::client::Client;
-use crate::session::{Session, SessionState};
+use crate::session::{ParkedConnection, Session, SessionState};
 
 /// How often the parker thread looks for parked connections whose keep-alive
 /// has run out. Keep-alive is enforced to within this.
@@ -62,10 +62,14 @@ fn since_epoch(epoch: std::time::Instant, at: Instant) -> u64 {
     u64::try_from(nanos).unwrap_or(u64::MAX)
 }
 
-/// A parked connection: everything its task held, minus the task.
+/// A parked connection: everything its task held, minus the task. Its
+/// token in the epoll set is its socket's descriptor (plus one: 0 is the
+/// stop token), unique while the socket is open, so it needs no field.
 pub struct Parked {
     stream: mio::net::TcpStream,
-    token: Token,
+    /// Where it is resumed. Held here, not in the broker's shared state:
+    /// the parker holds the sessions that hold parked connections.
+    parker: Arc<Parker>,
     client: Client,
     peer: SocketAddr,
     /// When the last packet arrived, in nanoseconds since the parker's
@@ -102,12 +106,13 @@ pub struct Parker {
     idle: Option<Duration>,
 }
 
-/// Parked connections, in slots indexed by token (token − 1). There is one
-/// per idle client, so a slot is kept to 16 bytes and freed slots are reused.
+/// Parked connections, in slots indexed by token − 1: the socket's
+/// descriptor. Descriptors are small and reused by the kernel, so the slots
+/// stay as many as the most sockets open at once; there is one per idle
+/// client, so a slot is kept to 16 bytes.
 #[derive(Default)]
 struct Entries {
     slots: Vec<Option<Entry>>,
-    free: Vec<usize>,
     len: usize,
 }
 
@@ -120,17 +125,17 @@ struct Entry {
 }
 
 impl Entries {
-    fn insert(&mut self, entry: Entry) -> Token {
-        self.len += 1;
-        match self.free.pop() {
-            Some(index) => {
-                self.slots[index] = Some(entry);
-                Token(index + 1)
-            }
-            None => {
-                self.slots.push(Some(entry));
-                Token(self.slots.len())
-            }
+    fn insert(&mut self, token: Token, entry: Entry) {
+        let Some(index) = token.0.checked_sub(1) else {
+            return;
+        };
+        if index >= self.slots.len() {
+            self.slots.resize_with(index + 1, || None);
+        }
+        if let Some(slot) = self.slots.get_mut(index)
+            && slot.replace(entry).is_none()
+        {
+            self.len += 1;
         }
     }
 
@@ -146,7 +151,6 @@ impl Entries {
             && slot.take().is_some()
         {
             self.len -= 1;
-            self.free.push(index);
         }
     }
 
@@ -240,7 +244,7 @@ impl Parker {
     /// if it must stay awake: something was queued for it meanwhile, it no
     /// longer owns its session, or the broker is stopping.
     pub(super) fn park(
-        &self,
+        self: &Arc<Self>,
         stream: std::net::TcpStream,
         client: Client,
         peer: SocketAddr,
@@ -248,7 +252,7 @@ impl Parker {
     ) -> Result<(), Box<Parked>> {
         let mut parked = Box::new(Parked {
             stream: mio::net::TcpStream::from_std(stream),
-            token: STOP,
+            parker: self.clone(),
             client,
             peer,
             last_heard: since_epoch(self.epoch, last_heard),
@@ -263,11 +267,12 @@ impl Parker {
             Some(timeout) => self.seconds_ceil((last_heard + timeout).into_std()),
             None => u32::MAX,
         };
-        let token = self.entries().insert(Entry {
+        let token = parked.token();
+        let entry = Entry {
             session: session.clone(),
             deadline,
-        });
-        parked.token = token;
+        };
+        self.entries().insert(token, entry);
         // After the entry: a stop that began before it was inserted did not
         // see it, so this connection must not park.
         if self.stopping.load(Ordering::SeqCst) {
@@ -288,7 +293,7 @@ impl Parker {
     /// Takes a parked (or half-parked) connection out of the epoll set, so it
     /// can go back into a task.
     pub(super) fn unregister(&self, parked: &mut Parked) {
-        self.entries().remove(parked.token);
+        self.entries().remove(parked.token());
         // Not registered if parking stopped half-way; nothing to undo then.
         let _ = self.registry.deregister(&mut parked.stream);
     }
@@ -354,9 +359,9 @@ impl Parker {
         let Some(session) = self.entries().get(token).map(|e| e.session.clone()) else {
             return;
         };
-        let parked = session.lock().parked.take_if(|p| p.token == token);
+        let parked = session.lock().parked.take_if(|p| p.token() == token.0);
         if let Some(parked) = parked {
-            self.resume(parked);
+            parked.resume();
         }
     }
 }
@@ -395,24 +400,45 @@ impl Drop for StopOnDrop {
     }
 }
 
-impl Parked {
+impl ParkedConnection for Parked {
     /// Spawns a connection task for this connection, taken out of its session.
-    pub fn resume(self: Box<Self>) {
-        let parker = self.client.state.parker.clone();
+    fn resume(self: Box<Self>) {
+        let parker = self.parker.clone();
         parker.resume(self);
     }
 
+    fn token(&self) -> usize {
+        Parked::token(self).0
+    }
+}
+
+/// What a resumed connection's task starts from.
+pub(super) struct Resumed {
+    pub socket: std::net::TcpStream,
+    pub client: Client,
+    pub peer: SocketAddr,
+    pub last_heard: Instant,
+    pub parker: Arc<Parker>,
+}
+
+impl Parked {
+    /// Its token in the epoll set: the socket's descriptor plus one.
+    fn token(&self) -> Token {
+        let fd = usize::try_from(self.stream.as_raw_fd()).unwrap_or(usize::MAX - 1);
+        Token(fd + 1)
+    }
+
     /// The socket, unwrapped for tokio, and the connection's state.
-    pub(super) fn into_parts(self) -> (std::net::TcpStream, Client, SocketAddr, Instant) {
+    pub(super) fn into_parts(self) -> Resumed {
         let socket = std::net::TcpStream::from(OwnedFd::from(self.stream));
-        let epoch = self.client.state.parker.epoch;
-        let last_heard = epoch + Duration::from_nanos(self.last_heard);
-        (
+        let last_heard = self.parker.epoch + Duration::from_nanos(self.last_heard);
+        Resumed {
             socket,
-            self.client,
-            self.peer,
-            Instant::from_std(last_heard),
-        )
+            client: self.client,
+            peer: self.peer,
+            last_heard: Instant::from_std(last_heard),
+            parker: self.parker,
+        }
     }
 }
 

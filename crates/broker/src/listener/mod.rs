@@ -21,6 +21,7 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::config::{Config, ListenerConfig, ListenerTransport};
+use crate::connection::park::Parker;
 use crate::connection::{self, ConnInfo};
 use crate::limits::ConnectBytes;
 use crate::state::BrokerState;
@@ -92,11 +93,10 @@ fn describe(listener: &ListenerConfig) -> String {
 }
 
 /// Starts one accept loop per bound listener.
-pub fn spawn(sockets: Sockets, state: &Arc<BrokerState>) {
+pub fn spawn(sockets: Sockets, state: &Arc<BrokerState>, parker: &Arc<Parker>) {
     for (index, (socket, kind)) in sockets.0.into_iter().enumerate() {
-        state
-            .tasks
-            .spawn(accept_loop(socket, index, kind, state.clone()));
+        let accepting = accept_loop(socket, index, kind, state.clone(), parker.clone());
+        state.tasks.spawn(accepting);
     }
 }
 
@@ -130,7 +130,13 @@ impl ListenerSet {
 }
 
 /// Accepts connections until shutdown, one task each.
-async fn accept_loop(listener: TcpListener, index: usize, kind: Kind, state: Arc<BrokerState>) {
+async fn accept_loop(
+    listener: TcpListener,
+    index: usize,
+    kind: Kind,
+    state: Arc<BrokerState>,
+    parker: Arc<Parker>,
+) {
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -146,18 +152,19 @@ async fn accept_loop(listener: TcpListener, index: usize, kind: Kind, state: Arc
                     cert_identity: None,
                     connect_bytes: None,
                 };
-                let state2 = state.clone();
+                let (state2, parker) = (state.clone(), parker.clone());
                 match &kind {
-                    Kind::Tcp => state.tasks.spawn(connection::serve(stream, info, state2)),
+                    Kind::Tcp => {
+                        let serving = connection::serve(stream, info, state2, parker);
+                        state.tasks.spawn(serving)
+                    }
                     Kind::Tls(acceptor) => {
-                        state
-                            .tasks
-                            .spawn(serve_tls(stream, acceptor.clone(), info, state2))
+                        let serving = serve_tls(stream, acceptor.clone(), info, state2, parker);
+                        state.tasks.spawn(serving)
                     }
                     Kind::Ws(upgrade) => {
-                        state
-                            .tasks
-                            .spawn(serve_ws(stream, upgrade.clone(), info, state2))
+                        let serving = serve_ws(stream, upgrade.clone(), info, state2, parker);
+                        state.tasks.spawn(serving)
                     }
                     Kind::Wss(acceptor, upgrade) => state.tasks.spawn(serve_wss(
                         stream,
@@ -165,6 +172,7 @@ async fn accept_loop(listener: TcpListener, index: usize, kind: Kind, state: Arc
                         upgrade.clone(),
                         info,
                         state2,
+                        parker,
                     )),
                 };
             }
@@ -208,6 +216,7 @@ async fn serve_tls(
     acceptor: Arc<TlsAcceptor>,
     info: ConnInfo,
     state: Arc<BrokerState>,
+    parker: Arc<Parker>,
 ) {
     // Boxed: the handshake's state is gone before the connection runs.
     let accepted = Box::pin(bounded(
@@ -218,7 +227,7 @@ async fn serve_tls(
     ))
     .await;
     if let Some((tls, info)) = accepted {
-        connection::serve(TlsConn::new(tls), info, state).await;
+        connection::serve(TlsConn::new(tls), info, state, parker).await;
     }
 }
 
@@ -235,6 +244,7 @@ async fn serve_ws(
     upgrade: Arc<ws::Upgrade>,
     mut info: ConnInfo,
     state: Arc<BrokerState>,
+    parker: Arc<Parker>,
 ) {
     let bytes = count_connect_bytes(&mut info, &state);
     let accepted = Box::pin(bounded(
@@ -245,7 +255,7 @@ async fn serve_ws(
     ))
     .await;
     if let Some(ws) = accepted {
-        connection::serve(ws, info, state).await;
+        connection::serve(ws, info, state, parker).await;
     }
 }
 
@@ -255,6 +265,7 @@ async fn serve_wss(
     upgrade: Arc<ws::Upgrade>,
     mut info: ConnInfo,
     state: Arc<BrokerState>,
+    parker: Arc<Parker>,
 ) {
     let bytes = count_connect_bytes(&mut info, &state);
     let handshake = async {
@@ -264,6 +275,6 @@ async fn serve_wss(
     };
     let accepted = Box::pin(bounded("WebSocket over TLS", &info, &state, handshake)).await;
     if let Some((ws, info)) = accepted {
-        connection::serve(ws, info, state).await;
+        connection::serve(ws, info, state, parker).await;
     }
 }
