@@ -27,6 +27,7 @@
 //! See `docs/architecture.md` for the whole flow.
 
 pub mod auth;
+pub mod client_state;
 pub mod config;
 pub mod connection;
 pub mod error;

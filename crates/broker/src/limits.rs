@@ -161,11 +161,11 @@ impl RateTable {
     }
 }
 
-/// Limit state of one connection, in `Client::limits`: created only when a
+/// Limit state of one connection, in `ClientState::limits`: created only when a
 /// per-client limit (publish rate, subscriptions, topic levels) is set.
 #[derive(Debug)]
 pub struct ClientLimits {
-    /// For the refusal logs (`Client` does not keep the address).
+    /// For the refusal logs (`ClientState` does not keep the address).
     pub peer: SocketAddr,
     /// The publish-rate bucket (see [`Bucket`]).
     publish_due: Instant,

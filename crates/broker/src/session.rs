@@ -7,7 +7,7 @@
 //! can later be persisted as it is.
 //!
 //! Publishers' connection tasks push deliveries in with [`Session::deliver`];
-//! the one attached connection task drains them (see `connection::outbound`).
+//! the one attached connection task drains them (see `client_state::outbound`).
 //! The mutex is a std one: it is held only for queue operations, never across
 //! an `.await` or I/O.
 

@@ -1,6 +1,6 @@
 //! The connection task: one per client socket, from CONNECT to close.
 //!
-//! It owns the socket halves, the read buffer and the [`Client`] state, so
+//! It owns the socket halves, the read buffer and the [`ClientState`] state, so
 //! nothing here is locked. One loop waits on everything at once:
 //! - bytes from the client: decoded incrementally (a partial packet waits in
 //!   the read buffer, which survives a cancelled read) and dispatched to the
@@ -17,8 +17,6 @@
 //! server is the one closing), flushes, and detaches from the session, which
 //! decides about the will and the session's expiry.
 
-pub mod client;
-pub mod outbound;
 pub mod park;
 
 use std::net::SocketAddr;
@@ -32,9 +30,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, Wr
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use self::client::{Client, PeerLimits};
 use self::park::Parker;
 use crate::auth;
+use crate::client_state::{ClientState, PeerLimits, outbound};
 use crate::error::ProtocolViolation;
 use crate::handler::ack::PubAcks;
 use crate::handler::{self, Flow, connect};
@@ -116,7 +114,7 @@ pub struct ConnInfo {
 /// A connection past CONNECT: what its task owns.
 struct Conn<S> {
     io: Io<S>,
-    client: Client,
+    client: ClientState,
     /// Where it goes when it has been quiet for a while.
     parker: Arc<Parker>,
     peer: SocketAddr,
@@ -351,7 +349,7 @@ async fn start_session<S: AsyncWrite>(
     mut connect: Box<Connect>,
     info: &ConnInfo,
     state: &Arc<BrokerState>,
-) -> Option<Client> {
+) -> Option<ClientState> {
     let peer = info.peer;
     let version = connect.protocol;
     let accepted = match admit(&connect, info, state).await {
@@ -386,7 +384,7 @@ async fn start_session<S: AsyncWrite>(
     .await;
     let props = &connect.properties;
     let keep_alive = accepted.keep_alive_secs;
-    let mut client = Client {
+    let mut client = ClientState {
         connection_id,
         version,
         session: attached.session,
@@ -569,7 +567,7 @@ async fn store_progress(durable: &mut Option<tokio::sync::watch::Receiver<u64>>)
 /// When the timer should next look: the keep-alive deadline or the time the
 /// connection may park, whichever is first.
 fn next_check(
-    client: &Client,
+    client: &ClientState,
     last_heard: Instant,
     last_active: Instant,
     park_after: Option<Duration>,
@@ -611,7 +609,7 @@ fn prepare_read_buffer(rbuf: &mut BytesMut, busy: bool) -> usize {
 /// other tasks had their turn. `Err`: the connection closes (the client's
 /// DISCONNECT, or a protocol violation).
 fn process(
-    client: &mut Client,
+    client: &mut ClientState,
     rbuf: &mut BytesMut,
     last_heard: &mut Instant,
 ) -> Result<bool, Close> {
@@ -624,7 +622,7 @@ fn process(
 
 /// The loop of [`process`]; PUBACKs gather in `pubacks`.
 fn handle_packets(
-    client: &mut Client,
+    client: &mut ClientState,
     rbuf: &mut BytesMut,
     last_heard: &mut Instant,
     pubacks: &mut PubAcks,
@@ -743,7 +741,7 @@ async fn drain<S: Transport>(reader: &mut ReadHalf<S>, state: &BrokerState) {
 /// Before the last write: gives the store a moment (`CLOSE_FLUSH`) to make
 /// held responses durable, then drops those it has not: an acknowledgement
 /// must never promise more than the store holds.
-async fn settle_holds(client: &mut Client) {
+async fn settle_holds(client: &mut ClientState) {
     let Some(store) = client.state.store.clone() else {
         return;
     };
@@ -766,7 +764,7 @@ async fn settle_holds(client: &mut Client) {
 
 /// Logs why the connection ended, and detaches it from its session (which
 /// publishes or schedules the will).
-fn depart(client: &mut Client, close: Close, peer: SocketAddr) {
+fn depart(client: &mut ClientState, close: Close, peer: SocketAddr) {
     let id = client.client_id().clone();
     match &close {
         Close::Disconnect { .. } | Close::Shutdown => {}

@@ -4,7 +4,7 @@
 //! 1.4 KB), tokio's registration of its socket and its read buffer. Most MQTT
 //! clients are quiet most of the time (a sensor that publishes once a
 //! minute), and a broker holds many of them, so after `park_idle_ms` without
-//! traffic the connection task hands its socket and its [`Client`] to the
+//! traffic the connection task hands its socket and its [`ClientState`] to the
 //! [`Parker`] and ends. The socket joins one epoll set watched by one thread;
 //! the client state waits in a box in its session.
 //!
@@ -36,7 +36,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::client::Client;
+use crate::client_state::ClientState;
 use crate::session::{ParkedConnection, Session, SessionState};
 
 /// How often the parker thread looks for parked connections whose keep-alive
@@ -70,7 +70,7 @@ pub struct Parked {
     /// Where it is resumed. Held here, not in the broker's shared state:
     /// the parker holds the sessions that hold parked connections.
     parker: Arc<Parker>,
-    client: Client,
+    client: ClientState,
     peer: SocketAddr,
     /// When the last packet arrived, in nanoseconds since the parker's
     /// epoch: 8 bytes instead of an `Instant`'s 16, which keeps the box a
@@ -246,7 +246,7 @@ impl Parker {
     pub(super) fn park(
         self: &Arc<Self>,
         stream: std::net::TcpStream,
-        client: Client,
+        client: ClientState,
         peer: SocketAddr,
         last_heard: Instant,
     ) -> Result<(), Box<Parked>> {
@@ -415,7 +415,7 @@ impl ParkedConnection for Parked {
 /// What a resumed connection's task starts from.
 pub(super) struct Resumed {
     pub socket: std::net::TcpStream,
-    pub client: Client,
+    pub client: ClientState,
     pub peer: SocketAddr,
     pub last_heard: Instant,
     pub parker: Arc<Parker>,

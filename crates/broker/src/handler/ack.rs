@@ -9,14 +9,14 @@ use std::num::NonZeroU16;
 use tern_codec::{Packet, PubAck, ReasonCode};
 
 use super::Flow;
-use crate::connection::client::Client;
-use crate::connection::outbound;
+use crate::client_state::ClientState;
+use crate::client_state::outbound;
 use crate::error::ProtocolViolation;
 use crate::message::InflightState;
 use crate::store::Group;
 
 /// PUBCOMP ends a QoS 2 delivery.
-pub fn pubcomp(client: &mut Client, ack: PubAck) -> Result<Flow, ProtocolViolation> {
+pub fn pubcomp(client: &mut ClientState, ack: PubAck) -> Result<Flow, ProtocolViolation> {
     complete(client, &[ack.packet_id], InflightState::AwaitingPubComp);
     Ok(Flow::Continue)
 }
@@ -45,7 +45,7 @@ impl Default for PubAcks {
 
 impl PubAcks {
     /// Adds a PUBACK to the run, handling the run first if it is full.
-    pub fn push(&mut self, client: &mut Client, ack: &PubAck) {
+    pub fn push(&mut self, client: &mut ClientState, ack: &PubAck) {
         if self.len == RUN {
             self.flush(client);
         }
@@ -54,7 +54,7 @@ impl PubAcks {
     }
 
     /// Handles the PUBACKs gathered so far.
-    pub fn flush(&mut self, client: &mut Client) {
+    pub fn flush(&mut self, client: &mut ClientState) {
         if self.len > 0 {
             complete(client, &self.ids[..self.len], InflightState::AwaitingPubAck);
             self.len = 0;
@@ -64,7 +64,7 @@ impl PubAcks {
 
 /// Removes the in-flight entries `ids` name in `state`; an unknown id is
 /// ignored (a late duplicate).
-fn complete(client: &mut Client, ids: &[NonZeroU16], state: InflightState) {
+fn complete(client: &mut ClientState, ids: &[NonZeroU16], state: InflightState) {
     let session = client.session.clone();
     let mut st = session.lock();
     let mut changes = Group::default();
@@ -80,7 +80,7 @@ fn complete(client: &mut Client, ids: &[NonZeroU16], state: InflightState) {
 
 /// PUBREC: the client has the QoS 2 message; answer PUBREL [MQTT-4.3.3-4].
 /// A failure reason code ends the flow instead [MQTT-4.3.3-?].
-pub fn pubrec(client: &mut Client, ack: PubAck) -> Result<Flow, ProtocolViolation> {
+pub fn pubrec(client: &mut ClientState, ack: PubAck) -> Result<Flow, ProtocolViolation> {
     let session = client.session.clone();
     let (found, ticket) = {
         let mut st = session.lock();

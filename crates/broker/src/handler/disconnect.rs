@@ -5,11 +5,11 @@
 use tern_codec::{Disconnect, ReasonCode};
 
 use super::Flow;
-use crate::connection::client::Client;
+use crate::client_state::ClientState;
 use crate::error::ProtocolViolation;
 
 /// Handles DISCONNECT.
-pub fn handle(client: &mut Client, disconnect: Disconnect) -> Result<Flow, ProtocolViolation> {
+pub fn handle(client: &mut ClientState, disconnect: Disconnect) -> Result<Flow, ProtocolViolation> {
     if let Some(expiry) = disconnect.properties.session_expiry_interval {
         // A session that was to end with the connection cannot be kept by
         // DISCONNECT [MQTT-3.14.2-2].

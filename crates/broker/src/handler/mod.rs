@@ -13,7 +13,7 @@ pub mod unsubscribe;
 
 use tern_codec::Packet;
 
-use crate::connection::client::Client;
+use crate::client_state::ClientState;
 use crate::error::ProtocolViolation;
 
 /// What the connection does after a packet was handled.
@@ -30,7 +30,7 @@ pub enum Flow {
 /// `pubacks` and are handled as one run before the next packet of another
 /// kind (the caller flushes the run when it stops reading).
 pub fn dispatch(
-    client: &mut Client,
+    client: &mut ClientState,
     packet: Packet,
     pubacks: &mut ack::PubAcks,
 ) -> Result<Flow, ProtocolViolation> {

@@ -13,7 +13,7 @@ use tern_codec::{
 };
 
 use super::Flow;
-use crate::connection::client::Client;
+use crate::client_state::ClientState;
 use crate::error::ProtocolViolation;
 use crate::message::Message;
 use crate::metrics::Metrics;
@@ -24,7 +24,7 @@ use crate::store::{Group, Store};
 /// it is not routed. MQTT 5 QoS 1/2 publishers get PUBACK/PUBREC 0x90; QoS 0
 /// and 3.1.1 have no way to be told, and 3.1.1 gets the normal
 /// acknowledgement [MQTT-3.3.5-2].
-fn refuse_deep_topic(client: &mut Client, publish: &Publish) {
+fn refuse_deep_topic(client: &mut ClientState, publish: &Publish) {
     client.log_refused("PUBLISH", &publish.topic, "too many topic levels");
     let reason = if client.version == ProtocolVersion::V5 {
         ReasonCode::TopicNameInvalid
@@ -46,7 +46,7 @@ fn refuse_deep_topic(client: &mut Client, publish: &Publish) {
 /// and logged if so). Checked before routing, under the retained store's
 /// read lock: publishes racing on other threads may each pass, so a quota
 /// can be exceeded by one message per worker thread.
-fn retained_refused(client: &Client, publish: &Publish) -> bool {
+fn retained_refused(client: &ClientState, publish: &Publish) -> bool {
     let limits = &client.state.limits;
     // Clearing a topic (an empty payload) is never refused.
     if !publish.retain || publish.payload.is_empty() || !limits.has_retained_quotas() {
@@ -64,7 +64,7 @@ fn retained_refused(client: &Client, publish: &Publish) -> bool {
 }
 
 /// Handles a PUBLISH from the client.
-pub fn handle(client: &mut Client, mut publish: Publish) -> Result<Flow, ProtocolViolation> {
+pub fn handle(client: &mut ClientState, mut publish: Publish) -> Result<Flow, ProtocolViolation> {
     Metrics::add(&client.state.metrics.publish_received, 1);
     resolve_topic_alias(client, &mut publish)?;
     if !is_valid_topic_name(&publish.topic) {
@@ -177,7 +177,7 @@ pub fn handle(client: &mut Client, mut publish: Publish) -> Result<Flow, Protoco
 }
 
 /// Handles PUBREL: the client releases a QoS 2 packet id [MQTT-4.3.3-11].
-pub fn release(client: &mut Client, ack: PubAck) -> Result<Flow, ProtocolViolation> {
+pub fn release(client: &mut ClientState, ack: PubAck) -> Result<Flow, ProtocolViolation> {
     let known = {
         let mut st = client.session.lock();
         st.traffic().inbound_qos2.remove(&ack.packet_id.get())
@@ -203,18 +203,18 @@ pub fn release(client: &mut Client, ack: PubAck) -> Result<Flow, ProtocolViolati
 
 /// The store, if this client's session is persistent (its QoS 2 state is
 /// then stored).
-fn persistent_store(client: &Client) -> Option<Arc<Store>> {
+fn persistent_store(client: &ClientState) -> Option<Arc<Store>> {
     let persistent = client.session.lock().expiry_secs != 0;
     client.state.store.clone().filter(|_| persistent)
 }
 
-fn route(client: &Client, publish: Publish, group: Group) -> router::Routed {
+fn route(client: &ClientState, publish: Publish, group: Group) -> router::Routed {
     let message = Message::from_publish(publish, client.client_id().clone(), Instant::now());
     router::publish_with(&client.state, message, client.username.as_ref(), group)
 }
 
 /// The acknowledgement of a message refused for `refusal`: MQTT 5 says so.
-fn refused_reason(client: &Client, refusal: Option<ReasonCode>) -> ReasonCode {
+fn refused_reason(client: &ClientState, refusal: Option<ReasonCode>) -> ReasonCode {
     match refusal {
         Some(reason) if client.version == ProtocolVersion::V5 => reason,
         _ => ReasonCode::Success,
@@ -222,7 +222,7 @@ fn refused_reason(client: &Client, refusal: Option<ReasonCode>) -> ReasonCode {
 }
 
 /// MQTT 5 tells the publisher when nobody was subscribed (0x10).
-fn matched_reason(client: &Client, matched: usize) -> ReasonCode {
+fn matched_reason(client: &ClientState, matched: usize) -> ReasonCode {
     if matched == 0 && client.version == ProtocolVersion::V5 {
         ReasonCode::NoMatchingSubscribers
     } else {
@@ -233,7 +233,7 @@ fn matched_reason(client: &Client, matched: usize) -> ReasonCode {
 /// Applies an MQTT 5 Topic Alias: a non-empty topic (re)defines it, an empty
 /// topic uses it [MQTT-3.3.2-12].
 fn resolve_topic_alias(
-    client: &mut Client,
+    client: &mut ClientState,
     publish: &mut Publish,
 ) -> Result<(), ProtocolViolation> {
     let Some(alias) = publish.properties.topic_alias.take() else {

@@ -9,7 +9,7 @@ use tern_codec::{
 };
 
 use super::Flow;
-use crate::connection::client::Client;
+use crate::client_state::ClientState;
 use crate::error::ProtocolViolation;
 use crate::message::Message;
 use crate::registry;
@@ -24,7 +24,7 @@ struct RetainedBatch {
 }
 
 /// Handles a SUBSCRIBE with one or more filters [MQTT-3.8.4-1].
-pub fn handle(client: &mut Client, subscribe: Subscribe) -> Result<Flow, ProtocolViolation> {
+pub fn handle(client: &mut ClientState, subscribe: Subscribe) -> Result<Flow, ProtocolViolation> {
     let subscription_id = subscribe.properties.subscription_identifier;
     let mut reasons = Vec::with_capacity(subscribe.filters.len());
     let mut retained = Vec::new();
@@ -61,7 +61,7 @@ pub fn handle(client: &mut Client, subscribe: Subscribe) -> Result<Flow, Protoco
 
 /// Adds one subscription; returns its SUBACK reason code.
 fn subscribe_one(
-    client: &mut Client,
+    client: &mut ClientState,
     request: &SubscribeFilter,
     subscription_id: Option<u32>,
     retained: &mut Vec<RetainedBatch>,

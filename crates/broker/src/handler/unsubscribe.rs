@@ -3,13 +3,16 @@
 use tern_codec::{AckProperties, Packet, ReasonCode, UnsubAck, Unsubscribe};
 
 use super::Flow;
-use crate::connection::client::Client;
+use crate::client_state::ClientState;
 use crate::error::ProtocolViolation;
 use crate::registry;
 use crate::router;
 
 /// Handles UNSUBSCRIBE; each filter gets Success or No Subscription Existed.
-pub fn handle(client: &mut Client, unsubscribe: Unsubscribe) -> Result<Flow, ProtocolViolation> {
+pub fn handle(
+    client: &mut ClientState,
+    unsubscribe: Unsubscribe,
+) -> Result<Flow, ProtocolViolation> {
     let mut reasons = Vec::with_capacity(unsubscribe.filters.len());
     for filter in &unsubscribe.filters {
         let existed = client

@@ -10,7 +10,7 @@
 //!   submitted without waiting; each returns a *ticket*, and a response that
 //!   promises durability (PUBACK, PUBREC, PUBREL, PUBCOMP, SUBACK) is held in
 //!   the connection's output until the store reports that ticket durable
-//!   (see `connection::client::Holds`).
+//!   (see `client_state::Holds`).
 //!
 //! Only persistent sessions (a Session Expiry Interval above 0, or MQTT 3.1.1
 //! clean session 0) and retained messages are stored, and of deliveries only

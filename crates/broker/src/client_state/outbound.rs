@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use tern_codec::{ByteStr, Packet, PubAck, Publish, QoS};
 
-use super::client::Client;
+use crate::client_state::ClientState;
 use crate::message::{Delivery, InflightState};
 use crate::metrics::Metrics;
 use crate::session::{Inflight, Kick, SessionState};
@@ -24,7 +24,7 @@ pub const HIGH_WATER: usize = 64 * 1024;
 
 /// Fills `client.out` from the session. `Err`: another connection has taken
 /// the session over (with the kick left for this one, if still there).
-pub fn fill(client: &mut Client) -> Result<(), Option<Box<Kick>>> {
+pub fn fill(client: &mut ClientState) -> Result<(), Option<Box<Kick>>> {
     let session = client.session.clone();
     let mut st = session.lock();
     st.check_owner(client.connection_id)?;
@@ -41,7 +41,7 @@ pub fn fill(client: &mut Client) -> Result<(), Option<Box<Kick>>> {
 
 /// Re-sends every in-flight message: PUBLISH with DUP, or PUBREL where the
 /// PUBREC was already received [MQTT-4.4.0-1], [MQTT-4.4.0-2].
-fn resend(client: &mut Client, st: &SessionState) {
+fn resend(client: &mut ClientState, st: &SessionState) {
     let now = Instant::now();
     for entry in st.inflight() {
         match entry.state {
@@ -60,7 +60,7 @@ fn resend(client: &mut Client, st: &SessionState) {
 /// The store changes this makes ("sent with this packet id", "dropped") are
 /// submitted together at the end, still under the session lock, so they keep
 /// their order with any other connection's changes to the same session.
-fn send_pending(client: &mut Client, st: &mut SessionState) {
+fn send_pending(client: &mut ClientState, st: &mut SessionState) {
     let mut changes = Group::default();
     // Where the first QoS 2 PUBLISH starts in `out`: it and what follows
     // wait for the changes.
@@ -76,7 +76,7 @@ fn send_pending(client: &mut Client, st: &mut SessionState) {
 }
 
 fn take_pending(
-    client: &mut Client,
+    client: &mut ClientState,
     st: &mut SessionState,
     changes: &mut Group,
     held_from: &mut Option<usize>,
@@ -128,7 +128,7 @@ fn take_pending(
 /// Adds to `changes` that a stored delivery was sent with a packet id and is
 /// now in the state `sent` names (nothing without a store).
 pub fn record_sent(
-    client: &Client,
+    client: &ClientState,
     delivery: &Delivery,
     sent: (NonZeroU16, InflightState),
     changes: &mut Group,
@@ -139,14 +139,14 @@ pub fn record_sent(
 }
 
 /// Adds to `changes` that a delivery is done with, and lets go of it.
-pub fn record_done(client: &Client, delivery: Delivery, changes: &mut Group) {
+pub fn record_done(client: &ClientState, delivery: Delivery, changes: &mut Group) {
     if let Some(store) = &client.state.store {
         store.finish(client.client_id(), delivery, changes);
     }
 }
 
 /// Submits `changes` to the store. Returns their ticket (0 if none).
-pub fn submit(client: &Client, changes: Group) -> u64 {
+pub fn submit(client: &ClientState, changes: Group) -> u64 {
     match &client.state.store {
         Some(store) => store.submit_group(changes),
         None => 0,
@@ -157,7 +157,7 @@ pub fn submit(client: &Client, changes: Group) -> u64 {
 /// the client's Maximum Packet Size; such a message is dropped as if
 /// delivered [MQTT-3.1.2-25].
 fn send_publish(
-    client: &mut Client,
+    client: &mut ClientState,
     delivery: &Delivery,
     packet_id: Option<NonZeroU16>,
     dup: bool,
@@ -197,7 +197,7 @@ fn send_publish(
 /// Chooses the topic and alias for a PUBLISH to the client: an alias it
 /// already knows (empty topic), a new alias while under its Topic Alias
 /// Maximum, or the plain topic. The third value says a new alias was made.
-fn outbound_alias(client: &mut Client, topic: &ByteStr) -> (ByteStr, Option<u16>, bool) {
+fn outbound_alias(client: &mut ClientState, topic: &ByteStr) -> (ByteStr, Option<u16>, bool) {
     let max = client.peer.topic_alias_maximum;
     if max == 0 {
         return (topic.clone(), None, false);

@@ -1,8 +1,14 @@
-//! `Client`: the per-connection protocol state the packet handlers work on.
+//! `ClientState`: the per-connection protocol state the packet handlers work on.
 //!
 //! Owned by one connection task, so it needs no lock: the output buffer, the
 //! peer's negotiated limits, topic-alias maps, the will, keep-alive. What
 //! must outlive the connection lives in the `Session` it points to.
+//!
+//! Below both the handlers and the connection task (which runs them), so
+//! neither reaches into the other: [`outbound`] drains the session's queue
+//! into the output buffer for either.
+
+pub mod outbound;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -23,7 +29,7 @@ pub struct PeerLimits {
     /// QoS 1/2 messages we may have unacknowledged towards the client.
     pub receive_maximum: u16,
     /// Largest packet the client accepts; larger messages are not sent to it.
-    /// (A u32 as in the protocol: it keeps `Client` within 128 bytes.)
+    /// (A u32 as in the protocol: it keeps `ClientState` within 128 bytes.)
     pub max_packet_size: u32,
     /// Topic aliases we may use towards the client.
     pub topic_alias_maximum: u16,
@@ -54,7 +60,7 @@ pub struct Holds {
 ///
 /// Kept small: it is what an idle connection costs (with its session), so
 /// what most clients never use (topic aliases, a will) is boxed.
-pub struct Client {
+pub struct ClientState {
     pub connection_id: ConnectionId,
     pub version: ProtocolVersion,
     pub session: Arc<Session>,
@@ -72,7 +78,7 @@ pub struct Client {
     pub session_expiry_secs: u32,
     /// Close the connection after this long without a packet (1.5 × keep-alive).
     /// In milliseconds, 0 for none: a `u32` rather than an
-    /// `Option<Duration>` (16 bytes), read through [`Client::keep_alive_timeout`].
+    /// `Option<Duration>` (16 bytes), read through [`ClientState::keep_alive_timeout`].
     pub keep_alive_ms: u32,
     /// In-flight messages of a resumed session still to be re-sent.
     pub resend_inflight: bool,
@@ -87,7 +93,7 @@ pub struct Client {
     pub username: Option<Arc<str>>,
 }
 
-impl Client {
+impl ClientState {
     /// The client identifier (the session's).
     pub fn client_id(&self) -> &ByteStr {
         &self.session.client_id
@@ -129,7 +135,7 @@ impl Client {
         self.hold_from(ticket, self.out.len());
     }
 
-    /// Like [`Client::hold_until`], for what is encoded from position `at`
+    /// Like [`ClientState::hold_until`], for what is encoded from position `at`
     /// of `out` on (encoded after every earlier hold's position).
     pub fn hold_from(&mut self, ticket: u64, at: usize) {
         let Some(store) = self.state.store.as_ref().filter(|s| s.acks_wait()) else {
@@ -211,11 +217,11 @@ impl Client {
 
 #[cfg(test)]
 mod tests {
-    /// An idle connection costs its `Client` (parked in its session); the
+    /// An idle connection costs its `ClientState` (parked in its session); the
     /// limits added a listener index and a box, and the ACL a username, while
     /// the keep-alive and the will delay got more compact to pay for them.
     #[test]
     fn client_stays_small() {
-        assert!(std::mem::size_of::<super::Client>() <= 128);
+        assert!(std::mem::size_of::<super::ClientState>() <= 128);
     }
 }
