@@ -34,6 +34,7 @@ pub mod error;
 pub mod handler;
 pub mod limits;
 pub mod listener;
+pub mod lock;
 pub mod log_throttle;
 pub mod message;
 pub mod metrics;

@@ -27,8 +27,8 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tern_codec::{Connect, DecodeError, ReasonCode};
@@ -36,6 +36,7 @@ use tokio::time::Instant;
 
 use crate::config::Config;
 use crate::error::ProtocolViolation;
+use crate::lock::{Mutex, rank};
 use crate::retained::{Quotas, Retained};
 
 /// How many IP addresses the connection-rate table tracks within one second.
@@ -59,7 +60,7 @@ pub struct Limits {
     max_connections: usize,
     listener_max: Box<[usize]>,
     /// `max_connection_rate`: one token bucket per IP address.
-    connection_rate: Option<(Bucket, Mutex<RateTable>)>,
+    connection_rate: Option<(Bucket, Mutex<RateTable, { rank::RATE_TABLE }>)>,
     /// `max_publish_rate` as a token bucket.
     publish_rate: Option<Bucket>,
     max_topic_levels: usize,
@@ -235,7 +236,7 @@ impl Limits {
     pub fn check_connect(&self, connect: &Connect, peer: SocketAddr) -> Result<(), ReasonCode> {
         if let Some((bucket, table)) = &self.connection_rate {
             let ip = peer.ip().to_canonical();
-            let allowed = unpoison(table.lock()).allow(ip, *bucket, Instant::now());
+            let allowed = table.lock().allow(ip, *bucket, Instant::now());
             if !allowed {
                 count(&self.counters.connection_rate_refused);
                 return Err(ReasonCode::ConnectionRateExceeded);
@@ -542,11 +543,6 @@ fn take_slot(counter: &AtomicUsize, max: usize) -> bool {
 /// Adds one to a counter.
 fn count(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
-}
-
-/// A poisoned table is still consistent (see `state::unpoison`).
-fn unpoison<G>(result: Result<G, std::sync::PoisonError<G>>) -> G {
-    result.unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

@@ -52,11 +52,13 @@ pub async fn attach(
     connection_id: ConnectionId,
     username: Option<Arc<str>>,
 ) -> Attached {
-    let (session, existed, previous, other_user) = {
+    let (session, existed, previous, other_user, parked) = {
         let mut sessions = state.sessions();
         let (session, existed) =
             sessions.get_or_create(client_id, || Session::new(client_id.clone()));
         let mut st = session.lock();
+        // The registry lock was needed only to find or insert the session.
+        drop(sessions);
         let other_user = existed && st.username != username;
         if other_user && !clean_start {
             tracing::info!(
@@ -70,17 +72,17 @@ pub async fn attach(
         session.bind_user(&mut st, username);
         st.generation = st.generation.wrapping_add(1);
         session.set_online(true);
-        // Wake the connection being replaced, so it sees its kick: a parked
-        // one needs its task back.
         let parked = st.parked.take();
         drop(st);
-        if let Some(parked) = parked {
-            parked.resume();
-        } else if previous.is_some() {
-            session.notify.notify_one();
-        }
-        (session, existed, previous, other_user)
+        (session, existed, previous, other_user, parked)
     };
+    // Wake the connection being replaced, so it sees its kick: a parked one
+    // needs its task back.
+    if let Some(parked) = parked {
+        parked.resume();
+    } else if previous.is_some() {
+        session.notify.notify_one();
+    }
     let clean_start = clean_start || other_user;
     if let Some(closed) = previous {
         // The old connection drops the kick's `done` once it has detached; an
@@ -200,8 +202,11 @@ pub fn detach(state: &Arc<BrokerState>, session: &Arc<Session>, departure: Depar
             // it any will delay.
             will_delay = 0;
             ended = Some(st.clear());
-            sessions.remove(session);
+            // Its record's delete is submitted before the session leaves the
+            // registry: a new session of this client id, created only after
+            // that, writes its record after the delete.
             unpersist(state, session, &mut st);
+            sessions.remove(session);
         } else {
             // The will waits for the lesser of its delay and the expiry.
             will_delay = will_delay.min(st.expiry_secs);
@@ -210,6 +215,9 @@ pub fn detach(state: &Arc<BrokerState>, session: &Arc<Session>, departure: Depar
             }
         }
     }
+    // The registry lock was needed only to decide and remove.
+    drop(sessions);
+    let mut will_timer = None;
     let will_now = match departure.will {
         Some(will) if will_delay > 0 => {
             let delay = Duration::from_secs(u64::from(will_delay));
@@ -218,17 +226,21 @@ pub fn detach(state: &Arc<BrokerState>, session: &Arc<Session>, departure: Depar
                 due: Instant::now() + delay,
                 username: departure.username.clone(),
             }));
-            schedule_will(state, session, will, delay);
+            will_timer = Some((will, delay));
             None
         }
         will => will,
     };
     if still_attached {
+        // Under the session's lock, so its records reach the store in the
+        // order of its changes.
         persist(state, session, &mut st);
     }
     drop(st);
-    drop(sessions);
     drop(stale_kick);
+    if let Some((will, delay)) = will_timer {
+        schedule_will(state, session, will, delay);
+    }
     if let Some(subscriptions) = ended {
         remove_subscriptions(state, session, subscriptions.into_keys());
     }

@@ -19,7 +19,7 @@ use crate::message::{Delivery, Message};
 use crate::metrics::Metrics;
 use crate::session::{NotQueued, Session};
 use crate::state::{BrokerState, Subscriber};
-use crate::store::Group;
+use crate::store::{self, Group};
 use crate::topic_tree::{Matched, SharedGroup};
 
 /// Splits `$share/group/filter` into `(Some(group), filter)`; any other
@@ -76,26 +76,39 @@ pub fn publish_with(
 ) -> Routed {
     let mut ticket = 0;
     if message.retain && state.config.retain_available {
-        let mut retained = state.retained_mut();
-        // An empty retained payload clears the topic [MQTT-3.3.1-10].
-        let kept = !message.payload.is_empty();
-        if kept {
-            retained.insert(message.clone(), owner.cloned());
-        } else {
-            retained.remove(&message.topic);
-        }
-        // Under the retained lock, so the file sees changes to one topic in
-        // the order the trie does. `$SYS` messages are not stored.
-        if let Some(store) = &state.store
-            && message.origin.is_some()
-        {
-            let owner = owner.map(|o| &**o);
-            ticket = store.retain(&message.topic, kept.then_some((&*message, owner)));
-        }
+        ticket = retain(state, &message, owner);
     }
     let mut routed = route(state, &message, group);
     routed.ticket = routed.ticket.max(ticket);
     routed
+}
+
+/// Sets or (empty payload) clears a retained message, in the trie and the
+/// store; returns the store's ticket. The record is encoded before any lock
+/// is taken, and submitted after the trie's lock is let go, under
+/// `retained_writes`, taken before the trie's lock goes: so the file sees
+/// changes to one topic in the order the trie does, while readers of the
+/// trie never wait for the store. `$SYS` messages are not stored.
+fn retain(state: &BrokerState, message: &Arc<Message>, owner: Option<&Arc<str>>) -> u64 {
+    // An empty retained payload clears the topic [MQTT-3.3.1-10].
+    let kept = !message.payload.is_empty();
+    let stored = state.store.as_ref().filter(|_| message.origin.is_some());
+    let record =
+        stored.and_then(|_| kept.then(|| store::retained_record(message, owner.map(|o| &**o))));
+    let mut retained = state.retained_mut();
+    if kept {
+        retained.insert(message.clone(), owner.cloned());
+    } else {
+        retained.remove(&message.topic);
+    }
+    let Some(store) = stored else {
+        return 0;
+    };
+    let order = state.retained_writes.lock();
+    drop(retained);
+    let ticket = store.retain(&message.topic, record);
+    drop(order);
+    ticket
 }
 
 /// Queues `message` for every matching subscription. With a store, the

@@ -15,15 +15,19 @@ use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::num::NonZeroU16;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
 
 use tern_codec::{ByteStr, QoS, ReasonCode, SubscriptionOptions};
 use tokio::sync::{Notify, oneshot};
 
+use crate::lock::{Mutex, MutexGuard, rank};
 use crate::message::{Delivery, InflightState, Message};
 use crate::store::records::{self, Clock, SessionRecord};
 use crate::store::{Group, Store};
+
+/// A session's state, locked.
+pub type StateGuard<'a> = MutexGuard<'a, SessionState, { rank::SESSION }>;
 
 /// Session Expiry Interval meaning "never expires" [MQTT-3.1.2-23 note].
 pub const NEVER_EXPIRES: u32 = u32::MAX;
@@ -33,7 +37,7 @@ pub const NEVER_EXPIRES: u32 = u32::MAX;
 #[derive(Debug)]
 pub struct Session {
     pub client_id: ByteStr,
-    state: Mutex<SessionState>,
+    state: Mutex<SessionState, { rank::SESSION }>,
     /// Wakes the attached connection when a delivery was queued, or a
     /// connection that was just replaced, so it sees its kick.
     pub notify: Notify,
@@ -184,13 +188,9 @@ impl Session {
         })
     }
 
-    /// Locks the state. A poisoned lock (a panic elsewhere while holding it)
-    /// still holds consistent queue data, so it is used rather than spreading
-    /// the panic to every publisher.
-    pub fn lock(&self) -> MutexGuard<'_, SessionState> {
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    /// Locks the state.
+    pub fn lock(&self) -> StateGuard<'_> {
+        self.state.lock()
     }
 
     /// Whether a connection is attached.
@@ -259,7 +259,7 @@ impl Session {
     }
 
     /// Wakes the attached connection (resuming it if it is parked).
-    fn wake(&self, mut st: MutexGuard<'_, SessionState>) {
+    fn wake(&self, mut st: StateGuard<'_>) {
         let parked = st.parked.take();
         drop(st);
         if let Some(parked) = parked {

@@ -9,12 +9,13 @@
 //! - `retained`: retained messages, read-locked by SUBSCRIBE, write-locked
 //!   by retained PUBLISH.
 //!
-//! Lock order, where two are held together: `sessions` before a session's own
-//! lock. The tree and retained locks are never held while taking another lock,
-//! and no lock is ever held across an `.await`.
+//! Every lock here has its rank in its type (see [`crate::lock`], which
+//! checks the order in debug builds, and docs/architecture.md "Lock order"):
+//! `sessions` before a session's own lock before the tree before the
+//! retained messages. No lock is ever held across an `.await`.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
 
 use tern_codec::{QoS, SubscriptionOptions};
@@ -24,6 +25,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::AuthState;
 use crate::config::Config;
 use crate::limits::Limits;
+use crate::lock::{Mutex, MutexGuard, ReadGuard, RwLock, WriteGuard, rank};
 use crate::metrics::Metrics;
 use crate::retained::Retained;
 use crate::session::{ConnectionId, QueueLimits, Session, Sessions};
@@ -43,9 +45,13 @@ pub struct Subscriber {
 /// State shared by all tasks of one broker.
 pub struct BrokerState {
     pub config: Config,
-    pub sessions: Mutex<Sessions>,
-    pub subscriptions: RwLock<TopicTree<Subscriber>>,
-    pub retained: RwLock<Retained>,
+    pub sessions: Mutex<Sessions, { rank::SESSIONS }>,
+    pub subscriptions: RwLock<TopicTree<Subscriber>, { rank::TREE }>,
+    pub retained: RwLock<Retained, { rank::RETAINED }>,
+    /// Taken around a retained change's store submission (after the trie's
+    /// lock is let go), so the file sees changes to a topic in the order
+    /// the trie does.
+    pub retained_writes: Mutex<(), { rank::RETAINED_WRITES }>,
     pub metrics: Metrics,
     /// Resource limits: live connection counts, rate tables, their counters.
     pub limits: Limits,
@@ -72,12 +78,6 @@ impl Drop for BrokerState {
     }
 }
 
-/// Poisoning only says another thread panicked while holding the lock; the
-/// maps themselves stay consistent, so the broker keeps serving.
-fn unpoison<G>(result: Result<G, std::sync::PoisonError<G>>) -> G {
-    result.unwrap_or_else(|p| p.into_inner())
-}
-
 impl BrokerState {
     /// Fresh state for a broker with this configuration.
     pub fn new(config: Config, store: Option<Arc<Store>>, auth: AuthState) -> Arc<BrokerState> {
@@ -94,6 +94,7 @@ impl BrokerState {
             sessions: Mutex::new(Sessions::default()),
             subscriptions: RwLock::new(TopicTree::new()),
             retained: RwLock::new(Retained::default()),
+            retained_writes: Mutex::new(()),
             metrics: Metrics::default(),
             limits,
             started: Instant::now(),
@@ -106,24 +107,24 @@ impl BrokerState {
         })
     }
 
-    pub fn sessions(&self) -> MutexGuard<'_, Sessions> {
-        unpoison(self.sessions.lock())
+    pub fn sessions(&self) -> MutexGuard<'_, Sessions, { rank::SESSIONS }> {
+        self.sessions.lock()
     }
 
-    pub fn tree(&self) -> RwLockReadGuard<'_, TopicTree<Subscriber>> {
-        unpoison(self.subscriptions.read())
+    pub fn tree(&self) -> ReadGuard<'_, TopicTree<Subscriber>, { rank::TREE }> {
+        self.subscriptions.read()
     }
 
-    pub fn tree_mut(&self) -> RwLockWriteGuard<'_, TopicTree<Subscriber>> {
-        unpoison(self.subscriptions.write())
+    pub fn tree_mut(&self) -> WriteGuard<'_, TopicTree<Subscriber>, { rank::TREE }> {
+        self.subscriptions.write()
     }
 
-    pub fn retained(&self) -> RwLockReadGuard<'_, Retained> {
-        unpoison(self.retained.read())
+    pub fn retained(&self) -> ReadGuard<'_, Retained, { rank::RETAINED }> {
+        self.retained.read()
     }
 
-    pub fn retained_mut(&self) -> RwLockWriteGuard<'_, Retained> {
-        unpoison(self.retained.write())
+    pub fn retained_mut(&self) -> WriteGuard<'_, Retained, { rank::RETAINED }> {
+        self.retained.write()
     }
 
     /// A number unique to each accepted connection, for logs and takeover.

@@ -31,8 +31,8 @@ pub mod guard;
 pub mod password;
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use tern_codec::{Connect, ReasonCode};
@@ -44,6 +44,7 @@ use self::acl::{Access, Acl};
 use self::guard::Guard;
 use self::password::PasswordTable;
 use crate::config::Config;
+use crate::lock::{Mutex, MutexGuard, RwLock, rank};
 
 /// Password checks running at once: one core is always left for the
 /// message path however many logins arrive (PBKDF2 is slow on purpose).
@@ -93,13 +94,13 @@ impl Auth {
 /// The rules and the failed-login table, shared by all connections.
 #[derive(Debug)]
 pub struct AuthState {
-    current: RwLock<Arc<Auth>>,
+    current: RwLock<Arc<Auth>, { rank::AUTH_RULES }>,
     /// 0 while no ACL is in force, else a number new with every load: what
     /// a subscription found wholly readable under an older one is checked
     /// again per message.
     acl_generation: AtomicU64,
     loads: AtomicU64,
-    guard: Mutex<Guard>,
+    guard: Mutex<Guard, { rank::AUTH_GUARD }>,
     /// Password checks running at once ([`verification_slots`]).
     verifications: Semaphore,
 }
@@ -120,15 +121,12 @@ impl AuthState {
 
     /// The rules in force now.
     pub fn current(&self) -> Arc<Auth> {
-        self.current
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.current.read().clone()
     }
 
     /// The rules in force and their ACL generation, read together.
     fn snapshot(&self) -> (Arc<Auth>, u64) {
-        let guard = self.current.read().unwrap_or_else(|p| p.into_inner());
+        let guard = self.current.read();
         (guard.clone(), self.acl_generation.load(Ordering::Relaxed))
     }
 
@@ -138,7 +136,7 @@ impl AuthState {
     }
 
     fn install(&self, auth: Auth) {
-        let mut guard = self.current.write().unwrap_or_else(|p| p.into_inner());
+        let mut guard = self.current.write();
         let generation = if auth.acl.is_some() {
             self.loads.fetch_add(1, Ordering::Relaxed) + 1
         } else {
@@ -148,8 +146,8 @@ impl AuthState {
         self.acl_generation.store(generation, Ordering::Relaxed);
     }
 
-    fn guard(&self) -> std::sync::MutexGuard<'_, Guard> {
-        self.guard.lock().unwrap_or_else(|p| p.into_inner())
+    fn guard(&self) -> MutexGuard<'_, Guard, { rank::AUTH_GUARD }> {
+        self.guard.lock()
     }
 }
 

@@ -26,8 +26,8 @@
 
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -37,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::client_state::ClientState;
+use crate::lock::{Mutex, MutexGuard, rank};
 use crate::session::{ParkedConnection, Session, SessionState};
 
 /// How often the parker thread looks for parked connections whose keep-alive
@@ -94,7 +95,7 @@ pub struct Parker {
     stop: Waker,
     stopping: AtomicBool,
     /// Parked connections by token.
-    entries: Mutex<Entries>,
+    entries: Mutex<Entries, { rank::PARKER }>,
     /// Deadlines are kept as whole seconds since this instant.
     epoch: std::time::Instant,
     /// Connections parked since the parker thread last looked.
@@ -235,8 +236,8 @@ impl Parker {
         self.entries().len
     }
 
-    fn entries(&self) -> MutexGuard<'_, Entries> {
-        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    fn entries(&self) -> MutexGuard<'_, Entries, { rank::PARKER }> {
+        self.entries.lock()
     }
 
     /// Parks a connection whose task is about to end. Gives it back (still

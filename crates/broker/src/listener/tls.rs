@@ -5,7 +5,7 @@
 use std::io;
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use rustls::RootCertStore;
@@ -20,13 +20,14 @@ use tokio_rustls::server::TlsStream;
 
 use crate::config::ListenerConfig;
 use crate::connection::{ConnInfo, Transport};
+use crate::lock::{RwLock, rank};
 
 /// A TLS listener's settings and its current rustls configuration, which
 /// [`TlsAcceptor::reload`] swaps. Each accept reads it once: the lock is never
 /// held across I/O, and open connections keep the configuration they began with.
 pub struct TlsAcceptor {
     listener: ListenerConfig,
-    config: RwLock<Arc<ServerConfig>>,
+    config: RwLock<Arc<ServerConfig>, { rank::TLS_CONFIG }>,
 }
 
 impl TlsAcceptor {
@@ -42,9 +43,7 @@ impl TlsAcceptor {
     /// Re-reads the files. On error the current configuration stays.
     pub fn reload(&self) -> Result<(), String> {
         let fresh = Arc::new(server_config(&self.listener)?);
-        // A poisoned lock only means a panic elsewhere while swapping an Arc:
-        // the value inside is still whole.
-        *self.config.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+        *self.config.write() = fresh;
         Ok(())
     }
 
@@ -54,10 +53,7 @@ impl TlsAcceptor {
     }
 
     fn current(&self) -> Arc<ServerConfig> {
-        self.config
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.config.read().clone()
     }
 
     /// Runs the TLS handshake on an accepted socket. With

@@ -244,18 +244,21 @@ impl Store {
         })
     }
 
-    /// Stores a retained message and the user who set it, or (`None`)
-    /// clears the topic.
-    pub fn retain(&self, topic: &ByteStr, message: Option<(&Message, Option<&str>)>) -> u64 {
+    /// Stores a retained message's record (see [`retained_record`]), or
+    /// (`None`) clears the topic.
+    pub fn retain(&self, topic: &ByteStr, record: Option<Vec<u8>>) -> u64 {
         let topic = topic.clone();
-        self.submit(match message {
-            Some((m, owner)) => Op::PutRetained {
-                topic,
-                record: records::encode_retained(m, owner, &Clock::now()),
-            },
+        self.submit(match record {
+            Some(record) => Op::PutRetained { topic, record },
             None => Op::DeleteRetained { topic },
         })
     }
+}
+
+/// The record of a retained message and the user who set it, encoded by
+/// the caller before it takes the retained lock.
+pub fn retained_record(message: &Message, owner: Option<&str>) -> Vec<u8> {
+    records::encode_retained(message, owner, &Clock::now())
 }
 
 /// Changes that must land together: one ticket, one transaction.

@@ -38,7 +38,9 @@ mod writer;
 use bytes::BytesMut;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar};
+
+use crate::lock::{Mutex, MutexGuard, rank};
 use std::thread::JoinHandle;
 use tern_codec::ByteStr;
 
@@ -130,14 +132,14 @@ pub struct Engine<V: Value = Vec<u8>> {
     durability: Durability,
     /// The writer thread, until [`Engine::close`] joins it. A mutex so that
     /// a second `close` waits for the first to finish.
-    writer: Mutex<Option<JoinHandle<()>>>,
+    writer: Mutex<Option<JoinHandle<()>>, { rank::STORE_WRITER }>,
 }
 
 /// What the submitting side and the writer thread share.
 struct Shared<V> {
     /// The file.
     path: PathBuf,
-    state: Mutex<State<V>>,
+    state: Mutex<State<V>, { rank::STORE_QUEUE }>,
     /// Wakes the writer: ops were queued, or close was asked.
     work: Condvar,
     /// Wakes `flush` waiters: `durable` advanced, or the writer ended.
@@ -167,10 +169,10 @@ struct State<V> {
 }
 
 impl<V> Shared<V> {
-    fn lock_state(&self) -> MutexGuard<'_, State<V>> {
-        // Nothing panics while holding this lock; if something ever did, the
-        // state is still a consistent queue, so carry on with it.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    /// The submission queue: the innermost of the broker's locks
+    /// (`lock::rank::STORE_QUEUE`), so any task may submit whatever it holds.
+    fn lock_state(&self) -> MutexGuard<'_, State<V>, { rank::STORE_QUEUE }> {
+        self.state.lock()
     }
 }
 
@@ -309,11 +311,7 @@ impl<V: Value> Engine<V> {
         let mut state = self.shared.lock_state();
         let target = state.last_ticket;
         while self.shared.durable.load(Ordering::Acquire) < target && !state.writer_gone {
-            state = self
-                .shared
-                .progress
-                .wait(state)
-                .unwrap_or_else(PoisonError::into_inner);
+            state = state.wait(&self.shared.progress);
         }
     }
 
@@ -323,7 +321,7 @@ impl<V: Value> Engine<V> {
     pub fn close(&self) {
         self.shared.lock_state().closing = true;
         self.shared.work.notify_all();
-        let mut writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut writer = self.writer.lock();
         if let Some(handle) = writer.take()
             && handle.join().is_err()
         {

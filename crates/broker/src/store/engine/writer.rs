@@ -4,8 +4,8 @@
 //! only code that writes to the file.
 
 use bytes::BytesMut;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use redb::Database;
@@ -90,11 +90,7 @@ impl<V: Value> Writer<V> {
             {
                 let mut state = self.shared.lock_state();
                 while state.pending.is_empty() && !state.closing {
-                    state = self
-                        .shared
-                        .work
-                        .wait(state)
-                        .unwrap_or_else(PoisonError::into_inner);
+                    state = state.wait(&self.shared.work);
                 }
                 if state.pending.is_empty() {
                     break; // closing, and everything is written
