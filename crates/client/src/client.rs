@@ -116,10 +116,7 @@ impl Client {
     /// # let port = broker.local_addr().port();
     /// use tern_client::{Client, ConnectOptions, ReasonCode};
     ///
-    /// let options = ConnectOptions {
-    ///     client_id: "doc-connect".into(),
-    ///     ..ConnectOptions::new("127.0.0.1", port)
-    /// };
+    /// let options = ConnectOptions::new("127.0.0.1", port).client_id("doc-connect");
     /// let (client, _events, connack) = Client::connect(options).await?;
     /// assert_eq!(connack.reason, ReasonCode::Success);
     /// assert!(!connack.session_present);
@@ -190,10 +187,7 @@ impl Client {
     /// use tern_client::{Client, ConnectOptions, Message, QoS, ReasonCode};
     ///
     /// let (client, _events, _) = Client::connect(ConnectOptions::new("127.0.0.1", port)).await?;
-    /// let message = Message {
-    ///     retain: true,
-    ///     ..Message::new("house/kitchen/temp", "21.5", QoS::ExactlyOnce)
-    /// };
+    /// let message = Message::new("house/kitchen/temp", "21.5", QoS::ExactlyOnce).retain(true);
     /// // Nobody subscribes: MQTT 5 brokers may say so, still a success.
     /// let reason = client.publish(message).await?;
     /// assert!(!reason.is_error());

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use common::*;
 use tern_client::{
     ConnectOptions, DisconnectReason, Error, Event, Message, ProtocolVersion, QoS, ReasonCode,
-    SubscribeProperties, SubscriptionOptions, Will, WillProperties,
+    SubscribeProperties, SubscriptionOptions, Will,
 };
 
 const QOS: [QoS; 3] = [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce];
@@ -22,10 +22,7 @@ async fn round_trip_at_every_qos_and_version() {
         for qos in QOS {
             let topic = format!("rt/{qos:?}");
             let reason = publisher
-                .publish(Message {
-                    retain: false,
-                    ..Message::new(topic.clone(), format!("payload {qos:?}"), qos)
-                })
+                .publish(Message::new(topic.clone(), format!("payload {qos:?}"), qos).retain(false))
                 .await
                 .unwrap();
             assert_eq!(reason, ReasonCode::Success, "{version:?} {qos:?}");
@@ -143,10 +140,7 @@ async fn retained_message_reaches_a_late_subscriber() {
     let broker = broker().await;
     let (client, mut events) = connect(options(&broker, ProtocolVersion::V3_1_1, "r")).await;
     client
-        .publish(Message {
-            retain: true,
-            ..Message::new("kept", "state", QoS::AtLeastOnce)
-        })
+        .publish(Message::new("kept", "state", QoS::AtLeastOnce).retain(true))
         .await
         .unwrap();
     subscribe(&client, "kept", QoS::AtLeastOnce).await;
@@ -157,16 +151,7 @@ async fn retained_message_reaches_a_late_subscriber() {
 }
 
 fn will_options(broker: &tern_broker::BrokerHandle, version: ProtocolVersion) -> ConnectOptions {
-    ConnectOptions {
-        will: Some(Will {
-            topic: "wills/a".into(),
-            payload: Bytes::from_static(b"a is gone"),
-            qos: QoS::AtLeastOnce,
-            retain: false,
-            properties: WillProperties::default(),
-        }),
-        ..options(broker, version, "will-owner")
-    }
+    options(broker, version, "will-owner").will(Will::new("wills/a", "a is gone", QoS::AtLeastOnce))
 }
 
 #[tokio::test]
@@ -306,10 +291,9 @@ async fn dropping_every_handle_closes_the_connection() {
     subscribe(&watcher, "wills/#", QoS::AtLeastOnce).await;
     // Even with reconnect on, nobody is left to use the connection: it is
     // closed without DISCONNECT, so the broker publishes the will.
-    let (owner, owner_events) = connect(ConnectOptions {
-        reconnect: Some(tern_client::Reconnect::default()),
-        ..will_options(&broker, ProtocolVersion::V5)
-    })
+    let (owner, owner_events) = connect(
+        will_options(&broker, ProtocolVersion::V5).reconnect(tern_client::Reconnect::default()),
+    )
     .await;
     let clone = owner.clone();
     drop(owner);

@@ -234,13 +234,9 @@ fn timed_out(args: &SubArgs, received: u64) -> Result<(), Failure> {
 
 async fn clear_retained(client: &Client, message: &Received) -> Result<(), Failure> {
     client
-        .publish(Message {
-            topic: message.topic.to_string(),
-            payload: Bytes::new(),
-            qos: QoS::AtMostOnce,
-            retain: true,
-            properties: Default::default(),
-        })
+        .publish(
+            Message::new(message.topic.to_string(), Bytes::new(), QoS::AtMostOnce).retain(true),
+        )
         .await?;
     Ok(())
 }

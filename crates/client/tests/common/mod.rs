@@ -60,11 +60,9 @@ pub async fn broker_on(addr: SocketAddr) -> BrokerHandle {
 /// Options for `broker` at `version` with `client_id`.
 pub fn options(broker: &BrokerHandle, version: ProtocolVersion, client_id: &str) -> ConnectOptions {
     let addr = broker.local_addr();
-    ConnectOptions {
-        version,
-        client_id: client_id.into(),
-        ..ConnectOptions::new(addr.ip().to_string(), addr.port())
-    }
+    ConnectOptions::new(addr.ip().to_string(), addr.port())
+        .version(version)
+        .client_id(client_id)
 }
 
 pub async fn connect(options: ConnectOptions) -> (Client, Events) {
