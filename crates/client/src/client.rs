@@ -8,7 +8,9 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tern_codec::{ConnAck, ReasonCode, SubAck, SubscribeProperties, SubscriptionOptions, UnsubAck};
+use tern_codec::{
+    ConnAck, QoS, ReasonCode, SubAck, SubscribeProperties, SubscriptionOptions, UnsubAck,
+};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::connection;
@@ -201,11 +203,14 @@ impl Client {
             .await
     }
 
-    /// Subscribes to one or more filters; returns the SUBACK.
+    /// Subscribes to one filter at `qos` (the other subscription options at
+    /// their defaults); returns the SUBACK. The shorthand for
+    /// [`Client::subscribe_many`], as in rumqttc and paho.
     ///
-    /// The SUBACK has one reason per filter: the granted QoS, or a failure
-    /// code (0x80 and above). Granted subscriptions are remembered and renewed
-    /// after a reconnect if the broker no longer has the session.
+    /// The SUBACK's one reason is the granted QoS, or a failure code (0x80
+    /// and above: the broker's answer, so `Ok`). A granted subscription is
+    /// remembered and renewed after a reconnect if the broker no longer has
+    /// the session.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
@@ -216,16 +221,10 @@ impl Client {
     /// #     ..Default::default()
     /// # }).await?;
     /// # let port = broker.local_addr().port();
-    /// use tern_client::{
-    ///     Client, ConnectOptions, Event, Message, QoS, ReasonCode, SubscribeProperties,
-    ///     SubscriptionOptions,
-    /// };
+    /// use tern_client::{Client, ConnectOptions, Event, Message, QoS, ReasonCode};
     ///
     /// let (client, mut events, _) = Client::connect(ConnectOptions::new("127.0.0.1", port)).await?;
-    /// let options = SubscriptionOptions { qos: QoS::AtLeastOnce, ..Default::default() };
-    /// let suback = client
-    ///     .subscribe(vec![("house/+/temp".into(), options)], SubscribeProperties::default())
-    ///     .await?;
+    /// let suback = client.subscribe("house/+/temp", QoS::AtLeastOnce).await?;
     /// assert_eq!(suback.reasons, [ReasonCode::GrantedQoS1]);
     ///
     /// client.publish(Message::new("house/hall/temp", "19", QoS::AtLeastOnce)).await?;
@@ -241,11 +240,64 @@ impl Client {
     /// # Ok(())
     /// # }
     /// ```
-    pub async fn subscribe(
+    pub async fn subscribe(&self, filter: impl Into<String>, qos: QoS) -> Result<SubAck, Error> {
+        let options = SubscriptionOptions {
+            qos,
+            ..SubscriptionOptions::default()
+        };
+        self.subscribe_many([(filter, options)], SubscribeProperties::default())
+            .await
+    }
+
+    /// Subscribes to one or more filters in one SUBSCRIBE, each with its own
+    /// options (QoS, No Local, Retain As Published, Retain Handling), with
+    /// MQTT 5 properties (a Subscription Identifier, user properties);
+    /// returns the SUBACK, one reason per filter in the same order.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let broker = tern_broker::Broker::start(tern_broker::Config {
+    /// #     bind: "127.0.0.1:0".parse()?,
+    /// #     persistence: false,
+    /// #     ..Default::default()
+    /// # }).await?;
+    /// # let port = broker.local_addr().port();
+    /// use tern_client::{
+    ///     Client, ConnectOptions, QoS, ReasonCode, RetainHandling, SubscribeProperties,
+    ///     SubscriptionOptions,
+    /// };
+    ///
+    /// let (client, _events, _) = Client::connect(ConnectOptions::new("127.0.0.1", port)).await?;
+    /// let readings = SubscriptionOptions { qos: QoS::AtLeastOnce, ..Default::default() };
+    /// let chat = SubscriptionOptions {
+    ///     qos: QoS::ExactlyOnce,
+    ///     no_local: true, // not our own messages
+    ///     retain_handling: RetainHandling::DoNotSend,
+    ///     ..Default::default()
+    /// };
+    /// let properties = SubscribeProperties {
+    ///     subscription_identifier: Some(42), // comes back on every matching message
+    ///     ..Default::default()
+    /// };
+    /// let suback = client
+    ///     .subscribe_many([("house/+/temp", readings), ("chat/#", chat)], properties)
+    ///     .await?;
+    /// assert_eq!(suback.reasons, [ReasonCode::GrantedQoS1, ReasonCode::GrantedQoS2]);
+    /// client.disconnect(ReasonCode::Success).await?;
+    /// # broker.shutdown().await;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn subscribe_many<F: Into<String>>(
         &self,
-        filters: Vec<(String, SubscriptionOptions)>,
+        filters: impl IntoIterator<Item = (F, SubscriptionOptions)>,
         properties: SubscribeProperties,
     ) -> Result<SubAck, Error> {
+        let filters = filters
+            .into_iter()
+            .map(|(filter, options)| (filter.into(), options))
+            .collect();
         self.request(|reply| Command::Subscribe {
             filters,
             properties,
@@ -254,8 +306,43 @@ impl Client {
         .await
     }
 
-    /// Unsubscribes; returns the UNSUBACK.
-    pub async fn unsubscribe(&self, filters: Vec<String>) -> Result<UnsubAck, Error> {
+    /// Unsubscribes from one filter; returns the UNSUBACK. The filter is
+    /// forgotten at once: it is not renewed after a reconnect.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let broker = tern_broker::Broker::start(tern_broker::Config {
+    /// #     bind: "127.0.0.1:0".parse()?,
+    /// #     persistence: false,
+    /// #     ..Default::default()
+    /// # }).await?;
+    /// # let port = broker.local_addr().port();
+    /// use tern_client::{Client, ConnectOptions, QoS, ReasonCode};
+    ///
+    /// let (client, _events, _) = Client::connect(ConnectOptions::new("127.0.0.1", port)).await?;
+    /// client.subscribe("house/#", QoS::AtMostOnce).await?;
+    /// let unsuback = client.unsubscribe("house/#").await?;
+    /// assert_eq!(unsuback.reasons, [ReasonCode::Success]);
+    /// // MQTT 5 brokers say when there was nothing to remove.
+    /// let unsuback = client.unsubscribe_many(["garden/#", "garage/#"]).await?;
+    /// assert_eq!(unsuback.reasons, [ReasonCode::NoSubscriptionExisted; 2]);
+    /// client.disconnect(ReasonCode::Success).await?;
+    /// # broker.shutdown().await;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn unsubscribe(&self, filter: impl Into<String>) -> Result<UnsubAck, Error> {
+        self.unsubscribe_many([filter]).await
+    }
+
+    /// Unsubscribes from several filters in one UNSUBSCRIBE; returns the
+    /// UNSUBACK, one reason per filter (MQTT 5).
+    pub async fn unsubscribe_many(
+        &self,
+        filters: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Result<UnsubAck, Error> {
+        let filters = filters.into_iter().map(Into::into).collect();
         self.request(|reply| Command::Unsubscribe { filters, reply })
             .await
     }

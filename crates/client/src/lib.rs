@@ -19,9 +19,7 @@
 //! use tern_client::{Client, ConnectOptions, Event, Message, QoS, ReasonCode};
 //!
 //! let (client, mut events, _connack) = Client::connect(ConnectOptions::new("127.0.0.1", port)).await?;
-//! client
-//!     .subscribe(vec![("greetings/#".into(), Default::default())], Default::default())
-//!     .await?;
+//! client.subscribe("greetings/#", QoS::AtMostOnce).await?;
 //! client.publish(Message::new("greetings/world", "hello", QoS::AtMostOnce)).await?;
 //! if let Some(Event::Message(m)) = events.next().await {
 //!     println!("{}: {:?}", m.topic, m.payload);

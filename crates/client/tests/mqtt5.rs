@@ -22,9 +22,9 @@ async fn publish_properties_round_trip() {
     let broker = broker().await;
     let (client, mut events) = connect(options(&broker, ProtocolVersion::V5, "props")).await;
     let suback = client
-        .subscribe(
-            vec![(
-                "req/#".into(),
+        .subscribe_many(
+            [(
+                "req/#",
                 SubscriptionOptions {
                     qos: QoS::AtLeastOnce,
                     ..Default::default()
@@ -101,9 +101,9 @@ async fn no_local_and_no_matching_subscribers() {
         .unwrap();
     assert_eq!(reason, ReasonCode::NoMatchingSubscribers);
     client
-        .subscribe(
-            vec![(
-                "nl".into(),
+        .subscribe_many(
+            [(
+                "nl",
                 SubscriptionOptions {
                     qos: QoS::AtLeastOnce,
                     no_local: true,

@@ -125,13 +125,61 @@ async fn unsubscribe_stops_delivery() {
     let broker = broker().await;
     let (client, mut events) = connect(options(&broker, ProtocolVersion::V5, "u")).await;
     subscribe(&client, "u/+", QoS::AtLeastOnce).await;
-    let unsuback = client.unsubscribe(vec!["u/+".into()]).await.unwrap();
+    let unsuback = client.unsubscribe("u/+").await.unwrap();
     assert_eq!(unsuback.reasons, [ReasonCode::Success]);
     client
         .publish(Message::new("u/x", "x", QoS::AtLeastOnce))
         .await
         .unwrap();
     no_event(&mut events).await;
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn subscribe_many_and_unsubscribe_many_take_several_filters() {
+    let broker = broker().await;
+    for version in [ProtocolVersion::V3_1_1, ProtocolVersion::V5] {
+        let (client, mut events) = connect(options(&broker, version, "many")).await;
+        let at = |qos| SubscriptionOptions {
+            qos,
+            ..Default::default()
+        };
+        let suback = client
+            .subscribe_many(
+                [
+                    ("m/one", at(QoS::AtMostOnce)),
+                    ("m/two", at(QoS::ExactlyOnce)),
+                ],
+                SubscribeProperties::default(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            suback.reasons,
+            [ReasonCode::Success, ReasonCode::GrantedQoS2],
+            "{version:?}"
+        );
+        for topic in ["m/one", "m/two"] {
+            client
+                .publish(Message::new(topic, "x", QoS::ExactlyOnce))
+                .await
+                .unwrap();
+        }
+        let one = next_message(&mut events).await;
+        let two = next_message(&mut events).await;
+        assert_eq!((one.topic.as_str(), one.qos), ("m/one", QoS::AtMostOnce));
+        assert_eq!((two.topic.as_str(), two.qos), ("m/two", QoS::ExactlyOnce));
+        let unsuback = client.unsubscribe_many(["m/one", "m/two"]).await.unwrap();
+        if version == ProtocolVersion::V5 {
+            assert_eq!(unsuback.reasons, [ReasonCode::Success; 2]);
+        }
+        client
+            .publish(Message::new("m/two", "x", QoS::AtLeastOnce))
+            .await
+            .unwrap();
+        no_event(&mut events).await;
+        client.disconnect(ReasonCode::Success).await.unwrap();
+    }
     broker.shutdown().await;
 }
 
@@ -234,18 +282,15 @@ async fn invalid_requests_are_refused_locally() {
             .await,
     );
     assert!(msg.contains("QoS 1 at most"), "{msg}");
-    match client
-        .subscribe(
-            vec![("a/#/b".into(), SubscriptionOptions::default())],
-            SubscribeProperties::default(),
-        )
-        .await
-    {
+    match client.subscribe("a/#/b", QoS::AtMostOnce).await {
         Err(Error::Invalid(msg)) => assert!(msg.contains("invalid topic filter"), "{msg}"),
         other => panic!("expected Invalid, got {other:?}"),
     }
     match client
-        .subscribe(vec![], SubscribeProperties::default())
+        .subscribe_many(
+            Vec::<(String, SubscriptionOptions)>::new(),
+            SubscribeProperties::default(),
+        )
         .await
     {
         Err(Error::Invalid(_)) => {}

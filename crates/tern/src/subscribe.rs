@@ -107,7 +107,7 @@ pub async fn run(args: SubArgs) -> Result<(), Failure> {
     let options = options(&args, args.connect.options(&props));
     let (client, mut events, _) = Client::connect(options).await?;
     if !args.unsubscribe.is_empty() {
-        client.unsubscribe(args.unsubscribe.clone()).await?;
+        client.unsubscribe_many(&args.unsubscribe).await?;
         if args.topics.is_empty() {
             client.disconnect(ReasonCode::Success).await?;
             return Ok(());
@@ -146,8 +146,8 @@ async fn subscribe(
         retain_as_published: false,
         retain_handling: RetainHandling::SendAtSubscribe,
     };
-    let filters = args.topics.iter().map(|t| (t.clone(), options)).collect();
-    let suback = client.subscribe(filters, properties).await?;
+    let filters = args.topics.iter().map(|t| (t.as_str(), options));
+    let suback = client.subscribe_many(filters, properties).await?;
     for (filter, reason) in args.topics.iter().zip(&suback.reasons) {
         if reason.is_error() {
             return Err(Failure::Rejected(format!(

@@ -10,7 +10,7 @@ use std::time::Duration;
 use tern_broker::{Broker, BrokerHandle, Config};
 use tern_client::{
     Client, ConnectOptions, DisconnectReason, Event, Events, ProtocolVersion, QoS, ReasonCode,
-    Received, SubscribeProperties, SubscriptionOptions,
+    Received,
 };
 
 /// How long a test waits for something it expects.
@@ -72,19 +72,7 @@ pub async fn connect(options: ConnectOptions) -> (Client, Events) {
 }
 
 pub async fn subscribe(client: &Client, filter: &str, qos: QoS) {
-    let suback = client
-        .subscribe(
-            vec![(
-                filter.into(),
-                SubscriptionOptions {
-                    qos,
-                    ..Default::default()
-                },
-            )],
-            SubscribeProperties::default(),
-        )
-        .await
-        .expect("subscribe");
+    let suback = client.subscribe(filter, qos).await.expect("subscribe");
     assert!(!suback.reasons.iter().any(|r| r.is_error()), "{suback:?}");
 }
 
