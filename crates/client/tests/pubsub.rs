@@ -184,6 +184,50 @@ async fn subscribe_many_and_unsubscribe_many_take_several_filters() {
 }
 
 #[tokio::test]
+async fn events_are_a_stream() {
+    use futures_util::StreamExt;
+
+    let broker = broker().await;
+    let (client, mut events) = connect(options(&broker, ProtocolVersion::V5, "stream")).await;
+    subscribe(&client, "s/#", QoS::AtLeastOnce).await;
+    for i in 0..4 {
+        client
+            .publish(Message::new(format!("s/{i}"), "x", QoS::AtLeastOnce))
+            .await
+            .unwrap();
+    }
+    // Combinators on a borrowed stream, then `next()` on the same one: they
+    // share the channel, so nothing is skipped or read twice.
+    let first: Vec<String> = tokio::time::timeout(
+        WAIT,
+        (&mut events)
+            .filter_map(|event| async move {
+                match event {
+                    Event::Message(m) => Some(m.topic.to_string()),
+                    _ => None,
+                }
+            })
+            .take(3)
+            .collect(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(first, ["s/0", "s/1", "s/2"]);
+    assert_eq!(next_message(&mut events).await.topic, "s/3");
+    client.disconnect(ReasonCode::Success).await.unwrap();
+    match StreamExt::next(&mut events).await {
+        Some(Event::Disconnected {
+            reason: DisconnectReason::Requested,
+        }) => {}
+        other => panic!("expected Disconnected(Requested), got {other:?}"),
+    }
+    // The end is final: polling again still answers `None`.
+    assert!(StreamExt::next(&mut events).await.is_none());
+    assert!(StreamExt::next(&mut events).await.is_none());
+    broker.shutdown().await;
+}
+
+#[tokio::test]
 async fn retained_message_reaches_a_late_subscriber() {
     let broker = broker().await;
     let (client, mut events) = connect(options(&broker, ProtocolVersion::V3_1_1, "r")).await;
