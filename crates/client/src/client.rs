@@ -1,12 +1,16 @@
 //! The application's handle: [`Client`] turns each call into a [`Command`]
-//! for the event loop and waits for its answer.
+//! for the event loop and waits for its answer, or, for a publish, hands the
+//! wait to the caller as a [`PublishHandle`].
 //!
 //! The handle holds no connection state of its own, only the sending side of
 //! the command channel and what the loop shares for reading (the latest
 //! CONNACK, and why the connection closed). So it is cheap to clone and every
 //! clone sees the same connection; the loop is the only owner of the socket.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, ready};
 
 use tern_codec::{
     ConnAck, QoS, ReasonCode, SubAck, SubscribeProperties, SubscriptionOptions, UnsubAck,
@@ -164,9 +168,15 @@ impl Client {
             .unwrap_or_else(|_| Err(self.shared.closed_error()))
     }
 
-    /// Publishes and waits until the QoS flow completes: written (QoS 0),
-    /// PUBACK (QoS 1) or PUBCOMP (QoS 2). Returns the broker's reason code
-    /// (MQTT 5; `Success` at 3.1.1). Respects the broker's Receive Maximum.
+    /// Publishes and waits until the QoS flow completes: taken by the event
+    /// loop (QoS 0, which has no acknowledgement), PUBACK (QoS 1) or PUBCOMP
+    /// (QoS 2). Returns the broker's reason code (MQTT 5; `Success` at
+    /// 3.1.1). Respects the broker's Receive Maximum.
+    ///
+    /// The same as `start_publish(message).await?.await`: to send several
+    /// messages without waiting for each acknowledgement in turn, use
+    /// [`Client::start_publish`] or [`Client::try_publish`] and await the
+    /// [`PublishHandle`]s later.
     ///
     /// A reason code of 0x80 or above (e.g. `NotAuthorized`) is the broker's
     /// answer, returned as `Ok`; `Err` means there was no answer:
@@ -199,8 +209,108 @@ impl Client {
     /// # }
     /// ```
     pub async fn publish(&self, message: Message) -> Result<ReasonCode, Error> {
-        self.request(|reply| Command::Publish { message, reply })
-            .await
+        self.start_publish(message).await?.await
+    }
+
+    /// Hands the message to the event loop without waiting for the broker,
+    /// and returns a [`PublishHandle`] that resolves with the acknowledgement.
+    ///
+    /// Never waits: if the client's request queue is full (the event loop
+    /// has not caught up, e.g. because the calling task has not yielded
+    /// since filling it), it fails with [`Error::QueueFull`], which hands the
+    /// message back; [`Client::start_publish`] waits for room instead. Being
+    /// a plain function, it can also be called from code that is not async.
+    /// Named after rumqttc's `try_publish`; the handle is paho's delivery
+    /// token. Dropping the handle does not cancel the publish (fire and forget).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let broker = tern_broker::Broker::start(tern_broker::Config {
+    /// #     bind: "127.0.0.1:0".parse()?,
+    /// #     persistence: false,
+    /// #     ..Default::default()
+    /// # }).await?;
+    /// # let port = broker.local_addr().port();
+    /// use tern_client::{Client, ConnectOptions, Error, Message, QoS, ReasonCode};
+    ///
+    /// let (client, _events, _) = Client::connect(ConnectOptions::new("127.0.0.1", port)).await?;
+    /// // Both go out together; their acknowledgements are awaited afterwards.
+    /// let temp = client.try_publish(Message::new("house/hall/temp", "19.5", QoS::AtLeastOnce))?;
+    /// let humidity = client.try_publish(Message::new("house/hall/humidity", "48", QoS::ExactlyOnce))?;
+    /// assert!(!temp.await?.is_error());
+    /// assert!(!humidity.await?.is_error());
+    ///
+    /// // Fire and forget: the handle is dropped, the message is still sent.
+    /// client.try_publish(Message::new("house/hall/motion", "1", QoS::AtMostOnce))?;
+    ///
+    /// // When the queue is full, the message comes back: wait for room.
+    /// let handle = match client.try_publish(Message::new("house/hall/temp", "19.6", QoS::AtLeastOnce)) {
+    ///     Ok(handle) => handle,
+    ///     Err(Error::QueueFull(message)) => client.start_publish(*message).await?,
+    ///     Err(e) => return Err(e.into()),
+    /// };
+    /// handle.await?;
+    /// client.disconnect(ReasonCode::Success).await?;
+    /// # broker.shutdown().await;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn try_publish(&self, message: Message) -> Result<PublishHandle, Error> {
+        match self.commands.try_reserve() {
+            Ok(permit) => Ok(self.send_publish(permit, message)),
+            Err(mpsc::error::TrySendError::Full(())) => Err(Error::QueueFull(Box::new(message))),
+            Err(mpsc::error::TrySendError::Closed(())) => Err(self.shared.closed_error()),
+        }
+    }
+
+    /// Like [`Client::try_publish`], but waits for room in the client's
+    /// request queue instead of failing: the publish with backpressure that
+    /// does not wait for the broker. Returns once the event loop will take
+    /// the message, with the [`PublishHandle`] for its acknowledgement.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let broker = tern_broker::Broker::start(tern_broker::Config {
+    /// #     bind: "127.0.0.1:0".parse()?,
+    /// #     persistence: false,
+    /// #     ..Default::default()
+    /// # }).await?;
+    /// # let port = broker.local_addr().port();
+    /// use tern_client::{Client, ConnectOptions, Message, QoS, ReasonCode};
+    ///
+    /// let (client, _events, _) = Client::connect(ConnectOptions::new("127.0.0.1", port)).await?;
+    /// // A thousand readings in flight at once (up to the broker's Receive
+    /// // Maximum), in order, instead of one round trip each.
+    /// let mut acks = Vec::new();
+    /// for i in 0..1000 {
+    ///     let reading = Message::new("house/log", i.to_string(), QoS::AtLeastOnce);
+    ///     acks.push(client.start_publish(reading).await?);
+    /// }
+    /// for ack in acks {
+    ///     assert!(!ack.await?.is_error());
+    /// }
+    /// client.disconnect(ReasonCode::Success).await?;
+    /// # broker.shutdown().await;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn start_publish(&self, message: Message) -> Result<PublishHandle, Error> {
+        match self.commands.reserve().await {
+            Ok(permit) => Ok(self.send_publish(permit, message)),
+            Err(_) => Err(self.shared.closed_error()),
+        }
+    }
+
+    /// Sends the publish through a reserved slot of the command queue.
+    fn send_publish(&self, permit: mpsc::Permit<'_, Command>, message: Message) -> PublishHandle {
+        let (reply, answer) = oneshot::channel();
+        permit.send(Command::Publish { message, reply });
+        PublishHandle {
+            answer,
+            client: self.clone(),
+        }
     }
 
     /// Subscribes to one filter at `qos` (the other subscription options at
@@ -363,5 +473,72 @@ impl Client {
     /// assigned client id, the broker's limits.
     pub fn connack(&self) -> ConnAck {
         lock(&self.shared.connack).clone()
+    }
+}
+
+/// The outcome of one publish, to `.await`: what [`Client::try_publish`]
+/// and [`Client::start_publish`] return.
+///
+/// It resolves, with the same result as [`Client::publish`], when the QoS
+/// flow is complete: once the event loop has taken the message for QoS 0
+/// (there is no acknowledgement to wait for: at once, unless the client is
+/// reconnecting or earlier publishes wait for the broker's Receive Maximum),
+/// on PUBACK for QoS 1, on PUBCOMP for QoS 2. The reason code is the
+/// broker's (0x80 and above: refused, still `Ok`).
+///
+/// If the connection drops first:
+/// - without reconnect, it resolves to [`Error::Closed`] with the reason the
+///   [`Event::Disconnected`](crate::Event::Disconnected) event gives: the
+///   broker may or may not have received the message;
+/// - with reconnect, it waits: the message is sent again once connected
+///   (with DUP set if the broker kept the session, as new otherwise), and
+///   the handle resolves when that flow completes;
+/// - after [`Client::disconnect`], a handle still waiting resolves to
+///   `Error::Closed(DisconnectReason::Requested)`.
+///
+/// Dropping the handle does not cancel the publish; it only discards the
+/// answer. A handle not yet resolved keeps the connection open, as a
+/// [`Client`] clone does: dropping the client after publishing does not
+/// lose the acknowledgement being awaited.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let broker = tern_broker::Broker::start(tern_broker::Config {
+/// #     bind: "127.0.0.1:0".parse()?,
+/// #     persistence: false,
+/// #     ..Default::default()
+/// # }).await?;
+/// # let port = broker.local_addr().port();
+/// use std::time::Duration;
+/// use tern_client::{Client, ConnectOptions, Message, QoS};
+///
+/// let (client, _events, _) = Client::connect(ConnectOptions::new("127.0.0.1", port)).await?;
+/// let handle = client.try_publish(Message::new("house/door", "open", QoS::ExactlyOnce))?;
+/// drop(client); // the handle keeps the connection until it resolves
+/// match tokio::time::timeout(Duration::from_secs(5), handle).await {
+///     Ok(Ok(reason)) if !reason.is_error() => println!("delivered"),
+///     Ok(Ok(reason)) => println!("refused: {}", tern_client::describe(reason)),
+///     Ok(Err(e)) => println!("not acknowledged: {e}"),
+///     Err(_) => println!("no acknowledgement within 5 s"),
+/// }
+/// # broker.shutdown().await;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct PublishHandle {
+    answer: oneshot::Receiver<Result<ReasonCode, Error>>,
+    /// Keeps the event loop serving the connection while the answer is
+    /// awaited, and tells why it closed if the answer never comes.
+    client: Client,
+}
+
+impl Future for PublishHandle {
+    type Output = Result<ReasonCode, Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let answer = ready!(Pin::new(&mut self.answer).poll(cx));
+        Poll::Ready(answer.unwrap_or_else(|_| Err(self.client.shared.closed_error())))
     }
 }

@@ -24,8 +24,11 @@ const PENDING_LIMIT: usize = 32;
 /// A message received from the broker (topic alias already resolved).
 pub type Received = tern_codec::Publish;
 
-/// What the event stream yields.
+/// What the event stream yields. Non-exhaustive: end a `match` with a `_`
+/// arm, so a later version can report new kinds of events without breaking
+/// you.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub enum Event {
     Message(Received),
     /// The connection was lost or closed by the broker. With reconnect on, a

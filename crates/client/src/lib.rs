@@ -69,7 +69,7 @@ mod packet_log;
 mod session;
 mod transport;
 
-pub use client::Client;
+pub use client::{Client, PublishHandle};
 pub use error::{DisconnectReason, Error, describe};
 pub use event::{Event, Events, Received};
 pub use options::{ConnectOptions, Message, Reconnect, Will};
