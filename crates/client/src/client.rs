@@ -94,9 +94,10 @@ impl Shared {
 /// A cheap, clonable handle to one connection's event loop.
 ///
 /// Calls from several clones (or tasks) are carried out in the order the
-/// loop receives them. Dropping every handle and the [`Events`] stream
-/// closes the connection without DISCONNECT, so the broker treats it as lost
-/// and publishes the will; call [`Client::disconnect`] for a clean close.
+/// loop receives them. Dropping every handle (clones, and [`PublishHandle`]s
+/// still waiting) and the [`Events`] stream closes the connection without
+/// DISCONNECT, so the broker treats it as lost and publishes the will; call
+/// [`Client::disconnect`] for a clean close.
 #[derive(Debug, Clone)]
 pub struct Client {
     commands: mpsc::Sender<Command>,
@@ -220,8 +221,7 @@ impl Client {
     /// since filling it), it fails with [`Error::QueueFull`], which hands the
     /// message back; [`Client::start_publish`] waits for room instead. Being
     /// a plain function, it can also be called from code that is not async.
-    /// Named after rumqttc's `try_publish`; the handle is paho's delivery
-    /// token. Dropping the handle does not cancel the publish (fire and forget).
+    /// Dropping the handle does not cancel the publish (fire and forget).
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
@@ -501,6 +501,13 @@ impl Client {
 /// [`Client`] clone does: dropping the client after publishing does not
 /// lose the acknowledgement being awaited.
 ///
+/// Why this shape: paho users know `publish(msg)` returning a delivery
+/// token to await, rumqttc users know `try_publish` for code that must not
+/// wait. The handle is that token, under rumqttc's name. `publish().await`
+/// keeps waiting for the acknowledgement, as it always did here (unlike
+/// rumqttc's, which returns once the request is queued): it is what most
+/// callers want, and pipelining is one call away.
+///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -515,7 +522,7 @@ impl Client {
 ///
 /// let (client, _events, _) = Client::connect(ConnectOptions::new("127.0.0.1", port)).await?;
 /// let handle = client.try_publish(Message::new("house/door", "open", QoS::ExactlyOnce))?;
-/// drop(client); // the handle keeps the connection until it resolves
+/// drop(client); // a waiting handle keeps the connection open, as a clone would
 /// match tokio::time::timeout(Duration::from_secs(5), handle).await {
 ///     Ok(Ok(reason)) if !reason.is_error() => println!("delivered"),
 ///     Ok(Ok(reason)) => println!("refused: {}", tern_client::describe(reason)),
