@@ -10,8 +10,11 @@ use std::time::Duration;
 
 use tern_codec::ReasonCode;
 
-/// Why a connection ended.
+use crate::options::Message;
+
+/// Why a connection ended. Non-exhaustive, as [`Error`] is.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum DisconnectReason {
     /// The broker sent DISCONNECT (MQTT 5) with this reason and reason string.
     Server {
@@ -50,7 +53,11 @@ impl std::fmt::Display for DisconnectReason {
 }
 
 /// Client errors. Each message says what went wrong in terms a user can act on.
+///
+/// Non-exhaustive: match the variants you act on and end with a `_` arm, so
+/// a later version can report a new kind of failure without breaking you.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// TCP connect failed (refused, unreachable, DNS).
     #[error("cannot reach broker at {addr}: {source}")]
@@ -93,6 +100,15 @@ pub enum Error {
     /// The request cannot be encoded (e.g. a topic longer than 65535 bytes).
     #[error("invalid request: {0}")]
     Invalid(String),
+    /// [`Client::try_publish`](crate::Client::try_publish) found the
+    /// client's request queue full: the event loop has not caught up (the
+    /// broker reads slowly, or the calling task has not yielded since it
+    /// filled the queue). The message is handed back, to retry or to give to
+    /// [`Client::start_publish`](crate::Client::start_publish), which waits.
+    #[error(
+        "the client's request queue is full: try again once the event loop has caught up, or use start_publish, which waits for room"
+    )]
+    QueueFull(Box<Message>),
 }
 
 /// A reason code in words, with its number: one spelling for every refusal

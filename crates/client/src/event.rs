@@ -7,7 +7,10 @@
 //! broker through TCP instead of the client's memory growing without bound.
 
 use std::collections::VecDeque;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
+use futures_core::Stream;
 use tokio::sync::mpsc;
 
 use crate::error::DisconnectReason;
@@ -21,8 +24,11 @@ const PENDING_LIMIT: usize = 32;
 /// A message received from the broker (topic alias already resolved).
 pub type Received = tern_codec::Publish;
 
-/// What the event stream yields.
+/// What the event stream yields. Non-exhaustive: end a `match` with a `_`
+/// arm, so a later version can report new kinds of events without breaking
+/// you.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub enum Event {
     Message(Received),
     /// The connection was lost or closed by the broker. With reconnect on, a
@@ -38,9 +44,48 @@ pub enum Event {
 
 /// Incoming messages and connection events, in arrival order.
 ///
+/// Read it with [`Events::next`], or as a [`Stream`] (the `futures_core`
+/// trait that `futures::StreamExt`, `tokio_stream::StreamExt` and others
+/// extend), so stream combinators and `select!` work on it. Either way it
+/// ends (`None`) once the connection is closed for good, and stays ended.
+///
 /// Keep reading it: once about a thousand events are unread, the client
 /// stops reading from the socket (QoS 1/2 acknowledgements then wait too)
 /// until there is room again. Dropping it discards further events.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let broker = tern_broker::Broker::start(tern_broker::Config {
+/// #     bind: "127.0.0.1:0".parse()?,
+/// #     persistence: false,
+/// #     ..Default::default()
+/// # }).await?;
+/// # let port = broker.local_addr().port();
+/// use futures_util::StreamExt;
+/// use tern_client::{Client, ConnectOptions, Event, Message, QoS, ReasonCode};
+///
+/// let (client, events, _) = Client::connect(ConnectOptions::new("127.0.0.1", port)).await?;
+/// client.subscribe("house/+/temp", QoS::AtLeastOnce).await?;
+/// for reading in ["20.5", "21.0"] {
+///     client.publish(Message::new("house/hall/temp", reading, QoS::AtLeastOnce)).await?;
+/// }
+/// let readings: Vec<String> = events
+///     .filter_map(|event| async move {
+///         match event {
+///             Event::Message(m) => Some(String::from_utf8_lossy(&m.payload).into_owned()),
+///             _ => None, // connection events
+///         }
+///     })
+///     .take(2)
+///     .collect()
+///     .await;
+/// assert_eq!(readings, ["20.5", "21.0"]);
+/// client.disconnect(ReasonCode::Success).await?;
+/// # broker.shutdown().await;
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct Events {
     pub(crate) rx: mpsc::Receiver<Event>,
@@ -48,8 +93,21 @@ pub struct Events {
 
 impl Events {
     /// The next event; `None` once the connection is closed for good.
+    ///
+    /// The same as `StreamExt::next`, without importing a trait.
     pub async fn next(&mut self) -> Option<Event> {
         self.rx.recv().await
+    }
+}
+
+/// The channel's own polling: no buffering of its own, so `next()` and the
+/// stream can be mixed freely. Once the loop has dropped its sender and the
+/// channel is drained, every poll answers `None`.
+impl Stream for Events {
+    type Item = Event;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
+        self.rx.poll_recv(cx)
     }
 }
 

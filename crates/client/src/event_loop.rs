@@ -17,6 +17,7 @@
 //! on, retries with backoff while still taking commands, and resumes the
 //! session on success. It stops for good on
 //! [`Client::disconnect`](crate::Client::disconnect), or once every handle
+//! (each `Client` clone and waiting `PublishHandle` holds a command sender)
 //! and the [`Events`](crate::Events) stream are dropped (then it closes the
 //! socket without DISCONNECT, as if the connection were lost: the broker
 //! publishes the will).

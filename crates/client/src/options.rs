@@ -1,10 +1,13 @@
 //! What the application asks for: connection options, the will, the
 //! reconnect policy and the messages it publishes.
 //!
-//! These are plain data with public fields, so a caller can build them with
-//! struct update syntax from [`ConnectOptions::new`]. This module also turns
-//! them into packets (CONNECT, PUBLISH), so the rules about which option
-//! exists at which protocol level live next to the options themselves.
+//! Each is built from a constructor with the required values and chained
+//! methods for the rest (`ConnectOptions::new(host, port).client_id(..)`).
+//! The structs are `#[non_exhaustive]`: their fields can be read and changed
+//! in place, but other crates cannot write struct literals, so a field added
+//! later (a new MQTT property, a TLS setting) breaks no caller. This module
+//! also turns them into packets (CONNECT, PUBLISH), so the rules about which
+//! option exists at which protocol level live next to the options themselves.
 
 use std::time::Duration;
 
@@ -16,8 +19,10 @@ use tern_codec::{
 
 use crate::transport::TlsOptions;
 
-/// Where and how to connect.
+/// Where and how to connect: [`ConnectOptions::new`], then the methods
+/// named after the fields for anything that differs from the defaults.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ConnectOptions {
     pub host: String,
     pub port: u16,
@@ -51,19 +56,23 @@ pub struct ConnectOptions {
 }
 
 impl ConnectOptions {
-    /// Defaults for `host:port`: MQTT 5, clean start, keep-alive 60 s.
+    /// Defaults for `host:port`: MQTT 5, clean start, keep-alive 60 s,
+    /// broker-assigned client id, no will, no reconnect, plain TCP.
     ///
     /// ```
     /// use std::time::Duration;
-    /// use tern_client::{ConnectOptions, ProtocolVersion};
+    /// use tern_client::{ConnectOptions, ProtocolVersion, QoS, Reconnect, Will};
     ///
-    /// let options = ConnectOptions {
-    ///     client_id: "sensor-1".into(),
-    ///     keep_alive: Duration::from_secs(30),
-    ///     ..ConnectOptions::new("localhost", 1883)
-    /// };
+    /// let options = ConnectOptions::new("localhost", 1883)
+    ///     .client_id("sensor-1")
+    ///     .keep_alive(Duration::from_secs(30))
+    ///     .clean_start(false)
+    ///     .session_expiry(3600)
+    ///     .will(Will::new("house/sensor-1/status", "offline", QoS::AtLeastOnce).retain(true))
+    ///     .reconnect(Reconnect::default());
     /// assert_eq!(options.version, ProtocolVersion::V5);
-    /// assert!(options.clean_start);
+    /// assert_eq!(options.keep_alive, Duration::from_secs(30));
+    /// assert!(!options.clean_start);
     /// ```
     pub fn new(host: impl Into<String>, port: u16) -> Self {
         ConnectOptions {
@@ -85,6 +94,103 @@ impl ConnectOptions {
             reconnect: None,
             tls: None,
         }
+    }
+
+    /// The protocol version (default MQTT 5).
+    pub fn version(mut self, version: ProtocolVersion) -> Self {
+        self.version = version;
+        self
+    }
+
+    /// The client id; empty (the default) lets an MQTT 5 broker assign one.
+    pub fn client_id(mut self, client_id: impl Into<String>) -> Self {
+        self.client_id = client_id.into();
+        self
+    }
+
+    /// Clean Session (3.1.1) / Clean Start (5.0); `false` resumes the
+    /// session the broker kept for this client id.
+    pub fn clean_start(mut self, clean_start: bool) -> Self {
+        self.clean_start = clean_start;
+        self
+    }
+
+    /// Keep-alive interval; zero disables it.
+    pub fn keep_alive(mut self, keep_alive: Duration) -> Self {
+        self.keep_alive = keep_alive;
+        self
+    }
+
+    /// MQTT 5 Session Expiry Interval, in seconds (`u32::MAX`: never).
+    pub fn session_expiry(mut self, seconds: u32) -> Self {
+        self.session_expiry = Some(seconds);
+        self
+    }
+
+    /// The user name to authenticate with.
+    pub fn username(mut self, username: impl Into<String>) -> Self {
+        self.username = Some(username.into());
+        self
+    }
+
+    /// The password to authenticate with (MQTT 3.1.1 requires a user name too).
+    pub fn password(mut self, password: impl Into<Bytes>) -> Self {
+        self.password = Some(password.into());
+        self
+    }
+
+    /// The will the broker publishes if this connection is lost.
+    pub fn will(mut self, will: Will) -> Self {
+        self.will = Some(will);
+        self
+    }
+
+    /// MQTT 5 Receive Maximum we announce: QoS 1/2 messages the broker may
+    /// have unacknowledged towards us.
+    pub fn receive_maximum(mut self, maximum: u16) -> Self {
+        self.receive_maximum = Some(maximum);
+        self
+    }
+
+    /// MQTT 5 Maximum Packet Size we announce; the broker drops larger
+    /// messages for us instead of sending them.
+    pub fn maximum_packet_size(mut self, bytes: u32) -> Self {
+        self.maximum_packet_size = Some(bytes);
+        self
+    }
+
+    /// MQTT 5 Topic Alias Maximum we announce (the client resolves aliases
+    /// itself, so [`Event::Message`](crate::Event::Message) always has the topic).
+    pub fn topic_alias_maximum(mut self, maximum: u16) -> Self {
+        self.topic_alias_maximum = Some(maximum);
+        self
+    }
+
+    /// Adds an MQTT 5 user property to CONNECT (repeatable; order is kept).
+    pub fn user_property(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.user_properties.push(UserProperty {
+            name: name.into().into(),
+            value: value.into().into(),
+        });
+        self
+    }
+
+    /// Time allowed for TCP connect (and TLS) plus CONNACK.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Reconnects automatically when the connection is lost.
+    pub fn reconnect(mut self, policy: Reconnect) -> Self {
+        self.reconnect = Some(policy);
+        self
+    }
+
+    /// Connects with TLS.
+    pub fn tls(mut self, tls: TlsOptions) -> Self {
+        self.tls = Some(tls);
+        self
     }
 
     /// `host:port` as printed in errors (IPv6 literals in brackets).
@@ -162,35 +268,95 @@ impl ConnectOptions {
     }
 }
 
-/// The will the broker publishes if the connection is lost.
+/// The will the broker publishes if the connection is lost:
+/// [`Will::new`], then [`Will::retain`] and [`Will::properties`] if needed.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Will {
     pub topic: String,
     pub payload: Bytes,
     pub qos: QoS,
     pub retain: bool,
+    /// MQTT 5 will properties (ignored at 3.1.1), e.g. the Will Delay Interval.
     pub properties: WillProperties,
+}
+
+impl Will {
+    /// A will without retain flag or properties.
+    ///
+    /// ```
+    /// use tern_client::{QoS, Will, WillProperties};
+    ///
+    /// let will = Will::new("house/sensor-1/status", "offline", QoS::AtLeastOnce)
+    ///     .retain(true)
+    ///     .properties(WillProperties {
+    ///         will_delay_interval: Some(10),
+    ///         ..Default::default()
+    ///     });
+    /// assert!(will.retain);
+    /// ```
+    pub fn new(topic: impl Into<String>, payload: impl Into<Bytes>, qos: QoS) -> Self {
+        Will {
+            topic: topic.into(),
+            payload: payload.into(),
+            qos,
+            retain: false,
+            properties: WillProperties::default(),
+        }
+    }
+
+    /// Whether the broker retains the will when it publishes it.
+    pub fn retain(mut self, retain: bool) -> Self {
+        self.retain = retain;
+        self
+    }
+
+    /// MQTT 5 will properties.
+    pub fn properties(mut self, properties: WillProperties) -> Self {
+        self.properties = properties;
+        self
+    }
 }
 
 /// Reconnect backoff: doubles from `initial_delay` up to `max_delay`.
 #[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
 pub struct Reconnect {
     pub initial_delay: Duration,
     pub max_delay: Duration,
 }
 
-impl Default for Reconnect {
-    /// From 1 s up to 30 s.
-    fn default() -> Self {
+impl Reconnect {
+    /// Waits `initial_delay` before the first attempt, then twice as long
+    /// after each failure, up to `max_delay`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tern_client::{ConnectOptions, Reconnect};
+    ///
+    /// let options = ConnectOptions::new("localhost", 1883)
+    ///     .reconnect(Reconnect::new(Duration::from_millis(250), Duration::from_secs(10)));
+    /// assert_eq!(options.reconnect.map(|r| r.max_delay), Some(Duration::from_secs(10)));
+    /// ```
+    pub fn new(initial_delay: Duration, max_delay: Duration) -> Self {
         Reconnect {
-            initial_delay: Duration::from_secs(1),
-            max_delay: Duration::from_secs(30),
+            initial_delay,
+            max_delay,
         }
     }
 }
 
-/// A message to publish.
+impl Default for Reconnect {
+    /// From 1 s up to 30 s.
+    fn default() -> Self {
+        Reconnect::new(Duration::from_secs(1), Duration::from_secs(30))
+    }
+}
+
+/// A message to publish: [`Message::new`], then [`Message::retain`] and
+/// [`Message::properties`] if needed.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Message {
     pub topic: String,
     pub payload: Bytes,
@@ -204,9 +370,17 @@ impl Message {
     /// A message without retain flag or properties.
     ///
     /// ```
-    /// use tern_client::{Message, QoS};
-    /// let m = Message::new("house/kitchen/temp", "21.5", QoS::AtLeastOnce);
+    /// use tern_client::{Message, PublishProperties, QoS};
+    ///
+    /// let m = Message::new("house/kitchen/temp", "21.5", QoS::AtLeastOnce)
+    ///     .retain(true)
+    ///     .properties(PublishProperties {
+    ///         message_expiry_interval: Some(300),
+    ///         content_type: Some("text/plain".into()),
+    ///         ..Default::default()
+    ///     });
     /// assert_eq!(&m.payload[..], b"21.5");
+    /// assert!(m.retain);
     /// ```
     pub fn new(topic: impl Into<String>, payload: impl Into<Bytes>, qos: QoS) -> Self {
         Message {
@@ -216,6 +390,19 @@ impl Message {
             retain: false,
             properties: PublishProperties::default(),
         }
+    }
+
+    /// Whether the broker retains the message for later subscribers.
+    pub fn retain(mut self, retain: bool) -> Self {
+        self.retain = retain;
+        self
+    }
+
+    /// MQTT 5 properties. A Topic Alias or Subscription Identifiers in them
+    /// are not sent (see `into_publish`).
+    pub fn properties(mut self, properties: PublishProperties) -> Self {
+        self.properties = properties;
+        self
     }
 
     /// The PUBLISH for this message, without a packet id yet.
@@ -269,26 +456,27 @@ mod tests {
 
     #[test]
     fn connect_packet_carries_the_options() {
-        let o = ConnectOptions {
-            username: Some("u".into()),
-            password: Some(Bytes::from_static(b"p")),
-            session_expiry: Some(30),
-            receive_maximum: Some(5),
-            will: Some(Will {
-                topic: "w".into(),
-                payload: Bytes::from_static(b"gone"),
-                qos: QoS::AtLeastOnce,
-                retain: true,
-                properties: WillProperties::default(),
-            }),
-            ..ConnectOptions::new("h", 1)
-        };
+        let o = ConnectOptions::new("h", 1)
+            .username("u")
+            .password(Bytes::from_static(b"p"))
+            .session_expiry(30)
+            .receive_maximum(5)
+            .user_property("k", "v")
+            .user_property("k", "w")
+            .will(Will::new("w", "gone", QoS::AtLeastOnce).retain(true));
         let c = o.connect_packet("id", false);
         assert_eq!(c.client_id, "id");
         assert!(!c.clean_start);
         assert_eq!(c.keep_alive, 60);
         assert_eq!(c.properties.session_expiry_interval, Some(30));
         assert_eq!(c.properties.receive_maximum, Some(5));
+        let values: Vec<&str> = c
+            .properties
+            .user_properties
+            .iter()
+            .map(|p| p.value.as_str())
+            .collect();
+        assert_eq!(values, ["v", "w"]);
         assert_eq!(c.will.map(|w| w.retain), Some(true));
         assert_eq!(c.username.as_deref(), Some("u"));
     }

@@ -22,8 +22,10 @@ use tokio_rustls::client::TlsStream;
 use crate::error::Error;
 use crate::options::ConnectOptions;
 
-/// TLS settings for a connection.
+/// TLS settings for a connection: [`TlsOptions::new`] with the CA file,
+/// then [`TlsOptions::client_cert`] for brokers that ask for a certificate.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct TlsOptions {
     /// PEM file with the certificate authorities that may sign the broker's
     /// certificate.
@@ -31,6 +33,35 @@ pub struct TlsOptions {
     /// A client certificate chain and its private key (PEM files), for
     /// brokers that ask for one.
     pub client_cert: Option<(PathBuf, PathBuf)>,
+}
+
+impl TlsOptions {
+    /// Trusts the certificate authorities in `ca_file` (PEM) to sign the
+    /// broker's certificate, which must name the host connected to.
+    ///
+    /// ```
+    /// use tern_client::{ConnectOptions, TlsOptions};
+    ///
+    /// let options = ConnectOptions::new("broker.example.org", 8883)
+    ///     .tls(TlsOptions::new("ca.pem").client_cert("client.pem", "client.key"));
+    /// assert!(options.tls.is_some());
+    /// ```
+    pub fn new(ca_file: impl Into<PathBuf>) -> Self {
+        TlsOptions {
+            ca_file: ca_file.into(),
+            client_cert: None,
+        }
+    }
+
+    /// Presents this certificate chain (PEM), with its private key (PEM).
+    pub fn client_cert(
+        mut self,
+        cert_file: impl Into<PathBuf>,
+        key_file: impl Into<PathBuf>,
+    ) -> Self {
+        self.client_cert = Some((cert_file.into(), key_file.into()));
+        self
+    }
 }
 
 /// An open byte stream to the broker.

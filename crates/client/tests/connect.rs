@@ -48,10 +48,7 @@ async fn v5_broker_assigns_a_client_id() {
 #[tokio::test]
 async fn refusal_is_reported_with_its_reason() {
     let broker = broker().await;
-    let options = ConnectOptions {
-        clean_start: false,
-        ..options(&broker, ProtocolVersion::V3_1_1, "")
-    };
+    let options = options(&broker, ProtocolVersion::V3_1_1, "").clean_start(false);
     match Client::connect(options).await {
         Err(e @ Error::Refused(ReasonCode::ClientIdentifierNotValid)) => {
             assert_eq!(
@@ -100,10 +97,8 @@ async fn silent_server_times_out() {
         tokio::time::sleep(Duration::from_secs(2)).await;
         drop(socket);
     });
-    let options = ConnectOptions {
-        connect_timeout: Duration::from_millis(200),
-        ..ConnectOptions::new("127.0.0.1", port)
-    };
+    let options =
+        ConnectOptions::new("127.0.0.1", port).connect_timeout(Duration::from_millis(200));
     match Client::connect(options).await {
         Err(Error::Timeout(d)) => assert_eq!(d, Duration::from_millis(200)),
         other => panic!("expected Timeout, got {other:?}"),

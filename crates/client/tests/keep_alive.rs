@@ -5,13 +5,11 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use tern_client::{ConnectOptions, Message, ProtocolVersion, QoS};
+use tern_client::{Message, ProtocolVersion, QoS};
 
 async fn stay_idle(broker: &tern_broker::BrokerHandle, version: ProtocolVersion) {
-    let options = ConnectOptions {
-        keep_alive: Duration::from_secs(1),
-        ..options(broker, version, &format!("idle-{version:?}"))
-    };
+    let options =
+        options(broker, version, &format!("idle-{version:?}")).keep_alive(Duration::from_secs(1));
     let topic = format!("idle/{version:?}");
     let (client, mut events) = connect(options).await;
     subscribe(&client, &topic, QoS::AtLeastOnce).await;

@@ -22,9 +22,9 @@ async fn publish_properties_round_trip() {
     let broker = broker().await;
     let (client, mut events) = connect(options(&broker, ProtocolVersion::V5, "props")).await;
     let suback = client
-        .subscribe(
-            vec![(
-                "req/#".into(),
+        .subscribe_many(
+            [(
+                "req/#",
                 SubscriptionOptions {
                     qos: QoS::AtLeastOnce,
                     ..Default::default()
@@ -50,10 +50,7 @@ async fn publish_properties_round_trip() {
         topic_alias: Some(1),
     };
     client
-        .publish(Message {
-            properties,
-            ..Message::new("req/x", "{}", QoS::AtLeastOnce)
-        })
+        .publish(Message::new("req/x", "{}", QoS::AtLeastOnce).properties(properties))
         .await
         .unwrap();
     let m = next_message(&mut events).await;
@@ -77,10 +74,7 @@ async fn publish_properties_round_trip() {
 #[tokio::test]
 async fn topic_aliases_from_the_broker_are_resolved() {
     let broker = broker().await;
-    let options = ConnectOptions {
-        topic_alias_maximum: Some(4),
-        ..options(&broker, ProtocolVersion::V5, "alias")
-    };
+    let options = options(&broker, ProtocolVersion::V5, "alias").topic_alias_maximum(4);
     let (client, mut events) = connect(options).await;
     subscribe(&client, "al/#", QoS::AtMostOnce).await;
     for round in 0..3 {
@@ -107,9 +101,9 @@ async fn no_local_and_no_matching_subscribers() {
         .unwrap();
     assert_eq!(reason, ReasonCode::NoMatchingSubscribers);
     client
-        .subscribe(
-            vec![(
-                "nl".into(),
+        .subscribe_many(
+            [(
+                "nl",
                 SubscriptionOptions {
                     qos: QoS::AtLeastOnce,
                     no_local: true,
@@ -131,14 +125,12 @@ async fn no_local_and_no_matching_subscribers() {
 #[tokio::test]
 async fn connect_properties_are_sent() {
     let broker = broker().await;
-    let options = ConnectOptions {
-        session_expiry: Some(30),
-        receive_maximum: Some(3),
-        maximum_packet_size: Some(4096),
-        user_properties: vec![user("k", "v")],
-        clean_start: false,
-        ..options(&broker, ProtocolVersion::V5, "cp")
-    };
+    let options = options(&broker, ProtocolVersion::V5, "cp")
+        .session_expiry(30)
+        .receive_maximum(3)
+        .maximum_packet_size(4096)
+        .user_property("k", "v")
+        .clean_start(false);
     let (client, mut events) = connect(options.clone()).await;
     subscribe(&client, "cp", QoS::ExactlyOnce).await;
     // Our Maximum Packet Size: the broker does not send us a larger message.

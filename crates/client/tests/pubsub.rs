@@ -7,7 +7,7 @@ use bytes::Bytes;
 use common::*;
 use tern_client::{
     ConnectOptions, DisconnectReason, Error, Event, Message, ProtocolVersion, QoS, ReasonCode,
-    SubscribeProperties, SubscriptionOptions, Will, WillProperties,
+    SubscribeProperties, SubscriptionOptions, Will,
 };
 
 const QOS: [QoS; 3] = [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce];
@@ -22,10 +22,7 @@ async fn round_trip_at_every_qos_and_version() {
         for qos in QOS {
             let topic = format!("rt/{qos:?}");
             let reason = publisher
-                .publish(Message {
-                    retain: false,
-                    ..Message::new(topic.clone(), format!("payload {qos:?}"), qos)
-                })
+                .publish(Message::new(topic.clone(), format!("payload {qos:?}"), qos).retain(false))
                 .await
                 .unwrap();
             assert_eq!(reason, ReasonCode::Success, "{version:?} {qos:?}");
@@ -128,7 +125,7 @@ async fn unsubscribe_stops_delivery() {
     let broker = broker().await;
     let (client, mut events) = connect(options(&broker, ProtocolVersion::V5, "u")).await;
     subscribe(&client, "u/+", QoS::AtLeastOnce).await;
-    let unsuback = client.unsubscribe(vec!["u/+".into()]).await.unwrap();
+    let unsuback = client.unsubscribe("u/+").await.unwrap();
     assert_eq!(unsuback.reasons, [ReasonCode::Success]);
     client
         .publish(Message::new("u/x", "x", QoS::AtLeastOnce))
@@ -139,14 +136,103 @@ async fn unsubscribe_stops_delivery() {
 }
 
 #[tokio::test]
+async fn subscribe_many_and_unsubscribe_many_take_several_filters() {
+    let broker = broker().await;
+    for version in [ProtocolVersion::V3_1_1, ProtocolVersion::V5] {
+        let (client, mut events) = connect(options(&broker, version, "many")).await;
+        let at = |qos| SubscriptionOptions {
+            qos,
+            ..Default::default()
+        };
+        let suback = client
+            .subscribe_many(
+                [
+                    ("m/one", at(QoS::AtMostOnce)),
+                    ("m/two", at(QoS::ExactlyOnce)),
+                ],
+                SubscribeProperties::default(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            suback.reasons,
+            [ReasonCode::Success, ReasonCode::GrantedQoS2],
+            "{version:?}"
+        );
+        for topic in ["m/one", "m/two"] {
+            client
+                .publish(Message::new(topic, "x", QoS::ExactlyOnce))
+                .await
+                .unwrap();
+        }
+        let one = next_message(&mut events).await;
+        let two = next_message(&mut events).await;
+        assert_eq!((one.topic.as_str(), one.qos), ("m/one", QoS::AtMostOnce));
+        assert_eq!((two.topic.as_str(), two.qos), ("m/two", QoS::ExactlyOnce));
+        let unsuback = client.unsubscribe_many(["m/one", "m/two"]).await.unwrap();
+        if version == ProtocolVersion::V5 {
+            assert_eq!(unsuback.reasons, [ReasonCode::Success; 2]);
+        }
+        client
+            .publish(Message::new("m/two", "x", QoS::AtLeastOnce))
+            .await
+            .unwrap();
+        no_event(&mut events).await;
+        client.disconnect(ReasonCode::Success).await.unwrap();
+    }
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn events_are_a_stream() {
+    use futures_util::StreamExt;
+
+    let broker = broker().await;
+    let (client, mut events) = connect(options(&broker, ProtocolVersion::V5, "stream")).await;
+    subscribe(&client, "s/#", QoS::AtLeastOnce).await;
+    for i in 0..4 {
+        client
+            .publish(Message::new(format!("s/{i}"), "x", QoS::AtLeastOnce))
+            .await
+            .unwrap();
+    }
+    // Combinators on a borrowed stream, then `next()` on the same one: they
+    // share the channel, so nothing is skipped or read twice.
+    let first: Vec<String> = tokio::time::timeout(
+        WAIT,
+        (&mut events)
+            .filter_map(|event| async move {
+                match event {
+                    Event::Message(m) => Some(m.topic.to_string()),
+                    _ => None,
+                }
+            })
+            .take(3)
+            .collect(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(first, ["s/0", "s/1", "s/2"]);
+    assert_eq!(next_message(&mut events).await.topic, "s/3");
+    client.disconnect(ReasonCode::Success).await.unwrap();
+    match StreamExt::next(&mut events).await {
+        Some(Event::Disconnected {
+            reason: DisconnectReason::Requested,
+        }) => {}
+        other => panic!("expected Disconnected(Requested), got {other:?}"),
+    }
+    // The end is final: polling again still answers `None`.
+    assert!(StreamExt::next(&mut events).await.is_none());
+    assert!(StreamExt::next(&mut events).await.is_none());
+    broker.shutdown().await;
+}
+
+#[tokio::test]
 async fn retained_message_reaches_a_late_subscriber() {
     let broker = broker().await;
     let (client, mut events) = connect(options(&broker, ProtocolVersion::V3_1_1, "r")).await;
     client
-        .publish(Message {
-            retain: true,
-            ..Message::new("kept", "state", QoS::AtLeastOnce)
-        })
+        .publish(Message::new("kept", "state", QoS::AtLeastOnce).retain(true))
         .await
         .unwrap();
     subscribe(&client, "kept", QoS::AtLeastOnce).await;
@@ -157,16 +243,7 @@ async fn retained_message_reaches_a_late_subscriber() {
 }
 
 fn will_options(broker: &tern_broker::BrokerHandle, version: ProtocolVersion) -> ConnectOptions {
-    ConnectOptions {
-        will: Some(Will {
-            topic: "wills/a".into(),
-            payload: Bytes::from_static(b"a is gone"),
-            qos: QoS::AtLeastOnce,
-            retain: false,
-            properties: WillProperties::default(),
-        }),
-        ..options(broker, version, "will-owner")
-    }
+    options(broker, version, "will-owner").will(Will::new("wills/a", "a is gone", QoS::AtLeastOnce))
 }
 
 #[tokio::test]
@@ -249,18 +326,15 @@ async fn invalid_requests_are_refused_locally() {
             .await,
     );
     assert!(msg.contains("QoS 1 at most"), "{msg}");
-    match client
-        .subscribe(
-            vec![("a/#/b".into(), SubscriptionOptions::default())],
-            SubscribeProperties::default(),
-        )
-        .await
-    {
+    match client.subscribe("a/#/b", QoS::AtMostOnce).await {
         Err(Error::Invalid(msg)) => assert!(msg.contains("invalid topic filter"), "{msg}"),
         other => panic!("expected Invalid, got {other:?}"),
     }
     match client
-        .subscribe(vec![], SubscribeProperties::default())
+        .subscribe_many(
+            Vec::<(String, SubscriptionOptions)>::new(),
+            SubscribeProperties::default(),
+        )
         .await
     {
         Err(Error::Invalid(_)) => {}
@@ -306,10 +380,9 @@ async fn dropping_every_handle_closes_the_connection() {
     subscribe(&watcher, "wills/#", QoS::AtLeastOnce).await;
     // Even with reconnect on, nobody is left to use the connection: it is
     // closed without DISCONNECT, so the broker publishes the will.
-    let (owner, owner_events) = connect(ConnectOptions {
-        reconnect: Some(tern_client::Reconnect::default()),
-        ..will_options(&broker, ProtocolVersion::V5)
-    })
+    let (owner, owner_events) = connect(
+        will_options(&broker, ProtocolVersion::V5).reconnect(tern_client::Reconnect::default()),
+    )
     .await;
     let clone = owner.clone();
     drop(owner);

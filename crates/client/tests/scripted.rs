@@ -107,16 +107,14 @@ fn incoming(topic: &str, qos: QoS, id: Option<u16>, dup: bool) -> Publish {
 #[tokio::test]
 async fn resumed_session_resends_in_flight_in_order_with_dup() {
     let (listener, options) = listener().await;
-    let options = ConnectOptions {
-        clean_start: false,
-        session_expiry: Some(60),
-        client_id: "resend".into(),
-        reconnect: Some(Reconnect {
-            initial_delay: Duration::from_millis(10),
-            max_delay: Duration::from_millis(50),
-        }),
-        ..options
-    };
+    let options = options
+        .clean_start(false)
+        .session_expiry(60)
+        .client_id("resend")
+        .reconnect(Reconnect::new(
+            Duration::from_millis(10),
+            Duration::from_millis(50),
+        ));
     let connecting = tokio::spawn(Client::connect(options));
     let mut peer = Peer::accept(&listener, false, ConnAckProperties::default()).await;
     let (client, mut events, _) = connecting.await.unwrap().unwrap();
@@ -271,10 +269,7 @@ async fn duplicate_incoming_qos2_is_delivered_once() {
 #[tokio::test]
 async fn topic_aliases_are_resolved_and_policed() {
     let (listener, options) = listener().await;
-    let options = ConnectOptions {
-        topic_alias_maximum: Some(2),
-        ..options
-    };
+    let options = options.topic_alias_maximum(2);
     let connecting = tokio::spawn(Client::connect(options));
     let mut peer = Peer::accept(&listener, false, ConnAckProperties::default()).await;
     let (_client, mut events, _) = connecting.await.unwrap().unwrap();
@@ -341,10 +336,7 @@ async fn garbage_from_the_broker_closes_cleanly() {
 #[tokio::test]
 async fn unanswered_ping_is_a_keep_alive_timeout() {
     let (listener, options) = listener().await;
-    let options = ConnectOptions {
-        keep_alive: Duration::from_secs(1),
-        ..options
-    };
+    let options = options.keep_alive(Duration::from_secs(1));
     let connecting = tokio::spawn(Client::connect(options));
     let mut peer = Peer::accept(&listener, false, ConnAckProperties::default()).await;
     let (_client, mut events, _) = connecting.await.unwrap().unwrap();
@@ -374,10 +366,7 @@ async fn server_keep_alive_and_limits_from_connack_apply() {
     let mut peer = Peer::accept(&listener, false, props).await;
     let (client, _events, _) = connecting.await.unwrap().unwrap();
     match client
-        .publish(Message {
-            retain: true,
-            ..Message::new("t", "x", QoS::AtMostOnce)
-        })
+        .publish(Message::new("t", "x", QoS::AtMostOnce).retain(true))
         .await
     {
         Err(Error::Invalid(msg)) => assert!(msg.contains("retained"), "{msg}"),

@@ -10,11 +10,8 @@ use tern_client::{
     Reconnect,
 };
 
-fn backoff() -> Option<Reconnect> {
-    Some(Reconnect {
-        initial_delay: Duration::from_millis(20),
-        max_delay: Duration::from_millis(200),
-    })
+fn backoff() -> Reconnect {
+    Reconnect::new(Duration::from_millis(20), Duration::from_millis(200))
 }
 
 #[tokio::test]
@@ -22,11 +19,9 @@ async fn persistent_session_receives_what_was_published_while_away() {
     let broker = broker().await;
     for version in [ProtocolVersion::V3_1_1, ProtocolVersion::V5] {
         let id = format!("persist-{version:?}");
-        let options = ConnectOptions {
-            clean_start: false,
-            session_expiry: Some(60),
-            ..options(&broker, version, &id)
-        };
+        let options = options(&broker, version, &id)
+            .clean_start(false)
+            .session_expiry(60);
         let (client, _events, connack) = Client::connect(options.clone()).await.unwrap();
         assert!(!connack.session_present);
         subscribe(&client, "away/#", QoS::AtLeastOnce).await;
@@ -60,10 +55,7 @@ fn options_plain(broker: &tern_broker::BrokerHandle, version: ProtocolVersion) -
 async fn reconnects_to_a_restarted_broker_and_resubscribes() {
     let broker = broker().await;
     let addr = broker.local_addr();
-    let options = ConnectOptions {
-        reconnect: backoff(),
-        ..options(&broker, ProtocolVersion::V5, "phoenix")
-    };
+    let options = options(&broker, ProtocolVersion::V5, "phoenix").reconnect(backoff());
     let (client, mut events) = connect(options).await;
     subscribe(&client, "r/#", QoS::AtLeastOnce).await;
 
@@ -108,21 +100,17 @@ async fn reconnects_to_a_restarted_broker_and_resubscribes() {
 #[tokio::test]
 async fn reconnect_resumes_a_present_session() {
     let broker = broker().await;
-    let options = ConnectOptions {
-        reconnect: backoff(),
-        clean_start: false,
-        session_expiry: Some(60),
-        ..options(&broker, ProtocolVersion::V5, "twin")
-    };
+    let options = options(&broker, ProtocolVersion::V5, "twin")
+        .reconnect(backoff())
+        .clean_start(false)
+        .session_expiry(60);
     let (client, mut events) = connect(options.clone()).await;
     subscribe(&client, "twin", QoS::AtLeastOnce).await;
     // Another connection with the same id takes the session over; it has no
     // reconnect, so the first one takes it back once the second has gone.
-    let (intruder, mut intruder_events) = connect(ConnectOptions {
-        reconnect: None,
-        ..options
-    })
-    .await;
+    let mut once = options;
+    once.reconnect = None;
+    let (intruder, mut intruder_events) = connect(once).await;
     expect_server_disconnect(&mut events, ReasonCode::SessionTakenOver).await;
     match next_event(&mut events).await {
         Event::Reconnected { session_present } => assert!(session_present),
@@ -145,10 +133,7 @@ async fn reconnect_resumes_a_present_session() {
 #[tokio::test]
 async fn disconnect_while_reconnecting_ends_the_stream() {
     let broker = broker().await;
-    let options = ConnectOptions {
-        reconnect: backoff(),
-        ..options(&broker, ProtocolVersion::V3_1_1, "quitter")
-    };
+    let options = options(&broker, ProtocolVersion::V3_1_1, "quitter").reconnect(backoff());
     let (client, mut events) = connect(options).await;
     broker.shutdown().await;
     match next_event(&mut events).await {

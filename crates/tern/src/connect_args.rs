@@ -128,9 +128,12 @@ impl ConnectArgs {
             .port
             .unwrap_or(if self.cafile.is_some() { 8883 } else { 1883 });
         let mut o = ConnectOptions::new(self.host.clone(), port);
-        o.tls = self.cafile.clone().map(|ca_file| TlsOptions {
-            ca_file,
-            client_cert: self.cert.clone().zip(self.key.clone()),
+        o.tls = self.cafile.clone().map(|ca_file| {
+            let tls = TlsOptions::new(ca_file);
+            match self.cert.clone().zip(self.key.clone()) {
+                Some((cert, key)) => tls.client_cert(cert, key),
+                None => tls,
+            }
         });
         o.version = self.version;
         o.client_id = self
@@ -140,12 +143,14 @@ impl ConnectArgs {
         o.keep_alive = Duration::from_secs(u64::from(self.keep_alive));
         o.username = self.username.clone();
         o.password = self.password.clone().map(Bytes::from);
-        o.will = self.will_topic.clone().map(|topic| Will {
-            topic,
-            payload: Bytes::from(self.will_payload.clone().unwrap_or_default()),
-            qos: self.will_qos,
-            retain: self.will_retain,
-            properties: props.will.clone(),
+        o.will = self.will_topic.clone().map(|topic| {
+            Will::new(
+                topic,
+                self.will_payload.clone().unwrap_or_default(),
+                self.will_qos,
+            )
+            .retain(self.will_retain)
+            .properties(props.will.clone())
         });
         o.session_expiry = props.session_expiry;
         o.receive_maximum = props.receive_maximum;

@@ -77,7 +77,9 @@ impl From<Error> for Failure {
             Error::Refused(_) => Failure::Refused(text),
             Error::Timeout(_) => Failure::Timeout(text),
             Error::Closed(_) => Failure::Lost(text),
-            Error::Protocol(_) | Error::Invalid(_) | Error::TlsSetup(_) => Failure::Other(text),
+            // Protocol, Invalid, TlsSetup, and any kind a later client adds
+            // (QueueFull cannot happen: the tools never use try_publish).
+            _ => Failure::Other(text),
         }
     }
 }

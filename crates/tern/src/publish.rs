@@ -65,12 +65,10 @@ pub async fn run(args: PubArgs) -> Result<(), Failure> {
     let props = args.connect.properties()?;
     let options = args.connect.options(&props);
     let (client, _events, _) = Client::connect(options).await?;
-    let message = |payload: Bytes| Message {
-        topic: args.topic.clone(),
-        payload,
-        qos: args.qos,
-        retain: args.retain,
-        properties: props.publish.clone(),
+    let message = |payload: Bytes| {
+        Message::new(args.topic.clone(), payload, args.qos)
+            .retain(args.retain)
+            .properties(props.publish.clone())
     };
     if args.stdin_line {
         let mut lines = BufReader::new(tokio::io::stdin()).lines();

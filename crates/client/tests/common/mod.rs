@@ -4,13 +4,15 @@
 
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod relay;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use tern_broker::{Broker, BrokerHandle, Config};
 use tern_client::{
     Client, ConnectOptions, DisconnectReason, Event, Events, ProtocolVersion, QoS, ReasonCode,
-    Received, SubscribeProperties, SubscriptionOptions,
+    Received,
 };
 
 /// How long a test waits for something it expects.
@@ -60,11 +62,9 @@ pub async fn broker_on(addr: SocketAddr) -> BrokerHandle {
 /// Options for `broker` at `version` with `client_id`.
 pub fn options(broker: &BrokerHandle, version: ProtocolVersion, client_id: &str) -> ConnectOptions {
     let addr = broker.local_addr();
-    ConnectOptions {
-        version,
-        client_id: client_id.into(),
-        ..ConnectOptions::new(addr.ip().to_string(), addr.port())
-    }
+    ConnectOptions::new(addr.ip().to_string(), addr.port())
+        .version(version)
+        .client_id(client_id)
 }
 
 pub async fn connect(options: ConnectOptions) -> (Client, Events) {
@@ -74,19 +74,7 @@ pub async fn connect(options: ConnectOptions) -> (Client, Events) {
 }
 
 pub async fn subscribe(client: &Client, filter: &str, qos: QoS) {
-    let suback = client
-        .subscribe(
-            vec![(
-                filter.into(),
-                SubscriptionOptions {
-                    qos,
-                    ..Default::default()
-                },
-            )],
-            SubscribeProperties::default(),
-        )
-        .await
-        .expect("subscribe");
+    let suback = client.subscribe(filter, qos).await.expect("subscribe");
     assert!(!suback.reasons.iter().any(|r| r.is_error()), "{suback:?}");
 }
 
