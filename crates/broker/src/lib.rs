@@ -42,6 +42,7 @@ pub mod recover;
 pub mod registry;
 pub mod retained;
 pub mod router;
+pub mod seams;
 pub mod server;
 pub mod session;
 pub mod state;

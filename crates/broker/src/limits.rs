@@ -37,7 +37,7 @@ use tokio::time::Instant;
 use crate::config::Config;
 use crate::error::ProtocolViolation;
 use crate::lock::{Mutex, rank};
-use crate::retained::{Quotas, Retained};
+use crate::retained::{Quotas, RetainedMessages};
 
 /// How many IP addresses the connection-rate table tracks within one second.
 /// At the cap, connections from addresses not yet in the table are refused
@@ -378,7 +378,7 @@ impl Limits {
     /// that set one.
     pub fn retained_refused(
         &self,
-        retained: &Retained,
+        retained: &dyn RetainedMessages,
         topic: &str,
         size: usize,
         owner: Option<&Arc<str>>,
@@ -677,17 +677,18 @@ mod tests {
 
     #[test]
     fn retained_quotas_count_what_is_held_per_user() {
+        use crate::retained::LocalRetained;
         let limits = Limits::new(&Config {
             max_retained_messages_per_user: 1,
             ..Config::default()
         });
         assert!(limits.has_retained_quotas());
-        let mut retained = Retained::default();
+        let retained = LocalRetained::new(None);
         let alice: Arc<str> = Arc::from("alice");
         let message = crate::message::Message::broker_retained("a".into(), "1".into());
         let size = message.size();
         assert!(!limits.retained_refused(&retained, "a", size, Some(&alice)));
-        retained.insert(message, Some(alice.clone()));
+        retained.set(&message, Some(&alice));
         assert!(
             !limits.retained_refused(&retained, "a", size, Some(&alice)),
             "replacing her own message"

@@ -131,7 +131,7 @@ pub fn restore(state: &Arc<BrokerState>, recovered: Recovered) {
     for (topic, record) in recovered.retained {
         match records::decode_retained(&record, &clock) {
             Ok(Some((message, owner))) => {
-                state.retained_mut().insert(message, owner);
+                state.retained.restore(message, owner);
                 report.retained += 1;
             }
             Ok(None) => {
@@ -193,9 +193,7 @@ fn restore_session(
                 // Unknown until the client connects: checked per message.
                 readable: Default::default(),
             };
-            state
-                .tree_mut()
-                .insert(inner, group, &session.client_id, subscriber);
+            router::subscribe(state, inner, group, subscriber);
         }
         st.subscriptions.insert(
             filter,

@@ -52,6 +52,10 @@ pub async fn attach(
     connection_id: ConnectionId,
     username: Option<Arc<str>>,
 ) -> Attached {
+    // Across nodes, another may hold the session: it lets go first.
+    if let Some(claim) = state.ownership.claim(client_id) {
+        claim.await;
+    }
     let (session, existed, previous, other_user, parked) = {
         let mut sessions = state.sessions();
         let (session, existed) =
@@ -106,7 +110,7 @@ pub async fn attach(
     let session_present = existed && ended.is_none();
     let ticket = persist_attached(state, &session, existed && clean_start);
     if let Some((subscriptions, will)) = ended {
-        remove_subscriptions(state, &session, subscriptions.into_keys());
+        router::unsubscribe(state, &session, subscriptions.into_keys());
         if let Some(will) = will {
             publish_will(state, will.message, will.username.as_ref());
         }
@@ -238,11 +242,14 @@ pub fn detach(state: &Arc<BrokerState>, session: &Arc<Session>, departure: Depar
     }
     drop(st);
     drop(stale_kick);
+    if ended.is_some() {
+        state.ownership.release(&session.client_id);
+    }
     if let Some((will, delay)) = will_timer {
         schedule_will(state, session, will, delay);
     }
     if let Some(subscriptions) = ended {
-        remove_subscriptions(state, session, subscriptions.into_keys());
+        router::unsubscribe(state, session, subscriptions.into_keys());
     }
     if let Some(will) = will_now {
         publish_will(state, will, departure.username.as_ref());
@@ -319,12 +326,13 @@ fn expire(state: &Arc<BrokerState>, session: &Arc<Session>, generation: u32) {
     drop(st);
     sessions.remove(session);
     drop(sessions);
+    state.ownership.release(&session.client_id);
     Metrics::add(&state.metrics.sessions_expired, 1);
     // Throttled: when a fleet's sessions expire together, a few lines and a
     // count of the rest (and `$SYS/broker/clients/expired`) tell the story.
     let client_id = &session.client_id;
     crate::throttled!(info, "session expired", %client_id, "session expired: its client stayed away past its session expiry");
-    remove_subscriptions(state, session, subscriptions.into_keys());
+    router::unsubscribe(state, session, subscriptions.into_keys());
     if let Some(will) = will {
         publish_will(state, will.message, will.username.as_ref());
     }
@@ -347,26 +355,6 @@ fn publish_will(state: &BrokerState, will: Arc<Message>, username: Option<&Arc<s
     router::publish(state, will, username);
 }
 
-/// Removes a session's subscriptions from the tree, if they are still its own.
-pub fn remove_subscriptions(
-    state: &BrokerState,
-    session: &Arc<Session>,
-    filters: impl Iterator<Item = ByteStr>,
-) {
-    let mut tree = state.tree_mut();
-    for filter in filters {
-        if let Some((group, inner)) = router::split_shared(&filter) {
-            // Another session object for the same client id may have
-            // subscribed meanwhile; leave its entry alone.
-            if let Some(old) = tree.remove(inner, group, &session.client_id)
-                && !Arc::ptr_eq(&old.session, session)
-            {
-                tree.insert(inner, group, &session.client_id, old);
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -385,7 +373,7 @@ mod tests {
     async fn a_takeover_of_a_closing_connection_does_not_wait() {
         let config = Config::default();
         let auth = crate::auth::AuthState::new(&config).expect("auth");
-        let state = BrokerState::new(config, None, auth);
+        let state = BrokerState::new(config, None, auth, crate::seams::Seams::single_node());
         let client_id = ByteStr::from("closing");
         let first = attach(&state, &client_id, true, 0, id(1), None).await;
         let takeover = tokio::spawn({

@@ -13,6 +13,11 @@
 //! [`Retained`] is the broker's retained messages in such a store, with who
 //! set each and the totals the retained quotas are checked against.
 //!
+//! [`RetainedMessages`] is the retained-storage seam: what the broker asks of
+//! wherever retained messages are kept. [`LocalRetained`] keeps them in a
+//! [`Retained`] in memory and, with persistence on, in the store; a cluster
+//! keeps them where every node sees them, and nothing else changes.
+//!
 //! A topic can have tens of thousands of levels, chosen by a client, so nothing
 //! here recurses over levels: walks are loops with explicit stacks, and nodes
 //! are dropped iteratively.
@@ -21,8 +26,113 @@ use std::collections::HashMap;
 use std::mem;
 use std::ptr;
 use std::sync::Arc;
+use std::time::Instant;
 
+use crate::lock::{Mutex, RwLock, rank};
 use crate::message::Message;
+use crate::store::{self, Store};
+
+/// Where retained messages are kept: the retained-storage seam.
+pub trait RetainedMessages: Send + Sync {
+    /// Makes `message` its topic's retained message, set by `owner`, or
+    /// clears the topic if its payload is empty [MQTT-3.3.1-10]. Returns the
+    /// ticket the publisher's acknowledgement waits for (0: none).
+    fn set(&self, message: &Arc<Message>, owner: Option<&Arc<str>>) -> u64;
+    /// Calls `f` with every retained message whose topic matches `filter`.
+    fn for_each_match(&self, filter: &str, f: &mut dyn FnMut(&Arc<Message>));
+    /// Whether `owner` may set `topic`'s message to one of `size` bytes
+    /// within `quotas`.
+    fn admits(&self, topic: &str, size: usize, owner: Option<&Arc<str>>, quotas: Quotas) -> bool;
+    /// How many topics have a retained message.
+    fn count(&self) -> usize;
+    /// Drops the messages whose Message Expiry Interval has run out at `now`.
+    fn purge_expired(&self, now: Instant);
+    /// Puts back a message kept from before a restart (not stored again).
+    fn restore(&self, message: Arc<Message>, owner: Option<Arc<str>>);
+}
+
+/// The single node's retained messages: a [`Retained`] trie, and the store.
+pub struct LocalRetained {
+    trie: RwLock<Retained, { rank::RETAINED }>,
+    /// Taken before the trie's lock is let go and held while a change is
+    /// submitted to the store: the file sees changes to one topic in the
+    /// order the trie does, and readers of the trie never wait for the store.
+    writes: Mutex<(), { rank::RETAINED_WRITES }>,
+    store: Option<Arc<Store>>,
+}
+
+impl LocalRetained {
+    pub fn new(store: Option<Arc<Store>>) -> LocalRetained {
+        LocalRetained {
+            trie: RwLock::new(Retained::default()),
+            writes: Mutex::new(()),
+            store,
+        }
+    }
+}
+
+impl RetainedMessages for LocalRetained {
+    /// The record is encoded before any lock is taken. `$SYS` messages (no
+    /// origin) are not stored.
+    fn set(&self, message: &Arc<Message>, owner: Option<&Arc<str>>) -> u64 {
+        let kept = !message.payload.is_empty();
+        let stored = self.store.as_ref().filter(|_| message.origin.is_some());
+        let record =
+            stored.and_then(|_| kept.then(|| store::retained_record(message, owner.map(|o| &**o))));
+        let mut trie = self.trie.write();
+        if kept {
+            trie.insert(message.clone(), owner.cloned());
+        } else {
+            trie.remove(&message.topic);
+        }
+        let Some(store) = stored else {
+            return 0;
+        };
+        let order = self.writes.lock();
+        drop(trie);
+        let ticket = store.retain(&message.topic, record);
+        drop(order);
+        ticket
+    }
+
+    fn for_each_match(&self, filter: &str, f: &mut dyn FnMut(&Arc<Message>)) {
+        self.trie.read().for_each_match(filter, f);
+    }
+
+    fn admits(&self, topic: &str, size: usize, owner: Option<&Arc<str>>, quotas: Quotas) -> bool {
+        self.trie.read().admits(topic, size, owner, quotas)
+    }
+
+    fn count(&self) -> usize {
+        self.trie.read().len()
+    }
+
+    /// Their records' deletes are submitted as [`LocalRetained::set`]'s are.
+    fn purge_expired(&self, now: Instant) {
+        let mut expired = Vec::new();
+        let mut trie = self.trie.write();
+        trie.retain(|m| {
+            let keep = m.remaining_expiry(now).is_some();
+            if !keep {
+                expired.push(m.topic.clone());
+            }
+            keep
+        });
+        let Some(store) = &self.store else {
+            return;
+        };
+        let order = self.writes.lock();
+        drop(trie);
+        for topic in expired {
+            store.retain(&topic, None);
+        }
+        drop(order);
+    }
+
+    fn restore(&self, message: Arc<Message>, owner: Option<Arc<str>>) {
+        self.trie.write().insert(message, owner);
+    }
+}
 
 /// Retained messages, indexed by topic level.
 pub struct RetainedStore<T> {

@@ -12,14 +12,14 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::time::Instant;
 
-use tern_codec::{QoS, SubscriptionOptions};
+use tern_codec::{ByteStr, QoS, SubscriptionOptions};
 
 use crate::auth::{Identity, ReadCheck};
 use crate::message::{Delivery, Message};
 use crate::metrics::Metrics;
 use crate::session::{NotQueued, Session};
 use crate::state::{BrokerState, Subscriber};
-use crate::store::{self, Group};
+use crate::store::Group;
 use crate::topic_tree::{Matched, SharedGroup};
 
 /// Splits `$share/group/filter` into `(Some(group), filter)`; any other
@@ -76,39 +76,69 @@ pub fn publish_with(
 ) -> Routed {
     let mut ticket = 0;
     if message.retain && state.config.retain_available {
-        ticket = retain(state, &message, owner);
+        ticket = state.retained.set(&message, owner);
     }
     let mut routed = route(state, &message, group);
     routed.ticket = routed.ticket.max(ticket);
+    // `$SYS` messages (no origin) are this node's own.
+    if message.origin.is_some() {
+        state.fabric.forward(&message);
+    }
     routed
 }
 
-/// Sets or (empty payload) clears a retained message, in the trie and the
-/// store; returns the store's ticket. The record is encoded before any lock
-/// is taken, and submitted after the trie's lock is let go, under
-/// `retained_writes`, taken before the trie's lock goes: so the file sees
-/// changes to one topic in the order the trie does, while readers of the
-/// trie never wait for the store. `$SYS` messages are not stored.
-fn retain(state: &BrokerState, message: &Arc<Message>, owner: Option<&Arc<str>>) -> u64 {
-    // An empty retained payload clears the topic [MQTT-3.3.1-10].
-    let kept = !message.payload.is_empty();
-    let stored = state.store.as_ref().filter(|_| message.origin.is_some());
-    let record =
-        stored.and_then(|_| kept.then(|| store::retained_record(message, owner.map(|o| &**o))));
-    let mut retained = state.retained_mut();
-    if kept {
-        retained.insert(message.clone(), owner.cloned());
-    } else {
-        retained.remove(&message.topic);
+/// Routes a message that another node accepted to this node's sessions
+/// (the entry of the routing seam, [`crate::seams::Fabric`]): not stored
+/// as retained (the retained-storage seam did that where it was published)
+/// and not forwarded again.
+pub fn publish_remote(state: &BrokerState, message: Arc<Message>) -> Routed {
+    route(state, &message, Group::default())
+}
+
+/// Adds a session's subscription to the tree (`filter` without
+/// `$share/group/`, `group` its share group). Returns whether the session
+/// already had it (replaced).
+pub fn subscribe(
+    state: &BrokerState,
+    filter: &str,
+    group: Option<&str>,
+    subscriber: Subscriber,
+) -> bool {
+    let client_id = subscriber.session.client_id.clone();
+    let existed = state
+        .tree_mut()
+        .insert(filter, group, &client_id, subscriber)
+        .is_some();
+    state.fabric.interest(filter, group, true);
+    existed
+}
+
+/// Removes `session`'s subscriptions to `filters` (as subscribed,
+/// `$share/…` included) from the tree, if they are still its own: another
+/// session object of the same client id may have subscribed meanwhile.
+pub fn unsubscribe(
+    state: &BrokerState,
+    session: &Arc<Session>,
+    filters: impl IntoIterator<Item = ByteStr>,
+) {
+    let mut removed = Vec::new();
+    let mut tree = state.tree_mut();
+    for filter in filters {
+        let Some((group, inner)) = split_shared(filter.as_str()) else {
+            continue;
+        };
+        match tree.remove(inner, group, &session.client_id) {
+            Some(old) if !Arc::ptr_eq(&old.session, session) => {
+                tree.insert(inner, group, &session.client_id, old);
+            }
+            Some(_) => removed.push((inner.to_owned(), group.map(str::to_owned))),
+            None => {}
+        }
     }
-    let Some(store) = stored else {
-        return 0;
-    };
-    let order = state.retained_writes.lock();
-    drop(retained);
-    let ticket = store.retain(&message.topic, record);
-    drop(order);
-    ticket
+    drop(tree);
+    for (filter, group) in removed {
+        state.fabric.interest(&filter, group.as_deref(), false);
+    }
 }
 
 /// Queues `message` for every matching subscription. With a store, the
@@ -341,7 +371,7 @@ impl Targets {
 pub fn retained_matching(state: &BrokerState, filter: &str) -> Vec<Arc<Message>> {
     let now = Instant::now();
     let mut found = Vec::new();
-    state.retained().for_each_match(filter, |m| {
+    state.retained.for_each_match(filter, &mut |m| {
         if m.remaining_expiry(now).is_some() {
             found.push(m.clone());
         }

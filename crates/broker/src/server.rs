@@ -16,6 +16,7 @@ use crate::config::Config;
 use crate::connection::park::Parker;
 use crate::listener::{self, ListenerSet};
 use crate::recover;
+use crate::seams::Seams;
 use crate::state::BrokerState;
 use crate::store::Store;
 use crate::sys;
@@ -33,7 +34,13 @@ pub struct BrokerHandle {
 impl Broker {
     /// Binds the listeners and starts serving. Returns once the sockets are
     /// bound, so the addresses can be used immediately.
-    pub async fn start(mut config: Config) -> std::io::Result<BrokerHandle> {
+    pub async fn start(config: Config) -> std::io::Result<BrokerHandle> {
+        Broker::start_with(config, Seams::single_node()).await
+    }
+
+    /// [`Broker::start`], with the implementations of routing beyond this
+    /// process and of session ownership given (see [`crate::seams`]).
+    pub async fn start_with(mut config: Config, seams: Seams) -> std::io::Result<BrokerHandle> {
         // From here on `config.listeners[ConnInfo::listener]` is always there.
         config.listeners = config.effective_listeners();
         config
@@ -53,7 +60,7 @@ impl Broker {
         };
         let park_after =
             (config.park_idle_ms > 0).then(|| Duration::from_millis(config.park_idle_ms));
-        let state = BrokerState::new(config, store, auth);
+        let state = BrokerState::new(config, store, auth, seams);
         // Not in the shared state: parked connections hold that state, and
         // the parker holds them.
         let parker = Parker::start(park_after, state.shutdown.clone(), state.tasks.clone())?;

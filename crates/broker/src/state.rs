@@ -27,7 +27,8 @@ use crate::config::Config;
 use crate::limits::Limits;
 use crate::lock::{Mutex, MutexGuard, ReadGuard, RwLock, WriteGuard, rank};
 use crate::metrics::Metrics;
-use crate::retained::Retained;
+use crate::retained::{LocalRetained, RetainedMessages};
+use crate::seams::{Fabric, Ownership, Seams};
 use crate::session::{ConnectionId, QueueLimits, Session, Sessions};
 use crate::store::Store;
 use crate::topic_tree::TopicTree;
@@ -47,11 +48,12 @@ pub struct BrokerState {
     pub config: Config,
     pub sessions: Mutex<Sessions, { rank::SESSIONS }>,
     pub subscriptions: RwLock<TopicTree<Subscriber>, { rank::TREE }>,
-    pub retained: RwLock<Retained, { rank::RETAINED }>,
-    /// Taken around a retained change's store submission (after the trie's
-    /// lock is let go), so the file sees changes to a topic in the order
-    /// the trie does.
-    pub retained_writes: Mutex<(), { rank::RETAINED_WRITES }>,
+    /// Retained messages, behind the retained-storage seam.
+    pub retained: Box<dyn RetainedMessages>,
+    /// Routing beyond this process (see [`crate::seams`]).
+    pub fabric: Box<dyn Fabric>,
+    /// Who holds each client id's session (see [`crate::seams`]).
+    pub ownership: Box<dyn Ownership>,
     pub metrics: Metrics,
     /// Resource limits: live connection counts, rate tables, their counters.
     pub limits: Limits,
@@ -80,7 +82,12 @@ impl Drop for BrokerState {
 
 impl BrokerState {
     /// Fresh state for a broker with this configuration.
-    pub fn new(config: Config, store: Option<Arc<Store>>, auth: AuthState) -> Arc<BrokerState> {
+    pub fn new(
+        config: Config,
+        store: Option<Arc<Store>>,
+        auth: AuthState,
+        seams: Seams,
+    ) -> Arc<BrokerState> {
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
         let limits = Limits::new(&config);
@@ -93,8 +100,9 @@ impl BrokerState {
             config,
             sessions: Mutex::new(Sessions::default()),
             subscriptions: RwLock::new(TopicTree::new()),
-            retained: RwLock::new(Retained::default()),
-            retained_writes: Mutex::new(()),
+            retained: Box::new(LocalRetained::new(store.clone())),
+            fabric: seams.fabric,
+            ownership: seams.ownership,
             metrics: Metrics::default(),
             limits,
             started: Instant::now(),
@@ -117,14 +125,6 @@ impl BrokerState {
 
     pub fn tree_mut(&self) -> WriteGuard<'_, TopicTree<Subscriber>, { rank::TREE }> {
         self.subscriptions.write()
-    }
-
-    pub fn retained(&self) -> ReadGuard<'_, Retained, { rank::RETAINED }> {
-        self.retained.read()
-    }
-
-    pub fn retained_mut(&self) -> WriteGuard<'_, Retained, { rank::RETAINED }> {
-        self.retained.write()
     }
 
     /// A number unique to each accepted connection, for logs and takeover.

@@ -31,7 +31,8 @@ pub fn spawn(state: &Arc<BrokerState>, parker: &Arc<Parker>) {
                 _ = ticker.tick() => {}
                 _ = state2.shutdown.cancelled() => return,
             }
-            purge_expired_retained(&state2);
+            // Expired retained messages go from memory and from the store.
+            state2.retained.purge_expired(Instant::now());
             publish_all(&state2, &parker);
         }
     });
@@ -94,10 +95,7 @@ fn snapshot(state: &BrokerState, parker: &Parker) -> Vec<(&'static str, String)>
         ),
         ("bytes/sent", Metrics::get(&m.bytes_sent).to_string()),
         ("subscriptions/count", state.tree().len().to_string()),
-        (
-            "retained messages/count",
-            state.retained().len().to_string(),
-        ),
+        ("retained messages/count", state.retained.count().to_string()),
     ]
     .into_iter()
     .chain(
@@ -107,17 +105,4 @@ fn snapshot(state: &BrokerState, parker: &Parker) -> Vec<(&'static str, String)>
             .map(|(topic, value)| (topic, value.to_string())),
     )
     .collect()
-}
-
-/// Drops retained messages whose Message Expiry Interval has passed, from
-/// memory and from the store.
-fn purge_expired_retained(state: &BrokerState) {
-    let now = Instant::now();
-    state.retained_mut().retain(|m| {
-        let keep = m.remaining_expiry(now).is_some();
-        if !keep && let Some(store) = &state.store {
-            store.retain(&m.topic, None);
-        }
-        keep
-    });
 }

@@ -321,7 +321,7 @@ async fn retained_messages_are_within_quotas() {
         assert_eq!(&watcher.recv_publish().await.payload[..], payload);
     }
     let state = broker.state();
-    assert_eq!(state.retained().len(), 5);
+    assert_eq!(state.retained.count(), 5);
     let refused = state.limits.snapshot();
     assert!(
         refused.contains(&("limits/retained/refused", 4)),

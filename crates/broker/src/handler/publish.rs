@@ -53,10 +53,8 @@ fn retained_refused(client: &ClientState, publish: &Publish) -> bool {
         return false;
     }
     let size = publish.topic.len() + publish.payload.len();
-    let retained = client.state.retained();
-    let refused =
-        limits.retained_refused(&retained, &publish.topic, size, client.username.as_ref());
-    drop(retained);
+    let retained = &*client.state.retained;
+    let refused = limits.retained_refused(retained, &publish.topic, size, client.username.as_ref());
     if refused {
         client.log_refused("PUBLISH", &publish.topic, "retained message quota reached");
     }

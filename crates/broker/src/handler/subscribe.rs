@@ -114,11 +114,7 @@ fn subscribe_one(
         subscription_id,
         readable,
     };
-    let existed = client
-        .state
-        .tree_mut()
-        .insert(filter, group, client.client_id(), subscriber)
-        .is_some();
+    let existed = router::subscribe(&client.state, filter, group, subscriber);
     client.session.lock().subscriptions.insert(
         request.filter.clone(),
         SessionSubscription {

@@ -21,11 +21,8 @@ pub fn handle(
             .subscriptions
             .remove(filter.as_str())
             .is_some();
-        if existed && let Some((group, inner)) = router::split_shared(filter) {
-            client
-                .state
-                .tree_mut()
-                .remove(inner, group, client.client_id());
+        if existed {
+            router::unsubscribe(&client.state, &client.session, [filter.clone()]);
         }
         reasons.push(if existed {
             ReasonCode::Success

@@ -6,6 +6,11 @@
 //! - [`records`]: the byte layout of messages, queue entries and sessions.
 //! - [`salvage`]: copies what is still readable out of a damaged file into
 //!   a new one (`tern store salvage`).
+//! - [`Backend`] (here): the seam between the two: what a store engine
+//!   must do with the changes [`Store`] makes (apply them in order, one
+//!   transaction per submission, and say which are durable). The redb
+//!   [`Engine`] is the one implementation; a replicated one (the cluster)
+//!   takes the same changes, and nothing above the store changes.
 //! - [`Store`] (here): what the rest of the broker calls. Changes are
 //!   submitted without waiting; each returns a *ticket*, and a response that
 //!   promises durability (PUBACK, PUBREC, PUBREL, PUBCOMP, SUBACK) is held in
@@ -30,14 +35,68 @@ use bytes::BytesMut;
 use tern_codec::ByteStr;
 use tokio::sync::watch;
 
+use self::engine::Engine;
+pub use self::engine::Op;
 pub use self::engine::{Durability, Recovered, StoreError};
-use self::engine::{Engine, Op};
 use self::records::{Clock, QueueEntry, SessionRecord};
 use crate::message::{Delivery, InflightState, Message, Records, StoredMessage};
 
+/// Where the store's changes go: the persistence seam.
+///
+/// A change is an [`Op`] on records the broker defines (sessions, queue
+/// entries, messages, inbound QoS 2 ids, retained messages). An engine
+/// applies submissions in order, each one whole or not at all, and numbers
+/// them with *tickets*: a response that promises durability waits until
+/// [`Backend::durable`] reaches its ticket.
+pub trait Backend: Send + Sync {
+    /// Queues one change; returns its ticket (0 once closed).
+    fn submit(&self, op: Op<Record>) -> u64;
+    /// Queues changes that land together; returns their one ticket.
+    fn submit_all(&self, ops: Vec<Op<Record>>) -> u64;
+    /// The highest ticket whose changes are durable.
+    fn durable(&self) -> u64;
+    /// A watch of [`Backend::durable`].
+    fn watch(&self) -> watch::Receiver<u64>;
+    /// What "durable" means here.
+    fn durability(&self) -> Durability;
+    /// Blocks until everything submitted so far is durable.
+    fn flush(&self);
+    /// Stops taking changes and lets go of the storage.
+    fn close(&self);
+    /// Where the data lives, for logs.
+    fn location(&self) -> &Path;
+}
+
+impl Backend for Engine<Record> {
+    fn submit(&self, op: Op<Record>) -> u64 {
+        Engine::submit(self, op)
+    }
+    fn submit_all(&self, ops: Vec<Op<Record>>) -> u64 {
+        Engine::submit_all(self, ops)
+    }
+    fn durable(&self) -> u64 {
+        Engine::durable(self)
+    }
+    fn watch(&self) -> watch::Receiver<u64> {
+        Engine::watch(self)
+    }
+    fn durability(&self) -> Durability {
+        Engine::durability(self)
+    }
+    fn flush(&self) {
+        Engine::flush(self)
+    }
+    fn close(&self) {
+        Engine::close(self)
+    }
+    fn location(&self) -> &Path {
+        Engine::path(self)
+    }
+}
+
 /// The broker's handle on its store.
 pub struct Store {
-    engine: Arc<Engine<Record>>,
+    engine: Arc<dyn Backend>,
     next_message_id: AtomicU64,
     next_seq: AtomicU64,
     /// Set at shutdown: the sessions and messages dropped after it must not
@@ -49,30 +108,25 @@ impl Store {
     /// Opens the data directory and reads what it holds.
     pub fn open(dir: &Path, durability: Durability) -> Result<(Arc<Store>, Recovered), StoreError> {
         let (engine, recovered) = Engine::open(dir, durability)?;
-        let next_message_id = recovered
-            .messages
-            .iter()
-            .map(|(id, _)| *id)
-            .max()
-            .unwrap_or(0);
-        let next_seq = recovered
-            .queue
-            .iter()
-            .map(|(_, seq, _)| *seq)
-            .max()
-            .unwrap_or(0);
-        let store = Arc::new(Store {
+        Ok((Store::with_backend(engine, &recovered), recovered))
+    }
+
+    /// A store over any [`Backend`], which found `recovered` at its start:
+    /// new records are numbered after the ones it holds.
+    pub fn with_backend(engine: Arc<dyn Backend>, recovered: &Recovered) -> Arc<Store> {
+        let next_message_id = recovered.messages.iter().map(|(id, _)| *id).max();
+        let next_seq = recovered.queue.iter().map(|(_, seq, _)| *seq).max();
+        Arc::new(Store {
             engine,
-            next_message_id: AtomicU64::new(next_message_id + 1),
-            next_seq: AtomicU64::new(next_seq + 1),
+            next_message_id: AtomicU64::new(next_message_id.unwrap_or(0) + 1),
+            next_seq: AtomicU64::new(next_seq.unwrap_or(0) + 1),
             closed: AtomicBool::new(false),
-        });
-        Ok((store, recovered))
+        })
     }
 
     /// The data file.
     pub fn path(&self) -> &Path {
-        self.engine.path()
+        self.engine.location()
     }
 
     fn submit(&self, op: Op<Record>) -> u64 {

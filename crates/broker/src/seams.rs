@@ -1,0 +1,91 @@
+//! The seams a distributed broker plugs into.
+//!
+//! A single node routes, owns sessions, keeps retained messages and persists
+//! on its own. A cluster of nodes needs each of those to reach beyond the
+//! process, so each sits behind one narrow interface that the single node
+//! implements in memory (or in its redb file), and another implementation
+//! can replace without any change to `connection/` or `handler/`:
+//!
+//! | seam | interface | single node |
+//! |---|---|---|
+//! | routing beyond this process | [`Fabric`] | [`SingleNode`]: nothing beyond |
+//! | who holds client id X | [`Ownership`] | [`SingleNode`]: always this node |
+//! | retained-message storage | [`crate::retained::RetainedMessages`] | [`crate::retained::LocalRetained`]: a trie, and the store |
+//! | persistence | [`crate::store::Backend`] | the redb engine (`store::engine`) |
+//!
+//! `Broker::start_with` takes a [`Seams`]; `Broker::start` uses
+//! [`Seams::single_node`].
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tern_codec::ByteStr;
+
+use crate::message::Message;
+
+/// How messages reach subscribers on other nodes: the routing seam.
+///
+/// The router calls it after routing a message locally; a message that came
+/// from another node is routed locally with `router::publish_remote`, which
+/// does not call it again.
+pub trait Fabric: Send + Sync {
+    /// A message this node accepted (from a client's PUBLISH or a will; not
+    /// `$SYS`, which is per node).
+    fn forward(&self, message: &Arc<Message>);
+    /// A session on this node subscribed to `filter` (without `$share/…`;
+    /// `group` is the share group) when `present`, or no longer is. Called
+    /// per subscription, so an implementation counts references itself.
+    fn interest(&self, filter: &str, group: Option<&str>, present: bool);
+}
+
+/// A claim on a session still held elsewhere: resolves once it is not.
+pub type Claim = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Who holds each client id's session: the session-ownership seam.
+///
+/// MQTT allows one connection per client id [MQTT-3.1.4-3]; on one node the
+/// session registry enforces it, across nodes this decides which node's
+/// registry may.
+pub trait Ownership: Send + Sync {
+    /// This node takes `client_id`'s session. `None`: it is this node's now;
+    /// `Some`: another node holds it and is told to close its connection
+    /// (MQTT 5: DISCONNECT 0x8E) and let go; wait for the claim before
+    /// attaching.
+    fn claim(&self, client_id: &ByteStr) -> Option<Claim>;
+    /// `client_id`'s session ended here (expired, or did not outlive its
+    /// connection): no node holds it now.
+    fn release(&self, client_id: &ByteStr);
+}
+
+/// The single node: nothing beyond this process, every session its own.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SingleNode;
+
+impl Fabric for SingleNode {
+    fn forward(&self, _message: &Arc<Message>) {}
+    fn interest(&self, _filter: &str, _group: Option<&str>, _present: bool) {}
+}
+
+impl Ownership for SingleNode {
+    fn claim(&self, _client_id: &ByteStr) -> Option<Claim> {
+        None
+    }
+    fn release(&self, _client_id: &ByteStr) {}
+}
+
+/// The implementations a broker runs with.
+pub struct Seams {
+    pub fabric: Box<dyn Fabric>,
+    pub ownership: Box<dyn Ownership>,
+}
+
+impl Seams {
+    /// One node on its own.
+    pub fn single_node() -> Seams {
+        Seams {
+            fabric: Box::new(SingleNode),
+            ownership: Box::new(SingleNode),
+        }
+    }
+}
