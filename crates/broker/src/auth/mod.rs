@@ -193,7 +193,7 @@ impl AuthState {
         let auth = self.current();
         // Boxed: inline it would enlarge every connection's handshake future.
         // A refusal is logged once, with the username, where every CONNECT
-        // refusal is (`connection::start_session`).
+        // refusal is (`connection::handshake::start_session`).
         let username = Box::pin(self.login(login, &auth, shutdown)).await?;
         if let (Some(will), Some(acl)) = (&login.connect.will, &auth.acl) {
             let id = Identity {

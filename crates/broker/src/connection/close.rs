@@ -1,0 +1,203 @@
+//! Closing a connection: tells the client why (an MQTT 5 DISCONNECT when the
+//! broker ends it), flushes, detaches from the session (which decides about
+//! the will) and lingers to read what the client still sends. One place for
+//! every way a connection ends: after the main loop, and when a parked
+//! connection cannot be run again.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tern_codec::{Disconnect, DisconnectProperties, Packet, ProtocolVersion, ReasonCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf};
+
+use super::{CLOSE_FLUSH, Conn, Transport};
+use crate::client_state::ClientState;
+use crate::error::ProtocolViolation;
+use crate::message::Message;
+use crate::registry::{self, Departure};
+use crate::session::Kick;
+use crate::state::BrokerState;
+
+/// Why the main loop ended.
+pub(super) enum Close {
+    /// The client sent DISCONNECT.
+    Disconnect {
+        publish_will: bool,
+    },
+    /// The client closed the socket, or it failed.
+    Lost(Option<std::io::Error>),
+    KeepAliveTimeout,
+    Violation(ProtocolViolation),
+    /// More PUBLISH packets than `max_publish_rate` allows.
+    PublishRate,
+    /// Another connection took the session over (or it was closed by the broker).
+    Kicked(Option<Box<Kick>>),
+    Shutdown,
+}
+
+/// Reports the close to the client, flushes, and detaches from the session.
+pub(super) async fn finish<S: Transport>(conn: &mut Conn<S>, close: Close) {
+    let Conn {
+        io, client, peer, ..
+    } = conn;
+    let (reason, text): (Option<ReasonCode>, &str) = match &close {
+        Close::KeepAliveTimeout => (Some(ReasonCode::KeepAliveTimeout), "keep-alive timeout"),
+        Close::Violation(v) => (Some(v.reason_code()), ""),
+        Close::Kicked(kick) => (
+            Some(
+                kick.as_ref()
+                    .map_or(ReasonCode::SessionTakenOver, |k| k.reason),
+            ),
+            "session taken over",
+        ),
+        Close::Shutdown => (Some(ReasonCode::ServerShuttingDown), "server shutting down"),
+        Close::PublishRate => (
+            Some(ReasonCode::MessageRateTooHigh),
+            "publish rate limit exceeded",
+        ),
+        Close::Disconnect { .. } | Close::Lost(_) => (None, ""),
+    };
+    settle_holds(client).await;
+    if let (Some(reason), ProtocolVersion::V5) = (reason, client.version) {
+        let text = match &close {
+            Close::Violation(v) => v.to_string(),
+            _ => text.to_owned(),
+        };
+        let properties = DisconnectProperties {
+            reason_string: client.reason_string(text),
+            ..Default::default()
+        };
+        client.send(&Packet::Disconnect(Disconnect { reason, properties }));
+    }
+    if !matches!(close, Close::Lost(_)) {
+        let _ = tokio::time::timeout(CLOSE_FLUSH, async {
+            io.writer.write_all(&client.out).await?;
+            io.writer.shutdown().await
+        })
+        .await;
+    }
+    // The broker ended it while the client may still be sending.
+    let linger = !matches!(
+        close,
+        Close::Lost(_) | Close::Disconnect { .. } | Close::Shutdown
+    );
+    depart(client, close, *peer);
+    if linger {
+        drain(&mut io.reader, &client.state).await;
+    }
+}
+
+/// After the broker's DISCONNECT (and its FIN), reads and discards what the
+/// client still sends until it closes, for at most `disconnect_linger_ms`.
+/// Why: a socket closed with unread input makes the kernel answer with a
+/// reset, and a reset makes the client's kernel drop what it had received
+/// but not yet read: a client busy sending would lose the DISCONNECT and its
+/// reason code. Bounded, and cut short by shutdown, so it cannot be used to
+/// hold sockets; the session was already let go (`depart`).
+async fn drain<S: Transport>(reader: &mut ReadHalf<S>, state: &BrokerState) {
+    let linger = Duration::from_millis(state.config.disconnect_linger_ms);
+    if linger.is_zero() {
+        return;
+    }
+    let mut sink = vec![0u8; 4096];
+    let _ = tokio::time::timeout(linger, async {
+        loop {
+            tokio::select! {
+                read = reader.read(&mut sink) => {
+                    if !matches!(read, Ok(n) if n > 0) {
+                        return;
+                    }
+                }
+                _ = state.shutdown.cancelled() => return,
+            }
+        }
+    })
+    .await;
+}
+
+/// Before the last write: gives the store a moment (`CLOSE_FLUSH`) to make
+/// held responses durable, then drops those it has not: an acknowledgement
+/// must never promise more than the store holds.
+async fn settle_holds(client: &mut ClientState) {
+    let Some(store) = client.state.store.clone() else {
+        return;
+    };
+    let mut durable = store.watch();
+    let _ = tokio::time::timeout(CLOSE_FLUSH, async {
+        loop {
+            client.release(*durable.borrow_and_update());
+            if client.holds.is_none() || durable.changed().await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    if client.holds.is_some() {
+        let writable = client.writable();
+        client.out.truncate(writable);
+        client.holds = None;
+    }
+}
+
+/// Logs why the connection ended, and detaches it from its session (which
+/// publishes or schedules the will).
+pub(super) fn depart(client: &mut ClientState, close: Close, peer: SocketAddr) {
+    let id = client.client_id().clone();
+    match &close {
+        Close::Disconnect { .. } | Close::Shutdown => {}
+        Close::Lost(e) => tracing::debug!(%peer, client_id = %id, error = ?e, "connection lost"),
+        Close::KeepAliveTimeout => {
+            tracing::info!(%peer, client_id = %id, "closing connection: keep-alive timeout")
+        }
+        // Limits (packet size, receive maximum) are counted, and logged at info.
+        Close::Violation(v) if client.state.limits.count_violation(v) => {
+            crate::throttled!(info, "limit exceeded", %peer, client_id = %id, error = %v, "closing connection: limit exceeded")
+        }
+        Close::Violation(v) => {
+            crate::throttled!(warn, "protocol violation", %peer, client_id = %id, error = %v, "closing connection: protocol violation")
+        }
+        Close::PublishRate => {
+            crate::throttled!(info, "publish rate limit exceeded", %peer, client_id = %id, "closing connection: publish rate limit exceeded")
+        }
+        Close::Kicked(kick) => {
+            let reason = kick.as_ref().map(|k| k.reason);
+            tracing::info!(%peer, client_id = %id, ?reason, "closing connection: session taken over")
+        }
+    }
+    // The will is published unless the client ended normally without asking
+    // for it [MQTT-3.1.2-8], [MQTT-3.14.4-3]; not at broker shutdown, where
+    // no one is left to receive it.
+    let publish_will = match close {
+        Close::Disconnect { publish_will } => publish_will,
+        Close::Shutdown => false,
+        _ => true,
+    };
+    let will_delay_secs = client
+        .will
+        .as_ref()
+        .and_then(|w| w.properties.will_delay_interval)
+        .unwrap_or(0);
+    let will = client
+        .will
+        .take()
+        .filter(|_| publish_will)
+        .map(|w| Message::from_will(*w, id.clone(), std::time::Instant::now()));
+    let departure = Departure {
+        connection_id: client.connection_id,
+        will,
+        will_delay_secs,
+        username: client.username.clone(),
+    };
+    registry::detach(&client.state, &client.session, departure);
+    // Before `clients_connected`: once that shows the connection gone, its
+    // slot is free.
+    client.state.limits.release_connection(client.listener);
+    client
+        .state
+        .metrics
+        .clients_connected
+        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    // Dropping the kick's `done` (inside `close`) tells a taking-over
+    // connection that this one has detached.
+    drop(close);
+}
