@@ -27,7 +27,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use tern_broker::topic_tree::{Matched, TopicTree};
+use tern_broker::testing::{Matched, TopicTree};
 use tern_codec::ByteStr;
 
 const SITES: u32 = 100;

@@ -3,55 +3,75 @@
 //! The Tern MQTT broker as a library: `Broker::start(config)` is all a caller
 //! needs. The modules follow one PUBLISH through the broker:
 //!
-//! - [`server`]: starts the listeners and the `$SYS` task, shuts everything down.
-//! - [`listener`]: one accept loop per configured listener (tcp, tls, ws,
+//! - `server`: starts the listeners and the `$SYS` task, shuts everything down.
+//! - `listener`: one accept loop per configured listener (tcp, tls, ws,
 //!   wss); TLS (rustls) and WebSocket handshakes, certificate reload.
-//! - [`connection`]: the connection task — reads and decodes packets
+//! - `connection`: the connection task — reads and decodes packets
 //!   (with `tern-codec`), runs the handlers, writes batched output.
-//! - [`handler`]: one file per packet kind: `connect`, `publish`, `ack`,
+//! - `handler`: one file per packet kind: `connect`, `publish`, `ack`,
 //!   `subscribe`, `unsubscribe`, `disconnect`.
-//! - [`router`]: from a published message to every matching session's queue.
-//! - [`topic_tree`]: the subscription index (a trie by topic level).
-//! - [`retained`]: retained messages (a trie by topic level).
-//! - [`session`]: per-client state that outlives connections: subscriptions,
+//! - `router`: from a published message to every matching session's queue.
+//! - `topic_tree`: the subscription index (a trie by topic level).
+//! - `retained`: retained messages (a trie by topic level).
+//! - `session`: per-client state that outlives connections: subscriptions,
 //!   queue, in-flight QoS 1/2 messages, packet ids.
-//! - [`registry`]: session lifecycle — attach, takeover, detach, expiry, will delay.
-//! - [`state`]: the shared state every task holds, and its lock rules.
-//! - [`sys`]: `$SYS/broker/...` statistics. [`metrics`]: the counters behind them.
-//! - [`limits`]: resource limits (connections, rates, subscriptions, topic
+//! - `registry`: session lifecycle — attach, takeover, detach, expiry, will delay.
+//! - `state`: the shared state every task holds, and its lock rules.
+//! - `sys`: `$SYS/broker/...` statistics. `metrics`: the counters behind them.
+//! - `limits`: resource limits (connections, rates, subscriptions, topic
 //!   levels): their decisions and `$SYS` counters.
-//! - [`auth`]: passwords (who may connect) and the ACL (which topics they
+//! - `auth`: passwords (who may connect) and the ACL (which topics they
 //!   may use), reloadable.
-//! - [`config`]: options and defaults. [`error`]: protocol violations and reason codes.
+//! - [`config`]: options and defaults. `error`: protocol violations and reason codes.
 //!
 //! See `docs/architecture.md` for the whole flow.
 
-pub mod auth;
-pub mod client_state;
+mod auth;
+mod client_state;
 pub mod config;
-pub mod connection;
-pub mod error;
-pub mod handler;
-pub mod limits;
-pub mod listener;
-pub mod lock;
-pub mod log_throttle;
-pub mod message;
-pub mod metrics;
-pub mod recover;
-pub mod registry;
-pub mod retained;
-pub mod router;
+mod connection;
+mod error;
+mod handler;
+mod limits;
+mod listener;
+mod lock;
+mod log_throttle;
+mod message;
+mod metrics;
+mod recover;
+mod registry;
+mod retained;
+mod router;
 pub mod seams;
-pub mod server;
-pub mod session;
-pub mod state;
-pub mod store;
-pub mod sys;
-pub mod topic_tree;
+mod server;
+mod session;
+mod state;
+mod store;
+mod sys;
+mod topic_tree;
 
 #[cfg(test)]
 mod test_rng;
 
+// The public API: the broker, its configuration, the seams a cluster plugs
+// into (and the message type they carry), and what the `tern` binary's
+// `passwd` and `store salvage` commands use.
+pub use auth::password;
 pub use config::{Config, ConfigError};
+pub use message::Message;
 pub use server::{Broker, BrokerHandle};
+pub use store::salvage;
+
+/// Internals the crate's own integration tests and benchmarks look at: not
+/// part of the API, and may change without notice.
+#[doc(hidden)]
+pub mod testing {
+    pub use crate::auth::guard::{FIRST_DELAY, FREE_FAILURES};
+    pub use crate::connection::ConnInfo;
+    pub use crate::limits::Counters;
+    pub use crate::listener::TlsAcceptor;
+    pub use crate::listener::tls::common_name;
+    pub use crate::metrics::Metrics;
+    pub use crate::state::BrokerState;
+    pub use crate::topic_tree::{Matched, TopicTree};
+}

@@ -18,7 +18,7 @@ pub const WINDOW_SECS: u64 = 10;
 /// A `tracing` event throttled at its call site:
 /// `throttled!(info, "refusing CONNECT", %peer, ?reason, "refusing CONNECT")`
 /// logs like `tracing::info!(%peer, ?reason, "refusing CONNECT")`, at most
-/// [`BURST`] times per window; the label names the kind in the line that
+/// `BURST` times per window; the label names the kind in the line that
 /// reports held-back events.
 #[macro_export]
 macro_rules! throttled {

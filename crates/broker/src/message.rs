@@ -44,15 +44,17 @@ pub struct Delivery {
     pub seq: u64,
 }
 
-/// Where an outbound QoS 1/2 message is in its acknowledgement flow.
+/// Where an outbound QoS 1/2 message is in its acknowledgement flow: what
+/// the broker awaits from the client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum InflightState {
+#[allow(clippy::enum_variant_names)] // the packets awaited, by their MQTT names
+pub enum Awaiting {
     /// QoS 1, PUBLISH sent.
-    AwaitingPubAck,
+    PubAck,
     /// QoS 2, PUBLISH sent.
-    AwaitingPubRec,
+    PubRec,
     /// QoS 2, PUBREC received and PUBREL sent.
-    AwaitingPubComp,
+    PubComp,
 }
 
 /// What keeps message records (the store): told when the last holder of a

@@ -183,6 +183,7 @@ impl<T> RetainedStore<T> {
     }
 
     /// True if no message is retained.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
@@ -489,19 +490,6 @@ impl Retained {
     /// Topics with a retained message.
     pub fn len(&self) -> usize {
         self.topics.len()
-    }
-
-    /// True if no message is retained.
-    pub fn is_empty(&self) -> bool {
-        self.topics.is_empty()
-    }
-
-    /// What is retained in all, and by `user`.
-    pub fn usage(&self, user: Option<&str>) -> Usage {
-        match user {
-            None => self.total,
-            Some(user) => self.per_user.get(user).copied().unwrap_or_default(),
-        }
     }
 
     fn charge(&mut self, owner: Option<&Arc<str>>, size: usize) {

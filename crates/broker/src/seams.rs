@@ -10,11 +10,13 @@
 //! |---|---|---|
 //! | routing beyond this process | [`Fabric`] | [`SingleNode`]: nothing beyond |
 //! | who holds client id X | [`Ownership`] | [`SingleNode`]: always this node |
-//! | retained-message storage | [`crate::retained::RetainedMessages`] | [`crate::retained::LocalRetained`]: a trie, and the store |
-//! | persistence | [`crate::store::Backend`] | the redb engine (`store::engine`) |
+//! | retained-message storage | `retained::RetainedMessages` (crate-internal) | `retained::LocalRetained`: a trie, and the store |
+//! | persistence | `store::Backend` (crate-internal) | the redb engine (`store::engine`) |
 //!
 //! `Broker::start_with` takes a [`Seams`]; `Broker::start` uses
-//! [`Seams::single_node`].
+//! [`Seams::single_node`]. The first two are public, so a test (or another
+//! crate) can plug in its own; the last two carry the broker's internal
+//! types, and a cluster implements them inside this crate.
 
 use std::future::Future;
 use std::pin::Pin;

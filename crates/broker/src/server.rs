@@ -15,7 +15,9 @@ use crate::auth::AuthState;
 use crate::config::Config;
 use crate::connection::park::Parker;
 use crate::listener::{self, ListenerSet};
+use crate::message::Message;
 use crate::recover;
+use crate::router;
 use crate::seams::Seams;
 use crate::state::BrokerState;
 use crate::store::Store;
@@ -111,13 +113,23 @@ impl BrokerHandle {
         errors
     }
 
+    /// Routes a message that another node accepted to this node's
+    /// subscribers, without storing it as retained or forwarding it again:
+    /// the way in for a [`crate::seams::Fabric`]. Returns how many sessions
+    /// it matched.
+    pub fn route_remote(&self, message: Arc<Message>) -> usize {
+        router::publish_remote(&self.state, message).matched
+    }
+
     /// How many connections are parked now (idle, without a task; see
     /// `park_idle_ms`), as `$SYS/broker/clients/parked` says.
     pub fn parked_connections(&self) -> usize {
         self.parker.parked_count()
     }
 
-    /// Shared state, for inspection by tests and `$SYS`.
+    /// The shared state, for the crate's own tests (see `testing`): not
+    /// part of the API.
+    #[doc(hidden)]
     pub fn state(&self) -> &Arc<BrokerState> {
         &self.state
     }

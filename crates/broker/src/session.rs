@@ -22,7 +22,7 @@ use tern_codec::{ByteStr, QoS, ReasonCode, SubscriptionOptions};
 use tokio::sync::{Notify, oneshot};
 
 use crate::lock::{Mutex, MutexGuard, rank};
-use crate::message::{Delivery, InflightState, Message};
+use crate::message::{Awaiting, Delivery, Message};
 use crate::store::records::{self, Clock, SessionRecord};
 use crate::store::{Group, Store};
 
@@ -86,7 +86,7 @@ pub enum NotQueued {
 #[derive(Debug, Clone)]
 pub struct Inflight {
     pub packet_id: NonZeroU16,
-    pub state: InflightState,
+    pub state: Awaiting,
     pub delivery: Delivery,
 }
 
@@ -421,7 +421,7 @@ impl SessionState {
     }
 
     /// Finds the in-flight entry for `packet_id` in `state`.
-    pub fn inflight_position(&self, packet_id: NonZeroU16, state: InflightState) -> Option<usize> {
+    pub fn inflight_position(&self, packet_id: NonZeroU16, state: Awaiting) -> Option<usize> {
         self.inflight()
             .position(|i| i.packet_id == packet_id && i.state == state)
     }
@@ -508,7 +508,7 @@ mod tests {
         assert_eq!(a.get(), u16::MAX);
         st.traffic().inflight.push_back(Inflight {
             packet_id: NonZeroU16::new(1).unwrap(),
-            state: InflightState::AwaitingPubAck,
+            state: Awaiting::PubAck,
             delivery: delivery(QoS::AtLeastOnce, "x"),
         });
         assert_eq!(st.next_packet_id().unwrap().get(), 2);

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::*;
-use tern_broker::auth::password::PasswordHash;
 use tern_broker::config::ListenerConfig;
+use tern_broker::password::PasswordHash;
 use tern_broker::{BrokerHandle, Config};
 use tern_codec::*;
 
@@ -696,7 +696,7 @@ async fn reload_applies_good_files_and_keeps_old_rules_on_errors() {
 
 #[tokio::test]
 async fn repeated_failures_are_slowed_down() {
-    use tern_broker::auth::guard::{FIRST_DELAY, FREE_FAILURES};
+    use tern_broker::testing::{FIRST_DELAY, FREE_FAILURES};
     let dir = temp_dir("slow");
     let file = dir.join("passwd");
     write(&file, &user_line("alice", "right"));

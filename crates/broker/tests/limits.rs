@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::BytesMut;
 use common::*;
 use tern_broker::config::ListenerConfig;
-use tern_broker::limits::Counters;
+use tern_broker::testing::Counters;
 use tern_broker::{BrokerHandle, Config};
 use tern_codec::*;
 

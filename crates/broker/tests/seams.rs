@@ -7,8 +7,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tern_broker::message::Message;
-use tern_broker::router;
+use tern_broker::Message;
 use tern_broker::seams::{Claim, Fabric, Ownership, Seams};
 use tern_codec::{ByteStr, ProtocolVersion::V5, QoS};
 use tokio::sync::oneshot;
@@ -104,8 +103,7 @@ async fn messages_leave_through_the_fabric_and_arrive_from_it_once() {
     // A message another node accepted reaches this node's subscriber and
     // is not sent back out.
     let remote = Message::broker_retained("house/2".into(), "from elsewhere".into());
-    let routed = router::publish_remote(broker.state(), remote);
-    assert_eq!(routed.matched, 1);
+    assert_eq!(broker.route_remote(remote), 1);
     assert_eq!(sub.recv_publish().await.payload, "from elsewhere");
     assert_eq!(recorder.count("forward "), 1, "only house/1 left this node");
 

@@ -120,7 +120,7 @@ async fn queue_is_bounded_and_overflow_is_counted() {
     for _ in 0..10 {
         publisher.publish("t", b"m", QoS::AtLeastOnce, false).await;
     }
-    let dropped = tern_broker::metrics::Metrics::get(&broker.state().metrics.publish_dropped);
+    let dropped = tern_broker::testing::Metrics::get(&broker.state().metrics.publish_dropped);
     assert_eq!(dropped, 7);
     let (mut sub, _) = TestClient::connect_with(addr, persistent(V4, "dev")).await;
     for _ in 0..3 {
@@ -179,7 +179,7 @@ async fn sessions_that_would_never_expire_are_capped() {
     let (v4, _) = TestClient::connect_with(addr, persistent(V4, "v4-persistent")).await;
     v5.disconnect().await;
     v4.disconnect().await;
-    let expired = || tern_broker::metrics::Metrics::get(&broker.state().metrics.sessions_expired);
+    let expired = || tern_broker::testing::Metrics::get(&broker.state().metrics.sessions_expired);
     eventually("both sessions expire", || expired() == 2).await;
     let (_v5, ack) = TestClient::connect_with(addr, forever).await;
     assert!(!ack.session_present);

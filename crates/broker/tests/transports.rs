@@ -16,9 +16,9 @@ use rcgen::{
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use tern_broker::config::{ListenerConfig, ListenerTransport};
-use tern_broker::connection::ConnInfo;
-use tern_broker::listener::TlsAcceptor;
-use tern_broker::listener::tls::common_name;
+use tern_broker::testing::ConnInfo;
+use tern_broker::testing::TlsAcceptor;
+use tern_broker::testing::common_name;
 use tern_broker::{Broker, Config};
 use tern_codec::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

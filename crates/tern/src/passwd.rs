@@ -18,7 +18,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, anyhow, bail};
-use tern_broker::auth::password::{DEFAULT_ITERATIONS, PasswordHash};
+use tern_broker::password::{DEFAULT_ITERATIONS, PasswordHash};
 
 /// Arguments of `tern passwd`.
 #[derive(clap::Args)]

@@ -12,7 +12,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use tern_broker::store::salvage::{self, Report, Tally};
+use tern_broker::salvage::{self, Report, Tally};
 
 /// Arguments of `tern store`.
 #[derive(clap::Args)]

@@ -5,7 +5,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use tern_broker::auth::password::PasswordTable;
+use tern_broker::password::PasswordTable;
 
 fn tern_passwd(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_tern"))

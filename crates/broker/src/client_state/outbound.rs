@@ -14,7 +14,7 @@ use std::time::Instant;
 use tern_codec::{ByteStr, Packet, PubAck, Publish, QoS};
 
 use crate::client_state::ClientState;
-use crate::message::{Delivery, InflightState};
+use crate::message::{Awaiting, Delivery};
 use crate::metrics::Metrics;
 use crate::session::{Inflight, Kick, SessionState};
 use crate::store::Group;
@@ -45,7 +45,7 @@ fn resend(client: &mut ClientState, st: &SessionState) {
     let now = Instant::now();
     for entry in st.inflight() {
         match entry.state {
-            InflightState::AwaitingPubComp => {
+            Awaiting::PubComp => {
                 client.send(&Packet::PubRel(PubAck::new(entry.packet_id)));
             }
             _ => {
@@ -106,11 +106,11 @@ fn take_pending(
             break;
         };
         let state = match delivery.qos {
-            QoS::AtLeastOnce => InflightState::AwaitingPubAck,
-            _ => InflightState::AwaitingPubRec,
+            QoS::AtLeastOnce => Awaiting::PubAck,
+            _ => Awaiting::PubRec,
         };
         record_sent(client, &delivery, (packet_id, state), changes);
-        if state == InflightState::AwaitingPubRec {
+        if state == Awaiting::PubRec {
             held_from.get_or_insert(client.out.len());
         }
         if send_publish(client, &delivery, Some(packet_id), false, now) {
@@ -130,7 +130,7 @@ fn take_pending(
 pub fn record_sent(
     client: &ClientState,
     delivery: &Delivery,
-    sent: (NonZeroU16, InflightState),
+    sent: (NonZeroU16, Awaiting),
     changes: &mut Group,
 ) {
     if let Some(store) = &client.state.store {

@@ -12,12 +12,12 @@ use super::Flow;
 use crate::client_state::ClientState;
 use crate::client_state::outbound;
 use crate::error::ProtocolViolation;
-use crate::message::InflightState;
+use crate::message::Awaiting;
 use crate::store::Group;
 
 /// PUBCOMP ends a QoS 2 delivery.
 pub fn pubcomp(client: &mut ClientState, ack: PubAck) -> Result<Flow, ProtocolViolation> {
-    complete(client, &[ack.packet_id], InflightState::AwaitingPubComp);
+    complete(client, &[ack.packet_id], Awaiting::PubComp);
     Ok(Flow::Continue)
 }
 
@@ -56,7 +56,7 @@ impl PubAcks {
     /// Handles the PUBACKs gathered so far.
     pub fn flush(&mut self, client: &mut ClientState) {
         if self.len > 0 {
-            complete(client, &self.ids[..self.len], InflightState::AwaitingPubAck);
+            complete(client, &self.ids[..self.len], Awaiting::PubAck);
             self.len = 0;
         }
     }
@@ -64,7 +64,7 @@ impl PubAcks {
 
 /// Removes the in-flight entries `ids` name in `state`; an unknown id is
 /// ignored (a late duplicate).
-fn complete(client: &mut ClientState, ids: &[NonZeroU16], state: InflightState) {
+fn complete(client: &mut ClientState, ids: &[NonZeroU16], state: Awaiting) {
     let session = client.session.clone();
     let mut st = session.lock();
     let mut changes = Group::default();
@@ -84,7 +84,7 @@ pub fn pubrec(client: &mut ClientState, ack: PubAck) -> Result<Flow, ProtocolVio
     let session = client.session.clone();
     let (found, ticket) = {
         let mut st = session.lock();
-        if let Some(pos) = st.inflight_position(ack.packet_id, InflightState::AwaitingPubRec) {
+        if let Some(pos) = st.inflight_position(ack.packet_id, Awaiting::PubRec) {
             let mut changes = Group::default();
             if ack.reason.is_error() {
                 if let Some(done) = st.traffic().inflight.remove(pos) {
@@ -94,7 +94,7 @@ pub fn pubrec(client: &mut ClientState, ack: PubAck) -> Result<Flow, ProtocolVio
                 return Ok(Flow::Continue);
             }
             if let Some(entry) = st.traffic().inflight.get_mut(pos) {
-                entry.state = InflightState::AwaitingPubComp;
+                entry.state = Awaiting::PubComp;
                 let sent = (entry.packet_id, entry.state);
                 outbound::record_sent(client, &entry.delivery, sent, &mut changes);
             }
@@ -102,7 +102,7 @@ pub fn pubrec(client: &mut ClientState, ack: PubAck) -> Result<Flow, ProtocolVio
         } else {
             // A repeated PUBREC for a message already released gets PUBREL again.
             let found = st
-                .inflight_position(ack.packet_id, InflightState::AwaitingPubComp)
+                .inflight_position(ack.packet_id, Awaiting::PubComp)
                 .is_some();
             (found, 0)
         }

@@ -27,7 +27,6 @@ use crate::limits::ConnectBytes;
 use crate::state::BrokerState;
 
 pub use self::tls::{TlsAcceptor, TlsConn};
-pub use self::ws::WsStream;
 
 /// The listeners' sockets, bound but not yet accepting.
 pub struct Sockets(Vec<(TcpListener, Kind)>);

@@ -39,7 +39,7 @@ use self::engine::Engine;
 pub use self::engine::Op;
 pub use self::engine::{Durability, Recovered, StoreError};
 use self::records::{Clock, QueueEntry, SessionRecord};
-use crate::message::{Delivery, InflightState, Message, Records, StoredMessage};
+use crate::message::{Awaiting, Delivery, Message, Records, StoredMessage};
 
 /// Where the store's changes go: the persistence seam.
 ///
@@ -227,7 +227,7 @@ impl Store {
         self: &Arc<Self>,
         client_id: &ByteStr,
         delivery: &Delivery,
-        sent: (NonZeroU16, InflightState),
+        sent: (NonZeroU16, Awaiting),
         group: &mut Group,
     ) {
         if delivery.seq == 0 {

@@ -20,7 +20,7 @@ use tern_codec::{
     ByteStr, Packet, ProtocolVersion, Publish, QoS, RetainHandling, SubscriptionOptions,
 };
 
-use crate::message::InflightState;
+use crate::message::Awaiting;
 use crate::message::Message;
 
 /// The layout version written in front of every record.
@@ -74,7 +74,7 @@ impl Clock {
     }
 
     /// `at` in Unix milliseconds (times already past map to before now).
-    pub fn to_unix_ms(&self, at: Instant) -> u64 {
+    pub fn to_unix_ms(self, at: Instant) -> u64 {
         match at.checked_duration_since(self.instant) {
             Some(ahead) => self.unix_ms.saturating_add(millis(ahead)),
             None => self.unix_ms.saturating_sub(millis(self.instant - at)),
@@ -82,7 +82,7 @@ impl Clock {
     }
 
     /// Unix milliseconds as an `Instant` (times already past map to now).
-    pub fn to_instant(&self, unix_ms: u64) -> Instant {
+    pub fn to_instant(self, unix_ms: u64) -> Instant {
         self.instant + Duration::from_millis(unix_ms.saturating_sub(self.unix_ms))
     }
 }
@@ -212,9 +212,10 @@ pub struct QueueEntry {
     pub retain: bool,
     pub subscription_ids: Vec<u32>,
     /// `None` while pending; the packet id and state once sent.
-    pub sent: Option<(NonZeroU16, InflightState)>,
+    pub sent: Option<(NonZeroU16, Awaiting)>,
 }
 
+#[cfg(test)]
 pub fn encode_queue_entry(entry: &QueueEntry) -> Vec<u8> {
     let mut out = BytesMut::new();
     write_queue_entry(entry, &mut out);
@@ -236,9 +237,9 @@ pub fn write_queue_entry(entry: &QueueEntry, out: &mut BytesMut) {
         .for_each(|id| out.put_u32(*id));
     let (packet_id, state) = match entry.sent {
         None => (0, 0),
-        Some((id, InflightState::AwaitingPubAck)) => (id.get(), 1),
-        Some((id, InflightState::AwaitingPubRec)) => (id.get(), 2),
-        Some((id, InflightState::AwaitingPubComp)) => (id.get(), 3),
+        Some((id, Awaiting::PubAck)) => (id.get(), 1),
+        Some((id, Awaiting::PubRec)) => (id.get(), 2),
+        Some((id, Awaiting::PubComp)) => (id.get(), 3),
     };
     out.put_u16(packet_id);
     out.put_u8(state);
@@ -258,9 +259,9 @@ pub fn decode_queue_entry(record: &[u8]) -> Result<QueueEntry, RecordError> {
     let packet_id = r.u16()?;
     let state = match r.u8()? {
         0 => None,
-        1 => Some(InflightState::AwaitingPubAck),
-        2 => Some(InflightState::AwaitingPubRec),
-        3 => Some(InflightState::AwaitingPubComp),
+        1 => Some(Awaiting::PubAck),
+        2 => Some(Awaiting::PubRec),
+        3 => Some(Awaiting::PubComp),
         other => return Err(RecordError::new(WHAT, format!("unknown state {other}"))),
     };
     let sent = match (state, NonZeroU16::new(packet_id)) {
@@ -578,10 +579,7 @@ mod tests {
                 qos: QoS::ExactlyOnce,
                 retain: true,
                 subscription_ids: vec![1, 268_435_455],
-                sent: Some((
-                    NonZeroU16::new(65535).unwrap(),
-                    InflightState::AwaitingPubComp,
-                )),
+                sent: Some((NonZeroU16::new(65535).unwrap(), Awaiting::PubComp)),
             },
         ];
         for e in entries {
@@ -645,7 +643,7 @@ mod tests {
             qos: QoS::ExactlyOnce,
             retain: false,
             subscription_ids: vec![3],
-            sent: Some((NonZeroU16::MIN, InflightState::AwaitingPubRec)),
+            sent: Some((NonZeroU16::MIN, Awaiting::PubRec)),
         });
         let session = encode_session(&SessionRecord {
             expiry_secs: 1,

@@ -1,7 +1,7 @@
 //! Salvage: copies what can still be read out of a damaged data file into a
 //! fresh one, and reports what could not be (`tern store salvage`).
 //!
-//! Why: [`Engine::open`] refuses a file whose committed trees fail redb's
+//! Why: `Engine::open` refuses a file whose committed trees fail redb's
 //! checksums, because reading such a file blindly can return garbage or
 //! panic. That is right for a start, but then one bad page costs the
 //! operator every session and retained message. Salvage reads the file

@@ -113,7 +113,8 @@ pub enum Op<V = Vec<u8>> {
     DeleteRetained { topic: ByteStr },
 }
 
-/// Counters for `$SYS` and benchmarks.
+/// Counters for the engine's tests and benchmarks.
+#[cfg(test)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StoreStats {
     /// Write transactions committed since open.
@@ -339,7 +340,8 @@ impl<V: Value> Engine<V> {
         &self.shared.path
     }
 
-    /// Counters for `$SYS` and benchmarks.
+    /// Counters for the engine's tests and benchmarks.
+    #[cfg(test)]
     pub fn stats(&self) -> StoreStats {
         StoreStats {
             commits: self.shared.commits.load(Ordering::Relaxed),
