@@ -95,7 +95,10 @@ fn snapshot(state: &BrokerState, parker: &Parker) -> Vec<(&'static str, String)>
         ),
         ("bytes/sent", Metrics::get(&m.bytes_sent).to_string()),
         ("subscriptions/count", state.tree().len().to_string()),
-        ("retained messages/count", state.retained.count().to_string()),
+        (
+            "retained messages/count",
+            state.retained.count().to_string(),
+        ),
     ]
     .into_iter()
     .chain(
