@@ -19,8 +19,12 @@ use std::ops::{Deref, DerefMut};
 
 /// Ranks, lowest first: the order locks are taken in. Gaps leave room.
 pub mod rank {
+    /// `BrokerState::reloading`: held through a reload of the password and
+    /// ACL files, which takes every lock after it.
+    pub const RELOAD: u8 = 5;
     /// `BrokerState::sessions`: client id → session. Held only to find,
-    /// insert or remove a session (with that session's lock, to decide).
+    /// insert or remove a session (with that session's lock, to decide),
+    /// or to copy the list of them (a reload).
     pub const SESSIONS: u8 = 10;
     /// One session's state (`Session::lock`): its queues, in-flight
     /// messages, subscriptions. Held for queue operations and to submit

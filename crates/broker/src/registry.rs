@@ -2,7 +2,8 @@
 //!
 //! - [`attach`] runs after a valid CONNECT: it finds or creates the session,
 //!   takes it over from a connection still holding it (that connection gets
-//!   DISCONNECT 0x8E and is waited for), and applies Clean Start.
+//!   DISCONNECT 0x8E and is waited for), applies Clean Start, and records
+//!   how the client logged in, for a reload to judge again.
 //! - [`detach`] runs when a connection ends: it publishes or schedules the
 //!   will, and either ends the session (expiry 0) or starts its expiry timer.
 //!
@@ -15,12 +16,12 @@ use std::time::{Duration, Instant};
 
 use tern_codec::ByteStr;
 
-use crate::auth;
+use crate::auth::{self, Auth};
 use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::router;
 use crate::session::{ConnectionId, NEVER_EXPIRES, PendingWill, Session, SessionState};
-use crate::state::BrokerState;
+use crate::state::{self, BrokerState};
 
 /// How long a new connection waits for the one it takes over to close.
 const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
@@ -34,7 +35,18 @@ pub struct Attached {
     pub ticket: u64,
 }
 
-/// Attaches connection `connection_id`, logged in as `username`, to the
+/// How a connection logged in: what [`attach`] records in its session.
+#[derive(Debug)]
+pub struct LoggedIn {
+    /// `None`: anonymous.
+    pub username: Option<Arc<str>>,
+    /// The username is the certificate's (`use_identity_as_username`).
+    pub by_certificate: bool,
+    /// The rules the login was judged by.
+    pub rules: Arc<Auth>,
+}
+
+/// Attaches connection `connection_id`, logged in as `login` says, to the
 /// session of `client_id`.
 ///
 /// A session is resumed only by the user it belongs to. A client id is all
@@ -50,8 +62,13 @@ pub async fn attach(
     clean_start: bool,
     expiry_secs: u32,
     connection_id: ConnectionId,
-    username: Option<Arc<str>>,
+    login: LoggedIn,
 ) -> Attached {
+    let LoggedIn {
+        username,
+        by_certificate,
+        rules,
+    } = login;
     // Across nodes, another may hold the session: it lets go first.
     if let Some(claim) = state.ownership.claim(client_id) {
         claim.await;
@@ -74,6 +91,8 @@ pub async fn attach(
         }
         let previous = st.attach(connection_id);
         session.bind_user(&mut st, username);
+        st.by_certificate = by_certificate;
+        st.login_rules = rules.generation();
         st.generation = st.generation.wrapping_add(1);
         session.set_online(true);
         let parked = st.parked.take();
@@ -114,6 +133,14 @@ pub async fn attach(
         if let Some(will) = will {
             publish_will(state, will.message, will.username.as_ref());
         }
+    }
+    // Rules installed since the login was judged, by a reload whose scan
+    // may have looked before this connection attached: judge it here.
+    // Whichever of the two comes second finds the login judged by the new
+    // rules already (`login_rules`), or refused, and leaves it.
+    let now = state.auth.current();
+    if now.generation() != rules.generation() {
+        state::refuse_revoked_login(&session, &rules, &now);
     }
     Attached {
         session,
@@ -359,9 +386,20 @@ fn publish_will(state: &BrokerState, will: Arc<Message>, username: Option<&Arc<s
 mod tests {
     use super::*;
     use crate::Config;
+    use crate::auth::password::PasswordHash;
+    use crate::session::Ousted;
+    use tern_codec::ReasonCode;
 
     fn id(n: u64) -> ConnectionId {
         ConnectionId::new(n).expect("not zero")
+    }
+
+    fn anonymous(state: &BrokerState) -> LoggedIn {
+        LoggedIn {
+            username: None,
+            by_certificate: false,
+            rules: state.auth.current(),
+        }
     }
 
     /// The interleaving behind a 5 s CONNACK: connection 1 has left its loop
@@ -375,10 +413,11 @@ mod tests {
         let auth = crate::auth::AuthState::new(&config).expect("auth");
         let state = BrokerState::new(config, None, auth, crate::seams::Seams::single_node());
         let client_id = ByteStr::from("closing");
-        let first = attach(&state, &client_id, true, 0, id(1), None).await;
+        let first = attach(&state, &client_id, true, 0, id(1), anonymous(&state)).await;
         let takeover = tokio::spawn({
             let (state, client_id) = (state.clone(), client_id.clone());
-            async move { attach(&state, &client_id, false, 0, id(2), None).await }
+            let login = anonymous(&state);
+            async move { attach(&state, &client_id, false, 0, id(2), login).await }
         });
         while first.session.lock().kick.is_none() {
             tokio::task::yield_now().await;
@@ -394,5 +433,48 @@ mod tests {
         let second = takeover.await.expect("attach");
         assert_eq!(started.elapsed(), Duration::ZERO);
         assert_eq!(second.session.lock().connection, Some(id(2)));
+    }
+
+    /// A login judged by rules that a reload replaced before its connection
+    /// attached, so the reload's scan did not see it: `attach` judges it
+    /// again.
+    #[tokio::test]
+    async fn a_login_judged_before_a_reload_is_judged_again_on_attach() {
+        let dir = std::env::temp_dir().join(format!("tern-relogin-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let passwd = dir.join("passwd");
+        let one = std::num::NonZeroU32::MIN;
+        let line = |user: &str| {
+            let hash = PasswordHash::new("pw", one).expect("hash").encode();
+            format!("{user}:{hash}\n")
+        };
+        let bob = line("bob");
+        std::fs::write(&passwd, line("alice") + &bob).expect("write");
+        let config = Config {
+            password_file: Some(passwd.clone()),
+            ..Config::default()
+        };
+        let auth = crate::auth::AuthState::new(&config).expect("auth");
+        let state = BrokerState::new(config, None, auth, crate::seams::Seams::single_node());
+        let judged = state.auth.current();
+        std::fs::write(&passwd, &bob).expect("write");
+        state.reload_auth().expect("reload");
+        let login = |user: &str, by_certificate| LoggedIn {
+            username: Some(Arc::from(user)),
+            by_certificate,
+            rules: judged.clone(),
+        };
+
+        let alice = attach(&state, &"a".into(), true, 0, id(1), login("alice", false)).await;
+        let refused = alice.session.lock().check_owner(id(1));
+        assert!(matches!(
+            refused,
+            Err(Ousted::Refused(ReasonCode::NotAuthorized))
+        ));
+        let kept = attach(&state, &"b".into(), true, 0, id(2), login("bob", false)).await;
+        assert!(kept.session.lock().check_owner(id(2)).is_ok());
+        let by_cert = attach(&state, &"c".into(), true, 0, id(3), login("alice", true)).await;
+        assert!(by_cert.session.lock().check_owner(id(3)).is_ok());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

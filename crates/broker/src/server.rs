@@ -101,10 +101,11 @@ impl BrokerHandle {
     }
 
     /// Re-reads the password file, the ACL file and every TLS listener's
-    /// certificates (what `tern serve` does on SIGHUP), without dropping a
-    /// connection. Whatever cannot be read keeps its current version; the
-    /// returned errors (also logged) say which file and why. Empty: all
-    /// reloaded.
+    /// certificates (what `tern serve` does on SIGHUP). Connections whose
+    /// login the new password file no longer admits are closed (see
+    /// [`BrokerState::reload_auth`]); all others stay. Whatever cannot be
+    /// read keeps its current version; the returned errors (also logged)
+    /// say which file and why. Empty: all reloaded.
     pub fn reload(&self) -> Vec<String> {
         let mut errors = self.reload_certificates();
         if let Err(e) = self.state.reload_auth() {

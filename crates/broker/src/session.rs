@@ -97,6 +97,18 @@ pub struct SessionSubscription {
     pub subscription_id: Option<u32>,
 }
 
+/// Why a connection must close, as its session tells it
+/// ([`SessionState::check_owner`]).
+#[derive(Debug)]
+pub enum Ousted {
+    /// Another connection took the session over; the kick left for this
+    /// one, if it is still there.
+    TakenOver(Option<Box<Kick>>),
+    /// The broker closes it with this reason: a reload of the password file
+    /// no longer admits its login (see [`Session::refuse`]).
+    Refused(ReasonCode),
+}
+
 /// Tells a connection that another one took its session over: left in the
 /// session for it, which then wakes it (see [`Session::kick`]). The
 /// connection drops `done` once it has finished closing, so the one taking
@@ -138,6 +150,16 @@ pub struct SessionState {
     /// The username of the last connection attached, for ACL checks on
     /// deliveries.
     pub username: Option<Arc<str>>,
+    /// Whether the attached connection's username is its certificate's
+    /// (`use_identity_as_username`) rather than one the password file
+    /// vouched for. With `login_rules`, what a reload judges again.
+    pub by_certificate: bool,
+    /// The [`crate::auth::Auth::generation`] of the rules the attached
+    /// connection's login was last judged by.
+    pub login_rules: u32,
+    /// The attached connection is to close with this reason; cleared when
+    /// a connection attaches.
+    refused: Option<ReasonCode>,
 }
 
 /// A will waiting out its delay.
@@ -181,6 +203,9 @@ impl Session {
                 stored: false,
                 parked: None,
                 username: None,
+                by_certificate: false,
+                login_rules: 0,
+                refused: None,
             }),
             notify: Notify::new(),
             online: AtomicBool::new(false),
@@ -258,6 +283,17 @@ impl Session {
         self.identity.load(Ordering::Relaxed)
     }
 
+    /// Closes the attached connection with `reason` (MQTT 5: in a
+    /// DISCONNECT): it finds the refusal through
+    /// [`SessionState::check_owner`] once woken, or resumed if it is parked.
+    /// It then closes as for any broker-initiated close: its will is
+    /// published by the usual rules, and the session outlives it by its
+    /// expiry.
+    pub fn refuse(&self, mut st: StateGuard<'_>, reason: ReasonCode) {
+        st.refused = Some(reason);
+        self.wake(st);
+    }
+
     /// Wakes the attached connection (resuming it if it is parked).
     fn wake(&self, mut st: StateGuard<'_>) {
         let parked = st.parked.take();
@@ -275,6 +311,7 @@ impl SessionState {
     /// a kick (its waker is the caller's job) and returns a receiver that
     /// resolves when it has closed.
     pub fn attach(&mut self, connection_id: ConnectionId) -> Option<oneshot::Receiver<()>> {
+        self.refused = None;
         let previous = self.connection.replace(connection_id)?;
         let (done, closed) = oneshot::channel();
         self.kick = Some(Box::new(Kick {
@@ -285,13 +322,26 @@ impl SessionState {
         Some(closed)
     }
 
-    /// `Err` if connection `connection_id` no longer owns the session, with
-    /// the kick left for it if it is still there.
-    pub fn check_owner(&mut self, connection_id: ConnectionId) -> Result<(), Option<Box<Kick>>> {
-        if self.connection == Some(connection_id) {
-            return Ok(());
+    /// `Err` if connection `connection_id` must close: it no longer owns
+    /// the session, or the broker refused it.
+    pub fn check_owner(&mut self, connection_id: ConnectionId) -> Result<(), Ousted> {
+        if self.connection != Some(connection_id) {
+            let kick = self.kick.take_if(|k| k.connection_id == connection_id);
+            return Err(Ousted::TakenOver(kick));
         }
-        Err(self.kick.take_if(|k| k.connection_id == connection_id))
+        self.refused
+            .map_or(Ok(()), |reason| Err(Ousted::Refused(reason)))
+    }
+
+    /// Whether connection `connection_id` owns the session and may go on
+    /// (what [`SessionState::check_owner`] checks, taking nothing).
+    pub fn is_owner(&self, connection_id: ConnectionId) -> bool {
+        self.connection == Some(connection_id) && self.refused.is_none()
+    }
+
+    /// Whether the attached connection has been refused and is closing.
+    pub fn is_refused(&self) -> bool {
+        self.refused.is_some()
     }
 
     /// The queues, created on first use.
@@ -574,6 +624,11 @@ impl Sessions {
         if self.0.get(id).is_some_and(|s| Arc::ptr_eq(&s.0, session)) {
             self.0.remove(id);
         }
+    }
+
+    /// Every session, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Session>> {
+        self.0.iter().map(|s| &s.0)
     }
 
     pub fn len(&self) -> usize {

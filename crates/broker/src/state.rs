@@ -2,7 +2,8 @@
 //!
 //! Who owns what:
 //! - `sessions`: the registry of sessions by client id (see [`crate::registry`]).
-//!   A std mutex, locked only to find, insert or remove a session.
+//!   A std mutex, locked only to find, insert or remove a session, or to
+//!   copy the list of them (a reload, see [`BrokerState::reload_auth`]).
 //! - `subscriptions`: the subscription tree. Read-locked by every PUBLISH
 //!   (many readers at once), write-locked only by SUBSCRIBE/UNSUBSCRIBE and
 //!   session end.
@@ -11,6 +12,7 @@
 //!
 //! Every lock here has its rank in its type (see [`crate::lock`], which
 //! checks the order in debug builds, and docs/architecture.md "Lock order"):
+//! `reloading` (held through a reload of the authentication files) before
 //! `sessions` before a session's own lock before the tree before the
 //! retained messages. No lock is ever held across an `.await`.
 
@@ -18,11 +20,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use tern_codec::{QoS, SubscriptionOptions};
+use tern_codec::{QoS, ReasonCode, SubscriptionOptions};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::AuthState;
+use crate::auth::{Auth, AuthState};
 use crate::config::Config;
 use crate::limits::Limits;
 use crate::lock::{Mutex, MutexGuard, ReadGuard, RwLock, WriteGuard, rank};
@@ -66,6 +68,9 @@ pub struct BrokerState {
     pub store: Option<Arc<Store>>,
     /// Passwords, ACL and failed logins; swapped by `reload_auth`.
     pub auth: AuthState,
+    /// Held through a reload, so that each judges the logins of the rules
+    /// the one before installed.
+    reloading: Mutex<(), { rank::RELOAD }>,
     next_connection_id: AtomicU64,
     queue_limits: QueueLimits,
 }
@@ -76,6 +81,34 @@ impl Drop for BrokerState {
     fn drop(&mut self) {
         if let Some(store) = &self.store {
             store.close();
+        }
+    }
+}
+
+/// Judges again the login of the connection attached to `session`, if it
+/// was judged by `before`: closes it with DISCONNECT 0x87 (Not authorized)
+/// if the rules `now` in force no longer admit it, else records that `now`
+/// admits it. Returns whether it was refused (each refusal is logged).
+///
+/// 0x87 is what MQTT 5 has for this among DISCONNECT's reason codes: 0x86
+/// (Bad User Name or Password), what CONNECT would get, is for CONNACK
+/// only, and 0x98 (Administrative action) would not say why.
+pub fn refuse_revoked_login(session: &Session, before: &Auth, now: &Auth) -> bool {
+    let mut st = session.lock();
+    if st.connection.is_none() || st.is_refused() || st.login_rules != before.generation() {
+        return false;
+    }
+    match now.still_admits(before, st.username.as_deref(), st.by_certificate) {
+        Ok(()) => {
+            st.login_rules = now.generation();
+            false
+        }
+        Err(why) => {
+            let client_id = &session.client_id;
+            let username = st.username.as_deref();
+            tracing::info!(%client_id, username, "disconnecting client: {why}");
+            session.refuse(st, ReasonCode::NotAuthorized);
+            true
         }
     }
 }
@@ -110,6 +143,7 @@ impl BrokerState {
             tasks,
             store,
             auth,
+            reloading: Mutex::new(()),
             next_connection_id: AtomicU64::new(1),
             queue_limits,
         })
@@ -139,10 +173,36 @@ impl BrokerState {
         &self.queue_limits
     }
 
-    /// Re-reads `password_file` and `acl_file` (see [`AuthState::reload`]):
-    /// clients already connected stay connected.
+    /// Re-reads `password_file` and `acl_file` (see [`AuthState::reload`]),
+    /// then closes the connections whose login the new rules no longer
+    /// admit ([`Auth::still_admits`]; [`refuse_revoked_login`]).
+    ///
+    /// ACL changes close nothing, because nothing a client keeps escapes
+    /// the new ACL: its PUBLISH and SUBSCRIBE packets are judged when they
+    /// arrive; a subscription the new ACL no longer allows stays, but a new
+    /// ACL is a new generation, so its deliveries are checked per message
+    /// (`auth::Readable`) and it receives nothing the client may not read;
+    /// its will's topic is checked when the will is published.
     pub fn reload_auth(&self) -> Result<(), String> {
-        self.auth.reload(&self.config)
+        let _one_at_a_time = self.reloading.lock();
+        let before = self.auth.current();
+        self.auth.reload(&self.config)?;
+        let now = self.auth.current();
+        // A snapshot: the registry is not held while every session is
+        // looked at, which would keep connecting clients waiting.
+        let sessions: Vec<Arc<Session>> = self.sessions().iter().cloned().collect();
+        let refused = sessions
+            .iter()
+            .filter(|session| refuse_revoked_login(session, &before, &now))
+            .count();
+        if refused > 0 {
+            let clients = if refused == 1 { "client" } else { "clients" };
+            tracing::info!(
+                refused,
+                "reload: {refused} {clients} disconnected: their login is no longer valid"
+            );
+        }
+        Ok(())
     }
 
     /// The highest QoS this broker grants.

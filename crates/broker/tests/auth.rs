@@ -694,6 +694,131 @@ async fn reload_applies_good_files_and_keeps_old_rules_on_errors() {
     broker.shutdown().await;
 }
 
+/// Connects `id` as `user` with `password`, which must be accepted.
+async fn logged_in(
+    broker: &BrokerHandle,
+    version: ProtocolVersion,
+    id: &str,
+    (user, password): (&str, &str),
+) -> TestClient {
+    let connect = login(version, id, Some(user), Some(password));
+    let (client, ack) = TestClient::connect_with(broker.local_addr(), connect).await;
+    assert_eq!(ack.reason, ReasonCode::Success, "{id} as {user}");
+    client
+}
+
+/// A reload that removes a user, or changes a password, closes the
+/// connections that logged in with them (MQTT 5: DISCONNECT 0x87, Not
+/// authorized); one whose user's entry is unchanged stays and keeps
+/// working. `parked`: the connections are parked when the reload comes
+/// (else parking is off and they are awake in their tasks).
+async fn a_reload_closes_logins_it_no_longer_admits(name: &str, parked: bool) {
+    let dir = temp_dir(name);
+    let passwd = dir.join("passwd");
+    let bob = user_line("bob", "b");
+    write(
+        &passwd,
+        &(user_line("alice", "a") + &bob + &user_line("carol", "c")),
+    );
+    let broker = start_auth(|c| {
+        c.password_file = Some(passwd.clone());
+        if !parked {
+            c.park_idle_ms = 0;
+        }
+    })
+    .await;
+    let mut alice5 = logged_in(&broker, V5, "alice5", ("alice", "a")).await;
+    let mut alice3 = logged_in(&broker, V3, "alice3", ("alice", "a")).await;
+    let mut carol = logged_in(&broker, V5, "carol", ("carol", "c")).await;
+    let mut bob_client = logged_in(&broker, V5, "bob", ("bob", "b")).await;
+    assert_eq!(
+        bob_client.subscribe("t/#", QoS::AtMostOnce).await,
+        ReasonCode::Success
+    );
+    if parked {
+        eventually("all four connections are parked", || {
+            broker.parked_connections() == 4
+        })
+        .await;
+    } else {
+        assert_eq!(broker.parked_connections(), 0);
+    }
+
+    // alice removed, carol's password changed, bob's line kept as it was.
+    write(&passwd, &(bob + &user_line("carol", "new")));
+    assert_eq!(broker.reload(), Vec::<String>::new());
+    expect_disconnect(&mut alice5, ReasonCode::NotAuthorized).await;
+    // MQTT 3.1.1 has no server DISCONNECT: the socket just closes.
+    assert_eq!(alice3.expect_closed().await, None);
+    expect_disconnect(&mut carol, ReasonCode::NotAuthorized).await;
+    bob_client
+        .publish("t/1", b"still here", QoS::AtMostOnce, false)
+        .await;
+    assert_eq!(&bob_client.recv_publish().await.payload[..], b"still here");
+    // carol is back with her new password; alice is not let in.
+    logged_in(&broker, V5, "carol", ("carol", "new")).await;
+    assert_eq!(
+        connack(&broker, login(V5, "alice5", Some("alice"), Some("a"))).await,
+        ReasonCode::BadUserNameOrPassword
+    );
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_reload_closes_awake_connections_whose_login_it_no_longer_admits() {
+    a_reload_closes_logins_it_no_longer_admits("refuse-awake", false).await;
+}
+
+#[tokio::test]
+async fn a_reload_closes_parked_connections_whose_login_it_no_longer_admits() {
+    a_reload_closes_logins_it_no_longer_admits("refuse-parked", true).await;
+}
+
+/// A connection a reload closes ends like any other the broker closes: its
+/// will goes out, and its persistent session stays, for the client to
+/// resume once it may log in again.
+#[tokio::test]
+async fn a_refused_clients_will_goes_out_and_its_session_stays() {
+    let dir = temp_dir("refuse-session");
+    let passwd = dir.join("passwd");
+    let bob = user_line("bob", "b");
+    write(&passwd, &(user_line("alice", "a") + &bob));
+    let broker = start_auth(|c| c.password_file = Some(passwd.clone())).await;
+    let mut watcher = logged_in(&broker, V5, "watcher", ("bob", "b")).await;
+    watcher.subscribe("status/#", QoS::AtMostOnce).await;
+    let mut device = login(V5, "device", Some("alice"), Some("a"));
+    device.clean_start = false;
+    device.properties.session_expiry_interval = Some(60);
+    device.will = Some(LastWill {
+        topic: "status/device".into(),
+        payload: bytes::Bytes::from_static(b"gone"),
+        qos: QoS::AtMostOnce,
+        retain: false,
+        properties: WillProperties::default(),
+    });
+    let (mut client, _) = TestClient::connect_with(broker.local_addr(), device.clone()).await;
+    assert_eq!(
+        client.subscribe("news", QoS::AtLeastOnce).await,
+        ReasonCode::GrantedQoS1
+    );
+
+    write(&passwd, &bob);
+    broker.state().reload_auth().unwrap();
+    expect_disconnect(&mut client, ReasonCode::NotAuthorized).await;
+    assert_eq!(&watcher.recv_publish().await.payload[..], b"gone");
+
+    // Back in the file (hashed anew): the session is resumed.
+    write(&passwd, &(user_line("alice", "a") + &bob));
+    broker.state().reload_auth().unwrap();
+    device.will = None;
+    let (_, ack) = TestClient::connect_with(broker.local_addr(), device).await;
+    assert_eq!(
+        (ack.reason, ack.session_present),
+        (ReasonCode::Success, true)
+    );
+    broker.shutdown().await;
+}
+
 #[tokio::test]
 async fn repeated_failures_are_slowed_down() {
     use tern_broker::testing::{FIRST_DELAY, FREE_FAILURES};

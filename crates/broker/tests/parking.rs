@@ -1,7 +1,8 @@
 //! Parked connections: a quiet TCP connection leaves its task and waits in
 //! the parker's epoll set; each thing that needs it brings it back — bytes
 //! from the client, a delivery, keep-alive expiry, a takeover, the client
-//! closing, broker shutdown. (Every other test file also parks: the test
+//! closing, broker shutdown; a reload that refuses the login is in
+//! `tests/auth.rs`. (Every other test file also parks: the test
 //! configuration parks after 1 ms.)
 
 mod common;

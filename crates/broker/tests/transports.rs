@@ -390,8 +390,8 @@ async fn puback(client: &mut TestClient, topic: &str) -> ReasonCode {
 
 /// End to end: with `use_identity_as_username`, the certificate's Common
 /// Name is the username the password check and the ACL see. The password
-/// the client sends is not checked; a client without a certificate (on a
-/// listener where it is optional) is refused.
+/// the client sends is not checked, at CONNECT or on a reload; a client
+/// without a certificate (on a listener where it is optional) is refused.
 #[tokio::test]
 async fn the_certificate_common_name_is_the_username_for_login_and_acl() {
     let files = TlsFiles::new("cn-username");
@@ -426,6 +426,13 @@ async fn the_certificate_common_name_is_the_username_for_login_and_acl() {
     assert_eq!(
         puback(&mut client, "other/1").await,
         ReasonCode::NotAuthorized
+    );
+    // A reload judges password logins again; device-42 has no entry in the
+    // password file, but its certificate vouches for it: it stays.
+    assert_eq!(broker.reload(), Vec::<String>::new());
+    assert_eq!(
+        puback(&mut client, "dev/1").await,
+        ReasonCode::NoMatchingSubscribers
     );
 
     let without = client_config(files.ca.der(), None, ALL_VERSIONS);

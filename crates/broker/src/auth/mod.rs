@@ -25,6 +25,9 @@
 //! - Delivery: the router checks read access per message only for
 //!   subscriptions not known to be wholly readable under the rules now in
 //!   force ([`ReadCheck`]); with no ACL it checks nothing.
+//! - Reload: [`Auth::still_admits`] judges again a login made under earlier
+//!   rules, for `BrokerState::reload_auth`, which closes the connections it
+//!   refuses.
 
 pub mod acl;
 pub mod guard;
@@ -59,6 +62,8 @@ pub struct Auth {
     pub passwords: Option<PasswordTable>,
     /// `None`: no `acl_file`; every topic is open to every client.
     pub acl: Option<Acl>,
+    /// Which load these are (see [`Auth::generation`]); set when installed.
+    generation: u64,
 }
 
 impl Auth {
@@ -87,7 +92,80 @@ impl Auth {
             }
             None => None,
         };
-        Ok(Auth { passwords, acl })
+        Ok(Auth {
+            passwords,
+            acl,
+            generation: 0,
+        })
+    }
+
+    /// A number new with every set of rules installed (every successful
+    /// load): a session records the one its connection's login was judged
+    /// by, so a reload knows which logins to judge again. 32 bits, as
+    /// every session keeps one (4 bytes more would take it into a larger
+    /// heap chunk); the numbers repeat after 2^32 loads, but a login is
+    /// judged again at every reload, so it is never compared with rules
+    /// that old.
+    pub fn generation(&self) -> u32 {
+        self.generation as u32
+    }
+
+    /// Whether these rules still admit a client that logged in under
+    /// `before` as `username` (`None`: anonymously), `by_certificate` or
+    /// with a password. The CONNECT-time decision made again, with what is
+    /// known after CONNECT: the password itself is not kept.
+    /// - By certificate (`use_identity_as_username`): the certificate
+    ///   vouches for the client, not the password file; still admitted.
+    /// - Anonymous: whether a listener admits clients without a username
+    ///   depends on the configuration only (`Config::allows_anonymous`),
+    ///   which a reload does not change; still admitted.
+    /// - No password file: usernames are taken as given; still admitted.
+    /// - A password: admitted while its user's entry is the very one the
+    ///   password was verified against. A user removed, or given a new hash
+    ///   (a new password, or the same one hashed again with a new salt: the
+    ///   two cannot be told apart), must log in again.
+    ///
+    /// The will is not judged here: its topic is checked again when it is
+    /// published (`registry::publish_will`).
+    pub fn still_admits(
+        &self,
+        before: &Auth,
+        username: Option<&str>,
+        by_certificate: bool,
+    ) -> Result<(), Revoked> {
+        let (Some(now), Some(user), false) = (&self.passwords, username, by_certificate) else {
+            return Ok(());
+        };
+        let Some(hash) = now.hash_of(user) else {
+            return Err(Revoked::UnknownUser);
+        };
+        // No table before means no password was verified: judged as a login
+        // whose password cannot be checked (the configuration names the file,
+        // so a reload never adds one; this only keeps the rule total).
+        let verified = before.passwords.as_ref().and_then(|t| t.hash_of(user));
+        if verified == Some(hash) {
+            Ok(())
+        } else {
+            Err(Revoked::NewPassword)
+        }
+    }
+}
+
+/// Why a login made under earlier rules is no longer valid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Revoked {
+    /// Its user is no longer in the password file.
+    UnknownUser,
+    /// Its user's entry in the password file changed.
+    NewPassword,
+}
+
+impl std::fmt::Display for Revoked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Revoked::UnknownUser => "its user is no longer in the password file",
+            Revoked::NewPassword => "its user's password changed in the password file",
+        })
     }
 }
 
@@ -99,6 +177,7 @@ pub struct AuthState {
     /// a subscription found wholly readable under an older one is checked
     /// again per message.
     acl_generation: AtomicU64,
+    /// Rules installed so far: the last ones' [`Auth::generation`].
     loads: AtomicU64,
     guard: Mutex<Guard, { rank::AUTH_GUARD }>,
     /// Password checks running at once ([`verification_slots`]).
@@ -135,15 +214,16 @@ impl AuthState {
         self.acl_generation.load(Ordering::Relaxed)
     }
 
-    fn install(&self, auth: Auth) {
+    fn install(&self, mut auth: Auth) {
         let mut guard = self.current.write();
-        let generation = if auth.acl.is_some() {
-            self.loads.fetch_add(1, Ordering::Relaxed) + 1
+        auth.generation = self.loads.fetch_add(1, Ordering::Relaxed) + 1;
+        let acl_generation = if auth.acl.is_some() {
+            auth.generation
         } else {
             0
         };
         *guard = Arc::new(auth);
-        self.acl_generation.store(generation, Ordering::Relaxed);
+        self.acl_generation.store(acl_generation, Ordering::Relaxed);
     }
 
     fn guard(&self) -> MutexGuard<'_, Guard, { rank::AUTH_GUARD }> {
@@ -181,20 +261,22 @@ pub struct Login<'a> {
 }
 
 impl AuthState {
-    /// Decides who the client is: `Ok(username)` (`None`: anonymous), or
-    /// the CONNACK reason refusing it. Also checks that the will may be
-    /// published. A password is checked when [`guard`] says so; waiting for
-    /// that ends at `shutdown`.
+    /// Decides who the client is under `auth` (the rules in force, from
+    /// [`AuthState::current`]; the caller keeps them, so that a reload
+    /// meanwhile can judge this login again): `Ok(username)` (`None`:
+    /// anonymous), or the CONNACK reason refusing it. Also checks that the
+    /// will may be published. A password is checked when [`guard`] says so;
+    /// waiting for that ends at `shutdown`.
     pub async fn authenticate(
         &self,
+        auth: &Arc<Auth>,
         login: &Login<'_>,
         shutdown: &CancellationToken,
     ) -> Result<Option<Arc<str>>, ReasonCode> {
-        let auth = self.current();
         // Boxed: inline it would enlarge every connection's handshake future.
         // A refusal is logged once, with the username, where every CONNECT
         // refusal is (`connection::handshake::start_session`).
-        let username = Box::pin(self.login(login, &auth, shutdown)).await?;
+        let username = Box::pin(self.login(login, auth, shutdown)).await?;
         if let (Some(will), Some(acl)) = (&login.connect.will, &auth.acl) {
             let id = Identity {
                 username: username.as_deref(),
@@ -436,7 +518,11 @@ mod tests {
             PasswordTable::parse(&lines, Path::new("test"))
         });
         let acl = acl.map(|text| Acl::parse(text).unwrap());
-        state.install(Auth { passwords, acl });
+        state.install(Auth {
+            passwords,
+            acl,
+            ..Auth::default()
+        });
         state
     }
 
@@ -507,8 +593,8 @@ mod tests {
         assert!(!whole.needs_check(generation, 7));
         assert!(whole.needs_check(generation, 8), "another user attached");
         acl.install(Auth {
-            passwords: None,
             acl: Some(Acl::parse(ACL).unwrap()),
+            ..Auth::default()
         });
         assert!(whole.needs_check(acl.acl_generation(), 7), "rules reloaded");
         let (granted, partly) = acl.subscribe_access(&id(Some("alice")), 7, "#");
@@ -524,17 +610,20 @@ mod tests {
         let open = rules(None, &[]);
         let anonymous = connect(None, None);
         assert_eq!(
-            open.authenticate(&login(&anonymous), &shutdown).await,
+            open.authenticate(&open.current(), &login(&anonymous), &shutdown)
+                .await,
             Ok(None)
         );
         let closed = Login {
             allow_anonymous: false,
             ..login(&anonymous)
         };
-        let refused = open.authenticate(&closed, &shutdown).await;
+        let refused = open.authenticate(&open.current(), &closed, &shutdown).await;
         assert_eq!(refused, Err(ReasonCode::NotAuthorized));
         let bob = connect(Some("bob"), None);
-        let taken = open.authenticate(&login(&bob), &shutdown).await;
+        let taken = open
+            .authenticate(&open.current(), &login(&bob), &shutdown)
+            .await;
         assert_eq!(taken.unwrap().as_deref(), Some("bob"), "no password file");
 
         let cert = Login {
@@ -542,24 +631,30 @@ mod tests {
             cert_identity: Some("device-7"),
             ..login(&bob)
         };
-        let by_cert = open.authenticate(&cert, &shutdown).await;
+        let by_cert = open.authenticate(&open.current(), &cert, &shutdown).await;
         assert_eq!(by_cert.unwrap().as_deref(), Some("device-7"));
         let no_cert = Login {
             cert_identity: None,
             ..cert
         };
-        let refused = open.authenticate(&no_cert, &shutdown).await;
+        let refused = open
+            .authenticate(&open.current(), &no_cert, &shutdown)
+            .await;
         assert_eq!(refused, Err(ReasonCode::NotAuthorized));
 
         let users = rules(None, &[("alice", "secret")]);
         let right = connect(Some("alice"), Some("secret"));
-        let ok = users.authenticate(&login(&right), &shutdown).await;
+        let ok = users
+            .authenticate(&users.current(), &login(&right), &shutdown)
+            .await;
         assert_eq!(ok.unwrap().as_deref(), Some("alice"));
         for wrong in [
             connect(Some("alice"), Some("guess")),
             connect(Some("alice"), None),
         ] {
-            let refused = users.authenticate(&login(&wrong), &shutdown).await;
+            let refused = users
+                .authenticate(&users.current(), &login(&wrong), &shutdown)
+                .await;
             assert_eq!(refused, Err(ReasonCode::BadUserNameOrPassword));
         }
     }
@@ -576,13 +671,59 @@ mod tests {
             properties: Default::default(),
         });
         let shutdown = CancellationToken::new();
-        let refused = acl.authenticate(&login(&alice), &shutdown).await;
+        let refused = acl
+            .authenticate(&acl.current(), &login(&alice), &shutdown)
+            .await;
         assert_eq!(refused, Err(ReasonCode::NotAuthorized));
         if let Some(will) = &mut alice.will {
             will.topic = "alice/gone".into();
         }
-        let ok = acl.authenticate(&login(&alice), &shutdown).await;
+        let ok = acl
+            .authenticate(&acl.current(), &login(&alice), &shutdown)
+            .await;
         assert_eq!(ok.unwrap().as_deref(), Some("alice"));
+    }
+
+    /// Rules with a password file of these `user:hash` lines.
+    fn password_file(lines: &str) -> Auth {
+        Auth {
+            passwords: Some(PasswordTable::parse(lines, Path::new("test"))),
+            ..Auth::default()
+        }
+    }
+
+    #[test]
+    fn a_reload_keeps_a_password_login_while_its_users_entry_is_unchanged() {
+        let one = NonZeroU32::new(1).unwrap();
+        let line = |user: &str, password: &str| {
+            format!(
+                "{user}:{}\n",
+                PasswordHash::new(password, one).unwrap().encode()
+            )
+        };
+        let (alice, bob) = (line("alice", "a"), line("bob", "b"));
+        let before = password_file(&(alice.clone() + &bob));
+        let reread = password_file(&(alice.clone() + &bob));
+        assert_eq!(reread.still_admits(&before, Some("alice"), false), Ok(()));
+        let without_bob = password_file(&alice);
+        let removed = without_bob.still_admits(&before, Some("bob"), false);
+        assert_eq!(removed, Err(Revoked::UnknownUser));
+        let rehashed = password_file(&(alice + &line("bob", "b")));
+        let changed = rehashed.still_admits(&before, Some("bob"), false);
+        assert_eq!(
+            changed,
+            Err(Revoked::NewPassword),
+            "same password, new salt"
+        );
+
+        // Logins the password file does not decide.
+        let by_cert = without_bob.still_admits(&before, Some("bob"), true);
+        assert_eq!(by_cert, Ok(()));
+        assert_eq!(without_bob.still_admits(&before, None, false), Ok(()));
+        let open = Auth::default();
+        assert_eq!(open.still_admits(&before, Some("bob"), false), Ok(()));
+        let unverified = before.still_admits(&open, Some("alice"), false);
+        assert_eq!(unverified, Err(Revoked::NewPassword));
     }
 
     #[test]

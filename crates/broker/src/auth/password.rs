@@ -246,6 +246,12 @@ impl PasswordTable {
         }
     }
 
+    /// The hash stored for `user`: a reload compares them, to tell whether
+    /// a password verified earlier is still the one the file holds.
+    pub fn hash_of(&self, user: &str) -> Option<&PasswordHash> {
+        self.users.get(user)
+    }
+
     pub fn len(&self) -> usize {
         self.users.len()
     }

@@ -16,15 +16,15 @@ use tern_codec::{ByteStr, Packet, PubAck, Publish, QoS};
 use crate::client_state::ClientState;
 use crate::message::{Awaiting, Delivery};
 use crate::metrics::Metrics;
-use crate::session::{Inflight, Kick, SessionState};
+use crate::session::{Inflight, Ousted, SessionState};
 use crate::store::Group;
 
 /// Stop encoding when this many bytes wait to be written.
 pub const HIGH_WATER: usize = 64 * 1024;
 
-/// Fills `client.out` from the session. `Err`: another connection has taken
-/// the session over (with the kick left for this one, if still there).
-pub fn fill(client: &mut ClientState) -> Result<(), Option<Box<Kick>>> {
+/// Fills `client.out` from the session. `Err`: the connection must close
+/// (the session was taken over, or the broker refused it).
+pub fn fill(client: &mut ClientState) -> Result<(), Ousted> {
     let session = client.session.clone();
     let mut st = session.lock();
     st.check_owner(client.connection_id)?;

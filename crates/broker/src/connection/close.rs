@@ -15,7 +15,7 @@ use crate::client_state::ClientState;
 use crate::error::ProtocolViolation;
 use crate::message::Message;
 use crate::registry::{self, Departure};
-use crate::session::Kick;
+use crate::session::{Kick, Ousted};
 use crate::state::BrokerState;
 
 /// Why the main loop ended.
@@ -30,9 +30,20 @@ pub(super) enum Close {
     Violation(ProtocolViolation),
     /// More PUBLISH packets than `max_publish_rate` allows.
     PublishRate,
-    /// Another connection took the session over (or it was closed by the broker).
+    /// Another connection took the session over.
     Kicked(Option<Box<Kick>>),
+    /// The broker refused the login after a reload (MQTT 5: this reason).
+    Refused(ReasonCode),
     Shutdown,
+}
+
+impl From<Ousted> for Close {
+    fn from(ousted: Ousted) -> Close {
+        match ousted {
+            Ousted::TakenOver(kick) => Close::Kicked(kick),
+            Ousted::Refused(reason) => Close::Refused(reason),
+        }
+    }
 }
 
 /// Reports the close to the client, flushes, and detaches from the session.
@@ -50,6 +61,7 @@ pub(super) async fn finish<S: Transport>(conn: &mut Conn<S>, close: Close) {
             ),
             "session taken over",
         ),
+        Close::Refused(reason) => (Some(*reason), "login no longer valid"),
         Close::Shutdown => (Some(ReasonCode::ServerShuttingDown), "server shutting down"),
         Close::PublishRate => (
             Some(ReasonCode::MessageRateTooHigh),
@@ -162,6 +174,10 @@ pub(super) fn depart(client: &mut ClientState, close: Close, peer: SocketAddr) {
         Close::Kicked(kick) => {
             let reason = kick.as_ref().map(|k| k.reason);
             tracing::info!(%peer, client_id = %id, ?reason, "closing connection: session taken over")
+        }
+        // Logged at info, with why, when it was refused.
+        Close::Refused(reason) => {
+            tracing::debug!(%peer, client_id = %id, ?reason, "closing connection: login no longer valid")
         }
     }
     // The will is published unless the client ended normally without asking

@@ -20,7 +20,7 @@ use crate::client_state::{ClientState, PeerLimits};
 use crate::handler::connect;
 use crate::limits::ConnectBytes;
 use crate::metrics::Metrics;
-use crate::registry;
+use crate::registry::{self, LoggedIn};
 use crate::state::BrokerState;
 
 /// Reads CONNECT, attaches the session and queues CONNACK. `None`: the
@@ -168,8 +168,8 @@ async fn start_session<S: AsyncWrite>(
 ) -> Option<ClientState> {
     let peer = info.peer;
     let version = connect.protocol;
-    let accepted = match admit(&connect, info, state).await {
-        Ok(accepted) => accepted,
+    let (accepted, login) = match admit(&connect, info, state).await {
+        Ok(admitted) => admitted,
         Err(reason) => {
             // Never the password.
             let username = connect.username.as_ref().map(|u| u.as_str());
@@ -189,13 +189,14 @@ async fn start_session<S: AsyncWrite>(
         }
     };
     let connection_id = state.next_connection_id();
+    let username = login.username.clone();
     let attached = registry::attach(
         state,
         &accepted.client_id,
         connect.clean_start,
         accepted.session_expiry_secs,
         connection_id,
-        accepted.username.clone(),
+        login,
     )
     .await;
     let props = &connect.properties;
@@ -228,7 +229,7 @@ async fn start_session<S: AsyncWrite>(
         problem_information: props.request_problem_information.unwrap_or(true),
         listener: u32::try_from(info.listener).unwrap_or(u32::MAX),
         limits: state.limits.client_limits(peer),
-        username: accepted.username.clone(),
+        username,
     };
     let connack = connect::connack(&accepted, version, attached.session_present, state);
     // Session Present promises the session is kept: not before it is stored.
@@ -238,30 +239,41 @@ async fn start_session<S: AsyncWrite>(
     Some(client)
 }
 
-/// Decides whether the CONNECT is accepted: protocol rules and
-/// configuration. `Err`: the CONNACK reason code refusing it.
+/// Decides whether the CONNECT is accepted: protocol rules,
+/// configuration and authentication. `Err`: the CONNACK reason code
+/// refusing it.
 async fn admit(
     connect: &Connect,
     info: &ConnInfo,
     state: &Arc<BrokerState>,
-) -> Result<connect::Accepted, ReasonCode> {
+) -> Result<(connect::Accepted, LoggedIn), ReasonCode> {
     state.limits.check_connect(connect, info.peer)?;
-    let mut accepted = connect::accept(connect, state)?;
+    let accepted = connect::accept(connect, state)?;
     let listener = state.config.listeners.get(info.listener);
+    let by_certificate = listener.is_some_and(|l| l.use_identity_as_username);
     let login = auth::Login {
         connect,
         client_id: &accepted.client_id,
         ip: info.peer.ip(),
-        use_identity_as_username: listener.is_some_and(|l| l.use_identity_as_username),
+        use_identity_as_username: by_certificate,
         cert_identity: info.cert_identity.as_deref(),
         allow_anonymous: state.config.allows_anonymous(info.listener),
     };
-    accepted.username = state.auth.authenticate(&login, &state.shutdown).await?;
-    if !registry::may_claim(state, &accepted.client_id, accepted.username.as_deref()) {
+    let rules = state.auth.current();
+    let username = state
+        .auth
+        .authenticate(&rules, &login, &state.shutdown)
+        .await?;
+    if !registry::may_claim(state, &accepted.client_id, username.as_deref()) {
         return Err(ReasonCode::ClientIdentifierNotValid);
     }
     // Last: the slot is given back only when the connection ends, so
     // nothing may refuse the CONNECT after it is taken.
     state.limits.reserve_connection(info.listener)?;
-    Ok(accepted)
+    let login = LoggedIn {
+        username,
+        by_certificate,
+        rules,
+    };
+    Ok((accepted, login))
 }

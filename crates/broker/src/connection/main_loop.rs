@@ -71,8 +71,8 @@ pub(super) async fn run<S: Transport>(conn: &mut Conn<S>) -> Exit {
     // Whether the last read filled the buffer: more is probably waiting.
     let mut busy = false;
     loop {
-        if let Err(kick) = outbound::fill(client) {
-            return Exit::Close(Close::Kicked(kick));
+        if let Err(ousted) = outbound::fill(client) {
+            return Exit::Close(ousted.into());
         }
         if client.holds.is_some()
             && let Some(store) = &state.store

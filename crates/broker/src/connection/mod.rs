@@ -14,7 +14,9 @@
 //!     carries as many packets as are buffered;
 //!   - keep-alive expiry and broker shutdown;
 //!   - session takeover: the new connection leaves a kick in the session and
-//!     wakes this one through the same notification; `outbound::fill` finds it;
+//!     wakes this one through the same notification; `outbound::fill` finds it.
+//!     So does a reload of the password file that no longer admits the login
+//!     (`Session::refuse`);
 //! - `close.rs`: on the way out it sends an MQTT 5 DISCONNECT with the reason
 //!   (if the server is the one closing), flushes, and detaches from the
 //!   session, which decides about the will and the session's expiry.

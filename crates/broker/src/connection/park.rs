@@ -13,6 +13,7 @@
 //! - bytes or end-of-stream on the socket: the parker thread;
 //! - a delivery queued for the session: `Session::deliver`;
 //! - a session takeover: `registry::attach` (the new task then sees the kick);
+//! - a reload that refuses its login: `Session::refuse`;
 //! - keep-alive expiry: the parker thread's scan, once a second;
 //! - broker shutdown: the parker thread resumes every parked connection, and
 //!   each closes as a running one does (MQTT 5: DISCONNECT 0x8B).
@@ -385,8 +386,8 @@ fn release_free_memory() {
 
 /// Whether the connection may park, given its session's state.
 fn may_park(st: &SessionState, parked: &Parked) -> bool {
-    let owns_session = st.connection == Some(parked.client.connection_id);
-    owns_session && st.pending_len() == 0 && st.parked.is_none()
+    // A refused connection stays awake to close.
+    st.is_owner(parked.client.connection_id) && st.pending_len() == 0 && st.parked.is_none()
 }
 
 /// Stops the parker thread when dropped.

@@ -25,8 +25,6 @@ pub struct Accepted {
     pub session_expiry_secs: u32,
     /// Keep-alive in force; 0 = none.
     pub keep_alive_secs: u16,
-    /// Set by authentication; `None`: anonymous.
-    pub username: Option<std::sync::Arc<str>>,
 }
 
 /// Checks a CONNECT against the protocol rules and the configuration.
@@ -74,7 +72,6 @@ pub fn accept(connect: &Connect, state: &BrokerState) -> Result<Accepted, Reason
         assigned_client_id,
         session_expiry_secs,
         keep_alive_secs,
-        username: None,
     })
 }
 
