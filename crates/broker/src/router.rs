@@ -109,7 +109,10 @@ pub fn subscribe(
         .tree_mut()
         .insert(filter, group, &client_id, subscriber)
         .is_some();
-    state.fabric.interest(filter, group, true);
+    // A replaced subscription was already told of.
+    if !existed {
+        state.fabric.interest(filter, group, true);
+    }
     existed
 }
 

@@ -29,15 +29,17 @@ use crate::message::Message;
 /// How messages reach subscribers on other nodes: the routing seam.
 ///
 /// The router calls it after routing a message locally; a message that came
-/// from another node is routed locally with `router::publish_remote`, which
-/// does not call it again.
+/// from another node is routed locally with `BrokerHandle::route_remote`,
+/// which does not call it again.
 pub trait Fabric: Send + Sync {
     /// A message this node accepted (from a client's PUBLISH or a will; not
     /// `$SYS`, which is per node).
     fn forward(&self, message: &Arc<Message>);
     /// A session on this node subscribed to `filter` (without `$share/…`;
     /// `group` is the share group) when `present`, or no longer is. Called
-    /// per subscription, so an implementation counts references itself.
+    /// once when a session's subscription is added (not when it is
+    /// replaced) and once when it is removed, per session: an
+    /// implementation counts references itself.
     fn interest(&self, filter: &str, group: Option<&str>, present: bool);
 }
 

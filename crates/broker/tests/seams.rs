@@ -89,6 +89,9 @@ async fn messages_leave_through_the_fabric_and_arrive_from_it_once() {
     sub.subscribe("$share/g/work/+", QoS::AtMostOnce).await;
     assert!(recorder.has("interest house/# None true"));
     assert!(recorder.has("interest work/+ Some(\"g\") true"));
+    // Subscribing again replaces the subscription: no second interest.
+    sub.subscribe("house/#", QoS::AtMostOnce).await;
+    assert_eq!(recorder.count("interest house/#"), 1);
 
     let mut publisher = TestClient::connect(addr, V5, "pub").await;
     publisher
