@@ -1,7 +1,10 @@
 //! # tern-broker
 //!
 //! The Tern MQTT broker as a library: `Broker::start(config)` is all a caller
-//! needs. The modules follow one PUBLISH through the broker:
+//! needs. Its errors are typed: [`StartError`] says which part of a start
+//! failed ([`ConfigError`], [`AuthError`], [`TlsError`], [`BindError`],
+//! [`StoreError`]), [`ReloadError`] which file a reload could not use; every
+//! message is one line naming the file or address involved. The modules follow one PUBLISH through the broker:
 //!
 //! - [`server`]: starts the listeners and the `$SYS` task, shuts everything down.
 //! - [`listener`]: one accept loop per configured listener (tcp, tls, ws,
@@ -51,5 +54,8 @@ pub mod topic_tree;
 #[cfg(test)]
 mod test_rng;
 
+pub use auth::AuthError;
 pub use config::{Config, ConfigError};
-pub use server::{Broker, BrokerHandle};
+pub use listener::{BindError, TlsError, TlsProblem};
+pub use server::{Broker, BrokerHandle, ReloadError, StartError};
+pub use store::StoreError;

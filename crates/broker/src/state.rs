@@ -21,7 +21,7 @@ use tern_codec::{QoS, SubscriptionOptions};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::AuthState;
+use crate::auth::{AuthError, AuthState};
 use crate::config::Config;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
@@ -140,7 +140,7 @@ impl BrokerState {
 
     /// Re-reads `password_file` and `acl_file` (see [`AuthState::reload`]):
     /// clients already connected stay connected.
-    pub fn reload_auth(&self) -> Result<(), String> {
+    pub fn reload_auth(&self) -> Result<(), AuthError> {
         self.auth.reload(&self.config)
     }
 
