@@ -13,7 +13,7 @@ use common::*;
 use tern_broker::config::{ListenerConfig, ListenerTransport};
 use tern_broker::{
     AuthError, BindError, Broker, Config, ConfigError, ReloadError, StartError, StoreError,
-    TlsError, TlsProblem,
+    TlsProblem,
 };
 
 /// A directory of its own for one test's files, removed when dropped.
@@ -140,6 +140,24 @@ async fn a_port_in_use_is_a_bind_error_naming_the_address() {
     assert!(text.contains("another program"), "says what to do: {text}");
 }
 
+/// How `listener` fails to start, after checking that the error is a TLS
+/// error whose file is `file` and whose message names the listener and the
+/// file and says what to do.
+async fn tls_problem(listener: ListenerConfig, file: &Path) -> TlsProblem {
+    let (err, text) = start_error(with_listener(listener)).await;
+    let StartError::Tls(tls) = err else {
+        panic!("not a TLS error: {err:?}");
+    };
+    assert_eq!(tls.file(), Some(file), "{tls:?}");
+    assert!(
+        text.starts_with("tls listener 127.0.0.1:0: ")
+            && text.contains(&file.display().to_string())
+            && text.contains("fix that file"),
+        "{text}"
+    );
+    tls.problem
+}
+
 #[tokio::test]
 async fn unusable_certificate_files_are_tls_errors_naming_the_file() {
     let dir = TestDir::new("tls");
@@ -148,81 +166,62 @@ async fn unusable_certificate_files_are_tls_errors_naming_the_file() {
     let key = dir.write("server.key", &key_pem);
 
     let missing = dir.path("missing.crt");
-    let (err, text) = start_error(with_listener(tls_listener(&missing, &key))).await;
+    let problem = tls_problem(tls_listener(&missing, &key), &missing).await;
     assert!(
-        matches!(&err, StartError::Tls(TlsError { problem: TlsProblem::Read { setting: "cert_file", path, .. }, .. }) if *path == missing),
-        "{err:?}"
+        matches!(
+            problem,
+            TlsProblem::Read {
+                setting: "cert_file",
+                ..
+            }
+        ),
+        "{problem:?}"
     );
-    assert!(
-        text.contains("tls listener 127.0.0.1:0") && text.contains(&missing.display().to_string()),
-        "{text}"
-    );
-    assert!(text.contains("fix that file"), "says what to do: {text}");
 
     let empty = dir.write("empty.crt", "");
-    let (err, text) = start_error(with_listener(tls_listener(&empty, &key))).await;
+    let problem = tls_problem(tls_listener(&empty, &key), &empty).await;
     assert!(
         matches!(
-            &err,
-            StartError::Tls(TlsError {
-                problem: TlsProblem::NoCertificate { .. },
+            problem,
+            TlsProblem::NoCertificate {
+                setting: "cert_file",
                 ..
-            })
+            }
         ),
-        "{err:?}"
+        "{problem:?}"
     );
-    assert!(text.contains("empty.crt"), "{text}");
 
     let garbage = dir.write("garbage.key", "not a key");
-    let (err, text) = start_error(with_listener(tls_listener(&cert, &garbage))).await;
-    match &err {
-        StartError::Tls(tls) => {
-            assert!(matches!(tls.problem, TlsProblem::NoKey { .. }), "{tls:?}");
-            assert_eq!(tls.file(), Some(garbage.as_path()));
-        }
-        other => panic!("not a TLS error: {other:?}"),
-    }
-    assert!(text.contains("garbage.key"), "{text}");
+    let problem = tls_problem(tls_listener(&cert, &garbage), &garbage).await;
+    assert!(matches!(problem, TlsProblem::NoKey { .. }), "{problem:?}");
 
-    // A key of another certificate.
+    // A key of another certificate: both files are named.
     let (_, other_key) = certificate();
     let other = dir.write("other.key", other_key);
-    let (err, text) = start_error(with_listener(tls_listener(&cert, &other))).await;
+    let problem = tls_problem(tls_listener(&cert, &other), &other).await;
     assert!(
-        matches!(
-            &err,
-            StartError::Tls(TlsError {
-                problem: TlsProblem::Mismatch { .. },
-                ..
-            })
-        ),
-        "{err:?}"
+        matches!(problem, TlsProblem::Mismatch { .. }),
+        "{problem:?}"
     );
-    assert!(
-        text.contains("server.crt") && text.contains("other.key"),
-        "{text}"
-    );
+    assert!(problem.to_string().contains("server.crt"), "{problem}");
 
     // A CA file without certificates, for client certificates.
+    let ca = dir.write("ca.crt", "no certificates here");
     let listener = ListenerConfig {
-        ca_file: Some(dir.write("ca.crt", "no certificates here")),
+        ca_file: Some(ca.clone()),
         ..tls_listener(&cert, &key)
     };
-    let (err, text) = start_error(with_listener(listener)).await;
+    let problem = tls_problem(listener, &ca).await;
     assert!(
         matches!(
-            &err,
-            StartError::Tls(TlsError {
-                problem: TlsProblem::NoCertificate {
-                    setting: "ca_file",
-                    ..
-                },
+            problem,
+            TlsProblem::NoCertificate {
+                setting: "ca_file",
                 ..
-            })
+            }
         ),
-        "{err:?}"
+        "{problem:?}"
     );
-    assert!(text.contains("ca.crt"), "{text}");
 }
 
 #[tokio::test]
