@@ -336,8 +336,13 @@ pub enum ConfigError {
     },
     #[error("invalid config file {path}, {message}")]
     Parse { path: String, message: String },
+    /// A value out of range or settings that do not go together, in a
+    /// configuration made in code (or TOML text without a file).
     #[error("invalid config: {0}")]
     Invalid(String),
+    /// The same in a config file: the message names the file to fix.
+    #[error("invalid config file {path}: {message}")]
+    InvalidFile { path: String, message: String },
 }
 
 impl Config {
@@ -368,7 +373,13 @@ impl Config {
             .and_then(|p| p.parent().map(Path::to_path_buf))
             .unwrap_or_default();
         config.resolve_paths(&folder, text_sets(&text, "data_dir"));
-        config.validate()?;
+        config.validate().map_err(|e| match e {
+            ConfigError::Invalid(message) => ConfigError::InvalidFile {
+                path: path.display().to_string(),
+                message,
+            },
+            other => other,
+        })?;
         Ok(config)
     }
 
@@ -701,6 +712,26 @@ mod tests {
             text.contains("/nonexistent/tern.toml") && text.contains("No such file"),
             "{text}"
         );
+    }
+
+    /// A value that parses but is out of range: the message names the file.
+    #[test]
+    fn an_invalid_value_in_a_file_names_the_file() {
+        let dir = std::env::temp_dir().join(format!("tern-config-invalid-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("tern.toml");
+        std::fs::write(&file, "maximum_qos = 3\n").unwrap();
+        let err = Config::from_file(&file).unwrap_err();
+        assert!(matches!(err, ConfigError::InvalidFile { .. }), "{err:?}");
+        let text = err.to_string();
+        assert_eq!(
+            text,
+            format!(
+                "invalid config file {}: maximum_qos must be 0, 1 or 2",
+                file.display()
+            )
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

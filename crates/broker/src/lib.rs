@@ -1,7 +1,10 @@
 //! # tern-broker
 //!
 //! The Tern MQTT broker as a library: `Broker::start(config)` is all a caller
-//! needs. The modules follow one PUBLISH through the broker:
+//! needs. Its errors are typed: [`StartError`] says which part of a start
+//! failed ([`ConfigError`], [`AuthError`], [`TlsError`], [`BindError`],
+//! [`StoreError`]), [`ReloadError`] which file a reload could not use; every
+//! message is one line naming the file or address involved. The modules follow one PUBLISH through the broker:
 //!
 //! - `server`: starts the listeners and the `$SYS` task, shuts everything down.
 //! - `listener`: one accept loop per configured listener (tcp, tls, ws,
@@ -53,14 +56,15 @@ mod topic_tree;
 #[cfg(test)]
 mod test_rng;
 
-// The public API: the broker, its configuration, the seams a cluster plugs
-// into (and the message type they carry), and what the `tern` binary's
-// `passwd` and `store salvage` commands use.
-pub use auth::password;
+// The public API: the broker, its configuration and errors, the seams a
+// cluster plugs into (and the message type they carry), and what the `tern`
+// binary's `passwd` and `store salvage` commands use.
+pub use auth::{AuthError, password};
 pub use config::{Config, ConfigError};
+pub use listener::{BindError, TlsError, TlsProblem};
 pub use message::Message;
-pub use server::{Broker, BrokerHandle};
-pub use store::salvage;
+pub use server::{Broker, BrokerHandle, ReloadError, StartError};
+pub use store::{StoreError, salvage};
 
 /// Internals the crate's own integration tests and benchmarks look at: not
 /// part of the API, and may change without notice.

@@ -6,22 +6,74 @@
 //! one `TaskTracker` and watches one `CancellationToken`, so
 //! [`BrokerHandle::shutdown`] can stop them all (MQTT 5 clients get DISCONNECT
 //! 0x8B) and wait until the last one has finished.
+//!
+//! The errors of this public boundary are typed: [`StartError`] for a start
+//! that fails, [`ReloadError`] for each file a reload could not use. Each
+//! variant holds the error of the part that failed, whose message is one
+//! line naming the file or address involved.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::auth::AuthState;
-use crate::config::Config;
+use crate::auth::{AuthError, AuthState};
+use crate::config::{Config, ConfigError};
 use crate::connection::park::Parker;
-use crate::listener::{self, ListenerSet};
+use crate::listener::{self, BindError, ListenerSet, TlsError};
 use crate::message::Message;
 use crate::recover;
 use crate::router;
 use crate::seams::Seams;
 use crate::state::BrokerState;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 use crate::sys;
+
+/// Why [`Broker::start`] failed. The files and ports are checked before the
+/// data directory is opened, so any failure but [`StartError::Store`] and
+/// [`StartError::Parker`] has created no data directory.
+///
+/// Each variant's message is its inner error's, one line naming the file or
+/// address at fault (they are `transparent`: the chain of `source()`s holds
+/// no reason twice, so `{:#}` prints that line once).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration is invalid (a value out of range, a listener's
+    /// settings that do not go together).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The password file or the ACL file cannot be used.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    /// A TLS or wss listener's certificate, key or CA file cannot be used.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// A listener's address cannot be listened on (in use, not permitted).
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    /// The data file cannot be opened (damaged, locked by another tern,
+    /// not writable).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The parker (the epoll set and thread that hold idle connections)
+    /// cannot start: the process is out of file descriptors or threads, or
+    /// `Broker::start` runs outside a tokio runtime.
+    #[error(
+        "cannot start the thread that holds idle connections: {reason}; check the limits on open files and threads (ulimit -n, ulimit -u)"
+    )]
+    Parker { reason: std::io::Error },
+}
+
+/// A file that [`BrokerHandle::reload`] could not use; what it belongs to
+/// keeps the version loaded before.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The password file or the ACL file: the rules in force stay.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    /// A TLS listener's files: that listener keeps its certificates.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+}
 
 /// Entry point of the broker library.
 pub struct Broker;
@@ -35,27 +87,25 @@ pub struct BrokerHandle {
 
 impl Broker {
     /// Binds the listeners and starts serving. Returns once the sockets are
-    /// bound, so the addresses can be used immediately.
-    pub async fn start(config: Config) -> std::io::Result<BrokerHandle> {
+    /// bound, so the addresses can be used immediately. The error says which
+    /// part failed and names its file or address.
+    pub async fn start(config: Config) -> Result<BrokerHandle, StartError> {
         Broker::start_with(config, Seams::single_node()).await
     }
 
     /// [`Broker::start`], with the implementations of routing beyond this
     /// process and of session ownership given (see [`crate::seams`]).
-    pub async fn start_with(mut config: Config, seams: Seams) -> std::io::Result<BrokerHandle> {
+    pub async fn start_with(mut config: Config, seams: Seams) -> Result<BrokerHandle, StartError> {
         // From here on `config.listeners[ConnInfo::listener]` is always there.
         config.listeners = config.effective_listeners();
-        config
-            .validate()
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        config.validate()?;
         // Every file and port first: a start that fails on them must not
         // have created the data directory and file.
-        let auth = AuthState::new(&config)
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-        let (sockets, listeners) = listener::bind(&config).await?;
+        let auth = AuthState::new(&config)?;
+        let prepared = listener::prepare(&config)?;
+        let (sockets, listeners) = listener::bind(&config, prepared).await?;
         let (store, recovered) = if config.persistence {
-            let (store, recovered) =
-                Store::open(&config.data_dir, config.durability).map_err(std::io::Error::other)?;
+            let (store, recovered) = Store::open(&config.data_dir, config.durability)?;
             (Some(store), Some(recovered))
         } else {
             (None, None)
@@ -65,7 +115,8 @@ impl Broker {
         let state = BrokerState::new(config, store, auth, seams);
         // Not in the shared state: parked connections hold that state, and
         // the parker holds them.
-        let parker = Parker::start(park_after, state.shutdown.clone(), state.tasks.clone())?;
+        let parker = Parker::start(park_after, state.shutdown.clone(), state.tasks.clone())
+            .map_err(|reason| StartError::Parker { reason })?;
         // Everything stored is back before the first connection is accepted.
         if let Some(recovered) = recovered {
             recover::restore(&state, recovered);
@@ -93,25 +144,27 @@ impl BrokerHandle {
 
     /// Re-reads the certificate, key and CA files of every TLS and wss
     /// listener, for new connections; open ones keep theirs. A listener
-    /// whose files cannot be used keeps its current certificates. Returns
-    /// the errors (also logged), each naming the listener, the file and the
-    /// reason; empty when all were reloaded.
-    pub fn reload_certificates(&self) -> Vec<String> {
-        self.listeners.reload_certificates()
+    /// whose files cannot be used keeps its current certificates. The
+    /// error lists (and the log has) one [`TlsError`] per such listener,
+    /// naming it, the file and the reason.
+    pub fn reload_certificates(&self) -> Result<(), Vec<TlsError>> {
+        all_done(self.listeners.reload_certificates())
     }
 
     /// Re-reads the password file, the ACL file and every TLS listener's
     /// certificates (what `tern serve` does on SIGHUP). Connections whose
     /// login the new password file no longer admits are closed (see
     /// [`BrokerState::reload_auth`]); all others stay. Whatever cannot be
-    /// read keeps its current version; the returned errors (also logged)
-    /// say which file and why. Empty: all reloaded.
-    pub fn reload(&self) -> Vec<String> {
-        let mut errors = self.reload_certificates();
+    /// read keeps its current version; the error lists (and the log has)
+    /// one [`ReloadError`] per such part: every part is tried, whichever
+    /// fails.
+    pub fn reload(&self) -> Result<(), Vec<ReloadError>> {
+        let tls = self.listeners.reload_certificates().into_iter();
+        let mut errors: Vec<ReloadError> = tls.map(ReloadError::from).collect();
         if let Err(e) = self.state.reload_auth() {
-            errors.push(e);
+            errors.push(ReloadError::from(e));
         }
-        errors
+        all_done(errors)
     }
 
     /// Routes a message that another node accepted to this node's
@@ -145,5 +198,14 @@ impl BrokerHandle {
         if let Some(store) = &self.state.store {
             store.close();
         }
+    }
+}
+
+/// `Ok` when nothing failed, else every error.
+fn all_done<E>(errors: Vec<E>) -> Result<(), Vec<E>> {
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
     }
 }

@@ -24,7 +24,7 @@ use tern_codec::{QoS, ReasonCode, SubscriptionOptions};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::{Auth, AuthState};
+use crate::auth::{Auth, AuthError, AuthState};
 use crate::config::Config;
 use crate::limits::Limits;
 use crate::lock::{Mutex, MutexGuard, ReadGuard, RwLock, WriteGuard, rank};
@@ -183,7 +183,7 @@ impl BrokerState {
     /// ACL is a new generation, so its deliveries are checked per message
     /// (`auth::Readable`) and it receives nothing the client may not read;
     /// its will's topic is checked when the will is published.
-    pub fn reload_auth(&self) -> Result<(), String> {
+    pub fn reload_auth(&self) -> Result<(), AuthError> {
         let _one_at_a_time = self.reloading.lock();
         let before = self.auth.current();
         self.auth.reload(&self.config)?;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use tern_broker::config::{ListenerTransport, parse_addr};
-use tern_broker::{Broker, Config};
+use tern_broker::{Broker, Config, ReloadError};
 
 /// Options of `tern serve`.
 #[derive(clap::Args)]
@@ -94,8 +94,16 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     }
     while let Signal::Reload = signals.recv().await {
         tracing::info!("SIGHUP: reloading the password file, the ACL file and the certificates");
-        for error in broker.reload() {
-            tracing::error!("not reloaded, the previous version stays in force: {error}");
+        if let Err(errors) = broker.reload() {
+            for error in errors {
+                let kept = match &error {
+                    ReloadError::Auth(_) => {
+                        "the password and ACL rules loaded before stay in force"
+                    }
+                    ReloadError::Tls(_) => "that listener keeps the certificates loaded before",
+                };
+                tracing::error!("not reloaded, {kept}: {error}");
+            }
         }
     }
     tracing::info!("shutting down: disconnecting clients");

@@ -524,3 +524,28 @@ fn a_failed_start_creates_no_data_file() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A port already taken: the last line is the one error, naming the
+/// address and saying what to do, with the operating system's reason once.
+#[test]
+fn a_port_in_use_is_one_line_naming_the_address() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let dir = data_dir();
+    let out = tern()
+        .args(["serve", "--bind", &addr.to_string(), "--data-dir"])
+        .arg(&dir)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with(&format!("error: cannot listen on tcp listener {addr}: ")),
+        "{stderr}"
+    );
+    assert!(last.contains("Choose another `bind`"), "{stderr}");
+    assert_eq!(stderr.matches("in use").count(), 1, "once: {stderr}");
+    assert!(!dir.exists(), "the data directory was created");
+}

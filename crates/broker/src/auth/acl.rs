@@ -27,6 +27,8 @@ use std::path::Path;
 
 use tern_codec::topic::is_valid_topic_filter;
 
+use super::AuthError;
+
 /// What a client wants to do with a topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
@@ -95,11 +97,16 @@ fn levels(text: &str) -> impl Iterator<Item = &str> {
 impl Acl {
     /// Reads `path`; any line that cannot be understood is an error naming
     /// the file, the line and why (as Mosquitto refuses such a file).
-    pub fn load(path: &Path) -> Result<Acl, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read ACL file {}: {e}", path.display()))?;
-        Self::parse(&text)
-            .map_err(|(line, why)| format!("ACL file {}: line {line}: {why}", path.display()))
+    pub fn load(path: &Path) -> Result<Acl, AuthError> {
+        let text = std::fs::read_to_string(path).map_err(|reason| AuthError::AclFile {
+            path: path.to_owned(),
+            reason,
+        })?;
+        Self::parse(&text).map_err(|(line, reason)| AuthError::AclLine {
+            path: path.to_owned(),
+            line,
+            reason,
+        })
     }
 
     /// How many rules it has in all, and how many `user` sections.

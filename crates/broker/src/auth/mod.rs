@@ -33,7 +33,9 @@ pub mod acl;
 pub mod guard;
 pub mod password;
 
+use std::io;
 use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -55,6 +57,51 @@ fn verification_slots() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1))
 }
 
+/// Why the password file or the ACL file cannot be used. Each message names
+/// the file, and for the ACL the line, so an operator can go straight to it;
+/// a reload that fails with one keeps the rules in force before.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// `password_file` cannot be read (missing, not permitted, not UTF-8).
+    /// Lines that cannot be used are only skipped with a warning.
+    #[error("cannot read password file {}: {reason}{}", .path.display(), create_hint(.path, .reason))]
+    PasswordFile { path: PathBuf, reason: io::Error },
+    /// `acl_file` cannot be read.
+    #[error("cannot read ACL file {}: {reason}", .path.display())]
+    AclFile { path: PathBuf, reason: io::Error },
+    /// A line of `acl_file` that is not a rule. The whole file is refused,
+    /// as Mosquitto refuses it: a rule skipped could open a topic.
+    #[error("ACL file {}: line {line}: {reason}", .path.display())]
+    AclLine {
+        path: PathBuf,
+        line: usize,
+        reason: String,
+    },
+}
+
+impl AuthError {
+    /// The file at fault.
+    pub fn path(&self) -> &Path {
+        match self {
+            AuthError::PasswordFile { path, .. }
+            | AuthError::AclFile { path, .. }
+            | AuthError::AclLine { path, .. } => path,
+        }
+    }
+}
+
+/// For a password file that does not exist: how to make one.
+fn create_hint(path: &Path, reason: &io::Error) -> String {
+    if reason.kind() == io::ErrorKind::NotFound {
+        format!(
+            " (create it with `tern passwd -c {} USERNAME`)",
+            path.display()
+        )
+    } else {
+        String::new()
+    }
+}
+
 /// The rules in force: users and passwords, topic access.
 #[derive(Debug, Default)]
 pub struct Auth {
@@ -68,7 +115,7 @@ pub struct Auth {
 
 impl Auth {
     /// Reads the files the configuration names.
-    pub fn load(config: &Config) -> Result<Auth, String> {
+    pub fn load(config: &Config) -> Result<Auth, AuthError> {
         let passwords = match &config.password_file {
             Some(path) => {
                 let table = PasswordTable::load(path)?;
@@ -186,7 +233,7 @@ pub struct AuthState {
 
 impl AuthState {
     /// Loads the files; an error names the file, line and reason.
-    pub fn new(config: &Config) -> Result<AuthState, String> {
+    pub fn new(config: &Config) -> Result<AuthState, AuthError> {
         let state = AuthState {
             current: RwLock::new(Arc::new(Auth::default())),
             acl_generation: AtomicU64::new(0),
@@ -234,8 +281,8 @@ impl AuthState {
 impl AuthState {
     /// Re-reads `password_file` and `acl_file`. On success the new rules
     /// decide every later connect, publish, subscribe and delivery. On error
-    /// nothing changes and the message names the file, the line and why.
-    pub fn reload(&self, config: &Config) -> Result<(), String> {
+    /// nothing changes and the error names the file, the line and why.
+    pub fn reload(&self, config: &Config) -> Result<(), AuthError> {
         let auth = Auth::load(config).inspect_err(|e| {
             tracing::warn!(error = %e, "authentication files not reloaded; the old rules stay");
         })?;

@@ -19,6 +19,8 @@ use base64::engine::general_purpose::STANDARD;
 use ring::rand::{SecureRandom, SystemRandom};
 use ring::{digest, pbkdf2};
 
+use super::AuthError;
+
 /// PBKDF2 iterations for hashes Tern writes. Mosquitto uses 101. Measured
 /// here (release build, x86-64, ring 0.17): 0.6-0.9 µs per iteration (2 shared cores), so
 /// 10 000 iterations cost 8-9 ms of one core per verify: every offline guess
@@ -181,9 +183,11 @@ impl PasswordTable {
     /// Reads `path`. Lines that cannot be used are skipped with a warning
     /// naming the file and line (never the hash); only an unreadable file is
     /// an error.
-    pub fn load(path: &Path) -> Result<PasswordTable, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read password file {}: {e}", path.display()))?;
+    pub fn load(path: &Path) -> Result<PasswordTable, AuthError> {
+        let text = std::fs::read_to_string(path).map_err(|reason| AuthError::PasswordFile {
+            path: path.to_owned(),
+            reason,
+        })?;
         Ok(Self::parse(&text, path))
     }
 

@@ -1,8 +1,9 @@
 //! Listeners: one bound socket and one accept loop per `[[listeners]]` entry.
 //!
-//! [`bind`] opens every listener (and loads the TLS certificates) before the
-//! broker state exists, so a bad address or certificate stops `Broker::start`
-//! with an error that names the listener. [`spawn`] then starts one accept
+//! [`prepare`] loads every TLS certificate, then [`bind`] opens every
+//! listener, before the broker state exists, so a bad certificate
+//! ([`TlsError`]) or address ([`BindError`]) stops `Broker::start` with an
+//! error that names the listener. [`spawn`] then starts one accept
 //! loop each. An accept loop only accepts: the TLS and WebSocket handshakes
 //! run in the spawned connection task (bounded by `connect_timeout_secs`), so
 //! a slow or hostile client never holds up the others.
@@ -26,7 +27,10 @@ use crate::connection::{self, ConnInfo};
 use crate::limits::ConnectBytes;
 use crate::state::BrokerState;
 
-pub use self::tls::{TlsAcceptor, TlsConn};
+pub use self::tls::{TlsAcceptor, TlsConn, TlsError, TlsProblem};
+
+/// Every listener's transport, certificates loaded, before any is bound.
+pub struct Prepared(Vec<Kind>);
 
 /// The listeners' sockets, bound but not yet accepting.
 pub struct Sockets(Vec<(TcpListener, Kind)>);
@@ -45,42 +49,75 @@ enum Kind {
     Wss(Arc<TlsAcceptor>, Arc<ws::Upgrade>),
 }
 
-/// Binds every listener in `config.listeners`, in order, and loads their
-/// certificates. The error names the listener and says what to do.
-/// Returns the sockets (for [`spawn`]) and what the broker handle keeps.
-pub async fn bind(config: &Config) -> std::io::Result<(Sockets, ListenerSet)> {
+/// A listener's address cannot be listened on. The message names the
+/// listener and, for the usual causes, says what to do.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {listener}: {reason}{}", bind_hint(.reason))]
+pub struct BindError {
+    /// "tcp listener 127.0.0.1:1883", as logs name it.
+    pub listener: String,
+    /// The address from the configuration.
+    pub addr: SocketAddr,
+    /// What the operating system said (`AddrInUse`, `PermissionDenied`, ...).
+    pub reason: std::io::Error,
+}
+
+/// What to do about the usual reasons a bind fails.
+fn bind_hint(reason: &std::io::Error) -> &'static str {
+    use std::io::ErrorKind;
+    match reason.kind() {
+        ErrorKind::AddrInUse => {
+            "; is another program (another tern?) using that port? Choose another `bind` for this listener, or --bind for the default one"
+        }
+        ErrorKind::PermissionDenied => {
+            "; ports below 1024 need root or the CAP_NET_BIND_SERVICE capability: choose a port above 1023, or grant it"
+        }
+        ErrorKind::AddrNotAvailable => {
+            "; this machine has no such address: bind to one of its own, 127.0.0.1 (this machine only) or 0.0.0.0 (every interface)"
+        }
+        _ => "",
+    }
+}
+
+/// Loads every TLS and wss listener's certificates, in listener order,
+/// before any port is bound: a broken file must not leave the broker half
+/// listening. The error names the listener and the file.
+pub fn prepare(config: &Config) -> Result<Prepared, TlsError> {
+    let mut kinds = Vec::with_capacity(config.listeners.len());
+    for listener in &config.listeners {
+        let acceptor = || TlsAcceptor::load(listener).map(Arc::new);
+        let upgrade = || Arc::new(ws::Upgrade::new(listener, config));
+        kinds.push(match listener.transport {
+            ListenerTransport::Tcp => Kind::Tcp,
+            ListenerTransport::Tls => Kind::Tls(acceptor()?),
+            ListenerTransport::Ws => Kind::Ws(upgrade()),
+            ListenerTransport::Wss => Kind::Wss(acceptor()?, upgrade()),
+        });
+    }
+    Ok(Prepared(kinds))
+}
+
+/// Binds every listener in `config.listeners`, in order, with what
+/// [`prepare`] made of them. Returns the sockets (for [`spawn`]) and what
+/// the broker handle keeps.
+pub async fn bind(
+    config: &Config,
+    prepared: Prepared,
+) -> Result<(Sockets, ListenerSet), BindError> {
     let mut sockets = Vec::with_capacity(config.listeners.len());
     let mut addrs = Vec::with_capacity(config.listeners.len());
     let mut tls = Vec::new();
-    for listener in &config.listeners {
-        let name = describe(listener);
-        let mut acceptor = || -> std::io::Result<Arc<TlsAcceptor>> {
-            let acceptor = TlsAcceptor::load(listener).map(Arc::new).map_err(|e| {
-                std::io::Error::new(
-                    std::io::ErrorKind::InvalidInput,
-                    format!("{name}: {e} (fix that file, or point the listener at another)"),
-                )
-            })?;
+    for (listener, kind) in config.listeners.iter().zip(prepared.0) {
+        let failed = |reason| BindError {
+            listener: describe(listener),
+            addr: listener.bind,
+            reason,
+        };
+        let socket = TcpListener::bind(listener.bind).await.map_err(failed)?;
+        addrs.push(socket.local_addr().map_err(failed)?);
+        if let Kind::Tls(acceptor) | Kind::Wss(acceptor, _) = &kind {
             tls.push(acceptor.clone());
-            Ok(acceptor)
-        };
-        let kind = match listener.transport {
-            ListenerTransport::Tcp => Kind::Tcp,
-            ListenerTransport::Tls => Kind::Tls(acceptor()?),
-            ListenerTransport::Ws => Kind::Ws(Arc::new(ws::Upgrade::new(listener, config))),
-            ListenerTransport::Wss => {
-                Kind::Wss(acceptor()?, Arc::new(ws::Upgrade::new(listener, config)))
-            }
-        };
-        let socket = TcpListener::bind(listener.bind).await.map_err(|e| {
-            std::io::Error::new(
-                e.kind(),
-                format!(
-                    "cannot listen on {name}: {e} (is another program using that port? choose another `bind` for this listener, or --bind for the default one)"
-                ),
-            )
-        })?;
-        addrs.push(socket.local_addr()?);
+        }
         sockets.push((socket, kind));
     }
     Ok((Sockets(sockets), ListenerSet { addrs, tls }))
@@ -109,18 +146,14 @@ impl ListenerSet {
     /// listener whose files fail keeps its current certificates; the returned
     /// errors (also logged) name the listener, the file and the reason.
     /// Connections already open are untouched.
-    pub fn reload_certificates(&self) -> Vec<String> {
+    pub fn reload_certificates(&self) -> Vec<TlsError> {
         let mut errors = Vec::new();
         for acceptor in &self.tls {
             match acceptor.reload() {
                 Ok(()) => tracing::info!(listener = %acceptor.name(), "certificates reloaded"),
                 Err(e) => {
-                    let error = format!(
-                        "{}: {e} (keeping the certificates loaded before)",
-                        acceptor.name()
-                    );
-                    tracing::warn!("{error}");
-                    errors.push(error);
+                    tracing::warn!("{e}; keeping the certificates loaded before");
+                    errors.push(e);
                 }
             }
         }

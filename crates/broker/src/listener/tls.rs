@@ -3,7 +3,7 @@
 //! certificate's Common Name as the connection's identity.
 
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
@@ -11,7 +11,7 @@ use std::task::{Context, Poll, ready};
 use rustls::RootCertStore;
 use rustls::ServerConfig;
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -21,6 +21,78 @@ use tokio_rustls::server::TlsStream;
 use crate::config::ListenerConfig;
 use crate::connection::{ConnInfo, Transport};
 use crate::lock::{RwLock, rank};
+
+/// Why a TLS or wss listener's certificate, key or CA file cannot be used,
+/// at start or at a reload: the listener and the problem, in one line.
+#[derive(Debug, thiserror::Error)]
+#[error("{listener}: {problem}")]
+pub struct TlsError {
+    /// "tls listener 127.0.0.1:8883", as logs name it.
+    pub listener: String,
+    pub problem: TlsProblem,
+}
+
+impl TlsError {
+    /// The file at fault, if one is (not for settings missing altogether);
+    /// for a certificate and key that do not go together, the key file.
+    pub fn file(&self) -> Option<&Path> {
+        match &self.problem {
+            TlsProblem::Read { path, .. }
+            | TlsProblem::NoCertificate { path, .. }
+            | TlsProblem::NoKey { path }
+            | TlsProblem::Ca { path, .. } => Some(path),
+            TlsProblem::Mismatch { key_file, .. } => Some(key_file),
+            TlsProblem::Missing | TlsProblem::Setup { .. } => None,
+        }
+    }
+}
+
+/// What is wrong with a TLS listener's files. Each message names the file
+/// and its setting (`cert_file`, `key_file`, `ca_file`). The reasons from
+/// rustls are kept as text: its error types are not part of this API.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsProblem {
+    /// `cert_file` or `key_file` is not set (configuration validation
+    /// refuses that first; kept for a [`TlsAcceptor`] made directly).
+    #[error("cert_file and key_file must be set")]
+    Missing,
+    /// The file cannot be read, or is not PEM.
+    #[error("cannot read {setting} {}: {reason}; {FIX}", .path.display())]
+    Read {
+        setting: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+    /// A `cert_file` or `ca_file` without a certificate in it.
+    #[error("{setting} {} holds no PEM certificate (-----BEGIN CERTIFICATE-----); {FIX}", .path.display())]
+    NoCertificate {
+        setting: &'static str,
+        path: PathBuf,
+    },
+    /// A `key_file` without a private key in it.
+    #[error("key_file {} holds no PEM private key (-----BEGIN PRIVATE KEY-----); {FIX}", .path.display())]
+    NoKey { path: PathBuf },
+    /// The CA certificates cannot verify client certificates.
+    #[error("ca_file {}: {reason}; {FIX}", .path.display())]
+    Ca { path: PathBuf, reason: String },
+    /// The key does not go with the certificate, or rustls refuses the pair.
+    #[error(
+        "cert_file {} and key_file {} do not make a usable certificate: {reason}; {FIX}",
+        .cert_file.display(),
+        .key_file.display()
+    )]
+    Mismatch {
+        cert_file: PathBuf,
+        key_file: PathBuf,
+        reason: String,
+    },
+    /// rustls refused the protocol versions (not expected with its own provider).
+    #[error("TLS setup: {reason}")]
+    Setup { reason: String },
+}
+
+/// What to do about a file rustls cannot use.
+const FIX: &str = "fix that file, or point the listener at another";
 
 /// A TLS listener's settings and its current rustls configuration, which
 /// [`TlsAcceptor::reload`] swaps. Each accept reads it once: the lock is never
@@ -32,18 +104,25 @@ pub struct TlsAcceptor {
 
 impl TlsAcceptor {
     /// Loads the listener's certificate chain, key and CA files. The error
-    /// names the file and what is wrong with it.
-    pub fn load(listener: &ListenerConfig) -> Result<TlsAcceptor, String> {
+    /// names the listener, the file and what is wrong with it.
+    pub fn load(listener: &ListenerConfig) -> Result<TlsAcceptor, TlsError> {
+        let config = server_config(listener).map_err(|problem| TlsError {
+            listener: super::describe(listener),
+            problem,
+        })?;
         Ok(TlsAcceptor {
             listener: listener.clone(),
-            config: RwLock::new(Arc::new(server_config(listener)?)),
+            config: RwLock::new(Arc::new(config)),
         })
     }
 
     /// Re-reads the files. On error the current configuration stays.
-    pub fn reload(&self) -> Result<(), String> {
-        let fresh = Arc::new(server_config(&self.listener)?);
-        *self.config.write() = fresh;
+    pub fn reload(&self) -> Result<(), TlsError> {
+        let fresh = server_config(&self.listener).map_err(|problem| TlsError {
+            listener: self.name(),
+            problem,
+        })?;
+        *self.config.write() = Arc::new(fresh);
         Ok(())
     }
 
@@ -81,17 +160,27 @@ impl TlsAcceptor {
 }
 
 /// Builds the rustls configuration from the listener's files.
-fn server_config(listener: &ListenerConfig) -> Result<ServerConfig, String> {
+fn server_config(listener: &ListenerConfig) -> Result<ServerConfig, TlsProblem> {
     let (Some(cert_file), Some(key_file)) = (&listener.cert_file, &listener.key_file) else {
-        return Err("cert_file and key_file must be set".into());
+        return Err(TlsProblem::Missing);
     };
     let chain = read_certs(cert_file, "cert_file")?;
-    let key = PrivateKeyDer::from_pem_file(key_file)
-        .map_err(|e| format!("cannot read key_file {}: {e}", key_file.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key_file).map_err(|e| match e {
+        pem::Error::NoItemsFound => TlsProblem::NoKey {
+            path: key_file.clone(),
+        },
+        e => TlsProblem::Read {
+            setting: "key_file",
+            path: key_file.clone(),
+            reason: e.to_string(),
+        },
+    })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| format!("TLS setup: {e}"))?;
+        .map_err(|e| TlsProblem::Setup {
+            reason: e.to_string(),
+        })?;
     let builder = match &listener.ca_file {
         Some(ca_file) => {
             let verifier = client_verifier(ca_file, listener.require_certificate, provider)?;
@@ -99,13 +188,13 @@ fn server_config(listener: &ListenerConfig) -> Result<ServerConfig, String> {
         }
         None => builder.with_no_client_auth(),
     };
-    builder.with_single_cert(chain, key).map_err(|e| {
-        format!(
-            "cert_file {} and key_file {} do not make a usable certificate: {e}",
-            cert_file.display(),
-            key_file.display()
-        )
-    })
+    builder
+        .with_single_cert(chain, key)
+        .map_err(|e| TlsProblem::Mismatch {
+            cert_file: cert_file.clone(),
+            key_file: key_file.clone(),
+            reason: e.to_string(),
+        })
 }
 
 /// Verifies client certificates against the CA file's certificates.
@@ -113,12 +202,16 @@ fn client_verifier(
     ca_file: &Path,
     require: bool,
     provider: Arc<CryptoProvider>,
-) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, String> {
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TlsProblem> {
+    let ca_problem = |reason: String| TlsProblem::Ca {
+        path: ca_file.to_owned(),
+        reason,
+    };
     let mut roots = RootCertStore::empty();
     for cert in read_certs(ca_file, "ca_file")? {
         roots
             .add(cert)
-            .map_err(|e| format!("ca_file {}: invalid CA certificate: {e}", ca_file.display()))?;
+            .map_err(|e| ca_problem(format!("invalid CA certificate: {e}")))?;
     }
     let builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
     let builder = if require {
@@ -126,21 +219,26 @@ fn client_verifier(
     } else {
         builder.allow_unauthenticated()
     };
-    builder
-        .build()
-        .map_err(|e| format!("ca_file {}: {e}", ca_file.display()))
+    builder.build().map_err(|e| ca_problem(e.to_string()))
 }
 
-/// The certificates in a PEM file; at least one.
-fn read_certs(path: &Path, key: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+/// The certificates in a PEM file; at least one. `setting` names it in errors.
+fn read_certs(
+    path: &Path,
+    setting: &'static str,
+) -> Result<Vec<CertificateDer<'static>>, TlsProblem> {
     let certs = CertificateDer::pem_file_iter(path)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("cannot read {key} {}: {e}", path.display()))?;
+        .map_err(|e| TlsProblem::Read {
+            setting,
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
     if certs.is_empty() {
-        return Err(format!(
-            "{key} {} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
-            path.display()
-        ));
+        return Err(TlsProblem::NoCertificate {
+            setting,
+            path: path.to_owned(),
+        });
     }
     Ok(certs)
 }

@@ -295,9 +295,9 @@ fn read_damaged(file: &Path) -> Result<(Recovered, Counts), StoreError> {
 /// Refuses what is not a redb file at all, or cannot be opened: nothing to
 /// salvage there.
 fn check_header(file: &Path) -> Result<(), StoreError> {
-    let io_error = |source| StoreError::Io {
+    let io_error = |reason| StoreError::Io {
         path: file.to_path_buf(),
-        source,
+        reason,
     };
     let f = File::open(file).map_err(io_error)?;
     let mut magic = [0u8; REDB_MAGIC.len()];

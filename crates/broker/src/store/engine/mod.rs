@@ -218,7 +218,7 @@ impl<V: Value> Engine<V> {
         let writer = std::thread::Builder::new()
             .name("tern-store".into())
             .spawn(move || Writer::new(writer_shared, durable_tx, db, opener).run())
-            .map_err(|source| StoreError::Thread { path, source })?;
+            .map_err(|reason| StoreError::Thread { path, reason })?;
         let engine = Arc::new(Engine {
             shared,
             durability,

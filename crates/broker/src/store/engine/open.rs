@@ -75,12 +75,17 @@ pub(in crate::store) const REDB_RECOVERY_REQUIRED: u8 = 2;
 
 /// Why the store could not open. Every message names the file (or
 /// directory) and says what to do, because it ends up in front of an
-/// operator whose broker did not start.
+/// operator whose broker did not start. The operating system's reason is
+/// part of the message and not also a `source()`, so a printer that follows
+/// the chain (anyhow's `{:#}`) says it once.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The data directory is missing and cannot be created.
-    #[error("cannot create data directory {}: {source}", .path.display())]
-    CreateDir { path: PathBuf, source: io::Error },
+    #[error(
+        "cannot create data directory {}: {reason}; point data_dir (or --data-dir) at a directory tern may create and write",
+        .path.display()
+    )]
+    CreateDir { path: PathBuf, reason: io::Error },
     /// Another process, or another open in this one, holds the file's lock.
     #[error(
         "data file {} is in use by another process (is another tern running with this data directory?)",
@@ -109,10 +114,10 @@ pub enum StoreError {
     Incompatible { path: PathBuf, reason: String },
     /// The operating system refused to open, read or write the file.
     #[error(
-        "cannot open data file {}: {source}; check that the data directory is writable and the disk is not full",
+        "cannot open data file {}: {reason}; check that the data directory is writable and the disk is not full",
         .path.display()
     )]
-    Io { path: PathBuf, source: io::Error },
+    Io { path: PathBuf, reason: io::Error },
     /// Salvage was asked to write where a data file already is.
     #[error(
         "{} already exists: salvage writes a new data file and never overwrites one; name an empty directory with --to, or move that file away",
@@ -123,8 +128,8 @@ pub enum StoreError {
     #[error("cannot open data file {}: {reason}", .path.display())]
     Other { path: PathBuf, reason: String },
     /// The writer thread could not be started.
-    #[error("cannot start the writer thread for data file {}: {source}", .path.display())]
-    Thread { path: PathBuf, source: io::Error },
+    #[error("cannot start the writer thread for data file {}: {reason}", .path.display())]
+    Thread { path: PathBuf, reason: io::Error },
 }
 
 /// Creates `dir` if missing, opens (or creates) the file in it with the
@@ -137,9 +142,9 @@ pub(super) fn open_file(
     durability: Durability,
     hooks: Hooks,
 ) -> Result<(Opener, Database, Recovered), StoreError> {
-    std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
+    std::fs::create_dir_all(dir).map_err(|reason| StoreError::CreateDir {
         path: dir.to_path_buf(),
-        source,
+        reason,
     })?;
     let path = dir.join(FILE_NAME);
     let opener = Opener {
@@ -222,7 +227,7 @@ fn classify(path: &Path, err: redb::Error) -> StoreError {
                 reason: source.to_string(),
             }
         }
-        redb::Error::Io(source) => StoreError::Io { path, source },
+        redb::Error::Io(reason) => StoreError::Io { path, reason },
         redb::Error::Corrupted(_) | redb::Error::RepairAborted => StoreError::Damaged {
             path,
             reason: err.to_string(),
