@@ -186,3 +186,25 @@ async fn sessions_that_would_never_expire_are_capped() {
     let (_v4, ack) = TestClient::connect_with(addr, persistent(V4, "v4-persistent")).await;
     assert!(!ack.session_present);
 }
+
+/// A DISCONNECT's Session Expiry Interval is capped as CONNECT's is: a
+/// client cannot keep its session past `max_session_expiry_secs` by asking
+/// for "never" on its way out.
+#[tokio::test]
+async fn a_disconnect_cannot_keep_a_session_past_the_cap() {
+    let broker = start_with(Config {
+        max_session_expiry_secs: 1,
+        ..test_config()
+    })
+    .await;
+    let addr = broker.local_addr();
+    let (mut client, ack) = TestClient::connect_with(addr, persistent(V5, "leaver")).await;
+    assert!(!ack.session_present);
+    let mut bye = Disconnect::new(ReasonCode::Success);
+    bye.properties.session_expiry_interval = Some(u32::MAX);
+    client.send(Packet::Disconnect(bye)).await;
+    let expired = || tern_broker::testing::Metrics::get(&broker.state().metrics.sessions_expired);
+    eventually("the session expires at the cap", || expired() == 1).await;
+    let (_client, ack) = TestClient::connect_with(addr, persistent(V5, "leaver")).await;
+    assert!(!ack.session_present);
+}

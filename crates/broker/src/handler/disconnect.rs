@@ -16,6 +16,9 @@ pub fn handle(client: &mut ClientState, disconnect: Disconnect) -> Result<Flow, 
         if client.session_expiry_secs == 0 && expiry != 0 {
             return Err(ProtocolViolation::SessionExpiryFromZero);
         }
+        // Within `max_session_expiry_secs`, as at CONNECT: a client cannot
+        // keep its session past the cap by asking again on the way out.
+        let expiry = client.state.config.capped_expiry(expiry);
         client.session_expiry_secs = expiry;
         client.session.lock().expiry_secs = expiry;
     }
