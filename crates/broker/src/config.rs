@@ -163,6 +163,112 @@ pub struct Config {
     pub max_publish_rate: u32,
     /// New connections per second from one IP address; 0 = no limit. Default 0.
     pub max_connection_rate: u32,
+    /// Joins a cluster of Tern nodes over NATS (see docs/cluster.md). Default
+    /// none: a single node, which never contacts NATS.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// The `[cluster]` section: how this node reaches NATS and which cluster it
+/// joins.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// NATS server URLs (`nats://host:4222`, `tls://host:4222`); the client
+    /// connects to one and fails over to the others. Required.
+    pub servers: Vec<String>,
+    /// The cluster's name: every node of one cluster uses the same, and it
+    /// prefixes the NATS subjects, so clusters can share a NATS system.
+    /// Letters, digits, `-` and `_`. Default "tern".
+    #[serde(default = "default_cluster_name")]
+    pub name: String,
+    /// This node's name, in logs and (later) in session ownership. Default:
+    /// the host name.
+    #[serde(default)]
+    pub node: Option<String>,
+    /// NATS credentials: a user and password, or a token. Default none.
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub token: Option<String>,
+    /// CA certificate (PEM) to verify the NATS servers' TLS certificates
+    /// against, for `tls://` URLs. Default: the system's roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Seconds to wait for NATS at start before refusing to start. Default 5.
+    #[serde(default = "default_cluster_timeout")]
+    pub connect_timeout_secs: u64,
+}
+
+fn default_cluster_name() -> String {
+    "tern".to_owned()
+}
+
+fn default_cluster_timeout() -> u64 {
+    5
+}
+
+impl ClusterConfig {
+    /// A cluster reached through `servers`, everything else by default.
+    pub fn new(servers: Vec<String>) -> ClusterConfig {
+        ClusterConfig {
+            servers,
+            name: default_cluster_name(),
+            node: None,
+            user: None,
+            password: None,
+            token: None,
+            ca_file: None,
+            connect_timeout_secs: default_cluster_timeout(),
+        }
+    }
+
+    /// This node's name: `node`, or the host's name.
+    pub fn node_name(&self) -> String {
+        self.node.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .ok()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "tern".to_owned())
+        })
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |what: &str| Err(ConfigError::Invalid(format!("[cluster]: {what}")));
+        if self.servers.is_empty() {
+            return invalid(
+                "servers must name at least one NATS server, e.g. [\"nats://127.0.0.1:4222\"]",
+            );
+        }
+        if let Some(bad) = self
+            .servers
+            .iter()
+            .find(|s| !(s.starts_with("nats://") || s.starts_with("tls://")))
+        {
+            return invalid(&format!(
+                "server {bad:?} is not a NATS URL: write nats://host:port (or tls://host:port)"
+            ));
+        }
+        let name_ok = |n: &str| {
+            !n.is_empty()
+                && n.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        };
+        if !name_ok(&self.name) {
+            return invalid(
+                "name must be letters, digits, '-' and '_' (it prefixes NATS subjects)",
+            );
+        }
+        if self.user.is_some() != self.password.is_some() {
+            return invalid("user and password go together");
+        }
+        if self.token.is_some() && self.user.is_some() {
+            return invalid("use either a token or a user and password, not both");
+        }
+        Ok(())
+    }
 }
 
 /// The byte stream a listener speaks.
@@ -318,6 +424,7 @@ impl Default for Config {
             max_retained_bytes: 0,
             max_retained_messages_per_user: 0,
             max_retained_bytes_per_user: 0,
+            cluster: None,
             max_topic_levels: 0,
             max_publish_rate: 0,
             max_connection_rate: 0,
@@ -417,6 +524,9 @@ impl Config {
             l.key_file.iter_mut().for_each(resolve);
             l.ca_file.iter_mut().for_each(resolve);
         }
+        if let Some(cluster) = &mut self.cluster {
+            cluster.ca_file.iter_mut().for_each(resolve);
+        }
     }
 
     /// The listeners to open: `listeners`, or one TCP listener on `bind`.
@@ -441,6 +551,9 @@ impl Config {
 
     /// Checks values serde cannot: ranges and combinations.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(cluster) = &self.cluster {
+            cluster.validate()?;
+        }
         if self.maximum_qos > 2 {
             return Err(ConfigError::Invalid("maximum_qos must be 0, 1 or 2".into()));
         }

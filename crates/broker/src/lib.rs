@@ -31,6 +31,7 @@
 
 mod auth;
 mod client_state;
+mod cluster;
 pub mod config;
 mod connection;
 mod error;
@@ -60,6 +61,7 @@ mod test_rng;
 // cluster plugs into (and the message type they carry), and what the `tern`
 // binary's `passwd` and `store salvage` commands use.
 pub use auth::{AuthError, password};
+pub use cluster::ClusterError;
 pub use config::{Config, ConfigError};
 pub use listener::{BindError, TlsError, TlsProblem};
 pub use message::Message;

