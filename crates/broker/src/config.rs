@@ -199,6 +199,15 @@ pub struct ClusterConfig {
     /// Seconds to wait for NATS at start before refusing to start. Default 5.
     #[serde(default = "default_cluster_timeout")]
     pub connect_timeout_secs: u64,
+    /// Copies NATS keeps of the cluster's streams (the retained messages):
+    /// 1 to 5, at most the NATS servers in its cluster; 3 for a cluster of
+    /// three, which then survives the loss of one. Default 1.
+    #[serde(default = "default_replicas")]
+    pub replicas: usize,
+}
+
+fn default_replicas() -> usize {
+    1
 }
 
 fn default_cluster_name() -> String {
@@ -221,6 +230,7 @@ impl ClusterConfig {
             token: None,
             ca_file: None,
             connect_timeout_secs: default_cluster_timeout(),
+            replicas: default_replicas(),
         }
     }
 
@@ -260,6 +270,9 @@ impl ClusterConfig {
             return invalid(
                 "name must be letters, digits, '-' and '_' (it prefixes NATS subjects)",
             );
+        }
+        if !(1..=5).contains(&self.replicas) {
+            return invalid("replicas must be 1 to 5 (and at most the NATS servers)");
         }
         if self.user.is_some() != self.password.is_some() {
             return invalid("user and password go together");

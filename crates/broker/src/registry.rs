@@ -390,6 +390,19 @@ mod tests {
     use crate::session::Ousted;
     use tern_codec::ReasonCode;
 
+    /// A single node's state with `config`, in memory.
+    fn single_node(config: Config) -> Arc<BrokerState> {
+        let auth = crate::auth::AuthState::new(&config).expect("auth");
+        let retained = Box::new(crate::retained::LocalRetained::new(None));
+        BrokerState::new(
+            config,
+            None,
+            auth,
+            crate::seams::Seams::single_node(),
+            retained,
+        )
+    }
+
     fn id(n: u64) -> ConnectionId {
         ConnectionId::new(n).expect("not zero")
     }
@@ -410,8 +423,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_takeover_of_a_closing_connection_does_not_wait() {
         let config = Config::default();
-        let auth = crate::auth::AuthState::new(&config).expect("auth");
-        let state = BrokerState::new(config, None, auth, crate::seams::Seams::single_node());
+        let state = single_node(config);
         let client_id = ByteStr::from("closing");
         let first = attach(&state, &client_id, true, 0, id(1), anonymous(&state)).await;
         let takeover = tokio::spawn({
@@ -454,8 +466,7 @@ mod tests {
             password_file: Some(passwd.clone()),
             ..Config::default()
         };
-        let auth = crate::auth::AuthState::new(&config).expect("auth");
-        let state = BrokerState::new(config, None, auth, crate::seams::Seams::single_node());
+        let state = single_node(config);
         let judged = state.auth.current();
         std::fs::write(&passwd, &bob).expect("write");
         state.reload_auth().expect("reload");

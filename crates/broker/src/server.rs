@@ -23,6 +23,7 @@ use crate::connection::park::Parker;
 use crate::listener::{self, BindError, ListenerSet, TlsError};
 use crate::message::Message;
 use crate::recover;
+use crate::retained::{LocalRetained, RetainedMessages};
 use crate::router;
 use crate::seams::Seams;
 use crate::state::BrokerState;
@@ -80,6 +81,10 @@ pub enum ReloadError {
     Tls(#[from] TlsError),
 }
 
+/// How long a cluster node waits at start for the retained messages other
+/// nodes set.
+const RETAINED_REPLAY: Duration = Duration::from_secs(30);
+
 /// Entry point of the broker library.
 pub struct Broker;
 
@@ -116,12 +121,8 @@ impl Broker {
         let (sockets, listeners) = listener::bind(&config, prepared).await?;
         // NATS too, before the data directory: a node that cannot join its
         // cluster does not start at all.
-        let routing = match &config.cluster {
-            Some(cluster) => {
-                let (fabric, routing) = cluster::join(cluster).await?.fabric();
-                seams.fabric = Box::new(fabric);
-                Some(routing)
-            }
+        let cluster = match &config.cluster {
+            Some(cluster) => Some(cluster::join(cluster).await?),
             None => None,
         };
         let (store, recovered) = if config.persistence {
@@ -132,7 +133,18 @@ impl Broker {
         };
         let park_after =
             (config.park_idle_ms > 0).then(|| Duration::from_millis(config.park_idle_ms));
-        let state = BrokerState::new(config, store, auth, seams);
+        // Retained messages: this node's trie and file, and with a cluster,
+        // the cluster's stream too.
+        let local = LocalRetained::new(store.clone());
+        let (retained, routing): (Box<dyn RetainedMessages>, _) = match cluster {
+            Some(cluster) => {
+                let (fabric, retained, routing) = cluster.seams(Arc::new(local));
+                seams.fabric = Box::new(fabric);
+                (Box::new(retained), Some(routing))
+            }
+            None => (Box::new(local), None),
+        };
+        let state = BrokerState::new(config, store, auth, seams, retained);
         // Not in the shared state: parked connections hold that state, and
         // the parker holds them.
         let parker = Parker::start(park_after, state.shutdown.clone(), state.tasks.clone())
@@ -142,7 +154,17 @@ impl Broker {
             recover::restore(&state, recovered);
         }
         if let Some(routing) = routing {
-            routing.start(&state, &state.tasks, state.shutdown.clone());
+            let caught_up = routing.start(&state, &state.tasks, state.shutdown.clone());
+            // The cluster's retained messages are here before the first
+            // client subscribes.
+            if tokio::time::timeout(RETAINED_REPLAY, caught_up)
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    "cluster: the retained messages of other nodes are still arriving; accepting clients meanwhile"
+                );
+            }
         }
         sys::spawn(&state, &parker);
         listener::spawn(sockets, &state, &parker);

@@ -29,7 +29,7 @@ use crate::config::Config;
 use crate::limits::Limits;
 use crate::lock::{Mutex, MutexGuard, ReadGuard, RwLock, WriteGuard, rank};
 use crate::metrics::Metrics;
-use crate::retained::{LocalRetained, RetainedMessages};
+use crate::retained::RetainedMessages;
 use crate::seams::{Fabric, Ownership, Seams};
 use crate::session::{ConnectionId, QueueLimits, Session, Sessions};
 use crate::store::Store;
@@ -120,6 +120,7 @@ impl BrokerState {
         store: Option<Arc<Store>>,
         auth: AuthState,
         seams: Seams,
+        retained: Box<dyn RetainedMessages>,
     ) -> Arc<BrokerState> {
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
@@ -133,7 +134,7 @@ impl BrokerState {
             config,
             sessions: Mutex::new(Sessions::default()),
             subscriptions: RwLock::new(TopicTree::new()),
-            retained: Box::new(LocalRetained::new(store.clone())),
+            retained,
             fabric: seams.fabric,
             ownership: seams.ownership,
             metrics: Metrics::default(),

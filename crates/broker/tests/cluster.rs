@@ -248,3 +248,60 @@ async fn a_nats_server_without_jetstream_is_refused() {
     );
     assert!(error.to_string().contains("-js"), "{error}");
 }
+
+/// The retained messages a new subscriber to `filter` on `addr` gets.
+async fn retained_at(addr: std::net::SocketAddr, filter: &str) -> BTreeSet<(String, String)> {
+    let mut client = TestClient::connect(addr, V5, "look").await;
+    client.subscribe(filter, QoS::AtMostOnce).await;
+    let mut got = BTreeSet::new();
+    while let Ok(Some(tern_codec::Packet::Publish(p))) = client.next(QUIET).await {
+        got.insert((
+            p.topic.to_string(),
+            String::from_utf8_lossy(&p.payload).into_owned(),
+        ));
+    }
+    got
+}
+
+/// Waits until a subscriber to `filter` on `addr` gets exactly `expected`.
+async fn until_retained(addr: std::net::SocketAddr, filter: &str, expected: &[(&str, &str)]) {
+    let expected: BTreeSet<_> = expected
+        .iter()
+        .map(|(t, p)| (t.to_string(), p.to_string()))
+        .collect();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let got = retained_at(addr, filter).await;
+        if got == expected {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "retained on {addr}: {got:?}, not {expected:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn retained_messages_set_and_cleared_on_any_node_reach_every_node() {
+    let nats = Nats::start(true);
+    let a = node(&nats, "a").await;
+    let b = node(&nats, "b").await;
+    let mut on_a = TestClient::connect(a.local_addr(), V5, "on-a").await;
+    on_a.retain("r/1", b"one").await;
+    on_a.retain("r/2", b"two").await;
+    until_retained(b.local_addr(), "r/#", &[("r/1", "one"), ("r/2", "two")]).await;
+
+    // Cleared on B: gone on A too.
+    let mut on_b = TestClient::connect(b.local_addr(), V5, "on-b").await;
+    on_b.retain("r/1", b"").await;
+    until_retained(a.local_addr(), "r/#", &[("r/2", "two")]).await;
+
+    // A node that starts later has them before its first client subscribes.
+    let c = node(&nats, "c").await;
+    let expected: BTreeSet<_> = [("r/2".to_owned(), "two".to_owned())].into();
+    assert_eq!(retained_at(c.local_addr(), "r/#").await, expected);
+    for broker in [a, b, c] {
+        broker.shutdown().await;
+    }
+}

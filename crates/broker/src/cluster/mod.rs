@@ -20,6 +20,7 @@
 //! messages, sessions and retained messages cluster-wide comes with the
 //! next steps.
 
+pub mod retained;
 pub mod subject;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -30,17 +31,20 @@ use std::time::Duration;
 use async_nats::{Client, ServerAddr};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::ClusterConfig;
 use crate::lock::{Mutex, rank};
 use crate::message::Message;
+use crate::retained::LocalRetained;
 use crate::router;
 use crate::seams::Fabric;
 use crate::state::BrokerState;
 use crate::store::records::{self, Clock};
+
+use self::retained::ClusterRetained;
 
 /// The oldest nats-server the cluster runs on: JetStream's per-message TTLs
 /// (2.11) will carry wills and session expiry cluster-wide.
@@ -73,11 +77,20 @@ pub enum ClusterError {
         "nats-server at {server} has no JetStream: {reason}; start it with -js (or `jetstream {{}}` in its config)"
     )]
     NoJetStream { server: String, reason: String },
+    #[error(
+        "cannot create the JetStream stream {stream} with {replicas} replicas: {reason}; replicas must not exceed the NATS servers in its cluster"
+    )]
+    Stream {
+        stream: String,
+        replicas: usize,
+        reason: String,
+    },
 }
 
 /// A joined cluster: the NATS connection, before the broker runs.
 pub struct Cluster {
     client: Client,
+    jetstream: async_nats::jetstream::Context,
     name: String,
     node: String,
 }
@@ -131,6 +144,14 @@ pub async fn join(config: &ClusterConfig) -> Result<Cluster, ClusterError> {
             reason: e.to_string(),
         });
     }
+    let stream = retained::stream_config(&config.name, config.replicas);
+    if let Err(e) = jetstream.get_or_create_stream(stream.clone()).await {
+        return Err(ClusterError::Stream {
+            stream: stream.name,
+            replicas: config.replicas,
+            reason: e.to_string(),
+        });
+    }
     tracing::info!(
         cluster = %config.name,
         %node,
@@ -142,6 +163,7 @@ pub async fn join(config: &ClusterConfig) -> Result<Cluster, ClusterError> {
     );
     Ok(Cluster {
         client,
+        jetstream,
         name: config.name.clone(),
         node,
     })
@@ -159,29 +181,44 @@ fn new_enough(version: &str) -> bool {
 }
 
 impl Cluster {
-    /// The routing seam over this connection, and what runs it: call
+    /// The routing and retained-storage seams over this connection (the
+    /// latter over `local`, this node's copy), and what runs them: call
     /// [`Routing::start`] once the broker's state exists.
-    pub fn fabric(self) -> (NatsFabric, Routing) {
+    pub fn seams(self, local: Arc<LocalRetained>) -> (NatsFabric, ClusterRetained, Routing) {
         let (commands, inbox) = mpsc::channel(OUTBOX);
+        let origin = format!("{:x}", origin_id());
         let fabric = NatsFabric {
             name: self.name.clone(),
-            origin: origin_id(),
+            origin: origin.clone(),
             next: AtomicU64::new(1),
-            commands,
+            commands: commands.clone(),
             interest: Mutex::new(HashMap::new()),
+        };
+        let retained = ClusterRetained {
+            local: local.clone(),
+            cluster: self.name.clone(),
+            origin: origin.clone(),
+            commands,
         };
         let routing = Routing {
             client: self.client,
+            jetstream: self.jetstream,
             inbox,
+            name: self.name,
             node: self.node,
+            origin,
+            local,
         };
-        (fabric, routing)
+        (fabric, retained, routing)
     }
 }
 
 /// What the fabric asks of the task that owns the NATS connection.
 enum Command {
+    /// Subject, message id, the message.
     Publish(String, String, Bytes),
+    /// Subject in the retained stream, origin, the retained record.
+    Retain(String, String, Bytes),
     Subscribe(String),
     Unsubscribe(String),
 }
@@ -191,7 +228,7 @@ pub struct NatsFabric {
     name: String,
     /// This run of this node, for message ids: random, so a restarted node
     /// numbering from 1 again is not taken for its former self.
-    origin: u64,
+    origin: String,
     next: AtomicU64,
     commands: mpsc::Sender<Command>,
     /// Sessions on this node per NATS subject pattern.
@@ -215,7 +252,7 @@ impl Fabric for NatsFabric {
         let subject = subject::topic_subject(&self.name, &message.topic);
         let record = records::encode_message(message, &Clock::now());
         let id = format!(
-            "{:x}:{}",
+            "{}:{}",
             self.origin,
             self.next.fetch_add(1, Ordering::Relaxed)
         );
@@ -254,8 +291,12 @@ impl Fabric for NatsFabric {
 /// The task side: owns the NATS connection and this node's subscriptions.
 pub struct Routing {
     client: Client,
+    jetstream: async_nats::jetstream::Context,
     inbox: mpsc::Receiver<Command>,
+    name: String,
     node: String,
+    origin: String,
+    local: Arc<LocalRetained>,
 }
 
 impl Routing {
@@ -263,9 +304,26 @@ impl Routing {
     /// NATS subscription per subject pattern, and routes what arrives to
     /// this node's sessions. Holds the state weakly: the state holds the
     /// fabric.
-    pub fn start(self, state: &Arc<BrokerState>, tasks: &TaskTracker, shutdown: CancellationToken) {
+    /// The receiver resolves once this node has every retained message the
+    /// cluster held when it started.
+    pub fn start(
+        self,
+        state: &Arc<BrokerState>,
+        tasks: &TaskTracker,
+        shutdown: CancellationToken,
+    ) -> oneshot::Receiver<()> {
+        let (ready, caught_up) = oneshot::channel();
+        tasks.spawn(retained::follow(
+            self.jetstream.clone(),
+            self.name.clone(),
+            self.origin.clone(),
+            self.local.clone(),
+            ready,
+            shutdown.clone(),
+        ));
         let weak = Arc::downgrade(state);
         tasks.spawn(self.run(weak, tasks.clone(), shutdown));
+        caught_up
     }
 
     async fn run(
@@ -291,6 +349,18 @@ impl Routing {
                     let published = self.client.publish_with_headers(subject, headers, payload);
                     if let Err(e) = published.await {
                         crate::throttled!(warn, "cluster publish failed", error = %e, "cluster: a message for other nodes was not published");
+                    }
+                }
+                Command::Retain(subject, origin, record) => {
+                    let mut headers = async_nats::HeaderMap::new();
+                    headers.insert(ID_HEADER, origin.as_str());
+                    let stored = self
+                        .jetstream
+                        .publish_with_headers(subject, headers, record);
+                    // The stream's acknowledgement is not waited for: a
+                    // PUBACK does not yet promise other nodes have it.
+                    if let Err(e) = stored.await {
+                        crate::throttled!(warn, "cluster retain failed", error = %e, "cluster: a retained message change was not stored for other nodes");
                     }
                 }
                 Command::Subscribe(pattern) => {
