@@ -14,7 +14,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tern_codec::ByteStr;
+use tern_codec::{ByteStr, ReasonCode};
 
 use crate::auth::{self, Auth};
 use crate::message::Message;
@@ -147,6 +147,20 @@ pub async fn attach(
         session_present,
         ticket,
     }
+}
+
+/// Closes the connection attached to `client_id`'s session, if any, with
+/// `reason` (MQTT 5): another node took the client id over.
+pub fn oust(state: &BrokerState, client_id: &str, reason: ReasonCode) {
+    let Some(session) = state.sessions().get(client_id) else {
+        return;
+    };
+    let st = session.lock();
+    if st.connection.is_none() || st.is_refused() {
+        return;
+    }
+    tracing::info!(%client_id, "disconnecting client: its client id connected on another node");
+    session.refuse(st, reason);
 }
 
 /// Whether a client logged in as `username` may use `client_id`: not if

@@ -105,8 +105,8 @@ impl Broker {
 
     /// [`Broker::start`], with the implementations of routing beyond this
     /// process and of session ownership given (see [`crate::seams`]).
-    /// With a `[cluster]` section, the cluster's routing replaces
-    /// `seams.fabric`.
+    /// With a `[cluster]` section, the cluster's routing and ownership
+    /// replace `seams`.
     pub async fn start_with(
         mut config: Config,
         mut seams: Seams,
@@ -138,8 +138,9 @@ impl Broker {
         let local = LocalRetained::new(store.clone());
         let (retained, routing): (Box<dyn RetainedMessages>, _) = match cluster {
             Some(cluster) => {
-                let (fabric, retained, routing) = cluster.seams(Arc::new(local));
+                let (fabric, ownership, retained, routing) = cluster.seams(Arc::new(local));
                 seams.fabric = Box::new(fabric);
+                seams.ownership = Box::new(ownership);
                 (Box::new(retained), Some(routing))
             }
             None => (Box::new(local), None),

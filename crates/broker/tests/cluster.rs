@@ -305,3 +305,30 @@ async fn retained_messages_set_and_cleared_on_any_node_reach_every_node() {
         broker.shutdown().await;
     }
 }
+
+/// One connection per client id across the cluster [MQTT-3.1.4-3]: a client
+/// id connecting on B closes its older connection on A with 0x8E, which a
+/// 3.1.1 client sees as the socket closing; other client ids stay.
+#[tokio::test]
+async fn a_client_id_connecting_on_another_node_closes_the_older_connection() {
+    let nats = Nats::start(true);
+    let a = node(&nats, "a").await;
+    let b = node(&nats, "b").await;
+    let mut first = TestClient::connect(a.local_addr(), V5, "dev").await;
+    let mut old =
+        TestClient::connect(a.local_addr(), tern_codec::ProtocolVersion::V3_1_1, "old").await;
+    let mut other = TestClient::connect(a.local_addr(), V5, "other").await;
+    let _second = TestClient::connect(b.local_addr(), V5, "dev").await;
+    expect_disconnect(&mut first, tern_codec::ReasonCode::SessionTakenOver).await;
+    let _newer =
+        TestClient::connect(b.local_addr(), tern_codec::ProtocolVersion::V3_1_1, "old").await;
+    assert!(
+        read_until_closed(&mut old).await.is_empty(),
+        "3.1.1: closed, no DISCONNECT"
+    );
+    other
+        .publish("still/here", b"1", QoS::AtLeastOnce, false)
+        .await;
+    a.shutdown().await;
+    b.shutdown().await;
+}

@@ -16,6 +16,11 @@
 //!   its origin's id and number, and [`Recent`] lets only the first copy
 //!   through, since routing it reaches every local subscriber already.
 //!
+//! - a client connecting on this node claims its client id: the other
+//!   nodes close a connection they hold with that id (MQTT 5: DISCONNECT
+//!   0x8E Session taken over), as one broker closes the older of two
+//!   connections with one client id [MQTT-3.1.4-3] ([`NatsOwnership`]).
+//!
 //! Delivery between nodes is live (at most once, NATS core); storing
 //! messages, sessions and retained messages cluster-wide comes with the
 //! next steps.
@@ -31,6 +36,7 @@ use std::time::Duration;
 use async_nats::{Client, ServerAddr};
 use bytes::Bytes;
 use futures_util::StreamExt;
+use tern_codec::{ByteStr, ReasonCode};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -38,9 +44,10 @@ use tokio_util::task::TaskTracker;
 use crate::config::ClusterConfig;
 use crate::lock::{Mutex, rank};
 use crate::message::Message;
+use crate::registry;
 use crate::retained::LocalRetained;
 use crate::router;
-use crate::seams::Fabric;
+use crate::seams::{Claim, Fabric, Ownership};
 use crate::state::BrokerState;
 use crate::store::records::{self, Clock};
 
@@ -91,6 +98,9 @@ pub enum ClusterError {
 pub struct Cluster {
     client: Client,
     jetstream: async_nats::jetstream::Context,
+    /// Claims of client ids by other nodes, subscribed at join so that no
+    /// claim made once this node runs is missed.
+    claims: async_nats::Subscriber,
     name: String,
     node: String,
 }
@@ -152,6 +162,14 @@ pub async fn join(config: &ClusterConfig) -> Result<Cluster, ClusterError> {
             reason: e.to_string(),
         });
     }
+    let claims = client
+        .subscribe(claims_subject(&config.name))
+        .await
+        .map_err(|e| unreachable(e.to_string()))?;
+    client
+        .flush()
+        .await
+        .map_err(|e| unreachable(e.to_string()))?;
     tracing::info!(
         cluster = %config.name,
         %node,
@@ -164,6 +182,7 @@ pub async fn join(config: &ClusterConfig) -> Result<Cluster, ClusterError> {
     Ok(Cluster {
         client,
         jetstream,
+        claims,
         name: config.name.clone(),
         node,
     })
@@ -184,7 +203,10 @@ impl Cluster {
     /// The routing and retained-storage seams over this connection (the
     /// latter over `local`, this node's copy), and what runs them: call
     /// [`Routing::start`] once the broker's state exists.
-    pub fn seams(self, local: Arc<LocalRetained>) -> (NatsFabric, ClusterRetained, Routing) {
+    pub fn seams(
+        self,
+        local: Arc<LocalRetained>,
+    ) -> (NatsFabric, NatsOwnership, ClusterRetained, Routing) {
         let (commands, inbox) = mpsc::channel(OUTBOX);
         let origin = format!("{:x}", origin_id());
         let fabric = NatsFabric {
@@ -193,6 +215,11 @@ impl Cluster {
             next: AtomicU64::new(1),
             commands: commands.clone(),
             interest: Mutex::new(HashMap::new()),
+        };
+        let ownership = NatsOwnership {
+            subject: claims_subject(&self.name),
+            origin: origin.clone(),
+            commands: commands.clone(),
         };
         let retained = ClusterRetained {
             local: local.clone(),
@@ -203,13 +230,14 @@ impl Cluster {
         let routing = Routing {
             client: self.client,
             jetstream: self.jetstream,
+            claims: self.claims,
             inbox,
             name: self.name,
             node: self.node,
             origin,
             local,
         };
-        (fabric, retained, routing)
+        (fabric, ownership, retained, routing)
     }
 }
 
@@ -219,6 +247,8 @@ enum Command {
     Publish(String, String, Bytes),
     /// Subject in the retained stream, origin, the retained record.
     Retain(String, String, Bytes),
+    /// The claims subject, origin, the client id claimed.
+    Claim(String, String, Bytes),
     Subscribe(String),
     Unsubscribe(String),
 }
@@ -292,6 +322,7 @@ impl Fabric for NatsFabric {
 pub struct Routing {
     client: Client,
     jetstream: async_nats::jetstream::Context,
+    claims: async_nats::Subscriber,
     inbox: mpsc::Receiver<Command>,
     name: String,
     node: String,
@@ -322,10 +353,36 @@ impl Routing {
             shutdown.clone(),
         ));
         let weak = Arc::downgrade(state);
-        tasks.spawn(self.run(weak, tasks.clone(), shutdown));
+        let Routing {
+            client,
+            jetstream,
+            claims,
+            inbox,
+            node,
+            origin,
+            ..
+        } = self;
+        tasks.spawn(watch_claims(claims, origin, weak.clone(), shutdown.clone()));
+        let publisher = Publisher {
+            client,
+            jetstream,
+            inbox,
+            node,
+        };
+        tasks.spawn(publisher.run(weak, tasks.clone(), shutdown));
         caught_up
     }
+}
 
+/// The task that owns the NATS connection's outgoing side.
+struct Publisher {
+    client: Client,
+    jetstream: async_nats::jetstream::Context,
+    inbox: mpsc::Receiver<Command>,
+    node: String,
+}
+
+impl Publisher {
     async fn run(
         mut self,
         state: Weak<BrokerState>,
@@ -361,6 +418,16 @@ impl Routing {
                     // PUBACK does not yet promise other nodes have it.
                     if let Err(e) = stored.await {
                         crate::throttled!(warn, "cluster retain failed", error = %e, "cluster: a retained message change was not stored for other nodes");
+                    }
+                }
+                Command::Claim(subject, origin, client_id) => {
+                    let mut headers = async_nats::HeaderMap::new();
+                    headers.insert(ID_HEADER, origin.as_str());
+                    let claimed = self
+                        .client
+                        .publish_with_headers(subject, headers, client_id);
+                    if let Err(e) = claimed.await {
+                        crate::throttled!(warn, "cluster claim failed", error = %e, "cluster: a client id claim was not sent; another node may keep an older connection with it");
                     }
                 }
                 Command::Subscribe(pattern) => {
@@ -409,9 +476,8 @@ async fn receive(
         let Some(state) = state.upgrade() else {
             break;
         };
-        let id = message.headers.as_ref().and_then(|h| h.get(ID_HEADER));
-        if let Some(id) = id
-            && !recent.lock().first_time(id.as_str())
+        if let Some(id) = tern_id(&message)
+            && !recent.lock().first_time(id)
         {
             continue;
         }
@@ -427,6 +493,68 @@ async fn receive(
         }
     }
     let _ = subscriber.unsubscribe().await;
+}
+
+/// A message's `Tern-Id` header: its origin (and number).
+fn tern_id(message: &async_nats::Message) -> Option<&str> {
+    let id = message.headers.as_ref()?.get(ID_HEADER)?;
+    Some(id.as_str())
+}
+
+/// The subject client id claims go on (the claimed id is the payload).
+fn claims_subject(cluster: &str) -> String {
+    format!("{cluster}.own")
+}
+
+/// Session ownership over NATS, first step: a node that attaches a client
+/// id tells the others, which close a connection they hold with it. The
+/// claim is not waited for, and sessions do not move between nodes yet.
+pub struct NatsOwnership {
+    subject: String,
+    origin: String,
+    commands: mpsc::Sender<Command>,
+}
+
+impl Ownership for NatsOwnership {
+    fn claim(&self, client_id: &ByteStr) -> Option<Claim> {
+        let id = Bytes::copy_from_slice(client_id.as_bytes());
+        let claim = Command::Claim(self.subject.clone(), self.origin.clone(), id);
+        if self.commands.try_send(claim).is_err() {
+            crate::throttled!(
+                warn,
+                "cluster outbox full",
+                "cluster: NATS is not keeping up (or unreachable): a client id claim was dropped"
+            );
+        }
+        None
+    }
+
+    fn release(&self, _client_id: &ByteStr) {}
+}
+
+/// Closes this node's connections whose client id another node claimed.
+async fn watch_claims(
+    mut claims: async_nats::Subscriber,
+    origin: String,
+    state: Weak<BrokerState>,
+    stop: CancellationToken,
+) {
+    loop {
+        let claim = tokio::select! {
+            claim = claims.next() => claim,
+            () = stop.cancelled() => None,
+        };
+        let Some(claim) = claim else {
+            break;
+        };
+        let own = tern_id(&claim) == Some(origin.as_str());
+        let (Some(state), false) = (state.upgrade(), own) else {
+            continue;
+        };
+        if let Ok(client_id) = std::str::from_utf8(&claim.payload) {
+            registry::oust(&state, client_id, ReasonCode::SessionTakenOver);
+        }
+    }
 }
 
 /// A random id for this run of this node.

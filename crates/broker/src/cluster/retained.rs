@@ -156,11 +156,8 @@ pub async fn follow(
             None => break,
         };
         let caught_up = message.info().is_ok_and(|info| info.pending == 0);
-        let own = message
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(ID_HEADER))
-            .is_some_and(|id| id.as_str() == origin);
+        let own = message.headers.as_ref().and_then(|h| h.get(ID_HEADER));
+        let own = own.is_some_and(|id| id.as_str() == origin);
         if !own {
             apply(&local, &message.payload);
         }

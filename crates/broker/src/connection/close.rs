@@ -61,7 +61,7 @@ pub(super) async fn finish<S: Transport>(conn: &mut Conn<S>, close: Close) {
             ),
             "session taken over",
         ),
-        Close::Refused(reason) => (Some(*reason), "login no longer valid"),
+        Close::Refused(reason) => (Some(*reason), refusal(*reason)),
         Close::Shutdown => (Some(ReasonCode::ServerShuttingDown), "server shutting down"),
         Close::PublishRate => (
             Some(ReasonCode::MessageRateTooHigh),
@@ -177,7 +177,8 @@ pub(super) fn depart(client: &mut ClientState, close: Close, peer: SocketAddr) {
         }
         // Logged at info, with why, when it was refused.
         Close::Refused(reason) => {
-            tracing::debug!(%peer, client_id = %id, ?reason, "closing connection: login no longer valid")
+            let why = refusal(*reason);
+            tracing::debug!(%peer, client_id = %id, ?reason, "closing connection: {why}")
         }
     }
     // The will is published unless the client ended normally without asking
@@ -216,4 +217,12 @@ pub(super) fn depart(client: &mut ClientState, close: Close, peer: SocketAddr) {
     // Dropping the kick's `done` (inside `close`) tells a taking-over
     // connection that this one has detached.
     drop(close);
+}
+
+/// Why the broker closed a connection it refused (see `Session::refuse`).
+fn refusal(reason: ReasonCode) -> &'static str {
+    match reason {
+        ReasonCode::SessionTakenOver => "client id connected on another node",
+        _ => "login no longer valid",
+    }
 }
