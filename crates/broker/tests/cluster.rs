@@ -332,3 +332,74 @@ async fn a_client_id_connecting_on_another_node_closes_the_older_connection() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// MQTT 5 properties cross nodes unchanged, the receiving node adds its
+/// subscriber's own subscription identifier, and a client's will, published
+/// on the node it was connected to, reaches a subscriber on another node
+/// once.
+#[tokio::test]
+async fn properties_subscription_identifiers_and_wills_cross_nodes() {
+    use bytes::Bytes;
+    use tern_codec::{LastWill, PublishProperties, UserProperty};
+    let nats = Nats::start(true);
+    let a = node(&nats, "a").await;
+    let b = node(&nats, "b").await;
+    let mut sub = TestClient::connect(b.local_addr(), V5, "sub").await;
+    let options = tern_codec::SubscriptionOptions {
+        qos: QoS::AtLeastOnce,
+        ..Default::default()
+    };
+    sub.subscribe_with("props/#", options, Some(42)).await;
+    sub.subscribe("wills/#", QoS::AtMostOnce).await;
+    let mut publisher = TestClient::connect(a.local_addr(), V5, "pub").await;
+    until_routed(&mut publisher, &mut sub, "wills/probe").await;
+
+    let user_properties = vec![UserProperty {
+        name: "k".into(),
+        value: "v".into(),
+    }];
+    let mut p = publish_packet("props/t", b"{}", QoS::AtLeastOnce, 7);
+    p.properties = PublishProperties {
+        content_type: Some("application/json".into()),
+        response_topic: Some("props/reply".into()),
+        correlation_data: Some(Bytes::from_static(&[1, 2])),
+        user_properties: user_properties.clone(),
+        ..Default::default()
+    };
+    publisher.publish_packet(p).await;
+    let got = sub.recv_publish().await;
+    assert_eq!(got.properties.user_properties, user_properties);
+    assert_eq!(
+        got.properties.content_type.as_deref(),
+        Some("application/json")
+    );
+    assert_eq!(
+        got.properties.response_topic.as_deref(),
+        Some("props/reply")
+    );
+    assert_eq!(
+        got.properties.correlation_data.as_deref(),
+        Some(&[1, 2][..])
+    );
+    assert_eq!(got.properties.subscription_identifiers, [42]);
+    sub.ack(&got).await;
+
+    let mut connect = connect_packet(V5, "mortal");
+    connect.will = Some(LastWill {
+        topic: "wills/mortal".into(),
+        payload: Bytes::from_static(b"gone"),
+        qos: QoS::AtMostOnce,
+        retain: false,
+        properties: Default::default(),
+    });
+    let (mortal, _) = TestClient::connect_with(a.local_addr(), connect).await;
+    mortal.drop_connection();
+    let will = sub.recv_publish().await;
+    assert_eq!(
+        (will.topic.as_str(), &will.payload[..]),
+        ("wills/mortal", &b"gone"[..])
+    );
+    sub.expect_nothing().await;
+    a.shutdown().await;
+    b.shutdown().await;
+}
