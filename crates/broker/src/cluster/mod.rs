@@ -208,6 +208,7 @@ impl Cluster {
         local: Arc<LocalRetained>,
     ) -> (NatsFabric, NatsOwnership, ClusterRetained, Routing) {
         let (commands, inbox) = mpsc::channel(OUTBOX);
+        let commands = Outbox(commands);
         let origin = format!("{:x}", origin_id());
         let fabric = NatsFabric {
             name: self.name.clone(),
@@ -241,14 +242,29 @@ impl Cluster {
     }
 }
 
-/// What the fabric asks of the task that owns the NATS connection.
+/// The way into the task that owns the NATS connection, shared by the
+/// seams. Never waits: a full queue drops the command, counted in the log.
+#[derive(Clone)]
+pub(crate) struct Outbox(mpsc::Sender<Command>);
+
+impl Outbox {
+    fn send(&self, command: Command) {
+        if self.0.try_send(command).is_err() {
+            crate::throttled!(
+                warn,
+                "cluster outbox full",
+                "cluster: NATS is not keeping up (or unreachable): a message, claim or subscription change for other nodes was dropped"
+            );
+        }
+    }
+}
+
+/// What the seams ask of the task that owns the NATS connection.
 enum Command {
-    /// Subject, message id, the message.
+    /// Subject, `Tern-Id`, payload: a message, or a client id claimed.
     Publish(String, String, Bytes),
     /// Subject in the retained stream, origin, the retained record.
     Retain(String, String, Bytes),
-    /// The claims subject, origin, the client id claimed.
-    Claim(String, String, Bytes),
     Subscribe(String),
     Unsubscribe(String),
 }
@@ -260,21 +276,9 @@ pub struct NatsFabric {
     /// numbering from 1 again is not taken for its former self.
     origin: String,
     next: AtomicU64,
-    commands: mpsc::Sender<Command>,
+    commands: Outbox,
     /// Sessions on this node per NATS subject pattern.
     interest: Mutex<HashMap<String, usize>, { rank::FABRIC }>,
-}
-
-impl NatsFabric {
-    fn send(&self, command: Command) {
-        if self.commands.try_send(command).is_err() {
-            crate::throttled!(
-                warn,
-                "cluster outbox full",
-                "cluster: NATS is not keeping up (or unreachable): a message or subscription change for other nodes was dropped"
-            );
-        }
-    }
 }
 
 impl Fabric for NatsFabric {
@@ -286,7 +290,8 @@ impl Fabric for NatsFabric {
             self.origin,
             self.next.fetch_add(1, Ordering::Relaxed)
         );
-        self.send(Command::Publish(subject, id, Bytes::from(record)));
+        self.commands
+            .send(Command::Publish(subject, id, Bytes::from(record)));
     }
 
     fn interest(&self, filter: &str, group: Option<&str>, present: bool) {
@@ -314,7 +319,7 @@ impl Fabric for NatsFabric {
                 }
             }
         }
-        changes.into_iter().for_each(|c| self.send(c));
+        changes.into_iter().for_each(|c| self.commands.send(c));
     }
 }
 
@@ -401,33 +406,21 @@ impl Publisher {
             };
             match command {
                 Command::Publish(subject, id, payload) => {
-                    let mut headers = async_nats::HeaderMap::new();
-                    headers.insert(ID_HEADER, id.as_str());
-                    let published = self.client.publish_with_headers(subject, headers, payload);
+                    let published =
+                        self.client
+                            .publish_with_headers(subject, headers(&id), payload);
                     if let Err(e) = published.await {
-                        crate::throttled!(warn, "cluster publish failed", error = %e, "cluster: a message for other nodes was not published");
+                        crate::throttled!(warn, "cluster publish failed", error = %e, "cluster: a message or claim for other nodes was not published");
                     }
                 }
                 Command::Retain(subject, origin, record) => {
-                    let mut headers = async_nats::HeaderMap::new();
-                    headers.insert(ID_HEADER, origin.as_str());
-                    let stored = self
-                        .jetstream
-                        .publish_with_headers(subject, headers, record);
+                    let stored =
+                        self.jetstream
+                            .publish_with_headers(subject, headers(&origin), record);
                     // The stream's acknowledgement is not waited for: a
                     // PUBACK does not yet promise other nodes have it.
                     if let Err(e) = stored.await {
                         crate::throttled!(warn, "cluster retain failed", error = %e, "cluster: a retained message change was not stored for other nodes");
-                    }
-                }
-                Command::Claim(subject, origin, client_id) => {
-                    let mut headers = async_nats::HeaderMap::new();
-                    headers.insert(ID_HEADER, origin.as_str());
-                    let claimed = self
-                        .client
-                        .publish_with_headers(subject, headers, client_id);
-                    if let Err(e) = claimed.await {
-                        crate::throttled!(warn, "cluster claim failed", error = %e, "cluster: a client id claim was not sent; another node may keep an older connection with it");
                     }
                 }
                 Command::Subscribe(pattern) => {
@@ -495,8 +488,15 @@ async fn receive(
     let _ = subscriber.unsubscribe().await;
 }
 
+/// Headers carrying `id` as `Tern-Id`.
+fn headers(id: &str) -> async_nats::HeaderMap {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(ID_HEADER, id);
+    headers
+}
+
 /// A message's `Tern-Id` header: its origin (and number).
-fn tern_id(message: &async_nats::Message) -> Option<&str> {
+pub(crate) fn tern_id(message: &async_nats::Message) -> Option<&str> {
     let id = message.headers.as_ref()?.get(ID_HEADER)?;
     Some(id.as_str())
 }
@@ -512,20 +512,14 @@ fn claims_subject(cluster: &str) -> String {
 pub struct NatsOwnership {
     subject: String,
     origin: String,
-    commands: mpsc::Sender<Command>,
+    commands: Outbox,
 }
 
 impl Ownership for NatsOwnership {
     fn claim(&self, client_id: &ByteStr) -> Option<Claim> {
         let id = Bytes::copy_from_slice(client_id.as_bytes());
-        let claim = Command::Claim(self.subject.clone(), self.origin.clone(), id);
-        if self.commands.try_send(claim).is_err() {
-            crate::throttled!(
-                warn,
-                "cluster outbox full",
-                "cluster: NATS is not keeping up (or unreachable): a client id claim was dropped"
-            );
-        }
+        let claim = Command::Publish(self.subject.clone(), self.origin.clone(), id);
+        self.commands.send(claim);
         None
     }
 

@@ -18,10 +18,10 @@ use async_nats::jetstream::consumer::push::OrderedConfig;
 use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use super::{Command, ID_HEADER, subject};
+use super::{Command, Outbox, subject, tern_id};
 use crate::message::Message;
 use crate::retained::{LocalRetained, Quotas, RetainedMessages};
 use crate::store::records::{self, Clock};
@@ -50,7 +50,7 @@ pub struct ClusterRetained {
     pub(super) local: Arc<LocalRetained>,
     pub(super) cluster: String,
     pub(super) origin: String,
-    pub(super) commands: mpsc::Sender<Command>,
+    pub(super) commands: Outbox,
 }
 
 impl RetainedMessages for ClusterRetained {
@@ -61,13 +61,7 @@ impl RetainedMessages for ClusterRetained {
             let record = records::encode_retained(message, owner.map(|o| &**o), &Clock::now());
             let subject = retained_subject(&self.cluster, &message.topic);
             let command = Command::Retain(subject, self.origin.clone(), Bytes::from(record));
-            if self.commands.try_send(command).is_err() {
-                crate::throttled!(
-                    warn,
-                    "cluster outbox full",
-                    "cluster: NATS is not keeping up (or unreachable): a retained message change for other nodes was dropped"
-                );
-            }
+            self.commands.send(command);
         }
         ticket
     }
@@ -156,8 +150,7 @@ pub async fn follow(
             None => break,
         };
         let caught_up = message.info().is_ok_and(|info| info.pending == 0);
-        let own = message.headers.as_ref().and_then(|h| h.get(ID_HEADER));
-        let own = own.is_some_and(|id| id.as_str() == origin);
+        let own = tern_id(&message) == Some(origin.as_str());
         if !own {
             apply(&local, &message.payload);
         }
