@@ -48,8 +48,22 @@ struct Target {
     check: bool,
 }
 
+/// Which of this node's subscriptions a message is routed to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope<'a> {
+    /// Every matching subscription: a message accepted on this node, or
+    /// one handed in through `BrokerHandle::route_remote`.
+    All,
+    /// Non-shared subscriptions only: a message from another node of a
+    /// cluster, whose shared groups are served apart, once cluster-wide.
+    Direct,
+    /// Only the shared group with this key (`{group}/{filter}`): another
+    /// node's message, which the cluster gave this node to serve.
+    Group(&'a str),
+}
+
 /// Where a published message went.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub struct Routed {
     /// How many sessions it matched, whether or not it was queued for them
     /// (a full queue drops it for that session alone; the publisher is not
@@ -58,6 +72,8 @@ pub struct Routed {
     /// The store's ticket for everything it wrote for this message (0 if
     /// nothing): the publisher's acknowledgement waits for it.
     pub ticket: u64,
+    /// The keys of the shared groups it was given to (with [`Scope::All`]).
+    pub served: Vec<Arc<str>>,
 }
 
 /// Stores (if retained) and routes a message. `owner`: the user who
@@ -78,21 +94,21 @@ pub fn publish_with(
     if message.retain && state.config.retain_available {
         ticket = state.retained.set(&message, owner);
     }
-    let mut routed = route(state, &message, group);
+    let mut routed = route(state, &message, Scope::All, group);
     routed.ticket = routed.ticket.max(ticket);
     // `$SYS` messages (no origin) are this node's own.
     if message.origin.is_some() {
-        state.fabric.forward(&message);
+        state.fabric.forward(&message, &routed.served);
     }
     routed
 }
 
-/// Routes a message that another node accepted to this node's sessions
-/// (the entry of the routing seam, [`crate::seams::Fabric`]): not stored
-/// as retained (the retained-storage seam did that where it was published)
-/// and not forwarded again.
-pub fn publish_remote(state: &BrokerState, message: Arc<Message>) -> Routed {
-    route(state, &message, Group::default())
+/// Routes a message that another node accepted to this node's sessions in
+/// `scope` (the entry of the routing seam, [`crate::seams::Fabric`]): not
+/// stored as retained (the retained-storage seam did that where it was
+/// published) and not forwarded again.
+pub fn publish_remote(state: &BrokerState, message: Arc<Message>, scope: Scope) -> Routed {
+    route(state, &message, scope, Group::default())
 }
 
 /// Adds a session's subscription to the tree (`filter` without
@@ -147,13 +163,17 @@ pub fn unsubscribe(
 /// Queues `message` for every matching subscription. With a store, the
 /// deliveries to persistent sessions and `group` land in one transaction,
 /// and the deliveries become visible to their connections after that.
-fn route(state: &BrokerState, message: &Arc<Message>, mut group: Group) -> Routed {
+fn route(state: &BrokerState, message: &Arc<Message>, scope: Scope, mut group: Group) -> Routed {
     let Targets {
-        mut list, groups, ..
-    } = matching_targets(state, message);
+        mut list,
+        groups,
+        served,
+        ..
+    } = matching_targets(state, message, scope);
     let mut routed = Routed {
         matched: list.len() + groups.len(),
-        ..Routed::default()
+        ticket: 0,
+        served,
     };
     let mut staged = Vec::new();
     let mut acl = ReadCheck::default();
@@ -206,21 +226,28 @@ fn route(state: &BrokerState, message: &Arc<Message>, mut group: Group) -> Route
 
 /// Walks the tree under its read lock and returns who should get `message`:
 /// one target per session, and the shared groups whose pick depends on an
-/// ACL check (made after the lock is released).
-fn matching_targets(state: &BrokerState, message: &Message) -> Targets {
+/// ACL check (made after the lock is released); only those in `scope`.
+fn matching_targets(state: &BrokerState, message: &Message, scope: Scope) -> Targets {
     let mut targets = Targets::default();
     // One load per message; 0 (no ACL) means no subscription needs a check.
     let acl_generation = state.auth.acl_generation();
     let tree = state.tree();
-    tree.for_each_match(&message.topic, |m| match m {
-        Matched::Subscriber { client_id, value } => {
+    tree.for_each_match(&message.topic, |m| match (m, scope) {
+        (Matched::Subscriber { client_id, value }, Scope::All | Scope::Direct) => {
             // No Local: not back to the publisher [MQTT-3.8.3-3].
             if value.options.no_local && message.origin.as_ref() == Some(client_id) {
                 return;
             }
             targets.add(value, acl_generation);
         }
-        Matched::Shared(group) => targets.add_shared(group, acl_generation),
+        (Matched::Shared(group), Scope::All) => {
+            targets.served.push(group.key().clone());
+            targets.add_shared(group, acl_generation);
+        }
+        (Matched::Shared(group), Scope::Group(key)) if **group.key() == *key => {
+            targets.add_shared(group, acl_generation);
+        }
+        _ => {}
     });
     targets
 }
@@ -257,6 +284,8 @@ struct Targets {
     /// Shared groups whose first choice needs an ACL check: their members
     /// in pick order, up to the first that needs none.
     groups: Vec<Vec<Target>>,
+    /// The keys of the shared groups matched.
+    served: Vec<Arc<str>>,
     /// Session → its non-shared target in `list`; built once the list is
     /// too long to scan.
     index: HashMap<*const Session, usize, BuildHasherDefault<PtrHasher>>,

@@ -33,8 +33,10 @@ use crate::message::Message;
 /// which does not call it again.
 pub trait Fabric: Send + Sync {
     /// A message this node accepted (from a client's PUBLISH or a will; not
-    /// `$SYS`, which is per node).
-    fn forward(&self, message: &Arc<Message>);
+    /// `$SYS`, which is per node). `served`: the keys (`{group}/{filter}`)
+    /// of the shared groups this node gave it to, which no other node
+    /// should give it to again.
+    fn forward(&self, message: &Arc<Message>, served: &[Arc<str>]);
     /// A session on this node subscribed to `filter` (without `$share/…`;
     /// `group` is the share group) when `present`, or no longer is. Called
     /// once when a session's subscription is added (not when it is
@@ -67,7 +69,7 @@ pub trait Ownership: Send + Sync {
 pub struct SingleNode;
 
 impl Fabric for SingleNode {
-    fn forward(&self, _message: &Arc<Message>) {}
+    fn forward(&self, _message: &Arc<Message>, _served: &[Arc<str>]) {}
     fn interest(&self, _filter: &str, _group: Option<&str>, _present: bool) {}
 }
 

@@ -218,7 +218,7 @@ impl BrokerHandle {
     /// the way in for a [`crate::seams::Fabric`]. Returns how many sessions
     /// it matched.
     pub fn route_remote(&self, message: Arc<Message>) -> usize {
-        router::publish_remote(&self.state, message).matched
+        router::publish_remote(&self.state, message, router::Scope::All).matched
     }
 
     /// How many connections are parked now (idle, without a task; see

@@ -57,7 +57,7 @@ impl<T> TopicTree<T> {
         let node = levels(path).fold(&mut self.root, Node::child_or_insert);
         let previous = node
             .subscriptions_mut(multi)
-            .insert(share_group, client_id, value);
+            .insert(share_group, filter, client_id, value);
         if previous.is_none() {
             self.len += 1;
         }
@@ -142,13 +142,16 @@ pub enum Matched<'a, T> {
 /// Members of one shared subscription group on one filter, in join order.
 pub struct SharedGroup<T> {
     name: Arc<str>,
+    /// `{group}/{filter}`: names this group on every node of a cluster.
+    key: Arc<str>,
     members: Vec<(ByteStr, T)>,
     cursor: AtomicUsize,
 }
 
 impl<T> SharedGroup<T> {
-    fn new(name: Arc<str>) -> Self {
+    fn new(name: Arc<str>, filter: &str) -> Self {
         SharedGroup {
+            key: format!("{name}/{filter}").into(),
             name,
             members: Vec::new(),
             cursor: AtomicUsize::new(0),
@@ -158,6 +161,12 @@ impl<T> SharedGroup<T> {
     /// The group's name, the `{group}` of `$share/{group}/{filter}`.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// `{group}/{filter}`, the subscription without `$share/`: one group
+    /// has the same key on every node of a cluster.
+    pub fn key(&self) -> &Arc<str> {
+        &self.key
     }
 
     /// The members, in join order; a member that resubscribes keeps its place.
@@ -211,19 +220,25 @@ impl<T> Default for Subscriptions<T> {
 }
 
 impl<T> Subscriptions<T> {
-    fn insert(&mut self, share_group: Option<&str>, client_id: &ByteStr, value: T) -> Option<T> {
+    fn insert(
+        &mut self,
+        share_group: Option<&str>,
+        filter: &str,
+        client_id: &ByteStr,
+        value: T,
+    ) -> Option<T> {
         match share_group {
             None => self.direct.insert(client_id.clone(), value),
-            Some(name) => self.group_or_insert(name).insert(client_id, value),
+            Some(name) => self.group_or_insert(name, filter).insert(client_id, value),
         }
     }
 
-    fn group_or_insert(&mut self, name: &str) -> &mut SharedGroup<T> {
+    fn group_or_insert(&mut self, name: &str, filter: &str) -> &mut SharedGroup<T> {
         match self.shared.entry(name.into()) {
             Entry::Occupied(entry) => entry.into_mut(),
             Entry::Vacant(entry) => {
                 let name = entry.key().clone();
-                entry.insert(SharedGroup::new(name))
+                entry.insert(SharedGroup::new(name, filter))
             }
         }
     }
@@ -663,7 +678,7 @@ mod tests {
 
     #[test]
     fn next_start_on_empty_group_is_zero() {
-        let group: SharedGroup<u32> = SharedGroup::new("g".into());
+        let group: SharedGroup<u32> = SharedGroup::new("g".into(), "a/+");
         assert_eq!(group.next_start(), 0);
     }
 

@@ -403,3 +403,96 @@ async fn properties_subscription_identifiers_and_wills_cross_nodes() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// The payloads of the PUBLISHes `client` receives until it is quiet.
+async fn drain(client: &mut TestClient) -> Vec<String> {
+    let mut got = Vec::new();
+    while let Ok(Some(packet)) = client.next(QUIET).await {
+        match packet {
+            tern_codec::Packet::Publish(p) => got.push(String::from_utf8_lossy(&p.payload).into()),
+            other => panic!("expected PUBLISH, got {other:?}"),
+        }
+    }
+    got
+}
+
+/// Publishes `work/N` with payload `prefix-N` for N in `range`, QoS 1.
+async fn publish_work(publisher: &mut TestClient, prefix: &str, range: std::ops::Range<u16>) {
+    for n in range {
+        let mut p = publish_packet(&format!("work/{n}"), b"", QoS::AtLeastOnce, n + 1);
+        p.payload = format!("{prefix}-{n}").into();
+        publisher.publish_packet(p).await;
+    }
+}
+
+#[tokio::test]
+async fn a_shared_group_with_members_on_several_nodes_gets_each_message_once() {
+    let nats = Nats::start(true);
+    let (a, b, c) = (
+        node(&nats, "a").await,
+        node(&nats, "b").await,
+        node(&nats, "c").await,
+    );
+    let mut members = Vec::new();
+    for (addr, id) in [
+        (a.local_addr(), "m1"),
+        (b.local_addr(), "m2"),
+        (b.local_addr(), "m3"),
+    ] {
+        let mut member = TestClient::connect(addr, V5, id).await;
+        member.subscribe("$share/g/work/#", QoS::AtMostOnce).await;
+        members.push(member);
+    }
+    let mut plain = TestClient::connect(b.local_addr(), V5, "plain").await;
+    plain.subscribe("work/#", QoS::AtMostOnce).await;
+    // Subscribed after the members on A and B: once a probe reaches both,
+    // the group's queue subscriptions are in place in NATS too.
+    let mut publisher = TestClient::connect(c.local_addr(), V5, "pub").await;
+    for addr in [a.local_addr(), b.local_addr()] {
+        let mut marker = TestClient::connect(addr, V5, "marker").await;
+        marker.subscribe("marker", QoS::AtMostOnce).await;
+        until_routed(&mut publisher, &mut marker, "marker").await;
+    }
+
+    // From C, which has no member: NATS gives each message to one node.
+    publish_work(&mut publisher, "c", 0..60).await;
+    let got: Vec<Vec<String>> = {
+        let mut got = Vec::new();
+        for member in &mut members {
+            got.push(drain(member).await);
+        }
+        got
+    };
+    let mut all: Vec<&String> = got.iter().flatten().collect();
+    all.sort();
+    let expected: Vec<String> = (0..60).map(|n| format!("c-{n}")).collect();
+    let mut sorted = expected.clone();
+    sorted.sort();
+    assert_eq!(
+        all,
+        sorted.iter().collect::<Vec<_>>(),
+        "each message once across the group (A: {}, B: {} + {})",
+        got[0].len(),
+        got[1].len(),
+        got[2].len()
+    );
+    assert!(
+        !got[0].is_empty() && got[1].len() + got[2].len() > 0,
+        "both nodes' members share the load: {got:?}"
+    );
+    // Non-shared subscribers are served as before.
+    let mut plain_got = drain(&mut plain).await;
+    plain_got.sort();
+    assert_eq!(plain_got, sorted);
+
+    // From A, which has a member: served on A, and by no other node.
+    let mut local = TestClient::connect(a.local_addr(), V5, "local").await;
+    publish_work(&mut local, "a", 0..20).await;
+    let expected: Vec<String> = (0..20).map(|n| format!("a-{n}")).collect();
+    assert_eq!(drain(&mut members[0]).await, expected);
+    assert_eq!(drain(&mut members[1]).await, Vec::<String>::new());
+    assert_eq!(drain(&mut members[2]).await, Vec::<String>::new());
+    for node in [a, b, c] {
+        node.shutdown().await;
+    }
+}

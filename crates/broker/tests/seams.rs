@@ -48,7 +48,7 @@ impl Recorder {
 }
 
 impl Fabric for Recorder {
-    fn forward(&self, message: &Arc<Message>) {
+    fn forward(&self, message: &Arc<Message>, _served: &[Arc<str>]) {
         self.push(format!("forward {}", message.topic));
     }
 

@@ -16,6 +16,13 @@
 //!   its origin's id and number, and [`Recent`] lets only the first copy
 //!   through, since routing it reaches every local subscriber already.
 //!
+//! - a shared subscription group (`$share/g/filter`) with members on this
+//!   node makes the node one member of the NATS queue group named after
+//!   `g/filter`, so NATS gives each message to one node, which picks one
+//!   of its members; the node a message was published on serves its own
+//!   members' groups itself and names them in the message (header
+//!   `Tern-Served`), and the node NATS picks for such a group skips it.
+//!
 //! - a client connecting on this node claims its client id: the other
 //!   nodes close a connection they hold with that id (MQTT 5: DISCONNECT
 //!   0x8E Session taken over), as one broker closes the older of two
@@ -44,9 +51,10 @@ use tokio_util::task::TaskTracker;
 use crate::config::ClusterConfig;
 use crate::lock::{Mutex, rank};
 use crate::message::Message;
+use crate::metrics::Metrics;
 use crate::registry;
 use crate::retained::LocalRetained;
-use crate::router;
+use crate::router::{self, Scope};
 use crate::seams::{Claim, Fabric, Ownership};
 use crate::state::BrokerState;
 use crate::store::records::{self, Clock};
@@ -68,6 +76,10 @@ const RECENT: usize = 65_536;
 
 /// The header carrying a message's origin and number: `ORIGIN:SEQ`.
 const ID_HEADER: &str = "Tern-Id";
+
+/// The header naming, once per value, a shared group (by its
+/// [`subject::queue_name`]) that the publishing node served itself.
+const SERVED_HEADER: &str = "Tern-Served";
 
 /// Why this node could not join its cluster.
 #[derive(Debug, thiserror::Error)]
@@ -215,7 +227,7 @@ impl Cluster {
             origin: origin.clone(),
             next: AtomicU64::new(1),
             commands: commands.clone(),
-            interest: Mutex::new(HashMap::new()),
+            interest: Mutex::new(Interest::default()),
         };
         let ownership = NatsOwnership {
             subject: claims_subject(&self.name),
@@ -261,12 +273,16 @@ impl Outbox {
 
 /// What the seams ask of the task that owns the NATS connection.
 enum Command {
-    /// Subject, `Tern-Id`, payload: a message, or a client id claimed.
-    Publish(String, String, Bytes),
+    /// Subject, headers, payload: a message, or a client id claimed.
+    Publish(String, async_nats::HeaderMap, Bytes),
     /// Subject in the retained stream, origin, the retained record.
     Retain(String, String, Bytes),
     Subscribe(String),
     Unsubscribe(String),
+    /// A shared group's key and its subjects: join its queue group.
+    Join(Arc<str>, Vec<String>),
+    /// A shared group's key: leave its queue group.
+    Leave(Arc<str>),
 }
 
 /// The routing seam over NATS (see the module docs).
@@ -277,12 +293,41 @@ pub struct NatsFabric {
     origin: String,
     next: AtomicU64,
     commands: Outbox,
-    /// Sessions on this node per NATS subject pattern.
-    interest: Mutex<HashMap<String, usize>, { rank::FABRIC }>,
+    interest: Mutex<Interest, { rank::FABRIC }>,
+}
+
+/// What this node's sessions subscribe to, counted.
+#[derive(Default)]
+struct Interest {
+    /// Non-shared subscriptions per NATS subject pattern.
+    subjects: HashMap<String, usize>,
+    /// Members on this node per shared group key (`{group}/{filter}`).
+    groups: HashMap<Arc<str>, usize>,
+}
+
+/// Counts one more (`present`) or one fewer holder of `key`; true if that
+/// made it the first or the last.
+fn count<K: std::hash::Hash + Eq>(counts: &mut HashMap<K, usize>, key: K, present: bool) -> bool {
+    if present {
+        let n = counts.entry(key).or_insert(0);
+        *n += 1;
+        return *n == 1;
+    }
+    match counts.get_mut(&key) {
+        Some(n) if *n > 1 => {
+            *n -= 1;
+            false
+        }
+        Some(_) => {
+            counts.remove(&key);
+            true
+        }
+        None => false,
+    }
 }
 
 impl Fabric for NatsFabric {
-    fn forward(&self, message: &Arc<Message>) {
+    fn forward(&self, message: &Arc<Message>, served: &[Arc<str>]) {
         let subject = subject::topic_subject(&self.name, &message.topic);
         let record = records::encode_message(message, &Clock::now());
         let id = format!(
@@ -290,31 +335,37 @@ impl Fabric for NatsFabric {
             self.origin,
             self.next.fetch_add(1, Ordering::Relaxed)
         );
+        let mut headers = headers(&id);
+        for key in served {
+            headers.append(SERVED_HEADER, subject::queue_name(key));
+        }
         self.commands
-            .send(Command::Publish(subject, id, Bytes::from(record)));
+            .send(Command::Publish(subject, headers, Bytes::from(record)));
     }
 
+    /// A non-shared filter is one NATS subscription per subject per node; a
+    /// shared group's members on this node are one member of the group's
+    /// NATS queue group, which gives each message to one node.
     fn interest(&self, filter: &str, group: Option<&str>, present: bool) {
-        // Shared subscriptions stay within their node for now: a group
-        // spanning nodes needs one member picked cluster-wide.
-        if group.is_some() {
-            return;
-        }
+        let subjects = subject::filter_subjects(&self.name, filter);
         let mut changes = Vec::new();
         {
             let mut interest = self.interest.lock();
-            for pattern in subject::filter_subjects(&self.name, filter) {
-                let count = interest.entry(pattern.clone()).or_insert(0);
-                if present {
-                    *count += 1;
-                    if *count == 1 {
-                        changes.push(Command::Subscribe(pattern));
-                    }
-                } else {
-                    *count = count.saturating_sub(1);
-                    if *count == 0 {
-                        interest.remove(&pattern);
-                        changes.push(Command::Unsubscribe(pattern));
+            if let Some(group) = group {
+                let key: Arc<str> = format!("{group}/{filter}").into();
+                if count(&mut interest.groups, key.clone(), present) {
+                    changes.push(match present {
+                        true => Command::Join(key, subjects),
+                        false => Command::Leave(key),
+                    });
+                }
+            } else {
+                for pattern in subjects {
+                    if count(&mut interest.subjects, pattern.clone(), present) {
+                        changes.push(match present {
+                            true => Command::Subscribe(pattern),
+                            false => Command::Unsubscribe(pattern),
+                        });
                     }
                 }
             }
@@ -395,7 +446,8 @@ impl Publisher {
         shutdown: CancellationToken,
     ) {
         let mut subscriptions: HashMap<String, CancellationToken> = HashMap::new();
-        let recent = Arc::new(Mutex::new(Recent::default()));
+        let mut groups: HashMap<Arc<str>, CancellationToken> = HashMap::new();
+        let direct = Serve::Direct(Arc::new(Mutex::new(Recent::default())));
         loop {
             let command = tokio::select! {
                 command = self.inbox.recv() => command,
@@ -405,10 +457,8 @@ impl Publisher {
                 break;
             };
             match command {
-                Command::Publish(subject, id, payload) => {
-                    let published =
-                        self.client
-                            .publish_with_headers(subject, headers(&id), payload);
+                Command::Publish(subject, headers, payload) => {
+                    let published = self.client.publish_with_headers(subject, headers, payload);
                     if let Err(e) = published.await {
                         crate::throttled!(warn, "cluster publish failed", error = %e, "cluster: a message or claim for other nodes was not published");
                     }
@@ -425,16 +475,9 @@ impl Publisher {
                 }
                 Command::Subscribe(pattern) => {
                     let stop = shutdown.child_token();
-                    match self.client.subscribe(pattern.clone()).await {
-                        Ok(subscriber) => {
-                            let receiving =
-                                receive(subscriber, state.clone(), recent.clone(), stop.clone());
-                            tasks.spawn(receiving);
-                            subscriptions.insert(pattern, stop);
-                        }
-                        Err(e) => {
-                            tracing::warn!(%pattern, error = %e, "cluster: cannot subscribe; messages from other nodes to it are missed")
-                        }
+                    let subscribing = self.client.subscribe(pattern.clone());
+                    if self.serve(subscribing.await, &pattern, &direct, &state, &tasks, &stop) {
+                        subscriptions.insert(pattern, stop);
                     }
                     // Subscribed on the server before anything else is sent.
                     let _ = self.client.flush().await;
@@ -444,10 +487,84 @@ impl Publisher {
                         stop.cancel();
                     }
                 }
+                Command::Join(key, patterns) => {
+                    let stop = shutdown.child_token();
+                    let queue = subject::queue_name(&key);
+                    let group = Serve::Group(key.clone(), queue.clone());
+                    for pattern in patterns {
+                        let subscribing =
+                            self.client.queue_subscribe(pattern.clone(), queue.clone());
+                        self.serve(subscribing.await, &pattern, &group, &state, &tasks, &stop);
+                    }
+                    groups.insert(key, stop);
+                    let _ = self.client.flush().await;
+                }
+                Command::Leave(key) => {
+                    if let Some(stop) = groups.remove(&key) {
+                        stop.cancel();
+                    }
+                }
             }
         }
         let _ = self.client.flush().await;
         tracing::debug!(node = %self.node, "left the cluster");
+    }
+
+    /// Starts routing what a new NATS subscription receives, as `serve`
+    /// says, until `stop`; false (logged) if it could not be made.
+    fn serve(
+        &self,
+        subscribed: Result<async_nats::Subscriber, async_nats::SubscribeError>,
+        pattern: &str,
+        serve: &Serve,
+        state: &Weak<BrokerState>,
+        tasks: &TaskTracker,
+        stop: &CancellationToken,
+    ) -> bool {
+        match subscribed {
+            Ok(subscriber) => {
+                tasks.spawn(receive(
+                    subscriber,
+                    state.clone(),
+                    serve.clone(),
+                    stop.clone(),
+                ));
+                true
+            }
+            Err(e) => {
+                tracing::warn!(%pattern, error = %e, "cluster: cannot subscribe; messages from other nodes to it are missed");
+                false
+            }
+        }
+    }
+}
+
+/// Which of this node's subscriptions a NATS subscription's messages are for.
+#[derive(Clone)]
+enum Serve {
+    /// The non-shared ones: the first copy of each message.
+    Direct(Arc<Mutex<Recent, { rank::FABRIC }>>),
+    /// The shared group with this key and queue name, which NATS picked
+    /// this node to serve, unless the publishing node served it itself.
+    Group(Arc<str>, String),
+}
+
+impl Serve {
+    /// The scope a received message is routed in, `None` if in none.
+    fn scope(&self, message: &async_nats::Message) -> Option<Scope<'_>> {
+        match self {
+            Serve::Direct(recent) => match tern_id(message) {
+                Some(id) if !recent.lock().first_time(id) => None,
+                _ => Some(Scope::Direct),
+            },
+            Serve::Group(key, queue) => {
+                let served = message.headers.as_ref().is_some_and(|h| {
+                    h.get_all(SERVED_HEADER)
+                        .any(|v| v.as_str() == queue.as_str())
+                });
+                (!served).then_some(Scope::Group(key))
+            }
+        }
     }
 }
 
@@ -455,7 +572,7 @@ impl Publisher {
 async fn receive(
     mut subscriber: async_nats::Subscriber,
     state: Weak<BrokerState>,
-    recent: Arc<Mutex<Recent, { rank::FABRIC }>>,
+    serve: Serve,
     stop: CancellationToken,
 ) {
     loop {
@@ -469,14 +586,16 @@ async fn receive(
         let Some(state) = state.upgrade() else {
             break;
         };
-        if let Some(id) = tern_id(&message)
-            && !recent.lock().first_time(id)
-        {
+        let Some(scope) = serve.scope(&message) else {
             continue;
-        }
+        };
         match records::decode_message(&message.payload, &Clock::now()) {
             Ok(Some(message)) => {
-                router::publish_remote(&state, message);
+                let routed = router::publish_remote(&state, message, scope);
+                // The group's last member here left while NATS picked us.
+                if matches!(scope, Scope::Group(_)) && routed.matched == 0 {
+                    Metrics::add(&state.metrics.publish_dropped, 1);
+                }
             }
             // Expired on the way.
             Ok(None) => {}
@@ -518,7 +637,7 @@ pub struct NatsOwnership {
 impl Ownership for NatsOwnership {
     fn claim(&self, client_id: &ByteStr) -> Option<Claim> {
         let id = Bytes::copy_from_slice(client_id.as_bytes());
-        let claim = Command::Publish(self.subject.clone(), self.origin.clone(), id);
+        let claim = Command::Publish(self.subject.clone(), headers(&self.origin), id);
         self.commands.send(claim);
         None
     }
