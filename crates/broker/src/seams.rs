@@ -21,6 +21,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tern_codec::ByteStr;
 
@@ -43,6 +44,18 @@ pub trait Fabric: Send + Sync {
     /// replaced) and once when it is removed, per session: an
     /// implementation counts references itself.
     fn interest(&self, filter: &str, group: Option<&str>, present: bool);
+    /// This node's `$SYS` figures (below `$SYS/broker/`), published every
+    /// `interval`: shares them with the other nodes and returns the
+    /// cluster's totals, to be published below `$SYS/cluster/`. One node
+    /// has no cluster: none.
+    fn statistics(
+        &self,
+        own: &[(&'static str, String)],
+        interval: Duration,
+    ) -> Vec<(String, String)> {
+        let _ = (own, interval);
+        Vec::new()
+    }
 }
 
 /// A claim on a session still held elsewhere: resolves once it is not.

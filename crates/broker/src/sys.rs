@@ -1,5 +1,6 @@
 //! `$SYS/broker/...`: broker statistics as retained messages, under the topic
-//! names Mosquitto uses so existing dashboards work unchanged.
+//! names Mosquitto uses so existing dashboards work unchanged; in a cluster,
+//! the cluster's totals under `$SYS/cluster/...` (`cluster::stats`).
 //!
 //! One task publishes them every `sys_interval_secs` through the ordinary
 //! router (so they are retained and reach `$SYS/#` subscribers), and on the
@@ -38,14 +39,20 @@ pub fn spawn(state: &Arc<BrokerState>, parker: &Arc<Parker>) {
     });
 }
 
-/// Publishes every `$SYS` topic once.
+/// Publishes every `$SYS` topic once: this node's below `$SYS/broker/`,
+/// and in a cluster the totals below `$SYS/cluster/`.
 pub fn publish_all(state: &BrokerState, parker: &Parker) {
-    for (topic, value) in snapshot(state, parker) {
-        router::publish(
-            state,
-            Message::broker_retained(format!("$SYS/broker/{topic}"), value),
-            None,
-        );
+    let own = snapshot(state, parker);
+    let interval = Duration::from_secs(state.config.sys_interval_secs);
+    let cluster = state.fabric.statistics(&own, interval);
+    let own = own
+        .into_iter()
+        .map(|(t, v)| (format!("$SYS/broker/{t}"), v));
+    let cluster = cluster
+        .into_iter()
+        .map(|(t, v)| (format!("$SYS/cluster/{t}"), v));
+    for (topic, value) in own.chain(cluster) {
+        router::publish(state, Message::broker_retained(topic, value), None);
     }
 }
 

@@ -496,3 +496,62 @@ async fn a_shared_group_with_members_on_several_nodes_gets_each_message_once() {
         node.shutdown().await;
     }
 }
+
+/// Reads `$SYS` messages until every topic in `expected` last had its
+/// value (the figures change with every tick while they settle).
+async fn until_sys(client: &mut TestClient, expected: &[(&str, &str)]) {
+    let mut last = std::collections::HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !expected
+        .iter()
+        .all(|(t, v)| last.get(*t).map(String::as_str) == Some(*v))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "$SYS never showed {expected:?}; last: {last:?}"
+        );
+        if let Ok(Some(tern_codec::Packet::Publish(p))) = client.next(QUIET).await {
+            let value = String::from_utf8_lossy(&p.payload).into_owned();
+            last.insert(p.topic.to_string(), value);
+        }
+    }
+}
+
+#[tokio::test]
+async fn sys_has_each_nodes_own_figures_and_the_cluster_totals() {
+    let nats = Nats::start(true);
+    let config = |name: &str| Config {
+        sys_interval_secs: 1,
+        cluster: Some(ClusterConfig {
+            node: Some(name.into()),
+            ..nats.cluster()
+        }),
+        ..test_config()
+    };
+    let a = Broker::start(config("a")).await.expect("a joins");
+    let b = Broker::start(config("b")).await.expect("b joins");
+    let _b1 = TestClient::connect(b.local_addr(), V5, "b1").await;
+    let _b2 = TestClient::connect(b.local_addr(), V5, "b2").await;
+    let mut watcher = TestClient::connect(a.local_addr(), V5, "watcher").await;
+    watcher.subscribe("$SYS/#", QoS::AtMostOnce).await;
+    until_sys(
+        &mut watcher,
+        &[
+            ("$SYS/broker/clients/connected", "1"),
+            ("$SYS/cluster/clients/connected", "3"),
+            ("$SYS/cluster/nodes", "2"),
+        ],
+    )
+    .await;
+    // A node that stops leaves the totals after three of its intervals.
+    b.shutdown().await;
+    until_sys(
+        &mut watcher,
+        &[
+            ("$SYS/cluster/clients/connected", "1"),
+            ("$SYS/cluster/nodes", "1"),
+        ],
+    )
+    .await;
+    a.shutdown().await;
+}

@@ -33,12 +33,13 @@
 //! next steps.
 
 pub mod retained;
+pub mod stats;
 pub mod subject;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::{Client, ServerAddr};
 use bytes::Bytes;
@@ -60,6 +61,7 @@ use crate::state::BrokerState;
 use crate::store::records::{self, Clock};
 
 use self::retained::ClusterRetained;
+use self::stats::Peers;
 
 /// The oldest nats-server the cluster runs on: JetStream's per-message TTLs
 /// (2.11) will carry wills and session expiry cluster-wide.
@@ -113,6 +115,8 @@ pub struct Cluster {
     /// Claims of client ids by other nodes, subscribed at join so that no
     /// claim made once this node runs is missed.
     claims: async_nats::Subscriber,
+    /// Other nodes' `$SYS` figures, subscribed at join likewise.
+    stats: async_nats::Subscriber,
     name: String,
     node: String,
 }
@@ -178,6 +182,10 @@ pub async fn join(config: &ClusterConfig) -> Result<Cluster, ClusterError> {
         .subscribe(claims_subject(&config.name))
         .await
         .map_err(|e| unreachable(e.to_string()))?;
+    let stats = client
+        .subscribe(stats_subject(&config.name))
+        .await
+        .map_err(|e| unreachable(e.to_string()))?;
     client
         .flush()
         .await
@@ -195,6 +203,7 @@ pub async fn join(config: &ClusterConfig) -> Result<Cluster, ClusterError> {
         client,
         jetstream,
         claims,
+        stats,
         name: config.name.clone(),
         node,
     })
@@ -222,12 +231,15 @@ impl Cluster {
         let (commands, inbox) = mpsc::channel(OUTBOX);
         let commands = Outbox(commands);
         let origin = format!("{:x}", origin_id());
+        let peers = Arc::new(Peers::default());
         let fabric = NatsFabric {
             name: self.name.clone(),
             origin: origin.clone(),
             next: AtomicU64::new(1),
             commands: commands.clone(),
             interest: Mutex::new(Interest::default()),
+            node: self.node.clone(),
+            peers: peers.clone(),
         };
         let ownership = NatsOwnership {
             subject: claims_subject(&self.name),
@@ -244,6 +256,8 @@ impl Cluster {
             client: self.client,
             jetstream: self.jetstream,
             claims: self.claims,
+            stats: self.stats,
+            peers,
             inbox,
             name: self.name,
             node: self.node,
@@ -294,6 +308,9 @@ pub struct NatsFabric {
     next: AtomicU64,
     commands: Outbox,
     interest: Mutex<Interest, { rank::FABRIC }>,
+    /// This node's name, which its `$SYS` figures carry.
+    node: String,
+    peers: Arc<Peers>,
 }
 
 /// What this node's sessions subscribe to, counted.
@@ -372,6 +389,20 @@ impl Fabric for NatsFabric {
         }
         changes.into_iter().for_each(|c| self.commands.send(c));
     }
+
+    fn statistics(
+        &self,
+        own: &[(&'static str, String)],
+        interval: Duration,
+    ) -> Vec<(String, String)> {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(stats::NODE_HEADER, self.node.as_str());
+        let figures = stats::encode(own, interval);
+        let subject = stats_subject(&self.name);
+        self.commands
+            .send(Command::Publish(subject, headers, figures));
+        self.peers.totals(own, Instant::now())
+    }
 }
 
 /// The task side: owns the NATS connection and this node's subscriptions.
@@ -379,6 +410,8 @@ pub struct Routing {
     client: Client,
     jetstream: async_nats::jetstream::Context,
     claims: async_nats::Subscriber,
+    stats: async_nats::Subscriber,
+    peers: Arc<Peers>,
     inbox: mpsc::Receiver<Command>,
     name: String,
     node: String,
@@ -413,12 +446,15 @@ impl Routing {
             client,
             jetstream,
             claims,
+            stats,
+            peers,
             inbox,
             node,
             origin,
             ..
         } = self;
         tasks.spawn(watch_claims(claims, origin, weak.clone(), shutdown.clone()));
+        tasks.spawn(watch_stats(stats, peers, shutdown.clone()));
         let publisher = Publisher {
             client,
             jetstream,
@@ -666,6 +702,41 @@ async fn watch_claims(
         };
         if let Ok(client_id) = std::str::from_utf8(&claim.payload) {
             registry::oust(&state, client_id, ReasonCode::SessionTakenOver);
+        }
+    }
+}
+
+/// The subject nodes publish their `$SYS` figures on.
+fn stats_subject(cluster: &str) -> String {
+    format!("{cluster}.sys")
+}
+
+/// Keeps the other nodes' last `$SYS` figures.
+async fn watch_stats(
+    mut stats: async_nats::Subscriber,
+    peers: Arc<Peers>,
+    stop: CancellationToken,
+) {
+    loop {
+        let report = tokio::select! {
+            report = stats.next() => report,
+            () = stop.cancelled() => None,
+        };
+        let Some(report) = report else {
+            break;
+        };
+        let node = report
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(stats::NODE_HEADER));
+        let read =
+            node.is_some_and(|node| peers.receive(node.as_str(), &report.payload, Instant::now()));
+        if !read {
+            crate::throttled!(
+                warn,
+                "cluster stats unreadable",
+                "cluster: another node's $SYS figures could not be read; left out of $SYS/cluster"
+            );
         }
     }
 }
