@@ -16,12 +16,12 @@ use std::time::Duration;
 use tern_codec::ByteStr;
 
 use crate::message::{Delivery, Message};
-use crate::registry;
+use crate::registry::{self, Handed};
 use crate::router;
 use crate::session::{Inflight, NEVER_EXPIRES, PendingWill, Session, SessionSubscription};
 use crate::state::{BrokerState, Subscriber};
-use crate::store::Recovered;
 use crate::store::records::{self, Clock, RecordError};
+use crate::store::{Group, Recovered};
 
 /// What a restore found, for the log.
 #[derive(Debug, Default)]
@@ -163,6 +163,48 @@ pub fn restore(state: &Arc<BrokerState>, recovered: Recovered) {
             queue_entries_without_message = report.missing,
             "some stored data could not be restored; the rest was"
         );
+    }
+}
+
+/// Installs a session another node handed over ([`registry::hand_over`]) for
+/// a client connecting here: as a restart restores one, and written to this
+/// node's store, if it has one, with its queue, as if it had always been
+/// here. The client's connection attaches to it next.
+pub fn adopt(state: &Arc<BrokerState>, client_id: &str, handed: Handed) {
+    let clock = Clock::now();
+    let mut report = Report::default();
+    restore_session(state, client_id, handed.record, &clock, &mut report);
+    let Some(session) = state.sessions().get(client_id) else {
+        return;
+    };
+    let mut group = Group::default();
+    let mut st = session.lock();
+    st.stored = false;
+    registry::persist(state, &session, &mut st);
+    let store = state.store.as_ref().filter(|_| st.stored);
+    for mut delivery in handed.pending {
+        if let Some(store) = store.filter(|_| st.stores(delivery.qos)) {
+            store.queue(&session.client_id, &mut delivery, &mut group);
+        }
+        st.enqueue(delivery);
+    }
+    for mut inflight in handed.inflight {
+        if let Some(store) = store {
+            let delivery = &mut inflight.delivery;
+            store.queue(&session.client_id, delivery, &mut group);
+            let sent = (inflight.packet_id, inflight.state);
+            store.sent(&session.client_id, delivery, sent, &mut group);
+        }
+        st.traffic().inflight.push_back(inflight);
+    }
+    for packet_id in handed.inbound_qos2 {
+        if let Some(store) = store {
+            store.hold_inbound(&session.client_id, packet_id, &mut group);
+        }
+        st.traffic().inbound_qos2.insert(packet_id);
+    }
+    if let Some(store) = store {
+        store.submit_group(group);
     }
 }
 

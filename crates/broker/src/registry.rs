@@ -17,11 +17,13 @@ use std::time::{Duration, Instant};
 use tern_codec::{ByteStr, ReasonCode};
 
 use crate::auth::{self, Auth};
+use crate::message::Delivery;
 use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::router;
-use crate::session::{ConnectionId, NEVER_EXPIRES, PendingWill, Session, SessionState};
+use crate::session::{ConnectionId, Inflight, NEVER_EXPIRES, PendingWill, Session, SessionState};
 use crate::state::{self, BrokerState};
+use crate::store::records::SessionRecord;
 
 /// How long a new connection waits for the one it takes over to close.
 const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
@@ -70,7 +72,7 @@ pub async fn attach(
         rules,
     } = login;
     // Across nodes, another may hold the session: it lets go first.
-    if let Some(claim) = state.ownership.claim(client_id) {
+    if let Some(claim) = state.ownership.claim(client_id, expiry_secs != 0) {
         claim.await;
     }
     let (session, existed, previous, other_user, parked) = {
@@ -162,6 +164,68 @@ pub fn oust(state: &BrokerState, client_id: &str, reason: ReasonCode) {
     tracing::info!(%client_id, "disconnecting client: its client id connected on another node");
     session.refuse(st, reason);
 }
+
+/// A session leaving this node for another: what [`hand_over`] takes.
+pub struct Handed {
+    /// Subscriptions, expiry, pending will, username.
+    pub record: SessionRecord,
+    /// Sent and not yet acknowledged, in send order.
+    pub inflight: Vec<Inflight>,
+    /// Queued, in order.
+    pub pending: Vec<Delivery>,
+    /// QoS 2 packet ids the client sent, awaiting its PUBREL.
+    pub inbound_qos2: Vec<u16>,
+}
+
+/// Hands `client_id`'s session to another node, whose client connected
+/// there: closes the connection attached here as a takeover does (MQTT 5
+/// DISCONNECT 0x8E; its will by the usual rules) and waits for it, then
+/// takes the session out of this node (registry, tree, store) without
+/// ending it: no will is published and no expiry runs here, as the session
+/// goes on there. `None` if this node has no such session, or a client
+/// attached it here again meanwhile.
+pub async fn hand_over(state: &Arc<BrokerState>, client_id: &str) -> Option<Handed> {
+    let session = state.sessions().get(client_id)?;
+    let (previous, parked) = {
+        let mut st = session.lock();
+        (st.attach(HANDING_OVER), st.parked.take())
+    };
+    if let Some(parked) = parked {
+        parked.resume();
+    } else if previous.is_some() {
+        session.notify.notify_one();
+    }
+    if let Some(closed) = previous {
+        let _ = tokio::time::timeout(TAKEOVER_WAIT, closed).await;
+    }
+    let mut sessions = state.sessions();
+    let mut st = session.lock();
+    if st.connection != Some(HANDING_OVER) {
+        return None;
+    }
+    // Timers started for this session here find it moved on.
+    st.generation = st.generation.wrapping_add(1);
+    let record = st.record();
+    let (inflight, pending, inbound_qos2) = st.take_traffic();
+    let subscriptions = st.clear();
+    unpersist(state, &session, &mut st);
+    st.connection = None;
+    session.set_online(false);
+    drop(st);
+    sessions.remove(&session);
+    drop(sessions);
+    router::unsubscribe(state, &session, subscriptions.into_keys());
+    Some(Handed {
+        record,
+        inflight,
+        pending,
+        inbound_qos2,
+    })
+}
+
+/// The connection id a session is attached to while [`hand_over`] waits
+/// for its connection to close: no connection has it (they count from 1).
+const HANDING_OVER: ConnectionId = ConnectionId::MAX;
 
 /// Whether a client logged in as `username` may use `client_id`: not if
 /// its session belongs to another user (see [`auth::may_use_client_id`]).

@@ -67,11 +67,12 @@ pub type Claim = Pin<Box<dyn Future<Output = ()> + Send>>;
 /// session registry enforces it, across nodes this decides which node's
 /// registry may.
 pub trait Ownership: Send + Sync {
-    /// This node takes `client_id`'s session. `None`: it is this node's now;
-    /// `Some`: another node holds it and is told to close its connection
-    /// (MQTT 5: DISCONNECT 0x8E) and let go; wait for the claim before
-    /// attaching.
-    fn claim(&self, client_id: &ByteStr) -> Option<Claim>;
+    /// This node takes `client_id`'s session (`persistent`: one that
+    /// outlives its connection). `None`: it is this node's now; `Some`: wait
+    /// for the claim before attaching, while another node that holds it
+    /// closes its connection (MQTT 5: DISCONNECT 0x8E) and hands the
+    /// session over, installed here by the time the claim resolves.
+    fn claim(&self, client_id: &ByteStr, persistent: bool) -> Option<Claim>;
     /// `client_id`'s session ended here (expired, or did not outlive its
     /// connection): no node holds it now.
     fn release(&self, client_id: &ByteStr);
@@ -87,7 +88,7 @@ impl Fabric for SingleNode {
 }
 
 impl Ownership for SingleNode {
-    fn claim(&self, _client_id: &ByteStr) -> Option<Claim> {
+    fn claim(&self, _client_id: &ByteStr, _persistent: bool) -> Option<Claim> {
         None
     }
     fn release(&self, _client_id: &ByteStr) {}

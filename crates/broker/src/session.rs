@@ -420,6 +420,26 @@ impl SessionState {
         self.traffic.as_ref().map_or(0, |t| t.inflight.len())
     }
 
+    /// Takes the in-flight deliveries (in send order), the pending ones (in
+    /// order) and the inbound QoS 2 ids, leaving the queues empty: the
+    /// session is moving to another node.
+    pub fn take_traffic(&mut self) -> (Vec<Inflight>, Vec<Delivery>, Vec<u16>) {
+        let Some(t) = self.traffic.take() else {
+            return Default::default();
+        };
+        let Traffic {
+            pending,
+            inflight,
+            inbound_qos2,
+            ..
+        } = *t;
+        (
+            inflight.into(),
+            pending.into(),
+            inbound_qos2.into_iter().collect(),
+        )
+    }
+
     /// Forgets everything but the identity: Clean Start, or a new session.
     /// Returns the subscriptions so the caller can remove them from the tree.
     pub fn clear(&mut self) -> BTreeMap<ByteStr, SessionSubscription> {

@@ -73,15 +73,21 @@ fn free_port() -> u16 {
     listener.local_addr().unwrap().port()
 }
 
-async fn node(nats: &Nats, name: &str) -> BrokerHandle {
-    let config = Config {
+/// The configuration of a node named `name`, in memory.
+fn node_config(nats: &Nats, name: &str) -> Config {
+    Config {
         cluster: Some(ClusterConfig {
             node: Some(name.into()),
             ..nats.cluster()
         }),
         ..test_config()
-    };
-    Broker::start(config).await.expect("the node joins")
+    }
+}
+
+async fn node(nats: &Nats, name: &str) -> BrokerHandle {
+    Broker::start(node_config(nats, name))
+        .await
+        .expect("the node joins")
 }
 
 /// Topics and payloads of the next `n` PUBLISHes.
@@ -522,11 +528,7 @@ async fn sys_has_each_nodes_own_figures_and_the_cluster_totals() {
     let nats = Nats::start(true);
     let config = |name: &str| Config {
         sys_interval_secs: 1,
-        cluster: Some(ClusterConfig {
-            node: Some(name.into()),
-            ..nats.cluster()
-        }),
-        ..test_config()
+        ..node_config(&nats, name)
     };
     let a = Broker::start(config("a")).await.expect("a joins");
     let b = Broker::start(config("b")).await.expect("b joins");
@@ -554,4 +556,156 @@ async fn sys_has_each_nodes_own_figures_and_the_cluster_totals() {
     )
     .await;
     a.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_persistent_session_moves_to_the_node_its_client_reconnects_to() {
+    use tern_codec::{Packet, PubAck, ReasonCode};
+    let nats = Nats::start(true);
+    let a = node(&nats, "a").await;
+    let b = node(&nats, "b").await;
+    let (mut dev, ack) = TestClient::connect_with(a.local_addr(), persistent(V5, "dev")).await;
+    assert!(!ack.session_present);
+    dev.subscribe("cmd/#", QoS::ExactlyOnce).await;
+    let mut publisher = TestClient::connect(a.local_addr(), V5, "pub").await;
+    // In flight and not acknowledged when the client leaves.
+    publisher
+        .publish("cmd/1", b"1", QoS::AtLeastOnce, false)
+        .await;
+    publisher
+        .publish("cmd/2", b"2", QoS::ExactlyOnce, false)
+        .await;
+    let in_flight = [dev.recv_publish().await, dev.recv_publish().await];
+    // A QoS 2 message from the client, received (PUBREC) but not released.
+    let up = publish_packet("up/1", b"u", QoS::ExactlyOnce, 7);
+    dev.send(Packet::Publish(up)).await;
+    assert!(matches!(dev.recv().await, Packet::PubRec(_)));
+    dev.drop_connection();
+    // Queued while it is away.
+    for topic in ["cmd/3", "cmd/4"] {
+        publisher
+            .publish(topic, b"q", QoS::AtLeastOnce, false)
+            .await;
+    }
+
+    let (mut dev, ack) = TestClient::connect_with(b.local_addr(), persistent(V5, "dev")).await;
+    assert!(ack.session_present, "the session moved from A to B");
+    let mut received = Vec::new();
+    for _ in 0..4 {
+        received.push(dev.recv_publish().await);
+    }
+    let topics: Vec<&str> = received.iter().map(|p| p.topic.as_str()).collect();
+    assert_eq!(topics, ["cmd/1", "cmd/2", "cmd/3", "cmd/4"], "in order");
+    for (resent, first) in received.iter().zip(&in_flight) {
+        assert!(resent.dup, "an in-flight message is resent with DUP");
+        assert_eq!(resent.packet_id, first.packet_id);
+        assert_eq!(resent.qos, first.qos);
+    }
+    // The QoS 2 state came along: its PUBREL is answered, not refused.
+    dev.send(Packet::PubRel(PubAck::new(pid(7)))).await;
+    match dev.recv().await {
+        Packet::PubComp(c) => assert_eq!(c.reason, ReasonCode::Success),
+        other => panic!("expected PUBCOMP, got {other:?}"),
+    }
+    for p in &received {
+        dev.ack(p).await;
+    }
+    // The subscription moved too: a message published on A reaches B once.
+    until_routed(&mut publisher, &mut dev, "cmd/probe").await;
+    publisher
+        .publish("cmd/5", b"5", QoS::AtLeastOnce, false)
+        .await;
+    let p = dev.recv_publish().await;
+    assert_eq!(p.topic.as_str(), "cmd/5");
+    dev.ack(&p).await;
+    dev.expect_nothing().await;
+    dev.disconnect().await;
+
+    // And back: A no longer has a copy of its own, it gets B's.
+    let (mut dev, ack) = TestClient::connect_with(a.local_addr(), persistent(V5, "dev")).await;
+    assert!(ack.session_present, "the session moved back to A");
+    dev.expect_nothing().await;
+    publisher
+        .publish("cmd/6", b"6", QoS::AtLeastOnce, false)
+        .await;
+    let p = dev.recv_publish().await;
+    assert_eq!(p.topic.as_str(), "cmd/6");
+    dev.ack(&p).await;
+    dev.expect_nothing().await;
+
+    // Taken over while connected: A's connection is closed with 0x8E, and
+    // the session is on B.
+    let (_dev_b, ack) = TestClient::connect_with(b.local_addr(), persistent(V5, "dev")).await;
+    assert!(ack.session_present, "taken over from a live connection");
+    expect_disconnect(&mut dev, ReasonCode::SessionTakenOver).await;
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// A node named `name` keeping its state in `dir`.
+async fn durable_node(nats: &Nats, name: &str, dir: &std::path::Path) -> BrokerHandle {
+    let config = Config {
+        persistence: true,
+        data_dir: dir.to_path_buf(),
+        ..node_config(nats, name)
+    };
+    Broker::start(config).await.expect("the node joins")
+}
+
+#[tokio::test]
+async fn a_session_moved_to_a_node_is_in_its_data_file_and_moves_on_after_its_restart() {
+    let nats = Nats::start(true);
+    let (dir_a, dir_b) = (nats.dir.join("a"), nats.dir.join("b"));
+    let a = durable_node(&nats, "a", &dir_a).await;
+    let b = durable_node(&nats, "b", &dir_b).await;
+    let (mut dev, _) = TestClient::connect_with(a.local_addr(), persistent(V5, "dev")).await;
+    dev.subscribe("cmd/#", QoS::AtLeastOnce).await;
+    dev.disconnect().await;
+    let mut publisher = TestClient::connect(a.local_addr(), V5, "pub").await;
+    for topic in ["cmd/1", "cmd/2"] {
+        publisher
+            .publish(topic, b"q", QoS::AtLeastOnce, false)
+            .await;
+    }
+    // Moved to B and received there, not acknowledged: in flight in B's file.
+    let (mut dev, ack) = TestClient::connect_with(b.local_addr(), persistent(V5, "dev")).await;
+    assert!(ack.session_present);
+    let first = [dev.recv_publish().await, dev.recv_publish().await];
+    dev.drop_connection();
+    b.shutdown().await;
+    let b = durable_node(&nats, "b", &dir_b).await;
+
+    // B restarted from its file, and hands the session to A.
+    let (mut dev, ack) = TestClient::connect_with(a.local_addr(), persistent(V5, "dev")).await;
+    assert!(ack.session_present, "B kept the session across its restart");
+    for sent in &first {
+        let resent = dev.recv_publish().await;
+        assert!(resent.dup);
+        assert_eq!(
+            (&resent.topic, resent.packet_id),
+            (&sent.topic, sent.packet_id)
+        );
+        dev.ack(&resent).await;
+    }
+    dev.expect_nothing().await;
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_second_node_with_a_name_in_use_is_refused() {
+    let nats = Nats::start(true);
+    let a = node(&nats, "a").await;
+    let refused = Broker::start(node_config(&nats, "a"))
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        matches!(&refused, StartError::Cluster(ClusterError::NameTaken { node, .. }) if node == "a"),
+        "{refused}"
+    );
+    a.shutdown().await;
+    // Once it has stopped, the name is free again.
+    let again = node(&nats, "a").await;
+    again.shutdown().await;
 }

@@ -58,7 +58,7 @@ impl Fabric for Recorder {
 }
 
 impl Ownership for Recorder {
-    fn claim(&self, client_id: &ByteStr) -> Option<Claim> {
+    fn claim(&self, client_id: &ByteStr, _persistent: bool) -> Option<Claim> {
         self.push(format!("claim {client_id}"));
         let mut held = self.held.lock().unwrap();
         match held.take() {

@@ -1,7 +1,7 @@
 //! Clustering over NATS: several Tern nodes as one broker (docs/cluster.md).
 //!
-//! This first step joins a cluster and routes live messages between its
-//! nodes. [`join`] connects to NATS at start and refuses to go on without it
+//! A node joins a cluster and routes live messages between its nodes.
+//! [`join`] connects to NATS at start and refuses to go on without it
 //! (unreachable, older than 2.11, or without JetStream); [`NatsFabric`] is
 //! the routing seam ([`crate::seams::Fabric`]) over NATS core pub/sub:
 //! - a message a client publishes on this node is published once on the
@@ -26,12 +26,18 @@
 //! - a client connecting on this node claims its client id: the other
 //!   nodes close a connection they hold with that id (MQTT 5: DISCONNECT
 //!   0x8E Session taken over), as one broker closes the older of two
-//!   connections with one client id [MQTT-3.1.4-3] ([`NatsOwnership`]).
+//!   connections with one client id [MQTT-3.1.4-3] ([`NatsOwnership`]),
+//!   and takes the client's persistent session from the node holding it
+//!   ([`handover`]);
+//! - `$SYS/cluster/…` sums every node's figures ([`stats`]).
 //!
-//! Delivery between nodes is live (at most once, NATS core); storing
-//! messages, sessions and retained messages cluster-wide comes with the
-//! next steps.
+//! Retained messages are kept in a JetStream stream every node follows
+//! ([`retained`]). Delivery between nodes is live (at most once, NATS
+//! core), and a session lives on one node at a time; storing messages and
+//! sessions in NATS, to survive the loss of a node, comes with the next
+//! steps.
 
+pub mod handover;
 pub mod retained;
 pub mod stats;
 pub mod subject;
@@ -60,6 +66,7 @@ use crate::seams::{Claim, Fabric, Ownership};
 use crate::state::BrokerState;
 use crate::store::records::{self, Clock};
 
+use self::handover::Directory;
 use self::retained::ClusterRetained;
 use self::stats::Peers;
 
@@ -80,7 +87,7 @@ const RECENT: usize = 65_536;
 const ID_HEADER: &str = "Tern-Id";
 
 /// The header naming, once per value, a shared group (by its
-/// [`subject::queue_name`]) that the publishing node served itself.
+/// [`subject::token`]) that the publishing node served itself.
 const SERVED_HEADER: &str = "Tern-Served";
 
 /// Why this node could not join its cluster.
@@ -106,6 +113,10 @@ pub enum ClusterError {
         replicas: usize,
         reason: String,
     },
+    #[error(
+        "another node of cluster {cluster} is running as node {node}: give each node its own name ([cluster] node, which defaults to the host name)"
+    )]
+    NameTaken { cluster: String, node: String },
 }
 
 /// A joined cluster: the NATS connection, before the broker runs.
@@ -117,6 +128,13 @@ pub struct Cluster {
     claims: async_nats::Subscriber,
     /// Other nodes' `$SYS` figures, subscribed at join likewise.
     stats: async_nats::Subscriber,
+    /// Other nodes' requests for sessions held here.
+    handovers: async_nats::Subscriber,
+    /// Which node holds each session.
+    sessions: async_nats::jetstream::kv::Store,
+    /// This run of this node: random, so a restarted node is not taken for
+    /// its former self.
+    origin: String,
     name: String,
     node: String,
 }
@@ -178,6 +196,29 @@ pub async fn join(config: &ClusterConfig) -> Result<Cluster, ClusterError> {
             reason: e.to_string(),
         });
     }
+    let bucket = handover::bucket(&config.name, config.replicas);
+    let sessions = match jetstream.get_key_value(bucket.bucket.clone()).await {
+        Ok(sessions) => sessions,
+        Err(_) => jetstream
+            .create_key_value(bucket.clone())
+            .await
+            .map_err(|e| ClusterError::Stream {
+                stream: format!("KV_{}", bucket.bucket),
+                replicas: config.replicas,
+                reason: e.to_string(),
+            })?,
+    };
+    if handover::name_taken(&client, &config.name, &node).await {
+        return Err(ClusterError::NameTaken {
+            cluster: config.name.clone(),
+            node,
+        });
+    }
+    let origin = format!("{:x}", origin_id());
+    let handovers = client
+        .subscribe(handover::subject(&config.name, &node))
+        .await
+        .map_err(|e| unreachable(e.to_string()))?;
     let claims = client
         .subscribe(claims_subject(&config.name))
         .await
@@ -204,6 +245,9 @@ pub async fn join(config: &ClusterConfig) -> Result<Cluster, ClusterError> {
         jetstream,
         claims,
         stats,
+        handovers,
+        sessions,
+        origin,
         name: config.name.clone(),
         node,
     })
@@ -230,8 +274,15 @@ impl Cluster {
     ) -> (NatsFabric, NatsOwnership, ClusterRetained, Routing) {
         let (commands, inbox) = mpsc::channel(OUTBOX);
         let commands = Outbox(commands);
-        let origin = format!("{:x}", origin_id());
+        let origin = self.origin;
         let peers = Arc::new(Peers::default());
+        let directory = Directory {
+            client: self.client.clone(),
+            sessions: self.sessions,
+            cluster: self.name.clone(),
+            node: self.node.clone(),
+            state: Arc::default(),
+        };
         let fabric = NatsFabric {
             name: self.name.clone(),
             origin: origin.clone(),
@@ -245,6 +296,7 @@ impl Cluster {
             subject: claims_subject(&self.name),
             origin: origin.clone(),
             commands: commands.clone(),
+            directory: directory.clone(),
         };
         let retained = ClusterRetained {
             local: local.clone(),
@@ -257,6 +309,8 @@ impl Cluster {
             jetstream: self.jetstream,
             claims: self.claims,
             stats: self.stats,
+            handovers: self.handovers,
+            directory,
             peers,
             inbox,
             name: self.name,
@@ -354,7 +408,7 @@ impl Fabric for NatsFabric {
         );
         let mut headers = headers(&id);
         for key in served {
-            headers.append(SERVED_HEADER, subject::queue_name(key));
+            headers.append(SERVED_HEADER, subject::token(key));
         }
         self.commands
             .send(Command::Publish(subject, headers, Bytes::from(record)));
@@ -411,6 +465,8 @@ pub struct Routing {
     jetstream: async_nats::jetstream::Context,
     claims: async_nats::Subscriber,
     stats: async_nats::Subscriber,
+    handovers: async_nats::Subscriber,
+    directory: Directory,
     peers: Arc<Peers>,
     inbox: mpsc::Receiver<Command>,
     name: String,
@@ -447,6 +503,8 @@ impl Routing {
             jetstream,
             claims,
             stats,
+            handovers,
+            directory,
             peers,
             inbox,
             node,
@@ -455,6 +513,15 @@ impl Routing {
         } = self;
         tasks.spawn(watch_claims(claims, origin, weak.clone(), shutdown.clone()));
         tasks.spawn(watch_stats(stats, peers, shutdown.clone()));
+        let _ = directory.state.set(weak.clone());
+        let serving = handover::serve(
+            handovers,
+            client.clone(),
+            weak.clone(),
+            tasks.clone(),
+            shutdown.clone(),
+        );
+        tasks.spawn(serving);
         let publisher = Publisher {
             client,
             jetstream,
@@ -525,7 +592,7 @@ impl Publisher {
                 }
                 Command::Join(key, patterns) => {
                     let stop = shutdown.child_token();
-                    let queue = subject::queue_name(&key);
+                    let queue = subject::token(&key);
                     let group = Serve::Group(key.clone(), queue.clone());
                     for pattern in patterns {
                         let subscribing =
@@ -611,14 +678,7 @@ async fn receive(
     serve: Serve,
     stop: CancellationToken,
 ) {
-    loop {
-        let message = tokio::select! {
-            message = subscriber.next() => message,
-            () = stop.cancelled() => None,
-        };
-        let Some(message) = message else {
-            break;
-        };
+    while let Some(message) = next_or_stop(&mut subscriber, &stop).await {
         let Some(state) = state.upgrade() else {
             break;
         };
@@ -661,24 +721,28 @@ fn claims_subject(cluster: &str) -> String {
     format!("{cluster}.own")
 }
 
-/// Session ownership over NATS, first step: a node that attaches a client
-/// id tells the others, which close a connection they hold with it. The
-/// claim is not waited for, and sessions do not move between nodes yet.
+/// Session ownership over NATS: a node that attaches a client id tells the
+/// others, which close a connection they hold with it, and takes the
+/// session from the node the directory says holds it ([`handover`]).
 pub struct NatsOwnership {
     subject: String,
     origin: String,
     commands: Outbox,
+    directory: Directory,
 }
 
 impl Ownership for NatsOwnership {
-    fn claim(&self, client_id: &ByteStr) -> Option<Claim> {
+    fn claim(&self, client_id: &ByteStr, persistent: bool) -> Option<Claim> {
         let id = Bytes::copy_from_slice(client_id.as_bytes());
         let claim = Command::Publish(self.subject.clone(), headers(&self.origin), id);
         self.commands.send(claim);
-        None
+        let taking = self.directory.clone().take(client_id.clone(), persistent);
+        Some(Box::pin(taking))
     }
 
-    fn release(&self, _client_id: &ByteStr) {}
+    fn release(&self, client_id: &ByteStr) {
+        tokio::spawn(self.directory.clone().forget(client_id.clone()));
+    }
 }
 
 /// Closes this node's connections whose client id another node claimed.
@@ -688,14 +752,7 @@ async fn watch_claims(
     state: Weak<BrokerState>,
     stop: CancellationToken,
 ) {
-    loop {
-        let claim = tokio::select! {
-            claim = claims.next() => claim,
-            () = stop.cancelled() => None,
-        };
-        let Some(claim) = claim else {
-            break;
-        };
+    while let Some(claim) = next_or_stop(&mut claims, &stop).await {
         let own = tern_id(&claim) == Some(origin.as_str());
         let (Some(state), false) = (state.upgrade(), own) else {
             continue;
@@ -717,14 +774,7 @@ async fn watch_stats(
     peers: Arc<Peers>,
     stop: CancellationToken,
 ) {
-    loop {
-        let report = tokio::select! {
-            report = stats.next() => report,
-            () = stop.cancelled() => None,
-        };
-        let Some(report) = report else {
-            break;
-        };
+    while let Some(report) = next_or_stop(&mut stats, &stop).await {
         let node = report
             .headers
             .as_ref()
@@ -738,6 +788,18 @@ async fn watch_stats(
                 "cluster: another node's $SYS figures could not be read; left out of $SYS/cluster"
             );
         }
+    }
+}
+
+/// The next item of `stream`, or `None` once it ends or `stop` is
+/// cancelled: the loop of every task that follows a NATS subscription.
+async fn next_or_stop<S: futures_util::Stream + Unpin>(
+    stream: &mut S,
+    stop: &CancellationToken,
+) -> Option<S::Item> {
+    tokio::select! {
+        item = stream.next() => item,
+        () = stop.cancelled() => None,
     }
 }
 

@@ -17,7 +17,6 @@ use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::consumer::push::OrderedConfig;
 use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
-use futures_util::StreamExt;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
@@ -137,11 +136,7 @@ pub async fn follow(
         let _ = ready.send(());
     }
     loop {
-        let next = tokio::select! {
-            next = messages.next() => next,
-            () = stop.cancelled() => None,
-        };
-        let message = match next {
+        let message = match super::next_or_stop(&mut messages, &stop).await {
             Some(Ok(message)) => message,
             Some(Err(e)) => {
                 crate::throttled!(warn, "cluster retained stream", error = %e, "cluster: reading the retained stream failed; it resumes");

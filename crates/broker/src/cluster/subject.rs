@@ -60,13 +60,13 @@ fn root(cluster: &str, topic: &str) -> String {
     format!("{cluster}.{kind}")
 }
 
-/// The NATS queue group of a shared subscription group, from its key
-/// (`{group}/{filter}`): the same on every node. Every byte outside
-/// `[A-Za-z0-9_-]` is written `~XX`, so it holds no space or dot and also
-/// serves as a header value; a key longer than [`QUEUE_NAME`] bytes so
-/// written becomes `~h` and its SHA-256 in hex, to stay far within NATS's
-/// control line.
-pub fn queue_name(key: &str) -> String {
+/// Any string as one NATS subject token, the same on every node: the queue
+/// group of a shared subscription group (from its key, `{group}/{filter}`),
+/// a node's name in a subject. Every byte outside `[A-Za-z0-9_-]` is
+/// written `~XX`, so it holds no space or dot and also serves as a header
+/// value; one longer than [`TOKEN`] bytes so written becomes `~h` and its
+/// SHA-256 in hex, to stay far within NATS's control line.
+pub fn token(key: &str) -> String {
     let mut name = String::with_capacity(key.len());
     for &b in key.as_bytes() {
         if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' {
@@ -75,7 +75,7 @@ pub fn queue_name(key: &str) -> String {
             let _ = write!(name, "~{b:02X}");
         }
     }
-    if name.len() <= QUEUE_NAME {
+    if name.len() <= TOKEN {
         return name;
     }
     let digest = ring::digest::digest(&ring::digest::SHA256, key.as_bytes());
@@ -86,8 +86,8 @@ pub fn queue_name(key: &str) -> String {
     hashed
 }
 
-/// The longest queue name written out in full.
-const QUEUE_NAME: usize = 256;
+/// The longest token written out in full.
+const TOKEN: usize = 256;
 
 fn escape_level(level: &str, out: &mut String) {
     if level.is_empty() {
@@ -210,13 +210,13 @@ mod tests {
     }
 
     #[test]
-    fn queue_names_are_safe_distinct_and_bounded() {
-        assert_eq!(queue_name("g/a/+"), "g~2Fa~2F~2B");
-        assert_eq!(queue_name("g 1/é"), "g~201~2F~C3~A9");
-        assert_ne!(queue_name("g/a_b"), queue_name("g/a~5Fb"));
+    fn tokens_are_safe_distinct_and_bounded() {
+        assert_eq!(token("g/a/+"), "g~2Fa~2F~2B");
+        assert_eq!(token("g 1/é"), "g~201~2F~C3~A9");
+        assert_ne!(token("g/a_b"), token("g/a~5Fb"));
         let long = format!("g/{}", "x/".repeat(200));
-        let hashed = queue_name(&long);
+        let hashed = token(&long);
         assert!(hashed.starts_with("~h") && hashed.len() == 66, "{hashed}");
-        assert_ne!(hashed, queue_name(&format!("{long}y")));
+        assert_ne!(hashed, token(&format!("{long}y")));
     }
 }

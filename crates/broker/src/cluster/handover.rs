@@ -1,0 +1,266 @@
+//! Sessions that move between nodes: a client that reconnects to another
+//! node finds its session there.
+//!
+//! The cluster keeps a directory of which node holds each session: the
+//! JetStream key-value bucket `<cluster>-sessions` (key: the SHA-256 of the
+//! client id in hex, so that any client id is a valid key; value: the
+//! holding node's name, unique in its cluster, so that a node restarted
+//! with its data directory still answers for the sessions it restored). A
+//! node taking a client id ([`Directory::take`], the ownership seam's
+//! claim) looks it up; if another node holds the session, it asks that
+//! node for it on the subject `<cluster>.hand.<node>`; the
+//! holder closes its connection as a takeover does (MQTT 5 DISCONNECT 0x8E)
+//! and answers with the session ([`registry::hand_over`]: subscriptions,
+//! expiry, pending will, in-flight and queued messages, QoS 2 state), which
+//! this node installs ([`recover::adopt`]) before the client attaches. The
+//! directory then names this node, and the entry goes when the session
+//! ends here.
+//!
+//! A holder that does not answer (stopped, or cut off from NATS) keeps the
+//! session: the client starts clean here. Sessions are not yet stored in
+//! the cluster, so one on a node that died stays there until it is back.
+//!
+//! The same subject tells a starting node whether its name is taken: a
+//! request without a client id is answered by a live node of that name.
+
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::Duration;
+
+use async_nats::Client;
+use async_nats::client::RequestErrorKind;
+use async_nats::jetstream::kv;
+use bytes::Bytes;
+use tern_codec::ByteStr;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::message::Delivery;
+use crate::recover;
+use crate::registry::{self, Handed};
+use crate::session::Inflight;
+use crate::state::BrokerState;
+use crate::store::records::{self, Clock, Handover, QueueEntry, RecordError};
+
+use super::{next_or_stop, subject};
+
+/// How long a node waits for another to hand a session over: the holder
+/// waits up to 5 s for its connection to close.
+const ASK_TIMEOUT: Duration = Duration::from_secs(8);
+
+/// The directory bucket's configuration.
+pub fn bucket(cluster: &str, replicas: usize) -> kv::Config {
+    kv::Config {
+        bucket: format!("{cluster}-sessions"),
+        description: "Tern: which node holds each session".into(),
+        history: 1,
+        num_replicas: replicas,
+        ..Default::default()
+    }
+}
+
+/// The subject the node `node` answers hand-over requests on.
+pub fn subject(cluster: &str, node: &str) -> String {
+    format!("{cluster}.hand.{}", subject::token(node))
+}
+
+/// The answer of a live node to a request without a client id.
+const HERE: &[u8] = b"here";
+
+/// Whether a live node of the cluster already has the name `node`.
+pub async fn name_taken(client: &Client, cluster: &str, node: &str) -> bool {
+    let asking = client.request(subject(cluster, node), Bytes::new());
+    // No node of that name: NATS answers "no responders" at once.
+    matches!(tokio::time::timeout(Duration::from_secs(2), asking).await, Ok(Ok(answer)) if *answer.payload == *HERE)
+}
+
+/// A client id's key in the directory.
+fn key(client_id: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, client_id.as_bytes());
+    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What a node needs to take sessions from other nodes.
+#[derive(Clone)]
+pub struct Directory {
+    pub client: Client,
+    pub sessions: kv::Store,
+    pub cluster: String,
+    /// This node's name.
+    pub node: String,
+    /// Set once the broker's state exists.
+    pub state: Arc<OnceLock<Weak<BrokerState>>>,
+}
+
+impl Directory {
+    /// Makes this node the holder of `client_id`'s session (for a
+    /// persistent one; else only ends another node's hold), taking the
+    /// session from the node that held it, if another did.
+    pub async fn take(self, client_id: ByteStr, persistent: bool) {
+        let key = key(&client_id);
+        let holder = match self.sessions.entry(key.as_str()).await {
+            Ok(Some(entry)) if entry.operation == kv::Operation::Put => Some(entry.value),
+            Ok(_) => None,
+            Err(e) => {
+                crate::throttled!(warn, "session directory unreadable", error = %e, "cluster: the session directory could not be read; a session held by another node is not moved here");
+                None
+            }
+        };
+        let elsewhere = holder.filter(|h| **h != *self.node.as_bytes());
+        if let Some(holder) = &elsewhere {
+            self.ask(holder, &client_id).await;
+        }
+        let written = if persistent {
+            self.sessions
+                .put(key.as_str(), Bytes::from(self.node.clone()))
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string())
+        } else if elsewhere.is_some() {
+            self.sessions
+                .delete(key.as_str())
+                .await
+                .map_err(|e| e.to_string())
+        } else {
+            Ok(())
+        };
+        if let Err(error) = written {
+            crate::throttled!(warn, "session directory unwritable", %error, "cluster: the session directory could not be written; another node will not find this session");
+        }
+    }
+
+    /// Asks `holder` for `client_id`'s session and installs what it hands
+    /// over.
+    async fn ask(&self, holder: &[u8], client_id: &ByteStr) {
+        let Ok(holder) = std::str::from_utf8(holder) else {
+            return;
+        };
+        let subject = subject(&self.cluster, holder);
+        let payload = Bytes::copy_from_slice(client_id.as_bytes());
+        let answer = tokio::time::timeout(ASK_TIMEOUT, self.client.request(subject, payload));
+        let handed = match answer.await {
+            Ok(Ok(answer)) if answer.payload.is_empty() => return,
+            Ok(Ok(answer)) => decode(&answer.payload),
+            Ok(Err(e)) if e.kind() == RequestErrorKind::NoResponders => {
+                tracing::info!(%client_id, node = holder, "cluster: the node holding this client's session is not running; the session stays there");
+                return;
+            }
+            Ok(Err(e)) => Err(RecordError::new("handover", e.to_string())),
+            Err(_) => Err(RecordError::new("handover", "no answer in time")),
+        };
+        match (handed, self.state.get().and_then(Weak::upgrade)) {
+            (Ok(handed), Some(state)) => recover::adopt(&state, client_id, handed),
+            (Ok(_), None) => {}
+            (Err(e), _) => {
+                tracing::warn!(%client_id, node = holder, error = %e, "cluster: the node holding this client's session did not hand it over; the session stays there")
+            }
+        }
+    }
+
+    /// The session of `client_id` ended here: the directory forgets it, if
+    /// it still names this node.
+    pub async fn forget(self, client_id: ByteStr) {
+        let key = key(&client_id);
+        let Ok(Some(entry)) = self.sessions.entry(key.as_str()).await else {
+            return;
+        };
+        if entry.operation == kv::Operation::Put && *entry.value == *self.node.as_bytes() {
+            // Refused if another node took it meanwhile: then it is theirs.
+            let _ = self
+                .sessions
+                .delete_expect_revision(key.as_str(), Some(entry.revision))
+                .await;
+        }
+    }
+}
+
+/// Answers other nodes' requests for sessions this node holds.
+pub async fn serve(
+    mut requests: async_nats::Subscriber,
+    client: Client,
+    state: Weak<BrokerState>,
+    tasks: TaskTracker,
+    stop: CancellationToken,
+) {
+    while let Some(request) = next_or_stop(&mut requests, &stop).await {
+        let (Some(reply), Some(state)) = (request.reply, state.upgrade()) else {
+            continue;
+        };
+        if request.payload.is_empty() {
+            let _ = client.publish(reply, Bytes::from_static(HERE)).await;
+            continue;
+        }
+        let Ok(client_id) = String::from_utf8(request.payload.to_vec()) else {
+            continue;
+        };
+        let client = client.clone();
+        // Each waits for its own connection to close, not for the others.
+        tasks.spawn(async move {
+            let handed = registry::hand_over(&state, &client_id).await;
+            if handed.is_some() {
+                tracing::info!(%client_id, "session handed over to another node, where its client connected");
+            }
+            let payload = handed.map_or_else(Bytes::new, |h| Bytes::from(encode(h)));
+            if let Err(e) = client.publish(reply, payload).await {
+                tracing::warn!(%client_id, error = %e, "cluster: a session handed over could not be sent; its client starts clean");
+            }
+        });
+    }
+}
+
+/// A session as it travels.
+fn encode(handed: Handed) -> Vec<u8> {
+    let clock = Clock::now();
+    let entry = |delivery: &Delivery, sent| {
+        let queued = QueueEntry {
+            message_id: 0,
+            qos: delivery.qos,
+            retain: delivery.retain,
+            subscription_ids: delivery.subscription_ids.clone(),
+            sent,
+        };
+        (queued, records::encode_message(&delivery.message, &clock))
+    };
+    let inflight = handed
+        .inflight
+        .iter()
+        .map(|i| entry(&i.delivery, Some((i.packet_id, i.state))));
+    let pending = handed.pending.iter().map(|d| entry(d, None));
+    records::encode_handover(&Handover {
+        session: handed.record,
+        inbound_qos2: handed.inbound_qos2,
+        entries: inflight.chain(pending).collect(),
+    })
+}
+
+/// A session as it arrived; messages that expired on the way are dropped.
+fn decode(record: &[u8]) -> Result<Handed, RecordError> {
+    let clock = Clock::now();
+    let handover = records::decode_handover(record)?;
+    let mut handed = Handed {
+        record: handover.session,
+        inflight: Vec::new(),
+        pending: Vec::new(),
+        inbound_qos2: handover.inbound_qos2,
+    };
+    for (entry, message) in handover.entries {
+        let Some(message) = records::decode_message(&message, &clock)? else {
+            continue;
+        };
+        let delivery = Delivery {
+            message,
+            qos: entry.qos,
+            retain: entry.retain,
+            subscription_ids: entry.subscription_ids,
+            seq: 0,
+        };
+        match entry.sent {
+            Some((packet_id, state)) => handed.inflight.push(Inflight {
+                packet_id,
+                state,
+                delivery,
+            }),
+            None => handed.pending.push(delivery),
+        }
+    }
+    Ok(handed)
+}
