@@ -204,6 +204,14 @@ pub struct ClusterConfig {
     /// three, which then survives the loss of one. Default 1.
     #[serde(default = "default_replicas")]
     pub replicas: usize,
+    /// Seconds a draining node (SIGTERM, SIGINT) waits for its clients'
+    /// sessions to move to other nodes before it stops. Default 30.
+    #[serde(default = "default_drain_timeout")]
+    pub drain_timeout_secs: u64,
+}
+
+fn default_drain_timeout() -> u64 {
+    30
 }
 
 fn default_replicas() -> usize {
@@ -231,6 +239,7 @@ impl ClusterConfig {
             ca_file: None,
             connect_timeout_secs: default_cluster_timeout(),
             replicas: default_replicas(),
+            drain_timeout_secs: default_drain_timeout(),
         }
     }
 

@@ -148,7 +148,7 @@ impl Broker {
         let state = BrokerState::new(config, store, auth, seams, retained);
         // Not in the shared state: parked connections hold that state, and
         // the parker holds them.
-        let parker = Parker::start(park_after, state.shutdown.clone(), state.tasks.clone())
+        let parker = Parker::start(park_after, state.draining.clone(), state.tasks.clone())
             .map_err(|reason| StartError::Parker { reason })?;
         // Everything stored is back before the first connection is accepted.
         if let Some(recovered) = recovered {
@@ -232,6 +232,20 @@ impl BrokerHandle {
     #[doc(hidden)]
     pub fn state(&self) -> &Arc<BrokerState> {
         &self.state
+    }
+
+    /// Starts draining this node of a cluster: it stops taking clients and
+    /// closes every connection (MQTT 5: DISCONNECT 0x9C Use another server),
+    /// while it goes on routing and handing its sessions over to the nodes
+    /// its clients reconnect to. Watch [`BrokerHandle::sessions`] fall, then
+    /// call [`BrokerHandle::shutdown`].
+    pub fn drain(&self) {
+        self.state.draining.cancel();
+    }
+
+    /// How many sessions this node holds (connected or not).
+    pub fn sessions(&self) -> usize {
+        self.state.sessions().len()
     }
 
     /// Stops accepting, closes every connection and waits for all tasks.

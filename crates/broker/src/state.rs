@@ -62,6 +62,11 @@ pub struct BrokerState {
     pub started: Instant,
     /// Cancelled once to stop every task.
     pub shutdown: CancellationToken,
+    /// Cancelled to stop taking clients and close their connections while
+    /// the rest runs on (a cluster node's drain: it still hands sessions
+    /// over); a child of `shutdown`, so shutdown cancels it too. Listeners,
+    /// handshakes, connections and the parker watch this one.
+    pub draining: CancellationToken,
     /// Every spawned task, so shutdown can wait for them.
     pub tasks: TaskTracker,
     /// The data file, unless `persistence` is off.
@@ -140,6 +145,7 @@ impl BrokerState {
             metrics: Metrics::default(),
             limits,
             started: Instant::now(),
+            draining: shutdown.child_token(),
             shutdown,
             tasks,
             store,

@@ -709,3 +709,53 @@ async fn a_second_node_with_a_name_in_use_is_refused() {
     let again = node(&nats, "a").await;
     again.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_draining_node_sends_its_clients_elsewhere_and_hands_their_sessions_over() {
+    use tern_codec::{ProtocolVersion::V3_1_1, ReasonCode};
+    let nats = Nats::start(true);
+    let a = node(&nats, "a").await;
+    let b = node(&nats, "b").await;
+    let (mut dev, _) = TestClient::connect_with(a.local_addr(), persistent(V5, "dev")).await;
+    dev.subscribe("cmd/#", QoS::AtLeastOnce).await;
+    let (mut old, _) = TestClient::connect_with(a.local_addr(), persistent(V3_1_1, "old")).await;
+    old.subscribe("cmd/#", QoS::AtLeastOnce).await;
+    let mut publisher = TestClient::connect(a.local_addr(), V5, "pub").await;
+    publisher
+        .publish("cmd/1", b"1", QoS::AtLeastOnce, false)
+        .await;
+    let first = dev.recv_publish().await;
+    assert_eq!(old.recv_publish().await.topic.as_str(), "cmd/1");
+
+    a.drain();
+    expect_disconnect(&mut dev, ReasonCode::UseAnotherServer).await;
+    assert!(
+        read_until_closed(&mut old).await.is_empty(),
+        "3.1.1: closed"
+    );
+    eventually("A stops taking clients", || {
+        std::net::TcpStream::connect(a.local_addr()).is_err()
+    })
+    .await;
+    assert_eq!(a.sessions(), 2, "the persistent sessions wait to move");
+
+    // Both reconnect to B and find their sessions, in-flight message first.
+    let (mut dev, ack) = TestClient::connect_with(b.local_addr(), persistent(V5, "dev")).await;
+    assert!(ack.session_present);
+    let resent = dev.recv_publish().await;
+    assert!(resent.dup && resent.packet_id == first.packet_id);
+    dev.ack(&resent).await;
+    let (mut old, ack) = TestClient::connect_with(b.local_addr(), persistent(V3_1_1, "old")).await;
+    assert!(ack.session_present);
+    let resent = old.recv_publish().await;
+    old.ack(&resent).await;
+    eventually("every session left A", || a.sessions() == 0).await;
+    a.shutdown().await;
+    let mut publisher = TestClient::connect(b.local_addr(), V5, "pub").await;
+    publisher
+        .publish("cmd/2", b"2", QoS::AtLeastOnce, false)
+        .await;
+    assert_eq!(dev.recv_publish().await.topic.as_str(), "cmd/2");
+    assert_eq!(old.recv_publish().await.topic.as_str(), "cmd/2");
+    b.shutdown().await;
+}

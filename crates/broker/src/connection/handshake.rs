@@ -60,7 +60,7 @@ pub(super) async fn handshake<S: Transport>(
                 return None;
             }
         },
-        _ = state.shutdown.cancelled() => return None,
+        _ = state.draining.cancelled() => return None,
     };
     let client = start_session(&mut io, connect, &info, &state).await?;
     // Logged in: what it holds from now on is bounded by max_packet_size.

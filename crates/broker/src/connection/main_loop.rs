@@ -56,7 +56,7 @@ pub(super) async fn run<S: Transport>(conn: &mut Conn<S>) -> Exit {
     let park_after = parker.idle(connected as usize).filter(|_| S::PARKABLE);
     // Created once, not per loop turn: each creation would register anew
     // with the cancellation token and the timer wheel.
-    let shutdown = state.shutdown.cancelled();
+    let shutdown = state.draining.cancelled();
     tokio::pin!(shutdown);
     // One timer serves keep-alive and parking. It is not moved on every
     // packet; when it fires it checks how long the connection has really

@@ -172,7 +172,7 @@ async fn accept_loop(
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            _ = state.shutdown.cancelled() => return,
+            _ = state.draining.cancelled() => return,
         };
         match accepted {
             Ok((stream, peer)) => {
@@ -239,7 +239,7 @@ async fn bounded<T>(
                 None
             }
         },
-        _ = state.shutdown.cancelled() => None,
+        _ = state.draining.cancelled() => None,
     }
 }
 
