@@ -47,6 +47,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
+use async_nats::jetstream::context::{
+    CreateKeyValueError, CreateKeyValueErrorKind, CreateStreamError, CreateStreamErrorKind,
+};
 use async_nats::{Client, ServerAddr};
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -189,7 +192,17 @@ pub async fn join(config: &ClusterConfig) -> Result<Cluster, ClusterError> {
         });
     }
     let stream = retained::stream_config(&config.name, config.replicas);
-    if let Err(e) = jetstream.get_or_create_stream(stream.clone()).await {
+    let creating = patiently(
+        "create the retained stream",
+        |e: &CreateStreamError| {
+            matches!(
+                e.kind(),
+                CreateStreamErrorKind::TimedOut | CreateStreamErrorKind::JetStreamUnavailable
+            )
+        },
+        async || jetstream.get_or_create_stream(stream.clone()).await,
+    );
+    if let Err(e) = creating.await {
         return Err(ClusterError::Stream {
             stream: stream.name,
             replicas: config.replicas,
@@ -197,17 +210,19 @@ pub async fn join(config: &ClusterConfig) -> Result<Cluster, ClusterError> {
         });
     }
     let bucket = handover::bucket(&config.name, config.replicas);
-    let sessions = match jetstream.get_key_value(bucket.bucket.clone()).await {
-        Ok(sessions) => sessions,
-        Err(_) => jetstream
-            .create_key_value(bucket.clone())
-            .await
-            .map_err(|e| ClusterError::Stream {
-                stream: format!("KV_{}", bucket.bucket),
-                replicas: config.replicas,
-                reason: e.to_string(),
-            })?,
-    };
+    let creating = patiently(
+        "create the session directory",
+        |e: &CreateKeyValueError| e.kind() == CreateKeyValueErrorKind::TimedOut,
+        async || match jetstream.get_key_value(bucket.bucket.clone()).await {
+            Ok(sessions) => Ok(sessions),
+            Err(_) => jetstream.create_key_value(bucket.clone()).await,
+        },
+    );
+    let sessions = creating.await.map_err(|e| ClusterError::Stream {
+        stream: format!("KV_{}", bucket.bucket),
+        replicas: config.replicas,
+        reason: e.to_string(),
+    })?;
     if handover::name_taken(&client, &config.name, &node).await {
         return Err(ClusterError::NameTaken {
             cluster: config.name.clone(),
@@ -251,6 +266,34 @@ pub async fn join(config: &ClusterConfig) -> Result<Cluster, ClusterError> {
         name: config.name.clone(),
         node,
     })
+}
+
+/// How long a starting node waits for JetStream to answer: a NATS cluster
+/// that just started, or lost a server, elects its leaders within seconds,
+/// and requests made meanwhile time out.
+const JETSTREAM_WAIT: Duration = Duration::from_secs(20);
+
+/// `attempt`, again every 250 ms while it fails as `transient` says, for up
+/// to [`JETSTREAM_WAIT`]; says once in the log what it waits for.
+async fn patiently<T, E: std::fmt::Display>(
+    what: &str,
+    transient: impl Fn(&E) -> bool,
+    mut attempt: impl AsyncFnMut() -> Result<T, E>,
+) -> Result<T, E> {
+    let deadline = Instant::now() + JETSTREAM_WAIT;
+    let mut told = false;
+    loop {
+        match attempt().await {
+            Err(e) if transient(&e) && Instant::now() < deadline => {
+                if !told {
+                    tracing::info!(error = %e, "waiting for JetStream to {what} (its servers may be electing leaders)");
+                    told = true;
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            result => return result,
+        }
+    }
 }
 
 /// Whether a nats-server version string ("2.11.3", "2.12.0-beta") is at
@@ -570,10 +613,18 @@ impl Publisher {
                     let stored =
                         self.jetstream
                             .publish_with_headers(subject, headers(&origin), record);
-                    // The stream's acknowledgement is not waited for: a
-                    // PUBACK does not yet promise other nodes have it.
-                    if let Err(e) = stored.await {
-                        crate::throttled!(warn, "cluster retain failed", error = %e, "cluster: a retained message change was not stored for other nodes");
+                    // The stream's acknowledgement is awaited apart, not to
+                    // hold up what follows: a PUBACK does not yet promise
+                    // other nodes have the change, but a lost one is told.
+                    match stored.await {
+                        Ok(acked) => {
+                            tasks.spawn(async move {
+                                if let Err(e) = acked.await {
+                                    retain_failed(&e);
+                                }
+                            });
+                        }
+                        Err(e) => retain_failed(&e),
                     }
                 }
                 Command::Subscribe(pattern) => {
@@ -640,6 +691,12 @@ impl Publisher {
             }
         }
     }
+}
+
+/// Logs a retained change the cluster's stream did not take (its servers
+/// were electing a leader, or unreachable).
+fn retain_failed(error: &dyn std::fmt::Display) {
+    crate::throttled!(warn, "cluster retain failed", %error, "cluster: a retained message change was not stored for other nodes; they keep the previous value until the topic changes again");
 }
 
 /// Which of this node's subscriptions a NATS subscription's messages are for.
