@@ -169,13 +169,14 @@ pub fn restore(state: &Arc<BrokerState>, recovered: Recovered) {
 /// Installs a session another node handed over ([`registry::hand_over`]) for
 /// a client connecting here: as a restart restores one, and written to this
 /// node's store, if it has one, with its queue, as if it had always been
-/// here. The client's connection attaches to it next.
-pub fn adopt(state: &Arc<BrokerState>, client_id: &str, handed: Handed) {
+/// here. The client's connection attaches to it next. Returns the fabric's
+/// ticket for its subscriptions (see [`crate::seams::Fabric::interest`]).
+pub fn adopt(state: &Arc<BrokerState>, client_id: &str, handed: Handed) -> u64 {
     let clock = Clock::now();
     let mut report = Report::default();
-    restore_session(state, client_id, handed.record, &clock, &mut report);
+    let interest = restore_session(state, client_id, handed.record, &clock, &mut report);
     let Some(session) = state.sessions().get(client_id) else {
-        return;
+        return interest;
     };
     let mut group = Group::default();
     let mut st = session.lock();
@@ -206,17 +207,19 @@ pub fn adopt(state: &Arc<BrokerState>, client_id: &str, handed: Handed) {
     if let Some(store) = store {
         store.submit_group(group);
     }
+    interest
 }
 
 /// Rebuilds one session: subscriptions (into the tree too), expiry timer,
-/// pending will.
+/// pending will. Returns the fabric's highest ticket for the subscriptions.
 fn restore_session(
     state: &Arc<BrokerState>,
     client_id: &str,
     record: records::SessionRecord,
     clock: &Clock,
     report: &mut Report,
-) {
+) -> u64 {
+    let mut interest = 0;
     let id = ByteStr::from(client_id.to_owned());
     let (session, _) = state
         .sessions()
@@ -235,7 +238,8 @@ fn restore_session(
                 // Unknown until the client connects: checked per message.
                 readable: Default::default(),
             };
-            router::subscribe(state, inner, group, subscriber);
+            let (_, ticket) = router::subscribe(state, inner, group, subscriber);
+            interest = interest.max(ticket);
         }
         st.subscriptions.insert(
             filter,
@@ -269,4 +273,5 @@ fn restore_session(
         let left = (u64::from(st.expiry_secs) * 1000).saturating_sub(since);
         registry::schedule_expiry(state, &session, st.generation, Duration::from_millis(left));
     }
+    interest
 }

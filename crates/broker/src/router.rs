@@ -113,23 +113,25 @@ pub fn publish_remote(state: &BrokerState, message: Arc<Message>, scope: Scope) 
 
 /// Adds a session's subscription to the tree (`filter` without
 /// `$share/group/`, `group` its share group). Returns whether the session
-/// already had it (replaced).
+/// already had it (replaced), and the fabric's ticket for it (0: nothing
+/// to wait for; see [`crate::seams::Fabric::interest`]).
 pub fn subscribe(
     state: &BrokerState,
     filter: &str,
     group: Option<&str>,
     subscriber: Subscriber,
-) -> bool {
+) -> (bool, u64) {
     let client_id = subscriber.session.client_id.clone();
     let existed = state
         .tree_mut()
         .insert(filter, group, &client_id, subscriber)
         .is_some();
     // A replaced subscription was already told of.
-    if !existed {
-        state.fabric.interest(filter, group, true);
-    }
-    existed
+    let ticket = match existed {
+        true => 0,
+        false => state.fabric.interest(filter, group, true),
+    };
+    (existed, ticket)
 }
 
 /// Removes `session`'s subscriptions to `filters` (as subscribed,

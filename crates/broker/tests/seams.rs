@@ -7,10 +7,11 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use tern_broker::Message;
 use tern_broker::seams::{Claim, Fabric, Ownership, Seams};
 use tern_codec::{ByteStr, ProtocolVersion::V5, QoS};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use common::*;
 
@@ -18,11 +19,26 @@ use common::*;
 /// let go.
 type Held = Option<(String, oneshot::Receiver<()>)>;
 
-/// Records every call; can hold one client id's claim until told.
-#[derive(Clone, Default)]
+/// Records every call; can hold one client id's claim until told, and
+/// report interest applied only up to a ticket (every one by default).
+#[derive(Clone)]
 struct Recorder {
     log: Arc<Mutex<Vec<String>>>,
     held: Arc<Mutex<Held>>,
+    /// Tickets are 1, 2, 3… per subscription added.
+    issued: Arc<AtomicU64>,
+    applied: Arc<watch::Sender<u64>>,
+}
+
+impl Default for Recorder {
+    fn default() -> Recorder {
+        Recorder {
+            log: Arc::default(),
+            held: Arc::default(),
+            issued: Arc::default(),
+            applied: Arc::new(watch::channel(u64::MAX).0),
+        }
+    }
 }
 
 impl Recorder {
@@ -52,8 +68,20 @@ impl Fabric for Recorder {
         self.push(format!("forward {}", message.topic));
     }
 
-    fn interest(&self, filter: &str, group: Option<&str>, present: bool) {
+    fn interest(&self, filter: &str, group: Option<&str>, present: bool) -> u64 {
         self.push(format!("interest {filter} {group:?} {present}"));
+        match present {
+            true => self.issued.fetch_add(1, Ordering::Relaxed) + 1,
+            false => 0,
+        }
+    }
+
+    fn applied(&self) -> u64 {
+        *self.applied.borrow()
+    }
+
+    fn applied_changes(&self) -> Option<watch::Receiver<u64>> {
+        Some(self.applied.subscribe())
     }
 }
 
@@ -139,5 +167,37 @@ async fn a_session_held_elsewhere_is_attached_only_once_let_go() {
     let (_client, connack) = connecting.await.unwrap();
     assert!(started.elapsed() >= Duration::from_millis(100));
     assert_eq!(connack.reason, tern_codec::ReasonCode::Success);
+    broker.shutdown().await;
+}
+
+/// A SUBACK promises the subscription: with a fabric, it goes out once the
+/// fabric has applied the interest (other nodes route to it), and the
+/// packets after it wait with it.
+#[tokio::test]
+async fn a_suback_waits_until_the_fabric_applied_the_interest() {
+    let recorder = Recorder::default();
+    recorder.applied.send_replace(0);
+    let broker = tern_broker::Broker::start_with(test_config(), recorder.seams())
+        .await
+        .unwrap();
+    let mut sub = TestClient::connect(broker.local_addr(), V5, "sub").await;
+    sub.send(tern_codec::Packet::Subscribe(tern_codec::Subscribe {
+        packet_id: pid(1),
+        filters: vec![tern_codec::SubscribeFilter {
+            filter: "house/#".into(),
+            options: Default::default(),
+        }],
+        properties: Default::default(),
+    }))
+    .await;
+    sub.send(tern_codec::Packet::PingReq).await;
+    eventually("the interest is told", || {
+        recorder.has("interest house/# None true")
+    })
+    .await;
+    sub.expect_nothing().await;
+    recorder.applied.send_replace(1);
+    assert!(matches!(sub.recv().await, tern_codec::Packet::SubAck(_)));
+    assert!(matches!(sub.recv().await, tern_codec::Packet::PingResp));
     broker.shutdown().await;
 }

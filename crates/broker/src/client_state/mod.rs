@@ -44,16 +44,28 @@ pub struct TopicAliases {
     pub outbound: HashMap<ByteStr, u16>,
 }
 
-/// Responses held back until the store has made durable what they promise
-/// (a PUBACK for a stored message, say). Everything encoded after a hold
-/// waits with it, so responses still go out in order [MQTT-4.6.0-2].
+/// Responses held back until what they promise is so: the store has made
+/// durable a message a PUBACK acknowledges, say, or the other nodes of a
+/// cluster route to a subscription a SUBACK confirms. Everything encoded
+/// after a hold waits with it, so responses still go out in order
+/// [MQTT-4.6.0-2].
 #[derive(Debug, Default)]
 pub struct Holds {
-    /// (ticket, position in the output stream): the bytes from that position
-    /// on wait until the store reports the ticket durable.
-    queue: VecDeque<(u64, u64)>,
+    /// (what it waits for, position in the output stream): the bytes from
+    /// that position on wait until it is done.
+    queue: VecDeque<(Wait, u64)>,
     /// Bytes written since this was created; positions count from here.
     written: u64,
+}
+
+/// What a hold waits for.
+#[derive(Debug, Clone, Copy)]
+enum Wait {
+    /// The store to report this ticket durable.
+    Store(u64),
+    /// The fabric to report this ticket's interest applied
+    /// ([`crate::seams::Fabric::applied`]).
+    Fabric(u64),
 }
 
 /// State of one connected client.
@@ -144,9 +156,21 @@ impl ClientState {
         if ticket <= store.durable() {
             return;
         }
+        self.hold(Wait::Store(ticket), at);
+    }
+
+    /// Holds whatever is encoded from now on until the fabric reports the
+    /// interest change `ticket` applied: other nodes route to it.
+    pub fn hold_for_fabric(&mut self, ticket: u64) {
+        if ticket > self.state.fabric.applied() {
+            self.hold(Wait::Fabric(ticket), self.out.len());
+        }
+    }
+
+    fn hold(&mut self, wait: Wait, at: usize) {
         let holds = self.holds.get_or_insert_with(Default::default);
         let at = holds.written + at as u64;
-        holds.queue.push_back((ticket, at));
+        holds.queue.push_back((wait, at));
     }
 
     /// How many bytes at the front of `out` may be written now.
@@ -169,19 +193,21 @@ impl ClientState {
         }
     }
 
-    /// Lets go of the holds the store has caught up with.
-    pub fn release(&mut self, durable: u64) {
-        if let Some(holds) = &mut self.holds {
-            while holds
-                .queue
-                .front()
-                .is_some_and(|&(ticket, _)| ticket <= durable)
-            {
-                holds.queue.pop_front();
-            }
-            if holds.queue.is_empty() {
-                self.holds = None;
-            }
+    /// Lets go of the holds the store and the fabric have caught up with.
+    pub fn release(&mut self) {
+        let Some(holds) = &mut self.holds else {
+            return;
+        };
+        let durable = self.state.store.as_ref().map_or(u64::MAX, |s| s.durable());
+        let applied = self.state.fabric.applied();
+        while holds.queue.front().is_some_and(|&(wait, _)| match wait {
+            Wait::Store(ticket) => ticket <= durable,
+            Wait::Fabric(ticket) => ticket <= applied,
+        }) {
+            holds.queue.pop_front();
+        }
+        if holds.queue.is_empty() {
+            self.holds = None;
         }
     }
 

@@ -148,7 +148,14 @@ impl Directory {
             Err(_) => Err(RecordError::new("handover", "no answer in time")),
         };
         match (handed, self.state.get().and_then(Weak::upgrade)) {
-            (Ok(handed), Some(state)) => recover::adopt(&state, client_id, handed),
+            (Ok(handed), Some(state)) => {
+                let interest = recover::adopt(&state, client_id, handed);
+                // The CONNACK promises the subscriptions, as a SUBACK does.
+                if let Some(mut applied) = state.fabric.applied_changes() {
+                    let routed = applied.wait_for(|&t| t >= interest);
+                    let _ = tokio::time::timeout(ASK_TIMEOUT, routed).await;
+                }
+            }
             (Ok(_), None) => {}
             (Err(e), _) => {
                 tracing::warn!(%client_id, node = holder, error = %e, "cluster: the node holding this client's session did not hand it over; the session stays there")

@@ -47,6 +47,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
+use async_nats::client::RequestErrorKind;
 use async_nats::jetstream::context::{
     CreateKeyValueError, CreateKeyValueErrorKind, CreateStreamError, CreateStreamErrorKind,
 };
@@ -54,7 +55,7 @@ use async_nats::{Client, ServerAddr};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use tern_codec::{ByteStr, ReasonCode};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -80,6 +81,10 @@ const MIN_VERSION: (u32, u32) = (2, 11);
 /// Messages waiting to be published to NATS; beyond this, dropped and
 /// counted (the connection is down, or NATS is slower than the clients).
 const OUTBOX: usize = 65_536;
+
+/// How long a SUBACK waits at most for NATS to confirm the node's new
+/// subscriptions.
+const APPLY_WAIT: Duration = Duration::from_secs(2);
 
 /// Message ids remembered to drop the second copy of a message that
 /// matched two of this node's subscriptions. The copies arrive back to back
@@ -319,6 +324,7 @@ impl Cluster {
         let commands = Outbox(commands);
         let origin = self.origin;
         let peers = Arc::new(Peers::default());
+        let applied = Arc::new(watch::channel(0).0);
         let directory = Directory {
             client: self.client.clone(),
             sessions: self.sessions,
@@ -334,6 +340,8 @@ impl Cluster {
             interest: Mutex::new(Interest::default()),
             node: self.node.clone(),
             peers: peers.clone(),
+            issued: AtomicU64::new(0),
+            applied: applied.clone(),
         };
         let ownership = NatsOwnership {
             subject: claims_subject(&self.name),
@@ -355,6 +363,7 @@ impl Cluster {
             handovers: self.handovers,
             directory,
             peers,
+            applied,
             inbox,
             name: self.name,
             node: self.node,
@@ -371,14 +380,17 @@ impl Cluster {
 pub(crate) struct Outbox(mpsc::Sender<Command>);
 
 impl Outbox {
-    fn send(&self, command: Command) {
-        if self.0.try_send(command).is_err() {
+    /// Queues `command`; false (logged) if it was dropped.
+    fn send(&self, command: Command) -> bool {
+        let sent = self.0.try_send(command).is_ok();
+        if !sent {
             crate::throttled!(
                 warn,
                 "cluster outbox full",
                 "cluster: NATS is not keeping up (or unreachable): a message, claim or subscription change for other nodes was dropped"
             );
         }
+        sent
     }
 }
 
@@ -394,6 +406,9 @@ enum Command {
     Join(Arc<str>, Vec<String>),
     /// A shared group's key: leave its queue group.
     Leave(Arc<str>),
+    /// Every change before this one is in NATS: mark this interest ticket
+    /// applied.
+    Applied(u64),
 }
 
 /// The routing seam over NATS (see the module docs).
@@ -408,6 +423,11 @@ pub struct NatsFabric {
     /// This node's name, which its `$SYS` figures carry.
     node: String,
     peers: Arc<Peers>,
+    /// The last interest ticket issued (under the `interest` lock, with its
+    /// commands, so tickets are applied in order).
+    issued: AtomicU64,
+    /// The last interest ticket whose changes are in NATS.
+    applied: Arc<watch::Sender<u64>>,
 }
 
 /// What this node's sessions subscribe to, counted.
@@ -460,31 +480,57 @@ impl Fabric for NatsFabric {
     /// A non-shared filter is one NATS subscription per subject per node; a
     /// shared group's members on this node are one member of the group's
     /// NATS queue group, which gives each message to one node.
-    fn interest(&self, filter: &str, group: Option<&str>, present: bool) {
+    fn interest(&self, filter: &str, group: Option<&str>, present: bool) -> u64 {
         let subjects = subject::filter_subjects(&self.name, filter);
         let mut changes = Vec::new();
-        {
-            let mut interest = self.interest.lock();
-            if let Some(group) = group {
-                let key: Arc<str> = format!("{group}/{filter}").into();
-                if count(&mut interest.groups, key.clone(), present) {
+        // Held while the changes are queued, so that tickets are issued in
+        // the order the publisher applies them.
+        let mut interest = self.interest.lock();
+        if let Some(group) = group {
+            let key: Arc<str> = format!("{group}/{filter}").into();
+            if count(&mut interest.groups, key.clone(), present) {
+                changes.push(match present {
+                    true => Command::Join(key, subjects),
+                    false => Command::Leave(key),
+                });
+            }
+        } else {
+            for pattern in subjects {
+                if count(&mut interest.subjects, pattern.clone(), present) {
                     changes.push(match present {
-                        true => Command::Join(key, subjects),
-                        false => Command::Leave(key),
+                        true => Command::Subscribe(pattern),
+                        false => Command::Unsubscribe(pattern),
                     });
-                }
-            } else {
-                for pattern in subjects {
-                    if count(&mut interest.subjects, pattern.clone(), present) {
-                        changes.push(match present {
-                            true => Command::Subscribe(pattern),
-                            false => Command::Unsubscribe(pattern),
-                        });
-                    }
                 }
             }
         }
-        changes.into_iter().for_each(|c| self.commands.send(c));
+        let added = present && !changes.is_empty();
+        for change in changes {
+            self.commands.send(change);
+        }
+        if !present {
+            return 0;
+        }
+        let issued = self.issued.load(Ordering::Relaxed);
+        // Nothing new: the same filter held by another session may still
+        // be on its way, and with it every earlier change.
+        if !added {
+            return issued;
+        }
+        let ticket = issued + 1;
+        if !self.commands.send(Command::Applied(ticket)) {
+            return 0;
+        }
+        self.issued.store(ticket, Ordering::Relaxed);
+        ticket
+    }
+
+    fn applied(&self) -> u64 {
+        *self.applied.borrow()
+    }
+
+    fn applied_changes(&self) -> Option<watch::Receiver<u64>> {
+        Some(self.applied.subscribe())
     }
 
     fn statistics(
@@ -511,6 +557,7 @@ pub struct Routing {
     handovers: async_nats::Subscriber,
     directory: Directory,
     peers: Arc<Peers>,
+    applied: Arc<watch::Sender<u64>>,
     inbox: mpsc::Receiver<Command>,
     name: String,
     node: String,
@@ -549,7 +596,9 @@ impl Routing {
             handovers,
             directory,
             peers,
+            applied,
             inbox,
+            name,
             node,
             origin,
             ..
@@ -570,6 +619,8 @@ impl Routing {
             jetstream,
             inbox,
             node,
+            applied,
+            barrier: format!("{name}.barrier"),
         };
         tasks.spawn(publisher.run(weak, tasks.clone(), shutdown));
         caught_up
@@ -582,6 +633,9 @@ struct Publisher {
     jetstream: async_nats::jetstream::Context,
     inbox: mpsc::Receiver<Command>,
     node: String,
+    applied: Arc<watch::Sender<u64>>,
+    /// A subject no one subscribes to, for [`Publisher::round_trip`].
+    barrier: String,
 }
 
 impl Publisher {
@@ -633,8 +687,6 @@ impl Publisher {
                     if self.serve(subscribing.await, &pattern, &direct, &state, &tasks, &stop) {
                         subscriptions.insert(pattern, stop);
                     }
-                    // Subscribed on the server before anything else is sent.
-                    let _ = self.client.flush().await;
                 }
                 Command::Unsubscribe(pattern) => {
                     if let Some(stop) = subscriptions.remove(&pattern) {
@@ -651,17 +703,41 @@ impl Publisher {
                         self.serve(subscribing.await, &pattern, &group, &state, &tasks, &stop);
                     }
                     groups.insert(key, stop);
-                    let _ = self.client.flush().await;
                 }
                 Command::Leave(key) => {
                     if let Some(stop) = groups.remove(&key) {
                         stop.cancel();
                     }
                 }
+                Command::Applied(ticket) => {
+                    if !self.round_trip().await {
+                        crate::throttled!(
+                            warn,
+                            "cluster subscribe unconfirmed",
+                            "cluster: NATS did not confirm new subscriptions in time; SUBACKs go out without it"
+                        );
+                    }
+                    self.applied.send_replace(ticket);
+                }
             }
         }
         let _ = self.client.flush().await;
         tracing::debug!(node = %self.node, "left the cluster");
+    }
+
+    /// Whether the NATS server answered a request sent after everything
+    /// before it (a flush only writes to the socket): then it has this
+    /// node's subscriptions, and routes other clients' messages to them.
+    /// Nothing answers the subject: NATS's "no responders" is the answer.
+    /// A NATS link that is down does not hold SUBACKs longer than
+    /// [`APPLY_WAIT`].
+    async fn round_trip(&self) -> bool {
+        let asking = self.client.request(self.barrier.clone(), Bytes::new());
+        match tokio::time::timeout(APPLY_WAIT, asking).await {
+            Ok(Ok(_)) => true,
+            Ok(Err(e)) => e.kind() == RequestErrorKind::NoResponders,
+            Err(_) => false,
+        }
     }
 
     /// Starts routing what a new NATS subscription receives, as `serve`

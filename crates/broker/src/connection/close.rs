@@ -10,6 +10,7 @@ use std::time::Duration;
 use tern_codec::{Disconnect, DisconnectProperties, Packet, ProtocolVersion, ReasonCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf};
 
+use super::main_loop::progress;
 use super::{CLOSE_FLUSH, Conn, Transport};
 use crate::client_state::ClientState;
 use crate::error::ProtocolViolation;
@@ -133,19 +134,24 @@ async fn drain<S: Transport>(reader: &mut ReadHalf<S>, state: &BrokerState) {
     .await;
 }
 
-/// Before the last write: gives the store a moment (`CLOSE_FLUSH`) to make
-/// held responses durable, then drops those it has not: an acknowledgement
-/// must never promise more than the store holds.
+/// Before the last write: gives the store (and the fabric) a moment
+/// (`CLOSE_FLUSH`) to make held responses true, then drops those that are
+/// not: an acknowledgement must never promise more than the store holds.
 async fn settle_holds(client: &mut ClientState) {
-    let Some(store) = client.state.store.clone() else {
+    if client.holds.is_none() {
         return;
-    };
-    let mut durable = store.watch();
+    }
+    let mut durable = client.state.store.as_ref().map(|s| s.watch());
+    let mut applied = client.state.fabric.applied_changes();
     let _ = tokio::time::timeout(CLOSE_FLUSH, async {
         loop {
-            client.release(*durable.borrow_and_update());
-            if client.holds.is_none() || durable.changed().await.is_err() {
+            client.release();
+            if client.holds.is_none() {
                 return;
+            }
+            tokio::select! {
+                () = progress(&mut durable) => {}
+                () = progress(&mut applied) => {}
             }
         }
     })

@@ -68,17 +68,14 @@ pub(super) async fn run<S: Transport>(conn: &mut Conn<S>) -> Exit {
     tokio::pin!(timer);
     let timed = client.keep_alive_timeout().is_some() || park_after.is_some();
     let mut durable = state.store.as_ref().map(|s| s.watch());
+    let mut applied = state.fabric.applied_changes();
     // Whether the last read filled the buffer: more is probably waiting.
     let mut busy = false;
     loop {
         if let Err(ousted) = outbound::fill(client) {
             return Exit::Close(ousted.into());
         }
-        if client.holds.is_some()
-            && let Some(store) = &state.store
-        {
-            client.release(store.durable());
-        }
+        client.release();
         let writable = client.writable();
         let spare = prepare_read_buffer(&mut io.rbuf, busy);
         tokio::select! {
@@ -115,7 +112,8 @@ pub(super) async fn run<S: Transport>(conn: &mut Conn<S>) -> Exit {
             }
             _ = session.notify.notified() => last_active = Instant::now(),
             // Held responses go out once the store has what they promise.
-            () = store_progress(&mut durable), if client.holds.is_some() => {}
+            () = progress(&mut durable), if client.holds.is_some() => {}
+            () = progress(&mut applied), if client.holds.is_some() => {}
             () = &mut timer, if timed => {
                 let now = Instant::now();
                 if client.keep_alive_timeout().is_some_and(|t| *last_heard + t <= now) {
@@ -135,12 +133,13 @@ pub(super) async fn run<S: Transport>(conn: &mut Conn<S>) -> Exit {
     }
 }
 
-/// Waits until the store reports more durable (forever without a store).
-async fn store_progress(durable: &mut Option<tokio::sync::watch::Receiver<u64>>) {
-    match durable {
+/// Waits until the store reports more durable, or the fabric more applied
+/// (forever without either).
+pub(super) async fn progress(watched: &mut Option<tokio::sync::watch::Receiver<u64>>) {
+    match watched {
         Some(rx) => {
             if rx.changed().await.is_err() {
-                // The store has stopped (shutdown): nothing more will come.
+                // It has stopped (shutdown): nothing more will come.
                 std::future::pending::<()>().await;
             }
         }

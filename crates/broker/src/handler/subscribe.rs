@@ -28,20 +28,24 @@ pub fn handle(client: &mut ClientState, subscribe: Subscribe) -> Result<Flow, Pr
     let subscription_id = subscribe.properties.subscription_identifier;
     let mut reasons = Vec::with_capacity(subscribe.filters.len());
     let mut retained = Vec::new();
+    let mut interest = 0;
     for filter in &subscribe.filters {
         reasons.push(subscribe_one(
             client,
             filter,
             subscription_id,
             &mut retained,
+            &mut interest,
         )?);
     }
-    // The SUBACK promises the subscriptions: it waits for the session record.
+    // The SUBACK promises the subscriptions: it waits for the session
+    // record, and in a cluster until the other nodes route to them.
     let ticket = {
         let mut st = client.session.lock();
         registry::persist(&client.state, &client.session, &mut st)
     };
     client.hold_until(ticket);
+    client.hold_for_fabric(interest);
     client.send(&Packet::SubAck(SubAck {
         packet_id: subscribe.packet_id,
         reasons,
@@ -59,12 +63,14 @@ pub fn handle(client: &mut ClientState, subscribe: Subscribe) -> Result<Flow, Pr
     Ok(Flow::Continue)
 }
 
-/// Adds one subscription; returns its SUBACK reason code.
+/// Adds one subscription; returns its SUBACK reason code. `interest`: the
+/// highest fabric ticket of the subscriptions added so far.
 fn subscribe_one(
     client: &mut ClientState,
     request: &SubscribeFilter,
     subscription_id: Option<u32>,
     retained: &mut Vec<RetainedBatch>,
+    interest: &mut u64,
 ) -> Result<ReasonCode, ProtocolViolation> {
     let Some((group, filter)) =
         router::split_shared(&request.filter).filter(|(_, f)| is_valid_topic_filter(f))
@@ -114,7 +120,8 @@ fn subscribe_one(
         subscription_id,
         readable,
     };
-    let existed = router::subscribe(&client.state, filter, group, subscriber);
+    let (existed, ticket) = router::subscribe(&client.state, filter, group, subscriber);
+    *interest = (*interest).max(ticket);
     client.session.lock().subscriptions.insert(
         request.filter.clone(),
         SessionSubscription {
