@@ -148,6 +148,23 @@ impl Message {
         })
     }
 
+    /// A copy (not stored) whose Message Expiry Interval runs from `now`,
+    /// or that never expires if `now` is `None`: a will kept elsewhere
+    /// until it is published.
+    pub fn expiring_from(&self, now: Option<Instant>) -> Arc<Message> {
+        let interval = self.properties.message_expiry_interval;
+        Arc::new(Message {
+            topic: self.topic.clone(),
+            payload: self.payload.clone(),
+            qos: self.qos,
+            retain: self.retain,
+            properties: self.properties.clone(),
+            expires_at: now.and_then(|now| expiry_deadline(interval, now)),
+            origin: self.origin.clone(),
+            stored: StoredSlot::new(),
+        })
+    }
+
     /// A message the broker itself publishes (`$SYS`), retained, QoS 0.
     pub fn broker_retained(topic: String, payload: String) -> Arc<Message> {
         Arc::new(Message {

@@ -381,6 +381,17 @@ pub(crate) fn schedule_will(
             _ = tokio::time::sleep(delay) => {}
             _ = shutdown.cancelled() => return,
         }
+        let still_pending = |session: &Session| {
+            let st = session.lock();
+            st.pending_will
+                .as_ref()
+                .is_some_and(|p| Arc::ptr_eq(&p.message, &will))
+        };
+        // In a cluster another node may have published it (taking this one
+        // for gone), or its client may be back elsewhere.
+        if !still_pending(&session) || !state2.ownership.will_due(&session.client_id).await {
+            return;
+        }
         let due = {
             let mut st = session.lock();
             let due = match &st.pending_will {
@@ -446,7 +457,11 @@ fn expire(state: &Arc<BrokerState>, session: &Arc<Session>, generation: u32) {
 /// Publishes a will, if the ACL in force now still lets its client write its
 /// topic. It was checked at CONNECT, but the rules may have been reloaded
 /// since (SIGHUP), and a client must not keep a right it lost by leaving.
-fn publish_will(state: &BrokerState, will: Arc<Message>, username: Option<&Arc<str>>) {
+/// A cluster forgets the copy it kept (`seams::Ownership::will`).
+pub(crate) fn publish_will(state: &BrokerState, will: Arc<Message>, username: Option<&Arc<str>>) {
+    if let Some(origin) = &will.origin {
+        state.ownership.will_gone(origin);
+    }
     let client_id = will.origin.as_ref().map_or("", |id| id.as_str());
     let user = username.map(|u| &**u);
     let id = auth::Identity {

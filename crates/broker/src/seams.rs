@@ -23,7 +23,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tern_codec::ByteStr;
+use tern_codec::{ByteStr, LastWill};
 use tokio::sync::watch;
 
 use crate::message::Message;
@@ -88,6 +88,26 @@ pub trait Ownership: Send + Sync {
     /// `client_id`'s session ended here (expired, or did not outlive its
     /// connection): no node holds it now.
     fn release(&self, client_id: &ByteStr);
+    /// `client_id` connected here with this will (its client logged in as
+    /// `username`), or none: kept beyond this node, in place of any kept
+    /// for that client id before, so that it is published even if this
+    /// node dies. One node has nowhere to keep it.
+    fn will(&self, client_id: &ByteStr, will: Option<&LastWill>, username: Option<&str>) {
+        let _ = (client_id, will, username);
+    }
+    /// `client_id`'s will was published here, or its connection here ended
+    /// without it: forget the copy kept for this node (not one its client
+    /// has since left connecting elsewhere).
+    fn will_gone(&self, client_id: &ByteStr) {
+        let _ = client_id;
+    }
+    /// A will waiting out its delay here is due: whether to publish it
+    /// (not if another node did, having taken this one for gone, or its
+    /// client connected again elsewhere). One node: always.
+    fn will_due(&self, client_id: &ByteStr) -> Pin<Box<dyn Future<Output = bool> + Send>> {
+        let _ = client_id;
+        Box::pin(std::future::ready(true))
+    }
 }
 
 /// The single node: nothing beyond this process, every session its own.

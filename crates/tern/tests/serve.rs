@@ -695,3 +695,122 @@ fn sigterm_drains_a_cluster_node_until_its_sessions_moved() {
     let _ = std::fs::remove_dir_all(&store);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A cluster node named `name` through the NATS server at `url`, with its
+/// config in `dir/name`.
+fn cluster_node(
+    dir: &std::path::Path,
+    url: &str,
+    name: &str,
+    extra: &str,
+) -> (KillOnDrop, String, std::sync::mpsc::Receiver<String>) {
+    let config = format!("[cluster]\nservers = [\"{url}\"]\nnode = \"{name}\"\n{extra}");
+    let config_dir = dir.join(name);
+    std::fs::create_dir_all(&config_dir).unwrap();
+    let (child, addr, log) = serve_logged(&write_config(&config_dir, config));
+    (KillOnDrop(child), addr, log)
+}
+
+/// An MQTT 5 connection to `addr` as `client_id`, with a will on
+/// `wills/<client_id>` after `delay` seconds and a session kept a minute.
+fn connect_with_will(addr: &str, client_id: &str, delay: u32) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let Packet::Connect(mut connect) = connect_packet(client_id, None) else {
+        unreachable!()
+    };
+    connect.clean_start = false;
+    connect.properties.session_expiry_interval = Some(60);
+    connect.will = Some(tern_codec::LastWill {
+        topic: format!("wills/{client_id}").into(),
+        payload: bytes::Bytes::from_static(b"gone"),
+        qos: tern_codec::QoS::AtMostOnce,
+        retain: false,
+        properties: tern_codec::WillProperties {
+            will_delay_interval: Some(delay),
+            ..Default::default()
+        },
+    });
+    send(&mut stream, Packet::Connect(connect));
+    let mut buf = BytesMut::new();
+    assert!(matches!(
+        recv(&mut stream, &mut buf),
+        Some(Packet::ConnAck(a)) if a.reason == ReasonCode::Success
+    ));
+    stream
+}
+
+/// The wills of a node that dies (SIGKILL) are published by another node,
+/// each once: at once, or after its Will Delay; not that of a client that
+/// connected again (elsewhere) within its delay.
+#[test]
+fn the_wills_of_a_node_that_dies_are_published_once_by_another() {
+    let (_nats, url, store) = nats_server();
+    let dir = data_dir();
+    let (mut a, addr_a, _log_a) = cluster_node(&dir, &url, "a", "");
+    let (_b, addr_b, _log_b) = cluster_node(&dir, &url, "b", "");
+    let mut watcher = TcpStream::connect(&addr_b).unwrap();
+    watcher
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    send(&mut watcher, connect_packet("watcher", None));
+    let mut buf = BytesMut::new();
+    assert!(matches!(
+        recv(&mut watcher, &mut buf),
+        Some(Packet::ConnAck(_))
+    ));
+    send(
+        &mut watcher,
+        Packet::Subscribe(tern_codec::Subscribe {
+            packet_id: std::num::NonZeroU16::MIN,
+            filters: vec![tern_codec::SubscribeFilter {
+                filter: "wills/#".into(),
+                options: Default::default(),
+            }],
+            properties: Default::default(),
+        }),
+    );
+    assert!(matches!(
+        recv(&mut watcher, &mut buf),
+        Some(Packet::SubAck(_))
+    ));
+    let _now = connect_with_will(&addr_a, "now", 0);
+    let _later = connect_with_will(&addr_a, "later", 2);
+    let _back = connect_with_will(&addr_a, "back", 3);
+
+    a.0.kill().unwrap();
+    a.0.wait().unwrap();
+    let killed = std::time::Instant::now();
+    // Back within its delay, on the other node, without a will this time.
+    let mut back = TcpStream::connect(&addr_b).unwrap();
+    let Packet::Connect(mut connect) = connect_packet("back", None) else {
+        unreachable!()
+    };
+    connect.clean_start = false;
+    send(&mut back, Packet::Connect(connect));
+    assert!(matches!(
+        recv(&mut back, &mut BytesMut::new()),
+        Some(Packet::ConnAck(_))
+    ));
+
+    let mut wills = Vec::new();
+    for _ in 0..2 {
+        match recv(&mut watcher, &mut buf) {
+            Some(Packet::Publish(p)) => wills.push((p.topic.to_string(), killed.elapsed())),
+            other => panic!("expected a will, got {other:?}"),
+        }
+    }
+    assert_eq!(wills[0].0, "wills/now");
+    assert_eq!(wills[1].0, "wills/later");
+    assert!(wills[1].1 >= Duration::from_secs(2), "{wills:?}");
+    // Past `back`'s delay: nothing more, and no will twice.
+    watcher
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let more = recv(&mut watcher, &mut buf);
+    assert!(more.is_none(), "{more:?}");
+    let _ = std::fs::remove_dir_all(&store);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -73,8 +73,8 @@ pub async fn name_taken(client: &Client, cluster: &str, node: &str) -> bool {
     matches!(tokio::time::timeout(Duration::from_secs(2), asking).await, Ok(Ok(answer)) if *answer.payload == *HERE)
 }
 
-/// A client id's key in the directory.
-fn key(client_id: &str) -> String {
+/// A client id's key in the directory (and in the wills bucket).
+pub fn key(client_id: &str) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, client_id.as_bytes());
     digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }

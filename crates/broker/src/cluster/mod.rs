@@ -41,8 +41,11 @@ pub mod handover;
 pub mod retained;
 pub mod stats;
 pub mod subject;
+pub mod wills;
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -54,7 +57,7 @@ use async_nats::jetstream::context::{
 use async_nats::{Client, ServerAddr};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use tern_codec::{ByteStr, ReasonCode};
+use tern_codec::{ByteStr, LastWill, ReasonCode};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -73,6 +76,7 @@ use crate::store::records::{self, Clock};
 use self::handover::Directory;
 use self::retained::ClusterRetained;
 use self::stats::Peers;
+use self::wills::Keep;
 
 /// The oldest nats-server the cluster runs on: JetStream's per-message TTLs
 /// (2.11) will carry wills and session expiry cluster-wide.
@@ -140,6 +144,8 @@ pub struct Cluster {
     handovers: async_nats::Subscriber,
     /// Which node holds each session.
     sessions: async_nats::jetstream::kv::Store,
+    /// The wills of every node's clients.
+    wills: async_nats::jetstream::kv::Store,
     /// This run of this node: random, so a restarted node is not taken for
     /// its former self.
     origin: String,
@@ -228,6 +234,20 @@ pub async fn join(config: &ClusterConfig) -> Result<Cluster, ClusterError> {
         replicas: config.replicas,
         reason: e.to_string(),
     })?;
+    let bucket = wills::bucket(&config.name, config.replicas);
+    let creating = patiently(
+        "create the wills bucket",
+        |e: &CreateKeyValueError| e.kind() == CreateKeyValueErrorKind::TimedOut,
+        async || match jetstream.get_key_value(bucket.bucket.clone()).await {
+            Ok(wills) => Ok(wills),
+            Err(_) => jetstream.create_key_value(bucket.clone()).await,
+        },
+    );
+    let wills = creating.await.map_err(|e| ClusterError::Stream {
+        stream: format!("KV_{}", bucket.bucket),
+        replicas: config.replicas,
+        reason: e.to_string(),
+    })?;
     if handover::name_taken(&client, &config.name, &node).await {
         return Err(ClusterError::NameTaken {
             cluster: config.name.clone(),
@@ -267,6 +287,7 @@ pub async fn join(config: &ClusterConfig) -> Result<Cluster, ClusterError> {
         stats,
         handovers,
         sessions,
+        wills,
         origin,
         name: config.name.clone(),
         node,
@@ -343,11 +364,14 @@ impl Cluster {
             issued: AtomicU64::new(0),
             applied: applied.clone(),
         };
+        let (keep, kept) = mpsc::channel(OUTBOX);
         let ownership = NatsOwnership {
             subject: claims_subject(&self.name),
             origin: origin.clone(),
             commands: commands.clone(),
             directory: directory.clone(),
+            wills: self.wills.clone(),
+            keep,
         };
         let retained = ClusterRetained {
             local: local.clone(),
@@ -364,6 +388,8 @@ impl Cluster {
             directory,
             peers,
             applied,
+            wills: self.wills,
+            kept,
             inbox,
             name: self.name,
             node: self.node,
@@ -558,6 +584,9 @@ pub struct Routing {
     directory: Directory,
     peers: Arc<Peers>,
     applied: Arc<watch::Sender<u64>>,
+    wills: async_nats::jetstream::kv::Store,
+    /// The wills this node keeps or forgets, in order.
+    kept: mpsc::Receiver<(String, Keep)>,
     inbox: mpsc::Receiver<Command>,
     name: String,
     node: String,
@@ -597,12 +626,26 @@ impl Routing {
             directory,
             peers,
             applied,
+            wills,
+            kept,
             inbox,
             name,
             node,
             origin,
             ..
         } = self;
+        let keeping = wills::keep(wills.clone(), node.clone(), kept, shutdown.clone());
+        tasks.spawn(keeping);
+        let watching = wills::watch(
+            wills,
+            client.clone(),
+            name.clone(),
+            node.clone(),
+            weak.clone(),
+            tasks.clone(),
+            shutdown.clone(),
+        );
+        tasks.spawn(watching);
         tasks.spawn(watch_claims(claims, origin, weak.clone(), shutdown.clone()));
         tasks.spawn(watch_stats(stats, peers, shutdown.clone()));
         let _ = directory.state.set(weak.clone());
@@ -862,6 +905,21 @@ pub struct NatsOwnership {
     origin: String,
     commands: Outbox,
     directory: Directory,
+    wills: async_nats::jetstream::kv::Store,
+    /// To [`wills::keep`]: a client id's key, and what to do with its will.
+    keep: mpsc::Sender<(String, Keep)>,
+}
+
+impl NatsOwnership {
+    fn keep(&self, client_id: &ByteStr, change: Keep) {
+        if self.keep.try_send((wills::key(client_id), change)).is_err() {
+            crate::throttled!(
+                warn,
+                "cluster wills full",
+                "cluster: NATS is not keeping up: a change to a client's kept will was dropped"
+            );
+        }
+    }
 }
 
 impl Ownership for NatsOwnership {
@@ -875,6 +933,36 @@ impl Ownership for NatsOwnership {
 
     fn release(&self, client_id: &ByteStr) {
         tokio::spawn(self.directory.clone().forget(client_id.clone()));
+    }
+
+    fn will(&self, client_id: &ByteStr, will: Option<&LastWill>, username: Option<&str>) {
+        let change = match will {
+            Some(will) => {
+                let delay = will.properties.will_delay_interval.unwrap_or(0);
+                let message = Message::from_will(will.clone(), client_id.clone(), Instant::now());
+                Keep::Put(wills::encode(
+                    &self.directory.node,
+                    &message,
+                    delay,
+                    username,
+                ))
+            }
+            None => Keep::Delete,
+        };
+        self.keep(client_id, change);
+    }
+
+    fn will_gone(&self, client_id: &ByteStr) {
+        self.keep(client_id, Keep::ForgetOwn);
+    }
+
+    fn will_due(&self, client_id: &ByteStr) -> Pin<Box<dyn Future<Output = bool> + Send>> {
+        let (wills, node, client_id) = (
+            self.wills.clone(),
+            self.directory.node.clone(),
+            client_id.clone(),
+        );
+        Box::pin(async move { wills::take_own(&wills, &node, &client_id).await })
     }
 }
 

@@ -207,6 +207,12 @@ pub(super) fn depart(client: &mut ClientState, close: Close, peer: SocketAddr) {
         .as_ref()
         .and_then(|w| w.properties.will_delay_interval)
         .unwrap_or(0);
+    // A will the client asked to drop is dropped cluster-wide too; at a
+    // shutdown or drain it stays kept, for another node to publish if the
+    // client does not connect again.
+    if client.will.is_some() && matches!(close, Close::Disconnect { .. }) && !publish_will {
+        client.state.ownership.will_gone(&id);
+    }
     let will = client
         .will
         .take()

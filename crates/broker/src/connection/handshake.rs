@@ -199,6 +199,13 @@ async fn start_session<S: AsyncWrite>(
         login,
     )
     .await;
+    // A cluster keeps the will beyond this node (or forgets one kept for
+    // this client id before).
+    state.ownership.will(
+        &accepted.client_id,
+        connect.will.as_ref(),
+        username.as_deref(),
+    );
     let props = &connect.properties;
     let keep_alive = accepted.keep_alive_secs;
     let mut client = ClientState {
