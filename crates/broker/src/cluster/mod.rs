@@ -677,7 +677,7 @@ struct Publisher {
     inbox: mpsc::Receiver<Command>,
     node: String,
     applied: Arc<watch::Sender<u64>>,
-    /// A subject no one subscribes to, for [`Publisher::round_trip`].
+    /// A subject no one subscribes to, for [`round_trip`].
     barrier: String,
 }
 
@@ -752,35 +752,27 @@ impl Publisher {
                         stop.cancel();
                     }
                 }
+                // Apart, not to hold up the messages queued behind it: the
+                // server answers requests in order, so an answer to this one
+                // means every subscription before it is in place.
                 Command::Applied(ticket) => {
-                    if !self.round_trip().await {
-                        crate::throttled!(
-                            warn,
-                            "cluster subscribe unconfirmed",
-                            "cluster: NATS did not confirm new subscriptions in time; SUBACKs go out without it"
-                        );
-                    }
-                    self.applied.send_replace(ticket);
+                    let (client, barrier) = (self.client.clone(), self.barrier.clone());
+                    let applied = self.applied.clone();
+                    tasks.spawn(async move {
+                        if !round_trip(&client, barrier).await {
+                            crate::throttled!(warn, "cluster subscribe unconfirmed", "cluster: NATS did not confirm new subscriptions in time; SUBACKs go out without it");
+                        }
+                        applied.send_if_modified(|last| {
+                            let newer = ticket > *last;
+                            *last = (*last).max(ticket);
+                            newer
+                        });
+                    });
                 }
             }
         }
         let _ = self.client.flush().await;
         tracing::debug!(node = %self.node, "left the cluster");
-    }
-
-    /// Whether the NATS server answered a request sent after everything
-    /// before it (a flush only writes to the socket): then it has this
-    /// node's subscriptions, and routes other clients' messages to them.
-    /// Nothing answers the subject: NATS's "no responders" is the answer.
-    /// A NATS link that is down does not hold SUBACKs longer than
-    /// [`APPLY_WAIT`].
-    async fn round_trip(&self) -> bool {
-        let asking = self.client.request(self.barrier.clone(), Bytes::new());
-        match tokio::time::timeout(APPLY_WAIT, asking).await {
-            Ok(Ok(_)) => true,
-            Ok(Err(e)) => e.kind() == RequestErrorKind::NoResponders,
-            Err(_) => false,
-        }
     }
 
     /// Starts routing what a new NATS subscription receives, as `serve`
@@ -816,6 +808,20 @@ impl Publisher {
 /// were electing a leader, or unreachable).
 fn retain_failed(error: &dyn std::fmt::Display) {
     crate::throttled!(warn, "cluster retain failed", %error, "cluster: a retained message change was not stored for other nodes; they keep the previous value until the topic changes again");
+}
+
+/// Whether the NATS server answered a request sent after everything before
+/// it on `client` (a flush only writes to the socket): then it has this
+/// node's subscriptions, and routes other clients' messages to them.
+/// Nothing answers `barrier`: NATS's "no responders" is the answer. A NATS
+/// link that is down does not hold SUBACKs longer than [`APPLY_WAIT`].
+async fn round_trip(client: &Client, barrier: String) -> bool {
+    let asking = client.request(barrier, Bytes::new());
+    match tokio::time::timeout(APPLY_WAIT, asking).await {
+        Ok(Ok(_)) => true,
+        Ok(Err(e)) => e.kind() == RequestErrorKind::NoResponders,
+        Err(_) => false,
+    }
 }
 
 /// Which of this node's subscriptions a NATS subscription's messages are for.
