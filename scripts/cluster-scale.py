@@ -550,7 +550,10 @@ def paced(fleet: Fleet, what: str, conns: list[Conn], start, done, rate: float, 
             if state is None:
                 still.append(c)
             elif state is False:
-                raise RuntimeError(f"{what}: failed for session {c.index} on node{c.node + 1}")
+                raise RuntimeError(
+                    f"{what}: failed for session {c.index} on node{c.node + 1} "
+                    f"(CONNACK reason {c.connack}, SUBACK refusals {c.granted_bad}, closed {c.closed})"
+                )
             else:
                 finished += 1
         pending = still
@@ -606,7 +609,8 @@ def derive(results: dict) -> dict:
 
 def report(results: dict) -> str:
     s = results["steps"]
-    d = derive(results)
+    complete = all(st in s for st in STEPS)
+    d = derive(results) if complete else None
     nats, nodes = results["nats_names"], results["node_names"]
     mib = lambda b: f"{b / 2**20:.1f}"  # noqa: E731
     out = []
@@ -614,7 +618,7 @@ def report(results: dict) -> str:
         f"Run: {results['sessions']:,} persistent sessions (MQTT {results['protocol']}), "
         f"{results['filters']:,} distinct filters ({results['filters_per_session']} per session), "
         + (
-            f"nodes {'/'.join(str(x) for x in results['sessions_per_node'])} sessions, "
+            f"nodes {'/'.join(str(x) for x in results.get('sessions_per_node', []))} sessions, "
             f"tern {results.get('tern_version', '?')}, {results.get('nats_version', '?')}."
             if nats
             else f"one tern {results.get('tern_version', '?')} node without [cluster] (--standalone)."
@@ -668,7 +672,7 @@ def report(results: dict) -> str:
         )
     if nats:
         out.append("")
-    if "disconnected" in s and not nats:
+    if complete and not nats:
         out.append("Derived, in bytes (RSS difference between two steps divided by the count):")
         out.append("")
         out.append("| per | Tern, one node |")
@@ -676,7 +680,7 @@ def report(results: dict) -> str:
         for r in d["rows"]:
             out.append(f"| {r['what']} | {r['tern_sum']:,.0f} |")
         out.append("")
-    if "disconnected" in s and nats:
+    if complete and nats:
         out.append("Derived, in bytes (RSS difference between two steps divided by the count):")
         out.append("")
         out.append("| per | NATS, 3 servers | NATS per server (1 / 2 / 3) | Tern, 3 nodes | Tern per node (1 / 2 / 3) |")
@@ -748,7 +752,7 @@ def run(args, cluster: Cluster, results: dict) -> None:
             return None
         return c.connack == 0
 
-    say(f"step 2: {n:,} persistent sessions, round robin over node1-3 (ports "
+    say(f"step 2: {n:,} persistent sessions, round robin over {k} node(s) (ports "
         f"{', '.join(str(cluster.node_port(j)) for j in range(k))}), at most {args.rate:.0f}/s, "
         f"{args.window} in flight")
     timings["connect"] = paced(
@@ -786,7 +790,7 @@ def run(args, cluster: Cluster, results: dict) -> None:
         raise RuntimeError(f"a probe publisher was refused: {[p.connack for p in pubs]}")
     probes = []  # (topic, the one session it must reach, kind, its filter)
     for kind, slots in (("exact", range(0, 6)), ("+/#", range(6, 8)), ("+/temp", range(8, 10))):
-        slots = [k for k in slots if k < per]
+        slots = [x for x in slots if x < per]
         if not slots:
             continue
         for node in range(k):
