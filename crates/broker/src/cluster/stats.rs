@@ -12,7 +12,13 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
 use crate::lock::{Mutex, rank};
+
+use super::next_or_stop;
 
 /// The header naming the node whose figures a message holds.
 pub(super) const NODE_HEADER: &str = "Tern-Node";
@@ -100,6 +106,31 @@ fn decode(payload: &[u8]) -> Option<(Duration, Vec<(String, u64)>)> {
         })
         .collect::<Option<Vec<_>>>()?;
     Some((interval, figures))
+}
+
+/// The subject nodes publish their `$SYS` figures on.
+pub(super) fn stats_subject(cluster: &str) -> String {
+    format!("{cluster}.sys")
+}
+
+/// Keeps the other nodes' last `$SYS` figures.
+pub(super) async fn watch_stats(
+    mut stats: async_nats::Subscriber,
+    peers: Arc<Peers>,
+    stop: CancellationToken,
+) {
+    while let Some(report) = next_or_stop(&mut stats, &stop).await {
+        let node = report.headers.as_ref().and_then(|h| h.get(NODE_HEADER));
+        let read =
+            node.is_some_and(|node| peers.receive(node.as_str(), &report.payload, Instant::now()));
+        if !read {
+            crate::throttled!(
+                warn,
+                "cluster stats unreadable",
+                "cluster: another node's $SYS figures could not be read; left out of $SYS/cluster"
+            );
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,283 @@
+//! The routing seam over NATS ([`NatsFabric`]): messages out, interest as
+//! NATS subscriptions, and what arrives routed to this node's sessions.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use async_nats::Client;
+use bytes::Bytes;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::lock::{Mutex, rank};
+use crate::message::Message;
+use crate::metrics::Metrics;
+use crate::router::{self, Scope};
+use crate::seams::Fabric;
+use crate::state::BrokerState;
+use crate::store::records::{self, Clock};
+
+use super::stats::{self, Peers, stats_subject};
+use super::{Command, Outbox};
+use super::{headers, next_or_stop, subject, tern_id};
+
+/// Message ids remembered to drop the second copy of a message that
+/// matched two of this node's subscriptions. The copies arrive back to back
+/// (the server sends one per subscription at once), so this is plenty.
+const RECENT: usize = 65_536;
+
+/// The header naming, once per value, a shared group (by its
+/// [`subject::token`]) that the publishing node served itself.
+pub(super) const SERVED_HEADER: &str = "Tern-Served";
+
+/// The routing seam over NATS (see the module docs).
+pub struct NatsFabric {
+    pub(super) name: String,
+    /// This run of this node, for message ids: random, so a restarted node
+    /// numbering from 1 again is not taken for its former self.
+    pub(super) origin: String,
+    pub(super) next: AtomicU64,
+    pub(super) commands: Outbox,
+    pub(super) interest: Mutex<Interest, { rank::FABRIC }>,
+    /// This node's name, which its `$SYS` figures carry.
+    pub(super) node: String,
+    pub(super) peers: Arc<Peers>,
+    /// The last interest ticket issued (under the `interest` lock, with its
+    /// commands, so tickets are applied in order).
+    pub(super) issued: AtomicU64,
+    /// The last interest ticket whose changes are in NATS.
+    pub(super) applied: Arc<watch::Sender<u64>>,
+    /// For its state: connected to NATS or not.
+    pub(super) client: Client,
+}
+
+/// What this node's sessions subscribe to, counted.
+#[derive(Default)]
+pub(super) struct Interest {
+    /// Non-shared subscriptions per NATS subject pattern.
+    pub(super) subjects: HashMap<String, usize>,
+    /// Members on this node per shared group key (`{group}/{filter}`).
+    pub(super) groups: HashMap<Arc<str>, usize>,
+}
+
+/// Counts one more (`present`) or one fewer holder of `key`; true if that
+/// made it the first or the last.
+pub(super) fn count<K: std::hash::Hash + Eq>(
+    counts: &mut HashMap<K, usize>,
+    key: K,
+    present: bool,
+) -> bool {
+    if present {
+        let n = counts.entry(key).or_insert(0);
+        *n += 1;
+        return *n == 1;
+    }
+    match counts.get_mut(&key) {
+        Some(n) if *n > 1 => {
+            *n -= 1;
+            false
+        }
+        Some(_) => {
+            counts.remove(&key);
+            true
+        }
+        None => false,
+    }
+}
+
+impl Fabric for NatsFabric {
+    fn forward(&self, message: &Arc<Message>, served: &[Arc<str>]) {
+        let subject = subject::topic_subject(&self.name, &message.topic);
+        let record = records::encode_message(message, &Clock::now());
+        let id = format!(
+            "{}:{}",
+            self.origin,
+            self.next.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut headers = headers(&id);
+        for key in served {
+            headers.append(SERVED_HEADER, subject::token(key));
+        }
+        self.commands
+            .send(Command::Publish(subject, headers, Bytes::from(record)));
+    }
+
+    /// A non-shared filter is one NATS subscription per subject per node; a
+    /// shared group's members on this node are one member of the group's
+    /// NATS queue group, which gives each message to one node.
+    fn interest(&self, filter: &str, group: Option<&str>, present: bool) -> u64 {
+        let subjects = subject::filter_subjects(&self.name, filter);
+        let mut changes = Vec::new();
+        // Held while the changes are queued, so that tickets are issued in
+        // the order the publisher applies them.
+        let mut interest = self.interest.lock();
+        if let Some(group) = group {
+            let key: Arc<str> = format!("{group}/{filter}").into();
+            if count(&mut interest.groups, key.clone(), present) {
+                changes.push(match present {
+                    true => Command::Join(key, subjects),
+                    false => Command::Leave(key),
+                });
+            }
+        } else {
+            for pattern in subjects {
+                if count(&mut interest.subjects, pattern.clone(), present) {
+                    changes.push(match present {
+                        true => Command::Subscribe(pattern),
+                        false => Command::Unsubscribe(pattern),
+                    });
+                }
+            }
+        }
+        let added = present && !changes.is_empty();
+        for change in changes {
+            self.commands.send(change);
+        }
+        if !present {
+            return 0;
+        }
+        let issued = self.issued.load(Ordering::Relaxed);
+        // Nothing new: the same filter held by another session may still
+        // be on its way, and with it every earlier change.
+        if !added {
+            return issued;
+        }
+        let ticket = issued + 1;
+        if !self.commands.send(Command::Applied(ticket)) {
+            return 0;
+        }
+        self.issued.store(ticket, Ordering::Relaxed);
+        ticket
+    }
+
+    fn applied(&self) -> u64 {
+        *self.applied.borrow()
+    }
+
+    fn available(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    fn applied_changes(&self) -> Option<watch::Receiver<u64>> {
+        Some(self.applied.subscribe())
+    }
+
+    fn statistics(
+        &self,
+        own: &[(&'static str, String)],
+        interval: Duration,
+    ) -> Vec<(String, String)> {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(stats::NODE_HEADER, self.node.as_str());
+        let figures = stats::encode(own, interval);
+        let subject = stats_subject(&self.name);
+        self.commands
+            .send(Command::Publish(subject, headers, figures));
+        self.peers.totals(own, Instant::now())
+    }
+}
+
+/// Which of this node's subscriptions a NATS subscription's messages are for.
+#[derive(Clone)]
+pub(super) enum Serve {
+    /// The non-shared ones: the first copy of each message.
+    Direct(Arc<Mutex<Recent, { rank::FABRIC }>>),
+    /// The shared group with this key and queue name, which NATS picked
+    /// this node to serve, unless the publishing node served it itself.
+    Group(Arc<str>, String),
+}
+
+impl Serve {
+    /// The scope a received message is routed in, `None` if in none.
+    fn scope(&self, message: &async_nats::Message) -> Option<Scope<'_>> {
+        match self {
+            Serve::Direct(recent) => match tern_id(message) {
+                Some(id) if !recent.lock().first_time(id) => None,
+                _ => Some(Scope::Direct),
+            },
+            Serve::Group(key, queue) => {
+                let served = message.headers.as_ref().is_some_and(|h| {
+                    h.get_all(SERVED_HEADER)
+                        .any(|v| v.as_str() == queue.as_str())
+                });
+                (!served).then_some(Scope::Group(key))
+            }
+        }
+    }
+}
+
+/// Routes what arrives on one NATS subscription to this node's sessions.
+pub(super) async fn receive(
+    mut subscriber: async_nats::Subscriber,
+    state: Weak<BrokerState>,
+    serve: Serve,
+    stop: CancellationToken,
+) {
+    while let Some(message) = next_or_stop(&mut subscriber, &stop).await {
+        let Some(state) = state.upgrade() else {
+            break;
+        };
+        let Some(scope) = serve.scope(&message) else {
+            continue;
+        };
+        match records::decode_message(&message.payload, &Clock::now()) {
+            Ok(Some(message)) => {
+                let routed = router::publish_remote(&state, message, scope);
+                // The group's last member here left while NATS picked us.
+                if matches!(scope, Scope::Group(_)) && routed.matched == 0 {
+                    Metrics::add(&state.metrics.publish_dropped, 1);
+                }
+            }
+            // Expired on the way.
+            Ok(None) => {}
+            Err(e) => {
+                crate::throttled!(warn, "cluster message unreadable", subject = %message.subject, error = %e, "cluster: a message from another node could not be read; dropped")
+            }
+        }
+    }
+    let _ = subscriber.unsubscribe().await;
+}
+
+/// The ids of the messages most recently routed here, oldest first.
+#[derive(Default)]
+pub(super) struct Recent {
+    seen: HashSet<String>,
+    order: VecDeque<String>,
+}
+
+impl Recent {
+    /// Whether `id` was not seen yet (and remembers it).
+    pub(super) fn first_time(&mut self, id: &str) -> bool {
+        if self.seen.contains(id) {
+            return false;
+        }
+        if self.order.len() == RECENT
+            && let Some(old) = self.order.pop_front()
+        {
+            self.seen.remove(&old);
+        }
+        self.seen.insert(id.to_owned());
+        self.order.push_back(id.to_owned());
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_copy_is_let_through_only_once_its_id_is_forgotten() {
+        let mut recent = Recent::default();
+        assert!(recent.first_time("a:1"));
+        assert!(!recent.first_time("a:1"));
+        assert!(recent.first_time("b:1"), "another origin");
+        for n in 2..=RECENT {
+            recent.first_time(&format!("a:{n}"));
+        }
+        assert_eq!(recent.order.len(), RECENT);
+        assert!(recent.first_time("a:1"), "forgotten after RECENT others");
+    }
+}
