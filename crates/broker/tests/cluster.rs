@@ -860,3 +860,39 @@ async fn a_node_without_nats_refuses_new_clients_until_it_is_back() {
     }
     a.shutdown().await;
 }
+
+/// Retain As Published and No Local hold across nodes: a retained message
+/// published on A reaches a subscriber on B live with RETAIN set only if it
+/// asked for it, and a client's No Local subscription never gets its own
+/// messages back, whichever node the other subscribers are on.
+#[tokio::test]
+async fn retain_as_published_and_no_local_hold_across_nodes() {
+    let nats = Nats::start(true);
+    let a = node(&nats, "a").await;
+    let b = node(&nats, "b").await;
+    let options = |retain_as_published, no_local| tern_codec::SubscriptionOptions {
+        qos: QoS::AtLeastOnce,
+        retain_as_published,
+        no_local,
+        retain_handling: tern_codec::RetainHandling::DoNotSend,
+    };
+    let mut kept = TestClient::connect(b.local_addr(), V5, "kept").await;
+    kept.subscribe_with("rap/#", options(true, false), None)
+        .await;
+    let mut cleared = TestClient::connect(b.local_addr(), V5, "cleared").await;
+    cleared
+        .subscribe_with("rap/#", options(false, false), None)
+        .await;
+    let mut me = TestClient::connect(a.local_addr(), V5, "me").await;
+    me.subscribe_with("rap/#", options(false, true), None).await;
+    me.retain("rap/1", b"r").await;
+    let p = kept.recv_publish().await;
+    assert!(p.retain, "Retain As Published keeps RETAIN across nodes");
+    kept.ack(&p).await;
+    let p = cleared.recv_publish().await;
+    assert!(!p.retain, "a live copy has RETAIN cleared");
+    cleared.ack(&p).await;
+    me.expect_nothing().await;
+    a.shutdown().await;
+    b.shutdown().await;
+}
