@@ -896,3 +896,28 @@ async fn retain_as_published_and_no_local_hold_across_nodes() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// A session expires on the node holding it, and then no node has it: a
+/// client reconnecting elsewhere afterwards starts clean, and the node that
+/// held it no longer routes its subscriptions.
+#[tokio::test]
+async fn an_expired_session_is_gone_from_every_node() {
+    let nats = Nats::start(true);
+    let a = node(&nats, "a").await;
+    let b = node(&nats, "b").await;
+    let mut connect = persistent(V5, "dev");
+    connect.properties.session_expiry_interval = Some(1);
+    let (mut dev, _) = TestClient::connect_with(a.local_addr(), connect.clone()).await;
+    dev.subscribe("cmd/#", QoS::AtLeastOnce).await;
+    dev.disconnect().await;
+    eventually("the session expires on A", || a.sessions() == 0).await;
+    let (mut dev, ack) = TestClient::connect_with(b.local_addr(), connect).await;
+    assert!(!ack.session_present, "expired: no node has it");
+    let mut publisher = TestClient::connect(a.local_addr(), V5, "pub").await;
+    publisher
+        .publish("cmd/1", b"x", QoS::AtLeastOnce, false)
+        .await;
+    dev.expect_nothing().await;
+    a.shutdown().await;
+    b.shutdown().await;
+}
