@@ -101,7 +101,7 @@ impl Fabric for NatsFabric {
             headers.append(SERVED_HEADER, subject::token(key));
         }
         self.commands
-            .send(Command::Publish(subject, headers, Bytes::from(record)));
+            .message(Command::Publish(subject, headers, Bytes::from(record)));
     }
 
     /// A non-shared filter is one NATS subscription per subject per node; a
@@ -133,7 +133,7 @@ impl Fabric for NatsFabric {
         }
         let added = present && !changes.is_empty();
         for change in changes {
-            self.commands.send(change);
+            self.commands.control(change);
         }
         if !present {
             return 0;
@@ -145,9 +145,7 @@ impl Fabric for NatsFabric {
             return issued;
         }
         let ticket = issued + 1;
-        if !self.commands.send(Command::Applied(ticket)) {
-            return 0;
-        }
+        self.commands.control(Command::Applied(ticket));
         self.issued.store(ticket, Ordering::Relaxed);
         ticket
     }
@@ -174,7 +172,7 @@ impl Fabric for NatsFabric {
         let figures = stats::encode(own, interval);
         let subject = stats_subject(&self.name);
         self.commands
-            .send(Command::Publish(subject, headers, figures));
+            .message(Command::Publish(subject, headers, figures));
         self.peers.totals(own, Instant::now())
     }
 }

@@ -139,13 +139,13 @@ impl Directory {
         let answer = tokio::time::timeout(ASK_TIMEOUT, self.client.request(subject, payload));
         let handed = match answer.await {
             Ok(Ok(answer)) if answer.payload.is_empty() => return,
-            Ok(Ok(answer)) => decode(&answer.payload),
+            Ok(Ok(answer)) => decode(&answer.payload).map_err(|e| e.to_string()),
             Ok(Err(e)) if e.kind() == RequestErrorKind::NoResponders => {
                 tracing::info!(%client_id, node = holder, "cluster: the node holding this client's session is not running; the session stays there");
                 return;
             }
-            Ok(Err(e)) => Err(RecordError::new("handover", e.to_string())),
-            Err(_) => Err(RecordError::new("handover", "no answer in time")),
+            Ok(Err(e)) => Err(format!("the request failed: {e}")),
+            Err(_) => Err(format!("no answer within {ASK_TIMEOUT:?}")),
         };
         match (handed, self.state.get().and_then(Weak::upgrade)) {
             (Ok(handed), Some(state)) => {

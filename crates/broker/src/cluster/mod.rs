@@ -38,8 +38,8 @@ pub mod stats;
 pub mod subject;
 pub mod wills;
 
-use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, OnceLock, Weak};
 
 use async_nats::Client;
 use bytes::Bytes;
@@ -49,6 +49,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::lock::Mutex;
+use crate::metrics::Metrics;
 use crate::retained::LocalRetained;
 use crate::state::BrokerState;
 
@@ -70,22 +71,41 @@ use self::stats::watch_stats;
 const OUTBOX: usize = 65_536;
 
 /// The way into the task that owns the NATS connection, shared by the
-/// seams. Never waits: a full queue drops the command, counted in the log.
+/// seams. Never waits. Messages go through a bounded queue: when NATS does
+/// not keep up, one that does not fit is dropped, logged and counted in
+/// `$SYS/broker/publish/messages/dropped`. Everything else (subscription
+/// changes, claims, retained changes) goes through its own queue, which the
+/// task serves first and which never drops: losing one would leave a
+/// subscription unserved or a client id held twice.
 #[derive(Clone)]
-struct Outbox(mpsc::Sender<Command>);
+struct Outbox {
+    messages: mpsc::Sender<Command>,
+    control: mpsc::UnboundedSender<Command>,
+    /// For the drop count, once the broker's state exists.
+    state: Arc<OnceLock<Weak<BrokerState>>>,
+}
 
 impl Outbox {
-    /// Queues `command`; false (logged) if it was dropped.
-    fn send(&self, command: Command) -> bool {
-        let sent = self.0.try_send(command).is_ok();
+    /// Queues a message for other nodes; false if it was dropped.
+    fn message(&self, command: Command) -> bool {
+        let sent = self.messages.try_send(command).is_ok();
         if !sent {
+            if let Some(state) = self.state.get().and_then(Weak::upgrade) {
+                Metrics::add(&state.metrics.publish_dropped, 1);
+            }
             crate::throttled!(
                 warn,
                 "cluster outbox full",
-                "cluster: NATS is not keeping up (or unreachable): a message, claim or subscription change for other nodes was dropped"
+                "cluster: NATS is not keeping up (or unreachable): a message for other nodes was dropped (counted in $SYS/broker/publish/messages/dropped)"
             );
         }
         sent
+    }
+
+    /// Queues a change the cluster must not miss.
+    fn control(&self, command: Command) {
+        // Fails only once the publisher has stopped (shutdown).
+        let _ = self.control.send(command);
     }
 }
 
@@ -139,8 +159,14 @@ impl Cluster {
         self,
         local: Arc<LocalRetained>,
     ) -> (NatsFabric, NatsOwnership, ClusterRetained, Routing) {
-        let (commands, inbox) = mpsc::channel(OUTBOX);
-        let commands = Outbox(commands);
+        let (messages, inbox) = mpsc::channel(OUTBOX);
+        let (control, changes) = mpsc::unbounded_channel();
+        let state = Arc::new(OnceLock::new());
+        let commands = Outbox {
+            messages,
+            control,
+            state: state.clone(),
+        };
         let origin = self.origin;
         let peers = Arc::new(Peers::default());
         let applied = Arc::new(watch::channel(0).0);
@@ -149,7 +175,7 @@ impl Cluster {
             sessions: self.sessions,
             cluster: self.name.clone(),
             node: self.node.clone(),
-            state: Arc::default(),
+            state,
         };
         let fabric = NatsFabric {
             name: self.name.clone(),
@@ -190,6 +216,7 @@ impl Cluster {
             wills: self.wills,
             kept,
             inbox,
+            changes,
             name: self.name,
             node: self.node,
             origin,
@@ -213,6 +240,7 @@ pub struct Routing {
     /// The wills this node keeps or forgets, in order.
     kept: mpsc::Receiver<(String, Keep)>,
     inbox: mpsc::Receiver<Command>,
+    changes: mpsc::UnboundedReceiver<Command>,
     name: String,
     node: String,
     origin: String,
@@ -254,6 +282,7 @@ impl Routing {
             wills,
             kept,
             inbox,
+            changes,
             name,
             node,
             origin,
@@ -286,6 +315,7 @@ impl Routing {
             client,
             jetstream,
             inbox,
+            changes,
             node,
             applied,
             barrier: format!("{name}.barrier"),

@@ -55,7 +55,7 @@ impl Ownership for NatsOwnership {
     fn claim(&self, client_id: &ByteStr, persistent: bool) -> Option<Claim> {
         let id = Bytes::copy_from_slice(client_id.as_bytes());
         let claim = Command::Publish(self.subject.clone(), headers(&self.origin), id);
-        self.commands.send(claim);
+        self.commands.control(claim);
         let taking = self.directory.clone().take(client_id.clone(), persistent);
         Some(Box::pin(taking))
     }

@@ -27,6 +27,8 @@ pub(super) struct Publisher {
     pub(super) client: Client,
     pub(super) jetstream: async_nats::jetstream::Context,
     pub(super) inbox: mpsc::Receiver<Command>,
+    /// Changes the cluster must not miss, served before messages.
+    pub(super) changes: mpsc::UnboundedReceiver<Command>,
     pub(super) node: String,
     pub(super) applied: Arc<watch::Sender<u64>>,
     /// A subject no one subscribes to, for [`round_trip`].
@@ -45,8 +47,10 @@ impl Publisher {
         let direct = Serve::Direct(Arc::new(Mutex::new(Recent::default())));
         loop {
             let command = tokio::select! {
-                command = self.inbox.recv() => command,
+                biased;
                 () = shutdown.cancelled() => None,
+                command = self.changes.recv() => command,
+                command = self.inbox.recv() => command,
             };
             let Some(command) = command else {
                 break;

@@ -60,7 +60,7 @@ impl RetainedMessages for ClusterRetained {
             let record = records::encode_retained(message, owner.map(|o| &**o), &Clock::now());
             let subject = retained_subject(&self.cluster, &message.topic);
             let command = Command::Retain(subject, self.origin.clone(), Bytes::from(record));
-            self.commands.send(command);
+            self.commands.control(command);
         }
         ticket
     }

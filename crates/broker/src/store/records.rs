@@ -42,7 +42,7 @@ pub struct RecordError {
 }
 
 impl RecordError {
-    pub fn new(what: &'static str, problem: impl Into<String>) -> RecordError {
+    fn new(what: &'static str, problem: impl Into<String>) -> RecordError {
         RecordError {
             what,
             problem: problem.into(),
