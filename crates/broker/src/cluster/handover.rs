@@ -47,17 +47,6 @@ use super::{next_or_stop, subject};
 /// waits up to 5 s for its connection to close.
 const ASK_TIMEOUT: Duration = Duration::from_secs(8);
 
-/// The directory bucket's configuration.
-pub fn bucket(cluster: &str, replicas: usize) -> kv::Config {
-    kv::Config {
-        bucket: format!("{cluster}-sessions"),
-        description: "Tern: which node holds each session".into(),
-        history: 1,
-        num_replicas: replicas,
-        ..Default::default()
-    }
-}
-
 /// The subject the node `node` answers hand-over requests on.
 pub fn subject(cluster: &str, node: &str) -> String {
     format!("{cluster}.hand.{}", subject::token(node))

@@ -13,7 +13,7 @@ use crate::config::ClusterConfig;
 
 use super::ownership::claims_subject;
 use super::stats::stats_subject;
-use super::{Cluster, handover, retained, wills};
+use super::{Cluster, handover, retained};
 
 /// The oldest nats-server the cluster runs on: JetStream's per-message TTLs
 /// (2.11) will carry wills and session expiry cluster-wide.
@@ -118,14 +118,16 @@ pub async fn join(config: &ClusterConfig) -> Result<Cluster, ClusterError> {
     }
     let sessions = bucket(
         &jetstream,
-        "session directory",
-        handover::bucket(&config.name, config.replicas),
+        config,
+        "sessions",
+        "which node holds each session",
     )
     .await?;
     let wills = bucket(
         &jetstream,
-        "wills bucket",
-        wills::bucket(&config.name, config.replicas),
+        config,
+        "wills",
+        "the wills of connected clients, by node",
     )
     .await?;
     if handover::name_taken(&client, &config.name, &node).await {
@@ -174,14 +176,22 @@ pub async fn join(config: &ClusterConfig) -> Result<Cluster, ClusterError> {
     })
 }
 
-/// The key-value bucket `config` describes (the `what` of the log), made
-/// if it is not there yet.
+/// The cluster's key-value bucket `<cluster>-<name>` holding `what` (one
+/// value per key, `replicas` copies), made if it is not there yet.
 async fn bucket(
     jetstream: &async_nats::jetstream::Context,
+    cluster: &ClusterConfig,
+    name: &str,
     what: &str,
-    config: kv::Config,
 ) -> Result<kv::Store, ClusterError> {
-    let waiting_for = format!("create the {what}");
+    let config = kv::Config {
+        bucket: format!("{}-{name}", cluster.name),
+        description: format!("Tern: {what}"),
+        history: 1,
+        num_replicas: cluster.replicas,
+        ..Default::default()
+    };
+    let waiting_for = format!("create the bucket {}", config.bucket);
     let creating = patiently(
         &waiting_for,
         |e: &CreateKeyValueError| e.kind() == CreateKeyValueErrorKind::TimedOut,

@@ -42,17 +42,6 @@ use super::{handover, next_or_stop};
 /// How often a node looks for nodes that are gone.
 const CHECK_EVERY: Duration = Duration::from_secs(1);
 
-/// The bucket's configuration.
-pub fn bucket(cluster: &str, replicas: usize) -> kv::Config {
-    kv::Config {
-        bucket: format!("{cluster}-wills"),
-        description: "Tern: the wills of connected clients, by node".into(),
-        history: 1,
-        num_replicas: replicas,
-        ..Default::default()
-    }
-}
-
 /// A client id's key in the bucket.
 pub fn key(client_id: &str) -> String {
     handover::key(client_id)
