@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import queue
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -486,3 +487,60 @@ class Client:
                 self._loop_running = False
         except Exception:
             pass
+
+
+class MosquittoSub:
+    """mosquitto_sub in the background (-d: it reports its SUBACK), its
+    stdout read line by line into `output` (and `lines`, to wait on)."""
+
+    def __init__(self, host: str, port: int, version: str, topics: list[str], *, fmt: str,
+                 timeout_s: int, qos: int = 1, count: int | None = None, extra=()):
+        argv = ["stdbuf", "-oL"] if shutil.which("stdbuf") else []
+        argv += [
+            "mosquitto_sub", "-h", host, "-p", str(port),
+            "-V", version, "-q", str(qos), "-d", "-W", str(timeout_s), "-F", fmt,
+        ]
+        if count is not None:
+            argv += ["-C", str(count)]
+        for t in topics:
+            argv += ["-t", t]
+        argv += list(extra)
+        self.argv = argv
+        self.proc = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True
+        )
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.output: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            line = line.rstrip("\n")
+            self.output.append(line)
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def next_line(self, what: str, timeout: float = TIMEOUT) -> str:
+        """The next line of output; fails if none comes within `timeout` or it exits."""
+        try:
+            line = self.lines.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"mosquitto_sub: no {what} within {timeout}s; output: {self.output}") from None
+        if line is None:
+            raise AssertionError(
+                f"mosquitto_sub exited before {what}; output: {self.output}, stderr: {self.stderr()}"
+            )
+        return line
+
+    def wait_subscribed(self):
+        """Block until mosquitto_sub's debug output reports the SUBACK."""
+        while "received SUBACK" not in self.next_line("SUBACK"):
+            pass
+
+    def stderr(self) -> str:
+        return self.proc.stderr.read() if self.proc.poll() is not None else ""
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=5)

@@ -29,7 +29,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -37,6 +36,7 @@ from types import SimpleNamespace
 import paho.mqtt.client as mqtt
 import pytest
 
+import interop_support
 from interop_support import DEFAULT_BROKER, HOST, QUIET, REPO_ROOT, TIMEOUT, Client, free_port, unique
 
 SCRIPT = REPO_ROOT / "scripts" / "cluster.sh"
@@ -256,49 +256,15 @@ def test_paho_subscriber_on_one_node_publisher_on_another(cluster, clients, vers
     assert extra == []
 
 
-class MosquittoSub:
-    """mosquitto_sub in the background (-d: it reports its SUBACK), its
-    stdout read line by line; messages printed as MSG|topic|qos|payload."""
+class MosquittoSub(interop_support.MosquittoSub):
+    """mosquitto_sub on `node` until closed, messages printed as MSG|topic|qos|payload."""
 
     def __init__(self, node, version: str, topic: str):
-        argv = ["stdbuf", "-oL"] if shutil.which("stdbuf") else []
-        argv += [
-            "mosquitto_sub", "-h", node.host, "-p", str(node.port), "-V", version,
-            "-q", "2", "-d", "-t", topic, "-F", "MSG|%t|%q|%p", "-W", "30",
-        ]
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, text=True)
-        self.lines: queue.Queue[str | None] = queue.Queue()
-        self.output: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self):
-        for line in self.proc.stdout:
-            self.output.append(line.rstrip("\n"))
-            self.lines.put(line.rstrip("\n"))
-        self.lines.put(None)
-
-    def next_line(self, what: str, timeout: float = TIMEOUT) -> str:
-        try:
-            line = self.lines.get(timeout=timeout)
-        except queue.Empty:
-            raise AssertionError(f"mosquitto_sub: no {what} within {timeout}s; output: {self.output}") from None
-        if line is None:
-            raise AssertionError(f"mosquitto_sub exited before {what}; output: {self.output}")
-        return line
-
-    def wait_subscribed(self):
-        while "SUBACK" not in self.next_line("SUBACK"):
-            pass
+        super().__init__(node.host, node.port, version, [topic], fmt="MSG|%t|%q|%p", timeout_s=30, qos=2)
 
     def messages(self):
         """Messages printed so far, as (topic, qos, payload)."""
         return [tuple(line.split("|", 3)[1:]) for line in list(self.output) if line.startswith("MSG|")]
-
-    def close(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-        self.proc.wait(timeout=5)
 
 
 @pytest.mark.parametrize("cli_version", ["mqttv311", "mqttv5"])
@@ -333,7 +299,7 @@ def test_mosquitto_sub_on_one_node_mosquitto_pub_on_another(cluster, clients, cl
         got = [m for m in sub.messages() if m[0] != probe]
         assert got == [(f"{topic_base}/data", "1", "one"), (f"{topic_base}/data", "2", "two")]
     finally:
-        sub.close()
+        sub.kill()
 
 
 @pytest.mark.parametrize("protocol", ["4", "5"])

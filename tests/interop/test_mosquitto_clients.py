@@ -3,16 +3,15 @@
 
 from __future__ import annotations
 
-import queue
 import shutil
 import subprocess
-import threading
 
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+import interop_support
 from interop_support import TIMEOUT
 
 pytestmark = pytest.mark.skipif(
@@ -41,48 +40,12 @@ class Received:
         self.retain = retain == "1"
 
 
-class MosquittoSub:
-    """mosquitto_sub in the background, with its stdout read line by line."""
+class MosquittoSub(interop_support.MosquittoSub):
+    """mosquitto_sub taking `count` messages, each printed in FORMAT."""
 
     def __init__(self, broker, version: str, topics: list[str], count: int, qos: int = 1, extra=()):
-        argv = ["stdbuf", "-oL"] if shutil.which("stdbuf") else []
-        argv += [
-            "mosquitto_sub", "-h", broker.host, "-p", str(broker.port),
-            "-V", version, "-q", str(qos), "-d",
-            "-C", str(count), "-W", str(SUB_TIMEOUT_S), "-F", FORMAT,
-        ]
-        for t in topics:
-            argv += ["-t", t]
-        argv += list(extra)
-        self.argv = argv
-        self.proc = subprocess.Popen(
-            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True
-        )
-        self.lines: queue.Queue[str | None] = queue.Queue()
-        self.output: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self):
-        for line in self.proc.stdout:
-            line = line.rstrip("\n")
-            self.output.append(line)
-            self.lines.put(line)
-        self.lines.put(None)
-
-    def wait_subscribed(self):
-        """Block until mosquitto_sub's debug output reports the SUBACK."""
-        while True:
-            try:
-                line = self.lines.get(timeout=TIMEOUT)
-            except queue.Empty:
-                raise AssertionError(f"mosquitto_sub: no SUBACK within {TIMEOUT}s; output: {self.output}") from None
-            if line is None:
-                raise AssertionError(f"mosquitto_sub exited before SUBACK; output: {self.output}, stderr: {self.stderr()}")
-            if "received SUBACK" in line:
-                return
-
-    def stderr(self) -> str:
-        return self.proc.stderr.read() if self.proc.poll() is not None else ""
+        super().__init__(broker.host, broker.port, version, topics, fmt=FORMAT,
+                         timeout_s=SUB_TIMEOUT_S, qos=qos, count=count, extra=extra)
 
     def finish(self) -> list[Received]:
         """Wait for mosquitto_sub to exit (after -C messages) and return the messages."""
@@ -100,11 +63,6 @@ class MosquittoSub:
             f"stderr: {self.stderr()!r}; output: {self.output}"
         )
         return msgs
-
-    def kill(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=5)
 
 
 @pytest.fixture
