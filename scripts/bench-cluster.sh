@@ -99,13 +99,8 @@ mkdir -p "$OUT/runs" "$OUT/logs"
 CMDS="$OUT/commands.txt"
 : >"$CMDS"
 
-say() { echo "$@" >&2; }
-run_logged() {
-    say "+ $*"
-    echo "$*" >>"$CMDS"
-    "$@"
-}
-want() { [ -z "$ONLY" ] || [[ ",$ONLY," == *",$1,"* ]]; }
+# shellcheck source=scripts/bench-lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/bench-lib.sh"
 
 command -v python3 >/dev/null || { say "python3 is needed"; exit 1; }
 command -v gcc >/dev/null || { say "gcc is needed (for the connection-splitting shim)"; exit 1; }
@@ -217,7 +212,6 @@ EOF
 run_logged gcc -O2 -shared -fPIC -o "$RUN_DIR/split.so" "$RUN_DIR/split.c" -ldl
 
 # --- readings -----------------------------------------------------------------------------------
-cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | awk '{print $12 + $13}'; }
 
 # One JSON object: each process's CPU ticks, NATS's message counters, the load.
 snapshot() {

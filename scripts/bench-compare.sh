@@ -48,12 +48,8 @@ CMDS="$OUT/commands.txt"
 TERN="$ROOT/target/release/tern"
 START_TIME=$(date +%s)
 
-say() { echo "$@" >&2; }
-run_logged() { # print and record a command, then run it
-    say "+ $*"
-    echo "$*" >> "$CMDS"
-    "$@"
-}
+# shellcheck source=scripts/bench-lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/bench-lib.sh"
 
 # --- prerequisites --------------------------------------------------------------------------
 if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
@@ -157,7 +153,6 @@ stop_broker() {
     BROKER_PID=""
 }
 
-cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'; }
 status_kb() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status"; }
 
 bench() { # $1 output json, rest: tern bench arguments
@@ -186,7 +181,6 @@ json.dump(rec, open(out, "w"), indent=1)
 EOF
 }
 
-want() { [ -z "$ONLY" ] || [[ ",$ONLY," == *",$1,"* ]]; }
 
 # One run: $1 run id (file names), $2 broker, $3 taskset cpus ("" = unpinned), rest: bench
 # args. Starts the broker fresh, runs `tern bench`, records, stops the broker.
