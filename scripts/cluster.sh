@@ -493,6 +493,9 @@ listen: "$HOST:${NATS_PORT[i]}"
 http: "$HOST:${NATS_HTTP_PORT[i]}"
 jetstream {
   store_dir: "$RUN_DIR/nats$i/store"
+  # Tern's default durability is fsync: a PUBACK means the message is on
+  # disk on a majority of the servers, not only in their memory.
+  sync_interval: always
 }
 cluster {
   name: "$CLUSTER_NAME-nats"

@@ -208,6 +208,16 @@ pub struct ClusterConfig {
     /// sessions to move to other nodes before it stops. Default 30.
     #[serde(default = "default_drain_timeout")]
     pub drain_timeout_secs: u64,
+    /// Seconds a QoS 1/2 message may wait to be stored in the cluster's
+    /// messages stream (a stream leader election takes 4 to 9 s) before it
+    /// is given up: not routed, not acknowledged, its client asked to use
+    /// another node. Default 20.
+    #[serde(default = "default_write_timeout")]
+    pub write_timeout_secs: u64,
+}
+
+fn default_write_timeout() -> u64 {
+    20
 }
 
 fn default_drain_timeout() -> u64 {
@@ -240,6 +250,7 @@ impl ClusterConfig {
             connect_timeout_secs: default_cluster_timeout(),
             replicas: default_replicas(),
             drain_timeout_secs: default_drain_timeout(),
+            write_timeout_secs: default_write_timeout(),
         }
     }
 

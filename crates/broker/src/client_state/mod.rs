@@ -20,6 +20,7 @@ use tern_codec::{ByteStr, LastWill, Packet, ProtocolVersion};
 use crate::auth::Identity;
 use crate::limits::ClientLimits;
 use crate::metrics::Metrics;
+use crate::seams::Stored;
 use crate::session::{ConnectionId, Session};
 use crate::state::BrokerState;
 
@@ -66,7 +67,16 @@ enum Wait {
     /// The fabric to report this ticket's interest applied
     /// ([`crate::seams::Fabric::applied`]).
     Fabric(u64),
+    /// The fabric to report this ticket's message stored beyond this node
+    /// ([`crate::seams::Fabric::stored`]).
+    Stored(u64),
 }
+
+/// A message this connection's client published could not be stored (a
+/// cluster that cannot write): its acknowledgement, and everything held
+/// after it, must never go out. The connection closes instead.
+#[derive(Debug)]
+pub struct Unstored;
 
 /// State of one connected client.
 ///
@@ -167,6 +177,12 @@ impl ClientState {
         }
     }
 
+    /// Holds whatever is encoded from now on until the fabric reports the
+    /// message with this ticket stored ([`crate::seams::Fabric::store`]).
+    pub fn hold_for_storage(&mut self, ticket: u64) {
+        self.hold(Wait::Stored(ticket), self.out.len());
+    }
+
     fn hold(&mut self, wait: Wait, at: usize) {
         let holds = self.holds.get_or_insert_with(Default::default);
         let at = holds.written + at as u64;
@@ -194,21 +210,44 @@ impl ClientState {
     }
 
     /// Lets go of the holds the store and the fabric have caught up with.
-    pub fn release(&mut self) {
+    /// A message that could not be stored drops its hold and everything
+    /// after it, unwritten: the connection must close.
+    pub fn release(&mut self) -> Result<(), Unstored> {
         let Some(holds) = &mut self.holds else {
-            return;
+            return Ok(());
         };
         let durable = self.state.store.as_ref().map_or(u64::MAX, |s| s.durable());
-        let applied = self.state.fabric.applied();
-        while holds.queue.front().is_some_and(|&(wait, _)| match wait {
-            Wait::Store(ticket) => ticket <= durable,
-            Wait::Fabric(ticket) => ticket <= applied,
-        }) {
+        let fabric = &self.state.fabric;
+        let applied = fabric.applied();
+        while let Some(&(wait, _)) = holds.queue.front() {
+            let done = match wait {
+                Wait::Store(ticket) => ticket <= durable,
+                Wait::Fabric(ticket) => ticket <= applied,
+                Wait::Stored(ticket) => match fabric.stored(ticket) {
+                    Stored::Done => true,
+                    Stored::Pending => false,
+                    Stored::Failed => {
+                        self.drop_held();
+                        return Err(Unstored);
+                    }
+                },
+            };
+            if !done {
+                break;
+            }
             holds.queue.pop_front();
         }
         if holds.queue.is_empty() {
             self.holds = None;
         }
+        Ok(())
+    }
+
+    /// Drops every held byte, unwritten, and the holds.
+    pub fn drop_held(&mut self) {
+        let writable = self.writable();
+        self.out.truncate(writable);
+        self.holds = None;
     }
 
     /// Logs a refused PUBLISH or subscription at info (throttled: any
@@ -238,6 +277,20 @@ impl ClientState {
     pub fn reason_string(&self, text: impl Into<String>) -> Option<ByteStr> {
         (self.version == ProtocolVersion::V5 && self.problem_information)
             .then(|| ByteStr::from(text.into()))
+    }
+}
+
+/// Waits until the store reports more durable, or the fabric more applied
+/// or stored: what a hold waits for (forever without it).
+pub async fn progress(watched: &mut Option<tokio::sync::watch::Receiver<u64>>) {
+    match watched {
+        Some(rx) => {
+            if rx.changed().await.is_err() {
+                // It has stopped (shutdown): nothing more will come.
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
     }
 }
 

@@ -15,11 +15,12 @@ use crate::lock::{Mutex, rank};
 use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::router::{self, Scope};
-use crate::seams::Fabric;
+use crate::seams::{Fabric, Stored, Write};
 use crate::state::BrokerState;
 use crate::store::records::{self, Clock};
 
 use super::stats::{self, Peers, stats_subject};
+use super::storage::Writes;
 use super::{Command, Outbox};
 use super::{headers, next_or_stop, subject, tern_id};
 
@@ -51,6 +52,8 @@ pub struct NatsFabric {
     pub(super) applied: Arc<watch::Sender<u64>>,
     /// For its state: connected to NATS or not.
     pub(super) client: Client,
+    /// QoS 1/2 messages on their way to the messages stream.
+    pub(super) writes: Arc<Writes>,
 }
 
 /// What this node's sessions subscribe to, counted.
@@ -154,8 +157,26 @@ impl Fabric for NatsFabric {
         *self.applied.borrow()
     }
 
+    /// Connected to NATS, and its messages stream takes writes.
     fn available(&self) -> bool {
         self.client.connection_state() == async_nats::connection::State::Connected
+            && !self.writes.failing()
+    }
+
+    fn stores(&self) -> bool {
+        true
+    }
+
+    fn store(&self, write: Write) -> u64 {
+        self.writes.issue(write)
+    }
+
+    fn stored(&self, ticket: u64) -> Stored {
+        self.writes.stored(ticket)
+    }
+
+    fn stored_changes(&self) -> Option<watch::Receiver<u64>> {
+        Some(self.writes.changes())
     }
 
     fn applied_changes(&self) -> Option<watch::Receiver<u64>> {

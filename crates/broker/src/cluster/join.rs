@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 
 use async_nats::ServerAddr;
 use async_nats::jetstream::context::{
-    CreateKeyValueError, CreateKeyValueErrorKind, CreateStreamError, CreateStreamErrorKind,
+    AccountError, AccountErrorKind, CreateKeyValueError, CreateKeyValueErrorKind,
+    CreateStreamError, CreateStreamErrorKind,
 };
 use async_nats::jetstream::kv;
 
@@ -13,7 +14,7 @@ use crate::config::ClusterConfig;
 
 use super::ownership::claims_subject;
 use super::stats::stats_subject;
-use super::{Cluster, handover, retained};
+use super::{Cluster, handover, retained, storage};
 
 /// The oldest nats-server the cluster runs on: JetStream's per-message TTLs
 /// (2.11) will carry wills and session expiry cluster-wide.
@@ -92,29 +93,29 @@ pub async fn join(config: &ClusterConfig) -> Result<Cluster, ClusterError> {
         });
     }
     let jetstream = async_nats::jetstream::new(client.clone());
-    if let Err(e) = jetstream.query_account().await {
+    // A JetStream cluster that is still electing its leaders times out or
+    // says it is unavailable (503); one that is off does not answer at all
+    // ("no responders"): refused at once.
+    let asking = patiently(
+        "answer",
+        |e: &AccountError| match e.kind() {
+            AccountErrorKind::TimedOut => true,
+            AccountErrorKind::JetStream(e) => e.code() == 503,
+            _ => false,
+        },
+        async || jetstream.query_account().await,
+    );
+    if let Err(e) = asking.await {
         return Err(ClusterError::NoJetStream {
             server,
             reason: e.to_string(),
         });
     }
-    let stream = retained::stream_config(&config.name, config.replicas);
-    let creating = patiently(
-        "create the retained stream",
-        |e: &CreateStreamError| {
-            matches!(
-                e.kind(),
-                CreateStreamErrorKind::TimedOut | CreateStreamErrorKind::JetStreamUnavailable
-            )
-        },
-        async || jetstream.get_or_create_stream(stream.clone()).await,
-    );
-    if let Err(e) = creating.await {
-        return Err(ClusterError::Stream {
-            stream: stream.name,
-            replicas: config.replicas,
-            reason: e.to_string(),
-        });
+    for stream in [
+        retained::stream_config(&config.name, config.replicas),
+        storage::stream_config(&config.name, config.replicas),
+    ] {
+        create_stream(&jetstream, stream, config.replicas).await?;
     }
     let sessions = bucket(
         &jetstream,
@@ -173,7 +174,35 @@ pub async fn join(config: &ClusterConfig) -> Result<Cluster, ClusterError> {
         origin,
         name: config.name.clone(),
         node,
+        write_timeout: Duration::from_secs(config.write_timeout_secs),
     })
+}
+
+/// Creates a stream if it is not there yet.
+async fn create_stream(
+    jetstream: &async_nats::jetstream::Context,
+    stream: async_nats::jetstream::stream::Config,
+    replicas: usize,
+) -> Result<(), ClusterError> {
+    let what = format!("create the stream {}", stream.name);
+    let creating = patiently(
+        &what,
+        |e: &CreateStreamError| {
+            matches!(
+                e.kind(),
+                CreateStreamErrorKind::TimedOut | CreateStreamErrorKind::JetStreamUnavailable
+            )
+        },
+        async || jetstream.get_or_create_stream(stream.clone()).await,
+    );
+    match creating.await {
+        Ok(_) => Ok(()),
+        Err(e) => Err(ClusterError::Stream {
+            stream: stream.name,
+            replicas,
+            reason: e.to_string(),
+        }),
+    }
 }
 
 /// The cluster's key-value bucket `<cluster>-<name>` holding `what` (one

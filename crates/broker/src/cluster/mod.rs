@@ -21,12 +21,15 @@
 //!   ([`handover`]), and has its will kept in NATS ([`wills`]);
 //! - `publisher`: the task that owns the connection's outgoing side, fed
 //!   in order through one outbox;
+//! - [`storage`]: QoS 1/2 messages stored in the cluster's messages stream
+//!   on a majority of NATS servers before they are routed and acknowledged;
 //! - [`retained`]: retained messages in a JetStream stream every node
 //!   follows; [`stats`]: `$SYS/cluster/…` totals.
 //!
 //! Delivery between nodes is live (at most once, NATS core), and a session
-//! lives on one node at a time; storing messages and sessions in NATS, to
-//! survive the loss of a node, comes with the next steps.
+//! lives on one node at a time; keeping each session's position in the
+//! messages stream and its state in NATS, to survive the loss of a node,
+//! comes with the next steps.
 
 mod fabric;
 pub mod handover;
@@ -35,11 +38,13 @@ mod ownership;
 mod publisher;
 pub mod retained;
 pub mod stats;
+pub mod storage;
 pub mod subject;
 pub mod wills;
 
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, OnceLock, Weak};
+use std::time::Duration;
 
 use async_nats::Client;
 use bytes::Bytes;
@@ -65,6 +70,7 @@ pub use self::ownership::NatsOwnership;
 use self::ownership::{claims_subject, watch_claims};
 use self::publisher::Publisher;
 use self::stats::watch_stats;
+use self::storage::{Storage, Writes};
 
 /// Messages waiting to be published to NATS; beyond this, dropped and
 /// counted (the connection is down, or NATS is slower than the clients).
@@ -149,6 +155,8 @@ pub struct Cluster {
     origin: String,
     name: String,
     node: String,
+    /// How long a QoS 1/2 message may wait to be stored.
+    write_timeout: Duration,
 }
 
 impl Cluster {
@@ -170,6 +178,7 @@ impl Cluster {
         let origin = self.origin;
         let peers = Arc::new(Peers::default());
         let applied = Arc::new(watch::channel(0).0);
+        let (writes, queue) = Writes::new();
         let directory = Directory {
             client: self.client.clone(),
             sessions: self.sessions,
@@ -188,6 +197,7 @@ impl Cluster {
             issued: AtomicU64::new(0),
             applied: applied.clone(),
             client: self.client.clone(),
+            writes: writes.clone(),
         };
         let (keep, kept) = mpsc::channel(OUTBOX);
         let ownership = NatsOwnership {
@@ -204,7 +214,16 @@ impl Cluster {
             origin: origin.clone(),
             commands,
         };
+        let storage = Storage {
+            jetstream: self.jetstream.clone(),
+            cluster: self.name.clone(),
+            origin: origin.clone(),
+            writes,
+            queue,
+            timeout: self.write_timeout,
+        };
         let routing = Routing {
+            storage,
             client: self.client,
             jetstream: self.jetstream,
             claims: self.claims,
@@ -228,6 +247,8 @@ impl Cluster {
 
 /// The task side: owns the NATS connection and this node's subscriptions.
 pub struct Routing {
+    /// Stores QoS 1/2 messages before they are routed.
+    storage: Storage,
     client: Client,
     jetstream: async_nats::jetstream::Context,
     claims: async_nats::Subscriber,
@@ -271,6 +292,7 @@ impl Routing {
         ));
         let weak = Arc::downgrade(state);
         let Routing {
+            storage,
             client,
             jetstream,
             claims,
@@ -302,6 +324,7 @@ impl Routing {
         tasks.spawn(watching);
         tasks.spawn(watch_claims(claims, origin, weak.clone(), shutdown.clone()));
         tasks.spawn(watch_stats(stats, peers, shutdown.clone()));
+        tasks.spawn(storage.run(weak.clone(), shutdown.clone()));
         let _ = directory.state.set(weak.clone());
         let serving = handover::serve(
             handovers,

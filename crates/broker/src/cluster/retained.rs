@@ -36,14 +36,6 @@ pub fn stream_config(cluster: &str, replicas: usize) -> stream::Config {
     }
 }
 
-/// The subject a retained change to `topic` is kept under.
-fn retained_subject(cluster: &str, topic: &str) -> String {
-    let topic_subject = subject::topic_subject(cluster, topic);
-    // `<cluster>.m.…` / `<cluster>.d.…` → `<cluster>.r.m.…` / `<cluster>.r.d.…`
-    let rest = topic_subject.get(cluster.len() + 1..).unwrap_or_default();
-    format!("{cluster}.r.{rest}")
-}
-
 /// The retained-storage seam of a cluster node (see the module docs).
 pub struct ClusterRetained {
     pub(super) local: Arc<LocalRetained>,
@@ -58,7 +50,7 @@ impl RetainedMessages for ClusterRetained {
         // `$SYS` (no origin) is each node's own.
         if message.origin.is_some() {
             let record = records::encode_retained(message, owner.map(|o| &**o), &Clock::now());
-            let subject = retained_subject(&self.cluster, &message.topic);
+            let subject = subject::kept_subject(&self.cluster, "r", &message.topic);
             let command = Command::Retain(subject, self.origin.clone(), Bytes::from(record));
             self.commands.control(command);
         }
@@ -175,7 +167,7 @@ mod tests {
 
     #[test]
     fn retained_subjects_sit_under_r() {
-        assert_eq!(retained_subject("t", "a/b c"), "t.r.m.a.b~20c");
-        assert_eq!(retained_subject("t", "$x/y"), "t.r.d.~24x.y");
+        assert_eq!(subject::kept_subject("t", "r", "a/b c"), "t.r.m.a.b~20c");
+        assert_eq!(subject::kept_subject("t", "r", "$x/y"), "t.r.d.~24x.y");
     }
 }

@@ -25,6 +25,15 @@ pub fn topic_subject(cluster: &str, topic: &str) -> String {
     subject
 }
 
+/// The subject a stream keeps `topic`'s messages under: `area` (`r` for
+/// retained, `s` for stored messages) after the cluster's name, then the
+/// topic's subject: `<cluster>.m.…` → `<cluster>.<area>.m.…`.
+pub fn kept_subject(cluster: &str, area: &str, topic: &str) -> String {
+    let topic_subject = topic_subject(cluster, topic);
+    let rest = topic_subject.get(cluster.len() + 1..).unwrap_or_default();
+    format!("{cluster}.{area}.{rest}")
+}
+
 /// The subjects whose messages a subscription to `filter` (without
 /// `$share/…`) needs: one, or two for a filter ending in `#`, which also
 /// matches its parent level (`a/#` matches `a`) while NATS's `>` needs at

@@ -10,9 +10,8 @@ use std::time::Duration;
 use tern_codec::{Disconnect, DisconnectProperties, Packet, ProtocolVersion, ReasonCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf};
 
-use super::main_loop::progress;
 use super::{CLOSE_FLUSH, Conn, Transport};
-use crate::client_state::ClientState;
+use crate::client_state::{ClientState, progress};
 use crate::error::ProtocolViolation;
 use crate::message::Message;
 use crate::registry::{self, Departure};
@@ -37,6 +36,10 @@ pub(super) enum Close {
     Refused(ReasonCode),
     /// The broker stops, or its node drains (`BrokerState::draining`).
     Shutdown,
+    /// A message the client published could not be stored in the cluster
+    /// (`seams::Stored::Failed`): it was not acknowledged, and the client
+    /// is asked to publish it again on another node.
+    Unstored,
 }
 
 impl From<Ousted> for Close {
@@ -73,6 +76,10 @@ pub(super) async fn finish<S: Transport>(conn: &mut Conn<S>, close: Close) {
         Close::PublishRate => (
             Some(ReasonCode::MessageRateTooHigh),
             "publish rate limit exceeded",
+        ),
+        Close::Unstored => (
+            Some(ReasonCode::UseAnotherServer),
+            "this node cannot store messages in the cluster now: connect to another node",
         ),
         Close::Disconnect { .. } | Close::Lost(_) => (None, ""),
     };
@@ -143,23 +150,20 @@ async fn settle_holds(client: &mut ClientState) {
     }
     let mut durable = client.state.store.as_ref().map(|s| s.watch());
     let mut applied = client.state.fabric.applied_changes();
+    let mut stored = client.state.fabric.stored_changes();
     let _ = tokio::time::timeout(CLOSE_FLUSH, async {
-        loop {
-            client.release();
-            if client.holds.is_none() {
-                return;
-            }
+        // An unstored message drops the holds (`release`): done too.
+        while client.release().is_ok() && client.holds.is_some() {
             tokio::select! {
                 () = progress(&mut durable) => {}
                 () = progress(&mut applied) => {}
+                () = progress(&mut stored) => {}
             }
         }
     })
     .await;
     if client.holds.is_some() {
-        let writable = client.writable();
-        client.out.truncate(writable);
-        client.holds = None;
+        client.drop_held();
     }
 }
 
@@ -187,6 +191,9 @@ pub(super) fn depart(client: &mut ClientState, close: Close, peer: SocketAddr) {
             let reason = kick.as_ref().map(|k| k.reason);
             tracing::info!(%peer, client_id = %id, ?reason, "closing connection: session taken over")
         }
+        Close::Unstored => {
+            crate::throttled!(info, "unstored", %peer, client_id = %id, "closing connection: a message it published could not be stored in the cluster; it was not acknowledged")
+        }
         // Logged at info, with why, when it was refused.
         Close::Refused(reason) => {
             let why = refusal(*reason);
@@ -195,11 +202,11 @@ pub(super) fn depart(client: &mut ClientState, close: Close, peer: SocketAddr) {
     }
     // The will is published unless the client ended normally without asking
     // for it [MQTT-3.1.2-8], [MQTT-3.14.4-3]; not at broker shutdown, where
-    // no one is left to receive it, nor at a drain, where the client is
-    // asked to move to another node.
+    // no one is left to receive it, nor at a drain or a failed write, where
+    // the client is asked to move to another node.
     let publish_will = match close {
         Close::Disconnect { publish_will } => publish_will,
-        Close::Shutdown => false,
+        Close::Shutdown | Close::Unstored => false,
         _ => true,
     };
     let will_delay_secs = client

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use super::close::Close;
 use super::{Conn, IDLE_READ, Transport};
-use crate::client_state::{ClientState, outbound};
+use crate::client_state::{ClientState, outbound, progress};
 use crate::handler::ack::PubAcks;
 use crate::handler::{self, Flow};
 use crate::metrics::Metrics;
@@ -69,13 +69,16 @@ pub(super) async fn run<S: Transport>(conn: &mut Conn<S>) -> Exit {
     let timed = client.keep_alive_timeout().is_some() || park_after.is_some();
     let mut durable = state.store.as_ref().map(|s| s.watch());
     let mut applied = state.fabric.applied_changes();
+    let mut stored = state.fabric.stored_changes();
     // Whether the last read filled the buffer: more is probably waiting.
     let mut busy = false;
     loop {
         if let Err(ousted) = outbound::fill(client) {
             return Exit::Close(ousted.into());
         }
-        client.release();
+        if client.release().is_err() {
+            return Exit::Close(Close::Unstored);
+        }
         let writable = client.writable();
         let spare = prepare_read_buffer(&mut io.rbuf, busy);
         tokio::select! {
@@ -114,6 +117,7 @@ pub(super) async fn run<S: Transport>(conn: &mut Conn<S>) -> Exit {
             // Held responses go out once the store has what they promise.
             () = progress(&mut durable), if client.holds.is_some() => {}
             () = progress(&mut applied), if client.holds.is_some() => {}
+            () = progress(&mut stored), if client.holds.is_some() => {}
             () = &mut timer, if timed => {
                 let now = Instant::now();
                 if client.keep_alive_timeout().is_some_and(|t| *last_heard + t <= now) {
@@ -130,20 +134,6 @@ pub(super) async fn run<S: Transport>(conn: &mut Conn<S>) -> Exit {
                 }
             }
         }
-    }
-}
-
-/// Waits until the store reports more durable, or the fabric more applied
-/// (forever without either).
-pub(super) async fn progress(watched: &mut Option<tokio::sync::watch::Receiver<u64>>) {
-    match watched {
-        Some(rx) => {
-            if rx.changed().await.is_err() {
-                // It has stopped (shutdown): nothing more will come.
-                std::future::pending::<()>().await;
-            }
-        }
-        None => std::future::pending().await,
     }
 }
 

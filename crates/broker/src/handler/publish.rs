@@ -18,7 +18,8 @@ use crate::error::ProtocolViolation;
 use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::router;
-use crate::store::{Group, Store};
+use crate::seams::Write;
+use crate::store::Store;
 
 /// Answers a PUBLISH refused for its topic's depth (`max_topic_levels`);
 /// it is not routed. MQTT 5 QoS 1/2 publishers get PUBACK/PUBREC 0x90; QoS 0
@@ -103,15 +104,15 @@ pub fn handle(client: &mut ClientState, mut publish: Publish) -> Result<Flow, Pr
     match (qos, packet_id) {
         (QoS::AtMostOnce, _) => {
             if allowed {
-                route(client, publish, Group::default());
+                let message =
+                    Message::from_publish(publish, client.client_id().clone(), Instant::now());
+                router::publish(&client.state, message, client.username.as_ref());
             }
         }
         (QoS::AtLeastOnce, Some(id)) => {
             let reason = if allowed {
-                let routed = route(client, publish, Group::default());
                 // The PUBACK promises the message is safe: it waits for the store.
-                client.hold_until(routed.ticket);
-                matched_reason(client, routed.matched)
+                accept(client, publish, None)
             } else {
                 refused_reason(client, refusal)
             };
@@ -144,18 +145,7 @@ pub fn handle(client: &mut ClientState, mut publish: Publish) -> Result<Flow, Pr
                 }
             };
             let reason = if first_time && allowed {
-                // The id is stored in one transaction with the message's
-                // deliveries: after a crash, a stored id always has its
-                // message queued (else the re-sent PUBLISH would be taken for
-                // a duplicate and lost), and a queued message its id (else it
-                // would be routed twice).
-                let mut group = Group::default();
-                if let Some(store) = persistent_store(client) {
-                    store.hold_inbound(client.client_id(), id.get(), &mut group);
-                }
-                let routed = route(client, publish, group);
-                client.hold_until(routed.ticket);
-                matched_reason(client, routed.matched)
+                accept(client, publish, Some(id.get()))
             } else {
                 ReasonCode::Success
             };
@@ -206,9 +196,39 @@ fn persistent_store(client: &ClientState) -> Option<Arc<Store>> {
     client.state.store.clone().filter(|_| persistent)
 }
 
-fn route(client: &ClientState, publish: Publish, group: Group) -> router::Routed {
+/// Routes a QoS 1/2 message (`qos2_id`: its QoS 2 packet id) and holds
+/// its acknowledgement until it is safe; returns the acknowledgement's
+/// reason code.
+///
+/// One node routes it at once and holds the acknowledgement for the store.
+/// The QoS 2 id of a persistent session is stored in one transaction with
+/// the message's deliveries: after a crash, a stored id always has its
+/// message queued (else the re-sent PUBLISH would be taken for a duplicate
+/// and lost), and a queued message its id (else it would be routed twice).
+///
+/// A cluster node hands it to the fabric, which stores it in the cluster
+/// first and routes it after: a message that cannot be stored reaches no
+/// one, and is never acknowledged.
+fn accept(client: &mut ClientState, publish: Publish, qos2_id: Option<u16>) -> ReasonCode {
     let message = Message::from_publish(publish, client.client_id().clone(), Instant::now());
-    router::publish_with(&client.state, message, client.username.as_ref(), group)
+    let persistent = persistent_store(client).is_some();
+    if client.state.fabric.stores() {
+        let write = Write {
+            message,
+            owner: client.username.clone(),
+            packet_id: qos2_id,
+            persistent,
+        };
+        let ticket = client.state.fabric.store(write);
+        client.hold_for_storage(ticket);
+        // Whether any node has a subscriber is not known here.
+        return ReasonCode::Success;
+    }
+    let inbound = qos2_id.filter(|_| persistent);
+    let group = router::inbound_group(&client.state, client.client_id(), inbound);
+    let routed = router::publish_with(&client.state, message, client.username.as_ref(), group);
+    client.hold_until(routed.ticket);
+    matched_reason(client, routed.matched)
 }
 
 /// The acknowledgement of a message refused for `refusal`: MQTT 5 says so.

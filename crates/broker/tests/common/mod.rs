@@ -7,6 +7,8 @@
 
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod nats;
+
 use std::net::SocketAddr;
 use std::num::NonZeroU16;
 use std::time::Duration;

@@ -1,0 +1,436 @@
+//! QoS 1/2 messages stored in the cluster before they are routed and
+//! acknowledged ([`crate::seams::Fabric::store`]).
+//!
+//! Each message a client publishes here at QoS 1 or 2 is published to the
+//! cluster's messages stream (`<cluster>-messages`, `replicas` copies):
+//! JetStream answers once a majority of its servers has it. Only then is it
+//! routed (here, and to other nodes as any message is) and its PUBACK or
+//! PUBREC let go. While the stream cannot take writes (its servers elect a
+//! leader, or this node's NATS server is on the minority side of a
+//! partition) the acknowledgements are held and the message reaches no
+//! one; a write is tried again until `write_timeout_secs` after it was
+//! published, then given up: never routed, never acknowledged, and its
+//! client asked to publish it elsewhere (MQTT 5: DISCONNECT 0x9C), while
+//! this node refuses new clients until the stream takes writes again.
+//!
+//! One task runs it, in the order the writes were issued: it keeps up to
+//! [`IN_FLIGHT`] of them in NATS at once and settles them in that order,
+//! so a ticket settled means every earlier one is too (a PUBACK waits for
+//! its own, see `ClientState::release`), and messages are routed in the
+//! order their clients sent them.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::future::{Future, IntoFuture};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, stream};
+use bytes::Bytes;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::client_state::progress;
+use crate::lock::{Mutex, rank};
+use crate::router;
+use crate::seams::{Stored, Write};
+use crate::state::BrokerState;
+use crate::store::records::{self, Clock};
+
+use super::{headers, subject};
+
+/// Writes in NATS at once, awaiting their acknowledgement.
+const IN_FLIGHT: usize = 2_048;
+/// Writes waiting to go to NATS; beyond this, refused at once (their
+/// clients are asked to publish elsewhere).
+const QUEUED: usize = 65_536;
+/// How long a failed write waits before it is tried again.
+const RETRY: Duration = Duration::from_millis(250);
+/// How often a node whose writes failed checks whether the stream takes
+/// them again.
+const PROBE: Duration = Duration::from_secs(1);
+/// How long a failed ticket is remembered for the connection it belongs to.
+const FORGET_FAILED: Duration = Duration::from_secs(300);
+/// The messages stream keeps a message this long, or until it holds
+/// [`MAX_BYTES`].
+const MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+const MAX_BYTES: i64 = 1 << 30;
+
+/// The messages stream: every QoS 1/2 message any node accepted, under
+/// `<cluster>.s.` and its topic's subject.
+pub fn stream_config(cluster: &str, replicas: usize) -> stream::Config {
+    stream::Config {
+        name: format!("{cluster}-messages"),
+        subjects: vec![format!("{cluster}.s.>")],
+        num_replicas: replicas,
+        max_age: MAX_AGE,
+        max_bytes: MAX_BYTES,
+        discard: stream::DiscardPolicy::Old,
+        ..Default::default()
+    }
+}
+
+/// The writes a node has issued, shared by the fabric (which issues them)
+/// and the task that stores them.
+pub(super) struct Writes {
+    /// Issues tickets and queues the writes in one step, so the queue is in
+    /// ticket order.
+    queue: Mutex<Queue, { rank::FABRIC }>,
+    /// How many writes are queued, not yet taken by the task.
+    queued: AtomicUsize,
+    /// Every ticket up to this one is settled.
+    settled: watch::Sender<u64>,
+    /// Settled tickets that failed (and when), until their connection
+    /// looked.
+    failed: Mutex<BTreeMap<u64, Instant>, { rank::FABRIC }>,
+    /// A write was given up, and none stored since: refuse new clients.
+    failing: AtomicBool,
+}
+
+struct Queue {
+    issued: u64,
+    sender: mpsc::UnboundedSender<Queued>,
+}
+
+/// A write in the queue.
+pub(super) struct Queued {
+    ticket: u64,
+    write: Write,
+    /// Refused: the queue was full.
+    refused: bool,
+}
+
+impl Writes {
+    /// The shared side, and the queue the task reads.
+    pub(super) fn new() -> (Arc<Writes>, mpsc::UnboundedReceiver<Queued>) {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        let writes = Writes {
+            queue: Mutex::new(Queue { issued: 0, sender }),
+            queued: AtomicUsize::new(0),
+            settled: watch::channel(0).0,
+            failed: Mutex::new(BTreeMap::new()),
+            failing: AtomicBool::new(false),
+        };
+        (Arc::new(writes), receiver)
+    }
+
+    /// Queues `write` and returns its ticket.
+    pub(super) fn issue(&self, write: Write) -> u64 {
+        // The queue is unbounded so that a refusal keeps its place in the
+        // ticket order; the count bounds it.
+        let refused = self.queued.fetch_add(1, Ordering::Relaxed) >= QUEUED;
+        let mut queue = self.queue.lock();
+        queue.issued += 1;
+        let ticket = queue.issued;
+        let queued = Queued {
+            ticket,
+            write,
+            refused,
+        };
+        if queue.sender.send(queued).is_err() {
+            // The task has stopped (shutdown): the ticket never settles,
+            // and the acknowledgement is never sent.
+            tracing::debug!(
+                ticket,
+                "cluster: a message was not stored: the node is stopping"
+            );
+        }
+        ticket
+    }
+
+    pub(super) fn stored(&self, ticket: u64) -> Stored {
+        if ticket > *self.settled.borrow() {
+            return Stored::Pending;
+        }
+        // Each ticket is asked about by its own connection alone, once.
+        match self.failed.lock().remove(&ticket) {
+            Some(_) => Stored::Failed,
+            None => Stored::Done,
+        }
+    }
+
+    pub(super) fn changes(&self) -> watch::Receiver<u64> {
+        self.settled.subscribe()
+    }
+
+    /// Whether writes fail now (a write was given up, none stored since).
+    pub(super) fn failing(&self) -> bool {
+        self.failing.load(Ordering::Relaxed)
+    }
+
+    fn settle(&self, ticket: u64) {
+        self.settled.send_replace(ticket);
+    }
+
+    fn fail(&self, ticket: u64) {
+        let now = Instant::now();
+        let mut failed = self.failed.lock();
+        failed.retain(|_, at| now.duration_since(*at) < FORGET_FAILED);
+        failed.insert(ticket, now);
+    }
+}
+
+/// One write on its way to the stream.
+struct Flight {
+    ticket: u64,
+    write: Write,
+    subject: String,
+    record: Bytes,
+    /// Given up after this.
+    deadline: Instant,
+    /// The stream's answer to the last attempt; `None` while waiting to
+    /// try again.
+    ack: Option<Ack>,
+    retry_at: Instant,
+}
+
+type Ack = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+
+/// What the task does next.
+enum Event {
+    Stop,
+    /// The oldest write's answer, or its time to be tried again.
+    Head(Head),
+    Queued(Option<Queued>),
+    Durable,
+    Probe,
+}
+
+enum Head {
+    Acked(Result<(), String>),
+    Retry,
+}
+
+/// The task that stores the writes (see the module docs).
+pub(super) struct Storage {
+    pub(super) jetstream: jetstream::Context,
+    pub(super) cluster: String,
+    pub(super) origin: String,
+    pub(super) writes: Arc<Writes>,
+    pub(super) queue: mpsc::UnboundedReceiver<Queued>,
+    pub(super) timeout: Duration,
+}
+
+impl Storage {
+    pub(super) async fn run(mut self, state: Weak<BrokerState>, shutdown: CancellationToken) {
+        let mut flights: VecDeque<Flight> = VecDeque::new();
+        // (ticket, the local store's ticket for its deliveries): routed,
+        // settled once the local store has them.
+        let mut routed: VecDeque<(u64, u64)> = VecDeque::new();
+        let mut durable = state.upgrade().and_then(|s| {
+            s.store
+                .as_ref()
+                .filter(|s| s.acks_wait())
+                .map(|s| s.watch())
+        });
+        let mut probe = tokio::time::interval(PROBE);
+        loop {
+            let failing = self.writes.failing();
+            let event = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => Event::Stop,
+                head = head(&mut flights) => Event::Head(head),
+                queued = self.queue.recv(), if flights.len() < IN_FLIGHT => Event::Queued(queued),
+                () = progress(&mut durable), if !routed.is_empty() => Event::Durable,
+                _ = probe.tick(), if failing && flights.is_empty() => Event::Probe,
+            };
+            match event {
+                Event::Stop | Event::Queued(None) => break,
+                Event::Queued(Some(queued)) => {
+                    self.writes.queued.fetch_sub(1, Ordering::Relaxed);
+                    let flight = self.take_off(queued).await;
+                    flights.push_back(flight);
+                }
+                Event::Head(Head::Acked(result)) => {
+                    let Some(mut flight) = flights.pop_front() else {
+                        continue;
+                    };
+                    match result {
+                        Ok(()) => {
+                            if self.writes.failing.swap(false, Ordering::Relaxed) {
+                                tracing::info!("cluster: the messages stream takes writes again");
+                            }
+                            let Some(state) = state.upgrade() else {
+                                break;
+                            };
+                            routed.push_back((flight.ticket, route(&state, flight.write)));
+                        }
+                        Err(e) if Instant::now() >= flight.deadline => {
+                            self.give_up(&mut routed, flight, &e, &state);
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = %e, "cluster: a message was not stored yet; trying again");
+                            flight.ack = None;
+                            flight.retry_at = Instant::now() + RETRY;
+                            flights.push_front(flight);
+                        }
+                    }
+                }
+                Event::Head(Head::Retry) => {
+                    if let Some(flight) = flights.pop_front() {
+                        let (subject, record) = (flight.subject.clone(), flight.record.clone());
+                        let ack = self
+                            .send(flight.ticket, subject, record, flight.deadline)
+                            .await;
+                        flights.push_front(Flight {
+                            ack: Some(ack),
+                            ..flight
+                        });
+                    }
+                }
+                Event::Durable => {}
+                Event::Probe => {
+                    if self.probe().await {
+                        tracing::info!("cluster: the messages stream takes writes again");
+                        self.writes.failing.store(false, Ordering::Relaxed);
+                    }
+                }
+            }
+            self.settle(&mut routed, &durable);
+        }
+    }
+
+    /// Whether the stream takes a write now: an empty message on
+    /// `<cluster>.s.p`, beside every topic's subject (`….s.m.…`, `….s.d.…`).
+    async fn probe(&self) -> bool {
+        let subject = format!("{}.s.p", self.cluster);
+        let deadline = Instant::now() + PROBE;
+        let ack = self.send(0, subject, Bytes::new(), deadline).await;
+        ack.await.is_ok()
+    }
+
+    /// Publishes a queued write to the stream (a refused one fails at once,
+    /// in its place).
+    async fn take_off(&self, queued: Queued) -> Flight {
+        let Queued {
+            ticket,
+            write,
+            refused,
+        } = queued;
+        let message = &write.message;
+        let subject = subject::kept_subject(&self.cluster, "s", &message.topic);
+        let record = Bytes::from(records::encode_message(message, &Clock::now()));
+        let now = Instant::now();
+        let deadline = if refused { now } else { now + self.timeout };
+        let ack: Ack = if refused {
+            crate::throttled!(
+                warn,
+                "cluster writes queue full",
+                "cluster: too many messages waiting to be stored in NATS; a publisher is asked to use another node"
+            );
+            Box::pin(std::future::ready(Err(
+                "too many messages waiting to be stored".to_owned(),
+            )))
+        } else {
+            self.send(ticket, subject.clone(), record.clone(), deadline)
+                .await
+        };
+        Flight {
+            ticket,
+            write,
+            subject,
+            record,
+            deadline,
+            ack: Some(ack),
+            retry_at: now,
+        }
+    }
+
+    /// Publishes a write to the stream; the answer, at most until its
+    /// deadline.
+    async fn send(&self, ticket: u64, subject: String, record: Bytes, deadline: Instant) -> Ack {
+        let headers = headers(&format!("{}:{ticket}", self.origin));
+        let published = self
+            .jetstream
+            .publish_with_headers(subject, headers, record)
+            .await;
+        let deadline = tokio::time::Instant::from_std(deadline);
+        match published {
+            Ok(ack) => Box::pin(async move {
+                match tokio::time::timeout_at(deadline, ack.into_future()).await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err("no answer from the stream in time".to_owned()),
+                }
+            }),
+            Err(e) => {
+                let e = e.to_string();
+                Box::pin(async move { Err(e) })
+            }
+        }
+    }
+
+    /// Gives `flight` up: it is never routed, its connection closes
+    /// without its acknowledgement, and its QoS 2 packet id is forgotten
+    /// (the client sends the message again as new).
+    fn give_up(
+        &self,
+        routed: &mut VecDeque<(u64, u64)>,
+        flight: Flight,
+        error: &str,
+        state: &Weak<BrokerState>,
+    ) {
+        if !self.writes.failing.swap(true, Ordering::Relaxed) {
+            tracing::warn!(%error, timeout_secs = self.timeout.as_secs(), "cluster: the messages stream takes no writes (NATS has no majority here?): publishers are asked to use another node, and new clients are refused until it does");
+        }
+        self.writes.fail(flight.ticket);
+        if let (Some(state), Some(client_id), Some(id)) = (
+            state.upgrade(),
+            flight.write.message.origin.as_ref(),
+            flight.write.packet_id,
+        ) && let Some(session) = state.sessions().get(client_id)
+        {
+            session.lock().traffic().inbound_qos2.remove(&id);
+        }
+        routed.push_back((flight.ticket, 0));
+    }
+
+    /// Settles the routed writes the local store has.
+    fn settle(&self, routed: &mut VecDeque<(u64, u64)>, durable: &Option<watch::Receiver<u64>>) {
+        let durable = durable.as_ref().map_or(u64::MAX, |d| *d.borrow());
+        let mut last = None;
+        while let Some(&(ticket, local)) = routed.front() {
+            if local > durable {
+                break;
+            }
+            routed.pop_front();
+            last = Some(ticket);
+        }
+        if let Some(ticket) = last {
+            self.writes.settle(ticket);
+        }
+    }
+}
+
+/// Routes a stored message here (with its QoS 2 id, if its session is
+/// persistent) and to the other nodes; the local store's ticket.
+fn route(state: &BrokerState, write: Write) -> u64 {
+    let Write {
+        message,
+        owner,
+        packet_id,
+        persistent,
+    } = write;
+    let inbound = packet_id.filter(|_| persistent);
+    let group = match &message.origin {
+        Some(client_id) => router::inbound_group(state, client_id, inbound),
+        None => Default::default(),
+    };
+    router::publish_with(state, message, owner.as_ref(), group).ticket
+}
+
+/// The oldest write's answer, or its time to be tried again (forever if
+/// there is none).
+async fn head(flights: &mut VecDeque<Flight>) -> Head {
+    let Some(flight) = flights.front_mut() else {
+        return std::future::pending().await;
+    };
+    match &mut flight.ack {
+        Some(ack) => Head::Acked(ack.await),
+        None => {
+            tokio::time::sleep_until(tokio::time::Instant::from_std(flight.retry_at)).await;
+            Head::Retry
+        }
+    }
+}

@@ -1,0 +1,294 @@
+//! What a PUBACK (PUBREC) from a cluster node promises: the message is in
+//! the cluster's messages stream on a majority of three NATS servers, and
+//! routed only from there. While the stream cannot take writes (a leader
+//! election, a minority partition) acknowledgements are held, not faked, and
+//! a write that cannot be stored in time reaches no one: its publisher is
+//! sent elsewhere (MQTT 5: 0x9C) to publish it again. docs/cluster.md,
+//! "Guarantees".
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use bytes::Bytes;
+use tern_broker::config::ClusterConfig;
+use tern_broker::{Broker, BrokerHandle, Config};
+use tern_codec::{Packet, ProtocolVersion::V5, Publish, QoS, ReasonCode};
+
+use common::nats::{Nats, NatsCluster};
+use common::*;
+
+/// The stream every node stores QoS 1/2 messages in (cluster "test").
+const STREAM: &str = "test-messages";
+
+/// A node named `name` using the NATS servers `servers` (3 copies of each
+/// stream), giving a write up after `write_timeout_secs`.
+async fn node(servers: &[&Nats], name: &str, write_timeout_secs: u64) -> BrokerHandle {
+    let urls = servers.iter().map(|s| s.url.clone()).collect();
+    let config = Config {
+        cluster: Some(ClusterConfig {
+            name: "test".into(),
+            node: Some(name.into()),
+            replicas: 3,
+            write_timeout_secs,
+            ..ClusterConfig::new(urls)
+        }),
+        ..test_config()
+    };
+    Broker::start(config).await.expect("the node joins")
+}
+
+async fn jetstream_at(nats: &Nats) -> jetstream::Context {
+    let client = async_nats::connect(&nats.url).await.expect("a NATS client");
+    jetstream::new(client)
+}
+
+/// The payloads in the messages stream, with how often each is there.
+async fn stored_payloads(nats: &Nats) -> BTreeMap<String, usize> {
+    let js = jetstream_at(nats).await;
+    let mut stream = js.get_stream(STREAM).await.expect("the messages stream");
+    let last = stream.info().await.expect("its state").state.last_sequence;
+    let mut payloads = BTreeMap::new();
+    for seq in 1..=last {
+        let Ok(message) = stream.get_raw_message(seq).await else {
+            continue;
+        };
+        let record = String::from_utf8_lossy(&message.payload).into_owned();
+        // The record ends with the payload; the tests' payloads are `m<N>`.
+        if let Some(at) = record.rfind('m') {
+            *payloads.entry(record[at..].to_owned()).or_default() += 1;
+        }
+    }
+    payloads
+}
+
+fn numbered(topic: &str, n: usize, qos: QoS, id: u16) -> Publish {
+    Publish {
+        payload: Bytes::from(format!("m{n}")),
+        ..publish_packet(topic, b"", qos, id)
+    }
+}
+
+/// The payloads of PUBLISHes arriving within `quiet` of each other.
+async fn drain_payloads(client: &mut TestClient, quiet: Duration) -> Vec<String> {
+    let mut got = Vec::new();
+    while let Ok(Some(packet)) = client.next(quiet).await {
+        if let Packet::Publish(p) = packet {
+            got.push(String::from_utf8_lossy(&p.payload).into_owned());
+            client.ack(&p).await;
+        }
+    }
+    got
+}
+
+#[tokio::test]
+async fn an_acknowledged_message_is_in_the_replicated_stream_before_its_puback() {
+    let nats = NatsCluster::start();
+    let [n0, n1, n2] = [&nats.servers[0], &nats.servers[1], &nats.servers[2]];
+    let a = node(&[n0], "a", 20).await;
+    let b = node(&[n1], "b", 20).await;
+    let mut sub = TestClient::connect(b.local_addr(), V5, "sub").await;
+    sub.subscribe("s/#", QoS::ExactlyOnce).await;
+    let mut publisher = TestClient::connect(a.local_addr(), V5, "pub").await;
+    let js = jetstream_at(n2).await;
+    for n in 1..=10 {
+        let qos = if n % 2 == 0 {
+            QoS::ExactlyOnce
+        } else {
+            QoS::AtLeastOnce
+        };
+        publisher.publish_packet(numbered("s/x", n, qos, 1)).await;
+        // Read from the third server: the copy there may lag, the majority
+        // (the leader and one more) has it.
+        let mut stream = js.get_stream(STREAM).await.expect("the stream");
+        let info = stream.info().await.expect("its state");
+        assert_eq!(info.config.num_replicas, 3);
+        assert!(
+            info.state.messages >= n as u64,
+            "PUBACK/PUBREC for message {n} came before the stream had it ({} messages)",
+            info.state.messages
+        );
+        let got = sub.recv_publish().await;
+        assert_eq!(got.payload, format!("m{n}"));
+        sub.ack(&got).await;
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_node_on_the_minority_side_holds_then_refuses_writes_and_nothing_diverges() {
+    let mut nats = NatsCluster::start();
+    let a = node(&[&nats.servers[2]], "a", 3).await;
+    let mut sub = TestClient::connect(a.local_addr(), V5, "sub").await;
+    sub.subscribe("w/#", QoS::ExactlyOnce).await;
+    let (mut publisher, _) = TestClient::connect_with(a.local_addr(), persistent(V5, "pub")).await;
+    // Before the partition: stored and delivered.
+    publisher
+        .publish_packet(numbered("w/0", 0, QoS::AtLeastOnce, 1))
+        .await;
+    assert_eq!(sub.recv_publish().await.payload, "m0");
+
+    // Server 2 alone: NATS core still routes, JetStream has no majority.
+    nats.servers[0].kill();
+    nats.servers[1].kill();
+    publisher
+        .send(Packet::Publish(numbered("w/1", 1, QoS::AtLeastOnce, 1)))
+        .await;
+    publisher
+        .send(Packet::Publish(numbered("w/2", 2, QoS::ExactlyOnce, 7)))
+        .await;
+    // Held: no acknowledgement while the write is tried again...
+    assert!(
+        publisher.next(Duration::from_secs(1)).await.is_err(),
+        "an acknowledgement went out for a message the stream did not take"
+    );
+    // ...then given up: no acknowledgement ever, and the client is sent
+    // elsewhere to publish both again.
+    let packets = read_until_closed(&mut publisher).await;
+    assert!(
+        matches!(packets.as_slice(), [Packet::Disconnect(d)] if d.reason == ReasonCode::UseAnotherServer),
+        "expected only DISCONNECT 0x9C, got {packets:?}"
+    );
+    // Nobody received what was not stored, and the node takes no clients.
+    sub.expect_nothing().await;
+    let (_, refused) = TestClient::connect_with(a.local_addr(), connect_packet(V5, "late")).await;
+    assert_eq!(refused.reason, ReasonCode::ServerUnavailable);
+
+    // The majority is back: the node takes writes again, and the client,
+    // reconnecting, publishes both again (DUP, same packet ids).
+    nats.servers[0].start_again();
+    nats.servers[1].start_again();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut publisher = loop {
+        let (client, ack) = TestClient::connect_with(a.local_addr(), persistent(V5, "pub")).await;
+        if ack.reason == ReasonCode::Success {
+            break client;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the node never took clients again"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    for (n, qos, id) in [(1, QoS::AtLeastOnce, 1), (2, QoS::ExactlyOnce, 7)] {
+        let again = Publish {
+            dup: true,
+            ..numbered(&format!("w/{n}"), n, qos, id)
+        };
+        publisher.publish_packet(again).await;
+    }
+    let mut got = vec![sub.recv_publish().await, sub.recv_publish().await];
+    for p in &got {
+        sub.ack(p).await;
+    }
+    got.sort_by(|x, y| x.payload.cmp(&y.payload));
+    let payloads: Vec<_> = got.iter().map(|p| p.payload.clone()).collect();
+    assert_eq!(payloads, ["m1", "m2"], "each once, after it was stored");
+    assert!(
+        drain_payloads(&mut sub, QUIET).await.is_empty(),
+        "a message arrived twice"
+    );
+    a.shutdown().await;
+}
+
+#[tokio::test]
+async fn killing_the_stream_leader_holds_pubacks_and_loses_nothing() {
+    let mut nats = NatsCluster::start();
+    // A first node makes the streams; then the leader of the messages
+    // stream is known, and the nodes use the two other servers.
+    let seed = node(&[&nats.servers[0]], "seed", 30).await;
+    seed.shutdown().await;
+    let js = jetstream_at(&nats.servers[0]).await;
+    let mut stream = js.get_stream(STREAM).await.expect("the stream");
+    let info = stream.info().await.expect("its state");
+    let leader = info
+        .cluster
+        .as_ref()
+        .and_then(|c| c.leader.clone())
+        .expect("the stream has a leader");
+    let leader = NatsCluster::index(&leader);
+    let others: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let a = node(&[&nats.servers[others[0]]], "a", 30).await;
+    let b = node(&[&nats.servers[others[1]]], "b", 30).await;
+    let mut sub = TestClient::connect(b.local_addr(), V5, "sub").await;
+    sub.subscribe("k/#", QoS::AtLeastOnce).await;
+    let mut publisher = TestClient::connect(a.local_addr(), V5, "pub").await;
+
+    // QoS 1, one at a time; the leader dies after the 20th PUBACK, and the
+    // run goes on until 20 more came back.
+    let mut acked = Vec::new();
+    let mut longest = Duration::ZERO;
+    let mut killed_at = None;
+    let mut n = 0;
+    while killed_at.is_none() || acked.len() < 40 {
+        n += 1;
+        let sent = Instant::now();
+        publisher
+            .send(Packet::Publish(numbered("k/x", n, QoS::AtLeastOnce, 1)))
+            .await;
+        match publisher.next(Duration::from_secs(30)).await {
+            Ok(Some(Packet::PubAck(ack))) => assert_eq!(ack.reason, ReasonCode::Success),
+            other => panic!("expected a PUBACK within 30 s, got {other:?}"),
+        }
+        longest = longest.max(sent.elapsed());
+        acked.push(format!("m{n}"));
+        if acked.len() == 20 {
+            nats.servers[leader].kill();
+            killed_at = Some(Instant::now());
+        }
+    }
+    println!(
+        "stream leader n{leader} killed: the longest wait for a PUBACK was {:.2} s",
+        longest.as_secs_f64()
+    );
+    assert!(
+        longest >= Duration::from_millis(500),
+        "no PUBACK waited for the new leader ({longest:?}): acknowledged before stored?"
+    );
+    let received = drain_payloads(&mut sub, Duration::from_secs(2)).await;
+    let stored = stored_payloads(&nats.servers[others[0]]).await;
+    for payload in &acked {
+        assert!(
+            received.contains(payload),
+            "{payload} was acknowledged and never delivered"
+        );
+        assert!(
+            stored.contains_key(payload),
+            "{payload} was acknowledged and is not in the stream"
+        );
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// A node with one NATS server: a QoS 1 message is stored there before its
+/// PUBACK, and the PUBACK reason is Success (who subscribes is not known
+/// on one node of many).
+#[tokio::test]
+async fn a_single_nats_server_stores_too() {
+    let nats = Nats::start(true);
+    let config = Config {
+        cluster: Some(ClusterConfig {
+            node: Some("a".into()),
+            ..nats.cluster()
+        }),
+        ..test_config()
+    };
+    let a = Broker::start(config).await.expect("the node joins");
+    let mut publisher = TestClient::connect(a.local_addr(), V5, "pub").await;
+    publisher
+        .send(Packet::Publish(numbered("x", 1, QoS::AtLeastOnce, 3)))
+        .await;
+    match publisher.recv().await {
+        Packet::PubAck(ack) => {
+            assert_eq!(ack.packet_id, pid(3));
+            assert_eq!(ack.reason, ReasonCode::Success);
+        }
+        other => panic!("expected PUBACK, got {other:?}"),
+    }
+    assert_eq!(stored_payloads(&nats).await.get("m1"), Some(&1));
+    a.shutdown().await;
+}
