@@ -90,16 +90,29 @@ pub fn publish_with(
     owner: Option<&Arc<str>>,
     group: Group,
 ) -> Routed {
-    let mut ticket = 0;
-    if message.retain && state.config.retain_available {
-        ticket = state.retained.set(&message, owner);
-    }
-    let mut routed = route(state, &message, Scope::All, group);
-    routed.ticket = routed.ticket.max(ticket);
+    let routed = publish_here(state, &message, owner, group);
     // `$SYS` messages (no origin) are this node's own.
     if message.origin.is_some() {
         state.fabric.forward(&message, &routed.served);
     }
+    routed
+}
+
+/// [`publish_with`] on this node only: stored if retained, routed to this
+/// node's sessions, not forwarded (a cluster's stored messages are sent to
+/// the other nodes by the fabric itself).
+pub fn publish_here(
+    state: &BrokerState,
+    message: &Arc<Message>,
+    owner: Option<&Arc<str>>,
+    group: Group,
+) -> Routed {
+    let mut ticket = 0;
+    if message.retain && state.config.retain_available {
+        ticket = state.retained.set(message, owner);
+    }
+    let mut routed = route(state, message, Scope::All, group);
+    routed.ticket = routed.ticket.max(ticket);
     routed
 }
 

@@ -99,10 +99,7 @@ impl Fabric for NatsFabric {
             self.origin,
             self.next.fetch_add(1, Ordering::Relaxed)
         );
-        let mut headers = headers(&id);
-        for key in served {
-            headers.append(SERVED_HEADER, subject::token(key));
-        }
+        let headers = live_headers(&id, served);
         self.commands
             .message(Command::Publish(subject, headers, Bytes::from(record)));
     }
@@ -196,6 +193,16 @@ impl Fabric for NatsFabric {
             .message(Command::Publish(subject, headers, figures));
         self.peers.totals(own, Instant::now())
     }
+}
+
+/// The headers of a message sent live to the other nodes: its id, and the
+/// shared groups the publishing node served.
+pub(super) fn live_headers(id: &str, served: &[Arc<str>]) -> async_nats::HeaderMap {
+    let mut headers = headers(id);
+    for key in served {
+        headers.append(SERVED_HEADER, subject::token(key));
+    }
+    headers
 }
 
 /// Which of this node's subscriptions a NATS subscription's messages are for.

@@ -134,6 +134,8 @@ enum Command {
 
 /// The header carrying a message's origin and number: `ORIGIN:SEQ`.
 const ID_HEADER: &str = "Tern-Id";
+/// The header carrying a stored message's sequence in the messages stream.
+const SEQUENCE_HEADER: &str = "Tern-Seq";
 
 /// A joined cluster: the NATS connection, before the broker runs.
 pub struct Cluster {
@@ -216,6 +218,8 @@ impl Cluster {
         };
         let storage = Storage {
             jetstream: self.jetstream.clone(),
+            client: self.client.clone(),
+            barrier: format!("{}.barrier", self.name),
             cluster: self.name.clone(),
             origin: origin.clone(),
             writes,

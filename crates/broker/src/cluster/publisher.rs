@@ -171,7 +171,7 @@ fn retain_failed(error: &dyn std::fmt::Display) {
 /// node's subscriptions, and routes other clients' messages to them.
 /// Nothing answers `barrier`: NATS's "no responders" is the answer. A NATS
 /// link that is down does not hold SUBACKs longer than [`APPLY_WAIT`].
-async fn round_trip(client: &Client, barrier: String) -> bool {
+pub(super) async fn round_trip(client: &Client, barrier: String) -> bool {
     let asking = client.request(barrier, Bytes::new());
     match tokio::time::timeout(APPLY_WAIT, asking).await {
         Ok(Ok(_)) => true,

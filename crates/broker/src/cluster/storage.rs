@@ -26,6 +26,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
+use async_nats::Client;
 use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
@@ -38,7 +39,9 @@ use crate::seams::{Stored, Write};
 use crate::state::BrokerState;
 use crate::store::records::{self, Clock};
 
-use super::{headers, subject};
+use super::fabric::live_headers;
+use super::publisher::round_trip;
+use super::{SEQUENCE_HEADER, headers, subject};
 
 /// Writes in NATS at once, awaiting their acknowledgement.
 const IN_FLIGHT: usize = 2_048;
@@ -185,7 +188,12 @@ struct Flight {
     retry_at: Instant,
 }
 
-type Ack = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+/// The stream's answer: the message's sequence in it, or why not.
+type Ack = Pin<Box<dyn Future<Output = Result<u64, String>> + Send>>;
+
+/// A round trip through NATS that, answered, shows the live copies sent
+/// before it reached the NATS server; with the last ticket it covers.
+type Barrier = (u64, Pin<Box<dyn Future<Output = bool> + Send>>);
 
 /// What the task does next.
 enum Event {
@@ -194,17 +202,23 @@ enum Event {
     Head(Head),
     Queued(Option<Queued>),
     Durable,
+    /// The NATS server has every live copy up to this ticket.
+    Forwarded(u64),
     Probe,
 }
 
 enum Head {
-    Acked(Result<(), String>),
+    Acked(Result<u64, String>),
     Retry,
 }
 
 /// The task that stores the writes (see the module docs).
 pub(super) struct Storage {
     pub(super) jetstream: jetstream::Context,
+    /// For the live copies, and the round trips that confirm them.
+    pub(super) client: Client,
+    /// A subject no one subscribes to, for the round trips.
+    pub(super) barrier: String,
     pub(super) cluster: String,
     pub(super) origin: String,
     pub(super) writes: Arc<Writes>,
@@ -216,8 +230,11 @@ impl Storage {
     pub(super) async fn run(mut self, state: Weak<BrokerState>, shutdown: CancellationToken) {
         let mut flights: VecDeque<Flight> = VecDeque::new();
         // (ticket, the local store's ticket for its deliveries): routed,
-        // settled once the local store has them.
+        // settled once the local store has them and NATS has their live
+        // copies (`forwarded`).
         let mut routed: VecDeque<(u64, u64)> = VecDeque::new();
+        let mut forwarded = 0;
+        let mut barrier: Option<Barrier> = None;
         let mut durable = state.upgrade().and_then(|s| {
             s.store
                 .as_ref()
@@ -233,6 +250,7 @@ impl Storage {
                 head = head(&mut flights) => Event::Head(head),
                 queued = self.queue.recv(), if flights.len() < IN_FLIGHT => Event::Queued(queued),
                 () = progress(&mut durable), if !routed.is_empty() => Event::Durable,
+                covered = confirmed(&mut barrier) => Event::Forwarded(covered),
                 _ = probe.tick(), if failing && flights.is_empty() => Event::Probe,
             };
             match event {
@@ -247,14 +265,15 @@ impl Storage {
                         continue;
                     };
                     match result {
-                        Ok(()) => {
+                        Ok(sequence) => {
                             if self.writes.failing.swap(false, Ordering::Relaxed) {
                                 tracing::info!("cluster: the messages stream takes writes again");
                             }
                             let Some(state) = state.upgrade() else {
                                 break;
                             };
-                            routed.push_back((flight.ticket, route(&state, flight.write)));
+                            let local = self.route(&state, flight, sequence).await;
+                            routed.push_back(local);
                         }
                         Err(e) if Instant::now() >= flight.deadline => {
                             self.give_up(&mut routed, flight, &e, &state);
@@ -280,6 +299,10 @@ impl Storage {
                     }
                 }
                 Event::Durable => {}
+                Event::Forwarded(covered) => {
+                    barrier = None;
+                    forwarded = covered;
+                }
                 Event::Probe => {
                     if self.probe().await {
                         tracing::info!("cluster: the messages stream takes writes again");
@@ -287,8 +310,60 @@ impl Storage {
                     }
                 }
             }
-            self.settle(&mut routed, &durable);
+            self.settle(&mut routed, &durable, forwarded);
+            if barrier.is_none()
+                && let Some(&(last, _)) = routed.back()
+                && last > forwarded
+            {
+                let (client, subject) = (self.client.clone(), self.barrier.clone());
+                barrier = Some((
+                    last,
+                    Box::pin(async move { round_trip(&client, subject).await }),
+                ));
+            }
         }
+    }
+
+    /// Routes a stored message here (with its QoS 2 id, if its session is
+    /// persistent) and sends its live copy to the other nodes (with its
+    /// place in the stream, `Tern-Seq`); its ticket, and the local store's
+    /// ticket for its deliveries.
+    async fn route(&self, state: &BrokerState, flight: Flight, sequence: u64) -> (u64, u64) {
+        let Flight {
+            ticket,
+            write,
+            record,
+            ..
+        } = flight;
+        let Write {
+            message,
+            owner,
+            packet_id,
+            persistent,
+        } = write;
+        let inbound = packet_id.filter(|_| persistent);
+        let group = match &message.origin {
+            Some(client_id) => router::inbound_group(state, client_id, inbound),
+            None => Default::default(),
+        };
+        let routed = router::publish_here(state, &message, owner.as_ref(), group);
+        let mut headers = live_headers(&self.id(ticket), &routed.served);
+        headers.insert(SEQUENCE_HEADER, sequence.to_string().as_str());
+        let live = subject::topic_subject(&self.cluster, &message.topic);
+        if let Err(e) = self
+            .client
+            .publish_with_headers(live, headers, record)
+            .await
+        {
+            crate::throttled!(warn, "cluster publish failed", error = %e, "cluster: a stored message was not sent to the other nodes live");
+        }
+        (ticket, routed.ticket)
+    }
+
+    /// The id of the write with this ticket (`Tern-Id`), in the stream and
+    /// on its live copy.
+    fn id(&self, ticket: u64) -> String {
+        format!("{}:s{ticket}", self.origin)
     }
 
     /// Whether the stream takes a write now: an empty message on
@@ -340,7 +415,7 @@ impl Storage {
     /// Publishes a write to the stream; the answer, at most until its
     /// deadline.
     async fn send(&self, ticket: u64, subject: String, record: Bytes, deadline: Instant) -> Ack {
-        let headers = headers(&format!("{}:{ticket}", self.origin));
+        let headers = headers(&self.id(ticket));
         let published = self
             .jetstream
             .publish_with_headers(subject, headers, record)
@@ -349,7 +424,7 @@ impl Storage {
         match published {
             Ok(ack) => Box::pin(async move {
                 match tokio::time::timeout_at(deadline, ack.into_future()).await {
-                    Ok(Ok(_)) => Ok(()),
+                    Ok(Ok(ack)) => Ok(ack.sequence),
                     Ok(Err(e)) => Err(e.to_string()),
                     Err(_) => Err("no answer from the stream in time".to_owned()),
                 }
@@ -387,11 +462,16 @@ impl Storage {
     }
 
     /// Settles the routed writes the local store has.
-    fn settle(&self, routed: &mut VecDeque<(u64, u64)>, durable: &Option<watch::Receiver<u64>>) {
+    fn settle(
+        &self,
+        routed: &mut VecDeque<(u64, u64)>,
+        durable: &Option<watch::Receiver<u64>>,
+        forwarded: u64,
+    ) {
         let durable = durable.as_ref().map_or(u64::MAX, |d| *d.borrow());
         let mut last = None;
         while let Some(&(ticket, local)) = routed.front() {
-            if local > durable {
+            if local > durable || ticket > forwarded {
                 break;
             }
             routed.pop_front();
@@ -401,23 +481,6 @@ impl Storage {
             self.writes.settle(ticket);
         }
     }
-}
-
-/// Routes a stored message here (with its QoS 2 id, if its session is
-/// persistent) and to the other nodes; the local store's ticket.
-fn route(state: &BrokerState, write: Write) -> u64 {
-    let Write {
-        message,
-        owner,
-        packet_id,
-        persistent,
-    } = write;
-    let inbound = packet_id.filter(|_| persistent);
-    let group = match &message.origin {
-        Some(client_id) => router::inbound_group(state, client_id, inbound),
-        None => Default::default(),
-    };
-    router::publish_with(state, message, owner.as_ref(), group).ticket
 }
 
 /// The oldest write's answer, or its time to be tried again (forever if
@@ -433,4 +496,20 @@ async fn head(flights: &mut VecDeque<Flight>) -> Head {
             Head::Retry
         }
     }
+}
+
+/// The last ticket a barrier covers, once NATS answered it (forever if
+/// there is none).
+async fn confirmed(barrier: &mut Option<Barrier>) -> u64 {
+    let Some((covered, answer)) = barrier else {
+        return std::future::pending().await;
+    };
+    if !answer.await {
+        crate::throttled!(
+            warn,
+            "cluster live copies unconfirmed",
+            "cluster: NATS did not confirm stored messages' live copies in time; their PUBACKs go out without it"
+        );
+    }
+    *covered
 }
