@@ -15,7 +15,7 @@ use async_nats::jetstream;
 use bytes::Bytes;
 use tern_broker::config::ClusterConfig;
 use tern_broker::{Broker, BrokerHandle, Config};
-use tern_codec::{Packet, ProtocolVersion::V5, Publish, QoS, ReasonCode};
+use tern_codec::{Packet, ProtocolVersion::V5, PubAck, Publish, QoS, ReasonCode};
 
 use common::nats::{Nats, NatsCluster};
 use common::*;
@@ -71,13 +71,31 @@ fn numbered(topic: &str, n: usize, qos: QoS, id: u16) -> Publish {
     }
 }
 
-/// The payloads of PUBLISHes arriving within `quiet` of each other.
+/// The payloads of PUBLISHes arriving within `quiet` of each other, each
+/// acknowledged as a receiver does (QoS 2: PUBREC, then PUBCOMP for the
+/// PUBREL, while more PUBLISHes arrive in between).
 async fn drain_payloads(client: &mut TestClient, quiet: Duration) -> Vec<String> {
     let mut got = Vec::new();
     while let Ok(Some(packet)) = client.next(quiet).await {
-        if let Packet::Publish(p) = packet {
-            got.push(String::from_utf8_lossy(&p.payload).into_owned());
-            client.ack(&p).await;
+        match packet {
+            Packet::Publish(p) => {
+                got.push(String::from_utf8_lossy(&p.payload).into_owned());
+                match (p.qos, p.packet_id) {
+                    (QoS::AtLeastOnce, Some(id)) => {
+                        client.send(Packet::PubAck(PubAck::new(id))).await
+                    }
+                    (QoS::ExactlyOnce, Some(id)) => {
+                        client.send(Packet::PubRec(PubAck::new(id))).await
+                    }
+                    _ => {}
+                }
+            }
+            Packet::PubRel(rel) => {
+                client
+                    .send(Packet::PubComp(PubAck::new(rel.packet_id)))
+                    .await
+            }
+            other => panic!("unexpected {other:?}"),
         }
     }
     got
@@ -291,4 +309,59 @@ async fn a_single_nats_server_stores_too() {
     }
     assert_eq!(stored_payloads(&nats).await.get("m1"), Some(&1));
     a.shutdown().await;
+}
+
+/// Publishes at QoS 1 or 2 and completes the flow, waiting up to 30 s for
+/// each answer (a stream leader election takes 4 to 9 s).
+async fn publish_through_a_stall(client: &mut TestClient, publish: Publish) {
+    let (qos, id) = (publish.qos, publish.packet_id);
+    client.send(Packet::Publish(publish)).await;
+    match (qos, answer(client).await) {
+        (QoS::AtLeastOnce, Packet::PubAck(ack)) => assert_eq!(Some(ack.packet_id), id),
+        (QoS::ExactlyOnce, Packet::PubRec(ack)) => {
+            assert_eq!(Some(ack.packet_id), id);
+            client.send(Packet::PubRel(ack)).await;
+            assert!(matches!(answer(client).await, Packet::PubComp(_)));
+        }
+        (_, other) => panic!("unexpected {other:?}"),
+    }
+}
+
+async fn answer(client: &mut TestClient) -> Packet {
+    match client.next(Duration::from_secs(30)).await {
+        Ok(Some(packet)) => packet,
+        other => panic!("no answer within 30 s: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_node_whose_nats_server_dies_gets_what_was_stored_meanwhile() {
+    let mut nats = NatsCluster::start();
+    let a = node(&[&nats.servers[0]], "a", 30).await;
+    // B knows one server, and learns the others from it, as any NATS
+    // client does.
+    let b = node(&[&nats.servers[1]], "b", 30).await;
+    let mut sub = TestClient::connect(b.local_addr(), V5, "sub").await;
+    sub.subscribe("g/#", QoS::ExactlyOnce).await;
+    let mut publisher = TestClient::connect(a.local_addr(), V5, "pub").await;
+    // QoS 2, one at a time; B's server dies after the 20th, and the run
+    // goes on for 200 more while B moves to another server.
+    for n in 1..=220 {
+        publish_through_a_stall(&mut publisher, numbered("g/x", n, QoS::ExactlyOnce, 1)).await;
+        if n == 20 {
+            nats.servers[1].kill();
+        }
+    }
+    let mut received = drain_payloads(&mut sub, Duration::from_secs(3)).await;
+    received.sort();
+    let mut expected: Vec<String> = (1..=220).map(|n| format!("m{n}")).collect();
+    expected.sort();
+    let missing: Vec<_> = expected.iter().filter(|p| !received.contains(p)).collect();
+    assert!(
+        missing.is_empty(),
+        "acknowledged and never delivered: {missing:?}"
+    );
+    assert_eq!(received, expected, "each exactly once");
+    a.shutdown().await;
+    b.shutdown().await;
 }

@@ -22,7 +22,7 @@ use crate::store::records::{self, Clock};
 use super::stats::{self, Peers, stats_subject};
 use super::storage::Writes;
 use super::{Command, Outbox};
-use super::{headers, next_or_stop, subject, tern_id};
+use super::{headers, next_or_stop, sequence, subject, tern_id};
 
 /// Message ids remembered to drop the second copy of a message that
 /// matched two of this node's subscriptions. The copies arrive back to back
@@ -219,10 +219,16 @@ impl Serve {
     /// The scope a received message is routed in, `None` if in none.
     fn scope(&self, message: &async_nats::Message) -> Option<Scope<'_>> {
         match self {
-            Serve::Direct(recent) => match tern_id(message) {
-                Some(id) if !recent.lock().first_time(id) => None,
-                _ => Some(Scope::Direct),
-            },
+            Serve::Direct(recent) => {
+                let mut recent = recent.lock();
+                if let Some(sequence) = sequence(message) {
+                    recent.arrived(sequence);
+                }
+                match tern_id(message) {
+                    Some(id) if !recent.first_time(id) => None,
+                    _ => Some(Scope::Direct),
+                }
+            }
             Serve::Group(key, queue) => {
                 let served = message.headers.as_ref().is_some_and(|h| {
                     h.get_all(SERVED_HEADER)
@@ -266,14 +272,62 @@ pub(super) async fn receive(
     let _ = subscriber.unsubscribe().await;
 }
 
-/// The ids of the messages most recently routed here, oldest first.
+/// The ids of the messages most recently routed here, oldest first; and
+/// where in the messages stream the stored ones of the last moments were,
+/// for [`super::catchup`].
 #[derive(Default)]
 pub(super) struct Recent {
     seen: HashSet<String>,
     order: VecDeque<String>,
+    /// (when it arrived, its place in the messages stream), over the last
+    /// [`RECENT_WINDOW`].
+    sequences: VecDeque<(Instant, u64)>,
+    /// The highest place in the stream seen (at first, the stream's end
+    /// when this node joined).
+    highest: u64,
 }
 
+/// How far back a node replays the messages stream after its NATS link
+/// came back, before the last stored message it saw: live copies of
+/// messages stored earlier still on their way then.
+const RECENT_WINDOW: Duration = Duration::from_secs(2);
+
 impl Recent {
+    /// Starting at place `highest` of the messages stream.
+    pub(super) fn from(highest: u64) -> Recent {
+        Recent {
+            highest,
+            ..Recent::default()
+        }
+    }
+
+    /// Notes a stored message's place in the stream, as it arrives live.
+    pub(super) fn arrived(&mut self, sequence: u64) {
+        let now = Instant::now();
+        while self
+            .sequences
+            .front()
+            .is_some_and(|&(at, _)| now.duration_since(at) > RECENT_WINDOW)
+            || self.sequences.len() >= RECENT
+        {
+            self.sequences.pop_front();
+        }
+        self.sequences.push_back((now, sequence));
+        self.highest = self.highest.max(sequence);
+    }
+
+    /// Where to replay the stream from after the NATS link went down now:
+    /// the earliest place seen in the last moments, or past the highest.
+    pub(super) fn resume_from(&self) -> u64 {
+        let now = Instant::now();
+        self.sequences
+            .iter()
+            .filter(|&&(at, _)| now.duration_since(at) <= RECENT_WINDOW)
+            .map(|&(_, sequence)| sequence)
+            .min()
+            .unwrap_or(self.highest + 1)
+    }
+
     /// Whether `id` was not seen yet (and remembers it).
     pub(super) fn first_time(&mut self, id: &str) -> bool {
         if self.seen.contains(id) {
@@ -305,5 +359,22 @@ mod tests {
         }
         assert_eq!(recent.order.len(), RECENT);
         assert!(recent.first_time("a:1"), "forgotten after RECENT others");
+    }
+
+    #[test]
+    fn a_replay_resumes_at_the_earliest_place_seen_lately_or_past_the_highest() {
+        let mut recent = Recent::from(40);
+        assert_eq!(
+            recent.resume_from(),
+            41,
+            "nothing seen: past the end at join"
+        );
+        // Copies arrive out of stream order across publishing nodes.
+        for place in [52, 50, 53, 51] {
+            recent.arrived(place);
+        }
+        assert_eq!(recent.resume_from(), 50);
+        recent.sequences.clear();
+        assert_eq!(recent.resume_from(), 54, "none lately: past the highest");
     }
 }

@@ -9,9 +9,11 @@ use async_nats::jetstream::context::{
     CreateStreamError, CreateStreamErrorKind,
 };
 use async_nats::jetstream::kv;
+use tokio::sync::mpsc;
 
 use crate::config::ClusterConfig;
 
+use super::catchup::Link;
 use super::ownership::claims_subject;
 use super::stats::stats_subject;
 use super::{Cluster, handover, retained, storage};
@@ -64,8 +66,22 @@ pub async fn join(config: &ClusterConfig) -> Result<Cluster, ClusterError> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| unreachable(e.to_string()))?;
     let node = config.node_name();
+    let (link, links) = mpsc::unbounded_channel();
     let mut options = async_nats::ConnectOptions::new()
-        .event_callback(|event| async move { log_event(event) })
+        .event_callback(move |event| {
+            let link = link.clone();
+            async move {
+                let changed = match event {
+                    async_nats::Event::Disconnected => Some(Link::Down),
+                    async_nats::Event::Connected => Some(Link::Up),
+                    _ => None,
+                };
+                if let Some(changed) = changed {
+                    let _ = link.send(changed);
+                }
+                log_event(event);
+            }
+        })
         .name(format!("tern {node}"))
         .no_echo()
         .connection_timeout(Duration::from_secs(config.connect_timeout_secs));
@@ -111,12 +127,14 @@ pub async fn join(config: &ClusterConfig) -> Result<Cluster, ClusterError> {
             reason: e.to_string(),
         });
     }
-    for stream in [
+    create_stream(
+        &jetstream,
         retained::stream_config(&config.name, config.replicas),
-        storage::stream_config(&config.name, config.replicas),
-    ] {
-        create_stream(&jetstream, stream, config.replicas).await?;
-    }
+        config.replicas,
+    )
+    .await?;
+    let messages = storage::stream_config(&config.name, config.replicas);
+    let stream_end = create_stream(&jetstream, messages, config.replicas).await?;
     let sessions = bucket(
         &jetstream,
         config,
@@ -175,15 +193,17 @@ pub async fn join(config: &ClusterConfig) -> Result<Cluster, ClusterError> {
         name: config.name.clone(),
         node,
         write_timeout: Duration::from_secs(config.write_timeout_secs),
+        links,
+        stream_end,
     })
 }
 
-/// Creates a stream if it is not there yet.
+/// Creates a stream if it is not there yet; the place of its last message.
 async fn create_stream(
     jetstream: &async_nats::jetstream::Context,
     stream: async_nats::jetstream::stream::Config,
     replicas: usize,
-) -> Result<(), ClusterError> {
+) -> Result<u64, ClusterError> {
     let what = format!("create the stream {}", stream.name);
     let creating = patiently(
         &what,
@@ -196,7 +216,10 @@ async fn create_stream(
         async || jetstream.get_or_create_stream(stream.clone()).await,
     );
     match creating.await {
-        Ok(_) => Ok(()),
+        Ok(mut created) => Ok(created
+            .info()
+            .await
+            .map_or(0, |info| info.state.last_sequence)),
         Err(e) => Err(ClusterError::Stream {
             stream: stream.name,
             replicas,

@@ -23,6 +23,8 @@
 //!   in order through one outbox;
 //! - [`storage`]: QoS 1/2 messages stored in the cluster's messages stream
 //!   on a majority of NATS servers before they are routed and acknowledged;
+//!   `catchup`: the stored messages missed while the NATS link was down,
+//!   read from that stream once it is back;
 //! - [`retained`]: retained messages in a JetStream stream every node
 //!   follows; [`stats`]: `$SYS/cluster/…` totals.
 //!
@@ -31,6 +33,7 @@
 //! messages stream and its state in NATS, to survive the loss of a node,
 //! comes with the next steps.
 
+mod catchup;
 mod fabric;
 pub mod handover;
 mod join;
@@ -53,7 +56,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::lock::Mutex;
+use crate::lock::{Mutex, rank};
 use crate::metrics::Metrics;
 use crate::retained::LocalRetained;
 use crate::state::BrokerState;
@@ -63,8 +66,9 @@ use self::retained::ClusterRetained;
 use self::stats::Peers;
 use self::wills::Keep;
 
-use self::fabric::Interest;
+use self::catchup::{CatchUp, Link};
 pub use self::fabric::NatsFabric;
+use self::fabric::{Interest, Recent};
 pub use self::join::{ClusterError, join};
 pub use self::ownership::NatsOwnership;
 use self::ownership::{claims_subject, watch_claims};
@@ -159,6 +163,10 @@ pub struct Cluster {
     node: String,
     /// How long a QoS 1/2 message may wait to be stored.
     write_timeout: Duration,
+    /// The NATS link going down and up, from its client's events.
+    links: mpsc::UnboundedReceiver<Link>,
+    /// The place of the messages stream's last message at join.
+    stream_end: u64,
 }
 
 impl Cluster {
@@ -181,6 +189,14 @@ impl Cluster {
         let peers = Arc::new(Peers::default());
         let applied = Arc::new(watch::channel(0).0);
         let (writes, queue) = Writes::new();
+        let recent = Arc::new(Mutex::new(Recent::from(self.stream_end)));
+        let catch_up = CatchUp {
+            jetstream: self.jetstream.clone(),
+            cluster: self.name.clone(),
+            origin: origin.clone(),
+            recent: recent.clone(),
+            links: self.links,
+        };
         let directory = Directory {
             client: self.client.clone(),
             sessions: self.sessions,
@@ -228,6 +244,8 @@ impl Cluster {
         };
         let routing = Routing {
             storage,
+            catch_up,
+            recent,
             client: self.client,
             jetstream: self.jetstream,
             claims: self.claims,
@@ -253,6 +271,10 @@ impl Cluster {
 pub struct Routing {
     /// Stores QoS 1/2 messages before they are routed.
     storage: Storage,
+    /// Routes what this node missed while its NATS link was down.
+    catch_up: CatchUp,
+    /// The ids of the messages routed here lately.
+    recent: Arc<Mutex<Recent, { rank::FABRIC }>>,
     client: Client,
     jetstream: async_nats::jetstream::Context,
     claims: async_nats::Subscriber,
@@ -297,6 +319,8 @@ impl Routing {
         let weak = Arc::downgrade(state);
         let Routing {
             storage,
+            catch_up,
+            recent,
             client,
             jetstream,
             claims,
@@ -329,6 +353,7 @@ impl Routing {
         tasks.spawn(watch_claims(claims, origin, weak.clone(), shutdown.clone()));
         tasks.spawn(watch_stats(stats, peers, shutdown.clone()));
         tasks.spawn(storage.run(weak.clone(), shutdown.clone()));
+        tasks.spawn(catch_up.run(weak.clone(), shutdown.clone()));
         let _ = directory.state.set(weak.clone());
         let serving = handover::serve(
             handovers,
@@ -339,6 +364,7 @@ impl Routing {
         );
         tasks.spawn(serving);
         let publisher = Publisher {
+            recent,
             client,
             jetstream,
             inbox,
@@ -363,6 +389,13 @@ fn headers(id: &str) -> async_nats::HeaderMap {
 pub(crate) fn tern_id(message: &async_nats::Message) -> Option<&str> {
     let id = message.headers.as_ref()?.get(ID_HEADER)?;
     Some(id.as_str())
+}
+
+/// A stored message's place in the messages stream (`Tern-Seq`), on its
+/// live copy.
+pub(crate) fn sequence(message: &async_nats::Message) -> Option<u64> {
+    let value = message.headers.as_ref()?.get(SEQUENCE_HEADER)?;
+    value.as_str().parse().ok()
 }
 
 /// The next item of `stream`, or `None` once it ends or `stop` is

@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::lock::Mutex;
+use crate::lock::{Mutex, rank};
 use crate::state::BrokerState;
 
 use super::fabric::{Recent, Serve, receive};
@@ -24,6 +24,9 @@ const APPLY_WAIT: Duration = Duration::from_secs(2);
 
 /// The task that owns the NATS connection's outgoing side.
 pub(super) struct Publisher {
+    /// The ids of the messages routed here lately (shared with the
+    /// catch-up after a NATS link came back).
+    pub(super) recent: Arc<Mutex<Recent, { rank::FABRIC }>>,
     pub(super) client: Client,
     pub(super) jetstream: async_nats::jetstream::Context,
     pub(super) inbox: mpsc::Receiver<Command>,
@@ -44,7 +47,7 @@ impl Publisher {
     ) {
         let mut subscriptions: HashMap<String, CancellationToken> = HashMap::new();
         let mut groups: HashMap<Arc<str>, CancellationToken> = HashMap::new();
-        let direct = Serve::Direct(Arc::new(Mutex::new(Recent::default())));
+        let direct = Serve::Direct(self.recent.clone());
         loop {
             let command = tokio::select! {
                 biased;

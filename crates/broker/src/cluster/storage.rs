@@ -74,6 +74,11 @@ pub fn stream_config(cluster: &str, replicas: usize) -> stream::Config {
     }
 }
 
+/// The subject of the writes that probe whether the stream takes them.
+pub(super) fn probe_subject(cluster: &str) -> String {
+    format!("{cluster}.s.p")
+}
+
 /// The writes a node has issued, shared by the fabric (which issues them)
 /// and the task that stores them.
 pub(super) struct Writes {
@@ -369,7 +374,7 @@ impl Storage {
     /// Whether the stream takes a write now: an empty message on
     /// `<cluster>.s.p`, beside every topic's subject (`….s.m.…`, `….s.d.…`).
     async fn probe(&self) -> bool {
-        let subject = format!("{}.s.p", self.cluster);
+        let subject = probe_subject(&self.cluster);
         let deadline = Instant::now() + PROBE;
         let ack = self.send(0, subject, Bytes::new(), deadline).await;
         ack.await.is_ok()
