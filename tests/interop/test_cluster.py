@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import queue
+import random
 import re
 import shlex
 import shutil
@@ -37,7 +38,17 @@ import paho.mqtt.client as mqtt
 import pytest
 
 import interop_support
-from interop_support import DEFAULT_BROKER, HOST, QUIET, REPO_ROOT, TIMEOUT, Client, free_port, unique
+from interop_support import (
+    DEFAULT_BROKER,
+    HOST,
+    QUIET,
+    REPO_ROOT,
+    TIMEOUT,
+    Client,
+    ExactlyOnceCount,
+    free_port,
+    unique,
+)
 
 SCRIPT = REPO_ROOT / "scripts" / "cluster.sh"
 NODE_DIR = Path(__file__).resolve().parent / "node"
@@ -94,9 +105,9 @@ class Cluster:
             for kind in ("", "_ROUTE", "_HTTP"):
                 self.env[f"TERN_CLUSTER_NATS{i}{kind}_PORT"] = str(next(p))
 
-    def script(self, command: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    def script(self, *command: str, timeout: float = 60) -> subprocess.CompletedProcess:
         return subprocess.run(
-            ["bash", str(SCRIPT), command],
+            ["bash", str(SCRIPT), *command],
             cwd=REPO_ROOT, env=self.env, stdin=subprocess.DEVNULL,
             capture_output=True, text=True, timeout=timeout,
         )
@@ -392,6 +403,37 @@ def test_haproxy_takes_a_hung_node_out_of_the_pool_and_back(cluster, clients):
     for c in front:
         c.disconnect()
     print(f"hung node3: DOWN after {took_down:.2f}s, UP {took_up:.2f}s after SIGCONT")
+
+
+def test_qos2_is_exactly_once_at_paho_over_nats_server_kills(cluster):
+    """The cluster crash test, for NATS servers: paho publisher on node2,
+    paho subscriber on node1, both persistent, QoS 2 with 50 in flight
+    (interop_support.ExactlyOnceCount); a random nats-server SIGKILLed and
+    started again (`scripts/cluster.sh start`) each 0.5-1.5 s. A node whose
+    server died reads what it missed from the messages stream; a killed
+    stream leader stalls writes for a few seconds. Every message paho reports
+    published arrives, none twice. TERN_INTEROP_CLUSTER_KILLS sets the
+    number of kills (default 3)."""
+    kills = int(os.environ.get("TERN_INTEROP_CLUSTER_KILLS", "3"))
+    rng = random.Random()
+    sub_at, pub_at = ((cluster.nodes[i].host, cluster.nodes[i].port) for i in (1, 2))
+    run = ExactlyOnceCount(sub_at, pub_at, unique("nats-crash"))
+    run.start()
+    try:
+        for _ in range(kills):
+            time.sleep(rng.uniform(0.5, 1.5))
+            victim = f"nats{rng.randint(1, 3)}"
+            os.kill(cluster.pid(victim), signal.SIGKILL)
+            started = cluster.script("start", victim, timeout=90)
+            assert started.returncode == 0, started.stdout + started.stderr
+        time.sleep(1.0)
+    finally:
+        published, acked, delivered, lost, twice = run.finish(settle=60.0)
+    print(f"{kills} nats-server kills: published {published}, acknowledged {acked}, "
+          f"delivered {delivered}, lost {len(lost)}, delivered twice {len(twice)}")
+    assert acked == published, f"{published - acked} messages never completed"
+    assert not lost, f"{len(lost)} acknowledged messages never delivered, first {lost[:20]}"
+    assert not twice, f"QoS 2 messages delivered twice (number, packet id, DUP): {twice[:20]}"
 
 
 def test_haproxy_routes_around_a_killed_node(cluster, clients, topic_base):

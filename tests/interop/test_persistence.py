@@ -8,20 +8,18 @@ it was away, and retained messages.
 
 from __future__ import annotations
 
-import collections
 import os
 import random
 import re
 import shutil
 import signal
 import subprocess
-import threading
 import time
 
 import paho.mqtt.client as mqtt
 import pytest
 
-from interop_support import REPO_ROOT, VERSIONS, unique
+from interop_support import REPO_ROOT, VERSIONS, ExactlyOnceCount, unique
 
 V5 = mqtt.MQTTv5
 
@@ -117,75 +115,19 @@ def test_qos2_is_exactly_once_at_paho_over_crashes(broker):
     twice. TERN_INTEROP_CRASH_KILLS sets the number of kills (default 6)."""
     kills = int(os.environ.get("TERN_INTEROP_CRASH_KILLS", "6"))
     rng = random.Random()
-    lock = threading.Lock()
-    got: collections.Counter = collections.Counter()
-    twice: list[tuple[int, int, bool]] = []
-
-    def on_message(client, userdata, msg):
-        n = int(msg.payload)
-        with lock:
-            got[n] += 1
-            if got[n] > 1:
-                twice.append((n, msg.mid, msg.dup))
-
-    def client(cid: str) -> mqtt.Client:
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cid, clean_session=False)
-        c.reconnect_delay_set(min_delay=0.1, max_delay=0.5)
-        return c
-
-    subscribed = threading.Event()
-    sub = client(unique("crash-sub"))
-    sub.on_message = on_message
-    sub.on_subscribe = lambda *args: subscribed.set()
-    # As paho users write it: (re)subscribe on every connect.
-    sub.on_connect = lambda c, u, flags, rc, props: c.subscribe("crash/#", qos=2)
-    sub.connect(broker.host, broker.port)
-    sub.loop_start()
-    assert subscribed.wait(10), "no SUBACK"
-
-    window = threading.Semaphore(50)
-    pub = client(unique("crash-pub"))
-    pub.max_inflight_messages_set(50)
-    pub.on_publish = lambda *args: window.release()
-    pub.connect(broker.host, broker.port)
-    pub.loop_start()
-    infos: list[tuple[int, mqtt.MQTTMessageInfo]] = []
-    stop = threading.Event()
-
-    def publish():
-        n = 0
-        while not stop.is_set():
-            if window.acquire(timeout=0.2):
-                infos.append((n, pub.publish(f"crash/{n % 4}", str(n), qos=2)))
-                n += 1
-
-    publisher = threading.Thread(target=publish)
-    publisher.start()
+    at = (broker.host, broker.port)
+    run = ExactlyOnceCount(at, at, unique("crash"))
+    run.start()
     try:
         for _ in range(kills):
             time.sleep(rng.uniform(0.3, 1.2))
             restart(broker, signal.SIGKILL)
         time.sleep(1.0)
     finally:
-        stop.set()
-        publisher.join()
-    # `_published` is paho's own flag, set at PUBCOMP (is_published() raises
-    # for messages first queued while disconnected).
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        acked = {n for n, info in infos if info._published}
-        with lock:
-            if len(acked) == len(infos) and acked <= set(got):
-                break
-        time.sleep(0.1)
-    time.sleep(0.5)  # a late duplicate would arrive now
-    sub.loop_stop()
-    pub.loop_stop()
-    acked = {n for n, info in infos if info._published}
-    lost = sorted(acked - set(got))
-    print(f"{kills} kills: published {len(infos)}, acknowledged {len(acked)}, "
-          f"delivered {len(got)}, lost {len(lost)}, delivered twice {len(twice)}")
-    assert len(acked) == len(infos), f"{len(infos) - len(acked)} messages never completed"
+        published, acked, delivered, lost, twice = run.finish()
+    print(f"{kills} kills: published {published}, acknowledged {acked}, "
+          f"delivered {delivered}, lost {len(lost)}, delivered twice {len(twice)}")
+    assert acked == published, f"{published - acked} messages never completed"
     assert not lost, f"{len(lost)} acknowledged messages never delivered, first {lost[:20]}"
     assert not twice, f"QoS 2 messages delivered twice (number, packet id, DUP): {twice[:20]}"
 

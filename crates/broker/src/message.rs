@@ -30,6 +30,10 @@ pub struct Message {
     pub origin: Option<ByteStr>,
     /// Its record in the store, once a persistent session queued it.
     pub stored: StoredSlot,
+    /// Its place in a cluster's messages stream, once stored there (a QoS
+    /// 1/2 message a client published on a cluster node): a session moved
+    /// from a node that died resumes by it.
+    pub place: OnceLock<u64>,
 }
 
 /// One message on its way to one session, with the per-subscription choices
@@ -120,6 +124,7 @@ impl Message {
             expires_at,
             origin: Some(origin),
             stored: StoredSlot::new(),
+            place: OnceLock::new(),
         })
     }
 
@@ -145,6 +150,7 @@ impl Message {
             expires_at,
             origin: Some(origin),
             stored: StoredSlot::new(),
+            place: OnceLock::new(),
         })
     }
 
@@ -162,6 +168,7 @@ impl Message {
             expires_at: now.and_then(|now| expiry_deadline(interval, now)),
             origin: self.origin.clone(),
             stored: StoredSlot::new(),
+            place: OnceLock::new(),
         })
     }
 
@@ -176,6 +183,7 @@ impl Message {
             expires_at: None,
             origin: None,
             stored: StoredSlot::new(),
+            place: OnceLock::new(),
         })
     }
 

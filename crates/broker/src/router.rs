@@ -60,6 +60,9 @@ pub enum Scope<'a> {
     /// Only the shared group with this key (`{group}/{filter}`): another
     /// node's message, which the cluster gave this node to serve.
     Group(&'a str),
+    /// Only this client's session, non-shared subscriptions: a stored
+    /// message it missed while it moved from a node that died.
+    Session(&'a str),
 }
 
 /// Where a published message went.
@@ -258,7 +261,11 @@ fn matching_targets(state: &BrokerState, message: &Message, scope: Scope) -> Tar
     let acl_generation = state.auth.acl_generation();
     let tree = state.tree();
     tree.for_each_match(&message.topic, |m| match (m, scope) {
-        (Matched::Subscriber { client_id, value }, Scope::All | Scope::Direct) => {
+        (Matched::Subscriber { client_id, .. }, Scope::Session(only)) if **client_id != *only => {}
+        (
+            Matched::Subscriber { client_id, value },
+            Scope::All | Scope::Direct | Scope::Session(_),
+        ) => {
             // No Local: not back to the publisher [MQTT-3.8.3-3].
             if value.options.no_local && message.origin.as_ref() == Some(client_id) {
                 return;
@@ -477,6 +484,9 @@ pub fn deliver_retained(
 /// counts for `$SYS/broker/limits/queue/dropped`. The publisher is not told:
 /// its message went to every other matching session.
 fn dropped(state: &BrokerState, why: NotQueued) {
+    if why == NotQueued::Duplicate {
+        return;
+    }
     Metrics::add(&state.metrics.publish_dropped, 1);
     if why == NotQueued::QueueFull {
         Metrics::add(&state.limits.counters.queue_dropped, 1);

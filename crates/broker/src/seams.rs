@@ -160,6 +160,23 @@ pub trait Ownership: Send + Sync {
     fn will_gone(&self, client_id: &ByteStr) {
         let _ = client_id;
     }
+    /// `client_id`'s persistent session changed in a way that must outlive
+    /// this node (its subscriptions): keep its state beyond it. Returns a
+    /// ticket [`Ownership::mirrored`] reaches once kept, which the SUBACK
+    /// waits for; 0 if there is nothing to wait for. One node: nothing to
+    /// keep, its store is enough.
+    fn mirror(&self, client_id: &ByteStr) -> u64 {
+        let _ = client_id;
+        0
+    }
+    /// The highest ticket of [`Ownership::mirror`] kept.
+    fn mirrored(&self) -> u64 {
+        u64::MAX
+    }
+    /// Changes of [`Ownership::mirrored`]; `None` if it never waits.
+    fn mirrored_changes(&self) -> Option<watch::Receiver<u64>> {
+        None
+    }
     /// A will waiting out its delay here is due: whether to publish it
     /// (not if another node did, having taken this one for gone, or its
     /// client connected again elsewhere). One node: always.

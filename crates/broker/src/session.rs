@@ -80,6 +80,10 @@ pub enum NotQueued {
     Offline,
     /// Over `max_queued_messages` or `max_queued_bytes`.
     QueueFull,
+    /// Already queued or in flight: a session taken over from a node that
+    /// died gets the messages since its cursor again while live copies
+    /// arrive (see [`SessionState::recovering`]).
+    Duplicate,
 }
 
 /// An outbound message sent but not fully acknowledged.
@@ -185,6 +189,10 @@ pub struct Traffic {
     /// QoS 2 packet ids received from the client, awaiting its PUBREL.
     pub inbound_qos2: BTreeSet<u16>,
     last_packet_id: u16,
+    /// While the session is rebuilt from a cluster's messages stream: the
+    /// places of the stored messages queued or in flight, so that none is
+    /// queued twice.
+    places: Option<HashSet<u64>>,
 }
 
 impl Session {
@@ -352,7 +360,10 @@ impl SessionState {
     /// Frees the queues if all are empty (the connection is parking).
     pub fn release_idle_traffic(&mut self) {
         if self.traffic.as_ref().is_some_and(|t| {
-            t.pending.is_empty() && t.inflight.is_empty() && t.inbound_qos2.is_empty()
+            t.pending.is_empty()
+                && t.inflight.is_empty()
+                && t.inbound_qos2.is_empty()
+                && t.places.is_none()
         }) {
             self.traffic = None;
         }
@@ -379,7 +390,54 @@ impl SessionState {
         if over_count || over_bytes {
             return Err(NotQueued::QueueFull);
         }
+        let place = delivery.message.place.get();
+        if let (Some(places), Some(&place)) = (self.traffic().places.as_mut(), place)
+            && !places.insert(place)
+        {
+            return Err(NotQueued::Duplicate);
+        }
         Ok(())
+    }
+
+    /// Starts rebuilding the session from a cluster's messages stream:
+    /// from now on a stored message already queued or in flight is not
+    /// queued again, until [`SessionState::recovered`].
+    pub fn recovering(&mut self) {
+        let t = self.traffic();
+        let places = t
+            .pending
+            .iter()
+            .chain(t.inflight.iter().map(|i| &i.delivery))
+            .filter_map(|d| d.message.place.get().copied())
+            .collect();
+        t.places = Some(places);
+    }
+
+    /// The session is rebuilt.
+    pub fn recovered(&mut self) {
+        self.traffic().places = None;
+    }
+
+    /// What a cluster keeps of this session in NATS: its record, and where
+    /// it is in the messages stream. The cursor is the earliest place among
+    /// its stored messages queued or in flight, and at most `watermark`
+    /// (below which this node has routed every stored message to it).
+    pub fn mirror(&self, watermark: u64) -> records::Mirror {
+        let deliveries = self.traffic.iter().flat_map(|t| {
+            t.pending
+                .iter()
+                .chain(t.inflight.iter().map(|i| &i.delivery))
+        });
+        let cursor = deliveries
+            .filter_map(|d| d.message.place.get().copied())
+            .fold(watermark, u64::min);
+        records::Mirror {
+            session: self.record(),
+            cursor,
+            inbound: Vec::new(),
+            inflight: Vec::new(),
+            done: Vec::new(),
+        }
     }
 
     /// Appends to the pending queue (the caller checked the limits, or is

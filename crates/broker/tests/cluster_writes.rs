@@ -40,6 +40,18 @@ async fn node(servers: &[&Nats], name: &str, write_timeout_secs: u64) -> BrokerH
     Broker::start(config).await.expect("the node joins")
 }
 
+/// A node named `name` on a single NATS server (1 copy of each stream).
+async fn alone_on(nats: &Nats, name: &str) -> BrokerHandle {
+    let config = Config {
+        cluster: Some(ClusterConfig {
+            node: Some(name.into()),
+            ..nats.cluster()
+        }),
+        ..test_config()
+    };
+    Broker::start(config).await.expect("the node joins")
+}
+
 async fn jetstream_at(nats: &Nats) -> jetstream::Context {
     let client = async_nats::connect(&nats.url).await.expect("a NATS client");
     jetstream::new(client)
@@ -288,14 +300,7 @@ async fn killing_the_stream_leader_holds_pubacks_and_loses_nothing() {
 #[tokio::test]
 async fn a_single_nats_server_stores_too() {
     let nats = Nats::start(true);
-    let config = Config {
-        cluster: Some(ClusterConfig {
-            node: Some("a".into()),
-            ..nats.cluster()
-        }),
-        ..test_config()
-    };
-    let a = Broker::start(config).await.expect("the node joins");
+    let a = alone_on(&nats, "a").await;
     let mut publisher = TestClient::connect(a.local_addr(), V5, "pub").await;
     publisher
         .send(Packet::Publish(numbered("x", 1, QoS::AtLeastOnce, 3)))
@@ -352,10 +357,17 @@ async fn a_node_whose_nats_server_dies_gets_what_was_stored_meanwhile() {
             nats.servers[1].kill();
         }
     }
-    let mut received = drain_payloads(&mut sub, Duration::from_secs(3)).await;
-    received.sort();
     let mut expected: Vec<String> = (1..=220).map(|n| format!("m{n}")).collect();
     expected.sort();
+    // What the node missed comes once it read the stream, which may be
+    // electing a leader (its server was the one killed) for a few seconds.
+    let mut received = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline && !expected.iter().all(|p| received.contains(p)) {
+        received.extend(drain_payloads(&mut sub, Duration::from_millis(500)).await);
+    }
+    received.extend(drain_payloads(&mut sub, QUIET).await);
+    received.sort();
     let missing: Vec<_> = expected.iter().filter(|p| !received.contains(p)).collect();
     assert!(
         missing.is_empty(),
@@ -363,5 +375,60 @@ async fn a_node_whose_nats_server_dies_gets_what_was_stored_meanwhile() {
     );
     assert_eq!(received, expected, "each exactly once");
     a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_persistent_session_outlives_its_node_and_gets_every_stored_message() {
+    let nats = Nats::start(true);
+    let a = alone_on(&nats, "a").await;
+    let b = alone_on(&nats, "b").await;
+    let mut sub = TestClient::connect_with(a.local_addr(), persistent(V5, "dev"))
+        .await
+        .0;
+    sub.subscribe("d/#", QoS::AtLeastOnce).await;
+    let mut publisher = TestClient::connect(b.local_addr(), V5, "pub").await;
+    for n in 1..=10 {
+        publisher
+            .publish_packet(numbered("d/x", n, QoS::AtLeastOnce, 1))
+            .await;
+    }
+    // The first five acknowledged; the other five arrive and are not.
+    for n in 1..=10 {
+        let p = sub.recv_publish().await;
+        assert_eq!(p.payload, format!("m{n}"));
+        if n <= 5 {
+            sub.ack(&p).await;
+        }
+    }
+    // Node A dies with the session (it stops without handing anything over).
+    sub.drop_connection();
+    a.shutdown().await;
+    for n in 11..=15 {
+        publisher
+            .publish_packet(numbered("d/x", n, QoS::AtLeastOnce, 1))
+            .await;
+    }
+    // The client reconnects to B: the session is there, and every stored
+    // message not acknowledged arrives.
+    let (mut sub, ack) = TestClient::connect_with(b.local_addr(), persistent(V5, "dev")).await;
+    assert!(
+        ack.session_present,
+        "the session was taken over from its mirror"
+    );
+    for n in 16..=20 {
+        publisher
+            .publish_packet(numbered("d/x", n, QoS::AtLeastOnce, 1))
+            .await;
+    }
+    let mut got = drain_payloads(&mut sub, Duration::from_secs(4)).await;
+    got.sort_by_key(|p| p[1..].parse::<u32>().unwrap_or(0));
+    got.dedup();
+    let expected: Vec<String> = (6..=20).map(|n| format!("m{n}")).collect();
+    let missing: Vec<_> = expected.iter().filter(|p| !got.contains(p)).collect();
+    assert!(
+        missing.is_empty(),
+        "never delivered: {missing:?} (got {got:?})"
+    );
     b.shutdown().await;
 }

@@ -70,6 +70,9 @@ enum Wait {
     /// The fabric to report this ticket's message stored beyond this node
     /// ([`crate::seams::Fabric::stored`]).
     Stored(u64),
+    /// The session's state kept beyond this node
+    /// ([`crate::seams::Ownership::mirrored`]).
+    Mirror(u64),
 }
 
 /// A message this connection's client published could not be stored (a
@@ -177,6 +180,14 @@ impl ClientState {
         }
     }
 
+    /// Holds whatever is encoded from now on until the session's state with
+    /// this ticket is kept beyond this node.
+    pub fn hold_for_mirror(&mut self, ticket: u64) {
+        if ticket > self.state.ownership.mirrored() {
+            self.hold(Wait::Mirror(ticket), self.out.len());
+        }
+    }
+
     /// Holds whatever is encoded from now on until the fabric reports the
     /// message with this ticket stored ([`crate::seams::Fabric::store`]).
     pub fn hold_for_storage(&mut self, ticket: u64) {
@@ -219,10 +230,12 @@ impl ClientState {
         let durable = self.state.store.as_ref().map_or(u64::MAX, |s| s.durable());
         let fabric = &self.state.fabric;
         let applied = fabric.applied();
+        let mirrored = self.state.ownership.mirrored();
         while let Some(&(wait, _)) = holds.queue.front() {
             let done = match wait {
                 Wait::Store(ticket) => ticket <= durable,
                 Wait::Fabric(ticket) => ticket <= applied,
+                Wait::Mirror(ticket) => ticket <= mirrored,
                 Wait::Stored(ticket) => match fabric.stored(ticket) {
                     Stored::Done => true,
                     Stored::Pending => false,

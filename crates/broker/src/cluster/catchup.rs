@@ -15,6 +15,7 @@
 //! that node may be this one or not): their messages of the gap are lost,
 //! as on a NATS core link.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -23,6 +24,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::lock::{Mutex, rank};
+use crate::message::Message;
 use crate::router::{self, Scope};
 use crate::state::BrokerState;
 use crate::store::records::{self, Clock};
@@ -54,6 +56,9 @@ pub(super) struct CatchUp {
     pub(super) origin: String,
     pub(super) recent: Arc<Mutex<Recent, { rank::FABRIC }>>,
     pub(super) links: mpsc::UnboundedReceiver<Link>,
+    /// Where the replay resumes, from the link going down until it has
+    /// finished (`u64::MAX` otherwise): sessions' cursors stay below it.
+    pub(super) holding: Arc<AtomicU64>,
 }
 
 impl CatchUp {
@@ -69,7 +74,11 @@ impl CatchUp {
                 break;
             };
             match (link, from) {
-                (Link::Down, None) => from = Some(self.recent.lock().resume_from()),
+                (Link::Down, None) => {
+                    let start = self.recent.lock().resume_from();
+                    self.holding.store(start, Ordering::Relaxed);
+                    from = Some(start);
+                }
                 (Link::Up, Some(start)) => {
                     from = None;
                     tokio::select! {
@@ -80,6 +89,7 @@ impl CatchUp {
                         },
                         () = stop.cancelled() => break,
                     }
+                    self.holding.store(u64::MAX, Ordering::Relaxed);
                 }
                 _ => {}
             }
@@ -89,81 +99,22 @@ impl CatchUp {
     /// Routes the stored messages from place `start` to the stream's end
     /// now that this node has not routed; how many.
     async fn replay(&self, start: u64, state: &Weak<BrokerState>) -> Result<usize, String> {
-        let name = format!("{}-messages", self.cluster);
-        // This node's subscriptions, made again on the new link, are in
-        // place once a request sent after them comes back.
-        round_trip(
-            &self.jetstream.client(),
-            format!("{}.barrier", self.cluster),
-        )
-        .await;
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        let (stream, end) = loop {
-            let attempt = async {
-                let mut stream = self.jetstream.get_stream(&name).await?;
-                let end = stream.info().await?.state.last_sequence;
-                Ok::<_, async_nats::Error>((stream, end))
-            };
-            match attempt.await {
-                Ok(found) => break found,
-                Err(e) if tokio::time::Instant::now() >= deadline => return Err(e.to_string()),
-                Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+        read_stored(&self.jetstream, &self.cluster, start, |message, place| {
+            if !self.missed(message) {
+                return false;
             }
-        };
-        if end < start {
-            return Ok(0);
-        }
-        let config = consumer::pull::OrderedConfig {
-            filter_subject: format!("{}.s.>", self.cluster),
-            deliver_policy: consumer::DeliverPolicy::ByStartSequence {
-                start_sequence: start,
-            },
-            ..Default::default()
-        };
-        let consumer = stream
-            .create_consumer(config)
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
-        // Read to the end, then on for a while: a message stored right
-        // after the end was read can have been sent live before the other
-        // NATS servers knew of this node's subscriptions again.
-        let mut overlap = None;
-        let mut routed = 0;
-        loop {
-            let next = futures_util::StreamExt::next(&mut messages);
-            let message = match overlap {
-                None => next.await,
-                Some(until) => match tokio::time::timeout_at(until, next).await {
-                    Ok(message) => message,
-                    Err(_) => break,
-                },
+            let (Some(state), Some(stored)) = (state.upgrade(), decode(message, place)) else {
+                return false;
             };
-            let Some(message) = message else {
-                break;
-            };
-            let message = message.map_err(|e| e.to_string())?;
-            let place = message.info().map_err(|e| e.to_string())?.stream_sequence;
-            if self.missed(&message) {
-                let Some(state) = state.upgrade() else {
-                    break;
-                };
-                routed += route(&state, &message.payload);
-            }
-            if place >= end && overlap.is_none() {
-                overlap = Some(tokio::time::Instant::now() + OVERLAP);
-            }
-        }
-        Ok(routed)
+            router::publish_remote(&state, stored, Scope::Direct);
+            true
+        })
+        .await
     }
 
     /// Whether a stored message is one this node has not routed: another
     /// node's, and not seen live.
     fn missed(&self, message: &async_nats::Message) -> bool {
-        // A probe of whether the stream takes writes.
-        if message.subject.as_str() == storage::probe_subject(&self.cluster) {
-            return false;
-        }
         match tern_id(message) {
             Some(id) => {
                 let own = id
@@ -176,18 +127,111 @@ impl CatchUp {
     }
 }
 
-/// Routes a stored record to this node's non-shared subscriptions: 1 if it
-/// could be read and had not expired.
-fn route(state: &BrokerState, record: &[u8]) -> usize {
-    match records::decode_message(record, &Clock::now()) {
-        Ok(Some(message)) => {
-            router::publish_remote(state, message, Scope::Direct);
-            1
+/// A stored message as it was published, with its place in the stream;
+/// `None` if it expired or cannot be read (logged).
+pub(super) fn decode(message: &async_nats::Message, place: u64) -> Option<Arc<Message>> {
+    match records::decode_message(&message.payload, &Clock::now()) {
+        Ok(Some(stored)) => {
+            let _ = stored.place.set(place);
+            Some(stored)
         }
-        Ok(None) => 0,
+        Ok(None) => None,
         Err(e) => {
             crate::throttled!(warn, "cluster message unreadable", error = %e, "cluster: a stored message could not be read; dropped");
-            0
+            None
+        }
+    }
+}
+
+/// Reads the messages stream from place `start` to its end, and on for
+/// [`OVERLAP`]: a message stored right after the end was read can have
+/// been sent live before the NATS servers knew of subscriptions just made.
+/// Calls `each` with every stored message but probes, and its place; how
+/// many `each` took (returned true). Waits for the stream (it may be
+/// electing a leader) up to [`PATIENCE`].
+pub(super) async fn read_stored(
+    jetstream: &jetstream::Context,
+    cluster: &str,
+    start: u64,
+    mut each: impl FnMut(&async_nats::Message, u64) -> bool,
+) -> Result<usize, String> {
+    // Subscriptions just made (again) are in place once a request sent
+    // after them comes back.
+    round_trip(&jetstream.client(), format!("{cluster}.barrier")).await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let mut reading = Reading {
+        next: start,
+        end: None,
+        overlap: None,
+        taken: 0,
+    };
+    loop {
+        match reading.attempt(jetstream, cluster, &mut each).await {
+            Ok(()) => return Ok(reading.taken),
+            Err(e) if tokio::time::Instant::now() >= deadline => return Err(e.to_string()),
+            // The stream is electing a leader, or the link dropped again:
+            // on from where this attempt stopped.
+            Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
+}
+
+/// Where a [`read_stored`] is.
+struct Reading {
+    /// The next place to read.
+    next: u64,
+    /// The stream's end when first asked.
+    end: Option<u64>,
+    /// Reading on past the end until then.
+    overlap: Option<tokio::time::Instant>,
+    taken: usize,
+}
+
+impl Reading {
+    async fn attempt(
+        &mut self,
+        jetstream: &jetstream::Context,
+        cluster: &str,
+        each: &mut impl FnMut(&async_nats::Message, u64) -> bool,
+    ) -> Result<(), async_nats::Error> {
+        let mut stream = jetstream.get_stream(format!("{cluster}-messages")).await?;
+        let end = match self.end {
+            Some(end) => end,
+            None => *self.end.insert(stream.info().await?.state.last_sequence),
+        };
+        if end < self.next && self.overlap.is_none() {
+            self.overlap = Some(tokio::time::Instant::now() + OVERLAP);
+        }
+        let config = consumer::pull::OrderedConfig {
+            filter_subject: format!("{cluster}.s.>"),
+            deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: self.next,
+            },
+            ..Default::default()
+        };
+        let mut messages = stream.create_consumer(config).await?.messages().await?;
+        let probe = storage::probe_subject(cluster);
+        loop {
+            let next = futures_util::StreamExt::next(&mut messages);
+            let message = match self.overlap {
+                None => next.await,
+                Some(until) => match tokio::time::timeout_at(until, next).await {
+                    Ok(message) => message,
+                    Err(_) => return Ok(()),
+                },
+            };
+            let Some(message) = message else {
+                return Ok(());
+            };
+            let message = message?;
+            let place = message.info()?.stream_sequence;
+            self.next = place + 1;
+            if message.subject.as_str() != probe && each(&message, place) {
+                self.taken += 1;
+            }
+            if place >= end && self.overlap.is_none() {
+                self.overlap = Some(tokio::time::Instant::now() + OVERLAP);
+            }
         }
     }
 }

@@ -255,8 +255,11 @@ pub(super) async fn receive(
             continue;
         };
         match records::decode_message(&message.payload, &Clock::now()) {
-            Ok(Some(message)) => {
-                let routed = router::publish_remote(&state, message, scope);
+            Ok(Some(decoded)) => {
+                if let Some(place) = sequence(&message) {
+                    let _ = decoded.place.set(place);
+                }
+                let routed = router::publish_remote(&state, decoded, scope);
                 // The group's last member here left while NATS picked us.
                 if matches!(scope, Scope::Group(_)) && routed.matched == 0 {
                     Metrics::add(&state.metrics.publish_dropped, 1);

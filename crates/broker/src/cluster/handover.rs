@@ -16,9 +16,8 @@
 //! directory then names this node, and the entry goes when the session
 //! ends here.
 //!
-//! A holder that does not answer (stopped, or cut off from NATS) keeps the
-//! session: the client starts clean here. Sessions are not yet stored in
-//! the cluster, so one on a node that died stays there until it is back.
+//! A holder that does not answer (it died, or is cut off from NATS): the
+//! session is taken over from its state kept in NATS ([`mirror`]).
 //!
 //! The same subject tells a starting node whether its name is taken: a
 //! request without a client id is answered by a live node of that name.
@@ -41,6 +40,7 @@ use crate::session::Inflight;
 use crate::state::BrokerState;
 use crate::store::records::{self, Clock, Handover, QueueEntry, RecordError};
 
+use super::mirror::{self, Mirrors};
 use super::{next_or_stop, subject};
 
 /// How long a node waits for another to hand a session over: the holder
@@ -72,7 +72,12 @@ pub fn key(client_id: &str) -> String {
 #[derive(Clone)]
 pub struct Directory {
     pub client: Client,
+    pub jetstream: async_nats::jetstream::Context,
     pub sessions: kv::Store,
+    /// The state of persistent sessions, by the same keys ([`mirror`]).
+    pub mirrors: kv::Store,
+    /// Asks for a session's state to be written there.
+    pub(super) mirror: Arc<Mirrors>,
     pub cluster: String,
     /// This node's name.
     pub node: String,
@@ -130,7 +135,8 @@ impl Directory {
             Ok(Ok(answer)) if answer.payload.is_empty() => return,
             Ok(Ok(answer)) => decode(&answer.payload).map_err(|e| e.to_string()),
             Ok(Err(e)) if e.kind() == RequestErrorKind::NoResponders => {
-                tracing::info!(%client_id, node = holder, "cluster: the node holding this client's session is not running; the session stays there");
+                tracing::info!(%client_id, node = holder, "cluster: the node holding this client's session is not running; taking the session over from its state kept in NATS");
+                self.take_over(client_id).await;
                 return;
             }
             Ok(Err(e)) => Err(format!("the request failed: {e}")),
@@ -139,16 +145,32 @@ impl Directory {
         match (handed, self.state.get().and_then(Weak::upgrade)) {
             (Ok(handed), Some(state)) => {
                 let interest = recover::adopt(&state, client_id, handed);
-                // The CONNACK promises the subscriptions, as a SUBACK does.
-                if let Some(mut applied) = state.fabric.applied_changes() {
-                    let routed = applied.wait_for(|&t| t >= interest);
-                    let _ = tokio::time::timeout(ASK_TIMEOUT, routed).await;
-                }
+                self.mirror.request(client_id);
+                until_applied(&state, interest).await;
             }
             (Ok(_), None) => {}
             (Err(e), _) => {
                 tracing::warn!(%client_id, node = holder, error = %e, "cluster: the node holding this client's session did not hand it over; the session stays there")
             }
+        }
+    }
+
+    /// Takes `client_id`'s session over from its mirror, the node holding
+    /// it being gone.
+    async fn take_over(&self, client_id: &ByteStr) {
+        let Some(state) = self.state.get().and_then(Weak::upgrade) else {
+            return;
+        };
+        let recovered = mirror::recover(
+            &self.mirrors,
+            &self.jetstream,
+            &self.cluster,
+            &state,
+            client_id,
+        );
+        if let Some(interest) = recovered.await {
+            self.mirror.request(client_id);
+            until_applied(&state, interest).await;
         }
     }
 
@@ -161,11 +183,23 @@ impl Directory {
         };
         if entry.operation == kv::Operation::Put && *entry.value == *self.node.as_bytes() {
             // Refused if another node took it meanwhile: then it is theirs.
-            let _ = self
+            let deleted = self
                 .sessions
                 .delete_expect_revision(key.as_str(), Some(entry.revision))
                 .await;
+            if deleted.is_ok() {
+                let _ = self.mirrors.delete(key.as_str()).await;
+            }
         }
+    }
+}
+
+/// Waits until the fabric routes to a session's subscriptions installed
+/// here: the CONNACK promises them, as a SUBACK does.
+async fn until_applied(state: &BrokerState, interest: u64) {
+    if let Some(mut applied) = state.fabric.applied_changes() {
+        let routed = applied.wait_for(|&t| t >= interest);
+        let _ = tokio::time::timeout(ASK_TIMEOUT, routed).await;
     }
 }
 

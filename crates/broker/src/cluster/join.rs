@@ -149,6 +149,13 @@ pub async fn join(config: &ClusterConfig) -> Result<Cluster, ClusterError> {
         "the wills of connected clients, by node",
     )
     .await?;
+    let mirrors = bucket(
+        &jetstream,
+        config,
+        "mirrors",
+        "the state of persistent sessions",
+    )
+    .await?;
     if handover::name_taken(&client, &config.name, &node).await {
         return Err(ClusterError::NameTaken {
             cluster: config.name.clone(),
@@ -189,6 +196,7 @@ pub async fn join(config: &ClusterConfig) -> Result<Cluster, ClusterError> {
         handovers,
         sessions,
         wills,
+        mirrors,
         origin,
         name: config.name.clone(),
         node,

@@ -37,6 +37,7 @@ mod catchup;
 mod fabric;
 pub mod handover;
 mod join;
+mod mirror;
 mod ownership;
 mod publisher;
 pub mod retained;
@@ -70,6 +71,7 @@ use self::catchup::{CatchUp, Link};
 pub use self::fabric::NatsFabric;
 use self::fabric::{Interest, Recent};
 pub use self::join::{ClusterError, join};
+use self::mirror::{Keeper, Mirrors};
 pub use self::ownership::NatsOwnership;
 use self::ownership::{claims_subject, watch_claims};
 use self::publisher::Publisher;
@@ -156,6 +158,8 @@ pub struct Cluster {
     sessions: async_nats::jetstream::kv::Store,
     /// The wills of every node's clients.
     wills: async_nats::jetstream::kv::Store,
+    /// The state of every persistent session ([`mirror`]).
+    mirrors: async_nats::jetstream::kv::Store,
     /// This run of this node: random, so a restarted node is not taken for
     /// its former self.
     origin: String,
@@ -190,16 +194,28 @@ impl Cluster {
         let applied = Arc::new(watch::channel(0).0);
         let (writes, queue) = Writes::new();
         let recent = Arc::new(Mutex::new(Recent::from(self.stream_end)));
+        let mirrors = Arc::new(Mirrors::default());
+        let holding = Arc::new(AtomicU64::new(u64::MAX));
+        let keeper = Keeper {
+            bucket: self.mirrors.clone(),
+            mirrors: mirrors.clone(),
+            recent: recent.clone(),
+            holding: holding.clone(),
+        };
         let catch_up = CatchUp {
             jetstream: self.jetstream.clone(),
             cluster: self.name.clone(),
             origin: origin.clone(),
             recent: recent.clone(),
             links: self.links,
+            holding,
         };
         let directory = Directory {
             client: self.client.clone(),
+            jetstream: self.jetstream.clone(),
             sessions: self.sessions,
+            mirrors: self.mirrors.clone(),
+            mirror: mirrors.clone(),
             cluster: self.name.clone(),
             node: self.node.clone(),
             state,
@@ -241,10 +257,12 @@ impl Cluster {
             writes,
             queue,
             timeout: self.write_timeout,
+            recent: recent.clone(),
         };
         let routing = Routing {
             storage,
             catch_up,
+            keeper,
             recent,
             client: self.client,
             jetstream: self.jetstream,
@@ -273,6 +291,8 @@ pub struct Routing {
     storage: Storage,
     /// Routes what this node missed while its NATS link was down.
     catch_up: CatchUp,
+    /// Keeps the persistent sessions' state in NATS.
+    keeper: Keeper,
     /// The ids of the messages routed here lately.
     recent: Arc<Mutex<Recent, { rank::FABRIC }>>,
     client: Client,
@@ -320,6 +340,7 @@ impl Routing {
         let Routing {
             storage,
             catch_up,
+            keeper,
             recent,
             client,
             jetstream,
@@ -354,6 +375,7 @@ impl Routing {
         tasks.spawn(watch_stats(stats, peers, shutdown.clone()));
         tasks.spawn(storage.run(weak.clone(), shutdown.clone()));
         tasks.spawn(catch_up.run(weak.clone(), shutdown.clone()));
+        tasks.spawn(keeper.run(weak.clone(), shutdown.clone()));
         let _ = directory.state.set(weak.clone());
         let serving = handover::serve(
             handovers,

@@ -81,6 +81,18 @@ impl Ownership for NatsOwnership {
         self.keep(client_id, change);
     }
 
+    fn mirror(&self, client_id: &ByteStr) -> u64 {
+        self.directory.mirror.request(client_id)
+    }
+
+    fn mirrored(&self) -> u64 {
+        self.directory.mirror.written()
+    }
+
+    fn mirrored_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        Some(self.directory.mirror.changes())
+    }
+
     fn will_gone(&self, client_id: &ByteStr) {
         self.keep(client_id, Keep::ForgetOwn);
     }

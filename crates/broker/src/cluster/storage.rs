@@ -39,7 +39,7 @@ use crate::seams::{Stored, Write};
 use crate::state::BrokerState;
 use crate::store::records::{self, Clock};
 
-use super::fabric::live_headers;
+use super::fabric::{Recent, live_headers};
 use super::publisher::round_trip;
 use super::{SEQUENCE_HEADER, headers, subject};
 
@@ -229,6 +229,8 @@ pub(super) struct Storage {
     pub(super) writes: Arc<Writes>,
     pub(super) queue: mpsc::UnboundedReceiver<Queued>,
     pub(super) timeout: Duration,
+    /// Where this node is in the stream: its own stored messages count.
+    pub(super) recent: Arc<Mutex<Recent, { rank::FABRIC }>>,
 }
 
 impl Storage {
@@ -351,6 +353,8 @@ impl Storage {
             Some(client_id) => router::inbound_group(state, client_id, inbound),
             None => Default::default(),
         };
+        let _ = message.place.set(sequence);
+        self.recent.lock().arrived(sequence);
         let routed = router::publish_here(state, &message, owner.as_ref(), group);
         let mut headers = live_headers(&self.id(ticket), &routed.served);
         headers.insert(SEQUENCE_HEADER, sequence.to_string().as_str());

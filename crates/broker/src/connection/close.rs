@@ -151,6 +151,7 @@ async fn settle_holds(client: &mut ClientState) {
     let mut durable = client.state.store.as_ref().map(|s| s.watch());
     let mut applied = client.state.fabric.applied_changes();
     let mut stored = client.state.fabric.stored_changes();
+    let mut mirrored = client.state.ownership.mirrored_changes();
     let _ = tokio::time::timeout(CLOSE_FLUSH, async {
         // An unstored message drops the holds (`release`): done too.
         while client.release().is_ok() && client.holds.is_some() {
@@ -158,6 +159,7 @@ async fn settle_holds(client: &mut ClientState) {
                 () = progress(&mut durable) => {}
                 () = progress(&mut applied) => {}
                 () = progress(&mut stored) => {}
+                () = progress(&mut mirrored) => {}
             }
         }
     })

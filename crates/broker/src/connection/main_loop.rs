@@ -70,6 +70,7 @@ pub(super) async fn run<S: Transport>(conn: &mut Conn<S>) -> Exit {
     let mut durable = state.store.as_ref().map(|s| s.watch());
     let mut applied = state.fabric.applied_changes();
     let mut stored = state.fabric.stored_changes();
+    let mut mirrored = state.ownership.mirrored_changes();
     // Whether the last read filled the buffer: more is probably waiting.
     let mut busy = false;
     loop {
@@ -118,6 +119,7 @@ pub(super) async fn run<S: Transport>(conn: &mut Conn<S>) -> Exit {
             () = progress(&mut durable), if client.holds.is_some() => {}
             () = progress(&mut applied), if client.holds.is_some() => {}
             () = progress(&mut stored), if client.holds.is_some() => {}
+            () = progress(&mut mirrored), if client.holds.is_some() => {}
             () = &mut timer, if timed => {
                 let now = Instant::now();
                 if client.keep_alive_timeout().is_some_and(|t| *last_heard + t <= now) {

@@ -55,3 +55,20 @@ pub fn dispatch(
         other => Err(ProtocolViolation::UnexpectedPacket(other.name())),
     }
 }
+
+/// Holds what is sent from now on (the SUBACK or UNSUBACK) until the
+/// session's subscriptions are kept: in the store's session record, and in
+/// a cluster beyond this node, where another node takes the session over
+/// from if this one dies.
+fn keep_subscriptions(client: &mut ClientState) {
+    let (ticket, persistent) = {
+        let mut st = client.session.lock();
+        let ticket = crate::registry::persist(&client.state, &client.session, &mut st);
+        (ticket, st.expiry_secs != 0)
+    };
+    client.hold_until(ticket);
+    if persistent {
+        let kept = client.state.ownership.mirror(client.client_id());
+        client.hold_for_mirror(kept);
+    }
+}

@@ -12,7 +12,6 @@ use super::Flow;
 use crate::client_state::ClientState;
 use crate::error::ProtocolViolation;
 use crate::message::Message;
-use crate::registry;
 use crate::router;
 use crate::session::SessionSubscription;
 use crate::state::Subscriber;
@@ -40,11 +39,7 @@ pub fn handle(client: &mut ClientState, subscribe: Subscribe) -> Result<Flow, Pr
     }
     // The SUBACK promises the subscriptions: it waits for the session
     // record, and in a cluster until the other nodes route to them.
-    let ticket = {
-        let mut st = client.session.lock();
-        registry::persist(&client.state, &client.session, &mut st)
-    };
-    client.hold_until(ticket);
+    super::keep_subscriptions(client);
     client.hold_for_fabric(interest);
     client.send(&Packet::SubAck(SubAck {
         packet_id: subscribe.packet_id,

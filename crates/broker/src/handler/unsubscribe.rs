@@ -5,7 +5,6 @@ use tern_codec::{AckProperties, Packet, ReasonCode, UnsubAck, Unsubscribe};
 use super::Flow;
 use crate::client_state::ClientState;
 use crate::error::ProtocolViolation;
-use crate::registry;
 use crate::router;
 
 /// Handles UNSUBSCRIBE; each filter gets Success or No Subscription Existed.
@@ -30,11 +29,7 @@ pub fn handle(
             ReasonCode::NoSubscriptionExisted
         });
     }
-    let ticket = {
-        let mut st = client.session.lock();
-        registry::persist(&client.state, &client.session, &mut st)
-    };
-    client.hold_until(ticket);
+    super::keep_subscriptions(client);
     client.send(&Packet::UnsubAck(UnsubAck {
         packet_id: unsubscribe.packet_id,
         reasons,

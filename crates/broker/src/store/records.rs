@@ -201,6 +201,7 @@ pub fn decode_message(record: &[u8], clock: &Clock) -> Result<Option<Arc<Message
         expires_at: (expires_ms != 0).then(|| clock.to_instant(expires_ms)),
         origin,
         stored: Default::default(),
+        place: Default::default(),
     })))
 }
 
@@ -235,7 +236,12 @@ pub fn write_queue_entry(entry: &QueueEntry, out: &mut BytesMut) {
         .subscription_ids
         .iter()
         .for_each(|id| out.put_u32(*id));
-    let (packet_id, state) = match entry.sent {
+    put_sent(out, entry.sent);
+}
+
+/// A delivery's packet id and state (0, 0 while pending).
+fn put_sent(out: &mut impl BufMut, sent: Option<(NonZeroU16, Awaiting)>) {
+    let (packet_id, state) = match sent {
         None => (0, 0),
         Some((id, Awaiting::PubAck)) => (id.get(), 1),
         Some((id, Awaiting::PubRec)) => (id.get(), 2),
@@ -243,6 +249,23 @@ pub fn write_queue_entry(entry: &QueueEntry, out: &mut BytesMut) {
     };
     out.put_u16(packet_id);
     out.put_u8(state);
+}
+
+/// What [`put_sent`] wrote.
+fn read_sent(r: &mut Reader<'_>) -> Result<Option<(NonZeroU16, Awaiting)>, RecordError> {
+    let packet_id = r.u16()?;
+    let state = match r.u8()? {
+        0 => None,
+        1 => Some(Awaiting::PubAck),
+        2 => Some(Awaiting::PubRec),
+        3 => Some(Awaiting::PubComp),
+        other => return Err(RecordError::new(r.what, format!("unknown state {other}"))),
+    };
+    match (state, NonZeroU16::new(packet_id)) {
+        (None, _) => Ok(None),
+        (Some(state), Some(id)) => Ok(Some((id, state))),
+        (Some(_), None) => Err(RecordError::new(r.what, "in flight without a packet id")),
+    }
 }
 
 pub fn decode_queue_entry(record: &[u8]) -> Result<QueueEntry, RecordError> {
@@ -256,19 +279,7 @@ pub fn decode_queue_entry(record: &[u8]) -> Result<QueueEntry, RecordError> {
     // Bounded by the record's own length: a count that claims more is caught
     // when the ids run out.
     let subscription_ids = (0..count).map(|_| r.u32()).collect::<Result<Vec<_>, _>>()?;
-    let packet_id = r.u16()?;
-    let state = match r.u8()? {
-        0 => None,
-        1 => Some(Awaiting::PubAck),
-        2 => Some(Awaiting::PubRec),
-        3 => Some(Awaiting::PubComp),
-        other => return Err(RecordError::new(WHAT, format!("unknown state {other}"))),
-    };
-    let sent = match (state, NonZeroU16::new(packet_id)) {
-        (None, _) => None,
-        (Some(state), Some(id)) => Some((id, state)),
-        (Some(_), None) => return Err(RecordError::new(WHAT, "in flight without a packet id")),
-    };
+    let sent = read_sent(&mut r)?;
     r.end()?;
     Ok(QueueEntry {
         message_id,
@@ -456,6 +467,75 @@ pub fn decode_handover(record: &[u8]) -> Result<Handover, RecordError> {
     })
 }
 
+/// A persistent session's state as a cluster keeps it in NATS
+/// (`cluster::mirror`), for another node to take the session over if its
+/// node dies: with the messages stream, all it needs to go on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mirror {
+    pub session: SessionRecord,
+    /// Every stored message routed to the session below this place in the
+    /// messages stream is completed (or not the session's).
+    pub cursor: u64,
+    /// QoS 2 packet ids the client sent (PUBREC sent, PUBREL not yet
+    /// received), each with its message's place in the stream.
+    pub inbound: Vec<(u16, u64)>,
+    /// QoS 2 deliveries sent and not completed: place, packet id, state.
+    pub inflight: Vec<(u64, NonZeroU16, Awaiting)>,
+    /// Places at or above the cursor of QoS 2 deliveries completed.
+    pub done: Vec<u64>,
+}
+
+pub fn encode_mirror(mirror: &Mirror) -> Vec<u8> {
+    let mut w = Vec::new();
+    w.put_u8(FORMAT);
+    put_bytes(&mut w, &encode_session(&mirror.session));
+    w.put_u64(mirror.cursor);
+    w.put_u32(mirror.inbound.len() as u32);
+    for &(id, place) in &mirror.inbound {
+        w.put_u16(id);
+        w.put_u64(place);
+    }
+    w.put_u32(mirror.inflight.len() as u32);
+    for &(place, id, state) in &mirror.inflight {
+        w.put_u64(place);
+        put_sent(&mut w, Some((id, state)));
+    }
+    w.put_u32(mirror.done.len() as u32);
+    mirror.done.iter().for_each(|place| w.put_u64(*place));
+    w
+}
+
+pub fn decode_mirror(record: &[u8]) -> Result<Mirror, RecordError> {
+    let mut r = Reader::new(record, "session mirror");
+    r.format()?;
+    let session = decode_session(r.bytes()?)?;
+    let cursor = r.u64()?;
+    // Counts are bounded by the record's length, as in a hand-over.
+    let inbound = (0..r.u32()?)
+        .map(|_| Ok((r.u16()?, r.u64()?)))
+        .collect::<Result<Vec<_>, RecordError>>()?;
+    let inflight = (0..r.u32()?)
+        .map(|_| {
+            let place = r.u64()?;
+            match read_sent(&mut r)? {
+                Some((id, state)) => Ok((place, id, state)),
+                None => Err(RecordError::new("session mirror", "in flight but not sent")),
+            }
+        })
+        .collect::<Result<Vec<_>, RecordError>>()?;
+    let done = (0..r.u32()?)
+        .map(|_| r.u64())
+        .collect::<Result<Vec<_>, _>>()?;
+    r.end()?;
+    Ok(Mirror {
+        session,
+        cursor,
+        inbound,
+        inflight,
+        done,
+    })
+}
+
 fn put_bytes(out: &mut impl BufMut, b: &[u8]) {
     out.put_u32(b.len() as u32);
     out.put_slice(b);
@@ -548,6 +628,7 @@ mod tests {
             expires_at: expires_in.map(|d| Instant::now() + d),
             origin: origin.map(|o| ByteStr::from(o.to_owned())),
             stored: Default::default(),
+            place: Default::default(),
         }
     }
 
@@ -764,13 +845,41 @@ mod tests {
         };
         let record = encode_handover(&handover);
         assert_eq!(decode_handover(&record).unwrap(), handover);
+        damage_is_an_error(&record, decode_handover);
+    }
+
+    /// Every cut of `record` fails to decode, and no flipped byte panics.
+    fn damage_is_an_error<T>(record: &[u8], decode: impl Fn(&[u8]) -> Result<T, RecordError>) {
         for cut in 0..record.len() {
-            assert!(decode_handover(&record[..cut]).is_err(), "cut {cut}");
+            assert!(decode(&record[..cut]).is_err(), "cut {cut}");
         }
         for i in 0..record.len() {
-            let mut bad = record.clone();
+            let mut bad = record.to_vec();
             bad[i] ^= 0xFF;
-            let _ = decode_handover(&bad);
+            let _ = decode(&bad);
         }
+    }
+
+    #[test]
+    fn a_mirror_round_trips_and_damage_is_an_error_not_a_panic() {
+        let mirror = Mirror {
+            session: SessionRecord {
+                expiry_secs: 3600,
+                disconnected_at_ms: Some(5),
+                subscriptions: vec![("a/+".into(), SubscriptionOptions::default(), None)],
+                will: None,
+                username: Some("u".into()),
+            },
+            cursor: 41,
+            inbound: vec![(7, 40), (9, 45)],
+            inflight: vec![
+                (42, NonZeroU16::MIN, Awaiting::PubRec),
+                (44, NonZeroU16::MAX, Awaiting::PubComp),
+            ],
+            done: vec![43],
+        };
+        let record = encode_mirror(&mirror);
+        assert_eq!(decode_mirror(&record).unwrap(), mirror);
+        damage_is_an_error(&record, decode_mirror);
     }
 }

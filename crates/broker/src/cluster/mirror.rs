@@ -1,0 +1,242 @@
+//! Persistent sessions kept in NATS, so that a session survives the death
+//! of the node holding it.
+//!
+//! Each persistent session held here is mirrored in the key-value bucket
+//! `<cluster>-mirrors` (key: its client id's key in the session directory):
+//! its record (subscriptions, expiry, username) and its cursor in the
+//! messages stream ([`records::Mirror`]): every stored message routed to
+//! it below the cursor is completed. One task writes them: a session whose
+//! subscriptions changed at once (its SUBACK waits for it,
+//! [`crate::seams::Ownership::mirror`]), and every second each session whose
+//! mirror changed since it was last written (its client acknowledged
+//! messages, so its cursor moved).
+//!
+//! A node that claims a client id whose holder does not answer (it died)
+//! takes the session from its mirror ([`recover`]): installs it, then
+//! routes to it, from the messages stream, every stored message from its
+//! cursor on, as a catch-up does for a node (a stored message already
+//! queued, live, is not queued twice). So the session loses no message
+//! acknowledged to its publisher, at QoS 1; QoS 2 messages in flight when
+//! the node died are sent again as new ones (docs/cluster.md).
+
+use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use bytes::Bytes;
+use tern_codec::ByteStr;
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::lock::{Mutex, rank};
+use crate::recover;
+use crate::registry::Handed;
+use crate::router::{self, Scope};
+use crate::session::Session;
+use crate::state::BrokerState;
+use crate::store::records;
+
+use super::catchup::{decode, read_stored};
+use super::fabric::Recent;
+use super::handover::key;
+
+/// How often the mirrors of sessions whose cursor moved are written.
+const SWEEP: Duration = Duration::from_secs(1);
+/// Writes in NATS at once.
+const BATCH: usize = 256;
+
+/// The requests to mirror a session now, shared by the ownership seam and
+/// the task that writes them.
+#[derive(Default)]
+pub(super) struct Mirrors {
+    requests: Mutex<Requests, { rank::FABRIC }>,
+    written: watch::Sender<u64>,
+    wake: Notify,
+}
+
+#[derive(Default)]
+struct Requests {
+    issued: u64,
+    sessions: HashSet<ByteStr>,
+}
+
+impl Mirrors {
+    /// Asks for `client_id`'s session to be written now; the ticket
+    /// [`Mirrors::written`] reaches once it is.
+    pub(super) fn request(&self, client_id: &ByteStr) -> u64 {
+        let ticket = {
+            let mut requests = self.requests.lock();
+            requests.issued += 1;
+            requests.sessions.insert(client_id.clone());
+            requests.issued
+        };
+        self.wake.notify_one();
+        ticket
+    }
+
+    pub(super) fn written(&self) -> u64 {
+        *self.written.borrow()
+    }
+
+    pub(super) fn changes(&self) -> watch::Receiver<u64> {
+        self.written.subscribe()
+    }
+
+    /// The sessions asked for, and the last ticket they cover.
+    fn take(&self) -> (u64, HashSet<ByteStr>) {
+        let mut requests = self.requests.lock();
+        (requests.issued, std::mem::take(&mut requests.sessions))
+    }
+}
+
+/// The task that writes the mirrors (see the module docs).
+pub(super) struct Keeper {
+    pub(super) bucket: kv::Store,
+    pub(super) mirrors: Arc<Mirrors>,
+    /// Where this node is in the messages stream (see [`Keeper::watermark`]).
+    pub(super) recent: Arc<Mutex<Recent, { rank::FABRIC }>>,
+    /// Where the catch-up after a NATS link drop resumes, while it has not
+    /// finished (`u64::MAX` when none runs).
+    pub(super) holding: Arc<AtomicU64>,
+}
+
+impl Keeper {
+    pub(super) async fn run(self, state: Weak<BrokerState>, stop: CancellationToken) {
+        // What was last written of each session (a hash of its mirror).
+        let mut last: HashMap<ByteStr, u64> = HashMap::new();
+        let mut sweep = tokio::time::interval(SWEEP);
+        loop {
+            let requested = tokio::select! {
+                () = stop.cancelled() => break,
+                () = self.mirrors.wake.notified() => true,
+                _ = sweep.tick() => false,
+            };
+            let Some(state) = state.upgrade() else {
+                break;
+            };
+            if requested {
+                let (ticket, sessions) = self.mirrors.take();
+                let sessions = sessions
+                    .iter()
+                    .filter_map(|id| state.sessions().get(id))
+                    .collect();
+                self.write(sessions, &mut last, true).await;
+                self.mirrors.written.send_replace(ticket);
+            } else {
+                let sessions: Vec<_> = state.sessions().iter().cloned().collect();
+                last.retain(|id, _| sessions.iter().any(|s| s.client_id == *id));
+                self.write(sessions, &mut last, false).await;
+            }
+        }
+    }
+
+    /// Below this place this node has routed every stored message to its
+    /// sessions: the earliest place among the live copies of the last
+    /// moments (more can be on their way), or where a catch-up resumes.
+    fn watermark(&self) -> u64 {
+        let recent = self.recent.lock().resume_from();
+        recent.min(self.holding.load(Ordering::Relaxed))
+    }
+
+    /// Writes the mirrors of the persistent ones of `sessions` that changed
+    /// since last written (all of them if `force`).
+    async fn write(
+        &self,
+        sessions: Vec<Arc<Session>>,
+        last: &mut HashMap<ByteStr, u64>,
+        force: bool,
+    ) {
+        let watermark = self.watermark();
+        let mut writes = Vec::new();
+        for session in sessions {
+            let mirror = {
+                let st = session.lock();
+                if st.expiry_secs == 0 {
+                    continue;
+                }
+                st.mirror(watermark)
+            };
+            let record = records::encode_mirror(&mirror);
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            record.hash(&mut hasher);
+            let hash = hasher.finish();
+            if !force && last.get(&session.client_id) == Some(&hash) {
+                continue;
+            }
+            last.insert(session.client_id.clone(), hash);
+            writes.push((key(&session.client_id), Bytes::from(record)));
+        }
+        for batch in writes.chunks(BATCH) {
+            let puts = batch
+                .iter()
+                .map(|(key, record)| self.bucket.put(key.as_str(), record.clone()));
+            for put in futures_util::future::join_all(puts).await {
+                if let Err(e) = put {
+                    crate::throttled!(warn, "session mirror unwritable", error = %e, "cluster: a session's state could not be kept in NATS; if its node dies, it is taken over as it was before");
+                }
+            }
+        }
+    }
+}
+
+/// Takes over `client_id`'s session from its mirror, its node being gone:
+/// installs it here, then (in a task of its own) routes to it the stored
+/// messages from its cursor on. The fabric's ticket for its subscriptions,
+/// or `None` if it has no mirror.
+pub(super) async fn recover(
+    bucket: &kv::Store,
+    jetstream: &jetstream::Context,
+    cluster: &str,
+    state: &Arc<BrokerState>,
+    client_id: &ByteStr,
+) -> Option<u64> {
+    let entry = match bucket.get(key(client_id)).await {
+        Ok(entry) => entry?,
+        Err(e) => {
+            tracing::warn!(%client_id, error = %e, "cluster: the session's mirror could not be read; its client starts clean");
+            return None;
+        }
+    };
+    let mirror = match records::decode_mirror(&entry) {
+        Ok(mirror) => mirror,
+        Err(e) => {
+            tracing::warn!(%client_id, error = %e, "cluster: the session's mirror is damaged; its client starts clean");
+            return None;
+        }
+    };
+    let handed = Handed {
+        record: mirror.session,
+        inflight: Vec::new(),
+        pending: Vec::new(),
+        inbound_qos2: Vec::new(),
+    };
+    let interest = recover::adopt(state, client_id, handed);
+    let session = state.sessions().get(client_id)?;
+    session.lock().recovering();
+    let (jetstream, cluster, state) =
+        (jetstream.clone(), cluster.to_owned(), Arc::downgrade(state));
+    let cursor = mirror.cursor;
+    tokio::spawn(async move {
+        let id = session.client_id.clone();
+        let replayed = read_stored(&jetstream, &cluster, cursor, |message, place| {
+            let (Some(state), Some(stored)) = (state.upgrade(), decode(message, place)) else {
+                return false;
+            };
+            router::publish_remote(&state, stored, Scope::Session(&id)).matched > 0
+        })
+        .await;
+        session.lock().recovered();
+        match replayed {
+            Ok(n) => {
+                tracing::info!(client_id = %id, messages = n, from = cursor, "cluster: took over a session whose node is gone, with the stored messages since its cursor")
+            }
+            Err(e) => {
+                tracing::warn!(client_id = %id, error = %e, "cluster: a session taken over from a node that is gone could not get its stored messages")
+            }
+        }
+    });
+    Some(interest)
+}
