@@ -190,9 +190,14 @@ pub struct Traffic {
     pub inbound_qos2: BTreeSet<u16>,
     last_packet_id: u16,
     /// While the session is rebuilt from a cluster's messages stream: the
-    /// places of the stored messages queued or in flight, so that none is
-    /// queued twice.
+    /// places of the stored messages queued, in flight or completed, so
+    /// that none is queued twice.
     places: Option<HashSet<u64>>,
+    /// In a cluster: the places of the stored QoS 2 messages completed
+    /// (PUBCOMP) since the session's state was last kept in NATS at or
+    /// above its cursor, so that a node taking it over does not send them
+    /// again ([`SessionState::mirror`]).
+    pub done: Vec<u64>,
 }
 
 impl Session {
@@ -364,6 +369,7 @@ impl SessionState {
                 && t.inflight.is_empty()
                 && t.inbound_qos2.is_empty()
                 && t.places.is_none()
+                && t.done.is_empty()
         }) {
             self.traffic = None;
         }
@@ -400,15 +406,17 @@ impl SessionState {
     }
 
     /// Starts rebuilding the session from a cluster's messages stream:
-    /// from now on a stored message already queued or in flight is not
-    /// queued again, until [`SessionState::recovered`].
-    pub fn recovering(&mut self) {
+    /// from now on a stored message already queued or in flight, or at one
+    /// of the places `done`, is not queued, until
+    /// [`SessionState::recovered`].
+    pub fn recovering(&mut self, done: &[u64]) {
         let t = self.traffic();
         let places = t
             .pending
             .iter()
             .chain(t.inflight.iter().map(|i| &i.delivery))
             .filter_map(|d| d.message.place.get().copied())
+            .chain(done.iter().copied())
             .collect();
         t.places = Some(places);
     }
@@ -422,21 +430,41 @@ impl SessionState {
     /// it is in the messages stream. The cursor is the earliest place among
     /// its stored messages queued or in flight, and at most `watermark`
     /// (below which this node has routed every stored message to it).
-    pub fn mirror(&self, watermark: u64) -> records::Mirror {
-        let deliveries = self.traffic.iter().flat_map(|t| {
-            t.pending
-                .iter()
-                .chain(t.inflight.iter().map(|i| &i.delivery))
-        });
-        let cursor = deliveries
+    ///
+    /// With it, its QoS 2 deliveries in flight (place, packet id, state),
+    /// so that a node taking it over resends each with its packet id, and
+    /// those completed at or above the cursor, so that it does not send them
+    /// again (what is below the cursor is forgotten here).
+    pub fn mirror(&mut self, watermark: u64) -> records::Mirror {
+        let record = self.record();
+        let Some(t) = self.traffic.as_mut() else {
+            return records::Mirror {
+                session: record,
+                cursor: watermark,
+                inbound: Vec::new(),
+                inflight: Vec::new(),
+                done: Vec::new(),
+            };
+        };
+        let cursor = t
+            .pending
+            .iter()
+            .chain(t.inflight.iter().map(|i| &i.delivery))
             .filter_map(|d| d.message.place.get().copied())
             .fold(watermark, u64::min);
+        let inflight = t
+            .inflight
+            .iter()
+            .filter(|i| i.delivery.qos == QoS::ExactlyOnce)
+            .filter_map(|i| Some((*i.delivery.message.place.get()?, i.packet_id, i.state)))
+            .collect();
+        t.done.retain(|&place| place >= cursor);
         records::Mirror {
-            session: self.record(),
+            session: record,
             cursor,
             inbound: Vec::new(),
-            inflight: Vec::new(),
-            done: Vec::new(),
+            inflight,
+            done: t.done.clone(),
         }
     }
 

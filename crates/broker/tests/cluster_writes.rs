@@ -432,3 +432,73 @@ async fn a_persistent_session_outlives_its_node_and_gets_every_stored_message() 
     );
     b.shutdown().await;
 }
+
+#[tokio::test]
+async fn qos2_deliveries_in_flight_when_their_node_dies_are_resent_not_repeated() {
+    let nats = Nats::start(true);
+    let a = alone_on(&nats, "a").await;
+    let b = alone_on(&nats, "b").await;
+    let mut sub = TestClient::connect_with(a.local_addr(), persistent(V5, "dev2"))
+        .await
+        .0;
+    sub.subscribe("e/#", QoS::ExactlyOnce).await;
+    let mut publisher = TestClient::connect(b.local_addr(), V5, "pub2").await;
+    for n in 1..=6 {
+        publisher
+            .publish_packet(numbered("e/x", n, QoS::ExactlyOnce, 1))
+            .await;
+    }
+    let mut ids = BTreeMap::new();
+    for _ in 1..=6 {
+        let p = sub.recv_publish().await;
+        ids.insert(
+            String::from_utf8_lossy(&p.payload).into_owned(),
+            p.packet_id.unwrap(),
+        );
+    }
+    // m1 and m2 completed, m3 released (PUBREL received, no PUBCOMP yet),
+    // m4 to m6 received and not answered.
+    for done in ["m1", "m2", "m3"] {
+        sub.send(Packet::PubRec(PubAck::new(ids[done]))).await;
+        match sub.recv().await {
+            Packet::PubRel(rel) => assert_eq!(rel.packet_id, ids[done]),
+            other => panic!("expected PUBREL, got {other:?}"),
+        }
+        if done != "m3" {
+            sub.send(Packet::PubComp(PubAck::new(ids[done]))).await;
+        }
+    }
+    sub.drop_connection();
+    a.shutdown().await;
+
+    let (mut sub, ack) = TestClient::connect_with(b.local_addr(), persistent(V5, "dev2")).await;
+    assert!(ack.session_present);
+    let mut published = Vec::new();
+    let mut released = Vec::new();
+    while let Ok(Some(packet)) = sub.next(Duration::from_secs(2)).await {
+        match packet {
+            Packet::Publish(p) => {
+                let payload = String::from_utf8_lossy(&p.payload).into_owned();
+                published.push((payload, p.packet_id.unwrap(), p.dup));
+                sub.send(Packet::PubRec(PubAck::new(p.packet_id.unwrap())))
+                    .await;
+            }
+            Packet::PubRel(rel) => {
+                released.push(rel.packet_id);
+                sub.send(Packet::PubComp(PubAck::new(rel.packet_id))).await;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    published.sort();
+    let expected: Vec<_> = ["m4", "m5", "m6"]
+        .iter()
+        .map(|m| (m.to_string(), ids[*m], true))
+        .collect();
+    assert_eq!(
+        published, expected,
+        "only the messages not yet received by the client's application, again with DUP and their packet ids"
+    );
+    assert!(released.contains(&ids["m3"]), "m3's PUBREL sent again");
+    b.shutdown().await;
+}

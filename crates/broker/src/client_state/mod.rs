@@ -21,7 +21,7 @@ use crate::auth::Identity;
 use crate::limits::ClientLimits;
 use crate::metrics::Metrics;
 use crate::seams::Stored;
-use crate::session::{ConnectionId, Session};
+use crate::session::{ConnectionId, Session, SessionState};
 use crate::state::BrokerState;
 
 /// Limits the peer announced in CONNECT (MQTT 5), or their 3.1.1 equivalents.
@@ -183,9 +183,25 @@ impl ClientState {
     /// Holds whatever is encoded from now on until the session's state with
     /// this ticket is kept beyond this node.
     pub fn hold_for_mirror(&mut self, ticket: u64) {
+        self.hold_mirror_from(ticket, self.out.len());
+    }
+
+    /// Like [`ClientState::hold_for_mirror`], for what is encoded from
+    /// position `at` of `out` on (encoded after every earlier hold's
+    /// position).
+    pub fn hold_mirror_from(&mut self, ticket: u64, at: usize) {
         if ticket > self.state.ownership.mirrored() {
-            self.hold(Wait::Mirror(ticket), self.out.len());
+            self.hold(Wait::Mirror(ticket), at);
         }
+    }
+
+    /// In a cluster, asks for this client's persistent session's state to
+    /// be kept beyond this node: the ticket to hold for (0: nothing to).
+    pub fn mirror(&self, st: &SessionState) -> u64 {
+        if st.expiry_secs == 0 {
+            return 0;
+        }
+        self.state.ownership.mirror(self.client_id())
     }
 
     /// Holds whatever is encoded from now on until the fabric reports the

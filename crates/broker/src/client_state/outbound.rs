@@ -70,8 +70,12 @@ fn send_pending(client: &mut ClientState, st: &mut SessionState) {
     if let Some(at) = held_from {
         // Exactly once across a restart: the packet id is in the store
         // before the PUBLISH goes out, so a resend after a crash carries the
-        // same id and the client can tell it is a duplicate.
+        // same id and the client can tell it is a duplicate. In a cluster,
+        // likewise in the session's state beyond this node, for the node
+        // that takes the session over if this one dies.
         client.hold_from(ticket, at);
+        let kept = client.mirror(st);
+        client.hold_mirror_from(kept, at);
     }
 }
 

@@ -143,6 +143,26 @@ pub(super) fn decode(message: &async_nats::Message, place: u64) -> Option<Arc<Me
     }
 }
 
+/// The stored message at `place`, if the stream still has it.
+pub(super) async fn fetch(
+    jetstream: &jetstream::Context,
+    cluster: &str,
+    place: u64,
+) -> Option<Arc<Message>> {
+    let stream = jetstream
+        .get_stream(format!("{cluster}-messages"))
+        .await
+        .ok()?;
+    let stored = stream.get_raw_message(place).await.ok()?;
+    match records::decode_message(&stored.payload, &Clock::now()) {
+        Ok(Some(message)) => {
+            let _ = message.place.set(place);
+            Some(message)
+        }
+        _ => None,
+    }
+}
+
 /// Reads the messages stream from place `start` to its end, and on for
 /// [`OVERLAP`]: a message stored right after the end was read can have
 /// been sent live before the NATS servers knew of subscriptions just made.

@@ -27,19 +27,20 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
-use tern_codec::ByteStr;
+use tern_codec::{ByteStr, QoS};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::lock::{Mutex, rank};
+use crate::message::Delivery;
 use crate::recover;
 use crate::registry::Handed;
 use crate::router::{self, Scope};
-use crate::session::Session;
+use crate::session::{Inflight, Session};
 use crate::state::BrokerState;
 use crate::store::records;
 
-use super::catchup::{decode, read_stored};
+use super::catchup::{decode, fetch, read_stored};
 use super::fabric::Recent;
 use super::handover::key;
 
@@ -153,7 +154,7 @@ impl Keeper {
         let mut writes = Vec::new();
         for session in sessions {
             let mirror = {
-                let st = session.lock();
+                let mut st = session.lock();
                 if st.expiry_secs == 0 {
                     continue;
                 }
@@ -207,15 +208,35 @@ pub(super) async fn recover(
             return None;
         }
     };
+    // Its QoS 2 deliveries in flight, resent with their packet ids.
+    let mut inflight = Vec::new();
+    for &(place, packet_id, awaiting) in &mirror.inflight {
+        match fetch(jetstream, cluster, place).await {
+            Some(message) => inflight.push(Inflight {
+                packet_id,
+                state: awaiting,
+                delivery: Delivery {
+                    message,
+                    qos: QoS::ExactlyOnce,
+                    retain: false,
+                    subscription_ids: Vec::new(),
+                    seq: 0,
+                },
+            }),
+            None => {
+                tracing::warn!(%client_id, place, "cluster: a QoS 2 message in flight to a session taken over is no longer in the messages stream")
+            }
+        }
+    }
     let handed = Handed {
         record: mirror.session,
-        inflight: Vec::new(),
+        inflight,
         pending: Vec::new(),
         inbound_qos2: Vec::new(),
     };
     let interest = recover::adopt(state, client_id, handed);
     let session = state.sessions().get(client_id)?;
-    session.lock().recovering();
+    session.lock().recovering(&mirror.done);
     let (jetstream, cluster, state) =
         (jetstream.clone(), cluster.to_owned(), Arc::downgrade(state));
     let cursor = mirror.cursor;

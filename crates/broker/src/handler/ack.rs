@@ -68,10 +68,17 @@ fn complete(client: &mut ClientState, ids: &[NonZeroU16], state: Awaiting) {
     let session = client.session.clone();
     let mut st = session.lock();
     let mut changes = Group::default();
+    // A cluster remembers the completed QoS 2 deliveries of a persistent
+    // session for its state in NATS.
+    let remember =
+        state == Awaiting::PubComp && st.expiry_secs != 0 && client.state.fabric.stores();
     for &id in ids {
         if let Some(pos) = st.inflight_position(id, state)
             && let Some(done) = st.traffic().inflight.remove(pos)
         {
+            if let Some(&place) = done.delivery.message.place.get().filter(|_| remember) {
+                st.traffic().done.push(place);
+            }
             outbound::record_done(client, done.delivery, &mut changes);
         }
     }
@@ -98,7 +105,10 @@ pub fn pubrec(client: &mut ClientState, ack: PubAck) -> Result<Flow, ProtocolVio
                 let sent = (entry.packet_id, entry.state);
                 outbound::record_sent(client, &entry.delivery, sent, &mut changes);
             }
-            (true, outbound::submit(client, changes))
+            let ticket = outbound::submit(client, changes);
+            // And in a cluster, in the session's state beyond this node.
+            client.hold_for_mirror(client.mirror(&st));
+            (true, ticket)
         } else {
             // A repeated PUBREC for a message already released gets PUBREL again.
             let found = st
