@@ -188,6 +188,9 @@ pub struct Traffic {
     pub inflight: VecDeque<Inflight>,
     /// QoS 2 packet ids received from the client, awaiting its PUBREL.
     pub inbound_qos2: BTreeSet<u16>,
+    /// In a cluster: those of them whose message is in the messages
+    /// stream, with its place there, for the session's state in NATS.
+    pub inbound_places: BTreeMap<u16, u64>,
     last_packet_id: u16,
     /// While the session is rebuilt from a cluster's messages stream: the
     /// places of the stored messages queued, in flight or completed, so
@@ -368,6 +371,7 @@ impl SessionState {
             t.pending.is_empty()
                 && t.inflight.is_empty()
                 && t.inbound_qos2.is_empty()
+                && t.inbound_places.is_empty()
                 && t.places.is_none()
                 && t.done.is_empty()
         }) {
@@ -462,7 +466,11 @@ impl SessionState {
         records::Mirror {
             session: record,
             cursor,
-            inbound: Vec::new(),
+            inbound: t
+                .inbound_places
+                .iter()
+                .map(|(&id, &place)| (id, place))
+                .collect(),
             inflight,
             done: t.done.clone(),
         }

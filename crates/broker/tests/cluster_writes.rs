@@ -502,3 +502,59 @@ async fn qos2_deliveries_in_flight_when_their_node_dies_are_resent_not_repeated(
     assert!(released.contains(&ids["m3"]), "m3's PUBREL sent again");
     b.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_qos2_publisher_whose_node_dies_gets_each_message_through_once() {
+    let nats = Nats::start(true);
+    let a = alone_on(&nats, "a").await;
+    let b = alone_on(&nats, "b").await;
+    let mut sub = TestClient::connect(b.local_addr(), V5, "sub3").await;
+    sub.subscribe("i/#", QoS::ExactlyOnce).await;
+    let mut publisher = TestClient::connect_with(a.local_addr(), persistent(V5, "pub3"))
+        .await
+        .0;
+    // m1 and m2 accepted (PUBREC); m1's PUBREL is not sent yet, and the
+    // client acts as if m2's PUBREC was lost on the way.
+    for (n, id) in [(1, 7), (2, 8)] {
+        publisher
+            .send(Packet::Publish(numbered("i/x", n, QoS::ExactlyOnce, id)))
+            .await;
+        match publisher.recv().await {
+            Packet::PubRec(rec) => assert_eq!(rec.packet_id, pid(id)),
+            other => panic!("expected PUBREC, got {other:?}"),
+        }
+    }
+    let mut got = drain_payloads(&mut sub, Duration::from_secs(1)).await;
+    publisher.drop_connection();
+    a.shutdown().await;
+
+    let (mut publisher, ack) =
+        TestClient::connect_with(b.local_addr(), persistent(V5, "pub3")).await;
+    assert!(ack.session_present);
+    publisher.send(Packet::PubRel(PubAck::new(pid(7)))).await;
+    match publisher.recv().await {
+        Packet::PubComp(comp) => assert_eq!(
+            (comp.packet_id, comp.reason),
+            (pid(7), ReasonCode::Success),
+            "the id taken over with the session"
+        ),
+        other => panic!("expected PUBCOMP, got {other:?}"),
+    }
+    let again = Publish {
+        dup: true,
+        ..numbered("i/x", 2, QoS::ExactlyOnce, 8)
+    };
+    publisher.publish_packet(again).await;
+    // The id is free again: a new message with it goes through.
+    publisher
+        .publish_packet(numbered("i/x", 3, QoS::ExactlyOnce, 7))
+        .await;
+    let deadline = Instant::now() + WAIT;
+    while !got.contains(&"m3".to_owned()) && Instant::now() < deadline {
+        got.extend(drain_payloads(&mut sub, Duration::from_millis(300)).await);
+    }
+    got.extend(drain_payloads(&mut sub, QUIET).await);
+    got.sort();
+    assert_eq!(got, ["m1", "m2", "m3"], "each exactly once");
+    b.shutdown().await;
+}

@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use async_nats::jetstream::message::StreamMessage;
 use async_nats::jetstream::{self, consumer};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -143,12 +144,13 @@ pub(super) fn decode(message: &async_nats::Message, place: u64) -> Option<Arc<Me
     }
 }
 
-/// The stored message at `place`, if the stream still has it.
+/// The stored message at `place`, if the stream still has it (and it has
+/// not expired), with its record as stored and its id (`Tern-Id`).
 pub(super) async fn fetch(
     jetstream: &jetstream::Context,
     cluster: &str,
     place: u64,
-) -> Option<Arc<Message>> {
+) -> Option<(Arc<Message>, StreamMessage)> {
     let stream = jetstream
         .get_stream(format!("{cluster}-messages"))
         .await
@@ -157,7 +159,7 @@ pub(super) async fn fetch(
     match records::decode_message(&stored.payload, &Clock::now()) {
         Ok(Some(message)) => {
             let _ = message.place.set(place);
-            Some(message)
+            Some((message, stored))
         }
         _ => None,
     }

@@ -33,6 +33,7 @@ use tern_codec::ByteStr;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::lock::{Mutex, rank};
 use crate::message::Delivery;
 use crate::recover;
 use crate::registry::{self, Handed};
@@ -40,6 +41,7 @@ use crate::session::Inflight;
 use crate::state::BrokerState;
 use crate::store::records::{self, Clock, Handover, QueueEntry, RecordError};
 
+use super::fabric::Recent;
 use super::mirror::{self, Mirrors};
 use super::{next_or_stop, subject};
 
@@ -78,6 +80,8 @@ pub struct Directory {
     pub mirrors: kv::Store,
     /// Asks for a session's state to be written there.
     pub(super) mirror: Arc<Mirrors>,
+    /// The ids of the messages routed here lately.
+    pub(super) recent: Arc<Mutex<Recent, { rank::FABRIC }>>,
     pub cluster: String,
     /// This node's name.
     pub node: String,
@@ -161,13 +165,7 @@ impl Directory {
         let Some(state) = self.state.get().and_then(Weak::upgrade) else {
             return;
         };
-        let recovered = mirror::recover(
-            &self.mirrors,
-            &self.jetstream,
-            &self.cluster,
-            &state,
-            client_id,
-        );
+        let recovered = mirror::recover(self, &state, client_id);
         if let Some(interest) = recovered.await {
             self.mirror.request(client_id);
             until_applied(&state, interest).await;

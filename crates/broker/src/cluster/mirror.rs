@@ -25,14 +25,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use async_nats::jetstream::{self, kv};
+use async_nats::jetstream::kv;
+use async_nats::jetstream::message::StreamMessage;
 use bytes::Bytes;
 use tern_codec::{ByteStr, QoS};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::lock::{Mutex, rank};
-use crate::message::Delivery;
+use crate::message::{Delivery, Message};
 use crate::recover;
 use crate::registry::Handed;
 use crate::router::{self, Scope};
@@ -41,8 +42,9 @@ use crate::state::BrokerState;
 use crate::store::records;
 
 use super::catchup::{decode, fetch, read_stored};
-use super::fabric::Recent;
-use super::handover::key;
+use super::fabric::{Recent, live_headers};
+use super::handover::{Directory, key};
+use super::{ID_HEADER, SEQUENCE_HEADER, subject};
 
 /// How often the mirrors of sessions whose cursor moved are written.
 const SWEEP: Duration = Duration::from_secs(1);
@@ -188,12 +190,18 @@ impl Keeper {
 /// messages from its cursor on. The fabric's ticket for its subscriptions,
 /// or `None` if it has no mirror.
 pub(super) async fn recover(
-    bucket: &kv::Store,
-    jetstream: &jetstream::Context,
-    cluster: &str,
+    directory: &Directory,
     state: &Arc<BrokerState>,
     client_id: &ByteStr,
 ) -> Option<u64> {
+    let Directory {
+        mirrors: bucket,
+        jetstream,
+        cluster,
+        client,
+        recent,
+        ..
+    } = directory;
     let entry = match bucket.get(key(client_id)).await {
         Ok(entry) => entry?,
         Err(e) => {
@@ -212,7 +220,7 @@ pub(super) async fn recover(
     let mut inflight = Vec::new();
     for &(place, packet_id, awaiting) in &mirror.inflight {
         match fetch(jetstream, cluster, place).await {
-            Some(message) => inflight.push(Inflight {
+            Some((message, _)) => inflight.push(Inflight {
                 packet_id,
                 state: awaiting,
                 delivery: Delivery {
@@ -232,11 +240,25 @@ pub(super) async fn recover(
         record: mirror.session,
         inflight,
         pending: Vec::new(),
-        inbound_qos2: Vec::new(),
+        inbound_qos2: mirror.inbound.iter().map(|&(id, _)| id).collect(),
     };
     let interest = recover::adopt(state, client_id, handed);
     let session = state.sessions().get(client_id)?;
-    session.lock().recovering(&mirror.done);
+    {
+        let mut st = session.lock();
+        st.traffic()
+            .inbound_places
+            .extend(mirror.inbound.iter().copied());
+        st.recovering(&mirror.done);
+    }
+    // Its client's QoS 2 messages that were stored and acknowledged (or
+    // about to be): routed again, here and to the other nodes, which drop
+    // them if they had them (by their ids), as this node does.
+    for &(_, place) in &mirror.inbound {
+        if let Some((message, stored)) = fetch(jetstream, cluster, place).await {
+            resend(state, client, recent, cluster, message, stored).await;
+        }
+    }
     let (jetstream, cluster, state) =
         (jetstream.clone(), cluster.to_owned(), Arc::downgrade(state));
     let cursor = mirror.cursor;
@@ -260,4 +282,34 @@ pub(super) async fn recover(
         }
     });
     Some(interest)
+}
+
+/// Routes a stored message again, here and to the other nodes (with its
+/// id, by which a node that routed it already drops it).
+async fn resend(
+    state: &BrokerState,
+    client: &async_nats::Client,
+    recent: &Mutex<Recent, { rank::FABRIC }>,
+    cluster: &str,
+    message: Arc<Message>,
+    stored: StreamMessage,
+) {
+    let Some(id) = stored.headers.get(ID_HEADER).map(|v| v.as_str().to_owned()) else {
+        return;
+    };
+    let Some(&place) = message.place.get() else {
+        return;
+    };
+    let subject = subject::topic_subject(cluster, &message.topic);
+    if recent.lock().first_time(&id) {
+        router::publish_remote(state, message, Scope::Direct);
+    }
+    let mut headers = live_headers(&id, &[]);
+    headers.insert(SEQUENCE_HEADER, place.to_string().as_str());
+    if let Err(e) = client
+        .publish_with_headers(subject, headers, stored.payload)
+        .await
+    {
+        crate::throttled!(warn, "cluster publish failed", error = %e, "cluster: a stored message was not sent to the other nodes live");
+    }
 }

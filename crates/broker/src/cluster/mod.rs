@@ -216,6 +216,7 @@ impl Cluster {
             sessions: self.sessions,
             mirrors: self.mirrors.clone(),
             mirror: mirrors.clone(),
+            recent: recent.clone(),
             cluster: self.name.clone(),
             node: self.node.clone(),
             state,
@@ -258,6 +259,7 @@ impl Cluster {
             queue,
             timeout: self.write_timeout,
             recent: recent.clone(),
+            mirrors: mirrors.clone(),
         };
         let routing = Routing {
             storage,

@@ -40,6 +40,7 @@ use crate::state::BrokerState;
 use crate::store::records::{self, Clock};
 
 use super::fabric::{Recent, live_headers};
+use super::mirror::Mirrors;
 use super::publisher::round_trip;
 use super::{SEQUENCE_HEADER, headers, subject};
 
@@ -231,6 +232,9 @@ pub(super) struct Storage {
     pub(super) timeout: Duration,
     /// Where this node is in the stream: its own stored messages count.
     pub(super) recent: Arc<Mutex<Recent, { rank::FABRIC }>>,
+    /// The sessions' state in NATS, which a QoS 2 id enters before its
+    /// message is routed.
+    pub(super) mirrors: Arc<Mirrors>,
 }
 
 impl Storage {
@@ -242,6 +246,10 @@ impl Storage {
         let mut routed: VecDeque<(u64, u64)> = VecDeque::new();
         let mut forwarded = 0;
         let mut barrier: Option<Barrier> = None;
+        // Stored, waiting to be routed until their QoS 2 ids are in their
+        // sessions' state in NATS (the mirror ticket), in order.
+        let mut stored: VecDeque<(Flight, u64, u64)> = VecDeque::new();
+        let mut mirrored = self.mirrors.changes();
         let mut durable = state.upgrade().and_then(|s| {
             s.store
                 .as_ref()
@@ -258,6 +266,7 @@ impl Storage {
                 queued = self.queue.recv(), if flights.len() < IN_FLIGHT => Event::Queued(queued),
                 () = progress(&mut durable), if !routed.is_empty() => Event::Durable,
                 covered = confirmed(&mut barrier) => Event::Forwarded(covered),
+                _ = mirrored.changed(), if !stored.is_empty() => Event::Durable,
                 _ = probe.tick(), if failing && flights.is_empty() => Event::Probe,
             };
             match event {
@@ -279,8 +288,8 @@ impl Storage {
                             let Some(state) = state.upgrade() else {
                                 break;
                             };
-                            let local = self.route(&state, flight, sequence).await;
-                            routed.push_back(local);
+                            let kept = self.keep_inbound(&state, &flight.write, sequence);
+                            stored.push_back((flight, sequence, kept));
                         }
                         Err(e) if Instant::now() >= flight.deadline => {
                             self.give_up(&mut routed, flight, &e, &state);
@@ -317,6 +326,16 @@ impl Storage {
                     }
                 }
             }
+            let kept = self.mirrors.written();
+            while stored.front().is_some_and(|&(_, _, ticket)| ticket <= kept) {
+                let Some((flight, sequence, _)) = stored.pop_front() else {
+                    break;
+                };
+                let Some(state) = state.upgrade() else {
+                    break;
+                };
+                routed.push_back(self.route(&state, flight, sequence).await);
+            }
             self.settle(&mut routed, &durable, forwarded);
             if barrier.is_none()
                 && let Some(&(last, _)) = routed.back()
@@ -329,6 +348,27 @@ impl Storage {
                 ));
             }
         }
+    }
+
+    /// A persistent session's QoS 2 message, now in the stream: its packet
+    /// id goes into the session's state in NATS with its place before it is
+    /// routed (and acknowledged), so that a node taking the session over if
+    /// this one dies knows the message was accepted, and routes it (again:
+    /// other nodes drop a second copy by its id). The mirror ticket to wait
+    /// for (0: none).
+    fn keep_inbound(&self, state: &BrokerState, write: &Write, sequence: u64) -> u64 {
+        let (Some(id), true, Some(client_id)) = (
+            write.packet_id,
+            write.persistent,
+            write.message.origin.as_ref(),
+        ) else {
+            return 0;
+        };
+        let Some(session) = state.sessions().get(client_id) else {
+            return 0;
+        };
+        session.lock().traffic().inbound_places.insert(id, sequence);
+        self.mirrors.request(client_id)
     }
 
     /// Routes a stored message here (with its QoS 2 id, if its session is

@@ -166,10 +166,16 @@ pub fn handle(client: &mut ClientState, mut publish: Publish) -> Result<Flow, Pr
 
 /// Handles PUBREL: the client releases a QoS 2 packet id [MQTT-4.3.3-11].
 pub fn release(client: &mut ClientState, ack: PubAck) -> Result<Flow, ProtocolViolation> {
-    let known = {
+    let (known, kept) = {
         let mut st = client.session.lock();
-        st.traffic().inbound_qos2.remove(&ack.packet_id.get())
+        let id = ack.packet_id.get();
+        let known = st.traffic().inbound_qos2.remove(&id);
+        // In a cluster, the session's state in NATS forgets the id too,
+        // before the PUBCOMP.
+        let placed = st.traffic().inbound_places.remove(&id).is_some();
+        (known, if placed { client.mirror(&st) } else { 0 })
     };
+    client.hold_for_mirror(kept);
     // PUBCOMP lets the client reuse the id: its release must be stored
     // first, or after a restart a new message with it would be ignored.
     let ticket = match persistent_store(client) {
@@ -211,7 +217,7 @@ fn persistent_store(client: &ClientState) -> Option<Arc<Store>> {
 /// one, and is never acknowledged.
 fn accept(client: &mut ClientState, publish: Publish, qos2_id: Option<u16>) -> ReasonCode {
     let message = Message::from_publish(publish, client.client_id().clone(), Instant::now());
-    let persistent = persistent_store(client).is_some();
+    let persistent = client.session.lock().expiry_secs != 0;
     if client.state.fabric.stores() {
         let write = Write {
             message,
