@@ -663,8 +663,19 @@ cmd_start() {
     case "$name" in
         nats[123])
             i=${name#nats}
-            start_proc "$name" nats-server -c "$RUN_DIR/$name/nats.conf"
-            wait_for "$name" "JetStream ready" py nats-ready "${NATS_HTTP_PORT[i]}" || exit 1
+            # A port of the server's can still be held an instant after it
+            # died (a connection to it closing): it exits at once; again.
+            local attempt
+            for attempt in 1 2 3; do
+                start_proc "$name" nats-server -c "$RUN_DIR/$name/nats.conf"
+                if wait_for "$name" "JetStream ready" py nats-ready "${NATS_HTTP_PORT[i]}"; then
+                    break
+                fi
+                if [ "$attempt" = 3 ] || ! grep -q "address already in use" "$(log_file "$name")"; then
+                    exit 1
+                fi
+                sleep 1
+            done
             ;;
         node[123])
             i=${name#node}

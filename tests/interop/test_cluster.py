@@ -31,6 +31,7 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -80,6 +81,24 @@ def tern_binary() -> str:
     return str(path) if os.sep in exe else exe
 
 
+def restartable_port() -> int:
+    """A free port below the kernel's range for outgoing connections'
+    source ports: a server killed and started again on it (the crash tests)
+    does not find it taken by some client's connection meanwhile, as a port
+    from that range can be."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    rng = random.Random()
+    for _ in range(1000):
+        port = rng.randrange(10000, low)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((HOST, port))
+            except OSError:
+                continue
+            return port
+    return free_port()
+
+
 class Cluster:
     """scripts/cluster.sh on ports of its own, with its run directory."""
 
@@ -87,7 +106,7 @@ class Cluster:
         self.run_dir = run_dir
         ports: set[int] = set()
         while len(ports) < 16:
-            ports.add(free_port())
+            ports.add(restartable_port())
         p = iter(sorted(ports))
         self.front = SimpleNamespace(host=HOST, port=next(p), name="haproxy")
         self.nodes = {
@@ -146,6 +165,23 @@ class Cluster:
                 table = "\n".join(f"{n}: {vars(r)}" for n, r in rows.items())
                 raise AssertionError(f"status: not {what} within {deadline}s:\n{table}")
             time.sleep(0.05)
+
+    def wait_nats_healthy(self, deadline: float = 60.0) -> None:
+        """Waits until every nats-server's /healthz is ok: JetStream current
+        on each, every stream's copies caught up (a failure after that is
+        the loss of one again, not of two)."""
+        end = time.monotonic() + deadline
+        for i in (1, 2, 3):
+            url = f"http://{HOST}:{self.env[f'TERN_CLUSTER_NATS{i}_HTTP_PORT']}/healthz"
+            while True:
+                try:
+                    with urllib.request.urlopen(url, timeout=1) as r:
+                        if r.status == 200:
+                            break
+                except OSError:
+                    pass
+                assert time.monotonic() < end, f"nats{i} not healthy within {deadline}s"
+                time.sleep(0.1)
 
     def pid(self, name: str) -> int:
         return int((self.run_dir / name / f"{name}.pid").read_text())
@@ -409,11 +445,12 @@ def test_qos2_is_exactly_once_at_paho_over_nats_server_kills(cluster):
     """The cluster crash test, for NATS servers: paho publisher on node2,
     paho subscriber on node1, both persistent, QoS 2 with 50 in flight
     (interop_support.ExactlyOnceCount); a random nats-server SIGKILLed and
-    started again (`scripts/cluster.sh start`) each 0.5-1.5 s. A node whose
-    server died reads what it missed from the messages stream; a killed
-    stream leader stalls writes for a few seconds. Every message paho reports
-    published arrives, none twice. TERN_INTEROP_CLUSTER_KILLS sets the
-    number of kills (default 3)."""
+    started again (`scripts/cluster.sh start`), then once every server is
+    healthy again (one failure at a time, as R3 promises) the next after
+    0.5-1.5 s. A node whose server died reads what it missed from the
+    messages stream; a killed stream leader stalls writes for a few seconds.
+    Every message paho reports published arrives, none twice.
+    TERN_INTEROP_CLUSTER_KILLS sets the number of kills (default 3)."""
     kills = int(os.environ.get("TERN_INTEROP_CLUSTER_KILLS", "3"))
     rng = random.Random()
     sub_at, pub_at = ((cluster.nodes[i].host, cluster.nodes[i].port) for i in (1, 2))
@@ -426,6 +463,7 @@ def test_qos2_is_exactly_once_at_paho_over_nats_server_kills(cluster):
             os.kill(cluster.pid(victim), signal.SIGKILL)
             started = cluster.script("start", victim, timeout=90)
             assert started.returncode == 0, started.stdout + started.stderr
+            cluster.wait_nats_healthy()
         time.sleep(1.0)
     finally:
         published, acked, delivered, lost, twice = run.finish(settle=60.0)
@@ -434,6 +472,40 @@ def test_qos2_is_exactly_once_at_paho_over_nats_server_kills(cluster):
     assert acked == published, f"{published - acked} messages never completed"
     assert not lost, f"{len(lost)} acknowledged messages never delivered, first {lost[:20]}"
     assert not twice, f"QoS 2 messages delivered twice (number, packet id, DUP): {twice[:20]}"
+
+
+def test_no_acknowledged_message_is_lost_over_node_kills(cluster):
+    """The cluster crash test, for Tern nodes: paho publisher and
+    subscriber both through HAProxy (on whichever nodes it picks), both
+    persistent, QoS 2 with 50 in flight (interop_support.ExactlyOnceCount);
+    every 1-2 s a random node is SIGKILLed, its data directory removed (the
+    machine is lost) and a node of that name started again. The clients
+    reconnect through HAProxy to the nodes that run; the node they land on
+    takes their sessions over from their state in NATS. Every message paho
+    reports published arrives. QoS 2 messages delivered twice are counted
+    and printed, not asserted: exactly-once across a node's death still has
+    a rare gap (docs/cluster.md). TERN_INTEROP_CLUSTER_KILLS sets the number
+    of kills (default 3)."""
+    kills = int(os.environ.get("TERN_INTEROP_CLUSTER_KILLS", "3"))
+    rng = random.Random()
+    front = (cluster.front.host, cluster.front.port)
+    run = ExactlyOnceCount(front, front, unique("node-crash"))
+    run.start()
+    try:
+        for _ in range(kills):
+            time.sleep(rng.uniform(1.0, 2.0))
+            victim = f"node{rng.randint(1, 3)}"
+            os.kill(cluster.pid(victim), signal.SIGKILL)
+            shutil.rmtree(cluster.run_dir / victim / "data", ignore_errors=True)
+            started = cluster.script("start", victim, timeout=90)
+            assert started.returncode == 0, started.stdout + started.stderr
+        time.sleep(1.0)
+    finally:
+        published, acked, delivered, lost, twice = run.finish(settle=60.0)
+    print(f"{kills} node kills: published {published}, acknowledged {acked}, "
+          f"delivered {delivered}, lost {len(lost)}, delivered twice {len(twice)}")
+    assert acked == published, f"{published - acked} messages never completed"
+    assert not lost, f"{len(lost)} acknowledged messages never delivered, first {lost[:20]}"
 
 
 def test_haproxy_routes_around_a_killed_node(cluster, clients, topic_base):

@@ -200,7 +200,28 @@ pub struct Traffic {
     /// (PUBCOMP) since the session's state was last kept in NATS at or
     /// above its cursor, so that a node taking it over does not send them
     /// again ([`SessionState::mirror`]).
-    pub done: Vec<u64>,
+    pub done: BTreeSet<u64>,
+    /// In a cluster: the cursor last kept in NATS for this session (or the
+    /// one it was taken over with). Every stored message routed to it below
+    /// that place was completed: one arriving now (a late copy) is not
+    /// queued, and the cursor never goes back below it.
+    pub floor: u64,
+    /// The highest place of the stored messages queued for it: one below
+    /// it (a late copy) is first looked for among those it has.
+    newest: u64,
+}
+
+impl Traffic {
+    /// Whether the stored message at `place` is queued, in flight or
+    /// completed here.
+    fn has(&self, place: u64) -> bool {
+        self.done.contains(&place)
+            || self
+                .pending
+                .iter()
+                .chain(self.inflight.iter().map(|i| &i.delivery))
+                .any(|d| d.message.place.get() == Some(&place))
+    }
 }
 
 impl Session {
@@ -400,11 +421,16 @@ impl SessionState {
         if over_count || over_bytes {
             return Err(NotQueued::QueueFull);
         }
-        let place = delivery.message.place.get();
-        if let (Some(places), Some(&place)) = (self.traffic().places.as_mut(), place)
-            && !places.insert(place)
-        {
-            return Err(NotQueued::Duplicate);
+        if let Some(&place) = delivery.message.place.get() {
+            let t = self.traffic();
+            let seen = t
+                .places
+                .as_mut()
+                .is_some_and(|places| !places.insert(place));
+            if seen || place < t.floor || (place <= t.newest && t.has(place)) {
+                return Err(NotQueued::Duplicate);
+            }
+            t.newest = t.newest.max(place);
         }
         Ok(())
     }
@@ -450,19 +476,31 @@ impl SessionState {
                 done: Vec::new(),
             };
         };
+        // While its messages since its cursor are still being routed to it,
+        // it stays where it was taken over.
+        let watermark = if t.places.is_some() {
+            t.floor
+        } else {
+            watermark
+        };
         let cursor = t
             .pending
             .iter()
             .chain(t.inflight.iter().map(|i| &i.delivery))
             .filter_map(|d| d.message.place.get().copied())
-            .fold(watermark, u64::min);
+            .fold(watermark, u64::min)
+            .max(t.floor);
+        // It never goes back: a late copy of a message below it (a node
+        // that took its publisher over sends it again) is not queued, and
+        // the completed ones below it are forgotten.
+        t.floor = cursor;
         let inflight = t
             .inflight
             .iter()
             .filter(|i| i.delivery.qos == QoS::ExactlyOnce)
             .filter_map(|i| Some((*i.delivery.message.place.get()?, i.packet_id, i.state)))
             .collect();
-        t.done.retain(|&place| place >= cursor);
+        t.done = t.done.split_off(&cursor);
         records::Mirror {
             session: record,
             cursor,
@@ -472,7 +510,7 @@ impl SessionState {
                 .map(|(&id, &place)| (id, place))
                 .collect(),
             inflight,
-            done: t.done.clone(),
+            done: t.done.iter().copied().collect(),
         }
     }
 

@@ -15,6 +15,8 @@
 //! that node may be this one or not): their messages of the gap are lost,
 //! as on a NATS core link.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -35,9 +37,11 @@ use super::publisher::round_trip;
 use super::storage;
 use super::tern_id;
 
-/// How long a replay waits at most for the stream to answer (it may be
-/// electing a leader, if its server was the one that died).
-const PATIENCE: Duration = Duration::from_secs(30);
+/// How long a replay goes on trying to read the stream (it may be electing
+/// a leader, if its server was the one that died, and a consumer cannot be
+/// made while the NATS cluster has no meta leader): the messages stay in
+/// the stream meanwhile.
+const PATIENCE: Duration = Duration::from_secs(600);
 
 /// How long a replay reads on past the stream's end.
 const OVERLAP: Duration = Duration::from_secs(2);
@@ -56,43 +60,65 @@ pub(super) struct CatchUp {
     /// This run's origin: its own messages are not routed again.
     pub(super) origin: String,
     pub(super) recent: Arc<Mutex<Recent, { rank::FABRIC }>>,
-    pub(super) links: mpsc::UnboundedReceiver<Link>,
     /// Where the replay resumes, from the link going down until it has
     /// finished (`u64::MAX` otherwise): sessions' cursors stay below it.
     pub(super) holding: Arc<AtomicU64>,
 }
 
 impl CatchUp {
-    pub(super) async fn run(mut self, state: Weak<BrokerState>, stop: CancellationToken) {
-        // Where to resume, once the link went down.
-        let mut from: Option<u64> = None;
+    pub(super) async fn run(
+        self,
+        mut links: mpsc::UnboundedReceiver<Link>,
+        state: Weak<BrokerState>,
+        stop: CancellationToken,
+    ) {
+        // Where the next replay starts, once the link is up again: the
+        // earliest resume point of every drop since the last replay began
+        // (each taken when it happened, also while a replay runs).
+        let mut pending: Option<u64> = None;
+        let mut up = true;
+        let mut running: Option<Pin<Box<dyn Future<Output = ()> + Send + '_>>> = None;
         loop {
-            let link = tokio::select! {
-                link = self.links.recv() => link,
-                () = stop.cancelled() => None,
-            };
-            let Some(link) = link else {
-                break;
-            };
-            match (link, from) {
-                (Link::Down, None) => {
-                    let start = self.recent.lock().resume_from();
-                    self.holding.store(start, Ordering::Relaxed);
-                    from = Some(start);
-                }
-                (Link::Up, Some(start)) => {
-                    from = None;
-                    tokio::select! {
-                        replayed = self.replay(start, &state) => match replayed {
-                            Ok(0) => {}
-                            Ok(n) => tracing::info!(messages = n, from = start, "cluster: routed the stored messages missed while NATS was unreachable"),
-                            Err(e) => tracing::warn!(error = %e, from = start, "cluster: cannot read the messages missed while NATS was unreachable; they are lost for this node's sessions"),
-                        },
-                        () = stop.cancelled() => break,
+            if running.is_none()
+                && up
+                && let Some(start) = pending.take()
+            {
+                running = Some(Box::pin(self.replay_logged(start, &state)));
+            }
+            tokio::select! {
+                () = stop.cancelled() => break,
+                link = links.recv() => match link {
+                    Some(Link::Down) => {
+                        let start = self.recent.lock().resume_from();
+                        let start = pending.map_or(start, |p| p.min(start));
+                        self.holding.fetch_min(start, Ordering::Relaxed);
+                        pending = Some(start);
+                        up = false;
                     }
-                    self.holding.store(u64::MAX, Ordering::Relaxed);
+                    Some(Link::Up) => up = true,
+                    None => break,
+                },
+                () = async { if let Some(replay) = running.as_mut() { replay.await } else { std::future::pending().await } } => {
+                    running = None;
+                    if pending.is_none() {
+                        self.holding.store(u64::MAX, Ordering::Relaxed);
+                    }
                 }
-                _ => {}
+            }
+        }
+    }
+
+    /// [`CatchUp::replay`], its outcome logged.
+    async fn replay_logged(&self, start: u64, state: &Weak<BrokerState>) {
+        match self.replay(start, state).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                messages = n,
+                from = start,
+                "cluster: routed the stored messages missed while NATS was unreachable"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, from = start, "cluster: cannot read the messages missed while NATS was unreachable; they are lost for this node's sessions")
             }
         }
     }
@@ -100,7 +126,7 @@ impl CatchUp {
     /// Routes the stored messages from place `start` to the stream's end
     /// now that this node has not routed; how many.
     async fn replay(&self, start: u64, state: &Weak<BrokerState>) -> Result<usize, String> {
-        read_stored(&self.jetstream, &self.cluster, start, |message, place| {
+        let read = read_stored(&self.jetstream, &self.cluster, start, |message, place| {
             if !self.missed(message) {
                 return false;
             }
@@ -110,7 +136,13 @@ impl CatchUp {
             router::publish_remote(&state, stored, Scope::Direct);
             true
         })
-        .await
+        .await;
+        // Everything up to the end read is routed here now: a later replay
+        // starts past it even if no message arrives meanwhile.
+        read.map(|(routed, end)| {
+            self.recent.lock().passed(end);
+            routed
+        })
     }
 
     /// Whether a stored message is one this node has not routed: another
@@ -169,14 +201,14 @@ pub(super) async fn fetch(
 /// [`OVERLAP`]: a message stored right after the end was read can have
 /// been sent live before the NATS servers knew of subscriptions just made.
 /// Calls `each` with every stored message but probes, and its place; how
-/// many `each` took (returned true). Waits for the stream (it may be
-/// electing a leader) up to [`PATIENCE`].
+/// many `each` took (returned true), and the end read. Waits for the stream
+/// (it may be electing a leader) up to [`PATIENCE`].
 pub(super) async fn read_stored(
     jetstream: &jetstream::Context,
     cluster: &str,
     start: u64,
     mut each: impl FnMut(&async_nats::Message, u64) -> bool,
-) -> Result<usize, String> {
+) -> Result<(usize, u64), String> {
     // Subscriptions just made (again) are in place once a request sent
     // after them comes back.
     round_trip(&jetstream.client(), format!("{cluster}.barrier")).await;
@@ -189,11 +221,14 @@ pub(super) async fn read_stored(
     };
     loop {
         match reading.attempt(jetstream, cluster, &mut each).await {
-            Ok(()) => return Ok(reading.taken),
+            Ok(()) => return Ok((reading.taken, reading.end.unwrap_or(0))),
             Err(e) if tokio::time::Instant::now() >= deadline => return Err(e.to_string()),
             // The stream is electing a leader, or the link dropped again:
             // on from where this attempt stopped.
-            Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+            Err(e) => {
+                crate::throttled!(info, "cluster stream read", error = %e, "cluster: reading the messages stream failed; trying again");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
         }
     }
 }

@@ -319,6 +319,12 @@ impl Recent {
         self.highest = self.highest.max(sequence);
     }
 
+    /// Every stored message up to place `end` was routed here (a replay
+    /// read that far).
+    pub(super) fn passed(&mut self, end: u64) {
+        self.highest = self.highest.max(end);
+    }
+
     /// Where to replay the stream from after the NATS link went down now:
     /// the earliest place seen in the last moments, or past the highest.
     pub(super) fn resume_from(&self) -> u64 {

@@ -103,9 +103,15 @@ impl Directory {
                 None
             }
         };
-        let elsewhere = holder.filter(|h| **h != *self.node.as_bytes());
+        let ours = holder
+            .as_ref()
+            .is_some_and(|h| **h == *self.node.as_bytes());
+        let elsewhere = holder.filter(|_| !ours);
         if let Some(holder) = &elsewhere {
             self.ask(holder, &client_id).await;
+        } else if ours && !self.holds(&client_id) {
+            // Ours, but gone from here: this node restarted without it.
+            self.take_over(&client_id).await;
         }
         let written = if persistent {
             self.sessions
@@ -136,7 +142,11 @@ impl Directory {
         let payload = Bytes::copy_from_slice(client_id.as_bytes());
         let answer = tokio::time::timeout(ASK_TIMEOUT, self.client.request(subject, payload));
         let handed = match answer.await {
-            Ok(Ok(answer)) if answer.payload.is_empty() => return,
+            // The holder runs but has not got it (it restarted without it).
+            Ok(Ok(answer)) if answer.payload.is_empty() => {
+                self.take_over(client_id).await;
+                return;
+            }
             Ok(Ok(answer)) => decode(&answer.payload).map_err(|e| e.to_string()),
             Ok(Err(e)) if e.kind() == RequestErrorKind::NoResponders => {
                 tracing::info!(%client_id, node = holder, "cluster: the node holding this client's session is not running; taking the session over from its state kept in NATS");
@@ -159,8 +169,46 @@ impl Directory {
         }
     }
 
+    /// Whether this node has `client_id`'s session.
+    fn holds(&self, client_id: &str) -> bool {
+        let state = self.state.get().and_then(Weak::upgrade);
+        state.is_some_and(|state| state.sessions().get(client_id).is_some())
+    }
+
+    /// Drops the sessions this node restored from its data file that
+    /// another node took over while it was down (their clients reconnected
+    /// there): the directory names that node.
+    pub async fn forget_moved(self) {
+        let Some(state) = self.state.get().and_then(Weak::upgrade) else {
+            return;
+        };
+        let restored: Vec<ByteStr> = state
+            .sessions()
+            .iter()
+            .map(|session| session.client_id.clone())
+            .collect();
+        let mut dropped = 0;
+        for client_id in restored {
+            let holder = match self.sessions.entry(key(&client_id).as_str()).await {
+                Ok(Some(entry)) if entry.operation == kv::Operation::Put => entry.value,
+                _ => continue,
+            };
+            if *holder != *self.node.as_bytes()
+                && registry::hand_over(&state, &client_id).await.is_some()
+            {
+                dropped += 1;
+            }
+        }
+        if dropped > 0 {
+            tracing::info!(
+                sessions = dropped,
+                "cluster: dropped the sessions restored here that other nodes took over meanwhile"
+            );
+        }
+    }
+
     /// Takes `client_id`'s session over from its mirror, the node holding
-    /// it being gone.
+    /// it being gone (or without it).
     async fn take_over(&self, client_id: &ByteStr) {
         let Some(state) = self.state.get().and_then(Weak::upgrade) else {
             return;

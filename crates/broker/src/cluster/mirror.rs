@@ -44,12 +44,14 @@ use crate::store::records;
 use super::catchup::{decode, fetch, read_stored};
 use super::fabric::{Recent, live_headers};
 use super::handover::{Directory, key};
-use super::{ID_HEADER, SEQUENCE_HEADER, subject};
+use super::{ID_HEADER, SEQUENCE_HEADER, subject, tern_id};
 
 /// How often the mirrors of sessions whose cursor moved are written.
 const SWEEP: Duration = Duration::from_secs(1);
 /// Writes in NATS at once.
 const BATCH: usize = 256;
+/// How soon a state that could not be written is tried again.
+const RETRY: Duration = Duration::from_millis(100);
 
 /// The requests to mirror a session now, shared by the ownership seam and
 /// the task that writes them.
@@ -126,8 +128,17 @@ impl Keeper {
                     .iter()
                     .filter_map(|id| state.sessions().get(id))
                     .collect();
-                self.write(sessions, &mut last, true).await;
-                self.mirrors.written.send_replace(ticket);
+                let failed = self.write(sessions, &mut last, true).await;
+                if failed.is_empty() {
+                    self.mirrors.written.send_replace(ticket);
+                } else {
+                    // Not kept: what waits for them goes on waiting, and
+                    // they are written again shortly.
+                    for client_id in failed {
+                        self.mirrors.request(&client_id);
+                    }
+                    tokio::time::sleep(RETRY).await;
+                }
             } else {
                 let sessions: Vec<_> = state.sessions().iter().cloned().collect();
                 last.retain(|id, _| sessions.iter().any(|s| s.client_id == *id));
@@ -146,12 +157,13 @@ impl Keeper {
 
     /// Writes the mirrors of the persistent ones of `sessions` that changed
     /// since last written (all of them if `force`).
+    /// The client ids of those that could not be written.
     async fn write(
         &self,
         sessions: Vec<Arc<Session>>,
         last: &mut HashMap<ByteStr, u64>,
         force: bool,
-    ) {
+    ) -> Vec<ByteStr> {
         let watermark = self.watermark();
         let mut writes = Vec::new();
         for session in sessions {
@@ -170,18 +182,23 @@ impl Keeper {
                 continue;
             }
             last.insert(session.client_id.clone(), hash);
-            writes.push((key(&session.client_id), Bytes::from(record)));
+            writes.push((session.client_id.clone(), Bytes::from(record)));
         }
+        let mut failed = Vec::new();
         for batch in writes.chunks(BATCH) {
             let puts = batch
                 .iter()
-                .map(|(key, record)| self.bucket.put(key.as_str(), record.clone()));
-            for put in futures_util::future::join_all(puts).await {
+                .map(|(client_id, record)| self.bucket.put(key(client_id), record.clone()));
+            let results = futures_util::future::join_all(puts).await;
+            for ((client_id, _), put) in batch.iter().zip(results) {
                 if let Err(e) = put {
-                    crate::throttled!(warn, "session mirror unwritable", error = %e, "cluster: a session's state could not be kept in NATS; if its node dies, it is taken over as it was before");
+                    crate::throttled!(warn, "session mirror unwritable", error = %e, "cluster: a session's state could not be kept in NATS yet; trying again");
+                    last.remove(client_id);
+                    failed.push(client_id.clone());
                 }
             }
         }
+        failed
     }
 }
 
@@ -246,9 +263,10 @@ pub(super) async fn recover(
     let session = state.sessions().get(client_id)?;
     {
         let mut st = session.lock();
-        st.traffic()
-            .inbound_places
-            .extend(mirror.inbound.iter().copied());
+        let t = st.traffic();
+        t.inbound_places.extend(mirror.inbound.iter().copied());
+        t.done = mirror.done.iter().copied().collect();
+        t.floor = mirror.cursor;
         st.recovering(&mirror.done);
     }
     // Its client's QoS 2 messages that were stored and acknowledged (or
@@ -261,10 +279,16 @@ pub(super) async fn recover(
     }
     let (jetstream, cluster, state) =
         (jetstream.clone(), cluster.to_owned(), Arc::downgrade(state));
+    let recent = recent.clone();
     let cursor = mirror.cursor;
     tokio::spawn(async move {
         let id = session.client_id.clone();
         let replayed = read_stored(&jetstream, &cluster, cursor, |message, place| {
+            // Routed here now: a live copy of it that comes later (resent
+            // by a node taking over its publisher) is not routed again.
+            if let Some(id) = tern_id(message) {
+                recent.lock().first_time(id);
+            }
             let (Some(state), Some(stored)) = (state.upgrade(), decode(message, place)) else {
                 return false;
             };
@@ -273,7 +297,7 @@ pub(super) async fn recover(
         .await;
         session.lock().recovered();
         match replayed {
-            Ok(n) => {
+            Ok((n, _)) => {
                 tracing::info!(client_id = %id, messages = n, from = cursor, "cluster: took over a session whose node is gone, with the stored messages since its cursor")
             }
             Err(e) => {

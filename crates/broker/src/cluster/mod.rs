@@ -207,7 +207,6 @@ impl Cluster {
             cluster: self.name.clone(),
             origin: origin.clone(),
             recent: recent.clone(),
-            links: self.links,
             holding,
         };
         let directory = Directory {
@@ -264,6 +263,7 @@ impl Cluster {
         let routing = Routing {
             storage,
             catch_up,
+            links: self.links,
             keeper,
             recent,
             client: self.client,
@@ -293,6 +293,8 @@ pub struct Routing {
     storage: Storage,
     /// Routes what this node missed while its NATS link was down.
     catch_up: CatchUp,
+    /// The NATS link going down and up.
+    links: mpsc::UnboundedReceiver<Link>,
     /// Keeps the persistent sessions' state in NATS.
     keeper: Keeper,
     /// The ids of the messages routed here lately.
@@ -342,6 +344,7 @@ impl Routing {
         let Routing {
             storage,
             catch_up,
+            links,
             keeper,
             recent,
             client,
@@ -376,9 +379,10 @@ impl Routing {
         tasks.spawn(watch_claims(claims, origin, weak.clone(), shutdown.clone()));
         tasks.spawn(watch_stats(stats, peers, shutdown.clone()));
         tasks.spawn(storage.run(weak.clone(), shutdown.clone()));
-        tasks.spawn(catch_up.run(weak.clone(), shutdown.clone()));
+        tasks.spawn(catch_up.run(links, weak.clone(), shutdown.clone()));
         tasks.spawn(keeper.run(weak.clone(), shutdown.clone()));
         let _ = directory.state.set(weak.clone());
+        tasks.spawn(directory.clone().forget_moved());
         let serving = handover::serve(
             handovers,
             client.clone(),

@@ -60,6 +60,9 @@ const FORGET_FAILED: Duration = Duration::from_secs(300);
 /// [`MAX_BYTES`].
 const MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 const MAX_BYTES: i64 = 1 << 30;
+/// How long the stream remembers a write's id to drop a second copy of it
+/// (a write tried again): longer than a write is tried.
+const DUPLICATES: Duration = Duration::from_secs(60);
 
 /// The messages stream: every QoS 1/2 message any node accepted, under
 /// `<cluster>.s.` and its topic's subject.
@@ -71,6 +74,7 @@ pub fn stream_config(cluster: &str, replicas: usize) -> stream::Config {
         max_age: MAX_AGE,
         max_bytes: MAX_BYTES,
         discard: stream::DiscardPolicy::Old,
+        duplicate_window: DUPLICATES,
         ..Default::default()
     }
 }
@@ -302,16 +306,17 @@ impl Storage {
                         }
                     }
                 }
+                // The whole pipeline again, in order: after a leader change
+                // or a NATS reconnect the answers to every write in flight
+                // are lost, and one at a time would take as many round trips.
+                // The stream drops the copies of those it had (by id).
                 Event::Head(Head::Retry) => {
-                    if let Some(flight) = flights.pop_front() {
+                    for flight in flights.iter_mut() {
                         let (subject, record) = (flight.subject.clone(), flight.record.clone());
                         let ack = self
                             .send(flight.ticket, subject, record, flight.deadline)
                             .await;
-                        flights.push_front(Flight {
-                            ack: Some(ack),
-                            ..flight
-                        });
+                        flight.ack = Some(ack);
                     }
                 }
                 Event::Durable => {}
@@ -464,7 +469,10 @@ impl Storage {
     /// Publishes a write to the stream; the answer, at most until its
     /// deadline.
     async fn send(&self, ticket: u64, subject: String, record: Bytes, deadline: Instant) -> Ack {
-        let headers = headers(&self.id(ticket));
+        let id = self.id(ticket);
+        let mut headers = headers(&id);
+        // The stream keeps one copy of a write tried more than once.
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
         let published = self
             .jetstream
             .publish_with_headers(subject, headers, record)

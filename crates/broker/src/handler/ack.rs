@@ -77,7 +77,7 @@ fn complete(client: &mut ClientState, ids: &[NonZeroU16], state: Awaiting) {
             && let Some(done) = st.traffic().inflight.remove(pos)
         {
             if let Some(&place) = done.delivery.message.place.get().filter(|_| remember) {
-                st.traffic().done.push(place);
+                st.traffic().done.insert(place);
             }
             outbound::record_done(client, done.delivery, &mut changes);
         }
