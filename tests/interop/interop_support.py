@@ -635,8 +635,9 @@ class ExactlyOnceCount:
                     break
             time.sleep(0.1)
         time.sleep(0.5)  # a late duplicate would arrive now
-        self.sub.loop_stop()
-        self.pub.loop_stop()
+        for c in (self.sub, self.pub):
+            c.loop_stop()
+            c.disconnect()
         acked = {n for n, info in self.infos if info._published}
         lost = sorted(acked - set(self.got))
         return len(self.infos), len(acked), len(self.got), lost, list(self.twice)
