@@ -118,12 +118,19 @@ PY_HELPER=$(
     cat <<'PYEOF'
 import csv, json, socket, sys, urllib.request
 
-def nats_ready(port):
-    # Ready: /healthz is ok (JetStream current with the meta leader), /jsz
-    # names a meta leader, and every stream this server holds has a leader.
-    # /healthz alone is not enough after a restart: it can be ok while a
-    # stream is still electing its leader, and a JetStream request about that
-    # stream made meanwhile (a node's start) is never answered.
+def nats_ready(port, client_port):
+    # Ready: the client port takes connections (the monitoring port opens
+    # first, and a node started in between is refused), /healthz is ok
+    # (JetStream current with the meta leader), /jsz names a meta leader,
+    # and every stream this server holds has a leader. /healthz alone is not
+    # enough after a restart: it can be ok while a stream is still electing
+    # its leader, and a JetStream request about that stream made meanwhile
+    # (a node's start) is never answered.
+    try:
+        socket.create_connection(("127.0.0.1", int(client_port)), timeout=1).close()
+    except OSError as e:
+        print(f"client port {client_port} does not take connections ({e})")
+        return 1
     base = f"http://127.0.0.1:{port}"
     try:
         with urllib.request.urlopen(base + "/healthz", timeout=1) as r:
@@ -613,7 +620,7 @@ cmd_up() {
         start_proc "nats$i" nats-server -c "$RUN_DIR/nats$i/nats.conf"
     done
     for i in 1 2 3; do
-        wait_for "nats$i" "JetStream ready (meta leader and stream leaders elected)" py nats-ready "${NATS_HTTP_PORT[i]}" || up_failed
+        wait_for "nats$i" "JetStream ready (meta leader and stream leaders elected)" py nats-ready "${NATS_HTTP_PORT[i]}" "${NATS_PORT[i]}" || up_failed
     done
 
     say "starting 3 tern nodes ($TERN) ..."
@@ -668,7 +675,7 @@ cmd_start() {
             local attempt
             for attempt in 1 2 3; do
                 start_proc "$name" nats-server -c "$RUN_DIR/$name/nats.conf"
-                if wait_for "$name" "JetStream ready" py nats-ready "${NATS_HTTP_PORT[i]}"; then
+                if wait_for "$name" "JetStream ready" py nats-ready "${NATS_HTTP_PORT[i]}" "${NATS_PORT[i]}"; then
                     break
                 fi
                 if [ "$attempt" = 3 ] || ! grep -q "address already in use" "$(log_file "$name")"; then

@@ -441,70 +441,71 @@ def test_haproxy_takes_a_hung_node_out_of_the_pool_and_back(cluster, clients):
     print(f"hung node3: DOWN after {took_down:.2f}s, UP {took_up:.2f}s after SIGCONT")
 
 
-def test_qos2_is_exactly_once_at_paho_over_nats_server_kills(cluster):
-    """The cluster crash test, for NATS servers: paho publisher on node2,
-    paho subscriber on node1, both persistent, QoS 2 with 50 in flight
-    (interop_support.ExactlyOnceCount); a random nats-server SIGKILLed and
-    started again (`scripts/cluster.sh start`), then once every server is
-    healthy again (one failure at a time, as R3 promises) the next after
-    0.5-1.5 s. A node whose server died reads what it missed from the
-    messages stream; a killed stream leader stalls writes for a few seconds.
-    Every message paho reports published arrives, none twice.
-    TERN_INTEROP_CLUSTER_KILLS sets the number of kills (default 3)."""
+def crash(what: str, sub_at, pub_at, spacing: tuple[float, float], kill_one):
+    """The cluster's crash test: paho publisher at `pub_at` and subscriber at
+    `sub_at`, both persistent, QoS 2 with 50 in flight
+    (interop_support.ExactlyOnceCount), while `kill_one(rng)` kills and
+    restarts something, `spacing` seconds apart, TERN_INTEROP_CLUSTER_KILLS
+    times (default 3). Prints and returns (lost, twice); fails if a message
+    never completed."""
     kills = int(os.environ.get("TERN_INTEROP_CLUSTER_KILLS", "3"))
     rng = random.Random()
-    sub_at, pub_at = ((cluster.nodes[i].host, cluster.nodes[i].port) for i in (1, 2))
-    run = ExactlyOnceCount(sub_at, pub_at, unique("nats-crash"))
+    run = ExactlyOnceCount(sub_at, pub_at, unique(what))
     run.start()
     try:
         for _ in range(kills):
-            time.sleep(rng.uniform(0.5, 1.5))
-            victim = f"nats{rng.randint(1, 3)}"
-            os.kill(cluster.pid(victim), signal.SIGKILL)
-            started = cluster.script("start", victim, timeout=90)
-            assert started.returncode == 0, started.stdout + started.stderr
-            cluster.wait_nats_healthy()
+            time.sleep(rng.uniform(*spacing))
+            kill_one(rng)
         time.sleep(1.0)
     finally:
         published, acked, delivered, lost, twice = run.finish(settle=60.0)
-    print(f"{kills} nats-server kills: published {published}, acknowledged {acked}, "
+    print(f"{kills} {what} kills: published {published}, acknowledged {acked}, "
           f"delivered {delivered}, lost {len(lost)}, delivered twice {len(twice)}")
     assert acked == published, f"{published - acked} messages never completed"
+    return lost, twice
+
+
+def test_qos2_is_exactly_once_at_paho_over_nats_server_kills(cluster):
+    """The crash test for NATS servers: publisher on node2, subscriber on
+    node1; a random nats-server SIGKILLed and started again
+    (`scripts/cluster.sh start`), then once every server is healthy again
+    (one failure at a time, as R3 promises) the next after 0.5-1.5 s. A node
+    whose server died reads what it missed from the messages stream; a
+    killed stream leader stalls writes for a few seconds. Every message paho
+    reports published arrives, none twice."""
+
+    def kill_one(rng):
+        victim = f"nats{rng.randint(1, 3)}"
+        os.kill(cluster.pid(victim), signal.SIGKILL)
+        started = cluster.script("start", victim, timeout=90)
+        assert started.returncode == 0, started.stdout + started.stderr
+        cluster.wait_nats_healthy()
+
+    sub_at, pub_at = ((cluster.nodes[i].host, cluster.nodes[i].port) for i in (1, 2))
+    lost, twice = crash("nats-server", sub_at, pub_at, (0.5, 1.5), kill_one)
     assert not lost, f"{len(lost)} acknowledged messages never delivered, first {lost[:20]}"
     assert not twice, f"QoS 2 messages delivered twice (number, packet id, DUP): {twice[:20]}"
 
 
 def test_no_acknowledged_message_is_lost_over_node_kills(cluster):
-    """The cluster crash test, for Tern nodes: paho publisher and
-    subscriber both through HAProxy (on whichever nodes it picks), both
-    persistent, QoS 2 with 50 in flight (interop_support.ExactlyOnceCount);
-    every 1-2 s a random node is SIGKILLed, its data directory removed (the
-    machine is lost) and a node of that name started again. The clients
-    reconnect through HAProxy to the nodes that run; the node they land on
-    takes their sessions over from their state in NATS. Every message paho
-    reports published arrives. QoS 2 messages delivered twice are counted
-    and printed, not asserted: exactly-once across a node's death still has
-    a rare gap (docs/cluster.md). TERN_INTEROP_CLUSTER_KILLS sets the number
-    of kills (default 3)."""
-    kills = int(os.environ.get("TERN_INTEROP_CLUSTER_KILLS", "3"))
-    rng = random.Random()
+    """The crash test for Tern nodes: both clients through HAProxy (on
+    whichever nodes it picks); every 1-2 s a random node is SIGKILLed, its
+    data directory removed (the machine is lost) and a node of that name
+    started again. The clients reconnect through HAProxy to the nodes that
+    run; the node they land on takes their sessions over from their state
+    in NATS. Every message paho reports published arrives. QoS 2 messages
+    delivered twice are counted and printed, not asserted: exactly-once
+    across a node's death still has a rare gap (docs/cluster.md)."""
+
+    def kill_one(rng):
+        victim = f"node{rng.randint(1, 3)}"
+        os.kill(cluster.pid(victim), signal.SIGKILL)
+        shutil.rmtree(cluster.run_dir / victim / "data", ignore_errors=True)
+        started = cluster.script("start", victim, timeout=90)
+        assert started.returncode == 0, started.stdout + started.stderr
+
     front = (cluster.front.host, cluster.front.port)
-    run = ExactlyOnceCount(front, front, unique("node-crash"))
-    run.start()
-    try:
-        for _ in range(kills):
-            time.sleep(rng.uniform(1.0, 2.0))
-            victim = f"node{rng.randint(1, 3)}"
-            os.kill(cluster.pid(victim), signal.SIGKILL)
-            shutil.rmtree(cluster.run_dir / victim / "data", ignore_errors=True)
-            started = cluster.script("start", victim, timeout=90)
-            assert started.returncode == 0, started.stdout + started.stderr
-        time.sleep(1.0)
-    finally:
-        published, acked, delivered, lost, twice = run.finish(settle=60.0)
-    print(f"{kills} node kills: published {published}, acknowledged {acked}, "
-          f"delivered {delivered}, lost {len(lost)}, delivered twice {len(twice)}")
-    assert acked == published, f"{published - acked} messages never completed"
+    lost, _ = crash("node", front, front, (1.0, 2.0), kill_one)
     assert not lost, f"{len(lost)} acknowledged messages never delivered, first {lost[:20]}"
 
 
