@@ -659,6 +659,30 @@ cmd_up() {
 
 # ---------------------------------------------------------------- start
 
+# Runs a start command (the words before `--`) and waits, with the check
+# after `--`, until NAME is "WHAT". A port of a process that was just killed
+# can still be held an instant (its sockets closing): the new one exits at
+# once ("address already in use"), and is started again, up to 3 times.
+start_retrying() {
+    local name=$1 what=$2 start=() attempt
+    shift 2
+    while [ "$1" != "--" ]; do
+        start+=("$1")
+        shift
+    done
+    shift
+    for attempt in 1 2 3; do
+        "${start[@]}"
+        if wait_for "$name" "$what" "$@"; then
+            return 0
+        fi
+        if [ "$attempt" = 3 ] || ! grep -qi "address already in use" "$(log_file "$name")"; then
+            exit 1
+        fi
+        sleep 1
+    done
+}
+
 # Starts one nats-server or node of a cluster that is up, after it stopped
 # or died, with its config and data, and waits until it is ready.
 cmd_start() {
@@ -670,25 +694,15 @@ cmd_start() {
     case "$name" in
         nats[123])
             i=${name#nats}
-            # A port of the server's can still be held an instant after it
-            # died (a connection to it closing): it exits at once; again.
-            local attempt
-            for attempt in 1 2 3; do
-                start_proc "$name" nats-server -c "$RUN_DIR/$name/nats.conf"
-                if wait_for "$name" "JetStream ready" py nats-ready "${NATS_HTTP_PORT[i]}" "${NATS_PORT[i]}"; then
-                    break
-                fi
-                if [ "$attempt" = 3 ] || ! grep -q "address already in use" "$(log_file "$name")"; then
-                    exit 1
-                fi
-                sleep 1
-            done
+            start_retrying "$name" "JetStream ready" \
+                start_proc "$name" nats-server -c "$RUN_DIR/$name/nats.conf" \
+                -- py nats-ready "${NATS_HTTP_PORT[i]}" "${NATS_PORT[i]}"
             ;;
         node[123])
             i=${name#node}
             find_tern
-            start_node "$i"
-            wait_for "$name" "listening on port ${NODE_PORT[i]}" node_listening "$i" || exit 1
+            start_retrying "$name" "listening on port ${NODE_PORT[i]}" \
+                start_node "$i" -- node_listening "$i"
             ;;
         *) die "start what? nats1, nats2, nats3, node1, node2 or node3 (got '$name')" ;;
     esac

@@ -186,6 +186,15 @@ class Cluster:
     def pid(self, name: str) -> int:
         return int((self.run_dir / name / f"{name}.pid").read_text())
 
+    def kill(self, name: str) -> None:
+        """SIGKILLs `name` and waits until it is gone (its ports free)."""
+        pid = self.pid(name)
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while running(pid):
+            assert time.monotonic() < deadline, f"{name} (pid {pid}) still running 10 s after SIGKILL"
+            time.sleep(0.01)
+
     def log_tail(self, lines: int = 15) -> str:
         """The end of every process's log (shown with a failed test)."""
         out = []
@@ -461,6 +470,8 @@ def crash(what: str, sub_at, pub_at, spacing: tuple[float, float], kill_one):
         published, acked, delivered, lost, twice = run.finish(settle=60.0)
     print(f"{kills} {what} kills: published {published}, acknowledged {acked}, "
           f"delivered {delivered}, lost {len(lost)}, delivered twice {len(twice)}")
+    if twice:
+        print(f"delivered twice (number, packet id, DUP): {twice[:20]}")
     assert acked == published, f"{published - acked} messages never completed"
     return lost, twice
 
@@ -481,7 +492,7 @@ def test_qos2_is_exactly_once_at_paho_over_nats_server_kills(cluster):
 
     def kill_one(rng):
         victim = f"nats{rng.randint(1, 3)}"
-        os.kill(cluster.pid(victim), signal.SIGKILL)
+        cluster.kill(victim)
         started = cluster.script("start", victim, timeout=90)
         assert started.returncode == 0, started.stdout + started.stderr
         cluster.wait_nats_healthy()
@@ -492,26 +503,25 @@ def test_qos2_is_exactly_once_at_paho_over_nats_server_kills(cluster):
     assert not twice, f"QoS 2 messages delivered twice (number, packet id, DUP): {twice[:20]}"
 
 
-def test_no_acknowledged_message_is_lost_over_node_kills(cluster):
+def test_qos2_is_exactly_once_at_paho_over_node_kills(cluster):
     """The crash test for Tern nodes: both clients through HAProxy (on
     whichever nodes it picks); every 1-2 s a random node is SIGKILLed, its
     data directory removed (the machine is lost) and a node of that name
     started again. The clients reconnect through HAProxy to the nodes that
     run; the node they land on takes their sessions over from their state
-    in NATS. Every message paho reports published arrives. QoS 2 messages
-    delivered twice are counted and printed, not asserted: exactly-once
-    across a node's death still has a rare gap (docs/cluster.md)."""
+    in NATS. Every message paho reports published arrives, none twice."""
 
     def kill_one(rng):
         victim = f"node{rng.randint(1, 3)}"
-        os.kill(cluster.pid(victim), signal.SIGKILL)
+        cluster.kill(victim)
         shutil.rmtree(cluster.run_dir / victim / "data", ignore_errors=True)
         started = cluster.script("start", victim, timeout=90)
         assert started.returncode == 0, started.stdout + started.stderr
 
     front = (cluster.front.host, cluster.front.port)
-    lost, _ = crash("node", front, front, (1.0, 2.0), kill_one)
+    lost, twice = crash("node", front, front, (1.0, 2.0), kill_one)
     assert not lost, f"{len(lost)} acknowledged messages never delivered, first {lost[:20]}"
+    assert not twice, f"QoS 2 messages delivered twice (number, packet id, DUP): {twice[:20]}"
 
 
 def test_haproxy_routes_around_a_killed_node(cluster, clients, topic_base):
@@ -524,7 +534,7 @@ def test_haproxy_routes_around_a_killed_node(cluster, clients, topic_base):
     )
     victim = next(i for i in (1, 2, 3) if rows[f"node{i}"].conns == "1")
     survivors = [i for i in (1, 2, 3) if i != victim]
-    os.kill(cluster.pid(f"node{victim}"), signal.SIGKILL)
+    cluster.kill(f"node{victim}")
     killed = time.monotonic()
 
     # Right away, before the checks noticed: new connections are redispatched.

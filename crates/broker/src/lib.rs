@@ -73,11 +73,13 @@ pub use store::{StoreError, salvage};
 #[doc(hidden)]
 pub mod testing {
     pub use crate::auth::guard::{FIRST_DELAY, FREE_FAILURES};
+    pub use crate::cluster::handover::key as session_key;
     pub use crate::connection::ConnInfo;
     pub use crate::limits::Counters;
     pub use crate::listener::TlsAcceptor;
     pub use crate::listener::tls::common_name;
     pub use crate::metrics::Metrics;
     pub use crate::state::BrokerState;
+    pub use crate::store::records::{Kept, decode_mirror};
     pub use crate::topic_tree::{Matched, TopicTree};
 }

@@ -183,13 +183,13 @@ pub fn adopt(state: &Arc<BrokerState>, client_id: &str, handed: Handed) -> u64 {
     st.stored = false;
     registry::persist(state, &session, &mut st);
     let store = state.store.as_ref().filter(|_| st.stored);
-    for mut delivery in handed.pending {
+    for mut delivery in handed.traffic.pending {
         if let Some(store) = store.filter(|_| st.stores(delivery.qos)) {
             store.queue(&session.client_id, &mut delivery, &mut group);
         }
         st.enqueue(delivery);
     }
-    for mut inflight in handed.inflight {
+    for mut inflight in handed.traffic.inflight {
         if let Some(store) = store {
             let delivery = &mut inflight.delivery;
             store.queue(&session.client_id, delivery, &mut group);
@@ -198,12 +198,15 @@ pub fn adopt(state: &Arc<BrokerState>, client_id: &str, handed: Handed) -> u64 {
         }
         st.traffic().inflight.push_back(inflight);
     }
-    for packet_id in handed.inbound_qos2 {
+    for packet_id in handed.traffic.inbound_qos2 {
         if let Some(store) = store {
             store.hold_inbound(&session.client_id, packet_id, &mut group);
         }
         st.traffic().inbound_qos2.insert(packet_id);
     }
+    st.traffic()
+        .inbound_kept
+        .extend(handed.traffic.inbound_kept);
     if let Some(store) = store {
         store.submit_group(group);
     }

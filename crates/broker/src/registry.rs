@@ -17,11 +17,10 @@ use std::time::{Duration, Instant};
 use tern_codec::{ByteStr, ReasonCode};
 
 use crate::auth::{self, Auth};
-use crate::message::Delivery;
 use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::router;
-use crate::session::{ConnectionId, Inflight, NEVER_EXPIRES, PendingWill, Session, SessionState};
+use crate::session::{ConnectionId, Moving, NEVER_EXPIRES, PendingWill, Session, SessionState};
 use crate::state::{self, BrokerState};
 use crate::store::records::SessionRecord;
 
@@ -169,12 +168,8 @@ pub fn oust(state: &BrokerState, client_id: &str, reason: ReasonCode) {
 pub struct Handed {
     /// Subscriptions, expiry, pending will, username.
     pub record: SessionRecord,
-    /// Sent and not yet acknowledged, in send order.
-    pub inflight: Vec<Inflight>,
-    /// Queued, in order.
-    pub pending: Vec<Delivery>,
-    /// QoS 2 packet ids the client sent, awaiting its PUBREL.
-    pub inbound_qos2: Vec<u16>,
+    /// Its deliveries and its client's QoS 2 ids.
+    pub traffic: Moving,
 }
 
 /// Hands `client_id`'s session to another node, whose client connected
@@ -206,7 +201,7 @@ pub async fn hand_over(state: &Arc<BrokerState>, client_id: &str) -> Option<Hand
     // Timers started for this session here find it moved on.
     st.generation = st.generation.wrapping_add(1);
     let record = st.record();
-    let (inflight, pending, inbound_qos2) = st.take_traffic();
+    let traffic = st.take_traffic();
     let subscriptions = st.clear();
     unpersist(state, &session, &mut st);
     st.connection = None;
@@ -215,12 +210,7 @@ pub async fn hand_over(state: &Arc<BrokerState>, client_id: &str) -> Option<Hand
     sessions.remove(&session);
     drop(sessions);
     router::unsubscribe(state, &session, subscriptions.into_keys());
-    Some(Handed {
-        record,
-        inflight,
-        pending,
-        inbound_qos2,
-    })
+    Some(Handed { record, traffic })
 }
 
 /// The connection id a session is attached to while [`hand_over`] waits

@@ -113,6 +113,9 @@ pub struct Write {
     pub packet_id: Option<u16>,
     /// Whether its publisher's session is persistent.
     pub persistent: bool,
+    /// Sent again by its client (DUP): a QoS 2 message whose earlier write
+    /// may have been stored is written again under the same id.
+    pub resent: bool,
 }
 
 /// What became of a [`Write`].

@@ -94,6 +94,20 @@ pub struct Inflight {
     pub delivery: Delivery,
 }
 
+/// A session's traffic as it leaves for another node
+/// ([`SessionState::take_traffic`]).
+#[derive(Debug, Default)]
+pub struct Moving {
+    /// Sent and not yet acknowledged, in send order.
+    pub inflight: Vec<Inflight>,
+    /// Queued, in order.
+    pub pending: Vec<Delivery>,
+    /// QoS 2 packet ids the client sent, awaiting its PUBREL.
+    pub inbound_qos2: Vec<u16>,
+    /// Where their messages are in a cluster's messages stream.
+    pub inbound_kept: Vec<(u16, records::Kept)>,
+}
+
 /// A subscription as the session remembers it (the tree holds the same).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SessionSubscription {
@@ -188,9 +202,12 @@ pub struct Traffic {
     pub inflight: VecDeque<Inflight>,
     /// QoS 2 packet ids received from the client, awaiting its PUBREL.
     pub inbound_qos2: BTreeSet<u16>,
-    /// In a cluster: those of them whose message is in the messages
-    /// stream, with its place there, for the session's state in NATS.
-    pub inbound_places: BTreeMap<u16, u64>,
+    /// In a cluster: where the messages of the QoS 2 ids its client sent
+    /// are in the messages stream, for the session's state in NATS (one
+    /// being written is here before it is in the stream, and stays when
+    /// its write is given up, for its client's DUP to be written under the
+    /// same id; it is then not in `inbound_qos2`).
+    pub inbound_kept: BTreeMap<u16, records::Kept>,
     last_packet_id: u16,
     /// While the session is rebuilt from a cluster's messages stream: the
     /// places of the stored messages queued, in flight or completed, so
@@ -392,7 +409,7 @@ impl SessionState {
             t.pending.is_empty()
                 && t.inflight.is_empty()
                 && t.inbound_qos2.is_empty()
-                && t.inbound_places.is_empty()
+                && t.inbound_kept.is_empty()
                 && t.places.is_none()
                 && t.done.is_empty()
         }) {
@@ -505,9 +522,9 @@ impl SessionState {
             session: record,
             cursor,
             inbound: t
-                .inbound_places
+                .inbound_kept
                 .iter()
-                .map(|(&id, &place)| (id, place))
+                .map(|(&id, kept)| (id, kept.clone()))
                 .collect(),
             inflight,
             done: t.done.iter().copied().collect(),
@@ -553,23 +570,26 @@ impl SessionState {
     }
 
     /// Takes the in-flight deliveries (in send order), the pending ones (in
-    /// order) and the inbound QoS 2 ids, leaving the queues empty: the
-    /// session is moving to another node.
-    pub fn take_traffic(&mut self) -> (Vec<Inflight>, Vec<Delivery>, Vec<u16>) {
+    /// order) and the inbound QoS 2 ids (with where their messages are in a
+    /// cluster's messages stream), leaving the queues empty: the session is
+    /// moving to another node.
+    pub fn take_traffic(&mut self) -> Moving {
         let Some(t) = self.traffic.take() else {
-            return Default::default();
+            return Moving::default();
         };
         let Traffic {
             pending,
             inflight,
             inbound_qos2,
+            inbound_kept,
             ..
         } = *t;
-        (
-            inflight.into(),
-            pending.into(),
-            inbound_qos2.into_iter().collect(),
-        )
+        Moving {
+            inflight: inflight.into(),
+            pending: pending.into(),
+            inbound_qos2: inbound_qos2.into_iter().collect(),
+            inbound_kept: inbound_kept.into_iter().collect(),
+        }
     }
 
     /// Forgets everything but the identity: Clean Start, or a new session.

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use bytes::Bytes;
+use futures_util::StreamExt;
 use tern_broker::config::ClusterConfig;
+use tern_broker::testing::{Kept, decode_mirror, session_key};
 use tern_broker::{Broker, BrokerHandle, Config};
 use tern_codec::{Packet, ProtocolVersion::V5, PubAck, Publish, QoS, ReasonCode};
 
@@ -556,5 +558,82 @@ async fn a_qos2_publisher_whose_node_dies_gets_each_message_through_once() {
     got.extend(drain_payloads(&mut sub, QUIET).await);
     got.sort();
     assert_eq!(got, ["m1", "m2", "m3"], "each exactly once");
+    b.shutdown().await;
+}
+
+/// The exact interleaving behind QoS 2 doubles when a node died: the node
+/// had stored a persistent publisher's QoS 2 message in the stream and died
+/// before routing it (its PUBREC never went). The subscriber's session,
+/// taken over by another node, reads the message from the stream; the
+/// publisher sends it again (DUP) to that node, which writes it under the
+/// id it was first written under (kept in the publisher's state in NATS
+/// before the first write): the stream keeps one copy, and the subscriber
+/// gets it once.
+#[tokio::test]
+async fn a_qos2_message_stored_by_a_node_that_died_before_routing_it_arrives_once() {
+    let nats = Nats::start(true);
+    let a = alone_on(&nats, "a").await;
+    let b = alone_on(&nats, "b").await;
+    let mut sub = TestClient::connect_with(a.local_addr(), persistent(V5, "sub5"))
+        .await
+        .0;
+    sub.subscribe("o/#", QoS::ExactlyOnce).await;
+    sub.drop_connection();
+    let kv = jetstream_at(&nats)
+        .await
+        .get_key_value("test-mirrors")
+        .await
+        .expect("the mirrors bucket");
+    let mut states = kv
+        .watch(session_key("pub5"))
+        .await
+        .expect("a watch on the publisher's state");
+    let mut publisher = TestClient::connect_with(a.local_addr(), persistent(V5, "pub5"))
+        .await
+        .0;
+    publisher
+        .send(Packet::Publish(numbered("o/x", 1, QoS::ExactlyOnce, 9)))
+        .await;
+    match publisher.recv().await {
+        Packet::PubRec(rec) => assert_eq!(rec.packet_id, pid(9)),
+        other => panic!("expected PUBREC, got {other:?}"),
+    }
+    // The publisher's state as it was while m1 was being written: its id
+    // there, not yet its place.
+    let writing = loop {
+        let entry = tokio::time::timeout(WAIT, states.next())
+            .await
+            .expect("the publisher's state written")
+            .expect("the watch goes on")
+            .expect("an entry");
+        let mirror = decode_mirror(&entry.value).expect("a mirror record");
+        if let Some((9, Kept::Writing(_))) = mirror.inbound.first() {
+            break entry.value;
+        }
+    };
+    publisher.drop_connection();
+    a.shutdown().await;
+    // As if node A had died right after the stream stored m1.
+    kv.put(session_key("pub5"), writing)
+        .await
+        .expect("the state put back");
+
+    let (mut sub, ack) = TestClient::connect_with(b.local_addr(), persistent(V5, "sub5")).await;
+    assert!(ack.session_present, "the subscriber's session taken over");
+    let (mut publisher, ack) =
+        TestClient::connect_with(b.local_addr(), persistent(V5, "pub5")).await;
+    assert!(ack.session_present, "the publisher's session taken over");
+    let again = Publish {
+        dup: true,
+        ..numbered("o/x", 1, QoS::ExactlyOnce, 9)
+    };
+    publisher.publish_packet(again).await;
+    let got = drain_payloads(&mut sub, Duration::from_secs(2)).await;
+    assert_eq!(
+        got,
+        ["m1"],
+        "once: read from the stream, and its DUP kept as the same write"
+    );
+    assert_eq!(stored_payloads(&nats).await.get("m1"), Some(&1));
     b.shutdown().await;
 }

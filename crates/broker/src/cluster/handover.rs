@@ -37,7 +37,7 @@ use crate::lock::{Mutex, rank};
 use crate::message::Delivery;
 use crate::recover;
 use crate::registry::{self, Handed};
-use crate::session::Inflight;
+use crate::session::{Inflight, Moving};
 use crate::state::BrokerState;
 use crate::store::records::{self, Clock, Handover, QueueEntry, RecordError};
 
@@ -296,14 +296,16 @@ fn encode(handed: Handed) -> Vec<u8> {
         };
         (queued, records::encode_message(&delivery.message, &clock))
     };
-    let inflight = handed
+    let Handed { record, traffic } = handed;
+    let inflight = traffic
         .inflight
         .iter()
         .map(|i| entry(&i.delivery, Some((i.packet_id, i.state))));
-    let pending = handed.pending.iter().map(|d| entry(d, None));
+    let pending = traffic.pending.iter().map(|d| entry(d, None));
     records::encode_handover(&Handover {
-        session: handed.record,
-        inbound_qos2: handed.inbound_qos2,
+        session: record,
+        inbound_qos2: traffic.inbound_qos2,
+        inbound_kept: traffic.inbound_kept,
         entries: inflight.chain(pending).collect(),
     })
 }
@@ -312,11 +314,10 @@ fn encode(handed: Handed) -> Vec<u8> {
 fn decode(record: &[u8]) -> Result<Handed, RecordError> {
     let clock = Clock::now();
     let handover = records::decode_handover(record)?;
-    let mut handed = Handed {
-        record: handover.session,
-        inflight: Vec::new(),
-        pending: Vec::new(),
+    let mut traffic = Moving {
         inbound_qos2: handover.inbound_qos2,
+        inbound_kept: handover.inbound_kept,
+        ..Moving::default()
     };
     for (entry, message) in handover.entries {
         let Some(message) = records::decode_message(&message, &clock)? else {
@@ -330,13 +331,16 @@ fn decode(record: &[u8]) -> Result<Handed, RecordError> {
             seq: 0,
         };
         match entry.sent {
-            Some((packet_id, state)) => handed.inflight.push(Inflight {
+            Some((packet_id, state)) => traffic.inflight.push(Inflight {
                 packet_id,
                 state,
                 delivery,
             }),
-            None => handed.pending.push(delivery),
+            None => traffic.pending.push(delivery),
         }
     }
-    Ok(handed)
+    Ok(Handed {
+        record: handover.session,
+        traffic,
+    })
 }

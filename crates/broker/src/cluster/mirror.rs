@@ -37,9 +37,9 @@ use crate::message::{Delivery, Message};
 use crate::recover;
 use crate::registry::Handed;
 use crate::router::{self, Scope};
-use crate::session::{Inflight, Session};
+use crate::session::{Inflight, Moving, Session};
 use crate::state::BrokerState;
-use crate::store::records;
+use crate::store::records::{self, Kept};
 
 use super::catchup::{decode, fetch, read_stored};
 use super::fabric::{Recent, live_headers};
@@ -253,18 +253,33 @@ pub(super) async fn recover(
             }
         }
     }
+    // Its client's QoS 2 ids whose messages were stored: known (a DUP of
+    // one is acknowledged, not routed). One whose write may or may not
+    // have been stored is not: its client, which got no PUBREC, sends it
+    // again, and it is written again under the same id (the stream keeps
+    // one copy, and says where).
+    let placed: Vec<(u16, u64)> = mirror
+        .inbound
+        .iter()
+        .filter_map(|(id, kept)| match kept {
+            Kept::Stored(place) => Some((*id, *place)),
+            Kept::Writing(_) => None,
+        })
+        .collect();
     let handed = Handed {
         record: mirror.session,
-        inflight,
-        pending: Vec::new(),
-        inbound_qos2: mirror.inbound.iter().map(|&(id, _)| id).collect(),
+        traffic: Moving {
+            inflight,
+            inbound_qos2: placed.iter().map(|&(id, _)| id).collect(),
+            inbound_kept: mirror.inbound,
+            ..Moving::default()
+        },
     };
     let interest = recover::adopt(state, client_id, handed);
     let session = state.sessions().get(client_id)?;
     {
         let mut st = session.lock();
         let t = st.traffic();
-        t.inbound_places.extend(mirror.inbound.iter().copied());
         t.done = mirror.done.iter().copied().collect();
         t.floor = mirror.cursor;
         st.recovering(&mirror.done);
@@ -272,7 +287,7 @@ pub(super) async fn recover(
     // Its client's QoS 2 messages that were stored and acknowledged (or
     // about to be): routed again, here and to the other nodes, which drop
     // them if they had them (by their ids), as this node does.
-    for &(_, place) in &mirror.inbound {
+    for (_, place) in placed {
         if let Some((message, stored)) = fetch(jetstream, cluster, place).await {
             resend(state, client, recent, cluster, message, stored).await;
         }

@@ -259,6 +259,7 @@ impl Cluster {
             timeout: self.write_timeout,
             recent: recent.clone(),
             mirrors: mirrors.clone(),
+            bucket: self.mirrors.clone(),
         };
         let routing = Routing {
             storage,

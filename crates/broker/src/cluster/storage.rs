@@ -27,7 +27,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use async_nats::Client;
-use async_nats::jetstream::{self, stream};
+use async_nats::jetstream::{self, kv, stream};
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -37,7 +37,7 @@ use crate::lock::{Mutex, rank};
 use crate::router;
 use crate::seams::{Stored, Write};
 use crate::state::BrokerState;
-use crate::store::records::{self, Clock};
+use crate::store::records::{self, Clock, Kept};
 
 use super::fabric::{Recent, live_headers};
 use super::mirror::Mirrors;
@@ -188,6 +188,11 @@ impl Writes {
 struct Flight {
     ticket: u64,
     write: Write,
+    /// Its `Tern-Id` and `Nats-Msg-Id`.
+    id: String,
+    /// The mirror ticket its QoS 2 id waits for in its session's state in
+    /// NATS before it is sent (0: sent, or nothing to wait for).
+    intent: u64,
     subject: String,
     record: Bytes,
     /// Given up after this.
@@ -210,6 +215,8 @@ enum Event {
     Stop,
     /// The oldest write's answer, or its time to be tried again.
     Head(Head),
+    /// Sessions' state in NATS was written.
+    Mirrored,
     Queued(Option<Queued>),
     Durable,
     /// The NATS server has every live copy up to this ticket.
@@ -237,8 +244,10 @@ pub(super) struct Storage {
     /// Where this node is in the stream: its own stored messages count.
     pub(super) recent: Arc<Mutex<Recent, { rank::FABRIC }>>,
     /// The sessions' state in NATS, which a QoS 2 id enters before its
-    /// message is routed.
+    /// message is written, and again before it is routed.
     pub(super) mirrors: Arc<Mirrors>,
+    /// Their bucket, probed with the stream.
+    pub(super) bucket: kv::Store,
 }
 
 impl Storage {
@@ -261,6 +270,8 @@ impl Storage {
                 .map(|s| s.watch())
         });
         let mut probe = tokio::time::interval(PROBE);
+        // Flights waiting for their QoS 2 id to be in NATS before they go.
+        let mut intending = 0;
         loop {
             let failing = self.writes.failing();
             let event = tokio::select! {
@@ -270,14 +281,18 @@ impl Storage {
                 queued = self.queue.recv(), if flights.len() < IN_FLIGHT => Event::Queued(queued),
                 () = progress(&mut durable), if !routed.is_empty() => Event::Durable,
                 covered = confirmed(&mut barrier) => Event::Forwarded(covered),
-                _ = mirrored.changed(), if !stored.is_empty() => Event::Durable,
+                _ = mirrored.changed(), if !stored.is_empty() || intending > 0 => Event::Mirrored,
                 _ = probe.tick(), if failing && flights.is_empty() => Event::Probe,
             };
             match event {
                 Event::Stop | Event::Queued(None) => break,
                 Event::Queued(Some(queued)) => {
                     self.writes.queued.fetch_sub(1, Ordering::Relaxed);
-                    let flight = self.take_off(queued).await;
+                    let Some(state) = state.upgrade() else {
+                        break;
+                    };
+                    let flight = self.take_off(&state, queued).await;
+                    intending += usize::from(flight.intent != 0);
                     flights.push_back(flight);
                 }
                 Event::Head(Head::Acked(result)) => {
@@ -296,6 +311,7 @@ impl Storage {
                             stored.push_back((flight, sequence, kept));
                         }
                         Err(e) if Instant::now() >= flight.deadline => {
+                            intending -= usize::from(flight.intent != 0);
                             self.give_up(&mut routed, flight, &e, &state);
                         }
                         Err(e) => {
@@ -311,15 +327,21 @@ impl Storage {
                 // are lost, and one at a time would take as many round trips.
                 // The stream drops the copies of those it had (by id).
                 Event::Head(Head::Retry) => {
-                    for flight in flights.iter_mut() {
-                        let (subject, record) = (flight.subject.clone(), flight.record.clone());
-                        let ack = self
-                            .send(flight.ticket, subject, record, flight.deadline)
-                            .await;
-                        flight.ack = Some(ack);
+                    for flight in flights.iter_mut().filter(|f| f.intent == 0) {
+                        self.send(flight).await;
                     }
                 }
-                Event::Durable => {}
+                Event::Mirrored if intending > 0 => {
+                    let written = self.mirrors.written();
+                    for flight in flights.iter_mut() {
+                        if flight.intent != 0 && flight.intent <= written {
+                            flight.intent = 0;
+                            intending -= 1;
+                            self.send(flight).await;
+                        }
+                    }
+                }
+                Event::Mirrored | Event::Durable => {}
                 Event::Forwarded(covered) => {
                     barrier = None;
                     forwarded = covered;
@@ -372,7 +394,8 @@ impl Storage {
         let Some(session) = state.sessions().get(client_id) else {
             return 0;
         };
-        session.lock().traffic().inbound_places.insert(id, sequence);
+        let kept = Kept::Stored(sequence);
+        session.lock().traffic().inbound_kept.insert(id, kept);
         self.mirrors.request(client_id)
     }
 
@@ -384,6 +407,7 @@ impl Storage {
         let Flight {
             ticket,
             write,
+            id,
             record,
             ..
         } = flight;
@@ -392,6 +416,7 @@ impl Storage {
             owner,
             packet_id,
             persistent,
+            ..
         } = write;
         let inbound = packet_id.filter(|_| persistent);
         let group = match &message.origin {
@@ -401,7 +426,7 @@ impl Storage {
         let _ = message.place.set(sequence);
         self.recent.lock().arrived(sequence);
         let routed = router::publish_here(state, &message, owner.as_ref(), group);
-        let mut headers = live_headers(&self.id(ticket), &routed.served);
+        let mut headers = live_headers(&id, &routed.served);
         headers.insert(SEQUENCE_HEADER, sequence.to_string().as_str());
         let live = subject::topic_subject(&self.cluster, &message.topic);
         if let Err(e) = self
@@ -420,18 +445,28 @@ impl Storage {
         format!("{}:s{ticket}", self.origin)
     }
 
-    /// Whether the stream takes a write now: an empty message on
-    /// `<cluster>.s.p`, beside every topic's subject (`….s.m.…`, `….s.d.…`).
+    /// Whether the stream takes a write now (an empty message on
+    /// `<cluster>.s.p`, beside every topic's subject, `….s.m.…`, `….s.d.…`),
+    /// and the sessions' state bucket too (key `probe`, beside the keys of
+    /// sessions, hex digests): a persistent session's QoS 2 message needs
+    /// both.
     async fn probe(&self) -> bool {
         let subject = probe_subject(&self.cluster);
         let deadline = Instant::now() + PROBE;
-        let ack = self.send(0, subject, Bytes::new(), deadline).await;
-        ack.await.is_ok()
+        let ack = self
+            .publish(&self.id(0), subject, Bytes::new(), deadline)
+            .await;
+        if ack.await.is_err() {
+            return false;
+        }
+        let put = self.bucket.put("probe", Bytes::new());
+        matches!(tokio::time::timeout(PROBE, put).await, Ok(Ok(_)))
     }
 
     /// Publishes a queued write to the stream (a refused one fails at once,
-    /// in its place).
-    async fn take_off(&self, queued: Queued) -> Flight {
+    /// in its place), or, for a persistent session's QoS 2 message, first
+    /// puts its id in the session's state in NATS ([`Storage::intend`]).
+    async fn take_off(&self, state: &BrokerState, queued: Queued) -> Flight {
         let Queued {
             ticket,
             write,
@@ -441,38 +476,85 @@ impl Storage {
         let subject = subject::kept_subject(&self.cluster, "s", &message.topic);
         let record = Bytes::from(records::encode_message(message, &Clock::now()));
         let now = Instant::now();
-        let deadline = if refused { now } else { now + self.timeout };
-        let ack: Ack = if refused {
+        let (id, intent) = if refused {
+            (self.id(ticket), 0)
+        } else {
+            self.intend(state, ticket, &write)
+        };
+        let mut flight = Flight {
+            ticket,
+            write,
+            id,
+            intent,
+            subject,
+            record,
+            deadline: if refused { now } else { now + self.timeout },
+            ack: None,
+            retry_at: now,
+        };
+        if refused {
             crate::throttled!(
                 warn,
                 "cluster writes queue full",
                 "cluster: too many messages waiting to be stored in NATS; a publisher is asked to use another node"
             );
-            Box::pin(std::future::ready(Err(
+            flight.ack = Some(Box::pin(std::future::ready(Err(
                 "too many messages waiting to be stored".to_owned(),
-            )))
-        } else {
-            self.send(ticket, subject.clone(), record.clone(), deadline)
-                .await
-        };
-        Flight {
-            ticket,
-            write,
-            subject,
-            record,
-            deadline,
-            ack: Some(ack),
-            retry_at: now,
+            ))));
+        } else if intent == 0 {
+            self.send(&mut flight).await;
         }
+        flight
+    }
+
+    /// The id a write goes under, and the mirror ticket it waits for.
+    ///
+    /// A persistent session's QoS 2 message enters its session's state in
+    /// NATS before it is written ([`Kept::Writing`]): if this node dies
+    /// after the stream stored it, a node taking the session over knows the
+    /// id it was written under, and writes its client's DUP under the same
+    /// one. The stream keeps one copy: the message is routed once, even
+    /// where it was already read from the stream (a session taken over
+    /// reads what it missed). A DUP whose id is known so goes under it.
+    fn intend(&self, state: &BrokerState, ticket: u64, write: &Write) -> (String, u64) {
+        let (Some(packet_id), true, Some(client_id)) = (
+            write.packet_id,
+            write.persistent,
+            write.message.origin.as_ref(),
+        ) else {
+            return (self.id(ticket), 0);
+        };
+        let Some(session) = state.sessions().get(client_id) else {
+            return (self.id(ticket), 0);
+        };
+        let id = {
+            let mut st = session.lock();
+            let kept = &mut st.traffic().inbound_kept;
+            let id = match kept.get(&packet_id) {
+                Some(Kept::Writing(id)) if write.resent => id.clone(),
+                _ => self.id(ticket),
+            };
+            kept.insert(packet_id, Kept::Writing(id.clone()));
+            id
+        };
+        (id, self.mirrors.request(client_id))
+    }
+
+    /// Sends `flight` to the stream (again).
+    async fn send(&self, flight: &mut Flight) {
+        let (subject, record) = (flight.subject.clone(), flight.record.clone());
+        let ack = self
+            .publish(&flight.id, subject, record, flight.deadline)
+            .await;
+        flight.ack = Some(ack);
     }
 
     /// Publishes a write to the stream; the answer, at most until its
     /// deadline.
-    async fn send(&self, ticket: u64, subject: String, record: Bytes, deadline: Instant) -> Ack {
-        let id = self.id(ticket);
-        let mut headers = headers(&id);
+    async fn publish(&self, id: &str, subject: String, record: Bytes, deadline: Instant) -> Ack {
+        let mut headers = headers(id);
         // The stream keeps one copy of a write tried more than once.
-        headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, id);
         let published = self
             .jetstream
             .publish_with_headers(subject, headers, record)
@@ -495,7 +577,9 @@ impl Storage {
 
     /// Gives `flight` up: it is never routed, its connection closes
     /// without its acknowledgement, and its QoS 2 packet id is forgotten
-    /// (the client sends the message again as new).
+    /// (its client sends the message again; a persistent session keeps the
+    /// id it was written under, [`Storage::intend`], as the stream may have
+    /// it after all).
     fn give_up(
         &self,
         routed: &mut VecDeque<(u64, u64)>,
@@ -548,6 +632,12 @@ async fn head(flights: &mut VecDeque<Flight>) -> Head {
     };
     match &mut flight.ack {
         Some(ack) => Head::Acked(ack.await),
+        None if flight.intent != 0 => {
+            tokio::time::sleep_until(tokio::time::Instant::from_std(flight.deadline)).await;
+            Head::Acked(Err(
+                "its session's state could not be kept in NATS in time".to_owned()
+            ))
+        }
         None => {
             tokio::time::sleep_until(tokio::time::Instant::from_std(flight.retry_at)).await;
             Head::Retry

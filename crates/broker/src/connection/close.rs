@@ -95,19 +95,23 @@ pub(super) async fn finish<S: Transport>(conn: &mut Conn<S>, close: Close) {
         };
         client.send(&Packet::Disconnect(Disconnect { reason, properties }));
     }
-    if !matches!(close, Close::Lost(_)) {
+    let flush = !matches!(close, Close::Lost(_));
+    // The broker ended it while the client may still be sending.
+    let linger = !matches!(
+        close,
+        Close::Lost(_) | Close::Disconnect { .. } | Close::Shutdown
+    );
+    // The session is let go before the socket closes: a client that saw
+    // its connection end finds its session offline (a QoS 0 message
+    // published after that is not queued for it).
+    depart(client, close, *peer);
+    if flush {
         let _ = tokio::time::timeout(CLOSE_FLUSH, async {
             io.writer.write_all(&client.out).await?;
             io.writer.shutdown().await
         })
         .await;
     }
-    // The broker ended it while the client may still be sending.
-    let linger = !matches!(
-        close,
-        Close::Lost(_) | Close::Disconnect { .. } | Close::Shutdown
-    );
-    depart(client, close, *peer);
     if linger {
         drain(&mut io.reader, &client.state).await;
     }

@@ -172,7 +172,7 @@ pub fn release(client: &mut ClientState, ack: PubAck) -> Result<Flow, ProtocolVi
         let known = st.traffic().inbound_qos2.remove(&id);
         // In a cluster, the session's state in NATS forgets the id too,
         // before the PUBCOMP.
-        let placed = st.traffic().inbound_places.remove(&id).is_some();
+        let placed = st.traffic().inbound_kept.remove(&id).is_some();
         (known, if placed { client.mirror(&st) } else { 0 })
     };
     client.hold_for_mirror(kept);
@@ -216,6 +216,7 @@ fn persistent_store(client: &ClientState) -> Option<Arc<Store>> {
 /// first and routes it after: a message that cannot be stored reaches no
 /// one, and is never acknowledged.
 fn accept(client: &mut ClientState, publish: Publish, qos2_id: Option<u16>) -> ReasonCode {
+    let resent = publish.dup;
     let message = Message::from_publish(publish, client.client_id().clone(), Instant::now());
     let persistent = client.session.lock().expiry_secs != 0;
     if client.state.fabric.stores() {
@@ -224,6 +225,7 @@ fn accept(client: &mut ClientState, publish: Publish, qos2_id: Option<u16>) -> R
             owner: client.username.clone(),
             packet_id: qos2_id,
             persistent,
+            resent,
         };
         let ticket = client.state.fabric.store(write);
         client.hold_for_storage(ticket);

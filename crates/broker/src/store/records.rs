@@ -428,6 +428,8 @@ fn qos(b: u8, what: &'static str) -> Result<QoS, RecordError> {
 pub struct Handover {
     pub session: SessionRecord,
     pub inbound_qos2: Vec<u16>,
+    /// Where those messages are in the cluster's messages stream.
+    pub inbound_kept: Vec<(u16, Kept)>,
     pub entries: Vec<(QueueEntry, Vec<u8>)>,
 }
 
@@ -437,6 +439,7 @@ pub fn encode_handover(handover: &Handover) -> Vec<u8> {
     put_bytes(&mut w, &encode_session(&handover.session));
     w.put_u32(handover.inbound_qos2.len() as u32);
     handover.inbound_qos2.iter().for_each(|id| w.put_u16(*id));
+    put_inbound_kept(&mut w, &handover.inbound_kept);
     w.put_u32(handover.entries.len() as u32);
     let mut entry = BytesMut::new();
     for (queued, message) in &handover.entries {
@@ -456,6 +459,7 @@ pub fn decode_handover(record: &[u8]) -> Result<Handover, RecordError> {
     let inbound_qos2 = (0..r.u32()?)
         .map(|_| r.u16())
         .collect::<Result<Vec<_>, _>>()?;
+    let inbound_kept = read_inbound_kept(&mut r)?;
     let entries = (0..r.u32()?)
         .map(|_| Ok((decode_queue_entry(r.bytes()?)?, r.bytes()?.to_vec())))
         .collect::<Result<Vec<_>, RecordError>>()?;
@@ -463,8 +467,60 @@ pub fn decode_handover(record: &[u8]) -> Result<Handover, RecordError> {
     Ok(Handover {
         session,
         inbound_qos2,
+        inbound_kept,
         entries,
     })
+}
+
+/// Where a QoS 2 message a client sent (awaiting its PUBREL) is in a
+/// cluster's messages stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kept {
+    /// Being written under this id (its `Tern-Id` and `Nats-Msg-Id`): it
+    /// may be in the stream or not, and was not routed. Its client, which
+    /// got no PUBREC, sends it again (DUP): written again under the same
+    /// id, the stream keeps one copy, and answers with its place.
+    Writing(String),
+    /// In the stream at this place; routed, or about to be.
+    Stored(u64),
+}
+
+fn put_inbound_kept(out: &mut impl BufMut, kept: &[(u16, Kept)]) {
+    out.put_u32(kept.len() as u32);
+    for (id, kept) in kept {
+        out.put_u16(*id);
+        match kept {
+            Kept::Writing(write_id) => {
+                out.put_u8(0);
+                put_bytes(out, write_id.as_bytes());
+            }
+            Kept::Stored(place) => {
+                out.put_u8(1);
+                out.put_u64(*place);
+            }
+        }
+    }
+}
+
+/// What [`put_inbound_kept`] wrote.
+fn read_inbound_kept(r: &mut Reader<'_>) -> Result<Vec<(u16, Kept)>, RecordError> {
+    // Counts are bounded by the record's length: a count that claims more
+    // runs out of bytes first.
+    (0..r.u32()?)
+        .map(|_| {
+            let id = r.u16()?;
+            let kept = match r.u8()? {
+                0 => {
+                    let write_id = std::str::from_utf8(r.bytes()?)
+                        .map_err(|_| RecordError::new(r.what, "a write id is not UTF-8"))?;
+                    Kept::Writing(write_id.to_owned())
+                }
+                1 => Kept::Stored(r.u64()?),
+                other => return Err(RecordError::new(r.what, format!("unknown kind {other}"))),
+            };
+            Ok((id, kept))
+        })
+        .collect()
 }
 
 /// A persistent session's state as a cluster keeps it in NATS
@@ -476,9 +532,9 @@ pub struct Mirror {
     /// Every stored message routed to the session below this place in the
     /// messages stream is completed (or not the session's).
     pub cursor: u64,
-    /// QoS 2 packet ids the client sent (PUBREC sent, PUBREL not yet
-    /// received), each with its message's place in the stream.
-    pub inbound: Vec<(u16, u64)>,
+    /// QoS 2 packet ids the client sent (PUBREL not yet received), each
+    /// with where its message is in the stream.
+    pub inbound: Vec<(u16, Kept)>,
     /// QoS 2 deliveries sent and not completed: place, packet id, state.
     pub inflight: Vec<(u64, NonZeroU16, Awaiting)>,
     /// Places at or above the cursor of QoS 2 deliveries completed.
@@ -490,11 +546,7 @@ pub fn encode_mirror(mirror: &Mirror) -> Vec<u8> {
     w.put_u8(FORMAT);
     put_bytes(&mut w, &encode_session(&mirror.session));
     w.put_u64(mirror.cursor);
-    w.put_u32(mirror.inbound.len() as u32);
-    for &(id, place) in &mirror.inbound {
-        w.put_u16(id);
-        w.put_u64(place);
-    }
+    put_inbound_kept(&mut w, &mirror.inbound);
     w.put_u32(mirror.inflight.len() as u32);
     for &(place, id, state) in &mirror.inflight {
         w.put_u64(place);
@@ -510,10 +562,8 @@ pub fn decode_mirror(record: &[u8]) -> Result<Mirror, RecordError> {
     r.format()?;
     let session = decode_session(r.bytes()?)?;
     let cursor = r.u64()?;
+    let inbound = read_inbound_kept(&mut r)?;
     // Counts are bounded by the record's length, as in a hand-over.
-    let inbound = (0..r.u32()?)
-        .map(|_| Ok((r.u16()?, r.u64()?)))
-        .collect::<Result<Vec<_>, RecordError>>()?;
     let inflight = (0..r.u32()?)
         .map(|_| {
             let place = r.u64()?;
@@ -820,6 +870,7 @@ mod tests {
                 username: None,
             },
             inbound_qos2: vec![7, 9],
+            inbound_kept: vec![(7, Kept::Stored(40)), (9, Kept::Writing("n1:s3".into()))],
             entries: vec![
                 (
                     QueueEntry {
@@ -871,7 +922,7 @@ mod tests {
                 username: Some("u".into()),
             },
             cursor: 41,
-            inbound: vec![(7, 40), (9, 45)],
+            inbound: vec![(7, Kept::Stored(40)), (9, Kept::Writing("n1@x:s45".into()))],
             inflight: vec![
                 (42, NonZeroU16::MIN, Awaiting::PubRec),
                 (44, NonZeroU16::MAX, Awaiting::PubComp),
