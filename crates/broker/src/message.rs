@@ -34,6 +34,11 @@ pub struct Message {
     /// 1/2 message a client published on a cluster node): a session moved
     /// from a node that died resumes by it.
     pub place: OnceLock<u64>,
+    /// Its first place there, when it was written twice: a node died (or
+    /// gave the write up) after the stream stored it and before routing
+    /// it, and its client sent it again ([`crate::cluster`]'s storage). A
+    /// session that had it at either place does not take it again.
+    pub first_place: OnceLock<u64>,
 }
 
 /// One message on its way to one session, with the per-subscription choices
@@ -125,6 +130,7 @@ impl Message {
             origin: Some(origin),
             stored: StoredSlot::new(),
             place: OnceLock::new(),
+            first_place: OnceLock::new(),
         })
     }
 
@@ -151,6 +157,7 @@ impl Message {
             origin: Some(origin),
             stored: StoredSlot::new(),
             place: OnceLock::new(),
+            first_place: OnceLock::new(),
         })
     }
 
@@ -169,6 +176,7 @@ impl Message {
             origin: self.origin.clone(),
             stored: StoredSlot::new(),
             place: OnceLock::new(),
+            first_place: OnceLock::new(),
         })
     }
 
@@ -184,6 +192,7 @@ impl Message {
             origin: None,
             stored: StoredSlot::new(),
             place: OnceLock::new(),
+            first_place: OnceLock::new(),
         })
     }
 

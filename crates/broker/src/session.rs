@@ -237,7 +237,10 @@ impl Traffic {
                 .pending
                 .iter()
                 .chain(self.inflight.iter().map(|i| &i.delivery))
-                .any(|d| d.message.place.get() == Some(&place))
+                .any(|d| {
+                    d.message.place.get() == Some(&place)
+                        || d.message.first_place.get() == Some(&place)
+                })
     }
 }
 
@@ -439,12 +442,18 @@ impl SessionState {
             return Err(NotQueued::QueueFull);
         }
         if let Some(&place) = delivery.message.place.get() {
+            // A message written twice is known at either place.
+            let first = delivery.message.first_place.get().copied();
             let t = self.traffic();
-            let seen = t
-                .places
-                .as_mut()
-                .is_some_and(|places| !places.insert(place));
-            if seen || place < t.floor || (place <= t.newest && t.has(place)) {
+            let seen = t.places.as_mut().is_some_and(|places| {
+                let new = places.insert(place);
+                !(first.is_none_or(|f| places.insert(f)) && new)
+            });
+            if seen
+                || place < t.floor
+                || (place <= t.newest && t.has(place))
+                || first.is_some_and(|f| t.has(f))
+            {
                 return Err(NotQueued::Duplicate);
             }
             t.newest = t.newest.max(place);
@@ -462,7 +471,9 @@ impl SessionState {
             .pending
             .iter()
             .chain(t.inflight.iter().map(|i| &i.delivery))
-            .filter_map(|d| d.message.place.get().copied())
+            .flat_map(|d| [d.message.place.get(), d.message.first_place.get()])
+            .flatten()
+            .copied()
             .chain(done.iter().copied())
             .collect();
         t.places = Some(places);

@@ -11,7 +11,7 @@ use tern_broker::config::ClusterConfig;
 use tern_broker::{Broker, BrokerHandle, ClusterError, Config, StartError};
 use tern_codec::{ProtocolVersion::V5, Publish, QoS};
 
-use common::nats::{Nats, free_port};
+use common::nats::{Nats, free_port, until_routed};
 use common::*;
 
 /// The configuration of a node named `name`, in memory.
@@ -40,27 +40,6 @@ async fn receive(client: &mut TestClient, n: usize) -> BTreeSet<(String, String)
         got.insert((p.topic.to_string(), payload));
     }
     got
-}
-
-/// Publishes `probe` from `publisher` until `receiver` gets one: the
-/// subscriptions made before `receiver`'s last one reach NATS in order, so
-/// after that every earlier one is in place too.
-async fn until_routed(publisher: &mut TestClient, receiver: &mut TestClient, probe: &str) {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        publisher
-            .publish(probe, b"probe", QoS::AtMostOnce, false)
-            .await;
-        if let Ok(Some(_)) = receiver.next(Duration::from_millis(100)).await {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{probe} never crossed the cluster"
-        );
-    }
-    // Probes sent while the last one travelled.
-    while let Ok(Some(_)) = receiver.next(QUIET).await {}
 }
 
 #[tokio::test]

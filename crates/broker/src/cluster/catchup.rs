@@ -32,10 +32,10 @@ use crate::router::{self, Scope};
 use crate::state::BrokerState;
 use crate::store::records::{self, Clock};
 
-use super::fabric::Recent;
+use super::fabric::{Recent, stored_copy};
 use super::publisher::round_trip;
 use super::storage;
-use super::tern_id;
+use super::{issued_by, note_first_place, tern_id};
 
 /// How long a replay goes on trying to read the stream (it may be electing
 /// a leader, if its server was the one that died, and a consumer cannot be
@@ -45,6 +45,11 @@ const PATIENCE: Duration = Duration::from_secs(600);
 
 /// How long a replay reads on past the stream's end.
 const OVERLAP: Duration = Duration::from_secs(2);
+
+/// How long a read short of the stream's end waits for its next message
+/// before it starts again from there: an ordered consumer whose server
+/// went away can wait for ever, remaking itself where no JetStream answers.
+const STALL: Duration = Duration::from_secs(5);
 
 /// The NATS link of this node, as its client reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,9 +129,15 @@ impl CatchUp {
     }
 
     /// Routes the stored messages from place `start` to the stream's end
-    /// now that this node has not routed; how many.
+    /// now that this node has not routed; how many. This node's own are
+    /// sent live to the other nodes again ([`CatchUp::send_again`]).
     async fn replay(&self, start: u64, state: &Weak<BrokerState>) -> Result<usize, String> {
+        let mut own = Vec::new();
         let read = read_stored(&self.jetstream, &self.cluster, start, |message, place| {
+            if self.own(message) {
+                own.push((message.clone(), place));
+                return false;
+            }
             if !self.missed(message) {
                 return false;
             }
@@ -137,6 +148,7 @@ impl CatchUp {
             true
         })
         .await;
+        self.send_again(own).await;
         // Everything up to the end read is routed here now: a later replay
         // starts past it even if no message arrives meanwhile.
         read.map(|(routed, end)| {
@@ -145,16 +157,47 @@ impl CatchUp {
         })
     }
 
+    /// Sends this node's own stored messages of a replay live to the other
+    /// nodes again: the NATS server that died may have taken their live
+    /// copies (their PUBACKs waited for that) and died before passing them
+    /// on. A node that had one drops it by its id, a session by its place;
+    /// shared groups do not take them (marked as sent again).
+    async fn send_again(&self, own: Vec<(async_nats::Message, u64)>) {
+        let client = self.jetstream.client();
+        let mut sent = 0;
+        for (message, place) in own {
+            let (Some(id), Some(stored)) = (tern_id(&message), decode(&message, place)) else {
+                continue;
+            };
+            let (subject, headers) = stored_copy(&self.cluster, &stored, id, &[], true);
+            match client
+                .publish_with_headers(subject, headers, message.payload.clone())
+                .await
+            {
+                Ok(()) => sent += 1,
+                Err(e) => {
+                    crate::throttled!(warn, "cluster publish failed", error = %e, "cluster: a stored message was not sent to the other nodes again")
+                }
+            }
+        }
+        if sent > 0 {
+            tracing::debug!(
+                messages = sent,
+                "cluster: sent this node's stored messages of the gap to the other nodes again"
+            );
+        }
+    }
+
+    /// Whether a stored message is this node's own (this run's).
+    fn own(&self, message: &async_nats::Message) -> bool {
+        tern_id(message).is_some_and(|id| issued_by(id, &self.origin))
+    }
+
     /// Whether a stored message is one this node has not routed: another
     /// node's, and not seen live.
     fn missed(&self, message: &async_nats::Message) -> bool {
         match tern_id(message) {
-            Some(id) => {
-                let own = id
-                    .strip_prefix(self.origin.as_str())
-                    .is_some_and(|rest| rest.starts_with(':'));
-                !own && self.recent.lock().first_time(id)
-            }
+            Some(id) => !self.own(message) && self.recent.lock().first_time(id),
             None => false,
         }
     }
@@ -166,6 +209,7 @@ pub(super) fn decode(message: &async_nats::Message, place: u64) -> Option<Arc<Me
     match records::decode_message(&message.payload, &Clock::now()) {
         Ok(Some(stored)) => {
             let _ = stored.place.set(place);
+            note_first_place(message, &stored);
             Some(stored)
         }
         Ok(None) => None,
@@ -191,6 +235,13 @@ pub(super) async fn fetch(
     match records::decode_message(&stored.payload, &Clock::now()) {
         Ok(Some(message)) => {
             let _ = message.place.set(place);
+            if let Some(first) = stored
+                .headers
+                .get(super::FIRST_HEADER)
+                .and_then(|v| v.as_str().parse().ok())
+            {
+                let _ = message.first_place.set(first);
+            }
             Some((message, stored))
         }
         _ => None,
@@ -271,7 +322,10 @@ impl Reading {
         loop {
             let next = futures_util::StreamExt::next(&mut messages);
             let message = match self.overlap {
-                None => next.await,
+                None => match tokio::time::timeout(STALL, next).await {
+                    Ok(message) => message,
+                    Err(_) => return Err(format!("no message for {}s", STALL.as_secs()).into()),
+                },
                 Some(until) => match tokio::time::timeout_at(until, next).await {
                     Ok(message) => message,
                     Err(_) => return Ok(()),

@@ -1,7 +1,7 @@
 //! The routing seam over NATS ([`NatsFabric`]): messages out, interest as
 //! NATS subscriptions, and what arrives routed to this node's sessions.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -22,7 +22,10 @@ use crate::store::records::{self, Clock};
 use super::stats::{self, Peers, stats_subject};
 use super::storage::Writes;
 use super::{Command, Outbox};
-use super::{headers, next_or_stop, sequence, subject, tern_id};
+use super::{
+    FIRST_HEADER, SEQUENCE_HEADER, headers, next_or_stop, note_first_place, sequence, subject,
+    tern_id,
+};
 
 /// Message ids remembered to drop the second copy of a message that
 /// matched two of this node's subscriptions. The copies arrive back to back
@@ -32,6 +35,10 @@ const RECENT: usize = 65_536;
 /// The header naming, once per value, a shared group (by its
 /// [`subject::token`]) that the publishing node served itself.
 pub(super) const SERVED_HEADER: &str = "Tern-Served";
+/// Marks a stored message's live copy sent a second time (its first may
+/// have died with a NATS server): shared groups, which have no ids to drop
+/// it by, do not take it.
+const AGAIN_HEADER: &str = "Tern-Again";
 
 /// The routing seam over NATS (see the module docs).
 pub struct NatsFabric {
@@ -197,12 +204,36 @@ impl Fabric for NatsFabric {
 
 /// The headers of a message sent live to the other nodes: its id, and the
 /// shared groups the publishing node served.
-pub(super) fn live_headers(id: &str, served: &[Arc<str>]) -> async_nats::HeaderMap {
+fn live_headers(id: &str, served: &[Arc<str>]) -> async_nats::HeaderMap {
     let mut headers = headers(id);
     for key in served {
         headers.append(SERVED_HEADER, subject::token(key));
     }
     headers
+}
+
+/// How a stored message's live copy goes to the other nodes: its subject,
+/// and headers with its id, the shared groups served, its place in the
+/// stream (`Tern-Seq`) and first place if written twice (`Tern-First`), and
+/// whether it is sent again ([`AGAIN_HEADER`]).
+pub(super) fn stored_copy(
+    cluster: &str,
+    message: &Message,
+    id: &str,
+    served: &[Arc<str>],
+    again: bool,
+) -> (String, async_nats::HeaderMap) {
+    let mut headers = live_headers(id, served);
+    if let Some(place) = message.place.get() {
+        headers.insert(SEQUENCE_HEADER, place.to_string().as_str());
+    }
+    if let Some(first) = message.first_place.get() {
+        headers.insert(FIRST_HEADER, first.to_string().as_str());
+    }
+    if again {
+        headers.insert(AGAIN_HEADER, "1");
+    }
+    (subject::topic_subject(cluster, &message.topic), headers)
 }
 
 /// Which of this node's subscriptions a NATS subscription's messages are for.
@@ -231,8 +262,9 @@ impl Serve {
             }
             Serve::Group(key, queue) => {
                 let served = message.headers.as_ref().is_some_and(|h| {
-                    h.get_all(SERVED_HEADER)
-                        .any(|v| v.as_str() == queue.as_str())
+                    h.get(AGAIN_HEADER).is_some()
+                        || h.get_all(SERVED_HEADER)
+                            .any(|v| v.as_str() == queue.as_str())
                 });
                 (!served).then_some(Scope::Group(key))
             }
@@ -259,6 +291,7 @@ pub(super) async fn receive(
                 if let Some(place) = sequence(&message) {
                     let _ = decoded.place.set(place);
                 }
+                note_first_place(&message, &decoded);
                 let routed = router::publish_remote(&state, decoded, scope);
                 // The group's last member here left while NATS picked us.
                 if matches!(scope, Scope::Group(_)) && routed.matched == 0 {
@@ -280,8 +313,10 @@ pub(super) async fn receive(
 /// for [`super::catchup`].
 #[derive(Default)]
 pub(super) struct Recent {
-    seen: HashSet<String>,
+    /// Each id with when it was first seen (a count of first sightings).
+    seen: HashMap<String, u64>,
     order: VecDeque<String>,
+    sightings: u64,
     /// (when it arrived, its place in the messages stream), over the last
     /// [`RECENT_WINDOW`].
     sequences: VecDeque<(Instant, u64)>,
@@ -339,7 +374,7 @@ impl Recent {
 
     /// Whether `id` was not seen yet (and remembers it).
     pub(super) fn first_time(&mut self, id: &str) -> bool {
-        if self.seen.contains(id) {
+        if self.seen.contains_key(id) {
             return false;
         }
         if self.order.len() == RECENT
@@ -347,9 +382,20 @@ impl Recent {
         {
             self.seen.remove(&old);
         }
-        self.seen.insert(id.to_owned());
+        self.sightings += 1;
+        self.seen.insert(id.to_owned(), self.sightings);
         self.order.push_back(id.to_owned());
         true
+    }
+
+    /// A mark of now, for [`Recent::seen_since`].
+    pub(super) fn now(&self) -> u64 {
+        self.sightings
+    }
+
+    /// Whether `id` was first seen after `mark` ([`Recent::now`]).
+    pub(super) fn seen_since(&self, id: &str, mark: u64) -> bool {
+        self.seen.get(id).is_some_and(|&at| at > mark)
     }
 }
 

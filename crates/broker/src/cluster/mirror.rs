@@ -42,9 +42,9 @@ use crate::state::BrokerState;
 use crate::store::records::{self, Kept};
 
 use super::catchup::{decode, fetch, read_stored};
-use super::fabric::{Recent, live_headers};
+use super::fabric::{Recent, stored_copy};
 use super::handover::{Directory, key};
-use super::{ID_HEADER, SEQUENCE_HEADER, subject, tern_id};
+use super::{ID_HEADER, tern_id};
 
 /// How often the mirrors of sessions whose cursor moved are written.
 const SWEEP: Duration = Duration::from_secs(1);
@@ -276,6 +276,8 @@ pub(super) async fn recover(
         },
     };
     let interest = recover::adopt(state, client_id, handed);
+    // What this node routes from now on reaches the session.
+    let installed = recent.lock().now();
     let session = state.sessions().get(client_id)?;
     {
         let mut st = session.lock();
@@ -299,10 +301,17 @@ pub(super) async fn recover(
     tokio::spawn(async move {
         let id = session.client_id.clone();
         let replayed = read_stored(&jetstream, &cluster, cursor, |message, place| {
-            // Routed here now: a live copy of it that comes later (resent
-            // by a node taking over its publisher) is not routed again.
+            // One this node routed since the session is here (live, or
+            // earlier in this replay: a message written twice under one
+            // id, `storage::Storage::intend`) reached it then. Routed here
+            // now: a live copy of it that comes later (resent by a node
+            // taking over its publisher) is not routed again.
             if let Some(id) = tern_id(message) {
-                recent.lock().first_time(id);
+                let mut recent = recent.lock();
+                if recent.seen_since(id, installed) {
+                    return false;
+                }
+                recent.first_time(id);
             }
             let (Some(state), Some(stored)) = (state.upgrade(), decode(message, place)) else {
                 return false;
@@ -336,15 +345,15 @@ async fn resend(
     let Some(id) = stored.headers.get(ID_HEADER).map(|v| v.as_str().to_owned()) else {
         return;
     };
-    let Some(&place) = message.place.get() else {
+    if message.place.get().is_none() {
         return;
-    };
-    let subject = subject::topic_subject(cluster, &message.topic);
+    }
+    // Not sent again for shared groups: the node that died may not have
+    // routed it, so they take it.
+    let (subject, headers) = stored_copy(cluster, &message, &id, &[], false);
     if recent.lock().first_time(&id) {
         router::publish_remote(state, message, Scope::Direct);
     }
-    let mut headers = live_headers(&id, &[]);
-    headers.insert(SEQUENCE_HEADER, place.to_string().as_str());
     if let Err(e) = client
         .publish_with_headers(subject, headers, stored.payload)
         .await

@@ -142,6 +142,10 @@ enum Command {
 const ID_HEADER: &str = "Tern-Id";
 /// The header carrying a stored message's sequence in the messages stream.
 const SEQUENCE_HEADER: &str = "Tern-Seq";
+/// The header carrying the first place of a message written twice
+/// ([`crate::message::Message::first_place`]), on its second copy in the
+/// stream and its live copy.
+const FIRST_HEADER: &str = "Tern-First";
 
 /// A joined cluster: the NATS connection, before the broker runs.
 pub struct Cluster {
@@ -414,6 +418,12 @@ fn headers(id: &str) -> async_nats::HeaderMap {
     headers
 }
 
+/// Whether the `Tern-Id` `id` was given by the node run `origin`.
+fn issued_by(id: &str, origin: &str) -> bool {
+    id.strip_prefix(origin)
+        .is_some_and(|rest| rest.starts_with(':'))
+}
+
 /// A message's `Tern-Id` header: its origin (and number).
 pub(crate) fn tern_id(message: &async_nats::Message) -> Option<&str> {
     let id = message.headers.as_ref()?.get(ID_HEADER)?;
@@ -425,6 +435,14 @@ pub(crate) fn tern_id(message: &async_nats::Message) -> Option<&str> {
 pub(crate) fn sequence(message: &async_nats::Message) -> Option<u64> {
     let value = message.headers.as_ref()?.get(SEQUENCE_HEADER)?;
     value.as_str().parse().ok()
+}
+
+/// Gives `decoded` the first place its NATS message names (`Tern-First`).
+fn note_first_place(message: &async_nats::Message, decoded: &crate::message::Message) {
+    let first = message.headers.as_ref().and_then(|h| h.get(FIRST_HEADER));
+    if let Some(first) = first.and_then(|v| v.as_str().parse().ok()) {
+        let _ = decoded.first_place.set(first);
+    }
 }
 
 /// The next item of `stream`, or `None` once it ends or `stop` is

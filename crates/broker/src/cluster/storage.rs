@@ -39,10 +39,10 @@ use crate::seams::{Stored, Write};
 use crate::state::BrokerState;
 use crate::store::records::{self, Clock, Kept};
 
-use super::fabric::{Recent, live_headers};
+use super::fabric::{Recent, stored_copy};
 use super::mirror::Mirrors;
 use super::publisher::round_trip;
-use super::{SEQUENCE_HEADER, headers, subject};
+use super::{FIRST_HEADER, headers, issued_by, subject};
 
 /// Writes in NATS at once, awaiting their acknowledgement.
 const IN_FLIGHT: usize = 2_048;
@@ -188,8 +188,15 @@ impl Writes {
 struct Flight {
     ticket: u64,
     write: Write,
-    /// Its `Tern-Id` and `Nats-Msg-Id`.
+    /// Its `Tern-Id`.
     id: String,
+    /// Its `Nats-Msg-Id`: its id, or, written again, its id and `+`.
+    nats_id: String,
+    /// Written under the id of an earlier write of it ([`Storage::intend`]).
+    reused: bool,
+    /// The place of that earlier write, found in the stream: this one is
+    /// the second copy.
+    first: Option<u64>,
     /// The mirror ticket its QoS 2 id waits for in its session's state in
     /// NATS before it is sent (0: sent, or nothing to wait for).
     intent: u64,
@@ -203,8 +210,9 @@ struct Flight {
     retry_at: Instant,
 }
 
-/// The stream's answer: the message's sequence in it, or why not.
-type Ack = Pin<Box<dyn Future<Output = Result<u64, String>> + Send>>;
+/// The stream's answer: the message's sequence in it and whether it was
+/// there already (a write with the same `Nats-Msg-Id`), or why not.
+type Ack = Pin<Box<dyn Future<Output = Result<(u64, bool), String>> + Send>>;
 
 /// A round trip through NATS that, answered, shows the live copies sent
 /// before it reached the NATS server; with the last ticket it covers.
@@ -225,7 +233,7 @@ enum Event {
 }
 
 enum Head {
-    Acked(Result<u64, String>),
+    Acked(Result<(u64, bool), String>),
     Retry,
 }
 
@@ -300,7 +308,19 @@ impl Storage {
                         continue;
                     };
                     match result {
-                        Ok(sequence) => {
+                        // The stream had it: written before under its id, by a
+                        // node that died or gave it up, maybe read from the
+                        // stream since, never routed. Written again (a new
+                        // place, above every session's cursor), with its id.
+                        Ok((first, true)) if flight.reused => {
+                            tracing::info!(id = %flight.id, first, "cluster: a QoS 2 message sent again was in the stream already, never routed (its node died or gave it up); written again");
+                            flight.reused = false;
+                            flight.first = Some(first);
+                            flight.nats_id.push('+');
+                            self.send(&mut flight).await;
+                            flights.push_front(flight);
+                        }
+                        Ok((sequence, _)) => {
                             if self.writes.failing.swap(false, Ordering::Relaxed) {
                                 tracing::info!("cluster: the messages stream takes writes again");
                             }
@@ -409,6 +429,7 @@ impl Storage {
             write,
             id,
             record,
+            first,
             ..
         } = flight;
         let Write {
@@ -424,11 +445,28 @@ impl Storage {
             None => Default::default(),
         };
         let _ = message.place.set(sequence);
-        self.recent.lock().arrived(sequence);
-        let routed = router::publish_here(state, &message, owner.as_ref(), group);
-        let mut headers = live_headers(&id, &routed.served);
-        headers.insert(SEQUENCE_HEADER, sequence.to_string().as_str());
-        let live = subject::topic_subject(&self.cluster, &message.topic);
+        if let Some(first) = first {
+            let _ = message.first_place.set(first);
+        }
+        let seen = {
+            let mut recent = self.recent.lock();
+            recent.arrived(sequence);
+            // Written under another node's id (`Storage::intend`): this node
+            // may have routed it already (read from the stream, or live
+            // from the node that first wrote it); a catch-up here, which
+            // knows this node's own by their origin, knows it by its id.
+            !issued_by(&id, &self.origin) && !recent.first_time(&id)
+        };
+        let routed = if seen {
+            let ticket = state.store.as_ref().map_or(0, |s| s.submit_group(group));
+            router::Routed {
+                ticket,
+                ..Default::default()
+            }
+        } else {
+            router::publish_here(state, &message, owner.as_ref(), group)
+        };
+        let (live, headers) = stored_copy(&self.cluster, &message, &id, &routed.served, false);
         if let Err(e) = self
             .client
             .publish_with_headers(live, headers, record)
@@ -453,8 +491,9 @@ impl Storage {
     async fn probe(&self) -> bool {
         let subject = probe_subject(&self.cluster);
         let deadline = Instant::now() + PROBE;
+        let id = self.id(0);
         let ack = self
-            .publish(&self.id(0), subject, Bytes::new(), deadline)
+            .publish(&id, &id, None, subject, Bytes::new(), deadline)
             .await;
         if ack.await.is_err() {
             return false;
@@ -476,15 +515,18 @@ impl Storage {
         let subject = subject::kept_subject(&self.cluster, "s", &message.topic);
         let record = Bytes::from(records::encode_message(message, &Clock::now()));
         let now = Instant::now();
-        let (id, intent) = if refused {
-            (self.id(ticket), 0)
+        let (id, intent, reused) = if refused {
+            (self.id(ticket), 0, false)
         } else {
             self.intend(state, ticket, &write)
         };
         let mut flight = Flight {
             ticket,
             write,
+            nats_id: id.clone(),
             id,
+            reused,
+            first: None,
             intent,
             subject,
             record,
@@ -507,54 +549,75 @@ impl Storage {
         flight
     }
 
-    /// The id a write goes under, and the mirror ticket it waits for.
+    /// The id a write goes under, the mirror ticket it waits for, and
+    /// whether the id is an earlier write's.
     ///
     /// A persistent session's QoS 2 message enters its session's state in
     /// NATS before it is written ([`Kept::Writing`]): if this node dies
     /// after the stream stored it, a node taking the session over knows the
     /// id it was written under, and writes its client's DUP under the same
-    /// one. The stream keeps one copy: the message is routed once, even
-    /// where it was already read from the stream (a session taken over
-    /// reads what it missed). A DUP whose id is known so goes under it.
-    fn intend(&self, state: &BrokerState, ticket: u64, write: &Write) -> (String, u64) {
+    /// one (so does this node after giving a write up). If the stream had
+    /// it, that copy was never routed, but may have been read from the
+    /// stream by a node catching up or a session taken over: the message is
+    /// written again, at a new place, and routed with the same id, by which
+    /// a node that had it drops it.
+    fn intend(&self, state: &BrokerState, ticket: u64, write: &Write) -> (String, u64, bool) {
         let (Some(packet_id), true, Some(client_id)) = (
             write.packet_id,
             write.persistent,
             write.message.origin.as_ref(),
         ) else {
-            return (self.id(ticket), 0);
+            return (self.id(ticket), 0, false);
         };
         let Some(session) = state.sessions().get(client_id) else {
-            return (self.id(ticket), 0);
+            return (self.id(ticket), 0, false);
         };
-        let id = {
+        let (id, reused) = {
             let mut st = session.lock();
             let kept = &mut st.traffic().inbound_kept;
-            let id = match kept.get(&packet_id) {
-                Some(Kept::Writing(id)) if write.resent => id.clone(),
-                _ => self.id(ticket),
+            let (id, reused) = match kept.get(&packet_id) {
+                Some(Kept::Writing(id)) if write.resent => (id.clone(), true),
+                _ => (self.id(ticket), false),
             };
             kept.insert(packet_id, Kept::Writing(id.clone()));
-            id
+            (id, reused)
         };
-        (id, self.mirrors.request(client_id))
+        (id, self.mirrors.request(client_id), reused)
     }
 
     /// Sends `flight` to the stream (again).
     async fn send(&self, flight: &mut Flight) {
         let (subject, record) = (flight.subject.clone(), flight.record.clone());
         let ack = self
-            .publish(&flight.id, subject, record, flight.deadline)
+            .publish(
+                &flight.id,
+                &flight.nats_id,
+                flight.first,
+                subject,
+                record,
+                flight.deadline,
+            )
             .await;
         flight.ack = Some(ack);
     }
 
     /// Publishes a write to the stream; the answer, at most until its
     /// deadline.
-    async fn publish(&self, id: &str, subject: String, record: Bytes, deadline: Instant) -> Ack {
+    async fn publish(
+        &self,
+        id: &str,
+        nats_id: &str,
+        first: Option<u64>,
+        subject: String,
+        record: Bytes,
+        deadline: Instant,
+    ) -> Ack {
         let mut headers = headers(id);
+        if let Some(first) = first {
+            headers.insert(FIRST_HEADER, first.to_string().as_str());
+        }
         // The stream keeps one copy of a write tried more than once.
-        headers.insert(async_nats::header::NATS_MESSAGE_ID, id);
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, nats_id);
         let published = self
             .jetstream
             .publish_with_headers(subject, headers, record)
@@ -563,7 +626,7 @@ impl Storage {
         match published {
             Ok(ack) => Box::pin(async move {
                 match tokio::time::timeout_at(deadline, ack.into_future()).await {
-                    Ok(Ok(ack)) => Ok(ack.sequence),
+                    Ok(Ok(ack)) => Ok((ack.sequence, ack.duplicate)),
                     Ok(Err(e)) => Err(e.to_string()),
                     Err(_) => Err("no answer from the stream in time".to_owned()),
                 }

@@ -77,7 +77,10 @@ fn complete(client: &mut ClientState, ids: &[NonZeroU16], state: Awaiting) {
             && let Some(done) = st.traffic().inflight.remove(pos)
         {
             if let Some(&place) = done.delivery.message.place.get().filter(|_| remember) {
-                st.traffic().done.insert(place);
+                let first = done.delivery.message.first_place.get().copied();
+                st.traffic()
+                    .done
+                    .extend(std::iter::once(place).chain(first));
             }
             outbound::record_done(client, done.delivery, &mut changes);
         }

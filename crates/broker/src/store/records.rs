@@ -202,6 +202,7 @@ pub fn decode_message(record: &[u8], clock: &Clock) -> Result<Option<Arc<Message
         origin,
         stored: Default::default(),
         place: Default::default(),
+        first_place: Default::default(),
     })))
 }
 
@@ -679,6 +680,7 @@ mod tests {
             origin: origin.map(|o| ByteStr::from(o.to_owned())),
             stored: Default::default(),
             place: Default::default(),
+            first_place: Default::default(),
         }
     }
 

@@ -8,6 +8,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tern_broker::config::ClusterConfig;
+use tern_codec::QoS;
+
+use super::{QUIET, TestClient, WAIT};
 
 /// A nats-server on a free loopback port, killed when dropped.
 pub struct Nats {
@@ -111,6 +114,17 @@ pub struct NatsCluster {
 
 impl NatsCluster {
     pub fn start() -> NatsCluster {
+        // A free port can be taken by another test before its server binds
+        // it (the server then exits at once): three tries, with new ports.
+        for _ in 0..3 {
+            if let Some(cluster) = NatsCluster::try_start() {
+                return cluster;
+            }
+        }
+        panic!("a clustered nats-server did not start three times (ports taken?)");
+    }
+
+    fn try_start() -> Option<NatsCluster> {
         let clients: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let routes: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let all_routes = routes
@@ -133,13 +147,11 @@ impl NatsCluster {
                 Nats::on(clients[i], true, clustering)
             })
             .collect();
-        for server in &mut servers {
-            assert!(
-                server.ready(),
-                "a clustered nats-server did not start (port taken?)"
-            );
-        }
-        NatsCluster { servers }
+        // Those started are killed when dropped.
+        servers
+            .iter_mut()
+            .all(Nats::ready)
+            .then_some(NatsCluster { servers })
     }
 
     /// The index of the server named `name` (`n1` → 1).
@@ -153,4 +165,25 @@ impl NatsCluster {
 pub fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     listener.local_addr().unwrap().port()
+}
+
+/// Publishes `probe` from `publisher` until `receiver` gets one: the
+/// subscriptions made before `receiver`'s last one reach NATS in order, so
+/// after that every earlier one is in place too.
+pub async fn until_routed(publisher: &mut TestClient, receiver: &mut TestClient, probe: &str) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        publisher
+            .publish(probe, b"probe", QoS::AtMostOnce, false)
+            .await;
+        if let Ok(Some(_)) = receiver.next(Duration::from_millis(100)).await {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{probe} never crossed the cluster"
+        );
+    }
+    // Probes sent while the last one travelled.
+    while let Ok(Some(_)) = receiver.next(QUIET).await {}
 }
