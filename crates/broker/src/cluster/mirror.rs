@@ -256,8 +256,7 @@ pub(super) async fn recover(
     // Its client's QoS 2 ids whose messages were stored: known (a DUP of
     // one is acknowledged, not routed). One whose write may or may not
     // have been stored is not: its client, which got no PUBREC, sends it
-    // again, and it is written again under the same id (the stream keeps
-    // one copy, and says where).
+    // again, and it is written under the same id (`storage::Storage::intend`).
     let placed: Vec<(u16, u64)> = mirror
         .inbound
         .iter()

@@ -479,8 +479,9 @@ pub fn decode_handover(record: &[u8]) -> Result<Handover, RecordError> {
 pub enum Kept {
     /// Being written under this id (its `Tern-Id` and `Nats-Msg-Id`): it
     /// may be in the stream or not, and was not routed. Its client, which
-    /// got no PUBREC, sends it again (DUP): written again under the same
-    /// id, the stream keeps one copy, and answers with its place.
+    /// got no PUBREC, sends it again (DUP), written under the same id; if
+    /// the stream had it, once more at a new place, routed with the id and
+    /// the first place (`cluster::storage`).
     Writing(String),
     /// In the stream at this place; routed, or about to be.
     Stored(u64),
