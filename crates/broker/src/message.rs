@@ -114,6 +114,16 @@ impl Drop for StoredMessage {
 pub type StoredSlot = OnceLock<StoredMessage>;
 
 impl Message {
+    /// Its places in a cluster's messages stream: where it is, and where
+    /// it was first if written twice.
+    pub fn places(&self) -> impl Iterator<Item = u64> + '_ {
+        self.place
+            .get()
+            .into_iter()
+            .chain(self.first_place.get())
+            .copied()
+    }
+
     /// Builds the routed message from a client's PUBLISH (alias already resolved).
     pub fn from_publish(publish: Publish, origin: ByteStr, now: Instant) -> Arc<Message> {
         let mut properties = publish.properties;

@@ -237,10 +237,7 @@ impl Traffic {
                 .pending
                 .iter()
                 .chain(self.inflight.iter().map(|i| &i.delivery))
-                .any(|d| {
-                    d.message.place.get() == Some(&place)
-                        || d.message.first_place.get() == Some(&place)
-                })
+                .any(|d| d.message.places().any(|p| p == place))
     }
 }
 
@@ -471,9 +468,7 @@ impl SessionState {
             .pending
             .iter()
             .chain(t.inflight.iter().map(|i| &i.delivery))
-            .flat_map(|d| [d.message.place.get(), d.message.first_place.get()])
-            .flatten()
-            .copied()
+            .flat_map(|d| d.message.places())
             .chain(done.iter().copied())
             .collect();
         t.places = Some(places);

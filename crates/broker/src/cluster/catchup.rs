@@ -209,7 +209,7 @@ pub(super) fn decode(message: &async_nats::Message, place: u64) -> Option<Arc<Me
     match records::decode_message(&message.payload, &Clock::now()) {
         Ok(Some(stored)) => {
             let _ = stored.place.set(place);
-            note_first_place(message, &stored);
+            note_first_place(message.headers.as_ref(), &stored);
             Some(stored)
         }
         Ok(None) => None,
@@ -235,13 +235,7 @@ pub(super) async fn fetch(
     match records::decode_message(&stored.payload, &Clock::now()) {
         Ok(Some(message)) => {
             let _ = message.place.set(place);
-            if let Some(first) = stored
-                .headers
-                .get(super::FIRST_HEADER)
-                .and_then(|v| v.as_str().parse().ok())
-            {
-                let _ = message.first_place.set(first);
-            }
+            note_first_place(Some(&stored.headers), &message);
             Some((message, stored))
         }
         _ => None,

@@ -291,7 +291,7 @@ pub(super) async fn receive(
                 if let Some(place) = sequence(&message) {
                     let _ = decoded.place.set(place);
                 }
-                note_first_place(&message, &decoded);
+                note_first_place(message.headers.as_ref(), &decoded);
                 let routed = router::publish_remote(&state, decoded, scope);
                 // The group's last member here left while NATS picked us.
                 if matches!(scope, Scope::Group(_)) && routed.matched == 0 {

@@ -433,14 +433,18 @@ pub(crate) fn tern_id(message: &async_nats::Message) -> Option<&str> {
 /// A stored message's place in the messages stream (`Tern-Seq`), on its
 /// live copy.
 pub(crate) fn sequence(message: &async_nats::Message) -> Option<u64> {
-    let value = message.headers.as_ref()?.get(SEQUENCE_HEADER)?;
-    value.as_str().parse().ok()
+    number(message.headers.as_ref(), SEQUENCE_HEADER)
 }
 
-/// Gives `decoded` the first place its NATS message names (`Tern-First`).
-fn note_first_place(message: &async_nats::Message, decoded: &crate::message::Message) {
-    let first = message.headers.as_ref().and_then(|h| h.get(FIRST_HEADER));
-    if let Some(first) = first.and_then(|v| v.as_str().parse().ok()) {
+/// A header's value as a number.
+fn number(headers: Option<&async_nats::HeaderMap>, name: &str) -> Option<u64> {
+    headers?.get(name)?.as_str().parse().ok()
+}
+
+/// Gives `decoded` the first place its NATS message's headers name
+/// (`Tern-First`), live or as stored.
+fn note_first_place(headers: Option<&async_nats::HeaderMap>, decoded: &crate::message::Message) {
+    if let Some(first) = number(headers, FIRST_HEADER) {
         let _ = decoded.first_place.set(first);
     }
 }

@@ -76,11 +76,8 @@ fn complete(client: &mut ClientState, ids: &[NonZeroU16], state: Awaiting) {
         if let Some(pos) = st.inflight_position(id, state)
             && let Some(done) = st.traffic().inflight.remove(pos)
         {
-            if let Some(&place) = done.delivery.message.place.get().filter(|_| remember) {
-                let first = done.delivery.message.first_place.get().copied();
-                st.traffic()
-                    .done
-                    .extend(std::iter::once(place).chain(first));
+            if remember {
+                st.traffic().done.extend(done.delivery.message.places());
             }
             outbound::record_done(client, done.delivery, &mut changes);
         }
