@@ -551,22 +551,26 @@ class MosquittoSub:
 # --------------------------------------------------------------------------
 
 
-class ExactlyOnceCount:
+class DeliveryCount:
     """paho-mqtt as publisher and subscriber, both with persistent sessions
-    (MQTT 3.1.1, clean session 0), QoS 2 with up to `inflight` messages in
-    flight, each payload a number; the subscriber on `{prefix}/#` at
-    `sub_at`, the publisher at `pub_at` ((host, port) each). The subscriber
-    counts by payload, as an application would: paho hands a QoS 2 message
-    over at PUBREL. Both reconnect by themselves while the test crashes
-    things; `finish` stops publishing and reports what was acknowledged
-    (PUBCOMP), delivered, lost, and delivered twice."""
+    (MQTT 3.1.1, clean session 0), QoS `qos` (2 unless told) with up to
+    `inflight` messages in flight, each payload a number; the subscriber on
+    `{prefix}/#` at `sub_at`, the publisher at `pub_at` ((host, port) each).
+    The subscriber counts by payload, as an application would: paho hands a
+    QoS 2 message over at PUBREL. Both reconnect by themselves while the
+    test crashes things; `finish` stops publishing and reports what was
+    acknowledged (PUBCOMP, PUBACK at QoS 1), delivered, lost, and delivered
+    twice (which QoS 1 allows)."""
 
-    def __init__(self, sub_at: tuple[str, int], pub_at: tuple[str, int], prefix: str, inflight: int = 50):
-        self.sub_at, self.pub_at, self.prefix = sub_at, pub_at, prefix
+    def __init__(self, sub_at: tuple[str, int], pub_at: tuple[str, int], prefix: str,
+                 inflight: int = 50, qos: int = 2):
+        self.sub_at, self.pub_at, self.prefix, self.qos = sub_at, pub_at, prefix, qos
         self.lock = threading.Lock()
         self.got: dict[int, int] = {}
         self.twice: list[tuple[int, int, bool]] = []
         self.infos: list[tuple[int, mqtt.MQTTMessageInfo]] = []
+        # When each was handed to paho (wall clock, to match the logs).
+        self.sent_at: list[float] = []
         self.probed = threading.Event()
         self.stop = threading.Event()
         self.window = threading.Semaphore(inflight)
@@ -600,7 +604,7 @@ class ExactlyOnceCount:
         self.sub.on_message = self._on_message
         self.sub.on_subscribe = lambda *args: subscribed.set()
         # As paho users write it: (re)subscribe on every connect.
-        self.sub.on_connect = lambda c, u, flags, rc, props: c.subscribe(f"{self.prefix}/#", qos=2)
+        self.sub.on_connect = lambda c, u, flags, rc, props: c.subscribe(f"{self.prefix}/#", qos=self.qos)
         self.sub.connect(*self.sub_at)
         self.sub.loop_start()
         assert subscribed.wait(10), "no SUBACK"
@@ -616,7 +620,8 @@ class ExactlyOnceCount:
         n = 0
         while not self.stop.is_set():
             if self.window.acquire(timeout=0.2):
-                self.infos.append((n, self.pub.publish(f"{self.prefix}/{n % 4}", str(n), qos=2)))
+                self.infos.append((n, self.pub.publish(f"{self.prefix}/{n % 4}", str(n), qos=self.qos)))
+                self.sent_at.append(time.time())
                 n += 1
 
     def finish(self, settle: float = 30.0) -> tuple[int, int, int, list[int], list[tuple[int, int, bool]]]:
@@ -625,7 +630,7 @@ class ExactlyOnceCount:
         lost, twice)."""
         self.stop.set()
         self.publisher.join()
-        # `_published` is paho's own flag, set at PUBCOMP (is_published()
+        # `_published` is paho's own flag, set at PUBCOMP or PUBACK (is_published()
         # raises for messages first queued while disconnected).
         deadline = time.monotonic() + settle
         while time.monotonic() < deadline:
@@ -641,3 +646,8 @@ class ExactlyOnceCount:
         acked = {n for n, info in self.infos if info._published}
         lost = sorted(acked - set(self.got))
         return len(self.infos), len(acked), len(self.got), lost, list(self.twice)
+
+    def sent_when(self, n: int) -> str:
+        """When message `n` was handed to paho (UTC, as the logs write it)."""
+        at = self.sent_at[n]
+        return time.strftime("%H:%M:%S", time.gmtime(at)) + f".{int(at % 1 * 1000):03d}"

@@ -19,7 +19,7 @@ import time
 import paho.mqtt.client as mqtt
 import pytest
 
-from interop_support import REPO_ROOT, VERSIONS, ExactlyOnceCount, unique
+from interop_support import REPO_ROOT, VERSIONS, DeliveryCount, unique
 
 V5 = mqtt.MQTTv5
 
@@ -116,7 +116,7 @@ def test_qos2_is_exactly_once_at_paho_over_crashes(broker):
     kills = int(os.environ.get("TERN_INTEROP_CRASH_KILLS", "6"))
     rng = random.Random()
     at = (broker.host, broker.port)
-    run = ExactlyOnceCount(at, at, unique("crash"))
+    run = DeliveryCount(at, at, unique("crash"))
     run.start()
     try:
         for _ in range(kills):

@@ -207,6 +207,7 @@ pub fn adopt(state: &Arc<BrokerState>, client_id: &str, handed: Handed) -> u64 {
     st.traffic()
         .inbound_kept
         .extend(handed.traffic.inbound_kept);
+    st.restore_overflow(handed.traffic.overflow, handed.traffic.had);
     if let Some(store) = store {
         store.submit_group(group);
     }

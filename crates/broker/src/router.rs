@@ -484,12 +484,17 @@ pub fn deliver_retained(
 /// counts for `$SYS/broker/limits/queue/dropped`. The publisher is not told:
 /// its message went to every other matching session.
 fn dropped(state: &BrokerState, why: NotQueued) {
-    if why == NotQueued::Duplicate {
+    if matches!(why, NotQueued::Duplicate | NotQueued::Deferred) {
         return;
     }
     Metrics::add(&state.metrics.publish_dropped, 1);
     if why == NotQueued::QueueFull {
         Metrics::add(&state.limits.counters.queue_dropped, 1);
+        crate::throttled!(
+            warn,
+            "session queue full",
+            "a session's queue is full (max_queued_messages, max_queued_bytes): a message for it was dropped (counted in $SYS/broker/limits/queue/dropped)"
+        );
     }
 }
 

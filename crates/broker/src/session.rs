@@ -80,6 +80,10 @@ pub enum NotQueued {
     Offline,
     /// Over `max_queued_messages` or `max_queued_bytes`.
     QueueFull,
+    /// A message stored in a cluster's messages stream, over the limits: it
+    /// stays there, and is read again once the queue has room
+    /// ([`SessionState::refill`]). Not a drop.
+    Deferred,
     /// Already queued or in flight: a session taken over from a node that
     /// died gets the messages since its cursor again while live copies
     /// arrive (see [`SessionState::recovering`]).
@@ -106,6 +110,12 @@ pub struct Moving {
     pub inbound_qos2: Vec<u16>,
     /// Where their messages are in a cluster's messages stream.
     pub inbound_kept: Vec<(u16, records::Kept)>,
+    /// In a cluster: the first place of the stored messages deferred
+    /// ([`NotQueued::Deferred`]), to be read again from there.
+    pub overflow: Option<u64>,
+    /// And the places at or above it it had already ([`Traffic::done`] and
+    /// those queued since it overflowed), not to be queued again.
+    pub had: Vec<u64>,
 }
 
 /// A subscription as the session remembers it (the tree holds the same).
@@ -226,9 +236,22 @@ pub struct Traffic {
     /// The highest place of the stored messages queued for it: one below
     /// it (a late copy) is first looked for among those it has.
     newest: u64,
+    /// In a cluster: the first place of the stored messages not queued for
+    /// want of room ([`NotQueued::Deferred`]): they are read again from the
+    /// messages stream from there ([`SessionState::refill`]), and its
+    /// cursor stays at or below it meanwhile.
+    overflow: Option<u64>,
+    /// The places of the stored messages queued since it overflowed (or
+    /// while it is refilled), not to be queued again by a refill.
+    since_overflow: HashSet<u64>,
 }
 
 impl Traffic {
+    /// The stored message at `place` is deferred: read again from there.
+    fn defer(&mut self, place: u64) {
+        self.overflow = Some(self.overflow.map_or(place, |o| o.min(place)));
+    }
+
     /// Whether the stored message at `place` is queued, in flight or
     /// completed here.
     fn has(&self, place: u64) -> bool {
@@ -412,6 +435,7 @@ impl SessionState {
                 && t.inbound_kept.is_empty()
                 && t.places.is_none()
                 && t.done.is_empty()
+                && t.overflow.is_none()
         }) {
             self.traffic = None;
         }
@@ -428,34 +452,85 @@ impl SessionState {
         if !online && delivery.qos == QoS::AtMostOnce && !limits.queue_qos0_offline {
             return Err(NotQueued::Offline);
         }
-        let size = delivery.message.size();
+        let full = self.is_full(delivery.message.size(), limits);
+        let Some(&place) = delivery.message.place.get() else {
+            return if full {
+                Err(NotQueued::QueueFull)
+            } else {
+                Ok(())
+            };
+        };
+        // A message written twice is known at either place.
+        let first = delivery.message.first_place.get().copied();
+        let t = self.traffic();
+        let seen = t.places.as_ref().is_some_and(|places| {
+            places.contains(&place) || first.is_some_and(|f| places.contains(&f))
+        });
+        if seen
+            || place < t.floor
+            || (place <= t.newest && t.has(place))
+            || first.is_some_and(|f| t.has(f))
+        {
+            return Err(NotQueued::Duplicate);
+        }
+        if full {
+            t.defer(place);
+            return Err(NotQueued::Deferred);
+        }
+        if let Some(places) = t.places.as_mut() {
+            places.extend(delivery.message.places());
+        }
+        // Queued while it has deferred messages, or while they are read
+        // again (it may defer more meanwhile): not queued again by the next
+        // refill.
+        if t.overflow.is_some() || t.places.is_some() {
+            t.since_overflow.extend(delivery.message.places());
+        }
+        t.newest = t.newest.max(place);
+        Ok(())
+    }
+
+    /// Whether the pending queue is at its limits for one more message of
+    /// `size` payload bytes.
+    pub fn is_full(&self, size: usize, limits: &QueueLimits) -> bool {
         let (len, bytes) = self
             .traffic
             .as_ref()
             .map_or((0, 0), |t| (t.pending.len(), t.pending_bytes));
-        let over_count = len >= limits.max_messages;
-        let over_bytes = limits.max_bytes != 0 && bytes + size > limits.max_bytes;
-        if over_count || over_bytes {
-            return Err(NotQueued::QueueFull);
+        len >= limits.max_messages || (limits.max_bytes != 0 && bytes + size > limits.max_bytes)
+    }
+
+    /// In a cluster: the stored message at `place` is deferred (a refill
+    /// stopped before it).
+    pub fn defer(&mut self, place: u64) {
+        self.traffic().defer(place);
+    }
+
+    /// In a cluster: where to read its deferred messages again from, if it
+    /// has some and room for them now (its queue at most half full), and
+    /// it is not being rebuilt already. From then on, until
+    /// [`SessionState::recovered`], a stored message it has (queued, in
+    /// flight, completed, or queued since it overflowed) is not queued
+    /// again.
+    pub fn refill(&mut self, limits: &QueueLimits) -> Option<u64> {
+        let t = self.traffic.as_mut()?;
+        if t.places.is_some() || t.pending.len() > limits.max_messages / 2 {
+            return None;
         }
-        if let Some(&place) = delivery.message.place.get() {
-            // A message written twice is known at either place.
-            let first = delivery.message.first_place.get().copied();
-            let t = self.traffic();
-            let seen = t.places.as_mut().is_some_and(|places| {
-                let new = places.insert(place);
-                !(first.is_none_or(|f| places.insert(f)) && new)
-            });
-            if seen
-                || place < t.floor
-                || (place <= t.newest && t.has(place))
-                || first.is_some_and(|f| t.has(f))
-            {
-                return Err(NotQueued::Duplicate);
-            }
-            t.newest = t.newest.max(place);
+        let from = t.overflow.take()?;
+        let since = std::mem::take(&mut t.since_overflow);
+        let had: Vec<u64> = since.into_iter().chain(t.done.iter().copied()).collect();
+        self.recovering(&had);
+        Some(from)
+    }
+
+    /// Takes over the deferred messages of a session that moved here
+    /// ([`Moving::overflow`], [`Moving::had`]).
+    pub fn restore_overflow(&mut self, overflow: Option<u64>, had: Vec<u64>) {
+        if let Some(from) = overflow {
+            self.defer(from);
+            self.traffic().since_overflow.extend(had);
         }
-        Ok(())
     }
 
     /// Starts rebuilding the session from a cluster's messages stream:
@@ -476,7 +551,11 @@ impl SessionState {
 
     /// The session is rebuilt.
     pub fn recovered(&mut self) {
-        self.traffic().places = None;
+        let t = self.traffic();
+        t.places = None;
+        if t.overflow.is_none() {
+            t.since_overflow.clear();
+        }
     }
 
     /// What a cluster keeps of this session in NATS: its record, and where
@@ -511,6 +590,7 @@ impl SessionState {
             .iter()
             .chain(t.inflight.iter().map(|i| &i.delivery))
             .filter_map(|d| d.message.place.get().copied())
+            .chain(t.overflow)
             .fold(watermark, u64::min)
             .max(t.floor);
         // It never goes back: a late copy of a message below it (a node
@@ -588,13 +668,22 @@ impl SessionState {
             inflight,
             inbound_qos2,
             inbound_kept,
+            overflow,
+            since_overflow,
+            done,
             ..
         } = *t;
+        let had = match overflow {
+            Some(from) => done.range(from..).chain(&since_overflow).copied().collect(),
+            None => Vec::new(),
+        };
         Moving {
             inflight: inflight.into(),
             pending: pending.into(),
             inbound_qos2: inbound_qos2.into_iter().collect(),
             inbound_kept: inbound_kept.into_iter().collect(),
+            overflow,
+            had,
         }
     }
 
@@ -715,6 +804,51 @@ mod tests {
         );
         assert_eq!(s.lock().pop_pending().unwrap().message.payload, "12345678");
         assert!(s.deliver(delivery(QoS::AtLeastOnce, "12"), &limits).is_ok());
+    }
+
+    /// A delivery of the stored message at `place` of a cluster's stream.
+    fn stored(place: u64) -> Delivery {
+        let d = delivery(QoS::AtLeastOnce, "s");
+        let _ = d.message.place.set(place);
+        d
+    }
+
+    #[test]
+    fn a_stored_message_over_the_limits_is_deferred_and_refilled_once() {
+        let (s, limits) = (Session::new("c".into()), limits(2, 0));
+        s.set_online(true);
+        assert!(s.deliver(stored(10), &limits).is_ok());
+        assert!(s.deliver(stored(11), &limits).is_ok());
+        assert_eq!(s.deliver(stored(13), &limits), Err(NotQueued::Deferred));
+        assert_eq!(s.deliver(stored(12), &limits), Err(NotQueued::Deferred));
+        let mut st = s.lock();
+        assert_eq!(st.mirror(100).cursor, 10, "at most its queued ones");
+        assert_eq!(st.refill(&limits), None, "no room yet");
+        st.pop_pending();
+        st.pop_pending();
+        assert_eq!(st.mirror(100).cursor, 12, "at most the first deferred");
+        drop(st);
+        assert!(s.deliver(stored(20), &limits).is_ok(), "live, with room");
+        let mut st = s.lock();
+        assert_eq!(st.refill(&limits), Some(12), "from the first deferred");
+        assert_eq!(st.refill(&limits), None, "one refill at a time");
+        drop(st);
+        assert!(s.deliver(stored(12), &limits).is_ok());
+        assert_eq!(
+            s.deliver(stored(20), &limits),
+            Err(NotQueued::Duplicate),
+            "queued since it overflowed"
+        );
+        assert_eq!(s.deliver(stored(13), &limits), Err(NotQueued::Deferred));
+        let mut st = s.lock();
+        st.recovered();
+        st.pop_pending();
+        st.pop_pending();
+        assert_eq!(
+            st.refill(&limits),
+            Some(13),
+            "deferred again, refilled again"
+        );
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The routing seam over NATS ([`NatsFabric`]): messages out, interest as
 //! NATS subscriptions, and what arrives routed to this node's sessions.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -23,8 +23,8 @@ use super::stats::{self, Peers, stats_subject};
 use super::storage::Writes;
 use super::{Command, Outbox};
 use super::{
-    FIRST_HEADER, SEQUENCE_HEADER, headers, next_or_stop, note_first_place, sequence, subject,
-    tern_id,
+    FIRST_HEADER, SEQUENCE_HEADER, headers, next_or_stop, note_first_place, number, sequence,
+    subject, tern_id,
 };
 
 /// Message ids remembered to drop the second copy of a message that
@@ -35,10 +35,6 @@ const RECENT: usize = 65_536;
 /// The header naming, once per value, a shared group (by its
 /// [`subject::token`]) that the publishing node served itself.
 pub(super) const SERVED_HEADER: &str = "Tern-Served";
-/// Marks a stored message's live copy sent a second time (its first may
-/// have died with a NATS server): shared groups, which have no ids to drop
-/// it by, do not take it.
-const AGAIN_HEADER: &str = "Tern-Again";
 
 /// The routing seam over NATS (see the module docs).
 pub struct NatsFabric {
@@ -214,14 +210,12 @@ fn live_headers(id: &str, served: &[Arc<str>]) -> async_nats::HeaderMap {
 
 /// How a stored message's live copy goes to the other nodes: its subject,
 /// and headers with its id, the shared groups served, its place in the
-/// stream (`Tern-Seq`) and first place if written twice (`Tern-First`), and
-/// whether it is sent again ([`AGAIN_HEADER`]).
+/// stream (`Tern-Seq`) and first place if written twice (`Tern-First`).
 pub(super) fn stored_copy(
     cluster: &str,
     message: &Message,
     id: &str,
     served: &[Arc<str>],
-    again: bool,
 ) -> (String, async_nats::HeaderMap) {
     let mut headers = live_headers(id, served);
     if let Some(place) = message.place.get() {
@@ -229,9 +223,6 @@ pub(super) fn stored_copy(
     }
     if let Some(first) = message.first_place.get() {
         headers.insert(FIRST_HEADER, first.to_string().as_str());
-    }
-    if again {
-        headers.insert(AGAIN_HEADER, "1");
     }
     (subject::topic_subject(cluster, &message.topic), headers)
 }
@@ -252,8 +243,10 @@ impl Serve {
         match self {
             Serve::Direct(recent) => {
                 let mut recent = recent.lock();
-                if let Some(sequence) = sequence(message) {
-                    recent.arrived(sequence);
+                // A message written twice is known at either place.
+                let first = number(message.headers.as_ref(), FIRST_HEADER);
+                for place in sequence(message).into_iter().chain(first) {
+                    recent.arrived(place);
                 }
                 match tern_id(message) {
                     Some(id) if !recent.first_time(id) => None,
@@ -262,9 +255,8 @@ impl Serve {
             }
             Serve::Group(key, queue) => {
                 let served = message.headers.as_ref().is_some_and(|h| {
-                    h.get(AGAIN_HEADER).is_some()
-                        || h.get_all(SERVED_HEADER)
-                            .any(|v| v.as_str() == queue.as_str())
+                    h.get_all(SERVED_HEADER)
+                        .any(|v| v.as_str() == queue.as_str())
                 });
                 (!served).then_some(Scope::Group(key))
             }
@@ -309,67 +301,73 @@ pub(super) async fn receive(
 }
 
 /// The ids of the messages most recently routed here, oldest first; and
-/// where in the messages stream the stored ones of the last moments were,
-/// for [`super::catchup`].
+/// the places of the stored ones routed here that the follower
+/// ([`super::follow`]) has not passed yet.
 #[derive(Default)]
 pub(super) struct Recent {
     /// Each id with when it was first seen (a count of first sightings).
     seen: HashMap<String, u64>,
     order: VecDeque<String>,
     sightings: u64,
-    /// (when it arrived, its place in the messages stream), over the last
-    /// [`RECENT_WINDOW`].
-    sequences: VecDeque<(Instant, u64)>,
-    /// The highest place in the stream seen (at first, the stream's end
-    /// when this node joined).
-    highest: u64,
+    /// Places of stored messages routed here (live copies, and this node's
+    /// own) above `followed`.
+    live: HashSet<u64>,
+    /// The follower has decided on every stored message up to this place
+    /// (at first, the stream's end when this node joined).
+    followed: u64,
 }
 
-/// How far back a node replays the messages stream after its NATS link
-/// came back, before the last stored message it saw: live copies of
-/// messages stored earlier still on their way then.
-const RECENT_WINDOW: Duration = Duration::from_secs(2);
+/// At most this many places of live copies wait for the follower, which
+/// passes them a moment after they arrived (beyond it, one it has not
+/// reached when this is full is routed twice here if it is not known by
+/// its id any more).
+const LIVE: usize = 1 << 20;
 
 impl Recent {
-    /// Starting at place `highest` of the messages stream.
-    pub(super) fn from(highest: u64) -> Recent {
+    /// Following the messages stream after place `end`.
+    pub(super) fn from(end: u64) -> Recent {
         Recent {
-            highest,
+            followed: end,
             ..Recent::default()
         }
     }
 
-    /// Notes a stored message's place in the stream, as it arrives live.
-    pub(super) fn arrived(&mut self, sequence: u64) {
-        let now = Instant::now();
-        while self
-            .sequences
-            .front()
-            .is_some_and(|&(at, _)| now.duration_since(at) > RECENT_WINDOW)
-            || self.sequences.len() >= RECENT
-        {
-            self.sequences.pop_front();
+    /// Notes that the stored message at `place` was routed here.
+    pub(super) fn arrived(&mut self, place: u64) {
+        if place > self.followed && self.live.len() < LIVE {
+            self.live.insert(place);
         }
-        self.sequences.push_back((now, sequence));
-        self.highest = self.highest.max(sequence);
     }
 
-    /// Every stored message up to place `end` was routed here (a replay
-    /// read that far).
-    pub(super) fn passed(&mut self, end: u64) {
-        self.highest = self.highest.max(end);
+    /// Whether the stored message at `place` was routed here (and the
+    /// follower has not passed it yet).
+    pub(super) fn routed_here(&self, place: u64) -> bool {
+        self.live.contains(&place)
     }
 
-    /// Where to replay the stream from after the NATS link went down now:
-    /// the earliest place seen in the last moments, or past the highest.
-    pub(super) fn resume_from(&self) -> u64 {
-        let now = Instant::now();
-        self.sequences
-            .iter()
-            .filter(|&&(at, _)| now.duration_since(at) <= RECENT_WINDOW)
-            .map(|&(_, sequence)| sequence)
-            .min()
-            .unwrap_or(self.highest + 1)
+    /// The follower reaches the stored message at `place`, with its id if
+    /// it may be routed from the stream: whether to route it (neither its
+    /// live copy, nor any copy with its id, was routed here).
+    pub(super) fn follow(&mut self, place: u64, id: Option<&str>) -> bool {
+        if self.live.remove(&place) {
+            return false;
+        }
+        id.is_some_and(|id| self.first_time(id))
+    }
+
+    /// The follower has passed the stored message at `place`: decided on,
+    /// and routed if it was to be (only then may a session's cursor pass
+    /// it).
+    pub(super) fn passed(&mut self, place: u64) {
+        self.followed = self.followed.max(place);
+        // A live copy that came after `follow`.
+        self.live.remove(&place);
+    }
+
+    /// Below this place every stored message was routed here (or was
+    /// decided on: not for this node's subscriptions, or its own).
+    pub(super) fn watermark(&self) -> u64 {
+        self.followed + 1
     }
 
     /// Whether `id` was not seen yet (and remembers it).
@@ -417,19 +415,34 @@ mod tests {
     }
 
     #[test]
-    fn a_replay_resumes_at_the_earliest_place_seen_lately_or_past_the_highest() {
+    fn the_follower_routes_a_stored_message_only_if_no_copy_of_it_was_routed() {
         let mut recent = Recent::from(40);
-        assert_eq!(
-            recent.resume_from(),
-            41,
-            "nothing seen: past the end at join"
+        recent.arrived(39);
+        assert!(!recent.routed_here(39), "passed at join: not kept");
+        assert_eq!(recent.watermark(), 41);
+        recent.arrived(42);
+        assert!(recent.routed_here(42));
+        assert!(recent.follow(41, Some("a:1")), "no copy arrived");
+        assert_eq!(recent.watermark(), 41, "not passed before it is routed");
+        recent.passed(41);
+        assert!(!recent.follow(42, Some("a:2")), "its live copy arrived");
+        assert!(!recent.routed_here(42), "forgotten once reached");
+        recent.passed(42);
+        assert!(recent.first_time("b:1"));
+        assert!(
+            !recent.follow(43, Some("b:1")),
+            "a copy with its id arrived"
         );
-        // Copies arrive out of stream order across publishing nodes.
-        for place in [52, 50, 53, 51] {
-            recent.arrived(place);
-        }
-        assert_eq!(recent.resume_from(), 50);
-        recent.sequences.clear();
-        assert_eq!(recent.resume_from(), 54, "none lately: past the highest");
+        recent.passed(43);
+        assert!(!recent.follow(44, None), "not to be routed from the stream");
+        recent.arrived(44);
+        recent.passed(44);
+        assert!(
+            !recent.routed_here(44),
+            "a copy that came meanwhile forgotten"
+        );
+        assert_eq!(recent.watermark(), 45);
+        recent.arrived(44);
+        assert!(!recent.routed_here(44), "late: the follower passed it");
     }
 }

@@ -307,6 +307,8 @@ fn encode(handed: Handed) -> Vec<u8> {
         inbound_qos2: traffic.inbound_qos2,
         inbound_kept: traffic.inbound_kept,
         entries: inflight.chain(pending).collect(),
+        overflow: traffic.overflow,
+        had: traffic.had,
     })
 }
 
@@ -317,6 +319,8 @@ fn decode(record: &[u8]) -> Result<Handed, RecordError> {
     let mut traffic = Moving {
         inbound_qos2: handover.inbound_qos2,
         inbound_kept: handover.inbound_kept,
+        overflow: handover.overflow,
+        had: handover.had,
         ..Moving::default()
     };
     for (entry, message) in handover.entries {

@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 
 use crate::config::ClusterConfig;
 
-use super::catchup::Link;
+use super::follow::Link;
 use super::ownership::claims_subject;
 use super::stats::stats_subject;
 use super::{Cluster, handover, retained, storage};

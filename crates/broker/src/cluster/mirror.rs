@@ -14,19 +14,18 @@
 //! A node that claims a client id whose holder does not answer (it died)
 //! takes the session from its mirror ([`recover`]): installs it, then
 //! routes to it, from the messages stream, every stored message from its
-//! cursor on, as a catch-up does for a node (a stored message already
-//! queued, live, is not queued twice). So the session loses no message
-//! acknowledged to its publisher, at QoS 1; QoS 2 messages in flight when
-//! the node died are sent again as new ones (docs/cluster.md).
+//! cursor on (a stored message already queued, live, is not queued
+//! twice). So the session loses no message acknowledged to its publisher;
+//! its QoS 2 deliveries in flight are resent with their packet ids, and
+//! those completed are not sent again (docs/cluster.md).
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use async_nats::jetstream::kv;
 use async_nats::jetstream::message::StreamMessage;
+use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
 use tern_codec::{ByteStr, QoS};
 use tokio::sync::{Notify, watch};
@@ -41,8 +40,8 @@ use crate::session::{Inflight, Moving, Session};
 use crate::state::BrokerState;
 use crate::store::records::{self, Kept};
 
-use super::catchup::{decode, fetch, read_stored};
 use super::fabric::{Recent, stored_copy};
+use super::follow::{Step, decode, fetch, read_stored};
 use super::handover::{Directory, key};
 use super::{ID_HEADER, tern_id};
 
@@ -100,12 +99,12 @@ impl Mirrors {
 /// The task that writes the mirrors (see the module docs).
 pub(super) struct Keeper {
     pub(super) bucket: kv::Store,
+    /// For refills ([`refill`]).
+    pub(super) jetstream: jetstream::Context,
+    pub(super) cluster: String,
     pub(super) mirrors: Arc<Mirrors>,
     /// Where this node is in the messages stream (see [`Keeper::watermark`]).
     pub(super) recent: Arc<Mutex<Recent, { rank::FABRIC }>>,
-    /// Where the catch-up after a NATS link drop resumes, while it has not
-    /// finished (`u64::MAX` when none runs).
-    pub(super) holding: Arc<AtomicU64>,
 }
 
 impl Keeper {
@@ -141,18 +140,45 @@ impl Keeper {
                 }
             } else {
                 let sessions: Vec<_> = state.sessions().iter().cloned().collect();
+                for session in &sessions {
+                    self.refill(&state, session);
+                }
                 last.retain(|id, _| sessions.iter().any(|s| s.client_id == *id));
                 self.write(sessions, &mut last, false).await;
             }
         }
     }
 
+    /// Starts a refill of `session`'s deferred messages, if it has some and
+    /// room for them ([`crate::session::SessionState::refill`]).
+    fn refill(&self, state: &Arc<BrokerState>, session: &Arc<Session>) {
+        let Some(from) = session.lock().refill(state.queue_limits()) else {
+            return;
+        };
+        let replay = Replay {
+            jetstream: self.jetstream.clone(),
+            cluster: self.cluster.clone(),
+            recent: self.recent.clone(),
+            state: Arc::downgrade(state),
+            session: session.clone(),
+        };
+        tokio::spawn(async move {
+            let id = replay.session.client_id.clone();
+            match replay.run(from, None).await {
+                Ok(n) => {
+                    tracing::debug!(client_id = %id, messages = n, from, "cluster: a session's deferred messages read again from the messages stream")
+                }
+                Err(e) => {
+                    tracing::warn!(client_id = %id, error = %e, from, "cluster: a session's deferred messages could not be read again; they are lost for it")
+                }
+            }
+        });
+    }
+
     /// Below this place this node has routed every stored message to its
-    /// sessions: the earliest place among the live copies of the last
-    /// moments (more can be on their way), or where a catch-up resumes.
+    /// sessions: how far the follower is ([`super::follow`]).
     fn watermark(&self) -> u64 {
-        let recent = self.recent.lock().resume_from();
-        recent.min(self.holding.load(Ordering::Relaxed))
+        self.recent.lock().watermark()
     }
 
     /// Writes the mirrors of the persistent ones of `sessions` that changed
@@ -293,34 +319,18 @@ pub(super) async fn recover(
             resend(state, client, recent, cluster, message, stored).await;
         }
     }
-    let (jetstream, cluster, state) =
-        (jetstream.clone(), cluster.to_owned(), Arc::downgrade(state));
-    let recent = recent.clone();
+    let replay = Replay {
+        jetstream: jetstream.clone(),
+        cluster: cluster.to_owned(),
+        recent: recent.clone(),
+        state: Arc::downgrade(state),
+        session,
+    };
     let cursor = mirror.cursor;
     tokio::spawn(async move {
-        let id = session.client_id.clone();
-        let replayed = read_stored(&jetstream, &cluster, cursor, |message, place| {
-            // One this node routed since the session is here (live, or
-            // earlier in this replay: a message written twice under one
-            // id, `storage::Storage::intend`) reached it then. Routed here
-            // now: a live copy of it that comes later (resent by a node
-            // taking over its publisher) is not routed again.
-            if let Some(id) = tern_id(message) {
-                let mut recent = recent.lock();
-                if recent.seen_since(id, installed) {
-                    return false;
-                }
-                recent.first_time(id);
-            }
-            let (Some(state), Some(stored)) = (state.upgrade(), decode(message, place)) else {
-                return false;
-            };
-            router::publish_remote(&state, stored, Scope::Session(&id)).matched > 0
-        })
-        .await;
-        session.lock().recovered();
-        match replayed {
-            Ok((n, _)) => {
+        let id = replay.session.client_id.clone();
+        match replay.run(cursor, Some(installed)).await {
+            Ok(n) => {
                 tracing::info!(client_id = %id, messages = n, from = cursor, "cluster: took over a session whose node is gone, with the stored messages since its cursor")
             }
             Err(e) => {
@@ -329,6 +339,60 @@ pub(super) async fn recover(
         }
     });
     Some(interest)
+}
+
+/// Routes the stored messages from a place on to one session, by its
+/// subscriptions (`Scope::Session`): a session taken over ([`recover`]) or
+/// refilled ([`Keeper::refill`]). One it has (queued, in flight, completed)
+/// is not queued again ([`crate::session::SessionState::recovering`]).
+struct Replay {
+    jetstream: jetstream::Context,
+    cluster: String,
+    recent: Arc<Mutex<Recent, { rank::FABRIC }>>,
+    state: Weak<BrokerState>,
+    session: Arc<Session>,
+}
+
+impl Replay {
+    /// Reads from place `from` to the stream's end (and a moment on), or
+    /// until the session's queue is full: the rest stays deferred. Skips
+    /// the messages this node routed to every session since `installed`
+    /// ([`Recent::now`]), if given. How many were queued.
+    async fn run(self, from: u64, installed: Option<u64>) -> Result<usize, String> {
+        // The ids routed in this replay: a message written twice under one
+        // id (`storage::Storage::intend`) once.
+        let mut ids = HashSet::new();
+        let replayed = read_stored(&self.jetstream, &self.cluster, from, |message, place| {
+            let Some(state) = self.state.upgrade() else {
+                return Step::Stop;
+            };
+            if let Some(id) = tern_id(message) {
+                let routed = installed.is_some_and(|mark| self.recent.lock().seen_since(id, mark));
+                if routed || !ids.insert(id.to_owned()) {
+                    return Step::Passed;
+                }
+            }
+            let Some(stored) = decode(message, place) else {
+                return Step::Passed;
+            };
+            let full = self
+                .session
+                .lock()
+                .is_full(stored.size(), state.queue_limits());
+            if full {
+                self.session.lock().defer(place);
+                return Step::Stop;
+            }
+            let id = &self.session.client_id;
+            match router::publish_remote(&state, stored, Scope::Session(id)).matched {
+                0 => Step::Passed,
+                _ => Step::Taken,
+            }
+        })
+        .await;
+        self.session.lock().recovered();
+        replayed.map(|(n, _)| n)
+    }
 }
 
 /// Routes a stored message again, here and to the other nodes (with its
@@ -349,7 +413,7 @@ async fn resend(
     }
     // Not sent again for shared groups: the node that died may not have
     // routed it, so they take it.
-    let (subject, headers) = stored_copy(cluster, &message, &id, &[], false);
+    let (subject, headers) = stored_copy(cluster, &message, &id, &[]);
     if recent.lock().first_time(&id) {
         router::publish_remote(state, message, Scope::Direct);
     }

@@ -23,8 +23,8 @@
 //!   in order through one outbox;
 //! - [`storage`]: QoS 1/2 messages stored in the cluster's messages stream
 //!   on a majority of NATS servers before they are routed and acknowledged;
-//!   `catchup`: the stored messages missed while the NATS link was down,
-//!   read from that stream once it is back;
+//!   `follow`: every node follows that stream a moment behind, and routes
+//!   the stored messages whose live copies did not arrive;
 //! - [`retained`]: retained messages in a JetStream stream every node
 //!   follows; [`stats`]: `$SYS/cluster/…` totals.
 //!
@@ -33,8 +33,8 @@
 //! messages stream and its state in NATS, to survive the loss of a node,
 //! comes with the next steps.
 
-mod catchup;
 mod fabric;
+mod follow;
 pub mod handover;
 mod join;
 mod mirror;
@@ -67,9 +67,9 @@ use self::retained::ClusterRetained;
 use self::stats::Peers;
 use self::wills::Keep;
 
-use self::catchup::{CatchUp, Link};
 pub use self::fabric::NatsFabric;
 use self::fabric::{Interest, Recent};
+use self::follow::{Follower, Link};
 pub use self::join::{ClusterError, join};
 use self::mirror::{Keeper, Mirrors};
 pub use self::ownership::NatsOwnership;
@@ -199,19 +199,19 @@ impl Cluster {
         let (writes, queue) = Writes::new();
         let recent = Arc::new(Mutex::new(Recent::from(self.stream_end)));
         let mirrors = Arc::new(Mirrors::default());
-        let holding = Arc::new(AtomicU64::new(u64::MAX));
         let keeper = Keeper {
             bucket: self.mirrors.clone(),
+            jetstream: self.jetstream.clone(),
+            cluster: self.name.clone(),
             mirrors: mirrors.clone(),
             recent: recent.clone(),
-            holding: holding.clone(),
         };
-        let catch_up = CatchUp {
+        let follower = Follower {
             jetstream: self.jetstream.clone(),
             cluster: self.name.clone(),
             origin: origin.clone(),
             recent: recent.clone(),
-            holding,
+            own_patience: self.write_timeout * 2,
         };
         let directory = Directory {
             client: self.client.clone(),
@@ -267,7 +267,8 @@ impl Cluster {
         };
         let routing = Routing {
             storage,
-            catch_up,
+            follower,
+            stream_end: self.stream_end,
             links: self.links,
             keeper,
             recent,
@@ -296,8 +297,10 @@ impl Cluster {
 pub struct Routing {
     /// Stores QoS 1/2 messages before they are routed.
     storage: Storage,
-    /// Routes what this node missed while its NATS link was down.
-    catch_up: CatchUp,
+    /// Routes the stored messages whose live copies did not arrive.
+    follower: Follower,
+    /// The place of the messages stream's last message at join.
+    stream_end: u64,
     /// The NATS link going down and up.
     links: mpsc::UnboundedReceiver<Link>,
     /// Keeps the persistent sessions' state in NATS.
@@ -348,7 +351,8 @@ impl Routing {
         let weak = Arc::downgrade(state);
         let Routing {
             storage,
-            catch_up,
+            follower,
+            stream_end,
             links,
             keeper,
             recent,
@@ -384,7 +388,7 @@ impl Routing {
         tasks.spawn(watch_claims(claims, origin, weak.clone(), shutdown.clone()));
         tasks.spawn(watch_stats(stats, peers, shutdown.clone()));
         tasks.spawn(storage.run(weak.clone(), shutdown.clone()));
-        tasks.spawn(catch_up.run(links, weak.clone(), shutdown.clone()));
+        tasks.spawn(follower.run(stream_end, links, weak.clone(), shutdown.clone()));
         tasks.spawn(keeper.run(weak.clone(), shutdown.clone()));
         let _ = directory.state.set(weak.clone());
         tasks.spawn(directory.clone().forget_moved());

@@ -25,7 +25,7 @@ const APPLY_WAIT: Duration = Duration::from_secs(2);
 /// The task that owns the NATS connection's outgoing side.
 pub(super) struct Publisher {
     /// The ids of the messages routed here lately (shared with the
-    /// catch-up after a NATS link came back).
+    /// follower of the messages stream).
     pub(super) recent: Arc<Mutex<Recent, { rank::FABRIC }>>,
     pub(super) client: Client,
     pub(super) jetstream: async_nats::jetstream::Context,

@@ -451,10 +451,13 @@ impl Storage {
         let seen = {
             let mut recent = self.recent.lock();
             recent.arrived(sequence);
+            if let Some(first) = first {
+                recent.arrived(first);
+            }
             // Written under another node's id (`Storage::intend`): this node
             // may have routed it already (read from the stream, or live
-            // from the node that first wrote it); a catch-up here, which
-            // knows this node's own by their origin, knows it by its id.
+            // from the node that first wrote it); the follower, which passes
+            // this node's own by their origin, knows it by its id.
             !issued_by(&id, &self.origin) && !recent.first_time(&id)
         };
         let routed = if seen {
@@ -466,7 +469,7 @@ impl Storage {
         } else {
             router::publish_here(state, &message, owner.as_ref(), group)
         };
-        let (live, headers) = stored_copy(&self.cluster, &message, &id, &routed.served, false);
+        let (live, headers) = stored_copy(&self.cluster, &message, &id, &routed.served);
         if let Err(e) = self
             .client
             .publish_with_headers(live, headers, record)

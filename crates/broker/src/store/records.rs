@@ -432,6 +432,10 @@ pub struct Handover {
     /// Where those messages are in the cluster's messages stream.
     pub inbound_kept: Vec<(u16, Kept)>,
     pub entries: Vec<(QueueEntry, Vec<u8>)>,
+    /// The first place of its deferred messages, and the places at or
+    /// above it it had ([`crate::session::Moving`]).
+    pub overflow: Option<u64>,
+    pub had: Vec<u64>,
 }
 
 pub fn encode_handover(handover: &Handover) -> Vec<u8> {
@@ -448,6 +452,10 @@ pub fn encode_handover(handover: &Handover) -> Vec<u8> {
         put_bytes(&mut w, &entry);
         put_bytes(&mut w, message);
     }
+    // A stream's places start at 1: 0 is none.
+    w.put_u64(handover.overflow.unwrap_or(0));
+    w.put_u32(handover.had.len() as u32);
+    handover.had.iter().for_each(|place| w.put_u64(*place));
     w
 }
 
@@ -464,12 +472,18 @@ pub fn decode_handover(record: &[u8]) -> Result<Handover, RecordError> {
     let entries = (0..r.u32()?)
         .map(|_| Ok((decode_queue_entry(r.bytes()?)?, r.bytes()?.to_vec())))
         .collect::<Result<Vec<_>, RecordError>>()?;
+    let overflow = Some(r.u64()?).filter(|&place| place != 0);
+    let had = (0..r.u32()?)
+        .map(|_| r.u64())
+        .collect::<Result<Vec<_>, _>>()?;
     r.end()?;
     Ok(Handover {
         session,
         inbound_qos2,
         inbound_kept,
         entries,
+        overflow,
+        had,
     })
 }
 
@@ -896,6 +910,8 @@ mod tests {
                     encode_message(&message(None, None), &clock),
                 ),
             ],
+            overflow: Some(41),
+            had: vec![44, 46],
         };
         let record = encode_handover(&handover);
         assert_eq!(decode_handover(&record).unwrap(), handover);
