@@ -18,7 +18,7 @@ use tern_codec::ByteStr;
 use crate::message::{Delivery, Message};
 use crate::registry::{self, Handed};
 use crate::router;
-use crate::session::{Inflight, NEVER_EXPIRES, PendingWill, Session, SessionSubscription};
+use crate::session::{Inflight, Moving, NEVER_EXPIRES, PendingWill, Session, SessionSubscription};
 use crate::state::{BrokerState, Subscriber};
 use crate::store::records::{self, Clock, RecordError};
 use crate::store::{Group, Recovered};
@@ -207,7 +207,13 @@ pub fn adopt(state: &Arc<BrokerState>, client_id: &str, handed: Handed) -> u64 {
     st.traffic()
         .inbound_kept
         .extend(handed.traffic.inbound_kept);
-    st.restore_overflow(handed.traffic.overflow, handed.traffic.had);
+    let Moving {
+        floor,
+        overflow,
+        done,
+        ..
+    } = handed.traffic;
+    st.restore_place(floor, overflow, done);
     if let Some(store) = store {
         store.submit_group(group);
     }

@@ -110,12 +110,16 @@ pub struct Moving {
     pub inbound_qos2: Vec<u16>,
     /// Where their messages are in a cluster's messages stream.
     pub inbound_kept: Vec<(u16, records::Kept)>,
-    /// In a cluster: the first place of the stored messages deferred
-    /// ([`NotQueued::Deferred`]), to be read again from there.
+    /// In a cluster: where it is in the messages stream. Its floor
+    /// ([`Traffic::floor`]: every stored message below it was completed);
+    /// where to read the stream again from for it (its first deferred
+    /// message's place, [`NotQueued::Deferred`]; the node handing it over
+    /// lowers it to where its follower is, [`crate::cluster`]); and the
+    /// places of the stored messages it completed, or queued since it
+    /// deferred some, not to be queued again.
+    pub floor: u64,
     pub overflow: Option<u64>,
-    /// And the places at or above it it had already ([`Traffic::done`] and
-    /// those queued since it overflowed), not to be queued again.
-    pub had: Vec<u64>,
+    pub done: Vec<u64>,
 }
 
 /// A subscription as the session remembers it (the tree holds the same).
@@ -223,9 +227,9 @@ pub struct Traffic {
     /// places of the stored messages queued, in flight or completed, so
     /// that none is queued twice.
     places: Option<HashSet<u64>>,
-    /// In a cluster: the places of the stored QoS 2 messages completed
-    /// (PUBCOMP) since the session's state was last kept in NATS at or
-    /// above its cursor, so that a node taking it over does not send them
+    /// In a cluster: the places of the stored QoS 1/2 messages completed
+    /// (PUBACK, PUBCOMP) at or above its cursor (as last kept in NATS), so
+    /// that a node taking it over, or one it moves to, does not send them
     /// again ([`SessionState::mirror`]).
     pub done: BTreeSet<u64>,
     /// In a cluster: the cursor last kept in NATS for this session (or the
@@ -524,12 +528,23 @@ impl SessionState {
         Some(from)
     }
 
-    /// Takes over the deferred messages of a session that moved here
-    /// ([`Moving::overflow`], [`Moving::had`]).
-    pub fn restore_overflow(&mut self, overflow: Option<u64>, had: Vec<u64>) {
+    /// Takes over where a session that moved here is in a cluster's
+    /// messages stream ([`Moving::floor`]): what it has is not queued
+    /// again, and what it deferred is read again.
+    pub fn restore_place(&mut self, floor: u64, overflow: Option<u64>, done: Vec<u64>) {
+        let t = self.traffic();
+        t.floor = t.floor.max(floor);
+        t.done.extend(done);
+        let newest = t
+            .pending
+            .iter()
+            .chain(t.inflight.iter().map(|i| &i.delivery))
+            .flat_map(|d| d.message.places())
+            .chain(t.done.iter().copied())
+            .max();
+        t.newest = t.newest.max(newest.unwrap_or(0));
         if let Some(from) = overflow {
-            self.defer(from);
-            self.traffic().since_overflow.extend(had);
+            t.defer(from);
         }
     }
 
@@ -668,22 +683,20 @@ impl SessionState {
             inflight,
             inbound_qos2,
             inbound_kept,
+            floor,
             overflow,
             since_overflow,
             done,
             ..
         } = *t;
-        let had = match overflow {
-            Some(from) => done.range(from..).chain(&since_overflow).copied().collect(),
-            None => Vec::new(),
-        };
         Moving {
             inflight: inflight.into(),
             pending: pending.into(),
             inbound_qos2: inbound_qos2.into_iter().collect(),
             inbound_kept: inbound_kept.into_iter().collect(),
+            floor,
             overflow,
-            had,
+            done: done.into_iter().chain(since_overflow).collect(),
         }
     }
 

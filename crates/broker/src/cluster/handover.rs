@@ -39,7 +39,7 @@ use crate::recover;
 use crate::registry::{self, Handed};
 use crate::session::{Inflight, Moving};
 use crate::state::BrokerState;
-use crate::store::records::{self, Clock, Handover, QueueEntry, RecordError};
+use crate::store::records::{self, Clock, HandedEntry, Handover, QueueEntry, RecordError};
 
 use super::fabric::Recent;
 use super::mirror::{self, Mirrors};
@@ -250,9 +250,10 @@ async fn until_applied(state: &BrokerState, interest: u64) {
 }
 
 /// Answers other nodes' requests for sessions this node holds.
-pub async fn serve(
+pub(super) async fn serve(
     mut requests: async_nats::Subscriber,
     client: Client,
+    recent: Arc<Mutex<Recent, { rank::FABRIC }>>,
     state: Weak<BrokerState>,
     tasks: TaskTracker,
     stop: CancellationToken,
@@ -268,14 +269,15 @@ pub async fn serve(
         let Ok(client_id) = String::from_utf8(request.payload.to_vec()) else {
             continue;
         };
-        let client = client.clone();
+        let (client, recent) = (client.clone(), recent.clone());
         // Each waits for its own connection to close, not for the others.
         tasks.spawn(async move {
             let handed = registry::hand_over(&state, &client_id).await;
             if handed.is_some() {
                 tracing::info!(%client_id, "session handed over to another node, where its client connected");
             }
-            let payload = handed.map_or_else(Bytes::new, |h| Bytes::from(encode(h)));
+            let watermark = recent.lock().watermark();
+            let payload = handed.map_or_else(Bytes::new, |h| Bytes::from(encode(h, watermark)));
             if let Err(e) = client.publish(reply, payload).await {
                 tracing::warn!(%client_id, error = %e, "cluster: a session handed over could not be sent; its client starts clean");
             }
@@ -283,8 +285,8 @@ pub async fn serve(
     }
 }
 
-/// A session as it travels.
-fn encode(handed: Handed) -> Vec<u8> {
+/// A session as it travels, from a node whose follower is at `watermark`.
+fn encode(handed: Handed, watermark: u64) -> Vec<u8> {
     let clock = Clock::now();
     let entry = |delivery: &Delivery, sent| {
         let queued = QueueEntry {
@@ -294,7 +296,15 @@ fn encode(handed: Handed) -> Vec<u8> {
             subscription_ids: delivery.subscription_ids.clone(),
             sent,
         };
-        (queued, records::encode_message(&delivery.message, &clock))
+        let place = |p: Option<&u64>| p.copied().unwrap_or(0);
+        HandedEntry {
+            queued,
+            message: records::encode_message(&delivery.message, &clock),
+            places: [
+                place(delivery.message.place.get()),
+                place(delivery.message.first_place.get()),
+            ],
+        }
     };
     let Handed { record, traffic } = handed;
     let inflight = traffic
@@ -307,8 +317,11 @@ fn encode(handed: Handed) -> Vec<u8> {
         inbound_qos2: traffic.inbound_qos2,
         inbound_kept: traffic.inbound_kept,
         entries: inflight.chain(pending).collect(),
-        overflow: traffic.overflow,
-        had: traffic.had,
+        floor: traffic.floor,
+        // This node's follower may not have routed it every stored message
+        // from where it is on: the node it goes to reads those again.
+        overflow: Some(traffic.overflow.map_or(watermark, |o| o.min(watermark))),
+        done: traffic.done,
     })
 }
 
@@ -319,14 +332,23 @@ fn decode(record: &[u8]) -> Result<Handed, RecordError> {
     let mut traffic = Moving {
         inbound_qos2: handover.inbound_qos2,
         inbound_kept: handover.inbound_kept,
+        floor: handover.floor,
         overflow: handover.overflow,
-        had: handover.had,
+        done: handover.done,
         ..Moving::default()
     };
-    for (entry, message) in handover.entries {
-        let Some(message) = records::decode_message(&message, &clock)? else {
+    for handed in handover.entries {
+        let Some(message) = records::decode_message(&handed.message, &clock)? else {
             continue;
         };
+        let [place, first] = handed.places;
+        if place != 0 {
+            let _ = message.place.set(place);
+        }
+        if first != 0 {
+            let _ = message.first_place.set(first);
+        }
+        let entry = handed.queued;
         let delivery = Delivery {
             message,
             qos: entry.qos,

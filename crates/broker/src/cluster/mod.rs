@@ -395,6 +395,7 @@ impl Routing {
         let serving = handover::serve(
             handovers,
             client.clone(),
+            recent.clone(),
             weak.clone(),
             tasks.clone(),
             shutdown.clone(),

@@ -62,22 +62,30 @@ impl PubAcks {
     }
 }
 
+/// How many completed deliveries a cluster remembers for a session before
+/// it stops adding QoS 1 ones (its cursor in NATS moves on each second, and
+/// those below it are forgotten).
+const REMEMBERED: usize = 8_192;
+
 /// Removes the in-flight entries `ids` name in `state`; an unknown id is
 /// ignored (a late duplicate).
 fn complete(client: &mut ClientState, ids: &[NonZeroU16], state: Awaiting) {
     let session = client.session.clone();
     let mut st = session.lock();
     let mut changes = Group::default();
-    // A cluster remembers the completed QoS 2 deliveries of a persistent
-    // session for its state in NATS.
-    let remember =
-        state == Awaiting::PubComp && st.expiry_secs != 0 && client.state.fabric.stores();
+    // A cluster remembers the completed QoS 1/2 deliveries of a persistent
+    // session for its state in NATS, and for a node it moves to: neither
+    // sends them again.
+    let remember = st.expiry_secs != 0 && client.state.fabric.stores();
     for &id in ids {
         if let Some(pos) = st.inflight_position(id, state)
             && let Some(done) = st.traffic().inflight.remove(pos)
         {
-            if remember {
-                st.traffic().done.extend(done.delivery.message.places());
+            // QoS 1 only up to a bound, which keeps the state small at
+            // high rates: beyond it one may come again (as QoS 1 allows).
+            let t = st.traffic();
+            if remember && (state == Awaiting::PubComp || t.done.len() < REMEMBERED) {
+                t.done.extend(done.delivery.message.places());
             }
             outbound::record_done(client, done.delivery, &mut changes);
         }

@@ -431,11 +431,21 @@ pub struct Handover {
     pub inbound_qos2: Vec<u16>,
     /// Where those messages are in the cluster's messages stream.
     pub inbound_kept: Vec<(u16, Kept)>,
-    pub entries: Vec<(QueueEntry, Vec<u8>)>,
-    /// The first place of its deferred messages, and the places at or
-    /// above it it had ([`crate::session::Moving`]).
+    pub entries: Vec<HandedEntry>,
+    /// Where it is in the messages stream ([`crate::session::Moving`]).
+    pub floor: u64,
     pub overflow: Option<u64>,
-    pub had: Vec<u64>,
+    pub done: Vec<u64>,
+}
+
+/// A delivery of a session moving: its queue entry (`message_id` unused),
+/// its message's record, and where the message is in the cluster's
+/// messages stream (its place, and its first if written twice; 0: none).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HandedEntry {
+    pub queued: QueueEntry,
+    pub message: Vec<u8>,
+    pub places: [u64; 2],
 }
 
 pub fn encode_handover(handover: &Handover) -> Vec<u8> {
@@ -447,15 +457,17 @@ pub fn encode_handover(handover: &Handover) -> Vec<u8> {
     put_inbound_kept(&mut w, &handover.inbound_kept);
     w.put_u32(handover.entries.len() as u32);
     let mut entry = BytesMut::new();
-    for (queued, message) in &handover.entries {
-        write_queue_entry(queued, &mut entry);
+    for handed in &handover.entries {
+        write_queue_entry(&handed.queued, &mut entry);
         put_bytes(&mut w, &entry);
-        put_bytes(&mut w, message);
+        put_bytes(&mut w, &handed.message);
+        handed.places.iter().for_each(|place| w.put_u64(*place));
     }
+    w.put_u64(handover.floor);
     // A stream's places start at 1: 0 is none.
     w.put_u64(handover.overflow.unwrap_or(0));
-    w.put_u32(handover.had.len() as u32);
-    handover.had.iter().for_each(|place| w.put_u64(*place));
+    w.put_u32(handover.done.len() as u32);
+    handover.done.iter().for_each(|place| w.put_u64(*place));
     w
 }
 
@@ -470,10 +482,17 @@ pub fn decode_handover(record: &[u8]) -> Result<Handover, RecordError> {
         .collect::<Result<Vec<_>, _>>()?;
     let inbound_kept = read_inbound_kept(&mut r)?;
     let entries = (0..r.u32()?)
-        .map(|_| Ok((decode_queue_entry(r.bytes()?)?, r.bytes()?.to_vec())))
+        .map(|_| {
+            Ok(HandedEntry {
+                queued: decode_queue_entry(r.bytes()?)?,
+                message: r.bytes()?.to_vec(),
+                places: [r.u64()?, r.u64()?],
+            })
+        })
         .collect::<Result<Vec<_>, RecordError>>()?;
+    let floor = r.u64()?;
     let overflow = Some(r.u64()?).filter(|&place| place != 0);
-    let had = (0..r.u32()?)
+    let done = (0..r.u32()?)
         .map(|_| r.u64())
         .collect::<Result<Vec<_>, _>>()?;
     r.end()?;
@@ -482,8 +501,9 @@ pub fn decode_handover(record: &[u8]) -> Result<Handover, RecordError> {
         inbound_qos2,
         inbound_kept,
         entries,
+        floor,
         overflow,
-        had,
+        done,
     })
 }
 
@@ -889,29 +909,32 @@ mod tests {
             inbound_qos2: vec![7, 9],
             inbound_kept: vec![(7, Kept::Stored(40)), (9, Kept::Writing("n1:s3".into()))],
             entries: vec![
-                (
-                    QueueEntry {
+                HandedEntry {
+                    queued: QueueEntry {
                         message_id: 0,
                         qos: QoS::ExactlyOnce,
                         retain: false,
                         subscription_ids: vec![2],
                         sent: Some((NonZeroU16::MIN, Awaiting::PubComp)),
                     },
-                    encode_message(&message(None, Some("p")), &clock),
-                ),
-                (
-                    QueueEntry {
+                    message: encode_message(&message(None, Some("p")), &clock),
+                    places: [12, 0],
+                },
+                HandedEntry {
+                    queued: QueueEntry {
                         message_id: 0,
                         qos: QoS::AtLeastOnce,
                         retain: true,
                         subscription_ids: vec![],
                         sent: None,
                     },
-                    encode_message(&message(None, None), &clock),
-                ),
+                    message: encode_message(&message(None, None), &clock),
+                    places: [15, 9],
+                },
             ],
+            floor: 30,
             overflow: Some(41),
-            had: vec![44, 46],
+            done: vec![44, 46],
         };
         let record = encode_handover(&handover);
         assert_eq!(decode_handover(&record).unwrap(), handover);
