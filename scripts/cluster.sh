@@ -238,6 +238,14 @@ pid_of() {
     printf '%s\n' "$pid"
 }
 
+# Whether the process just started as $1 is alive. Not `pid_of`: until
+# the forked shell has exec'd it, its command line is still this script's.
+started() {
+    local file
+    file=$(pid_file "$1")
+    [ -f "$file" ] && kill -0 "$(<"$file")" 2>/dev/null
+}
+
 # Starts `$2...` in the background as process $1, output to its log (the
 # previous run's log is kept as NAME.log.prev).
 start_proc() {
@@ -388,7 +396,7 @@ wait_for() {
         if out=$("$@" 2>&1); then
             return 0
         fi
-        if ! pid_of "$name" >/dev/null; then
+        if ! started "$name"; then
             err "$name exited while starting (waiting for $what)"
             log_tail "$name"
             return 1

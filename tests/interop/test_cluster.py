@@ -490,11 +490,6 @@ def crash(what: str, sub_at, pub_at, spacing: tuple[float, float], kill_one, qos
     return lost, twice
 
 
-@pytest.mark.skipif(
-    not os.environ.get("TERN_INTEROP_CLUSTER_KILLS"),
-    reason="not in CI yet: still loses messages now and then (1,603 in a row in 1 of 6 "
-    "twenty-kill runs; docs/cluster.md, Crash tests); set TERN_INTEROP_CLUSTER_KILLS to run it",
-)
 def test_qos2_is_exactly_once_at_paho_over_nats_server_kills(cluster):
     """The crash test for NATS servers: publisher on node2, subscriber on
     node1; a random nats-server SIGKILLed and started again

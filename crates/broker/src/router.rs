@@ -137,6 +137,15 @@ pub fn publish_remote(state: &BrokerState, message: Arc<Message>, scope: Scope) 
     route(state, &message, scope, Group::default())
 }
 
+/// Whether a non-shared subscription here matches `topic`.
+pub fn has_subscriber(state: &BrokerState, topic: &str) -> bool {
+    let mut found = false;
+    state.tree().for_each_match(topic, |matched| {
+        found |= matches!(matched, Matched::Subscriber { .. });
+    });
+    found
+}
+
 /// Adds a session's subscription to the tree (`filter` without
 /// `$share/group/`, `group` its share group). Returns whether the session
 /// already had it (replaced), and the fabric's ticket for it (0: nothing

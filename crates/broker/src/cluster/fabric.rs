@@ -1,7 +1,7 @@
 //! The routing seam over NATS ([`NatsFabric`]): messages out, interest as
 //! NATS subscriptions, and what arrives routed to this node's sessions.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -311,7 +311,7 @@ pub(super) struct Recent {
     sightings: u64,
     /// Places of stored messages routed here (live copies, and this node's
     /// own) above `followed`.
-    live: HashSet<u64>,
+    live: BTreeSet<u64>,
     /// The follower has decided on every stored message up to this place
     /// (at first, the stream's end when this node joined).
     followed: u64,
@@ -360,8 +360,9 @@ impl Recent {
     /// it).
     pub(super) fn passed(&mut self, place: u64) {
         self.followed = self.followed.max(place);
-        // A live copy that came after `follow`.
-        self.live.remove(&place);
+        // A live copy that came after `follow`, or of one not followed
+        // here (its subscription went meanwhile).
+        self.live = self.live.split_off(&(self.followed + 1));
     }
 
     /// Below this place every stored message was routed here (or was

@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::message::StreamMessage;
 use async_nats::jetstream::{self, consumer};
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -45,8 +45,8 @@ use crate::store::records::{self, Clock};
 
 use super::fabric::Recent;
 use super::publisher::round_trip;
-use super::storage;
 use super::{issued_by, note_first_place, tern_id};
+use super::{storage, subject};
 
 /// How long a stored message's live copy has to arrive, from when the
 /// stream gave the message here, before the node routes it from the stream.
@@ -99,11 +99,46 @@ pub(super) struct Follower {
 struct Place {
     next: u64,
     waiting: VecDeque<Waiting>,
+    /// The last one passed at once (not for this node), nothing waiting.
+    passed: Option<u64>,
     routed: usize,
     told: Instant,
 }
 
 impl Place {
+    /// Takes what the consumer gave, arrived `at`: a message that a
+    /// subscription here matches now waits for its live copy (one stored
+    /// before it was made is not its: NATS sent no live copy, and none is
+    /// owed), others are passed; or why the consumer must be made again.
+    fn take(
+        &mut self,
+        item: Option<Result<jetstream::Message, consumer::pull::OrderedError>>,
+        at: Instant,
+        cluster: &str,
+        state: &BrokerState,
+    ) -> Result<(), String> {
+        let message = match item {
+            Some(Ok(message)) => message,
+            Some(Err(e)) => return Err(e.to_string()),
+            None => return Err("the consumer ended".to_owned()),
+        };
+        let place = message.info().map_err(|e| e.to_string())?.stream_sequence;
+        self.next = place + 1;
+        let wanted = subject::kept_topic(cluster, "s", message.subject.as_str())
+            .is_some_and(|topic| router::has_subscriber(state, &topic));
+        if wanted || !self.waiting.is_empty() {
+            self.waiting.push_back(Waiting {
+                at,
+                place,
+                wanted,
+                message: message.message,
+            });
+        } else {
+            self.passed = Some(place);
+        }
+        Ok(())
+    }
+
     /// Logs how many it routed, at most once a second, and once all it
     /// read is decided on.
     fn tell(&mut self) {
@@ -119,10 +154,12 @@ impl Place {
     }
 }
 
-/// A stored message the stream gave here, waiting for its live copy.
+/// A stored message the stream gave here, waiting for its live copy (or,
+/// not `wanted` here, only for those before it to be decided on).
 struct Waiting {
     at: Instant,
     place: u64,
+    wanted: bool,
     message: async_nats::Message,
 }
 
@@ -138,6 +175,7 @@ impl Follower {
         let mut place = Place {
             next: from + 1,
             waiting: VecDeque::new(),
+            passed: None,
             routed: 0,
             told: Instant::now(),
         };
@@ -201,21 +239,20 @@ impl Follower {
                 }
                 item = messages.next() => {
                     heard = Instant::now();
-                    let error = match item {
-                        Some(Ok(message)) => match message.info() {
-                            Ok(info) => {
-                                let at = info.stream_sequence;
-                                place.next = at + 1;
-                                place.waiting.push_back(Waiting { at: heard, place: at, message: message.message });
-                                continue;
-                            }
-                            Err(e) => e.to_string(),
-                        },
-                        Some(Err(e)) => e.to_string(),
-                        None => "the consumer ended".to_owned(),
-                    };
-                    crate::throttled!(info, "cluster stream read", error = %error, "cluster: following the messages stream failed; starting again");
-                    return true;
+                    let Some(state) = state.upgrade() else { return false };
+                    // With those already here, without going round the
+                    // select for each.
+                    let mut item = Some(item);
+                    while let Some(next) = item {
+                        if let Err(error) = place.take(next, heard, &self.cluster, &state) {
+                            crate::throttled!(info, "cluster stream read", error = %error, "cluster: following the messages stream failed; starting again");
+                            return true;
+                        }
+                        item = messages.next().now_or_never();
+                    }
+                    if let Some(passed) = place.passed.take() {
+                        self.recent.lock().passed(passed);
+                    }
                 }
             }
         }
@@ -266,7 +303,8 @@ impl Follower {
             }
             // Probes and this node's own messages are never routed from
             // here; nor is one without an id, which no node wrote.
-            let id = tern_id(&front.message).filter(|_| front.message.subject.as_str() != probe);
+            let id = tern_id(&front.message)
+                .filter(|_| front.wanted && front.message.subject.as_str() != probe);
             let own = id.is_some_and(|id| issued_by(id, &self.origin));
             let route = {
                 let mut recent = self.recent.lock();

@@ -34,6 +34,28 @@ pub fn kept_subject(cluster: &str, area: &str, topic: &str) -> String {
     format!("{cluster}.{area}.{rest}")
 }
 
+/// The topic of a message a stream keeps under `subject` in `area`
+/// ([`kept_subject`]); `None` if the subject is not one.
+pub fn kept_topic(cluster: &str, area: &str, subject: &str) -> Option<String> {
+    let rest = subject
+        .strip_prefix(cluster)?
+        .strip_prefix('.')?
+        .strip_prefix(area)?
+        .strip_prefix('.')?;
+    let (kind, levels) = rest.split_once('.')?;
+    if kind != "m" && kind != "d" {
+        return None;
+    }
+    let mut topic = String::with_capacity(levels.len());
+    for (i, token) in levels.split('.').enumerate() {
+        if i > 0 {
+            topic.push('/');
+        }
+        unescape_level(token, &mut topic)?;
+    }
+    Some(topic)
+}
+
 /// The subjects whose messages a subscription to `filter` (without
 /// `$share/…`) needs: one, or two for a filter ending in `#`, which also
 /// matches its parent level (`a/#` matches `a`) while NATS's `>` needs at
@@ -97,6 +119,23 @@ pub fn token(key: &str) -> String {
 
 /// The longest token written out in full.
 const TOKEN: usize = 256;
+
+/// What [`escape_level`] wrote, back; `None` if it is not that.
+fn unescape_level(token: &str, out: &mut String) -> Option<()> {
+    if token == "~" {
+        return Some(());
+    }
+    let mut chars = token.chars();
+    while let Some(c) = chars.next() {
+        if c == '~' {
+            let hex: String = chars.by_ref().take(2).collect();
+            out.push(char::from(u8::from_str_radix(&hex, 16).ok()?));
+        } else {
+            out.push(c);
+        }
+    }
+    Some(())
+}
 
 fn escape_level(level: &str, out: &mut String) {
     if level.is_empty() {
@@ -192,6 +231,17 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_kept_subject_gives_its_topic_back() {
+        for topic in TOPICS {
+            let subject = kept_subject("t", "s", topic);
+            assert_eq!(kept_topic("t", "s", &subject).as_deref(), Some(*topic));
+        }
+        assert_eq!(kept_topic("t", "s", "t.s.p"), None, "a probe");
+        assert_eq!(kept_topic("t", "s", "u.s.m.a"), None, "another cluster");
+        assert_eq!(kept_topic("t", "s", "t.s.m.a~Z"), None, "not an escape");
     }
 
     #[test]
