@@ -256,14 +256,19 @@ impl Traffic {
         self.overflow = Some(self.overflow.map_or(place, |o| o.min(place)));
     }
 
+    /// Its deliveries queued or in flight.
+    fn queued(&self) -> impl Iterator<Item = &Delivery> {
+        self.pending
+            .iter()
+            .chain(self.inflight.iter().map(|i| &i.delivery))
+    }
+
     /// Whether the stored message at `place` is queued, in flight or
     /// completed here.
     fn has(&self, place: u64) -> bool {
         self.done.contains(&place)
             || self
-                .pending
-                .iter()
-                .chain(self.inflight.iter().map(|i| &i.delivery))
+                .queued()
                 .any(|d| d.message.places().any(|p| p == place))
     }
 }
@@ -536,9 +541,7 @@ impl SessionState {
         t.floor = t.floor.max(floor);
         t.done.extend(done);
         let newest = t
-            .pending
-            .iter()
-            .chain(t.inflight.iter().map(|i| &i.delivery))
+            .queued()
             .flat_map(|d| d.message.places())
             .chain(t.done.iter().copied())
             .max();
@@ -555,9 +558,7 @@ impl SessionState {
     pub fn recovering(&mut self, done: &[u64]) {
         let t = self.traffic();
         let places = t
-            .pending
-            .iter()
-            .chain(t.inflight.iter().map(|i| &i.delivery))
+            .queued()
             .flat_map(|d| d.message.places())
             .chain(done.iter().copied())
             .collect();
@@ -601,9 +602,7 @@ impl SessionState {
             watermark
         };
         let cursor = t
-            .pending
-            .iter()
-            .chain(t.inflight.iter().map(|i| &i.delivery))
+            .queued()
             .filter_map(|d| d.message.place.get().copied())
             .chain(t.overflow)
             .fold(watermark, u64::min)

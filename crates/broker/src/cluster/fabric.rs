@@ -362,7 +362,9 @@ impl Recent {
         self.followed = self.followed.max(place);
         // A live copy that came after `follow`, or of one not followed
         // here (its subscription went meanwhile).
-        self.live = self.live.split_off(&(self.followed + 1));
+        while self.live.first().is_some_and(|&p| p <= self.followed) {
+            self.live.pop_first();
+        }
     }
 
     /// Below this place every stored message was routed here (or was

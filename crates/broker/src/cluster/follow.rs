@@ -73,13 +73,6 @@ const TICK: Duration = Duration::from_millis(100);
 /// How long the follower waits before it tries again to read the stream.
 const RETRY: Duration = Duration::from_millis(250);
 
-/// The NATS link of this node, as its client reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Link {
-    Down,
-    Up,
-}
-
 /// The task (see the module docs).
 pub(super) struct Follower {
     pub(super) jetstream: jetstream::Context,
@@ -168,7 +161,7 @@ impl Follower {
     pub(super) async fn run(
         self,
         from: u64,
-        mut links: mpsc::UnboundedReceiver<Link>,
+        mut reconnects: mpsc::UnboundedReceiver<()>,
         state: Weak<BrokerState>,
         stop: CancellationToken,
     ) {
@@ -180,10 +173,10 @@ impl Follower {
             told: Instant::now(),
         };
         loop {
-            match self.open(place.next).await {
+            match ordered(&self.jetstream, &self.cluster, place.next).await {
                 Ok(messages) => {
                     if !self
-                        .follow(messages, &mut place, &mut links, &state, &stop)
+                        .follow(messages, &mut place, &mut reconnects, &state, &stop)
                         .await
                     {
                         return;
@@ -206,7 +199,7 @@ impl Follower {
         &self,
         mut messages: consumer::pull::Ordered,
         place: &mut Place,
-        links: &mut mpsc::UnboundedReceiver<Link>,
+        reconnects: &mut mpsc::UnboundedReceiver<()>,
         state: &Weak<BrokerState>,
         stop: &CancellationToken,
     ) -> bool {
@@ -219,22 +212,18 @@ impl Follower {
         loop {
             tokio::select! {
                 () = stop.cancelled() => return false,
-                link = links.recv() => match link {
-                    // A new connection: a new consumer from where it was.
-                    Some(Link::Up) => return true,
-                    Some(Link::Down) => {}
-                    None => return false,
-                },
+                // A new connection: a new consumer from where it was.
+                reconnected = reconnects.recv() => return reconnected.is_some(),
                 _ = tick.tick(), if !place.waiting.is_empty() => {
                     let Some(state) = state.upgrade() else { return false };
                     place.routed += self.decide(&mut place.waiting, &state);
                     place.tell();
                 }
                 () = &mut stall => {
-                    if heard.elapsed() >= STALL && self.behind(place.next).await {
+                    let quiet = heard.elapsed() >= STALL;
+                    if quiet && self.behind(place.next).await {
                         return true;
                     }
-                    let quiet = heard.elapsed() >= STALL;
                     stall.as_mut().reset(if quiet { Instant::now() } else { heard } + STALL);
                 }
                 item = messages.next() => {
@@ -258,31 +247,11 @@ impl Follower {
         }
     }
 
-    /// An ordered consumer of every stored message from place `start`.
-    async fn open(&self, start: u64) -> Result<consumer::pull::Ordered, async_nats::Error> {
-        let stream = self
-            .jetstream
-            .get_stream(format!("{}-messages", self.cluster))
-            .await?;
-        let config = consumer::pull::OrderedConfig {
-            filter_subject: format!("{}.s.>", self.cluster),
-            deliver_policy: consumer::DeliverPolicy::ByStartSequence {
-                start_sequence: start,
-            },
-            ..Default::default()
-        };
-        Ok(stream.create_consumer(config).await?.messages().await?)
-    }
-
     /// Whether the stream holds messages from place `next` on that the
     /// consumer has not given (it is stuck: start it again).
     async fn behind(&self, next: u64) -> bool {
         let ask = async {
-            let mut stream = self
-                .jetstream
-                .get_stream(format!("{}-messages", self.cluster))
-                .await
-                .ok()?;
+            let mut stream = messages_stream(&self.jetstream, &self.cluster).await.ok()?;
             Some(stream.info().await.ok()?.state.last_sequence)
         };
         matches!(tokio::time::timeout(STALL, ask).await, Ok(Some(last)) if last >= next)
@@ -311,17 +280,24 @@ impl Follower {
                 if own && !recent.routed_here(front.place) && now < front.at + self.own_patience {
                     break;
                 }
-                recent.follow(front.place, id.filter(|_| !own))
+                let route = recent.follow(front.place, id.filter(|_| !own));
+                if !route {
+                    recent.passed(front.place);
+                }
+                route
             };
             let Some(entry) = waiting.pop_front() else {
                 break;
             };
-            if route
-                && let Some(stored) = decode(&entry.message, entry.place)
+            if !route {
+                continue;
+            }
+            if let Some(stored) = decode(&entry.message, entry.place)
                 && router::publish_remote(state, stored, Scope::Direct).matched > 0
             {
                 routed += 1;
             }
+            // Only now may a session's cursor pass it.
             self.recent.lock().passed(entry.place);
         }
         routed
@@ -352,10 +328,7 @@ pub(super) async fn fetch(
     cluster: &str,
     place: u64,
 ) -> Option<(Arc<Message>, StreamMessage)> {
-    let stream = jetstream
-        .get_stream(format!("{cluster}-messages"))
-        .await
-        .ok()?;
+    let stream = messages_stream(jetstream, cluster).await.ok()?;
     let stored = stream.get_raw_message(place).await.ok()?;
     match records::decode_message(&stored.payload, &Clock::now()) {
         Ok(Some(message)) => {
@@ -403,6 +376,40 @@ pub(super) async fn read_stored(
     }
 }
 
+/// The cluster's messages stream.
+async fn messages_stream(
+    jetstream: &jetstream::Context,
+    cluster: &str,
+) -> Result<jetstream::stream::Stream, async_nats::Error> {
+    Ok(jetstream.get_stream(format!("{cluster}-messages")).await?)
+}
+
+/// An ordered consumer of every stored message from place `start`.
+async fn ordered(
+    jetstream: &jetstream::Context,
+    cluster: &str,
+    start: u64,
+) -> Result<consumer::pull::Ordered, async_nats::Error> {
+    let stream = messages_stream(jetstream, cluster).await?;
+    ordered_on(&stream, cluster, start).await
+}
+
+/// [`ordered`], on the stream at hand.
+async fn ordered_on(
+    stream: &jetstream::stream::Stream,
+    cluster: &str,
+    start: u64,
+) -> Result<consumer::pull::Ordered, async_nats::Error> {
+    let config = consumer::pull::OrderedConfig {
+        filter_subject: format!("{cluster}.s.>"),
+        deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+            start_sequence: start,
+        },
+        ..Default::default()
+    };
+    Ok(stream.create_consumer(config).await?.messages().await?)
+}
+
 /// What a [`read_stored`] did with a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Step {
@@ -430,7 +437,7 @@ impl Reading {
         cluster: &str,
         each: &mut impl FnMut(&async_nats::Message, u64) -> Step,
     ) -> Result<(), async_nats::Error> {
-        let mut stream = jetstream.get_stream(format!("{cluster}-messages")).await?;
+        let mut stream = messages_stream(jetstream, cluster).await?;
         let end = match self.end {
             Some(end) => end,
             None => *self.end.insert(stream.info().await?.state.last_sequence),
@@ -438,14 +445,7 @@ impl Reading {
         if end < self.next && self.overlap.is_none() {
             self.overlap = Some(tokio::time::Instant::now() + OVERLAP);
         }
-        let config = consumer::pull::OrderedConfig {
-            filter_subject: format!("{cluster}.s.>"),
-            deliver_policy: consumer::DeliverPolicy::ByStartSequence {
-                start_sequence: self.next,
-            },
-            ..Default::default()
-        };
-        let mut messages = stream.create_consumer(config).await?.messages().await?;
+        let mut messages = ordered_on(&stream, cluster, self.next).await?;
         let probe = storage::probe_subject(cluster);
         loop {
             let next = futures_util::StreamExt::next(&mut messages);

@@ -13,7 +13,6 @@ use tokio::sync::mpsc;
 
 use crate::config::ClusterConfig;
 
-use super::follow::Link;
 use super::ownership::claims_subject;
 use super::stats::stats_subject;
 use super::{Cluster, handover, retained, storage};
@@ -66,18 +65,13 @@ pub async fn join(config: &ClusterConfig) -> Result<Cluster, ClusterError> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| unreachable(e.to_string()))?;
     let node = config.node_name();
-    let (link, links) = mpsc::unbounded_channel();
+    let (reconnected, reconnects) = mpsc::unbounded_channel();
     let mut options = async_nats::ConnectOptions::new()
         .event_callback(move |event| {
-            let link = link.clone();
+            let reconnected = reconnected.clone();
             async move {
-                let changed = match event {
-                    async_nats::Event::Disconnected => Some(Link::Down),
-                    async_nats::Event::Connected => Some(Link::Up),
-                    _ => None,
-                };
-                if let Some(changed) = changed {
-                    let _ = link.send(changed);
+                if matches!(event, async_nats::Event::Connected) {
+                    let _ = reconnected.send(());
                 }
                 log_event(event);
             }
@@ -201,7 +195,7 @@ pub async fn join(config: &ClusterConfig) -> Result<Cluster, ClusterError> {
         name: config.name.clone(),
         node,
         write_timeout: Duration::from_secs(config.write_timeout_secs),
-        links,
+        reconnects,
         stream_end,
     })
 }

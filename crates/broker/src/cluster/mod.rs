@@ -25,13 +25,14 @@
 //!   on a majority of NATS servers before they are routed and acknowledged;
 //!   `follow`: every node follows that stream a moment behind, and routes
 //!   the stored messages whose live copies did not arrive;
+//!   `mirror`: each persistent session's state and position in that stream,
+//!   kept in NATS, from which another node takes it over if its node dies;
 //! - [`retained`]: retained messages in a JetStream stream every node
 //!   follows; [`stats`]: `$SYS/cluster/…` totals.
 //!
-//! Delivery between nodes is live (at most once, NATS core), and a session
-//! lives on one node at a time; keeping each session's position in the
-//! messages stream and its state in NATS, to survive the loss of a node,
-//! comes with the next steps.
+//! A session lives on one node at a time. QoS 0 messages travel between
+//! nodes live only (at most once, NATS core); QoS 1/2 messages live and
+//! through the messages stream.
 
 mod fabric;
 mod follow;
@@ -69,7 +70,7 @@ use self::wills::Keep;
 
 pub use self::fabric::NatsFabric;
 use self::fabric::{Interest, Recent};
-use self::follow::{Follower, Link};
+use self::follow::Follower;
 pub use self::join::{ClusterError, join};
 use self::mirror::{Keeper, Mirrors};
 pub use self::ownership::NatsOwnership;
@@ -171,8 +172,9 @@ pub struct Cluster {
     node: String,
     /// How long a QoS 1/2 message may wait to be stored.
     write_timeout: Duration,
-    /// The NATS link going down and up, from its client's events.
-    links: mpsc::UnboundedReceiver<Link>,
+    /// A signal each time the NATS link is (re)established, from its
+    /// client's events.
+    reconnects: mpsc::UnboundedReceiver<()>,
     /// The place of the messages stream's last message at join.
     stream_end: u64,
 }
@@ -269,7 +271,7 @@ impl Cluster {
             storage,
             follower,
             stream_end: self.stream_end,
-            links: self.links,
+            reconnects: self.reconnects,
             keeper,
             recent,
             client: self.client,
@@ -301,8 +303,8 @@ pub struct Routing {
     follower: Follower,
     /// The place of the messages stream's last message at join.
     stream_end: u64,
-    /// The NATS link going down and up.
-    links: mpsc::UnboundedReceiver<Link>,
+    /// A signal each time the NATS link is (re)established.
+    reconnects: mpsc::UnboundedReceiver<()>,
     /// Keeps the persistent sessions' state in NATS.
     keeper: Keeper,
     /// The ids of the messages routed here lately.
@@ -353,7 +355,7 @@ impl Routing {
             storage,
             follower,
             stream_end,
-            links,
+            reconnects,
             keeper,
             recent,
             client,
@@ -388,7 +390,7 @@ impl Routing {
         tasks.spawn(watch_claims(claims, origin, weak.clone(), shutdown.clone()));
         tasks.spawn(watch_stats(stats, peers, shutdown.clone()));
         tasks.spawn(storage.run(weak.clone(), shutdown.clone()));
-        tasks.spawn(follower.run(stream_end, links, weak.clone(), shutdown.clone()));
+        tasks.spawn(follower.run(stream_end, reconnects, weak.clone(), shutdown.clone()));
         tasks.spawn(keeper.run(weak.clone(), shutdown.clone()));
         let _ = directory.state.set(weak.clone());
         tasks.spawn(directory.clone().forget_moved());

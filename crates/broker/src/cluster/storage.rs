@@ -450,9 +450,8 @@ impl Storage {
         }
         let seen = {
             let mut recent = self.recent.lock();
-            recent.arrived(sequence);
-            if let Some(first) = first {
-                recent.arrived(first);
+            for place in message.places() {
+                recent.arrived(place);
             }
             // Written under another node's id (`Storage::intend`): this node
             // may have routed it already (read from the stream, or live
