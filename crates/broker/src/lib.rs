@@ -80,6 +80,19 @@ pub mod testing {
     pub use crate::listener::tls::common_name;
     pub use crate::metrics::Metrics;
     pub use crate::state::BrokerState;
+    pub use crate::store::crash_point::CrashPoint;
     pub use crate::store::records::{Kept, decode_mirror};
     pub use crate::topic_tree::{Matched, TopicTree};
+
+    use std::sync::Arc;
+
+    /// Starts a single node whose store loses every change after `crash`'s
+    /// point (see `store::crash_point`).
+    pub async fn start_crashing(
+        config: crate::Config,
+        crash: Arc<CrashPoint>,
+    ) -> Result<crate::BrokerHandle, crate::StartError> {
+        let seams = crate::seams::Seams::single_node();
+        crate::Broker::start_crashing(config, seams, Some(crash)).await
+    }
 }

@@ -27,6 +27,7 @@ use crate::retained::{LocalRetained, RetainedMessages};
 use crate::router;
 use crate::seams::Seams;
 use crate::state::BrokerState;
+use crate::store::crash_point::CrashPoint;
 use crate::store::{Store, StoreError};
 use crate::sys;
 
@@ -107,9 +108,16 @@ impl Broker {
     /// process and of session ownership given (see [`crate::seams`]).
     /// With a `[cluster]` section, the cluster's routing and ownership
     /// replace `seams`.
-    pub async fn start_with(
+    pub async fn start_with(config: Config, seams: Seams) -> Result<BrokerHandle, StartError> {
+        Broker::start_crashing(config, seams, None).await
+    }
+
+    /// [`Broker::start_with`]; with a crash point (tests), the store loses
+    /// the changes after it (see `store::crash_point`).
+    pub(crate) async fn start_crashing(
         mut config: Config,
         mut seams: Seams,
+        crash: Option<Arc<CrashPoint>>,
     ) -> Result<BrokerHandle, StartError> {
         // From here on `config.listeners[ConnInfo::listener]` is always there.
         config.listeners = config.effective_listeners();
@@ -126,7 +134,8 @@ impl Broker {
             None => None,
         };
         let (store, recovered) = if config.persistence {
-            let (store, recovered) = Store::open(&config.data_dir, config.durability)?;
+            let (store, recovered) =
+                Store::open_crashing(&config.data_dir, config.durability, crash)?;
             (Some(store), Some(recovered))
         } else {
             (None, None)

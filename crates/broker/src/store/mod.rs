@@ -21,6 +21,7 @@
 //! clean session 0) and retained messages are stored, and of deliveries only
 //! QoS 1 and 2: QoS 0 promises nothing to survive.
 
+pub mod crash_point;
 pub mod engine;
 pub mod records;
 pub mod salvage;
@@ -35,6 +36,7 @@ use bytes::BytesMut;
 use tern_codec::ByteStr;
 use tokio::sync::watch;
 
+use self::crash_point::{CrashPoint, Crashing};
 use self::engine::Engine;
 pub use self::engine::Op;
 pub use self::engine::{Durability, Recovered, StoreError};
@@ -107,7 +109,21 @@ pub struct Store {
 impl Store {
     /// Opens the data directory and reads what it holds.
     pub fn open(dir: &Path, durability: Durability) -> Result<(Arc<Store>, Recovered), StoreError> {
+        Store::open_crashing(dir, durability, None)
+    }
+
+    /// [`Store::open`]; with a crash point (tests), the changes after it
+    /// are lost (see [`crash_point`]).
+    pub fn open_crashing(
+        dir: &Path,
+        durability: Durability,
+        crash: Option<Arc<CrashPoint>>,
+    ) -> Result<(Arc<Store>, Recovered), StoreError> {
         let (engine, recovered) = Engine::open(dir, durability)?;
+        let engine: Arc<dyn Backend> = match crash {
+            Some(point) => Arc::new(Crashing { engine, point }),
+            None => engine,
+        };
         Ok((Store::with_backend(engine, &recovered), recovered))
     }
 
