@@ -166,6 +166,67 @@ pub struct Config {
     /// Joins a cluster of Tern nodes over NATS (see docs/cluster.md). Default
     /// none: a single node, which never contacts NATS.
     pub cluster: Option<ClusterConfig>,
+    /// The HTTP listener: Prometheus metrics, health checks, the admin API
+    /// (see docs/operations.md). Default none: no HTTP listener.
+    pub http: Option<HttpConfig>,
+}
+
+/// The `[http]` section: where the HTTP listener listens and who may use it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address to listen on. Default 127.0.0.1:8083: this machine only,
+    /// until set otherwise.
+    #[serde(default = "default_http_bind", deserialize_with = "socket_addr")]
+    pub bind: SocketAddr,
+    /// API tokens: a request with `Authorization: Bearer TOKEN` for one of
+    /// them is let in. At least 16 characters each. Default none.
+    #[serde(default)]
+    pub tokens: Vec<String>,
+    /// Users of `password_file` who may use the HTTP API with their MQTT
+    /// password (`Authorization: Basic`): the admin role. Default none.
+    #[serde(default)]
+    pub admin_users: Vec<String>,
+    /// TLS: the certificate chain and private key (PEM) to serve HTTPS with,
+    /// as for an MQTT listener. Default none: plain HTTP.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+}
+
+fn default_http_bind() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8083))
+}
+
+impl HttpConfig {
+    /// An HTTP listener on `bind` with no credentials (only the health
+    /// checks answer).
+    pub fn on(bind: SocketAddr) -> HttpConfig {
+        HttpConfig {
+            bind,
+            tokens: Vec::new(),
+            admin_users: Vec::new(),
+            cert_file: None,
+            key_file: None,
+        }
+    }
+
+    fn validate(&self, password_file: bool) -> Result<(), ConfigError> {
+        let invalid = |what: &str| Err(ConfigError::Invalid(format!("[http]: {what}")));
+        if self.tokens.iter().any(|t| t.len() < 16) {
+            return invalid(
+                "each of tokens must be at least 16 characters (e.g. `openssl rand -hex 24`)",
+            );
+        }
+        if !self.admin_users.is_empty() && !password_file {
+            return invalid("admin_users need password_file: their passwords are checked there");
+        }
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            return invalid("cert_file and key_file go together");
+        }
+        Ok(())
+    }
 }
 
 /// The `[cluster]` section: how this node reaches NATS and which cluster it
@@ -458,6 +519,7 @@ impl Default for Config {
             max_retained_messages_per_user: 0,
             max_retained_bytes_per_user: 0,
             cluster: None,
+            http: None,
             max_topic_levels: 0,
             max_publish_rate: 0,
             max_connection_rate: 0,
@@ -560,6 +622,10 @@ impl Config {
         if let Some(cluster) = &mut self.cluster {
             cluster.ca_file.iter_mut().for_each(resolve);
         }
+        if let Some(http) = &mut self.http {
+            http.cert_file.iter_mut().for_each(resolve);
+            http.key_file.iter_mut().for_each(resolve);
+        }
     }
 
     /// The listeners to open: `listeners`, or one TCP listener on `bind`.
@@ -586,6 +652,9 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if let Some(cluster) = &self.cluster {
             cluster.validate()?;
+        }
+        if let Some(http) = &self.http {
+            http.validate(self.password_file.is_some())?;
         }
         if self.maximum_qos > 2 {
             return Err(ConfigError::Invalid("maximum_qos must be 0, 1 or 2".into()));
@@ -903,6 +972,17 @@ mod tests {
             .map(|l| format!("{l}\n"))
             .collect();
         assert_eq!(Config::from_toml(&uncommented).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn the_http_section_is_checked() {
+        let http = Config::from_toml("[http]").unwrap().http.unwrap();
+        assert_eq!(http.bind, "127.0.0.1:8083".parse().unwrap());
+        let err = |text: &str| Config::from_toml(text).unwrap_err().to_string();
+        assert!(err("[http]\ntokens = [\"short\"]").contains("16 characters"));
+        assert!(err("[http]\nadmin_users = [\"a\"]").contains("password_file"));
+        assert!(err("[http]\ncert_file = \"c\"").contains("go together"));
+        assert!(err("[http]\nport = 1").contains("unknown key"));
     }
 
     #[test]

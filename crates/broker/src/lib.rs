@@ -36,6 +36,7 @@ pub mod config;
 mod connection;
 mod error;
 mod handler;
+mod http;
 mod limits;
 mod listener;
 mod lock;
@@ -63,6 +64,7 @@ mod test_rng;
 pub use auth::{AuthError, password};
 pub use cluster::ClusterError;
 pub use config::{Config, ConfigError};
+pub use http::HttpError;
 pub use listener::{BindError, TlsError, TlsProblem};
 pub use message::Message;
 pub use server::{Broker, BrokerHandle, ReloadError, StartError};
@@ -85,6 +87,11 @@ pub mod testing {
     pub use crate::topic_tree::{Matched, TopicTree};
 
     use std::sync::Arc;
+
+    /// Every numeric `$SYS/broker/...` figure of `broker` now, by topic.
+    pub fn sys_figures(broker: &crate::BrokerHandle) -> Vec<(&'static str, u64)> {
+        crate::sys::figures(broker.state(), broker.parker())
+    }
 
     /// Starts a single node whose store loses every change after `crash`'s
     /// point (see `store::crash_point`).

@@ -253,6 +253,11 @@ impl Limits {
         Ok(())
     }
 
+    /// Live connections on each listener, indexed like `config.listeners`.
+    pub fn connections_per_listener(&self) -> impl Iterator<Item = usize> + '_ {
+        self.per_listener.iter().map(|c| c.load(Ordering::Relaxed))
+    }
+
     /// Takes a connection slot on `listener` and in the total, or refuses
     /// with Quota exceeded (3.1.1: Server unavailable, by the encoder). The
     /// slot is held until [`Limits::release_connection`], when the

@@ -16,7 +16,7 @@ use tern_codec::{ByteStr, QoS, SubscriptionOptions};
 
 use crate::auth::{Identity, ReadCheck};
 use crate::message::{Delivery, Message};
-use crate::metrics::Metrics;
+use crate::metrics::{Dropped, Metrics};
 use crate::session::{NotQueued, Session};
 use crate::state::{BrokerState, Subscriber};
 use crate::store::Group;
@@ -225,7 +225,7 @@ fn route(state: &BrokerState, message: &Arc<Message>, scope: Scope, mut group: G
                 check: false,
                 ..chosen
             }),
-            None => Metrics::add(&state.metrics.publish_dropped, 1),
+            None => state.metrics.drop(Dropped::NoMember),
         }
     }
     for target in list {
@@ -493,11 +493,13 @@ pub fn deliver_retained(
 /// counts for `$SYS/broker/limits/queue/dropped`. The publisher is not told:
 /// its message went to every other matching session.
 fn dropped(state: &BrokerState, why: NotQueued) {
-    if matches!(why, NotQueued::Duplicate | NotQueued::Deferred) {
-        return;
-    }
-    Metrics::add(&state.metrics.publish_dropped, 1);
-    if why == NotQueued::QueueFull {
+    let why = match why {
+        NotQueued::Duplicate | NotQueued::Deferred => return,
+        NotQueued::Offline => Dropped::Offline,
+        NotQueued::QueueFull => Dropped::QueueFull,
+    };
+    state.metrics.drop(why);
+    if why == Dropped::QueueFull {
         Metrics::add(&state.limits.counters.queue_dropped, 1);
         crate::throttled!(
             warn,

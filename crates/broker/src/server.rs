@@ -20,6 +20,7 @@ use crate::auth::{AuthError, AuthState};
 use crate::cluster::{self, ClusterError};
 use crate::config::{Config, ConfigError};
 use crate::connection::park::Parker;
+use crate::http;
 use crate::listener::{self, BindError, ListenerSet, TlsError};
 use crate::message::Message;
 use crate::recover;
@@ -64,6 +65,9 @@ pub enum StartError {
         "cannot start the thread that holds idle connections: {reason}; check the limits on open files and threads (ulimit -n, ulimit -u)"
     )]
     Parker { reason: std::io::Error },
+    /// `[http]` is set and its certificate or address cannot be used.
+    #[error(transparent)]
+    Http(#[from] http::HttpError),
     /// `[cluster]` is set and this node could not join: NATS unreachable,
     /// too old, or without JetStream.
     #[error(transparent)]
@@ -91,6 +95,8 @@ pub struct Broker;
 
 /// A running broker.
 pub struct BrokerHandle {
+    /// The HTTP listener's bound address, if `[http]` is set.
+    http_addr: Option<SocketAddr>,
     listeners: ListenerSet,
     state: Arc<BrokerState>,
     parker: Arc<Parker>,
@@ -127,6 +133,11 @@ impl Broker {
         let auth = AuthState::new(&config)?;
         let prepared = listener::prepare(&config)?;
         let (sockets, listeners) = listener::bind(&config, prepared).await?;
+        let http = match &config.http {
+            Some(http) => Some(http::bind(http).await?),
+            None => None,
+        };
+        let http_addr = http.as_ref().and_then(http::Bound::local_addr);
         // NATS too, before the data directory: a node that cannot join its
         // cluster does not start at all.
         let cluster = match &config.cluster {
@@ -178,7 +189,11 @@ impl Broker {
         }
         sys::spawn(&state, &parker);
         listener::spawn(sockets, &state, &parker);
+        if let Some(http) = http {
+            http::spawn(http, &state, &parker);
+        }
         Ok(BrokerHandle {
+            http_addr,
             listeners,
             state,
             parker,
@@ -195,6 +210,11 @@ impl BrokerHandle {
     /// Every listener's bound address, in the order of `config.listeners`.
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.listeners.local_addrs().to_vec()
+    }
+
+    /// The HTTP listener's bound address (`[http]`), if there is one.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
     }
 
     /// Re-reads the certificate, key and CA files of every TLS and wss
@@ -241,6 +261,11 @@ impl BrokerHandle {
     #[doc(hidden)]
     pub fn state(&self) -> &Arc<BrokerState> {
         &self.state
+    }
+
+    /// The parker, for the crate's own tests (see `testing`).
+    pub(crate) fn parker(&self) -> &Arc<Parker> {
+        &self.parker
     }
 
     /// Starts draining this node of a cluster: it stops taking clients and

@@ -58,61 +58,37 @@ pub fn publish_all(state: &BrokerState, parker: &Parker) {
 
 /// The current values, by topic below `$SYS/broker/`.
 fn snapshot(state: &BrokerState, parker: &Parker) -> Vec<(&'static str, String)> {
+    let uptime = format!("{} seconds", state.started.elapsed().as_secs());
+    let figures = figures(state, parker).into_iter();
+    [("version", VERSION.to_string()), ("uptime", uptime)]
+        .into_iter()
+        .chain(figures.map(|(topic, value)| (topic, value.to_string())))
+        .collect()
+}
+
+/// Every numeric figure, by topic below `$SYS/broker/`: what `$SYS`
+/// publishes and `/metrics` exposes (`http::prometheus`), read once.
+pub fn figures(state: &BrokerState, parker: &Parker) -> Vec<(&'static str, u64)> {
     let m = &state.metrics;
-    let connected = Metrics::get(&m.clients_connected);
+    let get = Metrics::get;
+    let connected = get(&m.clients_connected);
     let total = state.sessions().len() as u64;
-    vec![
-        ("version", VERSION.to_string()),
-        (
-            "uptime",
-            format!("{} seconds", state.started.elapsed().as_secs()),
-        ),
-        ("clients/connected", connected.to_string()),
-        ("clients/active", connected.to_string()),
-        ("clients/total", total.to_string()),
-        ("clients/parked", parker.parked_count().to_string()),
-        (
-            "clients/disconnected",
-            total.saturating_sub(connected).to_string(),
-        ),
-        (
-            "clients/expired",
-            Metrics::get(&m.sessions_expired).to_string(),
-        ),
-        (
-            "messages/received",
-            Metrics::get(&m.packets_received).to_string(),
-        ),
-        ("messages/sent", Metrics::get(&m.packets_sent).to_string()),
-        (
-            "publish/messages/received",
-            Metrics::get(&m.publish_received).to_string(),
-        ),
-        (
-            "publish/messages/sent",
-            Metrics::get(&m.publish_sent).to_string(),
-        ),
-        (
-            "publish/messages/dropped",
-            Metrics::get(&m.publish_dropped).to_string(),
-        ),
-        (
-            "bytes/received",
-            Metrics::get(&m.bytes_received).to_string(),
-        ),
-        ("bytes/sent", Metrics::get(&m.bytes_sent).to_string()),
-        ("subscriptions/count", state.tree().len().to_string()),
-        (
-            "retained messages/count",
-            state.retained.count().to_string(),
-        ),
-    ]
-    .into_iter()
-    .chain(
-        state
-            .limits
-            .snapshot()
-            .map(|(topic, value)| (topic, value.to_string())),
-    )
-    .collect()
+    let own = [
+        ("clients/connected", connected),
+        ("clients/active", connected),
+        ("clients/total", total),
+        ("clients/parked", parker.parked_count() as u64),
+        ("clients/disconnected", total.saturating_sub(connected)),
+        ("clients/expired", get(&m.sessions_expired)),
+        ("messages/received", get(&m.packets_received)),
+        ("messages/sent", get(&m.packets_sent)),
+        ("publish/messages/received", m.received_total()),
+        ("publish/messages/sent", get(&m.publish_sent)),
+        ("publish/messages/dropped", m.dropped_total()),
+        ("bytes/received", get(&m.bytes_received)),
+        ("bytes/sent", get(&m.bytes_sent)),
+        ("subscriptions/count", state.tree().len() as u64),
+        ("retained messages/count", state.retained.count() as u64),
+    ];
+    own.into_iter().chain(state.limits.snapshot()).collect()
 }

@@ -384,13 +384,7 @@ async fn a_shared_message_goes_to_a_member_that_may_read_it() {
 
     // With no member that may read it, the message is dropped, and counted.
     worker.disconnect().await;
-    let dropped = || {
-        broker
-            .state()
-            .metrics
-            .publish_dropped
-            .load(std::sync::atomic::Ordering::Relaxed)
-    };
+    let dropped = || broker.state().metrics.dropped_total();
     let before = dropped();
     root.publish("r/task", b"nobody", QoS::AtLeastOnce, false)
         .await;

@@ -120,7 +120,7 @@ async fn queue_is_bounded_and_overflow_is_counted() {
     for _ in 0..10 {
         publisher.publish("t", b"m", QoS::AtLeastOnce, false).await;
     }
-    let dropped = tern_broker::testing::Metrics::get(&broker.state().metrics.publish_dropped);
+    let dropped = broker.state().metrics.dropped_total();
     assert_eq!(dropped, 7);
     let (mut sub, _) = TestClient::connect_with(addr, persistent(V4, "dev")).await;
     for _ in 0..3 {

@@ -229,6 +229,8 @@ pub struct AuthState {
     guard: Mutex<Guard, { rank::AUTH_GUARD }>,
     /// Password checks running at once ([`verification_slots`]).
     verifications: Semaphore,
+    /// Passwords and API tokens checked and found wrong (MQTT and HTTP).
+    pub failures: AtomicU64,
 }
 
 impl AuthState {
@@ -240,6 +242,7 @@ impl AuthState {
             loads: AtomicU64::new(0),
             guard: Mutex::new(Guard::default()),
             verifications: Semaphore::new(verification_slots()),
+            failures: AtomicU64::new(0),
         };
         state.install(Auth::load(config)?);
         Ok(state)
@@ -366,24 +369,47 @@ impl AuthState {
         let Some(password) = login.connect.password.clone() else {
             return Err(ReasonCode::BadUserNameOrPassword);
         };
-        let mut attempt = Attempt::admit(self, login.ip, &username)?;
-        tokio::select! {
-            () = tokio::time::sleep_until(attempt.start.into()) => {}
-            () = shutdown.cancelled() => return Err(ReasonCode::ServerShuttingDown),
-        }
-        let verified = self.verify(auth, &username, password).await;
-        attempt.outcome = Some(verified);
-        drop(attempt);
-        if verified {
+        let check = self.verify(auth, &username, password);
+        if self.guarded(login.ip, &username, shutdown, check).await? {
             Ok(Some(username))
         } else {
             Err(ReasonCode::BadUserNameOrPassword)
         }
     }
 
+    /// Runs `check` (of a password, or an HTTP API token) once the guard
+    /// lets `username` from `ip` be checked, and tells the guard how it
+    /// went: spaced, and counted in [`AuthState::failures`], as every
+    /// login's is. `Err`: refused unchecked (`ServerBusy`: too many recent
+    /// failures; `ServerShuttingDown`).
+    pub async fn guarded(
+        &self,
+        ip: IpAddr,
+        username: &Arc<str>,
+        shutdown: &CancellationToken,
+        check: impl Future<Output = bool>,
+    ) -> Result<bool, ReasonCode> {
+        let mut attempt = Attempt::admit(self, ip, username)?;
+        tokio::select! {
+            () = tokio::time::sleep_until(attempt.start.into()) => {}
+            () = shutdown.cancelled() => return Err(ReasonCode::ServerShuttingDown),
+        }
+        let verified = check.await;
+        attempt.outcome = Some(verified);
+        if !verified {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(verified)
+    }
+
     /// Checks a password on the blocking pool, within the
     /// [`verification_slots`].
-    async fn verify(&self, auth: &Arc<Auth>, username: &Arc<str>, password: bytes::Bytes) -> bool {
+    pub async fn verify(
+        &self,
+        auth: &Arc<Auth>,
+        username: &Arc<str>,
+        password: bytes::Bytes,
+    ) -> bool {
         let auth = auth.clone();
         let user = username.clone();
         // Held across the check only: waiting for it is what the guard's

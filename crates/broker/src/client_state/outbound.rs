@@ -15,7 +15,7 @@ use tern_codec::{ByteStr, Packet, PubAck, Publish, QoS};
 
 use crate::client_state::ClientState;
 use crate::message::{Awaiting, Delivery};
-use crate::metrics::Metrics;
+use crate::metrics::{Dropped, Metrics};
 use crate::session::{Inflight, Ousted, SessionState};
 use crate::store::Group;
 
@@ -93,7 +93,7 @@ fn take_pending(
         };
         if delivery.message.remaining_expiry(now).is_none() {
             // Expired while queued: not sent [MQTT-3.3.2-5].
-            Metrics::add(&client.state.metrics.publish_dropped, 1);
+            client.state.metrics.drop(Dropped::Expired);
             record_done(client, delivery, changes);
             continue;
         }
@@ -193,7 +193,7 @@ fn send_publish(
         if new_alias {
             client.aliases_mut().outbound.remove(&message.topic);
         }
-        Metrics::add(&client.state.metrics.publish_dropped, 1);
+        client.state.metrics.drop(Dropped::TooLarge);
     }
     sent
 }

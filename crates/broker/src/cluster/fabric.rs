@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::lock::{Mutex, rank};
 use crate::message::Message;
-use crate::metrics::Metrics;
+use crate::metrics::Dropped;
 use crate::router::{self, Scope};
 use crate::seams::{Fabric, Stored, Write};
 use crate::state::BrokerState;
@@ -287,7 +287,7 @@ pub(super) async fn receive(
                 let routed = router::publish_remote(&state, decoded, scope);
                 // The group's last member here left while NATS picked us.
                 if matches!(scope, Scope::Group(_)) && routed.matched == 0 {
-                    Metrics::add(&state.metrics.publish_dropped, 1);
+                    state.metrics.drop(Dropped::NoMember);
                 }
             }
             // Expired on the way.

@@ -59,7 +59,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::lock::{Mutex, rank};
-use crate::metrics::Metrics;
+use crate::metrics::Dropped;
 use crate::retained::LocalRetained;
 use crate::state::BrokerState;
 
@@ -104,7 +104,7 @@ impl Outbox {
         let sent = self.messages.try_send(command).is_ok();
         if !sent {
             if let Some(state) = self.state.get().and_then(Weak::upgrade) {
-                Metrics::add(&state.metrics.publish_dropped, 1);
+                state.metrics.drop(Dropped::ClusterOutbox);
             }
             crate::throttled!(
                 warn,

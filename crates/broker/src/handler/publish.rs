@@ -16,7 +16,6 @@ use super::Flow;
 use crate::client_state::ClientState;
 use crate::error::ProtocolViolation;
 use crate::message::Message;
-use crate::metrics::Metrics;
 use crate::router;
 use crate::seams::Write;
 use crate::store::Store;
@@ -64,7 +63,7 @@ fn retained_refused(client: &ClientState, publish: &Publish) -> bool {
 
 /// Handles a PUBLISH from the client.
 pub fn handle(client: &mut ClientState, mut publish: Publish) -> Result<Flow, ProtocolViolation> {
-    Metrics::add(&client.state.metrics.publish_received, 1);
+    client.state.metrics.received(publish.qos);
     resolve_topic_alias(client, &mut publish)?;
     if !is_valid_topic_name(&publish.topic) {
         return Err(ProtocolViolation::TopicNameInvalid);

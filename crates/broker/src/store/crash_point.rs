@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 
-use super::{Backend, Durability, Op, Record};
+use super::{Backend, Durability, Op, Record, StoreMetrics};
 
 /// Where the store stops keeping changes; shared by the test and the store.
 #[derive(Debug)]
@@ -87,6 +87,9 @@ impl Backend for Crashing {
     }
     fn durability(&self) -> Durability {
         self.engine.durability()
+    }
+    fn metrics(&self) -> &StoreMetrics {
+        self.engine.metrics()
     }
     fn flush(&self) {
         self.engine.flush()

@@ -39,7 +39,7 @@ use tokio::sync::watch;
 use self::crash_point::{CrashPoint, Crashing};
 use self::engine::Engine;
 pub use self::engine::Op;
-pub use self::engine::{Durability, Recovered, StoreError};
+pub use self::engine::{Durability, Recovered, StoreError, StoreMetrics};
 use self::records::{Clock, QueueEntry, SessionRecord};
 use crate::message::{Awaiting, Delivery, Message, Records, StoredMessage};
 
@@ -61,6 +61,8 @@ pub trait Backend: Send + Sync {
     fn watch(&self) -> watch::Receiver<u64>;
     /// What "durable" means here.
     fn durability(&self) -> Durability;
+    /// What the commits cost so far.
+    fn metrics(&self) -> &StoreMetrics;
     /// Blocks until everything submitted so far is durable.
     fn flush(&self);
     /// Stops taking changes and lets go of the storage.
@@ -84,6 +86,9 @@ impl Backend for Engine<Record> {
     }
     fn durability(&self) -> Durability {
         Engine::durability(self)
+    }
+    fn metrics(&self) -> &StoreMetrics {
+        Engine::metrics(self)
     }
     fn flush(&self) {
         Engine::flush(self)
@@ -160,6 +165,11 @@ impl Store {
     /// A watch of [`Store::durable`].
     pub fn watch(&self) -> watch::Receiver<u64> {
         self.engine.watch()
+    }
+
+    /// What the commits cost so far (for `/metrics`).
+    pub fn metrics(&self) -> &StoreMetrics {
+        self.engine.metrics()
     }
 
     /// Whether responses wait for the store (`durability` fsync or os).

@@ -48,6 +48,7 @@ use tokio::sync::watch;
 
 use self::backend::Hooks;
 use self::writer::Writer;
+use crate::metrics::Histogram;
 
 pub use self::open::StoreError;
 pub(super) use self::open::{FILE_NAME, REDB_GOD_BYTE, REDB_MAGIC, REDB_RECOVERY_REQUIRED};
@@ -151,8 +152,30 @@ struct Shared<V> {
     /// `durable`, for async waiters. The sender is the writer's, so the
     /// channel closes when the writer thread ends.
     watch: watch::Receiver<u64>,
-    commits: AtomicU64,
-    ops: AtomicU64,
+    /// What each commit cost, for `/metrics`.
+    metrics: StoreMetrics,
+}
+
+/// The store's figures for `/metrics`: each commit's duration (the
+/// transaction and its fsync) and size (the ops it applied, after
+/// submissions were gathered: the group-commit factor).
+#[derive(Debug)]
+pub struct StoreMetrics {
+    pub commit_seconds: Histogram,
+    pub commit_ops: Histogram,
+}
+
+impl Default for StoreMetrics {
+    fn default() -> Self {
+        StoreMetrics {
+            commit_seconds: Histogram::new(&[
+                0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0,
+            ]),
+            commit_ops: Histogram::new(&[
+                1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0,
+            ]),
+        }
+    }
 }
 
 /// The queue between submitters and the writer.
@@ -211,8 +234,7 @@ impl<V: Value> Engine<V> {
             progress: Condvar::new(),
             durable: AtomicU64::new(0),
             watch,
-            commits: AtomicU64::new(0),
-            ops: AtomicU64::new(0),
+            metrics: StoreMetrics::default(),
         });
         let writer_shared = shared.clone();
         let writer = std::thread::Builder::new()
@@ -331,6 +353,11 @@ impl<V: Value> Engine<V> {
     }
 
     /// The durability mode the engine was opened with.
+    /// What the commits cost so far.
+    pub fn metrics(&self) -> &StoreMetrics {
+        &self.shared.metrics
+    }
+
     pub fn durability(&self) -> Durability {
         self.durability
     }
@@ -344,8 +371,8 @@ impl<V: Value> Engine<V> {
     #[cfg(test)]
     pub fn stats(&self) -> StoreStats {
         StoreStats {
-            commits: self.shared.commits.load(Ordering::Relaxed),
-            ops: self.shared.ops.load(Ordering::Relaxed),
+            commits: self.shared.metrics.commit_ops.read().2,
+            ops: self.shared.metrics.commit_ops.read().1 as u64,
             file_bytes: std::fs::metadata(&self.shared.path)
                 .map(|m| m.len())
                 .unwrap_or(0),

@@ -120,6 +120,7 @@ impl<V: Value> Writer<V> {
             let end = chunk_end(batch, start);
             let chunk = &batch[start..end];
             let mut attempt = 0u32;
+            let began = std::time::Instant::now();
             loop {
                 match self.try_write(chunk) {
                     Ok(()) => break,
@@ -158,7 +159,7 @@ impl<V: Value> Writer<V> {
                 }
             }
             if let Some(&(ticket, _)) = chunk.last() {
-                self.publish(ticket, chunk.len());
+                self.publish(ticket, chunk.len(), began.elapsed());
             }
             start = end;
         }
@@ -166,11 +167,12 @@ impl<V: Value> Writer<V> {
     }
 
     /// Records that `ticket` (and all before it) is committed, after a
-    /// transaction of `ops` ops, and wakes whoever waits for it.
-    fn publish(&self, ticket: u64, ops: usize) {
+    /// transaction of `ops` ops that took `took` (retries included), and
+    /// wakes whoever waits for it.
+    fn publish(&self, ticket: u64, ops: usize, took: std::time::Duration) {
         let shared = &self.shared;
-        shared.commits.fetch_add(1, Ordering::Relaxed);
-        shared.ops.fetch_add(ops as u64, Ordering::Relaxed);
+        shared.metrics.commit_seconds.observe(took.as_secs_f64());
+        shared.metrics.commit_ops.observe(ops as f64);
         {
             let _state = shared.lock_state();
             shared.durable.store(ticket, Ordering::Release);

@@ -1,0 +1,425 @@
+//! The HTTP listener through real sockets: health checks open, everything
+//! else behind a token or an admin user's password, failures spaced out and
+//! counted, `/metrics` in Prometheus's format agreeing with `$SYS`, HTTPS.
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use common::*;
+use rustls::pki_types::ServerName;
+use tern_broker::config::HttpConfig;
+use tern_broker::password::PasswordHash;
+use tern_broker::testing::{FIRST_DELAY, FREE_FAILURES, sys_figures};
+use tern_broker::{BrokerHandle, Config};
+use tern_codec::*;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const TOKEN: &str = "0123456789abcdef-test-token";
+
+/// A response: status and body.
+struct Answer {
+    status: u16,
+    headers: String,
+    body: String,
+}
+
+/// Sends one HTTP/1.1 request over `stream` and reads the whole answer.
+async fn request(
+    mut stream: impl AsyncRead + AsyncWrite + Unpin,
+    path: &str,
+    authorization: Option<&str>,
+) -> Answer {
+    let auth = authorization
+        .map(|a| format!("Authorization: {a}\r\n"))
+        .unwrap_or_default();
+    let head = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\n\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(WAIT * 4, stream.read_to_end(&mut raw))
+        .await
+        .expect("an answer in time")
+        .expect("read the answer");
+    let text = String::from_utf8(raw).expect("UTF-8 answer");
+    let (headers, body) = text.split_once("\r\n\r\n").expect("a header block");
+    let status = headers[9..12].parse().expect("a status code");
+    Answer {
+        status,
+        headers: headers.to_ascii_lowercase(),
+        body: body.to_owned(),
+    }
+}
+
+async fn get(addr: SocketAddr, path: &str, authorization: Option<&str>) -> Answer {
+    let stream = TcpStream::connect(addr).await.expect("connect to HTTP");
+    request(stream, path, authorization).await
+}
+
+fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+fn basic(user: &str, password: &str) -> String {
+    let pair = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    format!("Basic {pair}")
+}
+
+/// A test's files, removed when dropped.
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new(name: &str) -> Dir {
+        let dir = std::env::temp_dir().join(format!("tern-http-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Dir(dir)
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A broker with an HTTP listener on a free port, `edit` applied.
+async fn start_http(edit: impl FnOnce(&mut Config)) -> (BrokerHandle, SocketAddr) {
+    let mut config = Config {
+        http: Some(HttpConfig {
+            tokens: vec![TOKEN.into()],
+            ..HttpConfig::on("127.0.0.1:0".parse().unwrap())
+        }),
+        ..test_config()
+    };
+    edit(&mut config);
+    let broker = start_with(config).await;
+    let addr = broker.http_addr().expect("an HTTP listener");
+    (broker, addr)
+}
+
+#[tokio::test]
+async fn health_checks_answer_anyone_and_metrics_only_a_token() {
+    let (_broker, http) = start_http(|_| {}).await;
+    let health = get(http, "/healthz", None).await;
+    assert_eq!((health.status, health.body.as_str()), (200, "ok\n"));
+    let ready = get(http, "/readyz", None).await;
+    assert_eq!((ready.status, ready.body.as_str()), (200, "ready\n"));
+
+    let none = get(http, "/metrics", None).await;
+    assert_eq!(none.status, 401);
+    assert!(
+        none.headers.contains("www-authenticate: bearer"),
+        "{}",
+        none.headers
+    );
+    assert!(
+        !none.body.contains("tern_"),
+        "nothing readable: {}",
+        none.body
+    );
+    let wrong = get(
+        http,
+        "/metrics",
+        Some(&bearer("0123456789abcdef-wrong-token")),
+    )
+    .await;
+    assert_eq!(wrong.status, 401);
+    let garbage = get(http, "/metrics", Some("Bearer")).await;
+    assert_eq!(garbage.status, 401);
+
+    let good = get(http, "/metrics", Some(&bearer(TOKEN))).await;
+    assert_eq!(good.status, 200, "{}", good.body);
+    assert!(
+        good.headers
+            .contains("content-type: text/plain; version=0.0.4")
+    );
+    assert!(
+        good.body
+            .contains("\n# TYPE tern_connections gauge\ntern_connections 0\n"),
+        "{}",
+        good.body
+    );
+    let missing = get(http, "/nothing", Some(&bearer(TOKEN))).await;
+    assert_eq!(missing.status, 404);
+}
+
+#[tokio::test]
+async fn admin_users_get_in_with_their_password_and_other_users_do_not() {
+    let dir = Dir::new("admins");
+    let file = dir.0.join("passwd");
+    let line = |user: &str, pw: &str| {
+        let hash = PasswordHash::new(pw, NonZeroU32::new(1000).unwrap()).unwrap();
+        format!("{user}:{}\n", hash.encode())
+    };
+    std::fs::write(&file, line("root", "hunter2") + &line("device", "sensor")).unwrap();
+    let (_broker, http) = start_http(|c| {
+        c.password_file = Some(file.clone());
+        c.http.as_mut().unwrap().admin_users = vec!["root".into()];
+    })
+    .await;
+    assert_eq!(
+        get(http, "/metrics", Some(&basic("root", "hunter2")))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        get(http, "/metrics", Some(&basic("root", "wrong")))
+            .await
+            .status,
+        401
+    );
+    // A user of the password file without the admin role: refused even
+    // with the right password.
+    assert_eq!(
+        get(http, "/metrics", Some(&basic("device", "sensor")))
+            .await
+            .status,
+        401
+    );
+}
+
+#[tokio::test]
+async fn failed_attempts_are_spaced_out_and_counted() {
+    let (_broker, http) = start_http(|_| {}).await;
+    let wrong = bearer("0123456789abcdef-wrong-token");
+    for _ in 0..FREE_FAILURES {
+        assert_eq!(get(http, "/metrics", Some(&wrong)).await.status, 401);
+    }
+    // Past the free strikes, each next check waits.
+    let started = Instant::now();
+    assert_eq!(get(http, "/metrics", Some(&wrong)).await.status, 401);
+    assert!(
+        started.elapsed() >= FIRST_DELAY - Duration::from_millis(20),
+        "the fourth failure was checked after {:?}",
+        started.elapsed()
+    );
+    let metrics = get(http, "/metrics", Some(&bearer(TOKEN))).await.body;
+    let failures = FREE_FAILURES + 1;
+    assert!(
+        metrics.contains(&format!("\ntern_auth_failures_total {failures}\n")),
+        "{metrics}"
+    );
+}
+
+/// `name{labels} value` lines of an exposition, by name with labels.
+fn samples(exposition: &str) -> HashMap<String, f64> {
+    exposition
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            Some((name.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The metric a `$SYS/broker/...` figure is exposed as.
+fn metric_of(topic: &str) -> Vec<String> {
+    let plain = match topic {
+        "clients/connected" | "clients/active" => "tern_connections",
+        "clients/total" => "tern_sessions",
+        "clients/parked" => "tern_connections_parked",
+        "clients/disconnected" => "tern_sessions_disconnected",
+        "clients/expired" => "tern_sessions_expired_total",
+        "messages/received" => "tern_packets_received_total",
+        "messages/sent" => "tern_packets_sent_total",
+        "publish/messages/sent" => "tern_messages_sent_total",
+        "bytes/received" => "tern_bytes_received_total",
+        "bytes/sent" => "tern_bytes_sent_total",
+        "subscriptions/count" => "tern_subscriptions",
+        "retained messages/count" => "tern_retained_messages",
+        "publish/messages/received" => {
+            return (0..3)
+                .map(|q| format!("tern_messages_received_total{{qos=\"{q}\"}}"))
+                .collect();
+        }
+        "publish/messages/dropped" => {
+            let reasons = [
+                "queue_full",
+                "offline_qos0",
+                "expired",
+                "too_large",
+                "no_member",
+                "cluster_outbox",
+            ];
+            return reasons
+                .iter()
+                .map(|r| format!("tern_messages_dropped_total{{reason=\"{r}\"}}"))
+                .collect();
+        }
+        limit => {
+            let (limit, outcome) = limit
+                .strip_prefix("limits/")
+                .and_then(|l| l.split_once('/'))
+                .unwrap_or_else(|| panic!("$SYS figure {topic} has no metric"));
+            return vec![format!(
+                "tern_limits_total{{limit=\"{limit}\",outcome=\"{outcome}\"}}"
+            )];
+        }
+    };
+    vec![plain.to_owned()]
+}
+
+#[tokio::test]
+async fn metrics_agree_with_sys_figure_by_figure() {
+    let (broker, http) = start_http(|c| c.max_queued_messages = 2).await;
+    let addr = broker.local_addr();
+    // Traffic of every kind: QoS 0, 1 and 2 in, a queue overflowing, a
+    // retained message, an offline session.
+    let (mut sub, _) =
+        TestClient::connect_with(addr, persistent(ProtocolVersion::V5, "slow")).await;
+    sub.subscribe("m/#", QoS::AtLeastOnce).await;
+    sub.disconnect().await;
+    let mut publisher = TestClient::connect(addr, ProtocolVersion::V5, "pub").await;
+    for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
+        for _ in 0..=(qos as u8) {
+            publisher.publish("m/x", b"22.5", qos, false).await;
+        }
+    }
+    publisher.retain("r/x", b"kept").await;
+
+    let scraped = samples(&get(http, "/metrics", Some(&bearer(TOKEN))).await.body);
+    let figures = sys_figures(&broker);
+    assert!(figures.len() >= 20, "{figures:?}");
+    for (topic, value) in figures {
+        let sum: f64 = metric_of(topic)
+            .iter()
+            .map(|m| {
+                *scraped
+                    .get(m)
+                    .unwrap_or_else(|| panic!("{m} missing (for {topic})"))
+            })
+            .sum();
+        assert_eq!(
+            sum, value as f64,
+            "$SYS {topic} = {value}, /metrics says {sum}"
+        );
+    }
+    // QoS 0 to an offline session is dropped, and so is what passes the
+    // queue limit of 2: by reason.
+    assert_eq!(scraped["tern_messages_received_total{qos=\"0\"}"], 1.0);
+    assert_eq!(scraped["tern_messages_received_total{qos=\"1\"}"], 3.0);
+    assert_eq!(scraped["tern_messages_received_total{qos=\"2\"}"], 3.0);
+    assert_eq!(
+        scraped["tern_messages_dropped_total{reason=\"offline_qos0\"}"],
+        1.0
+    );
+    assert_eq!(
+        scraped["tern_messages_dropped_total{reason=\"queue_full\"}"],
+        3.0
+    );
+    assert_eq!(scraped["tern_retained_messages"], 1.0);
+}
+
+#[tokio::test]
+async fn the_store_s_commits_are_measured() {
+    let dir = Dir::new("store");
+    let (broker, http) = start_http(|c| {
+        c.persistence = true;
+        c.data_dir = dir.0.clone();
+    })
+    .await;
+    let addr = broker.local_addr();
+    let (mut sub, _) =
+        TestClient::connect_with(addr, persistent(ProtocolVersion::V5, "keeper")).await;
+    sub.subscribe("s/#", QoS::AtLeastOnce).await;
+    let mut publisher = TestClient::connect(addr, ProtocolVersion::V5, "pub").await;
+    publisher
+        .publish("s/1", b"x", QoS::AtLeastOnce, false)
+        .await;
+    let scraped = samples(&get(http, "/metrics", Some(&bearer(TOKEN))).await.body);
+    let commits = scraped["tern_store_commit_seconds_count"];
+    assert!(commits >= 2.0, "session records and the message: {commits}");
+    assert_eq!(scraped["tern_store_commit_ops_count"], commits);
+    assert_eq!(
+        scraped["tern_store_commit_seconds_bucket{le=\"+Inf\"}"],
+        commits
+    );
+    assert!(scraped["tern_store_commit_ops_sum"] >= commits);
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn https_with_the_listeners_certificate_options() {
+    let dir = Dir::new("tls");
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    std::fs::write(dir.0.join("http.crt"), cert.cert.pem()).unwrap();
+    std::fs::write(dir.0.join("http.key"), cert.signing_key.serialize_pem()).unwrap();
+    let (_broker, http) = start_http(|c| {
+        let h = c.http.as_mut().unwrap();
+        h.cert_file = Some(dir.0.join("http.crt"));
+        h.key_file = Some(dir.0.join("http.key"));
+    })
+    .await;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.cert.der().clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connect = || async {
+        let tcp = TcpStream::connect(http).await.unwrap();
+        tokio_rustls::TlsConnector::from(Arc::new(client.clone()))
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+            .expect("TLS handshake")
+    };
+    let answer = request(connect().await, "/metrics", Some(&bearer(TOKEN))).await;
+    assert_eq!(answer.status, 200);
+    assert!(answer.body.contains("tern_info{version="));
+    // A client that never finishes its handshake holds up no one.
+    let _stalled = TcpStream::connect(http).await.unwrap();
+    let answer = request(connect().await, "/healthz", None).await;
+    assert_eq!(answer.status, 200);
+    // Plain HTTP on the HTTPS port gets no answer.
+    let mut plain = TcpStream::connect(http).await.unwrap();
+    plain
+        .write_all(b"GET /healthz HTTP/1.1\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(WAIT, plain.read_to_end(&mut buf)).await;
+    assert!(!String::from_utf8_lossy(&buf).contains("200 OK"));
+}
+
+#[tokio::test]
+async fn a_port_in_use_and_a_bad_certificate_stop_the_start_with_their_names() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let config = Config {
+        http: Some(HttpConfig::on(addr)),
+        ..test_config()
+    };
+    let err = tern_broker::Broker::start(config)
+        .await
+        .err()
+        .expect("refused");
+    let text = err.to_string();
+    assert!(text.contains(&format!("http listener {addr}")), "{text}");
+
+    let dir = Dir::new("badcert");
+    std::fs::write(dir.0.join("bad.crt"), "not a certificate").unwrap();
+    std::fs::write(dir.0.join("bad.key"), "not a key").unwrap();
+    let mut http = HttpConfig::on("127.0.0.1:0".parse().unwrap());
+    http.cert_file = Some(dir.0.join("bad.crt"));
+    http.key_file = Some(dir.0.join("bad.key"));
+    let config = Config {
+        http: Some(http),
+        ..test_config()
+    };
+    let err = tern_broker::Broker::start(config)
+        .await
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("bad.crt"), "{err}");
+}
