@@ -46,6 +46,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def need(tool: str, install: str) -> None:
+    """Skips without `tool`, but fails under CI, which installs it."""
+    if shutil.which(tool, path=os.environ.get("PATH", "") + ":/usr/sbin"):
+        return
+    message = f"{tool} is not installed ({install})"
+    if os.environ.get("CI"):
+        pytest.fail(f"{message}: .ci/run installs it", pytrace=False)
+    pytest.skip(message)
+
+
 def unique(prefix: str = "t") -> str:
     """A short unique token (client ids stay within MQTT 3.1's 23 chars)."""
     return f"{prefix}-{uuid.uuid4().hex[:16]}"

@@ -48,6 +48,7 @@ from interop_support import (
     Client,
     DeliveryCount,
     free_port,
+    need,
     unique,
 )
 
@@ -59,16 +60,6 @@ UP_TIMEOUT = 150
 #: (scripts/cluster.sh) need about 1 s for a dead node, 3 s for a hung one.
 POOL_DEADLINE = 8.0
 NAMES = ("nats1", "nats2", "nats3", "node1", "node2", "node3", "haproxy")
-
-
-def need(tool: str, install: str) -> None:
-    """Skips without `tool`, but fails under CI, which installs it."""
-    if shutil.which(tool, path=os.environ.get("PATH", "") + ":/usr/sbin"):
-        return
-    message = f"{tool} is not installed ({install})"
-    if os.environ.get("CI"):
-        pytest.fail(f"{message}: .ci/run installs it", pytrace=False)
-    pytest.skip(message)
 
 
 def tern_binary() -> str:

@@ -1,0 +1,152 @@
+"""Operating Tern with the tools operators use: a real Prometheus server
+(Debian package `prometheus`) scrapes `/metrics` with a bearer token, and
+its HTTP API answers PromQL queries with what paho-mqtt did to the broker;
+the health checks answer a plain HTTP client."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+
+import pytest
+
+from interop_support import DEFAULT_BROKER, VERSIONS, Client, broker_with_config, free_port, need, unique
+
+V5 = VERSIONS["v5"]
+PROMETHEUS = shutil.which("prometheus")
+TOKEN = "interop-token-0123456789abcdef"
+
+
+@pytest.fixture
+def tern_http(request, tmp_path):
+    """A Tern broker with an HTTP listener: (broker, http port)."""
+    template = os.environ.get("TERN_INTEROP_BROKER", DEFAULT_BROKER)
+    port = free_port()
+    b = broker_with_config(
+        template,
+        f'[http]\nbind = "127.0.0.1:{port}"\ntokens = ["{TOKEN}"]\n',
+        tmp_path,
+    )
+    request.node._interop_broker = b
+    b.start()
+    try:
+        yield b, port
+    finally:
+        b.cleanup()
+
+
+def http_get(port: int, path: str, token: str | None = None) -> tuple[int, str]:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def test_health_checks_and_a_token_guarded_metrics_page(tern_http):
+    _, port = tern_http
+    assert http_get(port, "/healthz") == (200, "ok\n")
+    assert http_get(port, "/readyz") == (200, "ready\n")
+    status, body = http_get(port, "/metrics")
+    assert status == 401 and "tern_" not in body
+    status, body = http_get(port, "/metrics", TOKEN)
+    assert status == 200 and "# TYPE tern_messages_received_total counter" in body
+
+
+class Prometheus:
+    """A Prometheus server scraping one target every second, with a bearer
+    token, on a free port, its data in a temporary directory."""
+
+    def __init__(self, tmp_path, target_port: int):
+        self.port = free_port()
+        token_file = tmp_path / "token"
+        token_file.write_text(TOKEN)
+        config = tmp_path / "prometheus.yml"
+        config.write_text(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+            "scrape_configs:\n"
+            "  - job_name: tern\n"
+            "    scrape_interval: 1s\n"
+            "    authorization:\n"
+            f"      credentials_file: {token_file}\n"
+            "    static_configs:\n"
+            f"      - targets: ['127.0.0.1:{target_port}']\n"
+        )
+        self.log = open(tmp_path / "prometheus.log", "wb")
+        self.proc = subprocess.Popen(
+            [PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+             f"--web.listen-address=127.0.0.1:{self.port}"],
+            stdout=self.log, stderr=subprocess.STDOUT)
+
+    def query(self, promql: str) -> list:
+        """The result vector of an instant query (empty while Prometheus
+        starts or has no sample yet)."""
+        url = f"http://127.0.0.1:{self.port}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                answer = json.load(r)
+        except OSError:
+            return []
+        assert answer["status"] == "success", answer
+        return answer["data"]["result"]
+
+    def value_becomes(self, promql: str, want: float, timeout: float = 30.0) -> float | None:
+        """Polls the query (Prometheus scrapes every second) until its one
+        value is `want`; returns the last value seen."""
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, "prometheus exited"
+            result = self.query(promql)
+            if result:
+                last = float(result[0]["value"][1])
+                if last == want:
+                    return last
+            time.sleep(0.2)
+        return last
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+def test_a_real_prometheus_scrapes_what_paho_published(tern_http, tmp_path):
+    need("prometheus", "apt-get install prometheus")
+    broker, port = tern_http
+    prometheus = Prometheus(tmp_path, port)
+    try:
+        # The scrape is up: Prometheus logged in with the token.
+        assert prometheus.value_becomes('up{job="tern"}', 1.0) == 1.0, (tmp_path / "prometheus.log").read_text()
+        sub = Client(broker, V5, client_id=unique("prom-sub"))
+        sub.connect()
+        sub.subscribe("prom/#", qos=1)
+        pub = Client(broker, V5, client_id=unique("prom-pub"))
+        pub.connect()
+        for i in range(7):
+            pub.publish("prom/a", str(i).encode(), qos=1)
+        for i in range(5):
+            pub.publish("prom/b", str(i).encode(), qos=2)
+        sub.get_n(12)
+        query = 'sum(tern_messages_received_total{job="tern",qos=~"1|2"})'
+        assert prometheus.value_becomes(query, 12.0) == 12.0
+        assert prometheus.value_becomes('tern_messages_received_total{qos="2"}', 5.0) == 5.0
+        assert prometheus.value_becomes("tern_connections", 2.0) == 2.0
+        assert prometheus.value_becomes("tern_subscriptions", 1.0) == 1.0
+        sub.close()
+        pub.close()
+        assert prometheus.value_becomes("tern_connections", 0.0) == 0.0
+    finally:
+        prometheus.stop()
