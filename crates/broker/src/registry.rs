@@ -287,9 +287,7 @@ pub fn detach(state: &Arc<BrokerState>, session: &Arc<Session>, departure: Depar
     // Taken over after this connection stopped looking for kicks (it was
     // already closing): the kick left for it is dropped below, which tells
     // the new connection, waiting in `attach`, that this one has detached.
-    let stale_kick = st
-        .kick
-        .take_if(|k| k.connection_id == departure.connection_id);
+    let stale_kick = st.take_kick(departure.connection_id);
     // If the session was taken over, the new connection decides its fate and
     // resolves a pending will when it attaches; only the will is handled here.
     if still_attached {
@@ -421,10 +419,29 @@ pub(crate) fn schedule_expiry(
 
 /// Removes an expired session and publishes a will still waiting on it.
 fn expire(state: &Arc<BrokerState>, session: &Arc<Session>, generation: u32) {
+    if !end_offline(state, session, Some(generation)) {
+        return;
+    }
+    Metrics::add(&state.metrics.sessions_expired, 1);
+    // Throttled: when a fleet's sessions expire together, a few lines and a
+    // count of the rest (and `$SYS/broker/clients/expired`) tell the story.
+    let client_id = &session.client_id;
+    crate::throttled!(info, "session expired", %client_id, "session expired: its client stayed away past its session expiry");
+}
+
+/// Ends a session no client is connected to (its expiry, or the admin
+/// API): out of the registry, the tree and the store, and its pending will
+/// published [MQTT-3.1.3-9]. With `generation`, only if it is still in that
+/// detached period. False (and nothing done) if a client is connected.
+pub fn end_offline(
+    state: &Arc<BrokerState>,
+    session: &Arc<Session>,
+    generation: Option<u32>,
+) -> bool {
     let mut sessions = state.sessions();
     let mut st = session.lock();
-    if st.generation != generation || st.connection.is_some() {
-        return;
+    if generation.is_some_and(|g| g != st.generation) || st.connection.is_some() {
+        return false;
     }
     let will = st.pending_will.take();
     let subscriptions = st.clear();
@@ -433,15 +450,11 @@ fn expire(state: &Arc<BrokerState>, session: &Arc<Session>, generation: u32) {
     sessions.remove(session);
     drop(sessions);
     state.ownership.release(&session.client_id);
-    Metrics::add(&state.metrics.sessions_expired, 1);
-    // Throttled: when a fleet's sessions expire together, a few lines and a
-    // count of the rest (and `$SYS/broker/clients/expired`) tell the story.
-    let client_id = &session.client_id;
-    crate::throttled!(info, "session expired", %client_id, "session expired: its client stayed away past its session expiry");
     router::unsubscribe(state, session, subscriptions.into_keys());
     if let Some(will) = will {
         publish_will(state, will.message, will.username.as_ref());
     }
+    true
 }
 
 /// Publishes a will, if the ACL in force now still lets its client write its
@@ -514,7 +527,7 @@ mod tests {
             let login = anonymous(&state);
             async move { attach(&state, &client_id, false, 0, id(2), login).await }
         });
-        while first.session.lock().kick.is_none() {
+        while first.session.lock().mail.is_none() {
             tokio::task::yield_now().await;
         }
         let started = tokio::time::Instant::now();

@@ -21,7 +21,7 @@ use crate::cluster::{self, ClusterError};
 use crate::config::{Config, ConfigError};
 use crate::connection::park::Parker;
 use crate::http;
-use crate::listener::{self, BindError, ListenerSet, TlsError};
+use crate::listener::{self, BindError, ListenerSet, TlsAcceptor, TlsError};
 use crate::message::Message;
 use crate::recover;
 use crate::retained::{LocalRetained, RetainedMessages};
@@ -132,11 +132,14 @@ impl Broker {
         // have created the data directory and file.
         let auth = AuthState::new(&config)?;
         let prepared = listener::prepare(&config)?;
-        let (sockets, listeners) = listener::bind(&config, prepared).await?;
+        let (sockets, mut listeners) = listener::bind(&config, prepared).await?;
         let http = match &config.http {
             Some(http) => Some(http::bind(http).await?),
             None => None,
         };
+        if let Some(acceptor) = http.as_ref().and_then(http::Bound::acceptor) {
+            listeners.add_acceptor(acceptor);
+        }
         let http_addr = http.as_ref().and_then(http::Bound::local_addr);
         // NATS too, before the data directory: a node that cannot join its
         // cluster does not start at all.
@@ -190,7 +193,13 @@ impl Broker {
         sys::spawn(&state, &parker);
         listener::spawn(sockets, &state, &parker);
         if let Some(http) = http {
-            http::spawn(http, &state, &parker);
+            let tls = listeners.acceptors();
+            let reload_state = state.clone();
+            let reload: http::Reload = Arc::new(move || {
+                let errors = reload_all(&reload_state, &tls).err().unwrap_or_default();
+                errors.iter().map(ToString::to_string).collect()
+            });
+            http::spawn(http, &state, &parker, reload);
         }
         Ok(BrokerHandle {
             http_addr,
@@ -234,12 +243,7 @@ impl BrokerHandle {
     /// one [`ReloadError`] per such part: every part is tried, whichever
     /// fails.
     pub fn reload(&self) -> Result<(), Vec<ReloadError>> {
-        let tls = self.listeners.reload_certificates().into_iter();
-        let mut errors: Vec<ReloadError> = tls.map(ReloadError::from).collect();
-        if let Err(e) = self.state.reload_auth() {
-            errors.push(ReloadError::from(e));
-        }
-        all_done(errors)
+        reload_all(&self.state, &self.listeners.acceptors())
     }
 
     /// Routes a message that another node accepted to this node's
@@ -296,6 +300,17 @@ impl BrokerHandle {
 }
 
 /// `Ok` when nothing failed, else every error.
+/// Re-reads the password file, the ACL file and the certificates of `tls`;
+/// see [`BrokerHandle::reload`].
+fn reload_all(state: &BrokerState, tls: &[Arc<TlsAcceptor>]) -> Result<(), Vec<ReloadError>> {
+    let tls = listener::reload_certificates(tls).into_iter();
+    let mut errors: Vec<ReloadError> = tls.map(ReloadError::from).collect();
+    if let Err(e) = state.reload_auth() {
+        errors.push(ReloadError::from(e));
+    }
+    all_done(errors)
+}
+
 fn all_done<E>(errors: Vec<E>) -> Result<(), Vec<E>> {
     if errors.is_empty() {
         Ok(())

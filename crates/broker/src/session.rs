@@ -141,6 +141,25 @@ pub enum Ousted {
     Refused(ReasonCode),
 }
 
+/// What a connection finds in its session's mailbox ([`SessionState::mail`]).
+#[derive(Debug)]
+pub enum Mail {
+    Kick(Kick),
+    /// The admin API asks the attached connection who it is.
+    Describe(oneshot::Sender<Described>),
+}
+
+/// A connection as the admin API shows it, told by the connection itself
+/// (the session does not keep it: it would cost every idle client).
+#[derive(Debug, Clone)]
+pub struct Described {
+    pub peer: std::net::SocketAddr,
+    pub protocol: tern_codec::ProtocolVersion,
+    /// Index into `config.listeners`.
+    pub listener: usize,
+    pub keep_alive_secs: u16,
+}
+
 /// Tells a connection that another one took its session over: left in the
 /// session for it, which then wakes it (see [`Session::kick`]). The
 /// connection drops `done` once it has finished closing, so the one taking
@@ -165,9 +184,9 @@ pub struct SessionState {
     traffic: Option<Box<Traffic>>,
     /// The id of the attached connection.
     pub connection: Option<ConnectionId>,
-    /// A kick for a connection that no longer owns the session, until it
-    /// notices.
-    pub kick: Option<Box<Kick>>,
+    /// A message for a connection: a kick for one that no longer owns the
+    /// session, until it notices, or a question for the attached one.
+    pub mail: Option<Box<Mail>>,
     /// Seconds the session outlives its connection; [`NEVER_EXPIRES`] for ever.
     pub expiry_secs: u32,
     /// Bumped on every attach and detach, so timers started for one detached
@@ -282,7 +301,7 @@ impl Session {
                 subscriptions: BTreeMap::new(),
                 traffic: None,
                 connection: None,
-                kick: None,
+                mail: None,
                 expiry_secs: 0,
                 generation: 0,
                 pending_will: None,
@@ -381,7 +400,7 @@ impl Session {
     }
 
     /// Wakes the attached connection (resuming it if it is parked).
-    fn wake(&self, mut st: StateGuard<'_>) {
+    pub fn wake(&self, mut st: StateGuard<'_>) {
         let parked = st.parked.take();
         drop(st);
         if let Some(parked) = parked {
@@ -400,23 +419,54 @@ impl SessionState {
         self.refused = None;
         let previous = self.connection.replace(connection_id)?;
         let (done, closed) = oneshot::channel();
-        self.kick = Some(Box::new(Kick {
+        self.mail = Some(Box::new(Mail::Kick(Kick {
             connection_id: previous,
             reason: ReasonCode::SessionTakenOver,
             done,
-        }));
+        })));
         Some(closed)
     }
 
     /// `Err` if connection `connection_id` must close: it no longer owns
-    /// the session, or the broker refused it.
-    pub fn check_owner(&mut self, connection_id: ConnectionId) -> Result<(), Ousted> {
+    /// the session, or the broker refused it. `Ok(Some)`: the admin API
+    /// asks it to describe itself on that sender.
+    pub fn check_owner(
+        &mut self,
+        connection_id: ConnectionId,
+    ) -> Result<Option<oneshot::Sender<Described>>, Ousted> {
         if self.connection != Some(connection_id) {
-            let kick = self.kick.take_if(|k| k.connection_id == connection_id);
-            return Err(Ousted::TakenOver(kick));
+            return Err(Ousted::TakenOver(self.take_kick(connection_id)));
         }
-        self.refused
-            .map_or(Ok(()), |reason| Err(Ousted::Refused(reason)))
+        if let Some(reason) = self.refused {
+            return Err(Ousted::Refused(reason));
+        }
+        let asked = self.mail.take_if(|m| matches!(**m, Mail::Describe(_)));
+        Ok(asked.and_then(|m| match *m {
+            Mail::Describe(tx) => Some(tx),
+            Mail::Kick(_) => None,
+        }))
+    }
+
+    /// Takes the kick left for connection `connection_id`, if any.
+    pub fn take_kick(&mut self, connection_id: ConnectionId) -> Option<Box<Kick>> {
+        let mine =
+            |m: &mut Box<Mail>| matches!(&**m, Mail::Kick(k) if k.connection_id == connection_id);
+        match *self.mail.take_if(mine)? {
+            Mail::Kick(kick) => Some(Box::new(kick)),
+            Mail::Describe(_) => None,
+        }
+    }
+
+    /// Leaves the attached connection a question from the admin API;
+    /// `None` if there is no connection or the mailbox is taken (a
+    /// takeover under way).
+    pub fn ask_describe(&mut self) -> Option<oneshot::Receiver<Described>> {
+        if self.connection.is_none() || self.mail.is_some() || self.refused.is_some() {
+            return None;
+        }
+        let (tx, rx) = oneshot::channel();
+        self.mail = Some(Box::new(Mail::Describe(tx)));
+        Some(rx)
     }
 
     /// Whether connection `connection_id` owns the session and may go on

@@ -31,16 +31,38 @@ struct Answer {
     body: String,
 }
 
-/// Sends one HTTP/1.1 request over `stream` and reads the whole answer.
+/// Sends one HTTP/1.1 GET over `stream` and reads the whole answer.
 async fn request(
-    mut stream: impl AsyncRead + AsyncWrite + Unpin,
+    stream: impl AsyncRead + AsyncWrite + Unpin,
     path: &str,
     authorization: Option<&str>,
+) -> Answer {
+    exchange(stream, "GET", path, authorization, None).await
+}
+
+/// Sends one HTTP/1.1 request (`body`: JSON) and reads the whole answer.
+async fn exchange(
+    mut stream: impl AsyncRead + AsyncWrite + Unpin,
+    method: &str,
+    path: &str,
+    authorization: Option<&str>,
+    body: Option<&str>,
 ) -> Answer {
     let auth = authorization
         .map(|a| format!("Authorization: {a}\r\n"))
         .unwrap_or_default();
-    let head = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\n\r\n");
+    let body_head = body
+        .map(|b| {
+            format!(
+                "Content-Type: application/json\r\nContent-Length: {}\r\n",
+                b.len()
+            )
+        })
+        .unwrap_or_default();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{auth}{body_head}Connection: close\r\n\r\n{}",
+        body.unwrap_or("")
+    );
     stream.write_all(head.as_bytes()).await.unwrap();
     let mut raw = Vec::new();
     tokio::time::timeout(WAIT * 4, stream.read_to_end(&mut raw))
@@ -422,4 +444,273 @@ async fn a_port_in_use_and_a_bad_certificate_stop_the_start_with_their_names() {
         .err()
         .expect("refused");
     assert!(err.to_string().contains("bad.crt"), "{err}");
+}
+
+// ---------------------------------------------------------------------------
+// The admin API
+// ---------------------------------------------------------------------------
+
+/// An authenticated API call; the answer's status and its body as JSON
+/// (`null` for an empty body).
+async fn api(
+    http: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> (u16, serde_json::Value) {
+    let stream = TcpStream::connect(http).await.expect("connect to HTTP");
+    let answer = exchange(stream, method, path, Some(&bearer(TOKEN)), body).await;
+    let json = if answer.body.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_str(&answer.body)
+            .unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {}", answer.body))
+    };
+    (answer.status, json)
+}
+
+/// The client ids of a page of sessions.
+fn ids(page: &serde_json::Value) -> Vec<&str> {
+    page["data"]
+        .as_array()
+        .expect("a page")
+        .iter()
+        .map(|s| s["client_id"].as_str().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn the_api_lists_clients_and_sessions_page_by_page_and_shows_one_whole() {
+    let (broker, http) = start_http(|_| {}).await;
+    let addr = broker.local_addr();
+    let mut clients = Vec::new();
+    for i in 1..=5 {
+        let (mut c, _) =
+            TestClient::connect_with(addr, persistent(ProtocolVersion::V5, &format!("dev-{i}")))
+                .await;
+        c.subscribe(&format!("fleet/{i}/#"), QoS::AtLeastOnce).await;
+        clients.push(c);
+    }
+    let (old, _) =
+        TestClient::connect_with(addr, persistent(ProtocolVersion::V3_1_1, "old-1")).await;
+    // dev-5 goes away; its session stays.
+    clients.pop().unwrap().disconnect().await;
+
+    let (status, first) = api(http, "GET", "/api/v1/clients?prefix=dev-&limit=2", None).await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(ids(&first), ["dev-1", "dev-2"]);
+    let next = first["next"].as_str().unwrap();
+    let (_, second) = api(
+        http,
+        "GET",
+        &format!("/api/v1/clients?prefix=dev-&limit=2&after={next}"),
+        None,
+    )
+    .await;
+    assert_eq!(ids(&second), ["dev-3", "dev-4"]);
+    assert!(second["next"].is_null(), "dev-5 is not connected: {second}");
+    let (_, offline) = api(http, "GET", "/api/v1/sessions?connected=false", None).await;
+    assert_eq!(ids(&offline), ["dev-5"]);
+    assert_eq!(offline["data"][0]["subscriptions"], 1);
+    let (_, all) = api(http, "GET", "/api/v1/sessions", None).await;
+    assert_eq!(ids(&all).len(), 6);
+
+    let (status, one) = api(http, "GET", "/api/v1/clients/dev-2", None).await;
+    assert_eq!(status, 200, "{one}");
+    assert_eq!(one["connected"], true);
+    assert_eq!(one["subscriptions_list"][0]["filter"], "fleet/2/#");
+    assert_eq!(one["subscriptions_list"][0]["qos"], 1);
+    let connection = &one["connection"];
+    assert_eq!(connection["protocol"], "5");
+    assert_eq!(connection["keep_alive_secs"], 60);
+    assert_eq!(
+        connection["listener"],
+        format!("tcp {}", broker.state().config.listeners[0].bind)
+    );
+    assert!(
+        connection["address"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:")
+    );
+    let (_, old_one) = api(http, "GET", "/api/v1/clients/old-1", None).await;
+    assert_eq!(old_one["connection"]["protocol"], "3.1.1");
+    assert_eq!(
+        old_one["expiry_secs"],
+        serde_json::Value::Null,
+        "3.1.1 clean session 0: never expires"
+    );
+    let (status, _) = api(http, "GET", "/api/v1/clients/dev-5", None).await;
+    assert_eq!(status, 404, "dev-5 is not connected");
+    let (status, gone) = api(http, "GET", "/api/v1/sessions/nobody", None).await;
+    assert_eq!(status, 404);
+    assert!(gone["error"].as_str().unwrap().contains("nobody"));
+    drop(old);
+}
+
+#[tokio::test]
+async fn the_api_disconnects_with_0x98_and_deletes_only_offline_sessions() {
+    let (broker, http) = start_http(|_| {}).await;
+    let addr = broker.local_addr();
+    let (mut dev, _) = TestClient::connect_with(addr, persistent(ProtocolVersion::V5, "dev")).await;
+    dev.subscribe("a/#", QoS::AtLeastOnce).await;
+    let (status, body) = api(http, "DELETE", "/api/v1/sessions/dev", None).await;
+    assert_eq!(status, 409, "{body}");
+    let (status, _) = api(http, "DELETE", "/api/v1/clients/dev", None).await;
+    assert_eq!(status, 204);
+    expect_disconnect(&mut dev, ReasonCode::AdministrativeAction).await;
+    eventually("the client gone", || {
+        !broker
+            .state()
+            .sessions()
+            .get("dev")
+            .is_some_and(|s| s.is_online())
+    })
+    .await;
+    let (status, _) = api(http, "DELETE", "/api/v1/clients/dev", None).await;
+    assert_eq!(status, 404, "no longer connected");
+    let (status, _) = api(http, "DELETE", "/api/v1/sessions/dev", None).await;
+    assert_eq!(status, 204);
+    let (status, _) = api(http, "GET", "/api/v1/sessions/dev", None).await;
+    assert_eq!(status, 404);
+    let (_, ack) = TestClient::connect_with(addr, persistent(ProtocolVersion::V5, "dev")).await;
+    assert!(!ack.session_present, "the session ended");
+    let (_, subs) = api(http, "GET", "/api/v1/subscriptions?client_id=dev", None).await;
+    assert_eq!(subs["data"].as_array().unwrap().len(), 0);
+}
+
+#[tokio::test]
+async fn the_api_lists_subscriptions_and_retained_messages_and_publishes() {
+    let (broker, http) = start_http(|_| {}).await;
+    let addr = broker.local_addr();
+    let mut sub = TestClient::connect(addr, ProtocolVersion::V5, "watcher").await;
+    sub.subscribe("house/#", QoS::AtLeastOnce).await;
+    sub.subscribe("$share/g/jobs/+", QoS::AtMostOnce).await;
+    let mut publisher = TestClient::connect(addr, ProtocolVersion::V5, "pub").await;
+    publisher.retain("house/room1/temp", b"22.5").await;
+    publisher.retain("house/room2/temp", b"19.0").await;
+    publisher.retain("garden/temp", b"11.0").await;
+    for _ in 0..2 {
+        sub.recv_publish().await;
+    }
+
+    let (_, subs) = api(http, "GET", "/api/v1/subscriptions?client_id=watcher", None).await;
+    let filters: Vec<&str> = subs["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["filter"].as_str().unwrap())
+        .collect();
+    assert_eq!(filters, ["$share/g/jobs/+", "house/#"]);
+    let (_, by_filter) = api(http, "GET", "/api/v1/subscriptions?filter=house/%23", None).await;
+    assert_eq!(by_filter["data"][0]["client_id"], "watcher");
+
+    let (_, retained) = api(http, "GET", "/api/v1/retained?filter=house/%23", None).await;
+    let topics: Vec<&str> = retained["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["topic"].as_str().unwrap())
+        .collect();
+    assert_eq!(topics, ["house/room1/temp", "house/room2/temp"]);
+    let (status, one) = api(http, "GET", "/api/v1/retained/house/room1/temp", None).await;
+    assert_eq!(status, 200, "{one}");
+    assert_eq!(
+        (one["payload"].as_str(), one["encoding"].as_str()),
+        (Some("22.5"), Some("utf8"))
+    );
+    let (status, _) = api(http, "DELETE", "/api/v1/retained/house/room1/temp", None).await;
+    assert_eq!(status, 204);
+    let (status, _) = api(http, "GET", "/api/v1/retained/house/room1/temp", None).await;
+    assert_eq!(status, 404);
+    sub.expect_nothing().await;
+
+    let body =
+        r#"{"topic": "house/room3/temp", "payload": "MjAuMQ==", "encoding": "base64", "qos": 1}"#;
+    let (status, published) = api(http, "POST", "/api/v1/publish", Some(body)).await;
+    assert_eq!(status, 200, "{published}");
+    assert_eq!(published["matched"], 1);
+    let p = sub.recv_publish().await;
+    assert_eq!(
+        (p.topic.as_str(), &p.payload[..]),
+        ("house/room3/temp", &b"20.1"[..])
+    );
+
+    // Bad input: a 4xx saying what, never a 5xx.
+    let publish = |body: &'static str| ("POST", "/api/v1/publish", Some(body));
+    let get = |path: &'static str| ("GET", path, None);
+    for ((method, path, body), status) in [
+        (publish(r#"{"topic": "a/+"}"#), 400),
+        (publish(r#"{"topic": "a", "qos": 3}"#), 400),
+        (
+            publish(r#"{"topic": "a", "encoding": "base64", "payload": "*"}"#),
+            400,
+        ),
+        (publish(r#"{"topic": "a", "encoding": "hex"}"#), 422),
+        (publish(r#"{"topic": "a", "encoding": null}"#), 400),
+        (publish(r#"{"topic": "a", "colour": 1}"#), 422),
+        (publish("{"), 400),
+        (get("/api/v1/retained?filter=a/%23/b"), 400),
+        (get("/api/v1/sessions?limit=0"), 400),
+        (get("/api/v1/sessions?limit=x"), 400),
+        (get("/api/v1/sessions?colour=red"), 400),
+        (get("/api/v1/clients?connected=true"), 400),
+        (get("/api/v1/retained/a/%2B"), 400),
+        (("PUT", "/api/v1/publish", None), 405),
+    ] {
+        let (got, answer) = api(http, method, path, body).await;
+        assert_eq!(got, status, "{method} {path} {body:?}: {answer}");
+        if status != 405 {
+            assert!(answer["error"].is_string(), "{method} {path}: {answer}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_api_reloads_the_files_and_says_which_one_failed() {
+    let dir = Dir::new("reload");
+    let file = dir.0.join("passwd");
+    let hash = PasswordHash::new("pw", NonZeroU32::new(1000).unwrap()).unwrap();
+    std::fs::write(&file, format!("u:{}\n", hash.encode())).unwrap();
+    let (_broker, http) = start_http(|c| c.password_file = Some(file.clone())).await;
+    let (status, answer) = api(http, "POST", "/api/v1/reload", None).await;
+    assert_eq!(
+        (status, &answer["reloaded"]),
+        (200, &serde_json::json!(true))
+    );
+    std::fs::remove_file(&file).unwrap();
+    let (status, answer) = api(http, "POST", "/api/v1/reload", None).await;
+    assert_eq!(status, 422, "{answer}");
+    assert!(
+        answer["errors"][0].as_str().unwrap().contains("passwd"),
+        "{answer}"
+    );
+}
+
+#[tokio::test]
+async fn the_openapi_description_is_served_and_covers_every_route() {
+    let (_broker, http) = start_http(|_| {}).await;
+    let (status, spec) = api(http, "GET", "/api/openapi.json", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(spec["openapi"], "3.0.3");
+    let paths = spec["paths"].as_object().unwrap();
+    for path in [
+        "/api/v1/broker",
+        "/api/v1/clients",
+        "/api/v1/clients/{client_id}",
+        "/api/v1/sessions",
+        "/api/v1/sessions/{client_id}",
+        "/api/v1/subscriptions",
+        "/api/v1/retained",
+        "/api/v1/retained/{topic}",
+        "/api/v1/publish",
+        "/api/v1/reload",
+    ] {
+        assert!(paths.contains_key(path), "{path} undocumented");
+    }
+    let (status, info) = api(http, "GET", "/api/v1/broker", None).await;
+    assert_eq!(status, 200);
+    assert!(info["version"].as_str().unwrap().starts_with("tern "));
+    let none = get(http, "/api/openapi.json", None).await;
+    assert_eq!(none.status, 401, "nothing readable without credentials");
 }

@@ -16,27 +16,29 @@ use tern_codec::{ByteStr, Packet, PubAck, Publish, QoS};
 use crate::client_state::ClientState;
 use crate::message::{Awaiting, Delivery};
 use crate::metrics::{Dropped, Metrics};
-use crate::session::{Inflight, Ousted, SessionState};
+use crate::session::{Described, Inflight, Ousted, SessionState};
 use crate::store::Group;
+use tokio::sync::oneshot;
 
 /// Stop encoding when this many bytes wait to be written.
 pub const HIGH_WATER: usize = 64 * 1024;
 
 /// Fills `client.out` from the session. `Err`: the connection must close
-/// (the session was taken over, or the broker refused it).
-pub fn fill(client: &mut ClientState) -> Result<(), Ousted> {
+/// (the session was taken over, or the broker refused it). `Ok(Some)`:
+/// the admin API asks the connection to describe itself there.
+pub fn fill(client: &mut ClientState) -> Result<Option<oneshot::Sender<Described>>, Ousted> {
     let session = client.session.clone();
     let mut st = session.lock();
-    st.check_owner(client.connection_id)?;
+    let asked = st.check_owner(client.connection_id)?;
     if client.out.len() >= HIGH_WATER {
-        return Ok(());
+        return Ok(asked);
     }
     if client.resend_inflight {
         client.resend_inflight = false;
         resend(client, &st);
     }
     send_pending(client, &mut st);
-    Ok(())
+    Ok(asked)
 }
 
 /// Re-sends every in-flight message: PUBLISH with DUP, or PUBREL where the

@@ -17,6 +17,7 @@ use crate::client_state::{ClientState, outbound, progress};
 use crate::handler::ack::PubAcks;
 use crate::handler::{self, Flow};
 use crate::metrics::Metrics;
+use crate::session::Described;
 
 /// Read buffer size for a connection that is receiving a stream of data.
 const READ_CHUNK: usize = 16 * 1024;
@@ -41,6 +42,7 @@ pub(super) async fn run<S: Transport>(conn: &mut Conn<S>) -> Exit {
         client,
         parker,
         last_heard,
+        peer,
         ..
     } = conn;
     let state = client.state.clone();
@@ -74,8 +76,18 @@ pub(super) async fn run<S: Transport>(conn: &mut Conn<S>) -> Exit {
     // Whether the last read filled the buffer: more is probably waiting.
     let mut busy = false;
     loop {
-        if let Err(ousted) = outbound::fill(client) {
-            return Exit::Close(ousted.into());
+        match outbound::fill(client) {
+            Err(ousted) => return Exit::Close(ousted.into()),
+            // The admin API asks who this is.
+            Ok(Some(asked)) => {
+                let _ = asked.send(Described {
+                    peer: *peer,
+                    protocol: client.version,
+                    listener: client.listener as usize,
+                    keep_alive_secs: (client.keep_alive_ms / 1500) as u16,
+                });
+            }
+            Ok(None) => {}
         }
         if client.release().is_err() {
             return Exit::Close(Close::Unstored);

@@ -19,6 +19,7 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use tern_codec::ReasonCode;
 
+use super::api::ApiError;
 use super::{Http, Peer};
 
 /// What a request says about itself.
@@ -75,17 +76,14 @@ pub async fn require(
         }
         Err(ReasonCode::ServerBusy) => {
             crate::throttled!(warn, "HTTP refusals", ip = %peer.ip(), user = &*name, "HTTP request refused unchecked: too many recent failures");
-            let mut response = (
-                StatusCode::TOO_MANY_REQUESTS,
-                "too many failed attempts: wait and try again\n",
-            )
-                .into_response();
+            let why = "too many failed attempts: wait and try again";
+            let mut response = ApiError(StatusCode::TOO_MANY_REQUESTS, why.into()).into_response();
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("4"));
             response
         }
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response(),
+        Err(_) => ApiError(StatusCode::SERVICE_UNAVAILABLE, "shutting down".into()).into_response(),
     }
 }
 
@@ -118,7 +116,7 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 }
 
 fn unauthorized(why: &'static str) -> Response {
-    let mut response = (StatusCode::UNAUTHORIZED, format!("{why}\n")).into_response();
+    let mut response = ApiError(StatusCode::UNAUTHORIZED, why.into()).into_response();
     response.headers_mut().insert(
         header::WWW_AUTHENTICATE,
         HeaderValue::from_static("Bearer realm=\"tern\""),

@@ -12,6 +12,7 @@
 //! a message. Served over TLS when `cert_file` and `key_file` are set, with
 //! the MQTT listeners' certificate loading (`listener::tls`).
 
+mod api;
 mod auth;
 mod prometheus;
 mod tls;
@@ -33,11 +34,16 @@ use crate::connection::park::Parker;
 use crate::listener::{BindError, TlsAcceptor, TlsError};
 use crate::state::BrokerState;
 
+/// Reloads the password, ACL and certificate files (as SIGHUP); returns
+/// what could not be read, one line each.
+pub type Reload = Arc<dyn Fn() -> Vec<String> + Send + Sync>;
+
 /// What the handlers share.
 struct Http {
     state: Arc<BrokerState>,
     parker: Arc<Parker>,
     config: HttpConfig,
+    reload: Reload,
 }
 
 /// The HTTP listener, bound (and its certificate loaded) but not serving yet.
@@ -51,6 +57,11 @@ impl Bound {
     /// The address it listens on.
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.socket.local_addr().ok()
+    }
+
+    /// Its certificate, reloaded with the MQTT listeners' (SIGHUP).
+    pub fn acceptor(&self) -> Option<Arc<TlsAcceptor>> {
+        self.tls.clone()
     }
 }
 
@@ -92,7 +103,7 @@ pub async fn bind(config: &HttpConfig) -> Result<Bound, HttpError> {
 }
 
 /// Serves `bound` until the broker shuts down.
-pub fn spawn(bound: Bound, state: &Arc<BrokerState>, parker: &Arc<Parker>) {
+pub fn spawn(bound: Bound, state: &Arc<BrokerState>, parker: &Arc<Parker>, reload: Reload) {
     let Bound {
         socket,
         tls,
@@ -107,6 +118,7 @@ pub fn spawn(bound: Bound, state: &Arc<BrokerState>, parker: &Arc<Parker>) {
         state: state.clone(),
         parker: parker.clone(),
         config,
+        reload,
     });
     let app = router(http).into_make_service_with_connect_info::<Peer>();
     let shutdown = state.shutdown.clone();
@@ -147,9 +159,13 @@ impl Connected<IncomingStream<'_, tls::Listener>> for Peer {
 
 /// Every route: the health checks open, the rest behind [`auth::require`].
 fn router(http: Arc<Http>) -> Router {
-    let guarded = Router::new().route("/metrics", get(metrics)).route_layer(
-        axum::middleware::from_fn_with_state(http.clone(), auth::require),
-    );
+    let guarded = Router::new()
+        .route("/metrics", get(metrics))
+        .merge(api::routes())
+        .route_layer(axum::middleware::from_fn_with_state(
+            http.clone(),
+            auth::require,
+        ));
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -199,9 +215,9 @@ async fn metrics(State(http): State<Arc<Http>>) -> Response {
         .into_response()
 }
 
-async fn not_found() -> (StatusCode, &'static str) {
-    (
+async fn not_found() -> api::ApiError {
+    api::ApiError(
         StatusCode::NOT_FOUND,
-        "no such page: try /metrics, /healthz or /readyz\n",
+        "no such route: see /api/openapi.json, /metrics, /healthz, /readyz".into(),
     )
 }

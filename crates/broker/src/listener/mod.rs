@@ -147,18 +147,34 @@ impl ListenerSet {
     /// errors (also logged) name the listener, the file and the reason.
     /// Connections already open are untouched.
     pub fn reload_certificates(&self) -> Vec<TlsError> {
-        let mut errors = Vec::new();
-        for acceptor in &self.tls {
-            match acceptor.reload() {
-                Ok(()) => tracing::info!(listener = %acceptor.name(), "certificates reloaded"),
-                Err(e) => {
-                    tracing::warn!("{e}; keeping the certificates loaded before");
-                    errors.push(e);
-                }
+        reload_certificates(&self.tls)
+    }
+
+    /// Every TLS and wss listener's certificates (and any added).
+    pub fn acceptors(&self) -> Vec<Arc<TlsAcceptor>> {
+        self.tls.clone()
+    }
+
+    /// Adds a certificate to reload with the listeners' (the HTTP listener's).
+    pub fn add_acceptor(&mut self, acceptor: Arc<TlsAcceptor>) {
+        self.tls.push(acceptor);
+    }
+}
+
+/// Re-reads each acceptor's files; returns what could not be used (each
+/// keeps the certificates it had).
+pub fn reload_certificates(acceptors: &[Arc<TlsAcceptor>]) -> Vec<TlsError> {
+    let mut errors = Vec::new();
+    for acceptor in acceptors {
+        match acceptor.reload() {
+            Ok(()) => tracing::info!(listener = %acceptor.name(), "certificates reloaded"),
+            Err(e) => {
+                tracing::warn!("{e}; keeping the certificates loaded before");
+                errors.push(e);
             }
         }
-        errors
     }
+    errors
 }
 
 /// Accepts connections until shutdown, one task each.
