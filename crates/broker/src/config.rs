@@ -11,6 +11,17 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+/// How `tern serve` writes its log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One line of text per event, for people.
+    #[default]
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
 /// How durable a commit is before the store reports it done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -112,6 +123,13 @@ pub struct Config {
     /// cut); `"none"` without waiting (a crash loses the last few
     /// milliseconds of acknowledged messages).
     pub durability: Durability,
+    /// `tern serve`'s log lines: `"text"` (default) or `"json"` (one object
+    /// per line, for log shippers).
+    pub log_format: LogFormat,
+    /// Append the log to this file instead of standard error (default none:
+    /// standard error, which systemd's journal takes). Reopened on SIGHUP,
+    /// for logrotate.
+    pub log_file: Option<PathBuf>,
     /// The listeners, `[[listeners]]` in TOML. Empty (the default): one plain
     /// TCP listener on `bind`.
     pub listeners: Vec<ListenerConfig>,
@@ -506,6 +524,8 @@ impl Default for Config {
             persistence: true,
             data_dir: PathBuf::from("tern-data"),
             durability: Durability::Fsync,
+            log_format: LogFormat::Text,
+            log_file: None,
             listeners: Vec::new(),
             allow_anonymous: None,
             password_file: None,
@@ -614,6 +634,7 @@ impl Config {
         }
         self.password_file.iter_mut().for_each(resolve);
         self.acl_file.iter_mut().for_each(resolve);
+        self.log_file.iter_mut().for_each(resolve);
         for l in &mut self.listeners {
             l.cert_file.iter_mut().for_each(resolve);
             l.key_file.iter_mut().for_each(resolve);

@@ -9,6 +9,7 @@
 mod bench;
 mod connect_args;
 mod exit;
+mod logging;
 mod output;
 mod passwd;
 mod publish;
@@ -16,7 +17,6 @@ mod serve;
 mod store;
 mod subscribe;
 
-use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -49,7 +49,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => {
-            init_logging("info");
+            // Logging starts once the configuration says how.
             match serve::run(args) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -59,15 +59,15 @@ fn main() -> ExitCode {
             }
         }
         Command::Pub(args) => {
-            init_client_logging(args.connect.debug);
+            logging::for_client(args.connect.debug);
             run_tool("tern pub", publish::run(args))
         }
         Command::Sub(args) => {
-            init_client_logging(args.connect.debug);
+            logging::for_client(args.connect.debug);
             run_tool("tern sub", subscribe::run(args))
         }
         Command::Bench(args) => {
-            init_logging("warn");
+            logging::to_stderr("warn");
             bench::main(args)
         }
         Command::Passwd(args) => match passwd::run(args) {
@@ -78,29 +78,10 @@ fn main() -> ExitCode {
             }
         },
         Command::Store(args) => {
-            init_logging("warn");
+            logging::to_stderr("warn");
             store::run(args)
         }
     }
-}
-
-/// Logging for `tern pub` and `tern sub`: warnings, and with `-d` every
-/// packet sent and received, one plain line each as mosquitto_pub/sub print
-/// them ("Client ID sending PUBLISH (d0, q1, ...)"), without timestamps.
-fn init_client_logging(debug: bool) {
-    if !debug {
-        init_logging("warn");
-        return;
-    }
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new("warn,tern_client=debug"))
-        .with_writer(std::io::stderr)
-        .without_time()
-        .with_level(false)
-        .with_target(false)
-        .with_ansi(false)
-        .log_internal_errors(false)
-        .init();
 }
 
 /// Runs a client tool on a small runtime and maps its failure to an exit code.
@@ -116,19 +97,4 @@ fn run_tool(name: &str, tool: impl Future<Output = Result<(), exit::Failure>>) -
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => failure.report(name),
     }
-}
-
-/// Logs to stderr, filtered by `RUST_LOG` (default `default_filter`).
-///
-/// Failures to write a log line are ignored rather than reported with
-/// `eprintln!`, which panics when stderr is a closed pipe (`tern serve | head`).
-fn init_logging(default_filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .log_internal_errors(false)
-        .init();
 }

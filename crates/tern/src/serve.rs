@@ -9,6 +9,8 @@ use anyhow::Context;
 use tern_broker::config::{ClusterConfig, ListenerTransport, parse_addr};
 use tern_broker::{Broker, BrokerHandle, Config, ReloadError};
 
+use crate::logging::{self, LogFile};
+
 /// Options of `tern serve`.
 #[derive(clap::Args)]
 #[command(
@@ -60,14 +62,15 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             None => config.cluster = Some(ClusterConfig::new(args.cluster)),
         }
     }
+    let log_file = logging::for_serve(config.log_format, config.log_file.as_deref())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(config))
+    runtime.block_on(serve(config, log_file))
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(config: Config, log_file: Option<LogFile>) -> anyhow::Result<()> {
     let mut signals = Signals::install()?;
     let persistence = config.persistence.then(|| config.data_dir.clone());
     let drain = config.cluster.as_ref().map(|c| c.drain_timeout_secs);
@@ -106,6 +109,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         }
     }
     while let Signal::Reload = signals.recv().await {
+        // First, so that what the reload logs lands in the new file.
+        if let Some(file) = &log_file
+            && let Err(e) = file.reopen()
+        {
+            tracing::error!("{e:#}; logging on to the file opened before");
+        }
         reload(&broker);
     }
     if let Some(secs) = drain {

@@ -814,3 +814,83 @@ fn the_wills_of_a_node_that_dies_are_published_once_by_another() {
     let _ = std::fs::remove_dir_all(&store);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let dir = data_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = write_config(&dir, "log_format = \"json\"\n");
+    let mut child = tern()
+        .args(["serve", "--bind", "127.0.0.1:0", "--data-dir"])
+        .arg(&dir)
+        .args(["--config", &config])
+        .stderr(Stdio::piped())
+        .env("RUST_LOG", "info")
+        .spawn()
+        .expect("tern starts");
+    let reader = BufReader::new(child.stderr.take().unwrap());
+    let line = reader
+        .lines()
+        .map_while(Result::ok)
+        .find(|l| l.contains("listening on mqtt://"))
+        .expect("the listening line");
+    let event: serde_json::Value = serde_json::from_str(&line).expect("a JSON object");
+    assert_eq!(event["level"], "INFO", "{line}");
+    assert!(event["timestamp"].is_string(), "{line}");
+    let message = event["fields"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("tern ") && message.contains("mqtt://127.0.0.1:"),
+        "{line}"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Waits (up to 10 s) until the file at `path` holds `text`; its content.
+fn wait_in_file(path: &std::path::Path, text: &str) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let content = std::fs::read_to_string(path).unwrap_or_default();
+        if content.contains(text) {
+            return content;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{path:?} never held {text:?}: {content}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn the_log_file_is_reopened_on_sighup_for_logrotate() {
+    let dir = data_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("tern.log");
+    let config = write_config(&dir, format!("log_file = \"{}\"\n", file.display()));
+    let mut child = tern()
+        .args(["serve", "--bind", "127.0.0.1:0", "--data-dir"])
+        .arg(&dir)
+        .args(["--config", &config])
+        .stderr(Stdio::piped())
+        .env("RUST_LOG", "info")
+        .spawn()
+        .expect("tern starts");
+    let first = wait_in_file(&file, "listening on mqtt://");
+    assert!(!first.contains('\u{1b}'), "no colours in a file");
+    // logrotate's default: move the file away, then signal.
+    let rotated = dir.join("tern.log.1");
+    std::fs::rename(&file, &rotated).unwrap();
+    sighup(&child);
+    let fresh = wait_in_file(&file, "SIGHUP: reloading");
+    assert!(!fresh.contains("listening on"), "{fresh}");
+    let old = std::fs::read_to_string(&rotated).unwrap();
+    assert!(!old.contains("SIGHUP"), "{old}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(stderr.is_empty(), "everything went to the file: {stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
