@@ -200,18 +200,24 @@ fn sighup(child: &Child) {
     assert!(status.success());
 }
 
-/// Starts `tern serve --config FILE` with its log lines sent to a channel;
-/// returns the child, the broker's address and the log.
-fn serve_logged(config: &str) -> (Child, String, std::sync::mpsc::Receiver<String>) {
-    let mut child = tern()
+/// Starts `tern serve --config FILE` on a free port with data directory
+/// `dir`, its standard error piped.
+fn serve_with_config(dir: &std::path::Path, config: &str) -> Child {
+    tern()
         .args(["serve", "--bind", "127.0.0.1:0", "--data-dir"])
-        .arg(data_dir())
+        .arg(dir)
         .args(["--config", config])
         .stderr(Stdio::piped())
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
         .spawn()
-        .expect("tern starts");
+        .expect("tern starts")
+}
+
+/// Starts `tern serve --config FILE` with its log lines sent to a channel;
+/// returns the child, the broker's address and the log.
+fn serve_logged(config: &str) -> (Child, String, std::sync::mpsc::Receiver<String>) {
+    let mut child = serve_with_config(&data_dir(), config);
     let (tx, log) = std::sync::mpsc::channel();
     let reader = BufReader::new(child.stderr.take().unwrap());
     std::thread::spawn(move || {
@@ -820,14 +826,7 @@ fn json_logs_are_one_object_per_line() {
     let dir = data_dir();
     std::fs::create_dir_all(&dir).unwrap();
     let config = write_config(&dir, "log_format = \"json\"\n");
-    let mut child = tern()
-        .args(["serve", "--bind", "127.0.0.1:0", "--data-dir"])
-        .arg(&dir)
-        .args(["--config", &config])
-        .stderr(Stdio::piped())
-        .env("RUST_LOG", "info")
-        .spawn()
-        .expect("tern starts");
+    let mut child = serve_with_config(&dir, &config);
     let reader = BufReader::new(child.stderr.take().unwrap());
     let line = reader
         .lines()
@@ -869,14 +868,7 @@ fn the_log_file_is_reopened_on_sighup_for_logrotate() {
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("tern.log");
     let config = write_config(&dir, format!("log_file = \"{}\"\n", file.display()));
-    let mut child = tern()
-        .args(["serve", "--bind", "127.0.0.1:0", "--data-dir"])
-        .arg(&dir)
-        .args(["--config", &config])
-        .stderr(Stdio::piped())
-        .env("RUST_LOG", "info")
-        .spawn()
-        .expect("tern starts");
+    let mut child = serve_with_config(&dir, &config);
     let first = wait_in_file(&file, "listening on mqtt://");
     assert!(!first.contains('\u{1b}'), "no colours in a file");
     // logrotate's default: move the file away, then signal.
