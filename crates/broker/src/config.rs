@@ -452,6 +452,11 @@ fn default_ws_path() -> String {
 }
 
 impl ListenerConfig {
+    /// "tcp 127.0.0.1:1883": how metrics and the admin API name it.
+    pub fn label(&self) -> String {
+        format!("{} {}", self.transport.name(), self.bind)
+    }
+
     /// A plain TCP listener with every setting at its default.
     pub fn tcp(bind: SocketAddr) -> ListenerConfig {
         ListenerConfig {

@@ -151,17 +151,19 @@ pub async fn attach(
 }
 
 /// Closes the connection attached to `client_id`'s session, if any, with
-/// `reason` (MQTT 5): another node took the client id over.
-pub fn oust(state: &BrokerState, client_id: &str, reason: ReasonCode) {
+/// `reason` (MQTT 5), logging `why` (another node took the client id over;
+/// the admin API). False if no client was connected with that id.
+pub fn oust(state: &BrokerState, client_id: &str, reason: ReasonCode, why: &str) -> bool {
     let Some(session) = state.sessions().get(client_id) else {
-        return;
+        return false;
     };
     let st = session.lock();
     if st.connection.is_none() || st.is_refused() {
-        return;
+        return false;
     }
-    tracing::info!(%client_id, "disconnecting client: its client id connected on another node");
+    tracing::info!(%client_id, "disconnecting client: {why}");
     session.refuse(st, reason);
+    true
 }
 
 /// A session leaving this node for another: what [`hand_over`] takes.

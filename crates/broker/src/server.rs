@@ -299,7 +299,6 @@ impl BrokerHandle {
     }
 }
 
-/// `Ok` when nothing failed, else every error.
 /// Re-reads the password file, the ACL file and the certificates of `tls`;
 /// see [`BrokerHandle::reload`].
 fn reload_all(state: &BrokerState, tls: &[Arc<TlsAcceptor>]) -> Result<(), Vec<ReloadError>> {
@@ -311,6 +310,7 @@ fn reload_all(state: &BrokerState, tls: &[Arc<TlsAcceptor>]) -> Result<(), Vec<R
     all_done(errors)
 }
 
+/// `Ok` when nothing failed, else every error.
 fn all_done<E>(errors: Vec<E>) -> Result<(), Vec<E>> {
     if errors.is_empty() {
         Ok(())

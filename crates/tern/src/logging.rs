@@ -15,6 +15,7 @@ use anyhow::Context;
 use tern_broker::config::LogFormat;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 
 /// The filter from `RUST_LOG`, else `default`.
 fn filter(default: &str) -> EnvFilter {
@@ -112,17 +113,20 @@ pub fn for_serve(format: LogFormat, file: Option<&Path>) -> anyhow::Result<Optio
         }
         None => None,
     };
+    // Colours only for a person at a terminal.
+    let ansi = log_file.is_none() && std::io::stderr().is_terminal();
+    let writer = match &log_file {
+        Some(f) => BoxMakeWriter::new(f.clone()),
+        None => BoxMakeWriter::new(std::io::stderr),
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter("info"))
+        .with_writer(writer)
+        .with_ansi(ansi)
         .log_internal_errors(false);
-    match (format, &log_file) {
-        (LogFormat::Text, None) => builder
-            .with_writer(std::io::stderr)
-            .with_ansi(std::io::stderr().is_terminal())
-            .init(),
-        (LogFormat::Text, Some(f)) => builder.with_writer(f.clone()).with_ansi(false).init(),
-        (LogFormat::Json, None) => builder.json().with_writer(std::io::stderr).init(),
-        (LogFormat::Json, Some(f)) => builder.json().with_writer(f.clone()).init(),
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
     }
     Ok(log_file)
 }

@@ -120,7 +120,8 @@ pub(super) async fn watch_claims(
             continue;
         };
         if let Ok(client_id) = std::str::from_utf8(&claim.payload) {
-            registry::oust(&state, client_id, ReasonCode::SessionTakenOver);
+            let why = "its client id connected on another node";
+            registry::oust(&state, client_id, ReasonCode::SessionTakenOver, why);
         }
     }
 }

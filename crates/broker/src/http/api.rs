@@ -28,9 +28,10 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tern_codec::topic::{is_valid_topic_filter, is_valid_topic_name};
-use tern_codec::{ByteStr, ProtocolVersion, Publish, PublishProperties, QoS, ReasonCode};
+use tern_codec::{ByteStr, Publish, PublishProperties, QoS, ReasonCode};
 
 use super::Http;
+use crate::config::ListenerConfig;
 use crate::message::Message;
 use crate::registry;
 use crate::router;
@@ -374,14 +375,8 @@ fn view(http: &Http, d: Described) -> ConnectionView {
     let listener = http.state.config.listeners.get(d.listener);
     ConnectionView {
         address: d.peer.to_string(),
-        protocol: match d.protocol {
-            ProtocolVersion::V3_1 => "3.1",
-            ProtocolVersion::V3_1_1 => "3.1.1",
-            ProtocolVersion::V5 => "5",
-        },
-        listener: listener.map_or_else(String::new, |l| {
-            format!("{} {}", l.transport.name(), l.bind)
-        }),
+        protocol: d.protocol.name(),
+        listener: listener.map_or_else(String::new, ListenerConfig::label),
         keep_alive_secs: d.keep_alive_secs,
     }
 }
@@ -430,15 +425,17 @@ async fn disconnect_client(
     client_id: Result<Path<String>, PathRejection>,
 ) -> Result<StatusCode, ApiError> {
     let Path(client_id) = client_id?;
-    let session = find(&http, &client_id)?;
-    let st = session.lock();
-    if st.connection.is_none() || st.is_refused() {
+    let why = "asked through the admin API";
+    if !registry::oust(
+        &http.state,
+        &client_id,
+        ReasonCode::AdministrativeAction,
+        why,
+    ) {
         return Err(ApiError::not_found(format!(
             "no client connected with client id {client_id:?}"
         )));
     }
-    tracing::info!(%client_id, "disconnecting client: asked through the admin API");
-    session.refuse(st, ReasonCode::AdministrativeAction);
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -145,6 +145,8 @@ pub fn spawn(bound: Bound, state: &Arc<BrokerState>, parker: &Arc<Parker>, reloa
 #[derive(Debug, Clone, Copy)]
 struct Peer(SocketAddr);
 
+// One impl per listener type: a generic one over `Listener<Addr =
+// SocketAddr>` would overlap axum's own impl for its `TapIo` listeners.
 impl Connected<IncomingStream<'_, TcpListener>> for Peer {
     fn connect_info(stream: IncomingStream<'_, TcpListener>) -> Peer {
         Peer(*stream.remote_addr())
@@ -156,7 +158,6 @@ impl Connected<IncomingStream<'_, tls::Listener>> for Peer {
         Peer(*stream.remote_addr())
     }
 }
-
 /// Every route: the health checks open, the rest behind [`auth::require`].
 fn router(http: Arc<Http>) -> Router {
     let guarded = Router::new()

@@ -187,7 +187,7 @@ fn listeners(out: &mut Exposition, state: &BrokerState) {
     );
     let listeners = state.config.listeners.iter();
     for (listener, n) in listeners.zip(state.limits.connections_per_listener()) {
-        let name = format!("{} {}", listener.transport.name(), listener.bind);
+        let name = listener.label();
         out.sample("tern_listener_connections", &[("listener", &name)], n);
     }
 }

@@ -370,9 +370,10 @@ impl<V: Value> Engine<V> {
     /// Counters for the engine's tests and benchmarks.
     #[cfg(test)]
     pub fn stats(&self) -> StoreStats {
+        let (_, ops, commits) = self.shared.metrics.commit_ops.read();
         StoreStats {
-            commits: self.shared.metrics.commit_ops.read().2,
-            ops: self.shared.metrics.commit_ops.read().1 as u64,
+            commits,
+            ops: ops as u64,
             file_bytes: std::fs::metadata(&self.shared.path)
                 .map(|m| m.len())
                 .unwrap_or(0),
