@@ -78,8 +78,9 @@ CLK_TCK=$(getconf CLK_TCK)
 BROKER_PID=""
 SLOW_PID=""
 SAMPLER_PID=""
+SCRAPER_PID=""
 cleanup() {
-    for p in $SAMPLER_PID $SLOW_PID $BROKER_PID; do
+    for p in $SAMPLER_PID $SCRAPER_PID $SLOW_PID $BROKER_PID; do
         kill "$p" 2>/dev/null || true
     done
 }
@@ -113,6 +114,11 @@ EOF
 }
 write_configs 0
 write_configs 1
+# The scraped variant: the same broker with its HTTP listener on.
+SCRAPE_TOKEN=bench-compare-scrape-token
+HTTP_PORT=18833
+{ cat "$OUT/conf/tern-sys0.toml"; printf '\n[http]\nbind = "127.0.0.1:%s"\ntokens = ["%s"]\n' \
+    "$HTTP_PORT" "$SCRAPE_TOKEN"; } > "$OUT/conf/tern-scraped.toml"
 
 port_of() { [ "$1" = mosquitto ] && echo $MOSQ_PORT || echo $TERN_PORT; }
 
@@ -132,6 +138,8 @@ start_broker() { # $1 broker, $2 sys interval, $3 cpu list for taskset ("" = unp
     [ -n "$cpus" ] && cmd=(taskset -c "$cpus")
     if [ "$broker" = mosquitto ]; then
         cmd+=("$MOSQUITTO" -c "$OUT/conf/mosquitto-sys$sys.conf")
+    elif [ "$broker" = tern-scraped ]; then
+        cmd+=("$TERN" serve --config "$OUT/conf/tern-scraped.toml")
     else
         cmd+=("$TERN" serve --config "$OUT/conf/tern-sys$sys.toml")
     fi
@@ -189,13 +197,44 @@ run_once() {
     start_broker "$broker" 0 "$cpus" "$run"
     local port c0 c1
     port=$(port_of "$broker")
+    [ "$broker" = tern-scraped ] && start_scraper "$run"
     c0=$(cpu_ticks "$BROKER_PID")
     bench "$OUT/runs/$run-$broker.bench.json" "$@" -p "$port" \
         -d "$DURATION" --warmup "$WARMUP" --drain "$DRAIN"
     c1=$(cpu_ticks "$BROKER_PID")
+    local scrapes=null
+    [ "$broker" = tern-scraped ] && scrapes=$(stop_scraper "$run")
     record "$run" "$broker" "$OUT/runs/$run-$broker.bench.json" $((c1 - c0)) \
-        "pinned=\"$cpus\""
+        "pinned=\"$cpus\"" "scrapes=$scrapes"
     stop_broker
+}
+
+# Prometheus's part: GET /metrics once a second, as a scrape_interval of 1s
+# does, counting the answers that were 200 with the figures in them.
+start_scraper() { # $1 run id (for the log)
+    say "+ python3 <GET http://127.0.0.1:$HTTP_PORT/metrics every 1 s> &"
+    echo "python3 scraper of http://127.0.0.1:$HTTP_PORT/metrics every 1 s &" >> "$CMDS"
+    python3 -u - "$HTTP_PORT" "$SCRAPE_TOKEN" > "$OUT/logs/$1-scraper.out" <<'EOF' &
+import sys, time, urllib.request
+url = f"http://127.0.0.1:{sys.argv[1]}/metrics"
+req = urllib.request.Request(url, headers={"Authorization": f"Bearer {sys.argv[2]}"})
+while True:
+    started = time.monotonic()
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            ok = r.status == 200 and b"tern_messages_received_total" in r.read()
+    except OSError:
+        ok = False
+    print("ok" if ok else "failed", flush=True)
+    time.sleep(max(0.0, 1.0 - (time.monotonic() - started)))
+EOF
+    SCRAPER_PID=$!
+}
+
+stop_scraper() { # $1 run id: prints how many scrapes succeeded
+    kill "$SCRAPER_PID" 2>/dev/null || true; wait "$SCRAPER_PID" 2>/dev/null || true
+    SCRAPER_PID=""
+    grep -c '^ok$' "$OUT/logs/$1-scraper.out" || true
 }
 
 # A throughput scenario: $1 id, $2 taskset cpus ("" = unpinned), rest: bench args.
@@ -234,6 +273,21 @@ for broker in ("mosquitto", "tern"):
     median["p99_rounds_us"] = p99s
     json.dump(median, open(os.path.join(runs, f"{sid}-{broker}.json"), "w"), indent=1)
 PYEOF
+}
+
+# What watching costs: Tern alone against Tern scraped every second, SCRAPE_ROUNDS
+# alternating rounds of each (Mosquitto has no /metrics). The spread of the unscraped
+# rounds is the noise the scraped ones are judged against.
+SCRAPE_ROUNDS=${SCRAPE_ROUNDS:-3}
+scrape_scenario() {
+    local id="$1"; shift
+    want "$id" || return 0
+    for round in $(seq "$SCRAPE_ROUNDS"); do
+        for broker in tern tern-scraped; do
+            say ""; say "=== $id on $broker, round $round of $SCRAPE_ROUNDS"
+            run_once "$id-r$round" "$broker" "" "$@"
+        done
+    done
 }
 
 # Idle connections: RSS per connection = (RSS with N idle - RSS empty) / N.
@@ -367,6 +421,7 @@ idle_scenario
 slow_scenario
 scenario fanout-q1-1core "0"   fanout -P 1 -S 64 -q 1 -w 100
 scenario fanout-q1-2core "0,1" fanout -P 1 -S 64 -q 1 -w 100
+scrape_scenario scrape-p2p-q1 p2p -n 64 -q 1 -w 100
 
 ELAPSED=$(( $(date +%s) - START_TIME ))
 
@@ -438,9 +493,10 @@ p = lines.append
 p(f"Tern vs Mosquitto — {duration} s measured + {warmup} s warm-up per run; "
   f"script took {int(elapsed) // 60} min {int(elapsed) % 60} s; open-files limit {nofile}")
 p("")
-p("| scenario | broker | delivered msg/s | broker CPU µs/msg | p50 | p99 | RSS | lost |")
-p("|---|---|---:|---:|---:|---:|---:|---:|")
 keys = ["rate", "cpu", "p50", "p99", "rss", "lost"]
+if any((sid, b) in runs for sid, _ in ORDER for b in ("mosquitto", "tern")):
+    p("| scenario | broker | delivered msg/s | broker CPU µs/msg | p50 | p99 | RSS | lost |")
+    p("|---|---|---:|---:|---:|---:|---:|---:|")
 for sid, label in ORDER:
     mo, te = runs.get((sid, "mosquitto")), runs.get((sid, "tern"))
     if not mo and not te:
@@ -511,6 +567,31 @@ if all(cs.values()):
         one = cs[("1core", b)]["bench"]["delivered_per_sec"]
         two = cs[("2core", b)]["bench"]["delivered_per_sec"]
         p(f"| {b} | {one:,.0f} | {two:,.0f} | {two / one:.2f}× |")
+
+rounds = {}
+for (rid, b), r in runs.items():
+    if rid.startswith("scrape-p2p-q1-r"):
+        rounds.setdefault(b, []).append(r)
+if rounds.get("tern") and rounds.get("tern-scraped"):
+    p("")
+    p("**What a 1 s Prometheus scrape costs** (p2p 64 pairs QoS 1, Tern alone and Tern with "
+      "`/metrics` fetched every second, alternating rounds):")
+    p("")
+    p("| tern | rounds (delivered msg/s) | median | scrapes answered |")
+    p("|---|---|---:|---:|")
+    med = {}
+    for b in ("tern", "tern-scraped"):
+        rs = sorted(rounds[b], key=lambda r: r["id"])
+        rates = [r["bench"]["delivered_per_sec"] for r in rs]
+        med[b] = sorted(rates)[len(rates) // 2]
+        scrapes = sum(r.get("scrapes") or 0 for r in rs) if b == "tern-scraped" else "–"
+        p(f"| {'scraped every 1 s' if b == 'tern-scraped' else 'not scraped'} | "
+          + ", ".join(f"{v:,.0f}" for v in rates) + f" | {med[b]:,.0f} | {scrapes} |")
+    plain = [r["bench"]["delivered_per_sec"] for r in rounds["tern"]]
+    noise = (max(plain) - min(plain)) / med["tern"] * 100
+    p("")
+    p(f"Scraped / not scraped (medians): **{med['tern-scraped'] / med['tern']:.3f}×**; "
+      f"the unscraped rounds alone spread by {noise:.1f} % of their median (the noise).")
 
 p("")
 p(f"Commands: {os.path.join(out, 'commands.txt')}; raw JSON: {os.path.join(out, 'runs')}/")

@@ -307,6 +307,21 @@ async fn metrics_agree_with_sys_figure_by_figure() {
         }
     }
     publisher.retain("r/x", b"kept").await;
+    // A connected client that has its messages and does not acknowledge them.
+    let mut reader = TestClient::connect(addr, ProtocolVersion::V5, "reader").await;
+    reader.subscribe("q/#", QoS::AtLeastOnce).await;
+    for _ in 0..3 {
+        publisher
+            .publish("q/x", b"1", QoS::AtLeastOnce, false)
+            .await;
+        reader.recv_publish().await;
+    }
+    // Quiet: both connections parked (after 1 ms idle here), so that no
+    // gauge moves between the scrape and the read of $SYS below.
+    eventually("both connections parked", || {
+        sys_figures(&broker).contains(&("clients/parked", 2))
+    })
+    .await;
 
     let scraped = samples(&get(http, "/metrics", Some(&bearer(TOKEN))).await.body);
     let figures = sys_figures(&broker);
@@ -328,7 +343,7 @@ async fn metrics_agree_with_sys_figure_by_figure() {
     // QoS 0 to an offline session is dropped, and so is what passes the
     // queue limit of 2: by reason.
     assert_eq!(scraped["tern_messages_received_total{qos=\"0\"}"], 1.0);
-    assert_eq!(scraped["tern_messages_received_total{qos=\"1\"}"], 3.0);
+    assert_eq!(scraped["tern_messages_received_total{qos=\"1\"}"], 6.0);
     assert_eq!(scraped["tern_messages_received_total{qos=\"2\"}"], 3.0);
     assert_eq!(
         scraped["tern_messages_dropped_total{reason=\"offline_qos0\"}"],
@@ -339,6 +354,11 @@ async fn metrics_agree_with_sys_figure_by_figure() {
         3.0
     );
     assert_eq!(scraped["tern_retained_messages"], 1.0);
+    // What waits: two queued for the session away (the limit), three sent
+    // to the reader and not acknowledged.
+    assert_eq!(scraped["tern_queued_messages"], 2.0);
+    assert_eq!(scraped["tern_session_queue_depth_max"], 2.0);
+    assert_eq!(scraped["tern_inflight_messages"], 3.0);
 }
 
 #[tokio::test]

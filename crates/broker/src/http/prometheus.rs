@@ -10,9 +10,11 @@
 //! atomics, and are only read.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 use crate::connection::park::Parker;
 use crate::metrics::{Dropped, Histogram, Metrics};
+use crate::session::Session;
 use crate::state::BrokerState;
 use crate::sys::{self, VERSION};
 
@@ -155,6 +157,7 @@ pub fn render(state: &BrokerState, parker: &Parker) -> String {
         out.sample("tern_limits_total", &labels, value);
     }
     listeners(&mut out, state);
+    queues(&mut out, state);
     messages(&mut out, &state.metrics);
     out.counter(
         "tern_auth_failures_total",
@@ -190,6 +193,36 @@ fn listeners(out: &mut Exposition, state: &BrokerState) {
         let name = listener.label();
         out.sample("tern_listener_connections", &[("listener", &name)], n);
     }
+}
+
+/// What waits in the sessions: queued and in flight, in all and in the
+/// deepest queue (the figure that shows one stuck subscriber). Read here, at
+/// the scrape, one session lock at a time, so the message path keeps no
+/// counter of its own: a delivery costs the same whether anyone watches.
+fn queues(out: &mut Exposition, state: &BrokerState) {
+    let sessions: Vec<Arc<Session>> = state.sessions().iter().cloned().collect();
+    let (mut queued, mut in_flight, mut deepest) = (0, 0, 0);
+    for session in &sessions {
+        let st = session.lock();
+        queued += st.pending_len();
+        in_flight += st.inflight_len();
+        deepest = deepest.max(st.pending_len());
+    }
+    out.gauge(
+        "tern_queued_messages",
+        "Messages queued for sessions and not yet sent.",
+        queued,
+    );
+    out.gauge(
+        "tern_inflight_messages",
+        "QoS 1 and 2 messages sent to clients and not yet acknowledged.",
+        in_flight,
+    );
+    out.gauge(
+        "tern_session_queue_depth_max",
+        "Messages queued for the session with the most.",
+        deepest,
+    );
 }
 
 /// PUBLISH packets received by QoS, and dropped by reason.
