@@ -244,6 +244,9 @@ def SECURITY(first: str) -> str:
 ELSEWHERE = {
     README("cargo run --release -- serve"):
         ".ci/run builds the broker and runs `cargo test --workspace`",
+    README("scripts/deb.sh"):
+        ".ci/run runs scripts/deb-test.sh: builds the package, installs it with dpkg -i, serves "
+        "through it as the tern user, purges it",
     "docs/performance.md: scripts/bench-compare.sh":
         "minutes long: its options are checked against --help (test_bench_compare_options_exist)",
     "docs/performance.md: cargo bench -p tern-codec":

@@ -65,10 +65,11 @@ pub use auth::{AuthError, password};
 pub use cluster::ClusterError;
 pub use config::{Config, ConfigError};
 pub use http::HttpError;
+pub use http::backup::{HEADERS as BACKUP_HEADERS, counts as backup_counts};
 pub use listener::{BindError, TlsError, TlsProblem};
 pub use message::Message;
 pub use server::{Broker, BrokerHandle, ReloadError, StartError};
-pub use store::{StoreError, salvage};
+pub use store::{Backup, StoreError, salvage, verify as verify_backup};
 
 /// Internals the crate's own integration tests and benchmarks look at: not
 /// part of the API, and may change without notice.
@@ -83,6 +84,7 @@ pub mod testing {
     pub use crate::metrics::Metrics;
     pub use crate::state::BrokerState;
     pub use crate::store::crash_point::CrashPoint;
+    pub use crate::store::engine::{DATA_FORMAT, data_format, mark_data_format};
     pub use crate::store::records::{Kept, decode_mirror};
     pub use crate::topic_tree::{Matched, TopicTree};
 

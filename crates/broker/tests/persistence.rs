@@ -469,3 +469,95 @@ async fn retained_quotas_hold_across_a_restart() {
     assert_eq!(carol.retain("rq/1", b"r").await, accepted, "her own topic");
     broker.shutdown().await;
 }
+
+/// A copy of `tests/data/NAME` (a data directory an older tern wrote).
+fn fixture(name: &str) -> DataDir {
+    let dir = DataDir::new(name);
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let from = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(name);
+    std::fs::copy(from.join("tern.redb"), dir.file()).unwrap();
+    dir
+}
+
+/// Receives `expected` payloads in order, acknowledging each.
+async fn receive_in_order(client: &mut TestClient, expected: &[&str]) {
+    for want in expected {
+        let p = client.recv_publish().await;
+        assert_eq!(std::str::from_utf8(&p.payload).unwrap(), *want);
+        client.ack(&p).await;
+    }
+    client.expect_nothing().await;
+}
+
+#[tokio::test]
+async fn a_file_of_the_first_layout_is_read_and_upgraded() {
+    // Written by the tern of the first record layout (see its README).
+    let dir = fixture("layout-1");
+    assert_eq!(tern_broker::testing::data_format(&dir.0).unwrap(), 1);
+    let broker = start_in(&dir).await;
+    let addr = broker.local_addr();
+    let (mut sensor, ack) = TestClient::connect_with(addr, persistent(V4, "sensor-sub")).await;
+    assert!(ack.session_present);
+    receive_in_order(&mut sensor, &["21.0", "21.5", "22.5", "kitchen", "22.5"]).await;
+    let (mut phone, ack) = TestClient::connect_with(addr, persistent(V5, "phone")).await;
+    assert!(ack.session_present);
+    receive_in_order(&mut phone, &["21.0", "21.5", "22.5", "22.5"]).await;
+    // Its subscriptions route new messages.
+    let mut publisher = TestClient::connect(addr, V5, "pub").await;
+    publisher
+        .publish("alerts/smoke", b"hall", QoS::AtLeastOnce, false)
+        .await;
+    receive_in_order(&mut sensor, &["hall"]).await;
+    // Its retained messages, to a new subscriber.
+    let mut late = TestClient::connect(addr, V5, "late").await;
+    late.subscribe("#", QoS::AtMostOnce).await;
+    let mut retained: Vec<(String, String)> = Vec::new();
+    for _ in 0..2 {
+        let p = late.recv_publish().await;
+        assert!(p.retain);
+        retained.push((
+            p.topic.to_string(),
+            String::from_utf8_lossy(&p.payload).into(),
+        ));
+    }
+    retained.sort();
+    assert_eq!(
+        retained,
+        [
+            ("config/site".into(), r#"{"name":"plant 4"}"#.into()),
+            ("house/room1/temp".into(), "22.5".into())
+        ]
+    );
+    broker.shutdown().await;
+    // Upgraded: the file now says its format, and opens again as it is.
+    assert_eq!(
+        tern_broker::testing::data_format(&dir.0).unwrap(),
+        tern_broker::testing::DATA_FORMAT
+    );
+    let broker = start_in(&dir).await;
+    let (mut sensor, ack) =
+        TestClient::connect_with(broker.local_addr(), persistent(V4, "sensor-sub")).await;
+    assert!(ack.session_present);
+    sensor.expect_nothing().await;
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_file_from_a_newer_tern_is_refused_with_the_version_it_needs() {
+    let dir = DataDir::new("newer");
+    start_in(&dir).await.shutdown().await;
+    let newer = tern_broker::testing::DATA_FORMAT + 1;
+    tern_broker::testing::mark_data_format(&dir.0, newer, "tern 9.9.9").unwrap();
+    let err = match tern_broker::Broker::start(dir.config()).await {
+        Ok(_) => panic!("started on a data file of a newer format"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains(&dir.file().display().to_string()), "{err}");
+    assert!(
+        err.contains(&format!("data format {newer}, written by tern 9.9.9")),
+        "{err}"
+    );
+    assert!(err.contains("run tern 9.9.9 or newer"), "{err}");
+}

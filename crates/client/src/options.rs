@@ -195,11 +195,7 @@ impl ConnectOptions {
 
     /// `host:port` as printed in errors (IPv6 literals in brackets).
     pub(crate) fn address(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
-        }
+        address(&self.host, self.port)
     }
 
     /// The keep-alive in whole seconds as CONNECT carries it: a non-zero
@@ -423,6 +419,15 @@ impl Message {
             payload: self.payload,
             properties,
         }
+    }
+}
+
+/// `host:port` as printed in errors (IPv6 literals in brackets).
+pub(crate) fn address(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
     }
 }
 

@@ -64,22 +64,31 @@ impl TlsOptions {
     }
 }
 
-/// An open byte stream to the broker.
+/// An open byte stream to the broker: plain TCP or TLS over it.
 #[derive(Debug)]
-pub(crate) enum Stream {
+pub enum Stream {
     Tcp(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
 }
 
 /// Connects to the broker in `options`, with the TLS handshake if asked for.
 pub(crate) async fn open(options: &ConnectOptions) -> Result<Stream, Error> {
+    connect(&options.host, options.port, options.tls.as_ref()).await
+}
+
+/// Connects to `host:port`, with the TLS handshake if `tls` is given: the
+/// same stream, errors and certificate checks as an MQTT connection's, for
+/// the tools that speak another protocol to the broker (`tern backup` over
+/// its HTTP listener).
+pub async fn connect(host: &str, port: u16, tls: Option<&TlsOptions>) -> Result<Stream, Error> {
     // Read before connecting: a bad file is the user's to fix, whatever the
     // network does.
-    let tls = options.tls.as_ref().map(client_config).transpose()?;
-    let tcp = TcpStream::connect((options.host.as_str(), options.port))
+    let tls = tls.map(client_config).transpose()?;
+    let addr = crate::options::address(host, port);
+    let tcp = TcpStream::connect((host, port))
         .await
         .map_err(|source| Error::Unreachable {
-            addr: options.address(),
+            addr: addr.clone(),
             source,
         })?;
     // Small packets (acks, pings) must not wait for Nagle's timer.
@@ -87,19 +96,15 @@ pub(crate) async fn open(options: &ConnectOptions) -> Result<Stream, Error> {
     let Some(config) = tls else {
         return Ok(Stream::Tcp(tcp));
     };
-    let name = ServerName::try_from(options.host.clone()).map_err(|_| {
+    let name = ServerName::try_from(host.to_owned()).map_err(|_| {
         Error::TlsSetup(format!(
-            "'{}' is not a host name or address a TLS certificate can name",
-            options.host
+            "'{host}' is not a host name or address a TLS certificate can name"
         ))
     })?;
     let stream = TlsConnector::from(Arc::new(config))
         .connect(name, tcp)
         .await
-        .map_err(|source| Error::Tls {
-            addr: options.address(),
-            source,
-        })?;
+        .map_err(|source| Error::Tls { addr, source })?;
     Ok(Stream::Tls(Box::new(stream)))
 }
 

@@ -3,13 +3,16 @@
 //! Thin over the libraries: this file parses the command line, sets up
 //! logging, and hands over to one module per subcommand: `serve` (the broker,
 //! over `tern-broker`), `pub` and `sub` (over `tern-client`), `bench` (a
-//! load generator over `tern-codec`), `passwd` (password files) and `store`
-//! (salvage of a damaged data file).
+//! load generator over `tern-codec`), `passwd` (password files), `store`
+//! (salvage of a damaged data file) and `backup` (a running broker's data
+//! file, over its HTTP listener).
 
+mod backup;
 mod bench;
 mod connect_args;
 mod exit;
 mod logging;
+mod man;
 mod output;
 mod passwd;
 mod publish;
@@ -19,7 +22,7 @@ mod subscribe;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// Tern: an MQTT 3.1 / 3.1.1 / 5.0 broker and toolkit.
 #[derive(Parser)]
@@ -43,6 +46,11 @@ enum Command {
     Passwd(passwd::PasswdArgs),
     /// Work on a data directory while the broker is stopped (salvage).
     Store(store::StoreArgs),
+    /// Copy a running broker's data file: sessions, queues, retained messages.
+    Backup(backup::BackupArgs),
+    /// Write the manual pages into DIR (for packaging).
+    #[command(hide = true)]
+    Man { dir: std::path::PathBuf },
 }
 
 fn main() -> ExitCode {
@@ -81,6 +89,17 @@ fn main() -> ExitCode {
             logging::to_stderr("warn");
             store::run(args)
         }
+        Command::Backup(args) => {
+            logging::to_stderr("warn");
+            run_tool("tern backup", backup::run(args))
+        }
+        Command::Man { dir } => match man::write_all(Cli::command(), &dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("tern man: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 

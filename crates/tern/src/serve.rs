@@ -92,6 +92,14 @@ async fn serve(config: Config, log_file: Option<LogFile>) -> anyhow::Result<()> 
             env!("CARGO_PKG_VERSION")
         );
     }
+    if let (Some(http), Some(addr)) = (&config.http, broker.http_addr()) {
+        let scheme = if http.cert_file.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        tracing::info!("HTTP (metrics, admin API, health) on {scheme}://{addr}");
+    }
     let addr = broker.local_addr();
     if config.listeners.len() == 1 && addr.ip().is_loopback() && config.allows_anonymous(0) {
         tracing::info!(

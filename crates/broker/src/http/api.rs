@@ -5,7 +5,8 @@
 //! filters and paging, show, disconnect (MQTT 5: DISCONNECT 0x98
 //! Administrative action), delete an offline session; subscriptions;
 //! retained messages: list by filter, get, delete; publish; reload the
-//! password, ACL and certificate files (as SIGHUP); broker information.
+//! password, ACL and certificate files (as SIGHUP); broker information; a
+//! backup of the data file (`backup.rs`).
 //!
 //! Lists are sorted by their key and paged with `limit` (1 to 1000, default
 //! 100) and `after` (the `next` of the previous page). A list copies the
@@ -64,6 +65,7 @@ pub fn routes() -> Router<Arc<Http>> {
         )
         .route("/api/v1/publish", post(publish))
         .route("/api/v1/reload", post(reload))
+        .route("/api/v1/backup", get(super::backup::backup))
 }
 
 /// A 4xx (or 5xx) answer with `{"error": message}`.

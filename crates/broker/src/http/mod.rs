@@ -5,6 +5,8 @@
 //! - [`auth`]: who may use it (API tokens, admin users of the password file),
 //!   checked on every route but the health checks.
 //! - [`prometheus`]: the text exposition of every figure `$SYS` has, and more.
+//! - [`api`]: the admin API (JSON, described by its OpenAPI file).
+//! - [`backup`]: a consistent copy of the data file, streamed.
 //!
 //! Built on axum (hyper underneath) on the broker's own runtime. It reads
 //! what the broker already counts (relaxed atomics, and the same few locks
@@ -14,6 +16,7 @@
 
 mod api;
 mod auth;
+pub mod backup;
 mod prometheus;
 mod tls;
 

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 
-use super::{Backend, Durability, Op, Record, StoreMetrics};
+use super::{Backend, Backup, Durability, Op, Record, StoreError, StoreMetrics};
 
 /// Where the store stops keeping changes; shared by the test and the store.
 #[derive(Debug)]
@@ -99,5 +99,8 @@ impl Backend for Crashing {
     }
     fn location(&self) -> &Path {
         self.engine.location()
+    }
+    fn backup(&self, dir: &Path) -> Result<Backup, StoreError> {
+        self.engine.backup(dir)
     }
 }

@@ -39,7 +39,7 @@ use tokio::sync::watch;
 use self::crash_point::{CrashPoint, Crashing};
 use self::engine::Engine;
 pub use self::engine::Op;
-pub use self::engine::{Durability, Recovered, StoreError, StoreMetrics};
+pub use self::engine::{Backup, Durability, Recovered, StoreError, StoreMetrics};
 use self::records::{Clock, QueueEntry, SessionRecord};
 use crate::message::{Awaiting, Delivery, Message, Records, StoredMessage};
 
@@ -69,6 +69,9 @@ pub trait Backend: Send + Sync {
     fn close(&self);
     /// Where the data lives, for logs.
     fn location(&self) -> &Path;
+    /// Copies everything submitted so far into a new data file in `dir`
+    /// while the broker runs (`tern backup`). Blocks for the copy.
+    fn backup(&self, dir: &Path) -> Result<Backup, StoreError>;
 }
 
 impl Backend for Engine<Record> {
@@ -99,6 +102,26 @@ impl Backend for Engine<Record> {
     fn location(&self) -> &Path {
         Engine::path(self)
     }
+    fn backup(&self, dir: &Path) -> Result<Backup, StoreError> {
+        Engine::backup(self, dir)
+    }
+}
+
+/// Opens the data file in `dir` as `tern serve` would (the integrity
+/// check, the data format), counts what it holds, and closes it: how
+/// `tern backup` checks the copy it received.
+pub fn verify(dir: &Path) -> Result<Backup, StoreError> {
+    let (engine, recovered) = Engine::<Vec<u8>>::open(dir, Durability::Fsync)?;
+    engine.close();
+    let count = |n: usize| n as u64;
+    Ok(Backup {
+        sessions: count(recovered.sessions.len()),
+        queued: count(recovered.queue.len()),
+        messages: count(recovered.messages.len()),
+        inbound_qos2: count(recovered.inbound_qos2.len()),
+        retained: count(recovered.retained.len()),
+        bytes: std::fs::metadata(engine.path()).map_or(0, |m| m.len()),
+    })
 }
 
 /// The broker's handle on its store.
@@ -170,6 +193,11 @@ impl Store {
     /// What the commits cost so far (for `/metrics`).
     pub fn metrics(&self) -> &StoreMetrics {
         self.engine.metrics()
+    }
+
+    /// A consistent copy of the data file in `dir` (see [`Backend::backup`]).
+    pub fn backup(&self, dir: &Path) -> Result<Backup, StoreError> {
+        self.engine.backup(dir)
     }
 
     /// Whether responses wait for the store (`durability` fsync or os).

@@ -22,6 +22,9 @@
 //! The parts, one file each:
 //! - `open`: opening the file, with redb's integrity check, and what a
 //!   damaged, foreign or locked file is reported as ([`StoreError`]).
+//! - `backup`: a consistent copy of the file while the writer runs.
+//! - `format`: the data format the file is in (its `meta` table): a newer
+//!   file refused by name, an older one upgraded.
 //! - `tables`: the five tables, read whole at open ([`Recovered`]) and
 //!   changed by one [`Op`] at a time in the writer's transactions.
 //! - `writer`: the writer thread: group commit, retries, durable tickets.
@@ -30,7 +33,9 @@
 //!   through which tests make writes fail.
 
 mod backend;
+mod backup;
 mod coalesce;
+mod format;
 mod open;
 mod tables;
 mod writer;
@@ -38,18 +43,21 @@ mod writer;
 use bytes::BytesMut;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar};
+use std::sync::{Arc, Condvar, mpsc};
 
 use crate::lock::{Mutex, MutexGuard, rank};
 use std::thread::JoinHandle;
 use tern_codec::ByteStr;
 
+use redb::ReadTransaction;
 use tokio::sync::watch;
 
 use self::backend::Hooks;
 use self::writer::Writer;
 use crate::metrics::Histogram;
 
+pub use self::backup::Backup;
+pub use self::format::{DATA_FORMAT, mark as mark_data_format, of as data_format};
 pub use self::open::StoreError;
 pub(super) use self::open::{FILE_NAME, REDB_GOD_BYTE, REDB_MAGIC, REDB_RECOVERY_REQUIRED};
 pub use self::tables::Recovered;
@@ -190,6 +198,9 @@ struct State<V> {
     /// The writer thread has ended (normally or not): nothing more will
     /// become durable, so `flush` must not wait.
     writer_gone: bool,
+    /// Backups waiting for their snapshot, which the writer takes after
+    /// its next batch.
+    snapshots: Vec<mpsc::SyncSender<Result<ReadTransaction, redb::Error>>>,
 }
 
 impl<V> Shared<V> {
@@ -229,6 +240,7 @@ impl<V: Value> Engine<V> {
                 last_ticket: 0,
                 closing: false,
                 writer_gone: false,
+                snapshots: Vec::new(),
             }),
             work: Condvar::new(),
             progress: Condvar::new(),
@@ -352,12 +364,42 @@ impl<V: Value> Engine<V> {
         }
     }
 
-    /// The durability mode the engine was opened with.
     /// What the commits cost so far.
     pub fn metrics(&self) -> &StoreMetrics {
         &self.shared.metrics
     }
 
+    /// Copies everything submitted so far into a new data file in `dir`,
+    /// while the writer goes on (see [`backup`]). Blocks for the copy: call
+    /// it from a blocking thread.
+    pub fn backup(&self, dir: &Path) -> Result<Backup, StoreError> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        {
+            let mut state = self.shared.lock_state();
+            if state.closing || state.writer_gone {
+                return Err(self.closed());
+            }
+            state.snapshots.push(tx);
+        }
+        self.shared.work.notify_one();
+        let snapshot = rx
+            .recv()
+            .map_err(|_| self.closed())?
+            .map_err(|err| StoreError::Other {
+                path: self.shared.path.clone(),
+                reason: format!("cannot read it for a backup: {err}"),
+            })?;
+        backup::copy(&snapshot, dir)
+    }
+
+    fn closed(&self) -> StoreError {
+        StoreError::Other {
+            path: self.shared.path.clone(),
+            reason: "the store is closed (tern is shutting down)".into(),
+        }
+    }
+
+    /// The durability mode the engine was opened with.
     pub fn durability(&self) -> Durability {
         self.durability
     }

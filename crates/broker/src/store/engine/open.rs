@@ -50,6 +50,7 @@ use redb::{Builder, Database, DatabaseError, RepairSession};
 
 use super::Durability;
 use super::backend::{Backend, Hooks};
+use super::format::{self, DATA_FORMAT};
 use super::tables::{Recovered, recover};
 
 /// The file's name inside the data directory.
@@ -112,6 +113,19 @@ pub enum StoreError {
         .path.display()
     )]
     Incompatible { path: PathBuf, reason: String },
+    /// The file was written by a newer tern, in a data format this one
+    /// cannot read.
+    #[error(
+        "data file {} is in data format {found}, written by {written_by}; this tern ({}) reads data formats up to {}: run {written_by} or newer with this data directory, or give this one another (empty, or a backup it made)",
+        .path.display(),
+        super::format::WRITTEN_BY,
+        super::format::DATA_FORMAT
+    )]
+    TooNew {
+        path: PathBuf,
+        found: u32,
+        written_by: String,
+    },
     /// The operating system refused to open, read or write the file.
     #[error(
         "cannot open data file {}: {reason}; check that the data directory is writable and the disk is not full",
@@ -165,11 +179,25 @@ pub(super) fn open_file(
         let db = opener
             .open(Some(fell_back.clone()))
             .map_err(redb::Error::from)?;
+        // The format first: a newer file is refused before its records
+        // are read (they may not mean what this tern thinks).
+        let found = match format::check_and_upgrade(&db, &path) {
+            Ok(found) => found,
+            Err(err) => return Ok(Err(err)),
+        };
+        if (1..DATA_FORMAT).contains(&found.number) {
+            tracing::info!(
+                file = %path.display(),
+                "data file upgraded from data format {} to {DATA_FORMAT}",
+                found.number
+            );
+        }
         let recovered = recover(&db)?;
-        Ok::<_, redb::Error>((db, recovered))
+        Ok::<_, redb::Error>(Ok((db, recovered)))
     }));
     let (db, mut recovered) = match opened {
-        Ok(Ok(opened)) => opened,
+        Ok(Ok(Ok(opened))) => opened,
+        Ok(Ok(Err(too_new))) => return Err(too_new),
         Ok(Err(err)) => return Err(classify(&path, err)),
         Err(panic) => {
             return Err(StoreError::Damaged {

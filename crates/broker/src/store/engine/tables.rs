@@ -102,7 +102,7 @@ pub(super) fn recover(db: &Database) -> Result<Recovered, redb::Error> {
 
 /// A table for reading, or `None` if nothing was ever written to it (a new
 /// file has no tables; creating them would cost a commit at every open).
-fn open_for_read<K: redb::Key + 'static, V: redb::Value + 'static>(
+pub(super) fn open_for_read<K: redb::Key + 'static, V: redb::Value + 'static>(
     txn: &ReadTransaction,
     definition: TableDefinition<K, V>,
 ) -> Result<Option<redb::ReadOnlyTable<K, V>>, TableError> {

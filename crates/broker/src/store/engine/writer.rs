@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use redb::Database;
+use redb::{Database, ReadTransaction, ReadableDatabase};
 use tokio::sync::watch;
 
 use super::coalesce::superseded;
@@ -87,17 +87,23 @@ impl<V: Value> Writer<V> {
         // Swapped with `pending`, so both Vecs keep their capacity.
         let mut batch: Vec<(u64, Op<V>)> = Vec::new();
         loop {
-            {
+            let snapshots = {
                 let mut state = self.shared.lock_state();
-                while state.pending.is_empty() && !state.closing {
+                while state.pending.is_empty() && state.snapshots.is_empty() && !state.closing {
                     state = state.wait(&self.shared.work);
                 }
-                if state.pending.is_empty() {
+                if state.pending.is_empty() && state.snapshots.is_empty() {
                     break; // closing, and everything is written
                 }
                 std::mem::swap(&mut state.pending, &mut batch);
-            }
+                std::mem::take(&mut state.snapshots)
+            };
             let written = self.write_batch(&batch);
+            // After the batch: a snapshot holds everything submitted
+            // before it was asked for.
+            for snapshot in snapshots {
+                let _ = snapshot.send(self.begin_read());
+            }
             // Room for twice this batch: under steady load the submitters
             // then push without growing the queue while they hold its lock,
             // and a burst's memory is given back once batches are small.
@@ -184,12 +190,7 @@ impl<V: Value> Writer<V> {
     /// One write transaction for `chunk`, reopening the file first if the
     /// last attempt failed.
     fn try_write(&mut self, chunk: &[(u64, Op<V>)]) -> Result<(), redb::Error> {
-        let db = match self.db.take() {
-            Some(db) => db,
-            None => self.opener.open(None)?,
-        };
-        let db = self.db.insert(db);
-        let txn = db.begin_write()?;
+        let txn = self.db()?.begin_write()?;
         {
             let mut tables = Tables::new(&txn);
             let superseded = superseded(chunk);
@@ -201,6 +202,20 @@ impl<V: Value> Writer<V> {
         }
         txn.commit()?;
         Ok(())
+    }
+
+    /// The open file, opening it again if the last write failed.
+    fn db(&mut self) -> Result<&Database, redb::Error> {
+        let db = match self.db.take() {
+            Some(db) => db,
+            None => self.opener.open(None)?,
+        };
+        Ok(self.db.insert(db))
+    }
+
+    /// A read transaction on everything committed so far (for a backup).
+    fn begin_read(&mut self) -> Result<ReadTransaction, redb::Error> {
+        Ok(self.db()?.begin_read()?)
     }
 
     /// Closes the file cleanly. In `Os` mode fsync is switched on first, so
