@@ -138,7 +138,7 @@ start_broker() { # $1 broker, $2 sys interval, $3 cpu list for taskset ("" = unp
     [ -n "$cpus" ] && cmd=(taskset -c "$cpus")
     if [ "$broker" = mosquitto ]; then
         cmd+=("$MOSQUITTO" -c "$OUT/conf/mosquitto-sys$sys.conf")
-    elif [ "$broker" = tern-scraped ]; then
+    elif [ "$broker" = tern-scraped ] || [ "$broker" = tern-watched ]; then
         cmd+=("$TERN" serve --config "$OUT/conf/tern-scraped.toml")
     else
         cmd+=("$TERN" serve --config "$OUT/conf/tern-sys$sys.toml")
@@ -197,27 +197,39 @@ run_once() {
     start_broker "$broker" 0 "$cpus" "$run"
     local port c0 c1
     port=$(port_of "$broker")
-    [ "$broker" = tern-scraped ] && start_scraper "$run"
+    case "$broker" in
+        tern-scraped) start_watcher "$run" metrics ;;
+        tern-watched) start_watcher "$run" dashboard ;;
+    esac
     c0=$(cpu_ticks "$BROKER_PID")
     bench "$OUT/runs/$run-$broker.bench.json" "$@" -p "$port" \
         -d "$DURATION" --warmup "$WARMUP" --drain "$DRAIN"
     c1=$(cpu_ticks "$BROKER_PID")
     local scrapes=null
-    [ "$broker" = tern-scraped ] && scrapes=$(stop_scraper "$run")
+    [ -n "$SCRAPER_PID" ] && scrapes=$(stop_watcher "$run")
     record "$run" "$broker" "$OUT/runs/$run-$broker.bench.json" $((c1 - c0)) \
         "pinned=\"$cpus\"" "scrapes=$scrapes"
     stop_broker
 }
 
-# Prometheus's part: GET /metrics once a second, as a scrape_interval of 1s
-# does, counting the answers that were 200 with the figures in them.
-start_scraper() { # $1 run id (for the log)
-    say "+ python3 <GET http://127.0.0.1:$HTTP_PORT/metrics every 1 s> &"
-    echo "python3 scraper of http://127.0.0.1:$HTTP_PORT/metrics every 1 s &" >> "$CMDS"
-    python3 -u - "$HTTP_PORT" "$SCRAPE_TOKEN" > "$OUT/logs/$1-scraper.out" <<'EOF' &
+# The watcher of a run: `metrics` is Prometheus's part, GET /metrics once a second (as a
+# scrape_interval of 1s does), counting the answers that were 200 with the figures in them;
+# `dashboard` is an open dashboard page's, its live stream read as the page reads it,
+# counting the events.
+start_watcher() { # $1 run id (for the log), $2 metrics or dashboard
+    say "+ python3 <$2 watcher of http://127.0.0.1:$HTTP_PORT> &"
+    echo "python3 $2 watcher of http://127.0.0.1:$HTTP_PORT (see scripts/bench-compare.sh) &" >> "$CMDS"
+    python3 -u - "$HTTP_PORT" "$SCRAPE_TOKEN" "$2" > "$OUT/logs/$1-watcher.out" <<'EOF' &
 import sys, time, urllib.request
-url = f"http://127.0.0.1:{sys.argv[1]}/metrics"
-req = urllib.request.Request(url, headers={"Authorization": f"Bearer {sys.argv[2]}"})
+port, token, kind = sys.argv[1:]
+auth = {"Authorization": f"Bearer {token}"}
+if kind == "dashboard":
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/api/v1/dashboard/stream", headers=auth)
+    with urllib.request.urlopen(req) as stream:
+        for line in stream:
+            if line.startswith(b"event:"):
+                print("ok", flush=True)
+req = urllib.request.Request(f"http://127.0.0.1:{port}/metrics", headers=auth)
 while True:
     started = time.monotonic()
     try:
@@ -231,10 +243,10 @@ EOF
     SCRAPER_PID=$!
 }
 
-stop_scraper() { # $1 run id: prints how many scrapes succeeded
+stop_watcher() { # $1 run id: prints how many scrapes or events came
     kill "$SCRAPER_PID" 2>/dev/null || true; wait "$SCRAPER_PID" 2>/dev/null || true
     SCRAPER_PID=""
-    grep -c '^ok$' "$OUT/logs/$1-scraper.out" || true
+    grep -c '^ok$' "$OUT/logs/$1-watcher.out" || true
 }
 
 # A throughput scenario: $1 id, $2 taskset cpus ("" = unpinned), rest: bench args.
@@ -275,15 +287,16 @@ for broker in ("mosquitto", "tern"):
 PYEOF
 }
 
-# What watching costs: Tern alone against Tern scraped every second, SCRAPE_ROUNDS
-# alternating rounds of each (Mosquitto has no /metrics). The spread of the unscraped
-# rounds is the noise the scraped ones are judged against.
+# What watching costs: Tern alone against Tern watched ($2: tern-scraped, /metrics every
+# second; tern-watched, a dashboard page's live stream open), SCRAPE_ROUNDS alternating
+# rounds of each (Mosquitto has neither). The spread of the unwatched rounds is the noise
+# the watched ones are judged against.
 SCRAPE_ROUNDS=${SCRAPE_ROUNDS:-3}
-scrape_scenario() {
-    local id="$1"; shift
+watch_scenario() {
+    local id="$1" watched="$2"; shift 2
     want "$id" || return 0
     for round in $(seq "$SCRAPE_ROUNDS"); do
-        for broker in tern tern-scraped; do
+        for broker in tern "$watched"; do
             say ""; say "=== $id on $broker, round $round of $SCRAPE_ROUNDS"
             run_once "$id-r$round" "$broker" "" "$@"
         done
@@ -421,7 +434,9 @@ idle_scenario
 slow_scenario
 scenario fanout-q1-1core "0"   fanout -P 1 -S 64 -q 1 -w 100
 scenario fanout-q1-2core "0,1" fanout -P 1 -S 64 -q 1 -w 100
-scrape_scenario scrape-p2p-q1 p2p -n 64 -q 1 -w 100
+watch_scenario scrape-p2p-q1 tern-scraped p2p -n 64 -q 1 -w 100
+watch_scenario dashboard-p2p-q0 tern-watched p2p -n 64 -q 0 -w 100
+watch_scenario dashboard-fanin-q1 tern-watched fanin -P 8 -S 1 -q 1 -w 100
 
 ELAPSED=$(( $(date +%s) - START_TIME ))
 
@@ -568,30 +583,43 @@ if all(cs.values()):
         two = cs[("2core", b)]["bench"]["delivered_per_sec"]
         p(f"| {b} | {one:,.0f} | {two:,.0f} | {two / one:.2f}× |")
 
-rounds = {}
-for (rid, b), r in runs.items():
-    if rid.startswith("scrape-p2p-q1-r"):
-        rounds.setdefault(b, []).append(r)
-if rounds.get("tern") and rounds.get("tern-scraped"):
+WATCHED = [
+    ("scrape-p2p-q1", "tern-scraped", "What a 1 s Prometheus scrape costs",
+     "p2p 64 pairs QoS 1, Tern alone and Tern with `/metrics` fetched every second",
+     "scraped every 1 s", "scrapes answered"),
+    ("dashboard-p2p-q0", "tern-watched", "What an open dashboard page costs",
+     "p2p 64 pairs QoS 0, Tern alone and Tern with a dashboard page's live stream open "
+     "(its topic tree recording every message)",
+     "dashboard open", "events received"),
+    ("dashboard-fanin-q1", "tern-watched", "What an open dashboard page costs, fan-in",
+     "fan-in 8→1 QoS 1, Tern alone and Tern with a dashboard page's live stream open",
+     "dashboard open", "events received"),
+]
+for sid, watched, title, shape, label, counted in WATCHED:
+    rounds = {}
+    for (rid, b), r in runs.items():
+        if rid.startswith(f"{sid}-r"):
+            rounds.setdefault(b, []).append(r)
+    if not (rounds.get("tern") and rounds.get(watched)):
+        continue
     p("")
-    p("**What a 1 s Prometheus scrape costs** (p2p 64 pairs QoS 1, Tern alone and Tern with "
-      "`/metrics` fetched every second, alternating rounds):")
+    p(f"**{title}** ({shape}, alternating rounds):")
     p("")
-    p("| tern | rounds (delivered msg/s) | median | scrapes answered |")
+    p(f"| tern | rounds (delivered msg/s) | median | {counted} |")
     p("|---|---|---:|---:|")
     med = {}
-    for b in ("tern", "tern-scraped"):
+    for b in ("tern", watched):
         rs = sorted(rounds[b], key=lambda r: r["id"])
         rates = [r["bench"]["delivered_per_sec"] for r in rs]
         med[b] = sorted(rates)[len(rates) // 2]
-        scrapes = sum(r.get("scrapes") or 0 for r in rs) if b == "tern-scraped" else "–"
-        p(f"| {'scraped every 1 s' if b == 'tern-scraped' else 'not scraped'} | "
-          + ", ".join(f"{v:,.0f}" for v in rates) + f" | {med[b]:,.0f} | {scrapes} |")
+        seen = sum(r.get("scrapes") or 0 for r in rs) if b == watched else "–"
+        p(f"| {label if b == watched else 'alone'} | "
+          + ", ".join(f"{v:,.0f}" for v in rates) + f" | {med[b]:,.0f} | {seen} |")
     plain = [r["bench"]["delivered_per_sec"] for r in rounds["tern"]]
     noise = (max(plain) - min(plain)) / med["tern"] * 100
     p("")
-    p(f"Scraped / not scraped (medians): **{med['tern-scraped'] / med['tern']:.3f}×**; "
-      f"the unscraped rounds alone spread by {noise:.1f} % of their median (the noise).")
+    p(f"Watched / alone (medians): **{med[watched] / med['tern']:.3f}×**; "
+      f"the rounds alone spread by {noise:.1f} % of their median (the noise).")
 
 p("")
 p(f"Commands: {os.path.join(out, 'commands.txt')}; raw JSON: {os.path.join(out, 'runs')}/")

@@ -22,7 +22,33 @@ import pytest
 # Plain asserts in the shared helpers report their operands, as in tests.
 pytest.register_assert_rewrite("tools_support")
 
-from interop_support import DEFAULT_BROKER, VERSIONS, Broker, Client  # noqa: E402
+from interop_support import (  # noqa: E402
+    DEFAULT_BROKER,
+    HTTP_TOKEN,
+    VERSIONS,
+    Broker,
+    Client,
+    broker_with_config,
+    free_port,
+)
+
+
+@pytest.fixture
+def tern_http(request, tmp_path):
+    """A Tern broker with an HTTP listener: (broker, http port)."""
+    template = os.environ.get("TERN_INTEROP_BROKER", DEFAULT_BROKER)
+    port = free_port()
+    b = broker_with_config(
+        template,
+        f'[http]\nbind = "127.0.0.1:{port}"\ntokens = ["{HTTP_TOKEN}"]\n',
+        tmp_path,
+    )
+    request.node._interop_broker = b
+    b.start()
+    try:
+        yield b, port
+    finally:
+        b.cleanup()
 
 
 @pytest.fixture

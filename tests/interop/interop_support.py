@@ -46,6 +46,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+#: The API token of the `tern_http` fixture's HTTP listener (conftest.py).
+HTTP_TOKEN = "interop-token-0123456789abcdef"
+
+
 def need(tool: str, install: str) -> None:
     """Skips without `tool`, but fails under CI, which installs it."""
     if shutil.which(tool, path=os.environ.get("PATH", "") + ":/usr/sbin"):

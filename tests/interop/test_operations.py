@@ -16,29 +16,11 @@ import urllib.request
 
 import pytest
 
-from interop_support import DEFAULT_BROKER, VERSIONS, Client, broker_with_config, free_port, need, unique
+from interop_support import HTTP_TOKEN as TOKEN
+from interop_support import VERSIONS, Client, free_port, need, unique
 
 V5 = VERSIONS["v5"]
 PROMETHEUS = shutil.which("prometheus")
-TOKEN = "interop-token-0123456789abcdef"
-
-
-@pytest.fixture
-def tern_http(request, tmp_path):
-    """A Tern broker with an HTTP listener: (broker, http port)."""
-    template = os.environ.get("TERN_INTEROP_BROKER", DEFAULT_BROKER)
-    port = free_port()
-    b = broker_with_config(
-        template,
-        f'[http]\nbind = "127.0.0.1:{port}"\ntokens = ["{TOKEN}"]\n',
-        tmp_path,
-    )
-    request.node._interop_broker = b
-    b.start()
-    try:
-        yield b, port
-    finally:
-        b.cleanup()
 
 
 def http_get(port: int, path: str, token: str | None = None) -> tuple[int, str]:

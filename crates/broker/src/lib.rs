@@ -43,6 +43,7 @@ mod lock;
 mod log_throttle;
 mod message;
 mod metrics;
+mod monitor;
 mod recover;
 mod registry;
 mod retained;

@@ -52,6 +52,10 @@ pub mod rank {
     pub const TLS_CONFIG: u8 = 63;
     /// The store writer thread's handle.
     pub const STORE_WRITER: u8 = 80;
+    /// A shard of the topic monitor (`monitor.rs`): taken by routing (with
+    /// nothing above it held that it would wait for) and while seeding from
+    /// the retained messages.
+    pub const MONITOR: u8 = 85;
     /// The store's submission queue: innermost, nothing is taken under it.
     pub const STORE_QUEUE: u8 = 90;
 }

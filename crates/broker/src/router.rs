@@ -201,6 +201,7 @@ pub fn unsubscribe(
 /// deliveries to persistent sessions and `group` land in one transaction,
 /// and the deliveries become visible to their connections after that.
 fn route(state: &BrokerState, message: &Arc<Message>, scope: Scope, mut group: Group) -> Routed {
+    state.monitor.note(message);
     let Targets {
         mut list,
         groups,

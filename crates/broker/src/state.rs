@@ -29,6 +29,7 @@ use crate::config::Config;
 use crate::limits::Limits;
 use crate::lock::{Mutex, MutexGuard, ReadGuard, RwLock, WriteGuard, rank};
 use crate::metrics::Metrics;
+use crate::monitor::Monitor;
 use crate::retained::RetainedMessages;
 use crate::seams::{Fabric, Ownership, Seams};
 use crate::session::{ConnectionId, QueueLimits, Session, Sessions};
@@ -57,6 +58,8 @@ pub struct BrokerState {
     /// Who holds each client id's session (see [`crate::seams`]).
     pub ownership: Box<dyn Ownership>,
     pub metrics: Metrics,
+    /// What the dashboard's topic tree shows, recorded while a page is open.
+    pub monitor: Arc<Monitor>,
     /// Resource limits: live connection counts, rate tables, their counters.
     pub limits: Limits,
     pub started: Instant,
@@ -143,6 +146,7 @@ impl BrokerState {
             fabric: seams.fabric,
             ownership: seams.ownership,
             metrics: Metrics::default(),
+            monitor: Arc::default(),
             limits,
             started: Instant::now(),
             draining: shutdown.child_token(),

@@ -734,3 +734,80 @@ async fn the_openapi_description_is_served_and_covers_every_route() {
     let none = get(http, "/api/openapi.json", None).await;
     assert_eq!(none.status, 401, "nothing readable without credentials");
 }
+
+/// A dashboard page's stream, read as it comes.
+struct PageStream {
+    stream: TcpStream,
+    read: Vec<u8>,
+}
+
+impl PageStream {
+    async fn open(addr: SocketAddr) -> PageStream {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let head = format!(
+            "GET /api/v1/dashboard/stream HTTP/1.1\r\nHost: localhost\r\nAuthorization: {}\r\n\r\n",
+            bearer(TOKEN)
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        PageStream {
+            stream,
+            read: Vec::new(),
+        }
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.read).into_owned()
+    }
+
+    /// Reads until `until` is in what was read (or fails after a while).
+    async fn until(&mut self, until: &str) {
+        let mut buf = [0u8; 4096];
+        let reading = async {
+            while !self.text().contains(until) {
+                let n = self.stream.read(&mut buf).await.unwrap();
+                assert!(n > 0, "the stream ended: {}", self.text());
+                self.read.extend_from_slice(&buf[..n]);
+            }
+        };
+        if tokio::time::timeout(WAIT * 4, reading).await.is_err() {
+            panic!("no {until:?} in: {}", self.text());
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_dashboard_stream_samples_figures_and_the_topics_that_changed() {
+    let (broker, http) = start_http(|_| {}).await;
+    let addr = broker.local_addr();
+    let mut publisher = TestClient::connect(addr, ProtocolVersion::V5, "sensor").await;
+    publisher.retain("site/name", b"plant 4").await;
+    // Nothing is recorded while no page is open.
+    publisher
+        .publish("house/temp", b"20.0", QoS::AtLeastOnce, false)
+        .await;
+    let none = get(http, "/api/v1/dashboard/stream", None).await;
+    assert_eq!(none.status, 401);
+    // A page opens: the tree is seeded with the retained messages.
+    let mut page = PageStream::open(http).await;
+    page.until("site/name").await;
+    assert!(page.text().contains("text/event-stream"), "{}", page.text());
+    assert!(page.text().contains("event: stats"), "{}", page.text());
+    for value in [&b"21.5"[..], b"22.5"] {
+        publisher
+            .publish("house/temp", value, QoS::AtLeastOnce, false)
+            .await;
+    }
+    page.until("\"22.5\"").await;
+    let text = page.text();
+    let topics = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .rfind(|d| d.contains("house/temp"))
+        .expect("a topics event for house/temp");
+    let topics: serde_json::Value = serde_json::from_str(topics).unwrap();
+    let temp = &topics.as_array().unwrap()[0];
+    assert_eq!(temp["topic"], "house/temp");
+    assert_eq!(temp["count"], 2, "counted since the page opened: {temp}");
+    assert_eq!(temp["value"], "22.5");
+    assert!(!temp["points"].as_array().unwrap().is_empty(), "{temp}");
+}

@@ -7,6 +7,7 @@
 //! - [`prometheus`]: the text exposition of every figure `$SYS` has, and more.
 //! - [`api`]: the admin API (JSON, described by its OpenAPI file).
 //! - [`backup`]: a consistent copy of the data file, streamed.
+//! - [`dashboard`]: the live web dashboard (embedded page, sampled stream).
 //!
 //! Built on axum (hyper underneath) on the broker's own runtime. It reads
 //! what the broker already counts (relaxed atomics, and the same few locks
@@ -17,6 +18,7 @@
 mod api;
 mod auth;
 pub mod backup;
+mod dashboard;
 mod prometheus;
 mod tls;
 
@@ -166,6 +168,7 @@ fn router(http: Arc<Http>) -> Router {
     let guarded = Router::new()
         .route("/metrics", get(metrics))
         .merge(api::routes())
+        .merge(dashboard::routes())
         .route_layer(axum::middleware::from_fn_with_state(
             http.clone(),
             auth::require,
@@ -173,6 +176,7 @@ fn router(http: Arc<Http>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .merge(dashboard::pages())
         .merge(guarded)
         .fallback(not_found)
         .with_state(http)

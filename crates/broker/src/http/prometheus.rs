@@ -255,10 +255,9 @@ fn messages(out: &mut Exposition, m: &Metrics) {
 
 /// The standard process metrics, from `/proc/self`.
 fn process(out: &mut Exposition, state: &BrokerState) {
-    let page = page_size();
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
     // Fields after the command name (which may hold spaces): state is 3rd,
-    // utime 14th, stime 15th, rss 24th of the whole line.
+    // utime 14th, stime 15th of the whole line.
     let fields: Vec<&str> = stat
         .rsplit_once(')')
         .map(|(_, rest)| rest.split_whitespace().collect())
@@ -272,11 +271,11 @@ fn process(out: &mut Exposition, state: &BrokerState) {
             (utime + stime) as f64 / ticks,
         );
     }
-    if let Some(rss) = field(24) {
+    if let Some(rss) = resident_bytes() {
         out.gauge(
             "process_resident_memory_bytes",
             "Resident memory of the broker process.",
-            rss * page,
+            rss,
         );
     }
     if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
@@ -295,6 +294,14 @@ fn process(out: &mut Exposition, state: &BrokerState) {
         "When the broker started, in seconds since the Unix epoch.",
         started.floor(),
     );
+}
+
+/// The process's resident memory, from `/proc/self/statm` (its second
+/// field, in pages).
+pub(super) fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * page_size())
 }
 
 fn page_size() -> u64 {
