@@ -164,6 +164,14 @@ impl BrokerState {
         self.sessions.lock()
     }
 
+    /// A snapshot of every session's handle, copied under the registry's
+    /// lock and let go of before any session is read: walking all sessions
+    /// (a reload, a list, a scrape, the cluster's mirror) never keeps
+    /// connecting clients waiting for more than the copy.
+    pub fn session_handles(&self) -> Vec<Arc<Session>> {
+        self.sessions().iter().cloned().collect()
+    }
+
     pub fn tree(&self) -> ReadGuard<'_, TopicTree<Subscriber>, { rank::TREE }> {
         self.subscriptions.read()
     }
@@ -199,10 +207,8 @@ impl BrokerState {
         let before = self.auth.current();
         self.auth.reload(&self.config)?;
         let now = self.auth.current();
-        // A snapshot: the registry is not held while every session is
-        // looked at, which would keep connecting clients waiting.
-        let sessions: Vec<Arc<Session>> = self.sessions().iter().cloned().collect();
-        let refused = sessions
+        let refused = self
+            .session_handles()
             .iter()
             .filter(|session| refuse_revoked_login(session, &before, &now))
             .count();

@@ -139,7 +139,7 @@ impl Keeper {
                     tokio::time::sleep(RETRY).await;
                 }
             } else {
-                let sessions: Vec<_> = state.sessions().iter().cloned().collect();
+                let sessions = state.session_handles();
                 for session in &sessions {
                     self.refill(&state, session);
                 }

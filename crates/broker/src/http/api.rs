@@ -291,10 +291,9 @@ fn subscriptions_of(session: &Session) -> Vec<SubscriptionView> {
         .collect()
 }
 
-/// Every session, sorted by client id (handles copied under the registry's
-/// lock, nothing else read under it).
+/// Every session, sorted by client id.
 fn all_sessions(http: &Http) -> Vec<Arc<Session>> {
-    let mut sessions: Vec<Arc<Session>> = http.state.sessions().iter().cloned().collect();
+    let mut sessions = http.state.session_handles();
     sessions.sort_unstable_by(|a, b| a.client_id.as_str().cmp(b.client_id.as_str()));
     sessions
 }

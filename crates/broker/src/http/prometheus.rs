@@ -10,11 +10,9 @@
 //! atomics, and are only read.
 
 use std::fmt::Write as _;
-use std::sync::Arc;
 
 use crate::connection::park::Parker;
 use crate::metrics::{Dropped, Histogram, Metrics};
-use crate::session::Session;
 use crate::state::BrokerState;
 use crate::sys::{self, VERSION};
 
@@ -200,9 +198,8 @@ fn listeners(out: &mut Exposition, state: &BrokerState) {
 /// the scrape, one session lock at a time, so the message path keeps no
 /// counter of its own: a delivery costs the same whether anyone watches.
 fn queues(out: &mut Exposition, state: &BrokerState) {
-    let sessions: Vec<Arc<Session>> = state.sessions().iter().cloned().collect();
     let (mut queued, mut in_flight, mut deepest) = (0, 0, 0);
-    for session in &sessions {
+    for session in &state.session_handles() {
         let st = session.lock();
         queued += st.pending_len();
         in_flight += st.inflight_len();
