@@ -4,13 +4,14 @@
 //! logging, and hands over to one module per subcommand: `serve` (the broker,
 //! over `tern-broker`), `pub` and `sub` (over `tern-client`), `bench` (a
 //! load generator over `tern-codec`), `passwd` (password files), `store`
-//! (salvage of a damaged data file) and `backup` (a running broker's data
-//! file, over its HTTP listener).
+//! (salvage of a damaged data file), `backup` (a running broker's data
+//! file, over its HTTP listener) and `import` (a Mosquitto configuration).
 
 mod backup;
 mod bench;
 mod connect_args;
 mod exit;
+mod import;
 mod logging;
 mod man;
 mod output;
@@ -48,6 +49,8 @@ enum Command {
     Store(store::StoreArgs),
     /// Copy a running broker's data file: sessions, queues, retained messages.
     Backup(backup::BackupArgs),
+    /// Write the tern.toml of a Mosquitto configuration (mosquitto.conf).
+    Import(import::ImportArgs),
     /// Write the manual pages into DIR (for packaging).
     #[command(hide = true)]
     Man { dir: std::path::PathBuf },
@@ -93,6 +96,7 @@ fn main() -> ExitCode {
             logging::to_stderr("warn");
             run_tool("tern backup", backup::run(args))
         }
+        Command::Import(args) => import::run(args),
         Command::Man { dir } => match man::write_all(Cli::command(), &dir) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -3,32 +3,18 @@
 //! `tern pub`, the backup taken while it runs, and a second `tern serve`
 //! started on the backup serving them back.
 
+mod common;
+
+use common::Dir;
+
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 
 const TOKEN: &str = "backup-test-token-0123456789";
 
 fn tern() -> Command {
     Command::new(env!("CARGO_BIN_EXE_tern"))
-}
-
-/// A test's directory, removed when dropped.
-struct Dir(PathBuf);
-
-impl Dir {
-    fn new(name: &str) -> Dir {
-        let dir = std::env::temp_dir().join(format!("tern-backup-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Dir(dir)
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// A running `tern serve`, killed when dropped.
@@ -110,23 +96,21 @@ fn text(out: &Output) -> String {
 }
 
 /// A broker with persistence in `dir/data` and its HTTP listener on.
-fn serve_with_http(dir: &Path) -> Serve {
-    let config = dir.join("tern.toml");
-    std::fs::write(
-        &config,
-        format!(
+fn serve_with_http(dir: &Dir) -> Serve {
+    let config = dir.write(
+        "tern.toml",
+        &format!(
             "bind = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n\n[http]\nbind = \"127.0.0.1:0\"\ntokens = [\"{TOKEN}\"]\n",
-            dir.join("data").display()
+            dir.0.join("data").display()
         ),
-    )
-    .unwrap();
+    );
     serve(&["--config", config.to_str().unwrap()], true)
 }
 
 #[test]
 fn a_backup_of_a_running_broker_restores_its_sessions_queues_and_retained_messages() {
-    let dir = Dir::new("restore");
-    let broker = serve_with_http(&dir.0);
+    let dir = Dir::new("backup-restore");
+    let broker = serve_with_http(&dir);
     let port = broker.mqtt_port.as_str();
     let url = broker.http.clone().unwrap();
     // A device's persistent session, away, with 100 messages queued for it.
@@ -219,8 +203,8 @@ fn a_backup_of_a_running_broker_restores_its_sessions_queues_and_retained_messag
 
 #[test]
 fn a_backup_without_the_right_credentials_is_refused() {
-    let dir = Dir::new("refused");
-    let broker = serve_with_http(&dir.0);
+    let dir = Dir::new("backup-refused");
+    let broker = serve_with_http(&dir);
     let url = broker.http.clone().unwrap();
     let to = dir.0.join("backup");
     let to = to.to_str().unwrap();
