@@ -157,6 +157,7 @@ def test_the_admin_api_holds_to_its_openapi_description_under_schemathesis(tern_
     online.subscribe("$share/g/fuzz/+", qos=0)
     for i in range(3):
         online.publish(f"fuzz/{i}", f"value {i}".encode(), qos=1, retain=True)
+    online.publish("$delayed/3600/fuzz/later", b"in an hour", qos=1)
     examples = os.environ.get("TERN_INTEROP_FUZZ_EXAMPLES", "10")
     run = subprocess.run(
         ["st", "run", f"http://127.0.0.1:{port}/api/openapi.json",

@@ -171,6 +171,9 @@ pub struct Config {
     /// Bytes of retained messages one user may have set; 0 = no limit.
     /// Default 0.
     pub max_retained_bytes_per_user: usize,
+    /// Messages published to `$delayed/SECONDS/TOPIC` waiting for their
+    /// time, at most; one more is refused (0x97). Default 100,000.
+    pub max_delayed_messages: usize,
     /// Subscriptions one session may hold; 0 = no limit. Default 10,000:
     /// every filter matching a topic costs its walk through the tree, so
     /// without a cap one client could make each publish cost millions.
@@ -543,6 +546,7 @@ impl Default for Config {
             max_retained_bytes: 0,
             max_retained_messages_per_user: 0,
             max_retained_bytes_per_user: 0,
+            max_delayed_messages: 100_000,
             cluster: None,
             http: None,
             max_topic_levels: 0,

@@ -34,6 +34,7 @@ mod client_state;
 mod cluster;
 pub mod config;
 mod connection;
+mod delayed;
 mod error;
 mod handler;
 mod http;

@@ -15,6 +15,7 @@
 //! | `max_connecting_bytes` | reads before CONNECT ([`ConnectBytes`]) | closed | `connecting_bytes/refused` |
 //! | `receive_maximum` | QoS 2 PUBLISH | DISCONNECT 0x93, closed / 3.1.1: closed | `receive_maximum/disconnected` |
 //! | `max_retained_*` | retained PUBLISH | PUBACK/PUBREC 0x97, not routed / 3.1.1: dropped | `retained/refused` |
+//! | `max_delayed_messages` | `$delayed/...` PUBLISH | PUBACK/PUBREC 0x97, not scheduled / 3.1.1: dropped | `delayed/refused` |
 //! | `max_queued_messages`, `max_queued_bytes` | routing | nothing (the message is dropped for that session only) | `queue/dropped` |
 //!
 //! Every limit is off at 0, the default of all but `max_subscriptions_per_client`
@@ -89,6 +90,8 @@ pub struct Counters {
     pub receive_maximum_disconnected: AtomicU64,
     pub queue_dropped: AtomicU64,
     pub retained_refused: AtomicU64,
+    /// `$delayed/...` publishes refused at `max_delayed_messages`.
+    pub delayed_refused: AtomicU64,
 }
 
 /// A token bucket of `rate` tokens a second holding at most one second's
@@ -317,7 +320,7 @@ impl Limits {
     }
 
     /// The counters, by topic below `$SYS/broker/`.
-    pub fn snapshot(&self) -> [(&'static str, u64); 10] {
+    pub fn snapshot(&self) -> [(&'static str, u64); 11] {
         let c = &self.counters;
         let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         [
@@ -342,6 +345,7 @@ impl Limits {
             ),
             ("limits/queue/dropped", get(&c.queue_dropped)),
             ("limits/retained/refused", get(&c.retained_refused)),
+            ("limits/delayed/refused", get(&c.delayed_refused)),
             (
                 "limits/connecting_bytes/refused",
                 get(&self.connecting.refused),

@@ -50,6 +50,9 @@ pub mod rank {
     pub const RATE_TABLE: u8 = 62;
     /// A TLS listener's certificates.
     pub const TLS_CONFIG: u8 = 63;
+    /// The schedule of delayed messages (`delayed.rs`): nothing is taken
+    /// under it.
+    pub const DELAYED: u8 = 66;
     /// The store writer thread's handle.
     pub const STORE_WRITER: u8 = 80;
     /// A shard of the topic monitor (`monitor.rs`): taken by routing (with

@@ -30,6 +30,7 @@ struct Report {
     queued: usize,
     inflight: usize,
     retained: usize,
+    delayed: usize,
     expired: usize,
     unreadable: usize,
     /// Queue entries whose message record is missing.
@@ -141,6 +142,20 @@ pub fn restore(state: &Arc<BrokerState>, recovered: Recovered) {
             Err(e) => skip("retained", &topic, e, &mut report),
         }
     }
+    for (id, record) in recovered.delayed {
+        match records::decode_delayed(&record, &clock) {
+            Ok((due_ms, Some((message, owner)))) => {
+                state.delayed.restore(id, due_ms, message, owner);
+                report.delayed += 1;
+            }
+            Ok((_, None)) => {
+                // Expired while it waited: never published.
+                report.expired += 1;
+                store.delete_delayed(id);
+            }
+            Err(e) => skip("delayed", &id.to_string(), e, &mut report),
+        }
+    }
     // Messages no queue holds any more are deleted as they drop here.
     drop(messages);
 
@@ -152,6 +167,7 @@ pub fn restore(state: &Arc<BrokerState>, recovered: Recovered) {
         queued = report.queued,
         in_flight = report.inflight,
         retained = report.retained,
+        delayed = report.delayed,
         expired = report.expired,
         ?took,
         "restored state"

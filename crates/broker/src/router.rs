@@ -10,16 +10,18 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tern_codec::{ByteStr, QoS, SubscriptionOptions};
 
 use crate::auth::{Identity, ReadCheck};
+use crate::delayed::{self, Full};
 use crate::message::{Delivery, Message};
 use crate::metrics::{Dropped, Metrics};
 use crate::session::{NotQueued, Session};
 use crate::state::{BrokerState, Subscriber};
 use crate::store::Group;
+use crate::store::records::{self, Clock};
 use crate::topic_tree::{Matched, SharedGroup};
 
 /// Splits `$share/group/filter` into `(Some(group), filter)`; any other
@@ -118,6 +120,73 @@ pub fn publish_here(
     routed.ticket = routed.ticket.max(ticket);
     routed
 }
+
+/// Schedules a message published to `$delayed/...` (`message` addressed
+/// to its target topic) `delay` from now; with a store, its record lands
+/// with `group` (the publisher's QoS 2 id). Returns the store ticket the
+/// publisher's acknowledgement waits for (0: nothing to wait for), or
+/// `Full` (counted) at `max_delayed_messages`.
+pub fn schedule_delayed(
+    state: &BrokerState,
+    message: Arc<Message>,
+    owner: Option<Arc<str>>,
+    delay: Duration,
+    group: Group,
+) -> Result<u64, Full> {
+    let due = delayed::now_ms().saturating_add(delay.as_millis() as u64);
+    let record = state
+        .store
+        .as_ref()
+        .map(|_| records::encode_delayed(due, &message, owner.as_deref(), &Clock::now()));
+    let max = state.config.max_delayed_messages;
+    let id = match state.delayed.insert(max, due, message, owner) {
+        Ok(id) => id,
+        Err(full) => {
+            let refused = &state.limits.counters.delayed_refused;
+            refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Err(full);
+        }
+    };
+    Ok(match (&state.store, record) {
+        (Some(store), Some(record)) => store.put_delayed(id, record, group),
+        _ => 0,
+    })
+}
+
+/// Cancels delayed message `id` (the admin API): never published, its
+/// record deleted. False if there is no such message.
+pub fn cancel_delayed(state: &BrokerState, id: u64) -> bool {
+    let cancelled = state.delayed.cancel(id);
+    if cancelled && let Some(store) = &state.store {
+        store.delete_delayed(id);
+    }
+    cancelled
+}
+
+/// The task that publishes each delayed message when it is due, until
+/// shutdown; with a store, its record's delete lands with its deliveries.
+pub async fn release_delayed(state: Arc<BrokerState>) {
+    loop {
+        let (due, next) = state.delayed.due(delayed::now_ms());
+        for (id, message, owner) in due {
+            let mut group = Group::default();
+            if let Some(store) = &state.store {
+                store.delayed_done(id, &mut group);
+            }
+            publish_with(&state, message, owner.as_ref(), group);
+        }
+        // At most a minute: a clock set forward is noticed.
+        let wait = next.map_or(MAX_SLEEP, |n| n.min(MAX_SLEEP));
+        tokio::select! {
+            () = state.shutdown.cancelled() => return,
+            () = state.delayed.changed() => {}
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// The longest the delayed-publish task sleeps without looking again.
+const MAX_SLEEP: Duration = Duration::from_secs(60);
 
 /// The store changes that must land with a message's deliveries: the QoS 2
 /// packet id (`inbound`) of a persistent session's PUBLISH, if any.

@@ -191,6 +191,7 @@ impl Broker {
             }
         }
         sys::spawn(&state, &parker);
+        state.tasks.spawn(router::release_delayed(state.clone()));
         listener::spawn(sockets, &state, &parker);
         if let Some(http) = http {
             let tls = listeners.acceptors();

@@ -26,6 +26,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::{Auth, AuthError, AuthState};
 use crate::config::Config;
+use crate::delayed::Delayed;
 use crate::limits::Limits;
 use crate::lock::{Mutex, MutexGuard, ReadGuard, RwLock, WriteGuard, rank};
 use crate::metrics::Metrics;
@@ -60,6 +61,8 @@ pub struct BrokerState {
     pub metrics: Metrics,
     /// What the dashboard's topic tree shows, recorded while a page is open.
     pub monitor: Arc<Monitor>,
+    /// Messages published to `$delayed/...`, waiting for their time.
+    pub delayed: Delayed,
     /// Resource limits: live connection counts, rate tables, their counters.
     pub limits: Limits,
     pub started: Instant,
@@ -147,6 +150,7 @@ impl BrokerState {
             ownership: seams.ownership,
             metrics: Metrics::default(),
             monitor: Arc::default(),
+            delayed: Delayed::default(),
             limits,
             started: Instant::now(),
             draining: shutdown.child_token(),

@@ -725,6 +725,9 @@ async fn the_openapi_description_is_served_and_covers_every_route() {
         "/api/v1/retained/{topic}",
         "/api/v1/publish",
         "/api/v1/reload",
+        "/api/v1/backup",
+        "/api/v1/delayed",
+        "/api/v1/delayed/{id}",
     ] {
         assert!(paths.contains_key(path), "{path} undocumented");
     }
@@ -810,4 +813,38 @@ async fn the_dashboard_stream_samples_figures_and_the_topics_that_changed() {
     assert_eq!(temp["count"], 2, "counted since the page opened: {temp}");
     assert_eq!(temp["value"], "22.5");
     assert!(!temp["points"].as_array().unwrap().is_empty(), "{temp}");
+}
+
+#[tokio::test]
+async fn the_api_lists_delayed_messages_and_cancels_one() {
+    let (broker, http) = start_http(|_| {}).await;
+    let addr = broker.local_addr();
+    let mut sub = TestClient::connect(addr, ProtocolVersion::V5, "sub").await;
+    sub.subscribe("d/#", QoS::AtLeastOnce).await;
+    let mut publisher = TestClient::connect(addr, ProtocolVersion::V5, "pub").await;
+    publisher
+        .publish("$delayed/1/d/cancelled", b"x", QoS::AtLeastOnce, false)
+        .await;
+    publisher
+        .publish("$delayed/3600/d/later", b"y", QoS::AtLeastOnce, false)
+        .await;
+    let (status, page) = api(http, "GET", "/api/v1/delayed", None).await;
+    assert_eq!(status, 200);
+    let data = page["data"].as_array().unwrap();
+    assert_eq!(data.len(), 2);
+    assert_eq!(data[0]["topic"], "d/cancelled", "earliest first: {page}");
+    assert_eq!(data[0]["from"], "pub");
+    assert_eq!(data[1]["topic"], "d/later");
+    let id = data[0]["id"].as_u64().unwrap();
+    let (status, _) = api(http, "DELETE", &format!("/api/v1/delayed/{id}"), None).await;
+    assert_eq!(status, 204);
+    let (status, again) = api(http, "DELETE", &format!("/api/v1/delayed/{id}"), None).await;
+    assert_eq!(status, 404, "{again}");
+    let (status, _) = api(http, "DELETE", "/api/v1/delayed/not-a-number", None).await;
+    assert_eq!(status, 400);
+    // Past its time: the cancelled one never comes.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    sub.expect_nothing().await;
+    let (_, page) = api(http, "GET", "/api/v1/delayed", None).await;
+    assert_eq!(page["data"].as_array().unwrap().len(), 1);
 }

@@ -586,7 +586,7 @@ async fn limit_counters_are_published_under_sys() {
         if seen
             .get("$SYS/broker/limits/subscriptions/refused")
             .is_some_and(|v| v == "1")
-            && seen.len() == 10
+            && seen.len() == 11
         {
             break;
         }
@@ -601,6 +601,7 @@ async fn limit_counters_are_published_under_sys() {
         "queue/dropped",
         "connecting_bytes/refused",
         "retained/refused",
+        "delayed/refused",
     ] {
         assert_eq!(seen[&format!("$SYS/broker/limits/{topic}")], "0", "{topic}");
     }

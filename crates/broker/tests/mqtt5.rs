@@ -53,25 +53,6 @@ async fn subscribe_many(client: &mut TestClient, filters: &[(&str, QoS)]) -> Vec
     }
 }
 
-/// Sends a QoS 1 PUBLISH and returns the PUBACK.
-async fn publish_qos1_ack(client: &mut TestClient, topic: &str, id: u16) -> PubAck {
-    client
-        .send(Packet::Publish(publish_packet(
-            topic,
-            b"x",
-            QoS::AtLeastOnce,
-            id,
-        )))
-        .await;
-    match client.recv().await {
-        Packet::PubAck(ack) => {
-            assert_eq!(ack.packet_id, pid(id));
-            ack
-        }
-        other => panic!("expected PUBACK, got {other:?}"),
-    }
-}
-
 #[tokio::test]
 async fn topic_alias_from_client_is_resolved_and_can_be_redefined() {
     let broker = start().await;
@@ -758,20 +739,14 @@ async fn puback_reports_no_matching_subscribers_to_v5_only() {
     let mut v5 = TestClient::connect(addr, V5, "nms-v5").await;
     let mut v311 = TestClient::connect(addr, ProtocolVersion::V3_1_1, "nms-v311").await;
     assert_eq!(
-        publish_qos1_ack(&mut v5, "nms/t", 1).await.reason,
+        v5.puback("nms/t", 1).await.reason,
         ReasonCode::NoMatchingSubscribers
     );
-    assert_eq!(
-        publish_qos1_ack(&mut v311, "nms/t", 1).await.reason,
-        ReasonCode::Success
-    );
+    assert_eq!(v311.puback("nms/t", 1).await.reason, ReasonCode::Success);
 
     let mut sub = TestClient::connect(addr, V5, "nms-sub").await;
     sub.subscribe("nms/t", QoS::AtMostOnce).await;
-    assert_eq!(
-        publish_qos1_ack(&mut v5, "nms/t", 2).await.reason,
-        ReasonCode::Success
-    );
+    assert_eq!(v5.puback("nms/t", 2).await.reason, ReasonCode::Success);
 }
 
 #[tokio::test]

@@ -561,3 +561,52 @@ async fn a_file_from_a_newer_tern_is_refused_with_the_version_it_needs() {
     );
     assert!(err.contains("run tern 9.9.9 or newer"), "{err}");
 }
+
+#[tokio::test]
+async fn delayed_messages_keep_their_time_across_a_restart() {
+    let dir = DataDir::new("delayed");
+    let broker = start_in(&dir).await;
+    let addr = broker.local_addr();
+    let (mut sub, _) = TestClient::connect_with(addr, persistent(V4, "dev")).await;
+    sub.subscribe("d/#", QoS::AtLeastOnce).await;
+    sub.disconnect().await;
+    let mut publisher = TestClient::connect(addr, V5, "pub").await;
+    let sent = std::time::Instant::now();
+    publisher
+        .publish("$delayed/1/d/overdue", b"first", QoS::AtLeastOnce, false)
+        .await;
+    publisher
+        .publish("$delayed/3/d/later", b"second", QoS::ExactlyOnce, false)
+        .await;
+    broker.shutdown().await;
+    // Down past the first one's time.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+
+    let broker = start_in(&dir).await;
+    let (mut sub, ack) = TestClient::connect_with(broker.local_addr(), persistent(V4, "dev")).await;
+    assert!(ack.session_present);
+    let p = sub.recv_publish().await;
+    assert_eq!(
+        (p.topic.as_str(), &p.payload[..]),
+        ("d/overdue", &b"first"[..])
+    );
+    sub.ack(&p).await;
+    let p = sub.recv_publish().await;
+    assert_eq!(
+        (p.topic.as_str(), &p.payload[..]),
+        ("d/later", &b"second"[..])
+    );
+    assert!(
+        sent.elapsed() >= Duration::from_secs(3),
+        "the second kept its time: {:?}",
+        sent.elapsed()
+    );
+    sub.ack(&p).await;
+    sub.disconnect().await;
+    broker.shutdown().await;
+    // Published: gone from the file.
+    let broker = start_in(&dir).await;
+    let (mut sub, _) = TestClient::connect_with(broker.local_addr(), persistent(V4, "dev")).await;
+    sub.expect_nothing().await;
+    broker.shutdown().await;
+}

@@ -62,7 +62,7 @@ pub struct BackupArgs {
 }
 
 /// What the broker says a backup holds (its `tern-backup-*` headers).
-type Counts = [u64; 5];
+type Counts = [u64; 6];
 
 pub async fn run(args: BackupArgs) -> Result<(), Failure> {
     let target = args.dir.join("tern.redb");
@@ -96,9 +96,9 @@ pub async fn run(args: BackupArgs) -> Result<(), Failure> {
             return Err(failure);
         }
     };
-    let [sessions, queued, _, _, retained] = expected;
+    let [sessions, queued, _, _, retained, delayed] = expected;
     println!(
-        "backup written to {} in {:.1} s ({} KB): sessions {sessions}, queued deliveries {queued}, retained messages {retained}; checked: it opens as tern serve opens it. To restore, start tern with --data-dir {}",
+        "backup written to {} in {:.1} s ({} KB): sessions {sessions}, queued deliveries {queued}, retained messages {retained}, delayed messages {delayed}; checked: it opens as tern serve opens it. To restore, start tern with --data-dir {}",
         target.display(),
         started.elapsed().as_secs_f64(),
         bytes.div_ceil(1024),
@@ -205,7 +205,7 @@ async fn refusal(response: Response<Incoming>) -> Failure {
 
 /// The counts the broker sent with the backup.
 fn expected_counts(response: &Response<Incoming>) -> Result<Counts, Failure> {
-    let mut counts = [0; 5];
+    let mut counts = [0; 6];
     for (count, name) in counts.iter_mut().zip(tern_broker::BACKUP_HEADERS) {
         *count = response
             .headers()
@@ -267,7 +267,7 @@ fn check(target: &Path, expected: &Counts) -> Result<(), Failure> {
     let found = tern_broker::backup_counts(&found);
     if &found != expected {
         return Err(Failure::Other(format!(
-            "the backup holds {found:?} rows (sessions, queued, messages, QoS 2 ids, retained), the broker sent {expected:?}"
+            "the backup holds {found:?} rows (sessions, queued, messages, QoS 2 ids, retained, delayed), the broker sent {expected:?}"
         )));
     }
     Ok(())

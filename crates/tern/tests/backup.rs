@@ -146,7 +146,7 @@ fn a_backup_of_a_running_broker_restores_its_sessions_queues_and_retained_messag
     assert!(backup.status.success(), "{}", text(&backup));
     let said = String::from_utf8_lossy(&backup.stdout);
     assert!(
-        said.contains("sessions 1, queued deliveries 100, retained messages 1"),
+        said.contains("sessions 1, queued deliveries 100, retained messages 1, delayed messages 0"),
         "{said}"
     );
     // Nothing left behind beside the broker's data file.

@@ -6,26 +6,28 @@
 //! so a re-sent PUBLISH is not routed twice [MQTT-4.3.3-10].
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tern_codec::{
-    Packet, ProtocolVersion, PubAck, Publish, QoS, ReasonCode, topic::is_valid_topic_name,
+    ByteStr, Packet, ProtocolVersion, PubAck, Publish, QoS, ReasonCode, topic::is_valid_topic_name,
 };
 
 use super::Flow;
 use crate::client_state::ClientState;
+use crate::delayed::{self, Full, Parsed};
 use crate::error::ProtocolViolation;
 use crate::message::Message;
 use crate::router;
 use crate::seams::Write;
-use crate::store::Store;
+use crate::store::{Group, Store};
 
-/// Answers a PUBLISH refused for its topic's depth (`max_topic_levels`);
-/// it is not routed. MQTT 5 QoS 1/2 publishers get PUBACK/PUBREC 0x90; QoS 0
-/// and 3.1.1 have no way to be told, and 3.1.1 gets the normal
-/// acknowledgement [MQTT-3.3.5-2].
-fn refuse_deep_topic(client: &mut ClientState, publish: &Publish) {
-    client.log_refused("PUBLISH", &publish.topic, "too many topic levels");
+/// Answers a PUBLISH refused for its topic (too deep for
+/// `max_topic_levels`, or a `$delayed/` name that is not
+/// `$delayed/SECONDS/TOPIC`): it is not routed. MQTT 5 QoS 1/2 publishers
+/// get PUBACK/PUBREC 0x90; QoS 0 and 3.1.1 have no way to be told, and
+/// 3.1.1 gets the normal acknowledgement [MQTT-3.3.5-2].
+fn refuse_topic(client: &mut ClientState, publish: &Publish, why: &str) {
+    client.log_refused("PUBLISH", &publish.topic, why);
     let reason = if client.version == ProtocolVersion::V5 {
         ReasonCode::TopicNameInvalid
     } else {
@@ -75,9 +77,23 @@ pub fn handle(client: &mut ClientState, mut publish: Publish) -> Result<Flow, Pr
         return Err(ProtocolViolation::RetainNotSupported);
     }
     if client.state.limits.topic_refused(&publish.topic) {
-        refuse_deep_topic(client, &publish);
+        refuse_topic(client, &publish, "too many topic levels");
         return Ok(Flow::Continue);
     }
+    // `$delayed/SECONDS/TOPIC`: judged from here on as a publish to TOPIC,
+    // and kept until its time instead of routed (see `crate::delayed`).
+    let delay = match delayed::parse(&publish.topic) {
+        Parsed::Now => None,
+        Parsed::Later { delay, topic } => Some((delay, ByteStr::from(topic.to_owned()))),
+        Parsed::Invalid(why) => {
+            refuse_topic(client, &publish, why);
+            return Ok(Flow::Continue);
+        }
+    };
+    let delay = delay.map(|(delay, target)| {
+        publish.topic = target;
+        delay
+    });
     let qos = publish.qos;
     let packet_id = publish.packet_id;
     // A topic the ACL does not let the client write, or a retained message
@@ -105,13 +121,18 @@ pub fn handle(client: &mut ClientState, mut publish: Publish) -> Result<Flow, Pr
             if allowed {
                 let message =
                     Message::from_publish(publish, client.client_id().clone(), Instant::now());
-                router::publish(&client.state, message, client.username.as_ref());
+                if let Some(delay) = delay {
+                    // Refused when full: counted; QoS 0 has no answer.
+                    schedule(client, message, delay, Group::default());
+                } else {
+                    router::publish(&client.state, message, client.username.as_ref());
+                }
             }
         }
         (QoS::AtLeastOnce, Some(id)) => {
             let reason = if allowed {
                 // The PUBACK promises the message is safe: it waits for the store.
-                accept(client, publish, None)
+                accept(client, publish, None, delay)
             } else {
                 refused_reason(client, refusal)
             };
@@ -144,10 +165,19 @@ pub fn handle(client: &mut ClientState, mut publish: Publish) -> Result<Flow, Pr
                 }
             };
             let reason = if first_time && allowed {
-                accept(client, publish, Some(id.get()))
+                accept(client, publish, Some(id.get()), delay)
             } else {
                 ReasonCode::Success
             };
+            if reason.is_error() {
+                // A failed PUBREC ends the exchange: the id is not awaited.
+                client
+                    .session
+                    .lock()
+                    .traffic()
+                    .inbound_qos2
+                    .remove(&id.get());
+            }
             client.send(&Packet::PubRec(PubAck {
                 reason,
                 ..PubAck::new(id)
@@ -214,10 +244,28 @@ fn persistent_store(client: &ClientState) -> Option<Arc<Store>> {
 /// A cluster node hands it to the fabric, which stores it in the cluster
 /// first and routes it after: a message that cannot be stored reaches no
 /// one, and is never acknowledged.
-fn accept(client: &mut ClientState, publish: Publish, qos2_id: Option<u16>) -> ReasonCode {
+fn accept(
+    client: &mut ClientState,
+    publish: Publish,
+    qos2_id: Option<u16>,
+    delay: Option<Duration>,
+) -> ReasonCode {
     let resent = publish.dup;
     let message = Message::from_publish(publish, client.client_id().clone(), Instant::now());
     let persistent = client.session.lock().expiry_secs != 0;
+    if let Some(delay) = delay {
+        // Kept in this node's schedule, with its QoS 2 id as a delivery
+        // would be (see `crate::delayed`).
+        let inbound = qos2_id.filter(|_| persistent);
+        let group = router::inbound_group(&client.state, client.client_id(), inbound);
+        return match schedule(client, message, delay, group) {
+            Some(ticket) => {
+                client.hold_until(ticket);
+                ReasonCode::Success
+            }
+            None => refused_reason(client, Some(ReasonCode::QuotaExceeded)),
+        };
+    }
     if client.state.fabric.stores() {
         let write = Write {
             message,
@@ -236,6 +284,25 @@ fn accept(client: &mut ClientState, publish: Publish, qos2_id: Option<u16>) -> R
     let routed = router::publish_with(&client.state, message, client.username.as_ref(), group);
     client.hold_until(routed.ticket);
     matched_reason(client, routed.matched)
+}
+
+/// Hands a `$delayed/` message to the schedule; its store ticket, or
+/// `None` (logged; counted by the schedule) if the schedule is full.
+fn schedule(
+    client: &mut ClientState,
+    message: Arc<Message>,
+    delay: Duration,
+    group: Group,
+) -> Option<u64> {
+    let owner = client.username.clone();
+    match router::schedule_delayed(&client.state, message, owner, delay, group) {
+        Ok(ticket) => Some(ticket),
+        Err(Full) => {
+            let topic = format!("{}{}", delayed::PREFIX, delay.as_secs());
+            client.log_refused("PUBLISH", &topic, "max_delayed_messages reached");
+            None
+        }
+    }
 }
 
 /// The acknowledgement of a message refused for `refusal`: MQTT 5 says so.

@@ -24,7 +24,7 @@ use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -33,6 +33,7 @@ use tern_codec::{ByteStr, Publish, PublishProperties, QoS, ReasonCode};
 
 use super::Http;
 use crate::config::ListenerConfig;
+use crate::delayed::View;
 use crate::message::Message;
 use crate::registry;
 use crate::router;
@@ -63,6 +64,8 @@ pub fn routes() -> Router<Arc<Http>> {
             "/api/v1/retained/{*topic}",
             get(show_retained).delete(delete_retained),
         )
+        .route("/api/v1/delayed", get(list_delayed))
+        .route("/api/v1/delayed/{id}", delete(cancel_delayed))
         .route("/api/v1/publish", post(publish))
         .route("/api/v1/reload", post(reload))
         .route("/api/v1/backup", get(super::backup::backup))
@@ -599,6 +602,49 @@ async fn delete_retained(
     let clear = admin_message(&topic, bytes::Bytes::new(), QoS::AtMostOnce, true);
     http.state.retained.set(&clear, None);
     tracing::info!(%topic, "retained message deleted through the admin API");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ---------------------------------------------------------------------------
+// Delayed messages
+// ---------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PageQuery {
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+/// The messages published to `$delayed/...` and not yet due, earliest
+/// first.
+async fn list_delayed(
+    State(http): State<Arc<Http>>,
+    query: Result<Query<PageQuery>, QueryRejection>,
+) -> ApiResult<Page<View>> {
+    let Query(query) = query?;
+    // Keys that sort as the schedule does: due time, then id.
+    let keyed = http
+        .state
+        .delayed
+        .list()
+        .into_iter()
+        .map(|v| (format!("{:020}.{:020}", v.due_ms, v.id), v))
+        .collect();
+    Ok(Json(page(keyed, query.after.as_deref(), query.limit)?))
+}
+
+async fn cancel_delayed(
+    State(http): State<Arc<Http>>,
+    id: Result<Path<u64>, PathRejection>,
+) -> Result<StatusCode, ApiError> {
+    let Path(id) = id?;
+    if !router::cancel_delayed(&http.state, id) {
+        return Err(ApiError::not_found(format!(
+            "no delayed message {id} (published already, or never scheduled)"
+        )));
+    }
+    tracing::info!(id, "delayed message cancelled through the admin API");
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -23,22 +23,24 @@ use super::api::ApiError;
 use crate::store::{Backup, Store};
 
 /// The headers that say what a backup holds, in the order of [`counts`].
-pub const HEADERS: [&str; 5] = [
+pub const HEADERS: [&str; 6] = [
     "tern-backup-sessions",
     "tern-backup-queued",
     "tern-backup-messages",
     "tern-backup-inbound-qos2",
     "tern-backup-retained",
+    "tern-backup-delayed",
 ];
 
 /// A backup's rows per table, in the order of [`HEADERS`].
-pub fn counts(backup: &Backup) -> [u64; 5] {
+pub fn counts(backup: &Backup) -> [u64; 6] {
     [
         backup.sessions,
         backup.queued,
         backup.messages,
         backup.inbound_qos2,
         backup.retained,
+        backup.delayed,
     ]
 }
 

@@ -120,6 +120,7 @@ pub fn verify(dir: &Path) -> Result<Backup, StoreError> {
         messages: count(recovered.messages.len()),
         inbound_qos2: count(recovered.inbound_qos2.len()),
         retained: count(recovered.retained.len()),
+        delayed: count(recovered.delayed.len()),
         bytes: std::fs::metadata(engine.path()).map_or(0, |m| m.len()),
     })
 }
@@ -360,6 +361,26 @@ impl Store {
             Some(record) => Op::PutRetained { topic, record },
             None => Op::DeleteRetained { topic },
         })
+    }
+}
+
+impl Store {
+    /// Stores a delayed message's record with `group` (the inbound QoS 2
+    /// id of its PUBLISH, if any): one transaction, as for a delivery.
+    pub fn put_delayed(&self, id: u64, record: Vec<u8>, mut group: Group) -> u64 {
+        group.0.push(Op::PutDelayed { id, record });
+        self.submit_group(group)
+    }
+
+    /// Adds to `group` that a delayed message is gone: published, with the
+    /// deliveries `group` holds.
+    pub fn delayed_done(&self, id: u64, group: &mut Group) {
+        group.0.push(Op::DeleteDelayed { id });
+    }
+
+    /// Deletes a delayed message's record (cancelled, or expired).
+    pub fn delete_delayed(&self, id: u64) -> u64 {
+        self.submit(Op::DeleteDelayed { id })
     }
 }
 

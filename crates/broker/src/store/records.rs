@@ -32,6 +32,9 @@ const SESSION_FORMAT: u8 = 2;
 /// retained quotas), then the message record. Layout 1 (the message record
 /// alone) still reads, with no user.
 const RETAINED_FORMAT: u8 = 2;
+/// Delayed message records (`$delayed/...`), layout 1: when it is due
+/// (Unix ms), then a retained record (the message, and who published it).
+const DELAYED_FORMAT: u8 = 1;
 
 /// A record that cannot be read back.
 #[derive(Debug, thiserror::Error)]
@@ -164,6 +167,38 @@ pub fn decode_retained(record: &[u8], clock: &Clock) -> Result<Option<Retained>,
 
 /// A retained message and the user who set it.
 pub type Retained = (Arc<Message>, Option<Arc<str>>);
+
+/// Encodes a delayed message: when it is due (Unix ms), the message, and
+/// the user who published it.
+pub fn encode_delayed(
+    due_ms: u64,
+    message: &Message,
+    owner: Option<&str>,
+    clock: &Clock,
+) -> Vec<u8> {
+    let retained = encode_retained(message, owner, clock);
+    let mut out = Vec::with_capacity(1 + 8 + retained.len());
+    out.put_u8(DELAYED_FORMAT);
+    out.put_u64(due_ms);
+    out.extend_from_slice(&retained);
+    out
+}
+
+/// Decodes a delayed record: when it is due (Unix ms), and the message
+/// (`None` if it expired by `clock`) with its publisher's username.
+pub fn decode_delayed(
+    record: &[u8],
+    clock: &Clock,
+) -> Result<(u64, Option<Retained>), RecordError> {
+    const WHAT: &str = "delayed";
+    let mut r = Reader::new(record, WHAT);
+    match r.u8()? {
+        DELAYED_FORMAT => {}
+        other => return Err(RecordError::new(WHAT, format!("unknown format {other}"))),
+    }
+    let due = r.u64()?;
+    Ok((due, decode_retained(r.rest(), clock)?))
+}
 
 /// A message record's header before its origin: version, expiry, origin length.
 const MESSAGE_HEADER: usize = 1 + 8 + 4 + 1;
@@ -744,6 +779,19 @@ mod tests {
         for len in 0..record.len() {
             assert!(decode_retained(&record[..len], &clock).is_err(), "{len}");
         }
+    }
+
+    #[test]
+    fn delayed_records_keep_their_due_time_and_publisher() {
+        let clock = Clock::now();
+        let m = message(None, Some("sensor"));
+        let record = encode_delayed(1_800_000_000_000, &m, Some("alice"), &clock);
+        let (due, kept) = decode_delayed(&record, &clock).unwrap();
+        assert_eq!(due, 1_800_000_000_000);
+        let (back, owner) = kept.unwrap();
+        assert_eq!(back.payload, m.payload);
+        assert_eq!(owner.as_deref(), Some("alice"));
+        damage_is_an_error(&record, |r| decode_delayed(r, &clock));
     }
 
     #[test]

@@ -20,6 +20,9 @@
 //!   file is opened again with the integrity check before salvage reports
 //!   success.
 //!
+//! What it does not copy: delayed messages (`$delayed/...`, the `delayed`
+//! table); a salvaged broker starts without them.
+//!
 //! What it cannot see: a damaged byte inside a record that still decodes (a
 //! payload byte, say) is copied as it is, since records carry no checksum of
 //! their own.

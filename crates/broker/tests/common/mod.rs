@@ -295,6 +295,25 @@ impl TestClient {
         }
     }
 
+    /// Sends a QoS 1 PUBLISH (payload `x`) with packet id `id` and returns
+    /// the PUBACK, whatever its reason.
+    pub async fn puback(&mut self, topic: &str, id: u16) -> PubAck {
+        self.send(Packet::Publish(publish_packet(
+            topic,
+            b"x",
+            QoS::AtLeastOnce,
+            id,
+        )))
+        .await;
+        match self.recv().await {
+            Packet::PubAck(ack) => {
+                assert_eq!(ack.packet_id, pid(id));
+                ack
+            }
+            other => panic!("expected PUBACK, got {other:?}"),
+        }
+    }
+
     /// Sends a retained QoS 1 PUBLISH and returns the PUBACK's reason.
     pub async fn retain(&mut self, topic: &str, payload: &'static [u8]) -> ReasonCode {
         let mut p = publish_packet(topic, payload, QoS::AtLeastOnce, 1);

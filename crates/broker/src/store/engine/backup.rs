@@ -13,7 +13,7 @@ use redb::{Database, ReadTransaction, ReadableTable, TableDefinition};
 
 use super::format;
 use super::open::{FILE_NAME, StoreError};
-use super::tables::{INBOUND, MESSAGES, QUEUE, RETAINED, SESSIONS, open_for_read};
+use super::tables::{DELAYED, INBOUND, MESSAGES, QUEUE, RETAINED, SESSIONS, open_for_read};
 
 /// Rows per write transaction of the copy: bounds the copy's memory (a
 /// transaction keeps its dirty pages until it commits) at a few fsyncs per
@@ -28,6 +28,7 @@ pub struct Backup {
     pub messages: u64,
     pub inbound_qos2: u64,
     pub retained: u64,
+    pub delayed: u64,
     pub bytes: u64,
 }
 
@@ -56,6 +57,7 @@ pub(super) fn copy(snapshot: &ReadTransaction, dir: &Path) -> Result<Backup, Sto
         messages: copy_table(snapshot, &to, MESSAGES).map_err(failed)?,
         inbound_qos2: copy_table(snapshot, &to, INBOUND).map_err(failed)?,
         retained: copy_table(snapshot, &to, RETAINED).map_err(failed)?,
+        delayed: copy_table(snapshot, &to, DELAYED).map_err(failed)?,
         bytes: 0,
     };
     drop(to);

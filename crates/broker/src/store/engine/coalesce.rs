@@ -17,13 +17,14 @@ enum Key<'a> {
     Queue(&'a str, u64),
     Inbound(&'a str, u16),
     Retained(&'a str),
+    Delayed(u64),
 }
 
 impl std::hash::Hash for Key<'_> {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
         match self {
             Key::Session(id) | Key::Retained(id) => id.hash(state),
-            Key::Message(n) | Key::Queue(_, n) => n.hash(state),
+            Key::Message(n) | Key::Queue(_, n) | Key::Delayed(n) => n.hash(state),
             Key::Inbound(id, n) => (id, n).hash(state),
         }
     }
@@ -46,6 +47,7 @@ fn key<V>(op: &Op<V>) -> Option<Key<'_>> {
             packet_id,
         } => Key::Inbound(client_id, *packet_id),
         Op::PutRetained { topic, .. } | Op::DeleteRetained { topic } => Key::Retained(topic),
+        Op::PutDelayed { id, .. } | Op::DeleteDelayed { id } => Key::Delayed(*id),
     })
 }
 
@@ -69,7 +71,10 @@ pub(super) fn superseded<V>(chunk: &[(u64, Op<V>)]) -> Vec<bool> {
     let mut keys: HashMap<Key<'_>, (bool, usize)> = HashMap::with_capacity(chunk.len());
     for (i, (_, op)) in chunk.iter().enumerate() {
         let Some(key) = key(op) else { continue };
-        let creates = matches!(op, Op::PutMessage { .. } | Op::PutQueue { new: true, .. });
+        let creates = matches!(
+            op,
+            Op::PutMessage { .. } | Op::PutQueue { new: true, .. } | Op::PutDelayed { .. }
+        );
         match keys.entry(key) {
             Entry::Occupied(mut seen) => {
                 skip[seen.get().1] = true;

@@ -10,6 +10,8 @@
 //! - 1: files written before the format was recorded (no `meta` table);
 //!   session and retained records at layout 1 or 2.
 //! - 2: the `meta` table with `format` and `written_by`; otherwise as 1.
+//! - 3: the `delayed` table (`$delayed/...` messages not yet published),
+//!   which a tern of format 2 would not see, and so lose.
 //!
 //! An older file is upgraded at open by writing the `meta` table: its
 //! records stay as they are and are rewritten in the current layout as they
@@ -21,7 +23,7 @@ use super::open::StoreError;
 use std::path::Path;
 
 /// The format this tern writes and the newest it reads.
-pub const DATA_FORMAT: u32 = 2;
+pub const DATA_FORMAT: u32 = 3;
 
 /// The tern version that writes [`DATA_FORMAT`], recorded beside it so that
 /// an older tern can say which version a file needs.

@@ -25,7 +25,7 @@
 //! - `backup`: a consistent copy of the file while the writer runs.
 //! - `format`: the data format the file is in (its `meta` table): a newer
 //!   file refused by name, an older one upgraded.
-//! - `tables`: the five tables, read whole at open ([`Recovered`]) and
+//! - `tables`: the six tables, read whole at open ([`Recovered`]) and
 //!   changed by one [`Op`] at a time in the writer's transactions.
 //! - `writer`: the writer thread: group commit, retries, durable tickets.
 //! - `coalesce`: which ops of a transaction need not be applied at all.
@@ -120,6 +120,10 @@ pub enum Op<V = Vec<u8>> {
     PutRetained { topic: ByteStr, record: Vec<u8> },
     /// Removes the retained message of a topic.
     DeleteRetained { topic: ByteStr },
+    /// Inserts a delayed message (`$delayed/...`): when it is due, and it.
+    PutDelayed { id: u64, record: Vec<u8> },
+    /// Removes a delayed message (published, or cancelled).
+    DeleteDelayed { id: u64 },
 }
 
 /// Counters for the engine's tests and benchmarks.

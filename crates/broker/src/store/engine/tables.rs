@@ -1,11 +1,11 @@
-//! The file's five tables: their definitions, reading them all at open, and
+//! The file's six tables: their definitions, reading them all at open, and
 //! applying one [`Op`] in a write transaction. The one place that knows the
 //! key and value types of each table (salvage reads them through the same
 //! definitions).
 //!
 //! Tables: sessions `&str -> &[u8]`, messages `u64 -> &[u8]`,
 //! queue `(&str, u64) -> &[u8]`, inbound `(&str, u16) -> ()`,
-//! retained `&str -> &[u8]`. Tuple keys sort by client id, then number, so a
+//! retained `&str -> &[u8]`, delayed `u64 -> &[u8]`. Tuple keys sort by client id, then number, so a
 //! client's queue or inbound ids are one contiguous range (which is how
 //! [`Op::DeleteSession`] removes them without a scan).
 
@@ -27,6 +27,7 @@ pub(in crate::store) const INBOUND: TableDefinition<(&str, u16), ()> =
     TableDefinition::new("inbound");
 pub(in crate::store) const RETAINED: TableDefinition<&str, &[u8]> =
     TableDefinition::new("retained");
+pub(in crate::store) const DELAYED: TableDefinition<u64, &[u8]> = TableDefinition::new("delayed");
 
 /// Everything in the file at open, for the broker to rebuild its state from.
 #[derive(Debug, Default)]
@@ -41,6 +42,8 @@ pub struct Recovered {
     pub inbound_qos2: Vec<(String, u16)>,
     /// Retained message records by topic, sorted by topic.
     pub retained: Vec<(String, Vec<u8>)>,
+    /// Delayed messages (`$delayed/...`) by id, sorted by id.
+    pub delayed: Vec<(u64, Vec<u8>)>,
     /// The file was not closed cleanly and redb repaired it (nothing that was
     /// durable is lost; log it).
     pub repaired: bool,
@@ -97,6 +100,15 @@ pub(super) fn recover(db: &Database) -> Result<Recovered, redb::Error> {
                 .push((key.value().to_owned(), value.value().to_vec()));
         }
     }
+    if let Some(table) = open_for_read(&txn, DELAYED)? {
+        recovered.delayed.reserve(table_len(&table)?);
+        for row in table.iter()? {
+            let (key, value) = row?;
+            recovered
+                .delayed
+                .push((key.value(), value.value().to_vec()));
+        }
+    }
     Ok(recovered)
 }
 
@@ -130,6 +142,7 @@ pub(super) struct Tables<'t> {
     queue: Option<Table<'t, (&'static str, u64), &'static [u8]>>,
     inbound: Option<Table<'t, (&'static str, u16), ()>>,
     retained: Option<Table<'t, &'static str, &'static [u8]>>,
+    delayed: Option<Table<'t, u64, &'static [u8]>>,
 }
 
 /// The table in `slot`, opening it in `txn` the first time.
@@ -154,6 +167,7 @@ impl<'t> Tables<'t> {
             queue: None,
             inbound: None,
             retained: None,
+            delayed: None,
         }
     }
 
@@ -218,6 +232,12 @@ impl<'t> Tables<'t> {
             }
             Op::DeleteRetained { topic } => {
                 table(&mut self.retained, txn, RETAINED)?.remove(topic.as_str())?;
+            }
+            Op::PutDelayed { id, record } => {
+                table(&mut self.delayed, txn, DELAYED)?.insert(*id, record.as_slice())?;
+            }
+            Op::DeleteDelayed { id } => {
+                table(&mut self.delayed, txn, DELAYED)?.remove(*id)?;
             }
         }
         Ok(())
