@@ -19,6 +19,7 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
+import trustme
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.packettypes import PacketTypes
@@ -665,3 +666,29 @@ class DeliveryCount:
         """When message `n` was handed to paho (UTC, as the logs write it)."""
         at = self.sent_at[n]
         return time.strftime("%H:%M:%S", time.gmtime(at)) + f".{int(at % 1 * 1000):03d}"
+
+
+# --------------------------------------------------------------------------
+# Certificates
+# --------------------------------------------------------------------------
+
+
+class Certs:
+    """A CA, a server certificate for 127.0.0.1/localhost and a client
+    certificate with Common Name `device-1`, written as PEM files."""
+
+    def __init__(self, directory: Path):
+        self.dir = directory
+        ca = trustme.CA()
+        server = ca.issue_cert("127.0.0.1", "localhost")
+        client = ca.issue_cert("device-1@example.org", common_name="device-1")
+        self.ca = self._write("ca.pem", ca.cert_pem.bytes())
+        self.server_cert = self._write("server.pem", b"".join(p.bytes() for p in server.cert_chain_pems))
+        self.server_key = self._write("server.key", server.private_key_pem.bytes())
+        self.client_cert = self._write("client.pem", b"".join(p.bytes() for p in client.cert_chain_pems))
+        self.client_key = self._write("client.key", client.private_key_pem.bytes())
+
+    def _write(self, name: str, data: bytes) -> str:
+        path = self.dir / name
+        path.write_bytes(data)
+        return str(path)

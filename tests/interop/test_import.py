@@ -40,7 +40,9 @@ def run(*argv, **kwargs) -> subprocess.CompletedProcess:
 @contextlib.contextmanager
 def tern_serving(config: Path, *ports: int):
     """`tern serve --config CONFIG`, listening on `ports`, until the block ends."""
-    tern = subprocess.Popen([TERN, "serve", "--config", config], stderr=subprocess.PIPE, text=True)
+    # In the config's folder: its default data_dir is relative to where it runs.
+    tern = subprocess.Popen([TERN, "serve", "--config", config], cwd=config.parent,
+                            stderr=subprocess.PIPE, text=True)
     try:
         for port in ports:
             wait_port(port, tern, "tern serve")
@@ -108,28 +110,55 @@ def test_a_mosquitto_setup_with_users_acl_and_websockets_moves_to_tern(tmp_path)
         assert (tmp_path / "data" / "tern.redb").exists(), "the data went to persistence_location"
 
 
-def test_a_bridge_is_not_carried_over_and_the_exit_code_says_so(tmp_path):
+def test_a_bridge_is_carried_over_and_forwards_to_the_mosquitto_it_named(tmp_path):
+    """An edge Mosquitto's configuration with a `connection` section (as
+    mosquitto.conf(5) writes one), accepted by a real Mosquitto, imports to
+    a [[bridges]] entry; `tern serve` on it forwards to the remote Mosquitto
+    under the remote prefix, and brings the `in` topic back."""
     require_tern_binary()
-    port = free_port()
-    conf = tmp_path / "mosquitto.conf"
-    conf.write_text(
-        f"listener {port} {HOST}\n"
-        "allow_anonymous true\n"
-        "\n"
-        "connection cloud\n"
-        "address broker.example.com:1883\n"
-        "topic sensors/# out 1 local/ remote/\n"
-    )
-    out = tmp_path / "tern.toml"
-    imported = run(TERN, "import", conf, "-o", out)
-    assert imported.returncode == 3, imported.stderr
-    assert "IMPORTANT" in imported.stderr and "connection cloud" in imported.stderr, imported.stderr
-    toml = out.read_text()
-    assert "# IMPORTANT" in toml and "topic sensors/# out 1 local/ remote/" in toml, toml
-    assert "allow_anonymous = true" in toml
-    # What could be carried over was: it serves.
-    with tern_serving(out, port):
-        pass
+    need("mosquitto_sub", "apt-get install mosquitto-clients")
+    remote_port, port = free_port(), free_port()
+    remote_conf = tmp_path / "remote.conf"
+    remote_conf.write_text(f"listener {remote_port} {HOST}\nallow_anonymous true\n")
+    remote = subprocess.Popen([MOSQUITTO, "-c", remote_conf], stderr=subprocess.PIPE, text=True)
+    try:
+        wait_port(remote_port, remote, "the remote mosquitto")
+        conf = tmp_path / "mosquitto.conf"
+        conf.write_text(
+            f"listener {port} {HOST}\n"
+            "allow_anonymous true\n"
+            "\n"
+            "connection cloud\n"
+            f"address {HOST}:{remote_port}\n"
+            'topic sensors/# out 1 "" site/17/\n'
+            "topic commands/# in 1\n"
+            "restart_timeout 1\n"
+        )
+        mosquitto_accepts(conf, port)
+        out = tmp_path / "tern.toml"
+        imported = run(TERN, "import", conf, "-o", out)
+        assert imported.returncode == 0, imported.stderr
+        assert "[[bridges]]" in out.read_text()
+        with tern_serving(out, port):
+            at_remote = subprocess.Popen(
+                ["mosquitto_sub", "-h", HOST, "-p", str(remote_port), "-t", "site/17/sensors/#",
+                 "-C", "1", "-W", "20", "-v"], stdout=subprocess.PIPE, text=True)
+            at_edge = subprocess.Popen(
+                ["mosquitto_sub", "-h", HOST, "-p", str(port), "-t", "commands/#",
+                 "-C", "1", "-W", "20", "-v"], stdout=subprocess.PIPE, text=True)
+            # Published until each arrives: the bridge connects within its
+            # restart timeout, and both subscribers must be in place.
+            deadline = time.monotonic() + 20
+            while at_remote.poll() is None or at_edge.poll() is None:
+                assert time.monotonic() < deadline, "the bridge did not forward both ways"
+                run("mosquitto_pub", "-h", HOST, "-p", str(port), "-t", "sensors/boiler", "-m", "71", "-q", "1")
+                run("mosquitto_pub", "-h", HOST, "-p", str(remote_port), "-t", "commands/boiler", "-m", "off", "-q", "1")
+                time.sleep(0.3)
+            assert at_remote.stdout.read().strip() == "site/17/sensors/boiler 71"
+            assert at_edge.stdout.read().strip() == "commands/boiler off"
+    finally:
+        remote.terminate()
+        remote.wait(timeout=5)
 
 
 def test_the_security_guide_s_mosquitto_example_imports_as_the_guide_translates_it(tmp_path):

@@ -23,7 +23,7 @@ import pytest
 import trustme
 from paho.mqtt.enums import CallbackAPIVersion
 
-from interop_support import DEFAULT_BROKER, HOST, REPO_ROOT, TIMEOUT, Broker, Client, free_port, unique
+from interop_support import DEFAULT_BROKER, HOST, REPO_ROOT, TIMEOUT, Broker, Certs, Client, free_port, unique
 from tools_support import SUBACK_RE, TERN, Proc, assert_ok, describe_run, run
 
 NODE_DIR = Path(__file__).resolve().parent / "node"
@@ -34,27 +34,6 @@ def tern_exe() -> str:
     if not Path(exe).name.startswith("tern"):
         pytest.skip(f"listener options are Tern's; TERN_INTEROP_BROKER runs {exe}")
     return exe
-
-
-class Certs:
-    """A CA, a server certificate for 127.0.0.1/localhost and a client
-    certificate with Common Name `device-1`, written as PEM files."""
-
-    def __init__(self, directory: Path):
-        self.dir = directory
-        ca = trustme.CA()
-        server = ca.issue_cert("127.0.0.1", "localhost")
-        client = ca.issue_cert("device-1@example.org", common_name="device-1")
-        self.ca = self._write("ca.pem", ca.cert_pem.bytes())
-        self.server_cert = self._write("server.pem", b"".join(p.bytes() for p in server.cert_chain_pems))
-        self.server_key = self._write("server.key", server.private_key_pem.bytes())
-        self.client_cert = self._write("client.pem", b"".join(p.bytes() for p in client.cert_chain_pems))
-        self.client_key = self._write("client.key", client.private_key_pem.bytes())
-
-    def _write(self, name: str, data: bytes) -> str:
-        path = self.dir / name
-        path.write_bytes(data)
-        return str(path)
 
 
 class TransportBroker(Broker):

@@ -30,6 +30,7 @@
 //! See `docs/architecture.md` for the whole flow.
 
 mod auth;
+mod bridge;
 mod client_state;
 mod cluster;
 pub mod config;

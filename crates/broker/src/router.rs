@@ -312,10 +312,17 @@ fn route(state: &BrokerState, message: &Arc<Message>, scope: Scope, mut group: G
             seq: 0,
         };
         let queued = match &state.store {
-            None => target.session.deliver(delivery, state.queue_limits()),
+            None => target
+                .session
+                .deliver(delivery, state.queue_limits_of(&target.session)),
             Some(store) => target
                 .session
-                .stage(delivery, state.queue_limits(), store, &mut group)
+                .stage(
+                    delivery,
+                    state.queue_limits_of(&target.session),
+                    store,
+                    &mut group,
+                )
                 .map(|delivery| staged.push((target.session, delivery))),
         };
         if let Err(why) = queued {
@@ -541,10 +548,10 @@ pub fn deliver_retained(
             seq: 0,
         };
         let queued = match &state.store {
-            None => session.deliver(delivery, state.queue_limits()),
+            None => session.deliver(delivery, state.queue_limits_of(session)),
             Some(store) => {
                 let mut group = Group::default();
-                let limits = state.queue_limits();
+                let limits = state.queue_limits_of(session);
                 session
                     .stage(delivery, limits, store, &mut group)
                     .map(|delivery| {

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::auth::{AuthError, AuthState};
+use crate::bridge;
 use crate::cluster::{self, ClusterError};
 use crate::config::{Config, ConfigError};
 use crate::connection::park::Parker;
@@ -192,6 +193,7 @@ impl Broker {
         }
         sys::spawn(&state, &parker);
         state.tasks.spawn(router::release_delayed(state.clone()));
+        bridge::spawn(&state, &parker);
         listener::spawn(sockets, &state, &parker);
         if let Some(http) = http {
             let tls = listeners.acceptors();

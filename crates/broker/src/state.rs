@@ -24,7 +24,7 @@ use tern_codec::{QoS, ReasonCode, SubscriptionOptions};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::{Auth, AuthError, AuthState};
+use crate::auth::{Auth, AuthError, AuthState, BRIDGE_CLIENT_PREFIX};
 use crate::config::Config;
 use crate::delayed::Delayed;
 use crate::limits::Limits;
@@ -84,6 +84,8 @@ pub struct BrokerState {
     reloading: Mutex<(), { rank::RELOAD }>,
     next_connection_id: AtomicU64,
     queue_limits: QueueLimits,
+    /// Each bridge's session's own bounds, by its client id.
+    bridge_queue_limits: Vec<(String, QueueLimits)>,
 }
 
 impl Drop for BrokerState {
@@ -141,6 +143,18 @@ impl BrokerState {
             max_bytes: config.max_queued_bytes,
             queue_qos0_offline: config.queue_qos0_messages,
         };
+        let bridge_queue_limits = config
+            .bridges
+            .iter()
+            .map(|b| {
+                let limits = QueueLimits {
+                    max_messages: b.max_queued_messages,
+                    max_bytes: b.max_queued_bytes,
+                    ..queue_limits
+                };
+                (format!("{BRIDGE_CLIENT_PREFIX}{}", b.name), limits)
+            })
+            .collect();
         Arc::new(BrokerState {
             config,
             sessions: Mutex::new(Sessions::default()),
@@ -161,6 +175,7 @@ impl BrokerState {
             reloading: Mutex::new(()),
             next_connection_id: AtomicU64::new(1),
             queue_limits,
+            bridge_queue_limits,
         })
     }
 
@@ -193,6 +208,20 @@ impl BrokerState {
 
     /// Queue bounds every session gets.
     pub fn queue_limits(&self) -> &QueueLimits {
+        &self.queue_limits
+    }
+
+    /// The bounds of `session`'s queue: a bridge's own, else everyone's.
+    /// (One byte compared for a client's session.)
+    pub fn queue_limits_of(&self, session: &Session) -> &QueueLimits {
+        if session.client_id.starts_with(BRIDGE_CLIENT_PREFIX)
+            && let Some((_, limits)) = self
+                .bridge_queue_limits
+                .iter()
+                .find(|(id, _)| **id == *session.client_id)
+        {
+            return limits;
+        }
         &self.queue_limits
     }
 

@@ -370,6 +370,7 @@ async fn client_certificate_common_name_becomes_the_identity() {
             listener: 0,
             cert_identity: None,
             connect_bytes: None,
+            internal: false,
         };
         let (_tls, info) = acceptor.accept(stream, info).await.unwrap();
         assert_eq!(info.cert_identity.as_deref(), expected);

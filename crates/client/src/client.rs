@@ -8,6 +8,7 @@
 //! clone sees the same connection; the loop is the only owner of the socket.
 
 use std::future::Future;
+use std::num::NonZeroU16;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, ready};
@@ -23,6 +24,7 @@ use crate::event::{EVENT_CAPACITY, EventQueue, Events};
 use crate::event_loop::EventLoop;
 use crate::options::{ConnectOptions, Message};
 use crate::session::Reply;
+use crate::transport::Stream;
 
 /// Commands buffered between the handles and the loop; beyond this, calls
 /// wait for the loop (backpressure on a fast publisher).
@@ -48,6 +50,8 @@ pub(crate) enum Command {
         reason: ReasonCode,
         reply: Reply<()>,
     },
+    /// Manual acknowledgements: PUBACK or PUBREC for this message.
+    Ack { packet_id: NonZeroU16 },
 }
 
 impl Command {
@@ -58,6 +62,7 @@ impl Command {
             Command::Subscribe { reply, .. } => drop(reply.send(Err(error))),
             Command::Unsubscribe { reply, .. } => drop(reply.send(Err(error))),
             Command::Disconnect { reply, .. } => drop(reply.send(Err(error))),
+            Command::Ack { .. } => {}
         }
     }
 }
@@ -133,11 +138,35 @@ impl Client {
     /// # }
     /// ```
     pub async fn connect(options: ConnectOptions) -> Result<(Client, Events, ConnAck), Error> {
+        Client::start(options, None).await
+    }
+
+    /// Like [`Client::connect`], over a stream the caller opened: the
+    /// in-process pipe to a broker in the same program (Tern's bridges
+    /// reach their own broker so). `options.host` and `port` only name the
+    /// broker in errors; there is no reconnect (`options.reconnect` must be
+    /// `None`), since the stream cannot be opened again.
+    pub async fn connect_stream(
+        options: ConnectOptions,
+        stream: Stream,
+    ) -> Result<(Client, Events, ConnAck), Error> {
+        if options.reconnect.is_some() {
+            return Err(Error::Invalid(
+                "a client on a given stream cannot reconnect: set no reconnect policy".into(),
+            ));
+        }
+        Client::start(options, Some(stream)).await
+    }
+
+    async fn start(
+        options: ConnectOptions,
+        stream: Option<Stream>,
+    ) -> Result<(Client, Events, ConnAck), Error> {
         let options = Arc::new(options);
         let limit = options.connect_timeout;
         let (mut conn, connack) = tokio::time::timeout(
             limit,
-            connection::establish(options.clone(), options.client_id.clone()),
+            connection::establish(options.clone(), options.client_id.clone(), stream),
         )
         .await
         .map_err(|_| Error::Timeout(limit))??;
@@ -455,6 +484,25 @@ impl Client {
         let filters = filters.into_iter().map(Into::into).collect();
         self.request(|reply| Command::Unsubscribe { filters, reply })
             .await
+    }
+
+    /// With [`ConnectOptions::manual_acks`], acknowledges a QoS 1 or 2
+    /// message: the broker may now forget it (PUBACK, or PUBREC and the rest
+    /// of the QoS 2 flow). Returns once the client's event loop has it;
+    /// QoS 0 messages need no acknowledgement and are ignored.
+    ///
+    /// An acknowledgement counts only on the connection the message arrived
+    /// on: after a reconnect the broker sends the unacknowledged messages
+    /// again (with the session), and those are the ones to acknowledge.
+    /// Messages are acknowledged in any order.
+    pub async fn ack(&self, message: &crate::Received) -> Result<(), Error> {
+        let Some(packet_id) = message.packet_id else {
+            return Ok(());
+        };
+        self.commands
+            .send(Command::Ack { packet_id })
+            .await
+            .map_err(|_| self.shared.closed_error())
     }
 
     /// Sends DISCONNECT (normal, or 0x04 to have the will published) and

@@ -102,8 +102,13 @@ pub(crate) struct Connection {
 pub(crate) async fn establish(
     options: Arc<ConnectOptions>,
     client_id: String,
+    stream: Option<Stream>,
 ) -> Result<(Connection, ConnAck), Error> {
-    let (reader, writer) = tokio::io::split(transport::open(&options).await?);
+    let stream = match stream {
+        Some(stream) => stream,
+        None => transport::open(&options).await?,
+    };
+    let (reader, writer) = tokio::io::split(stream);
     let mut conn = Connection {
         reader,
         writer,

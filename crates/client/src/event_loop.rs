@@ -159,6 +159,7 @@ impl EventLoop {
                 }
             };
             tracing::debug!(target: LOG_TARGET, ?reason, "connection lost");
+            self.session.forget_unacked();
             self.events.push(Event::Disconnected {
                 reason: reason.clone(),
             });
@@ -295,7 +296,7 @@ impl EventLoop {
             (QoS::AtMostOnce, _) => self.events.push(Event::Message(publish)),
             (QoS::AtLeastOnce, Some(id)) => {
                 self.events.push(Event::Message(publish));
-                conn.send_control(&Packet::PubAck(PubAck::new(id)));
+                self.acknowledge(conn, id, QoS::AtLeastOnce);
             }
             (QoS::ExactlyOnce, Some(id)) => {
                 if self.session.on_incoming_qos2(id) {
@@ -307,8 +308,11 @@ impl EventLoop {
                         )));
                     }
                     self.events.push(Event::Message(publish));
+                    self.acknowledge(conn, id, QoS::ExactlyOnce);
+                } else if !self.session.awaits_ack(id) {
+                    // A re-send of one already received: PUBREC again.
+                    conn.send_control(&Packet::PubRec(PubAck::new(id)));
                 }
-                conn.send_control(&Packet::PubRec(PubAck::new(id)));
             }
             (_, None) => {
                 return Err(Close::Violation(Violation::new(
@@ -318,6 +322,17 @@ impl EventLoop {
             }
         }
         Ok(())
+    }
+
+    /// Acknowledges a message just delivered, or with manual acknowledgements
+    /// leaves that to [`Client::ack`](crate::Client::ack).
+    fn acknowledge(&mut self, conn: &mut Connection, id: NonZeroU16, qos: QoS) {
+        self.session.await_ack(id, qos);
+        if !self.options.manual_acks
+            && let Some(ack) = self.session.take_ack(id)
+        {
+            conn.send_control(&ack);
+        }
     }
 
     /// Encodes every queued publish the session releases now.
@@ -375,6 +390,11 @@ impl EventLoop {
                 self.start_request(packet, conn, RequestReply::Unsubscribe(reply));
             }
             Command::Disconnect { reason, reply } => return Some((reason, reply)),
+            Command::Ack { packet_id } => {
+                if let (Some(conn), Some(ack)) = (conn, self.session.take_ack(packet_id)) {
+                    conn.send_control(&ack);
+                }
+            }
         }
         None
     }
@@ -498,7 +518,7 @@ impl EventLoop {
             let limit = self.options.connect_timeout;
             let connecting = tokio::time::timeout(
                 limit,
-                connection::establish(self.options.clone(), self.client_id.clone()),
+                connection::establish(self.options.clone(), self.client_id.clone(), None),
             );
             match self.offline(connecting).await? {
                 Ok(Ok((mut conn, connack))) => {

@@ -53,6 +53,16 @@ pub struct ConnectOptions {
     pub reconnect: Option<Reconnect>,
     /// TLS (`None`, the default: plain TCP).
     pub tls: Option<TlsOptions>,
+    /// Incoming QoS 1/2 messages are acknowledged only when the application
+    /// calls [`Client::ack`](crate::Client::ack), not on arrival. Default
+    /// false.
+    pub manual_acks: bool,
+    /// Mosquitto's bridge flag on an MQTT 3.1/3.1.1 CONNECT: a broker that
+    /// knows it (Mosquitto, Tern) does not send this client's own messages
+    /// back to it and keeps their retain flag, as MQTT 5's No Local and
+    /// Retain As Published do. For brokers bridging to brokers; ignored at
+    /// MQTT 5. Default false.
+    pub bridge: bool,
 }
 
 impl ConnectOptions {
@@ -93,6 +103,8 @@ impl ConnectOptions {
             connect_timeout: Duration::from_secs(10),
             reconnect: None,
             tls: None,
+            manual_acks: false,
+            bridge: false,
         }
     }
 
@@ -193,6 +205,20 @@ impl ConnectOptions {
         self
     }
 
+    /// Acknowledges incoming QoS 1/2 messages only through
+    /// [`Client::ack`](crate::Client::ack): for a client that must have
+    /// handled (stored, forwarded) a message before the broker may forget it.
+    pub fn manual_acks(mut self, manual: bool) -> Self {
+        self.manual_acks = manual;
+        self
+    }
+
+    /// Sets Mosquitto's bridge flag (see the field).
+    pub fn bridge(mut self, bridge: bool) -> Self {
+        self.bridge = bridge;
+        self
+    }
+
     /// `host:port` as printed in errors (IPv6 literals in brackets).
     pub(crate) fn address(&self) -> String {
         address(&self.host, self.port)
@@ -240,6 +266,7 @@ impl ConnectOptions {
     pub(crate) fn connect_packet(&self, client_id: &str, clean_start: bool) -> Connect {
         Connect {
             protocol: self.version,
+            bridge: self.bridge,
             clean_start,
             keep_alive: self.keep_alive_secs(),
             client_id: client_id.into(),

@@ -8,6 +8,8 @@
 //! - SUBSCRIBE/UNSUBSCRIBE requests until acknowledged;
 //! - incoming QoS 2 packet ids between PUBREC and PUBREL, so a re-sent
 //!   PUBLISH is delivered once;
+//! - with manual acknowledgements, the incoming QoS 1/2 messages of this
+//!   connection the application has not acknowledged yet;
 //! - the subscriptions granted so far, to renew them when the broker has no
 //!   session for us after a reconnect.
 //!
@@ -95,6 +97,9 @@ pub(crate) struct Session {
     waiting: VecDeque<Queued>,
     requests: HashMap<NonZeroU16, Request>,
     incoming_qos2: HashSet<NonZeroU16>,
+    /// Manual acknowledgements: messages of this connection delivered and
+    /// not yet acknowledged by the application, with their QoS.
+    unacked: HashMap<NonZeroU16, QoS>,
     subscriptions: Vec<Subscription>,
     /// The broker's Receive Maximum: QoS 1/2 publishes we may have in flight.
     pub(crate) receive_maximum: u16,
@@ -109,6 +114,7 @@ impl Session {
             waiting: VecDeque::new(),
             requests: HashMap::new(),
             incoming_qos2: HashSet::new(),
+            unacked: HashMap::new(),
             subscriptions: Vec::new(),
             receive_maximum: u16::MAX,
         }
@@ -251,6 +257,35 @@ impl Session {
     /// its last PUBREL (deliver it), false for a re-send (do not).
     pub(crate) fn on_incoming_qos2(&mut self, id: NonZeroU16) -> bool {
         self.incoming_qos2.insert(id)
+    }
+
+    /// Manual acknowledgements: message `id` waits for the application.
+    pub(crate) fn await_ack(&mut self, id: NonZeroU16, qos: QoS) {
+        self.unacked.insert(id, qos);
+    }
+
+    /// Whether message `id` waits for the application's acknowledgement.
+    pub(crate) fn awaits_ack(&self, id: NonZeroU16) -> bool {
+        self.unacked.contains_key(&id)
+    }
+
+    /// The application acknowledged message `id`: its PUBACK or PUBREC, or
+    /// nothing if it is not waiting (acknowledged already, or delivered on a
+    /// connection since lost, whose id may now name another message).
+    pub(crate) fn take_ack(&mut self, id: NonZeroU16) -> Option<Packet> {
+        match self.unacked.remove(&id)? {
+            QoS::ExactlyOnce => Some(Packet::PubRec(PubAck::new(id))),
+            _ => Some(Packet::PubAck(PubAck::new(id))),
+        }
+    }
+
+    /// The connection was lost: acknowledgements still to come are for
+    /// nothing now. The broker re-sends those messages (with the session)
+    /// and they are delivered again, QoS 2 ones too: none was received.
+    pub(crate) fn forget_unacked(&mut self) {
+        for (id, _) in self.unacked.drain() {
+            self.incoming_qos2.remove(&id);
+        }
     }
 
     /// Incoming QoS 2 messages received and not yet released.
@@ -567,6 +602,24 @@ mod tests {
         assert!(s.on_pubrec(&rec).is_none());
         assert_eq!(rx.try_recv().unwrap().unwrap(), ReasonCode::NotAuthorized);
         assert_eq!(s.in_flight(), (0, 0));
+    }
+
+    #[test]
+    fn manual_acks_wait_for_the_application_and_lapse_with_the_connection() {
+        let mut s = Session::new();
+        s.await_ack(id(3), QoS::AtLeastOnce);
+        assert!(s.on_incoming_qos2(id(4)));
+        s.await_ack(id(4), QoS::ExactlyOnce);
+        assert!(s.awaits_ack(id(4)));
+        assert!(matches!(s.take_ack(id(3)), Some(Packet::PubAck(a)) if a.packet_id == id(3)));
+        assert!(s.take_ack(id(3)).is_none(), "acknowledged once");
+        // The connection is lost before the application acknowledged 4: the
+        // broker sends it again, and it is delivered again.
+        s.forget_unacked();
+        assert!(s.take_ack(id(4)).is_none(), "not on the next connection");
+        assert!(s.on_incoming_qos2(id(4)));
+        s.await_ack(id(4), QoS::ExactlyOnce);
+        assert!(matches!(s.take_ack(id(4)), Some(Packet::PubRec(a)) if a.packet_id == id(4)));
     }
 
     #[test]

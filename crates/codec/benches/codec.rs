@@ -67,6 +67,7 @@ fn publish(payload_len: usize, version: ProtocolVersion) -> Packet {
 fn connect_v5() -> Packet {
     Packet::Connect(Box::new(Connect {
         protocol: V5,
+        bridge: false,
         clean_start: false,
         keep_alive: 60,
         client_id: "dev-17-4242".into(),

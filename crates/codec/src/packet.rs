@@ -101,6 +101,12 @@ impl Packet {
 #[derive(Clone, PartialEq, Eq)]
 pub struct Connect {
     pub protocol: ProtocolVersion,
+    /// Mosquitto's bridge flag: the protocol level's top bit (0x83, 0x84),
+    /// set by a broker bridging into this one at MQTT 3.1 or 3.1.1. Its
+    /// subscriptions then work as MQTT 5's No Local and Retain As Published
+    /// do, so messages it forwarded are not sent back to it (loops) and
+    /// keep their retain flag. MQTT 5 has those options and no flag.
+    pub bridge: bool,
     /// Clean Session (3.1/3.1.1) or Clean Start (5.0).
     pub clean_start: bool,
     pub keep_alive: u16,
@@ -116,6 +122,7 @@ impl fmt::Debug for Connect {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Connect")
             .field("protocol", &self.protocol)
+            .field("bridge", &self.bridge)
             .field("clean_start", &self.clean_start)
             .field("keep_alive", &self.keep_alive)
             .field("client_id", &self.client_id)

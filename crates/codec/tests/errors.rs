@@ -986,6 +986,7 @@ fn encode_invalid_value() {
     // A password without user name before 5.0.
     let connect = Connect {
         protocol: V4,
+        bridge: false,
         clean_start: true,
         keep_alive: 0,
         client_id: "c".into(),

@@ -28,6 +28,7 @@ fn samples(version: ProtocolVersion) -> Vec<Packet> {
         Packet::PubAck(PubAck::new(NonZeroU16::MIN)),
         Packet::Connect(Box::new(Connect {
             protocol: version,
+            bridge: false,
             clean_start: true,
             keep_alive: 60,
             client_id: "c".into(),

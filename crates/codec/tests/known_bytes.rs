@@ -48,6 +48,7 @@ fn connect_3_1_1() {
     ];
     let connect = Connect {
         protocol: ProtocolVersion::V3_1_1,
+        bridge: false,
         clean_start: true,
         keep_alive: 60,
         client_id: "abc".into(),
@@ -60,6 +61,47 @@ fn connect_3_1_1() {
     for version in common::ALL_VERSIONS {
         both_ways(&bytes, version, Packet::Connect(Box::new(connect.clone())));
     }
+}
+
+/// Mosquitto's bridge flag: level 0x84 is 3.1.1 from a bridge; 0x85 is no
+/// level at all (MQTT 5 has No Local instead).
+#[test]
+fn connect_with_mosquittos_bridge_flag() {
+    #[rustfmt::skip]
+    let bytes = [
+        0x10, 15,
+        0x00, 0x04, b'M', b'Q', b'T', b'T',
+        0x84,                               // level 4, bridge flag
+        0x00,
+        0x00, 0x3C,
+        0x00, 0x03, b'a', b'b', b'c',
+    ];
+    let connect = Connect {
+        protocol: ProtocolVersion::V3_1_1,
+        bridge: true,
+        clean_start: false,
+        keep_alive: 60,
+        client_id: "abc".into(),
+        will: None,
+        username: None,
+        password: None,
+        properties: ConnectProperties::default(),
+    };
+    both_ways(
+        &bytes,
+        ProtocolVersion::V3_1_1,
+        Packet::Connect(Box::new(connect)),
+    );
+    let mut v5 = bytes;
+    v5[8] = 0x85;
+    assert!(matches!(
+        tern_codec::decode(
+            &mut bytes::BytesMut::from(&v5[..]),
+            ProtocolVersion::V5,
+            1024
+        ),
+        Err(tern_codec::DecodeError::UnsupportedProtocolVersion(0x85))
+    ));
 }
 
 #[test]
@@ -76,6 +118,7 @@ fn connect_3_1_1_with_will() {
     ];
     let connect = Connect {
         protocol: ProtocolVersion::V3_1_1,
+        bridge: false,
         clean_start: false,
         keep_alive: 10,
         client_id: "c".into(),
@@ -109,6 +152,7 @@ fn connect_3_1() {
     ];
     let connect = Connect {
         protocol: ProtocolVersion::V3_1,
+        bridge: false,
         clean_start: true,
         keep_alive: 60,
         client_id: "abc".into(),
@@ -145,6 +189,7 @@ fn connect_5() {
     assert_eq!(bytes.len(), 2 + 35);
     let connect = Connect {
         protocol: ProtocolVersion::V5,
+        bridge: false,
         clean_start: true,
         keep_alive: 60,
         client_id: "abc".into(),

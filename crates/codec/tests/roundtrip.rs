@@ -31,6 +31,7 @@ fn user(name: &str, value: &str) -> UserProperty {
 fn connect_at(version: ProtocolVersion) -> Connect {
     Connect {
         protocol: version,
+        bridge: false,
         clean_start: true,
         keep_alive: 30,
         client_id: "client-1".into(),

@@ -4,9 +4,10 @@
 //! Mosquitto's file is a list of `option value` lines; listener options apply
 //! to the latest `listener` line, `include_dir` pulls in a folder's `*.conf`
 //! files in name order, and a `connection` line starts a bridge. Each line is
-//! translated to its tern key (listeners become `[[listeners]]` sections) or
-//! kept as a comment saying why it was not; the lines whose loss changes what
-//! clients see (bridges, plugins, certificate revocation, mount points, …)
+//! translated to its tern key (listeners become `[[listeners]]` sections,
+//! bridges `[[bridges]]` ones) or kept as a comment saying why it was not;
+//! the lines whose loss changes what clients see (plugins, certificate
+//! revocation, mount points, a bridge's PSK, …)
 //! make the command exit with 3, after writing the rest. The result is
 //! checked by loading it as `tern serve` would before it is written.
 
@@ -196,6 +197,23 @@ impl Listener {
     }
 }
 
+/// One `[[bridges]]` section being built, from a `connection` line on.
+#[derive(Default)]
+struct Bridge {
+    from: String,
+    name: String,
+    keys: Vec<(String, String)>,
+    /// Each `topic` line's keys.
+    topics: Vec<Vec<(String, String)>>,
+}
+
+impl Bridge {
+    fn set(&mut self, key: &str, value: String) {
+        self.keys.retain(|(k, _)| k != key);
+        self.keys.push((key.to_owned(), value));
+    }
+}
+
 #[derive(Default)]
 struct Translation {
     /// Broker-wide keys: (key, TOML value, where from).
@@ -206,10 +224,15 @@ struct Translation {
     default_port: Option<(String, String)>,
     default_bind: Option<String>,
     per_listener_settings: bool,
-    /// Inside a `connection` (bridge) section.
-    bridge: bool,
+    /// The `connection` sections; the last is the one being read.
+    bridges: Vec<Bridge>,
     notes: Vec<Note>,
     translated: usize,
+}
+
+/// A Mosquitto argument: `""` stands for the empty string.
+fn unquote(arg: &str) -> &str {
+    if arg == "\"\"" { "" } else { arg }
 }
 
 /// A TOML string.
@@ -273,15 +296,18 @@ impl Translation {
     fn line(&mut self, line: &Line) {
         let arg = line.args.first().map(String::as_str).unwrap_or("");
         if line.key == "connection" {
-            self.bridge = true;
+            self.bridges.push(Bridge {
+                from: line.source(),
+                name: arg.to_owned(),
+                ..Bridge::default()
+            });
+            self.translated += 1;
+            return;
         }
-        if self.bridge {
-            // Every line after `connection` belongs to the bridge.
-            return self.note(
-                line,
-                true,
-                "bridges are not in this version of tern: the bridge is not carried over",
-            );
+        // A bridge's options follow its `connection` line; Mosquitto reads
+        // every other option wherever it is.
+        if !self.bridges.is_empty() && self.bridge_line(line) {
+            return;
         }
         let number = |s: &str| s.parse::<i64>().ok();
         match line.key.as_str() {
@@ -438,6 +464,152 @@ impl Translation {
         }
     }
 
+    /// Translates a line of the last `connection` section; false if it is
+    /// not a bridge option.
+    fn bridge_line(&mut self, line: &Line) -> bool {
+        let args = &line.args;
+        let arg = args.first().map(String::as_str).unwrap_or("");
+        let set = |key: &str, value: Option<String>| (key.to_owned(), value);
+        let (key, value) = match line.key.as_str() {
+            "address" | "addresses" => {
+                let addresses: Vec<String> = args
+                    .iter()
+                    .map(|a| match a.rsplit_once(':') {
+                        Some(_) => quoted(a),
+                        None => quoted(&format!("{a}:1883")),
+                    })
+                    .collect();
+                set("addresses", Some(format!("[{}]", addresses.join(", "))))
+            }
+            "topic" => {
+                let mut rule = vec![("pattern".to_owned(), quoted(unquote(arg)))];
+                if let Some(direction) = args.get(1) {
+                    rule.push(("direction".into(), quoted(direction)));
+                }
+                if let Some(qos) = args.get(2) {
+                    rule.push(("qos".into(), qos.clone()));
+                }
+                if let (Some(local), Some(remote)) = (args.get(3), args.get(4)) {
+                    rule.push(("local_prefix".into(), quoted(unquote(local))));
+                    rule.push(("remote_prefix".into(), quoted(unquote(remote))));
+                }
+                if let Some(bridge) = self.bridges.last_mut() {
+                    bridge.topics.push(rule);
+                }
+                self.translated += 1;
+                return true;
+            }
+            "bridge_protocol_version" => set(
+                "protocol",
+                match arg {
+                    "mqttv311" => Some(quoted("3.1.1")),
+                    "mqttv50" => Some(quoted("5")),
+                    _ => None,
+                },
+            ),
+            "remote_clientid" | "clientid" => set("client_id", Some(quoted(arg))),
+            "remote_username" | "username" => set("username", Some(quoted(arg))),
+            "remote_password" | "password" => set("password", Some(quoted(arg))),
+            "cleansession" => set("clean_start", bool_value(arg)),
+            "keepalive_interval" => set(
+                "keepalive_secs",
+                arg.parse::<u16>().ok().map(|n| n.to_string()),
+            ),
+            "try_private" => set("try_private", bool_value(arg)),
+            "notifications" => set("notifications", bool_value(arg)),
+            "bridge_cafile" => set(
+                "ca_file",
+                Some(quoted(&resolve(&line.folder, arg).display().to_string())),
+            ),
+            "bridge_certfile" => set(
+                "cert_file",
+                Some(quoted(&resolve(&line.folder, arg).display().to_string())),
+            ),
+            "bridge_keyfile" => set(
+                "key_file",
+                Some(quoted(&resolve(&line.folder, arg).display().to_string())),
+            ),
+            "restart_timeout" => {
+                let secs: Vec<u64> = args.iter().filter_map(|a| a.parse().ok()).collect();
+                let (min, max) = match secs[..] {
+                    [constant] => (constant, constant),
+                    [base, cap] => (base, cap),
+                    _ => (0, 0),
+                };
+                if min == 0 || max < min {
+                    self.note(
+                        line,
+                        true,
+                        "not a restart timeout tern reads (seconds, or base and cap)",
+                    );
+                    return true;
+                }
+                if let Some(bridge) = self.bridges.last_mut() {
+                    bridge.set("reconnect_min_ms", (min * 1000).to_string());
+                    bridge.set("reconnect_max_ms", (max * 1000).to_string());
+                }
+                self.translated += 1;
+                return true;
+            }
+            "round_robin"
+            | "local_clientid"
+            | "local_username"
+            | "local_password"
+            | "bridge_attempt_unsubscribe"
+            | "bridge_outgoing_retain"
+            | "bridge_max_packet_size"
+            | "bridge_receive_maximum"
+            | "bridge_session_expiry_interval"
+            | "bridge_tls_version"
+            | "notification_topic"
+            | "notifications_local_only"
+            | "idle_timeout"
+            | "threshold" => {
+                let why = match line.key.as_str() {
+                    "round_robin" => {
+                        "tern's bridges always try the addresses from the first (round_robin false)"
+                    }
+                    "local_clientid" | "local_username" | "local_password" => {
+                        "a tern bridge's session here is internal ($bridge/NAME) and needs no login"
+                    }
+                    _ => "not a bridge option of tern: its default applies",
+                };
+                self.note(line, false, why);
+                return true;
+            }
+            "start_type" if arg == "automatic" => {
+                self.translated += 1;
+                return true;
+            }
+            "start_type"
+            | "bridge_capath"
+            | "bridge_insecure"
+            | "bridge_identity"
+            | "bridge_psk"
+            | "bridge_alpn"
+            | "bridge_bind_address"
+            | "bridge_require_ocsp" => {
+                self.note(
+                    line,
+                    true,
+                    "tern's bridges do not have this: the bridge is carried over without it",
+                );
+                return true;
+            }
+            _ => return false,
+        };
+        match value {
+            Some(value) => {
+                if let Some(bridge) = self.bridges.last_mut() {
+                    bridge.set(&key, value);
+                }
+                self.translated += 1;
+            }
+            None => self.note(line, true, format!("not a value tern's `{key}` takes")),
+        }
+        true
+    }
+
     fn render(&mut self, source: &Path) -> String {
         let mut out = String::new();
         let _ = writeln!(
@@ -497,6 +669,23 @@ impl Translation {
             }
             for (key, value) in &l.keys {
                 let _ = writeln!(out, "{key} = {value}");
+            }
+        }
+        for b in &self.bridges {
+            let _ = writeln!(
+                out,
+                "\n# {}\n[[bridges]]\nname = {}",
+                b.from,
+                quoted(&b.name)
+            );
+            for (key, value) in &b.keys {
+                let _ = writeln!(out, "{key} = {value}");
+            }
+            for rule in &b.topics {
+                let _ = writeln!(out, "[[bridges.topics]]");
+                for (key, value) in rule {
+                    let _ = writeln!(out, "{key} = {value}");
+                }
             }
         }
         if !self.notes.is_empty() {

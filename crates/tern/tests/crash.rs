@@ -1014,6 +1014,7 @@ fn connect_packet(version: ProtocolVersion, client_id: &str, clean_start: bool) 
     let v5 = version == ProtocolVersion::V5;
     Connect {
         protocol: version,
+        bridge: false,
         clean_start: clean_start && v5,
         keep_alive: 0,
         client_id: client_id.into(),

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use tern_broker::Config;
-use tern_broker::config::ListenerTransport;
+use tern_broker::config::{BridgeProtocol, Direction, ListenerTransport};
 
 fn import(conf: &Path, out: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_tern"))
@@ -116,18 +116,13 @@ fn what_changes_what_clients_see_is_marked_important_with_exit_code_3() {
     let conf = dir.write(
         "mosquitto.conf",
         "listener 1883\nmount_point site1/\nplugin /usr/lib/mosquitto_dynamic_security.so\n\
-         connection cloud\naddress cloud.example.com:8883\ntopic # both 1\n",
+         connection cloud\naddress cloud.example.com:8883\ntopic # both 1\nbridge_psk 0123\n",
     );
     let out = dir.0.join("tern.toml");
     let result = import(&conf, &out);
     assert_eq!(result.status.code(), Some(3), "{}", stderr(&result));
     let said = stderr(&result);
-    for line in [
-        "mount_point site1/",
-        "plugin /usr/lib",
-        "connection cloud",
-        "topic # both 1",
-    ] {
+    for line in ["mount_point site1/", "plugin /usr/lib", "bridge_psk 0123"] {
         assert!(
             said.contains("IMPORTANT") && said.contains(line),
             "{line}: {said}"
@@ -135,4 +130,69 @@ fn what_changes_what_clients_see_is_marked_important_with_exit_code_3() {
     }
     // The rest was written, and loads.
     Config::from_file(&out).unwrap();
+}
+
+/// A `connection` section as mosquitto.conf(5) shows one becomes a
+/// `[[bridges]]` entry: addresses (1883 where none is written), each
+/// `topic` line with its direction, QoS and prefixes (`""` empty), the
+/// remote login, session, TLS files and restart timeout.
+#[test]
+fn a_bridge_becomes_a_bridges_entry() {
+    let dir = Dir::new("import-bridge");
+    let conf = dir.write(
+        "mosquitto.conf",
+        "listener 1883\nallow_anonymous true\n\
+         connection cloud\naddress cloud.example.com:8883 backup.example.com\n\
+         topic sensors/# out 1 \"\" site/17/\ntopic commands/# in 2\ntopic chat/#\n\
+         remote_clientid edge-17\nremote_username edge\nremote_password s3cret\n\
+         cleansession true\nkeepalive_interval 30\ntry_private false\n\
+         bridge_protocol_version mqttv50\nbridge_cafile ca.crt\n\
+         bridge_certfile edge.crt\nbridge_keyfile edge.key\nrestart_timeout 2 60\n\
+         round_robin false\nstart_type automatic\n",
+    );
+    let out = dir.0.join("tern.toml");
+    let result = import(&conf, &out);
+    assert_eq!(result.status.code(), Some(0), "{}", stderr(&result));
+    let config = Config::from_file(&out).unwrap();
+    let bridge = &config.bridges[0];
+    assert_eq!(bridge.name, "cloud");
+    assert_eq!(
+        bridge.addresses,
+        ["cloud.example.com:8883", "backup.example.com:1883"]
+    );
+    let rules: Vec<(&str, Direction, u8, &str, &str)> = bridge
+        .topics
+        .iter()
+        .map(|r| {
+            let prefixes = (r.local_prefix.as_str(), r.remote_prefix.as_str());
+            (
+                r.pattern.as_str(),
+                r.direction,
+                r.qos,
+                prefixes.0,
+                prefixes.1,
+            )
+        })
+        .collect();
+    assert_eq!(
+        rules,
+        [
+            ("sensors/#", Direction::Out, 1, "", "site/17/"),
+            ("commands/#", Direction::In, 2, "", ""),
+            ("chat/#", Direction::Out, 0, "", ""),
+        ]
+    );
+    assert_eq!(bridge.client_id.as_deref(), Some("edge-17"));
+    assert_eq!(bridge.username.as_deref(), Some("edge"));
+    assert_eq!(bridge.password.as_deref(), Some("s3cret"));
+    assert!(bridge.clean_start && !bridge.try_private);
+    assert_eq!(bridge.keepalive_secs, 30);
+    assert_eq!(bridge.protocol, BridgeProtocol::V5);
+    assert_eq!(bridge.ca_file, Some(dir.0.join("ca.crt")));
+    assert_eq!(bridge.cert_file, Some(dir.0.join("edge.crt")));
+    assert_eq!(bridge.key_file, Some(dir.0.join("edge.key")));
+    assert_eq!(
+        (bridge.reconnect_min_ms, bridge.reconnect_max_ms),
+        (2000, 60_000)
+    );
 }

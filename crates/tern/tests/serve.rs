@@ -66,6 +66,7 @@ fn send(stream: &mut TcpStream, packet: Packet) {
 fn connect_packet(client_id: &str, login: Option<(&str, &str)>) -> Packet {
     Packet::Connect(Box::new(Connect {
         protocol: ProtocolVersion::V5,
+        bridge: false,
         clean_start: true,
         keep_alive: 30,
         client_id: client_id.into(),

@@ -44,8 +44,8 @@ use tern_codec::{Connect, ReasonCode};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-pub use self::acl::Identity;
 use self::acl::{Access, Acl};
+pub use self::acl::{BRIDGE_CLIENT_PREFIX, Identity};
 use self::guard::Guard;
 use self::password::PasswordTable;
 use crate::config::Config;
@@ -609,6 +609,7 @@ mod tests {
     fn connect(username: Option<&str>, password: Option<&str>) -> Connect {
         Connect {
             protocol: ProtocolVersion::V5,
+            bridge: false,
             clean_start: true,
             keep_alive: 0,
             client_id: "c1".into(),

@@ -109,6 +109,10 @@ pub struct ClientState {
     pub resend_inflight: bool,
     /// MQTT 5 Request Problem Information: may we send reason strings.
     pub problem_information: bool,
+    /// Connected with Mosquitto's bridge flag (a broker bridging into this
+    /// one at 3.1/3.1.1): its subscriptions are No Local and Retain As
+    /// Published.
+    pub bridge_peer: bool,
     /// The listener that accepted the connection (`ConnInfo::listener`),
     /// whose connection slot it holds until it ends.
     pub listener: u32,

@@ -234,6 +234,7 @@ async fn start_session<S: AsyncWrite>(
         keep_alive_ms: u32::from(keep_alive) * 1500,
         resend_inflight: attached.session_present,
         problem_information: props.request_problem_information.unwrap_or(true),
+        bridge_peer: connect.bridge,
         listener: u32::try_from(info.listener).unwrap_or(u32::MAX),
         limits: state.limits.client_limits(peer),
         username,
@@ -254,6 +255,9 @@ async fn admit(
     info: &ConnInfo,
     state: &Arc<BrokerState>,
 ) -> Result<(connect::Accepted, LoggedIn), ReasonCode> {
+    if info.internal {
+        return admit_bridge(connect, state);
+    }
     state.limits.check_connect(connect, info.peer)?;
     // A cluster node cut off from the others takes no new clients, so a
     // load balancer's check sends them to one that is not.
@@ -262,6 +266,10 @@ async fn admit(
         return Err(ReasonCode::ServerUnavailable);
     }
     let accepted = connect::accept(connect, state)?;
+    if accepted.client_id.starts_with(auth::BRIDGE_CLIENT_PREFIX) {
+        crate::throttled!(info, "bridge client id", peer = %info.peer, client_id = %accepted.client_id, "refusing a client: client ids beginning with {} are this broker's bridges'", auth::BRIDGE_CLIENT_PREFIX);
+        return Err(ReasonCode::ClientIdentifierNotValid);
+    }
     let listener = state.config.listeners.get(info.listener);
     let by_certificate = listener.is_some_and(|l| l.use_identity_as_username);
     let login = auth::Login {
@@ -287,6 +295,26 @@ async fn admit(
         username,
         by_certificate,
         rules,
+    };
+    Ok((accepted, login))
+}
+
+/// Admits a bridge's in-process connection: no login and no per-address
+/// limits (it comes from this process), only the protocol's rules, the
+/// reserved client id and a connection slot.
+fn admit_bridge(
+    connect: &Connect,
+    state: &Arc<BrokerState>,
+) -> Result<(connect::Accepted, LoggedIn), ReasonCode> {
+    let accepted = connect::accept(connect, state)?;
+    if !accepted.client_id.starts_with(auth::BRIDGE_CLIENT_PREFIX) {
+        return Err(ReasonCode::ClientIdentifierNotValid);
+    }
+    state.limits.reserve_connection(usize::MAX)?;
+    let login = LoggedIn {
+        username: None,
+        by_certificate: false,
+        rules: state.auth.current(),
     };
     Ok((accepted, login))
 }

@@ -71,6 +71,14 @@ pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     fn into_std(self) -> std::io::Result<std::net::TcpStream>;
 }
 
+/// A bridge's in-process pipe (`crate::bridge`).
+impl Transport for tokio::io::DuplexStream {
+    const PARKABLE: bool = false;
+    fn into_std(self) -> std::io::Result<std::net::TcpStream> {
+        Err(std::io::Error::other("an in-process pipe is not a socket"))
+    }
+}
+
 impl Transport for TcpStream {
     const PARKABLE: bool = true;
     fn into_std(self) -> std::io::Result<std::net::TcpStream> {
@@ -90,6 +98,10 @@ pub struct ConnInfo {
     /// Set when the transport itself counts what it buffers before CONNECT
     /// (WebSocket: tungstenite's frames); given back once CONNECT is accepted.
     pub connect_bytes: Option<Arc<ConnectBytes>>,
+    /// An in-process connection from one of this broker's bridges
+    /// (`crate::bridge`): admitted without login or per-address limits, for
+    /// the client ids reserved to bridges, which the ACL does not restrict.
+    pub internal: bool,
 }
 
 /// A connection past CONNECT: what its task owns.

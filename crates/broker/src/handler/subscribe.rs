@@ -105,8 +105,13 @@ fn subscribe_one(
         return Ok(reason);
     }
     let granted = request.options.qos.min(client.state.maximum_qos());
+    // A bridge's own messages are not sent back to it, and they keep
+    // their retain flag: Mosquitto's bridge flag asks for MQTT 5's options.
+    let bridged = client.bridge_peer;
     let options = tern_codec::SubscriptionOptions {
         qos: granted,
+        no_local: request.options.no_local || (bridged && group.is_none()),
+        retain_as_published: request.options.retain_as_published || bridged,
         ..request.options
     };
     let subscriber = Subscriber {

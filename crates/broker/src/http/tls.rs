@@ -53,6 +53,7 @@ impl Listener {
                         listener: 0,
                         cert_identity: None,
                         connect_bytes: None,
+                        internal: false,
                     };
                     let shake = acceptor.accept(stream, info);
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, shake).await {

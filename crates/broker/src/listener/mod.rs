@@ -199,6 +199,7 @@ async fn accept_loop(
                     listener: index,
                     cert_identity: None,
                     connect_bytes: None,
+                    internal: false,
                 };
                 let (state2, parker) = (state.clone(), parker.clone());
                 match &kind {

@@ -55,6 +55,7 @@ pub fn pid(n: u16) -> NonZeroU16 {
 pub fn connect_packet(version: ProtocolVersion, client_id: &str) -> Connect {
     Connect {
         protocol: version,
+        bridge: false,
         clean_start: true,
         keep_alive: 60,
         client_id: client_id.into(),

@@ -24,6 +24,8 @@ const WILL_QOS_MASK: u8 = 0x18;
 const WILL_RETAIN: u8 = 0x20;
 const PASSWORD: u8 = 0x40;
 const USERNAME: u8 = 0x80;
+/// Mosquitto's bridge flag, the top bit of the protocol level.
+const BRIDGE: u8 = 0x80;
 
 /// The protocol name and level of `version` (spec 3.1.2.1, 3.1.2.2).
 fn protocol_name(version: ProtocolVersion) -> &'static str {
@@ -39,11 +41,16 @@ pub(crate) fn decode_connect(r: &mut Reader) -> Result<Connect, DecodeError> {
     // name, whatever its encoding.
     let name = r.binary()?;
     let level = r.u8()?;
-    let protocol = match (name.as_ref(), level) {
+    // Mosquitto's bridge flag: the level's top bit, before MQTT 5 only.
+    let (base, bridge) = match level & !BRIDGE {
+        base @ (3 | 4) if level & BRIDGE != 0 => (base, true),
+        _ => (level, false),
+    };
+    let protocol = match (name.as_ref(), base) {
         (b"MQIsdp", 3) => ProtocolVersion::V3_1,
         (b"MQTT", 4) => ProtocolVersion::V3_1_1,
         (b"MQTT", 5) => ProtocolVersion::V5,
-        (b"MQIsdp" | b"MQTT", other) => return Err(DecodeError::UnsupportedProtocolVersion(other)),
+        (b"MQIsdp" | b"MQTT", _) => return Err(DecodeError::UnsupportedProtocolVersion(level)),
         _ => return Err(DecodeError::InvalidProtocolName),
     };
 
@@ -109,6 +116,7 @@ pub(crate) fn decode_connect(r: &mut Reader) -> Result<Connect, DecodeError> {
 
     Ok(Connect {
         protocol,
+        bridge,
         clean_start: flags & CLEAN_START != 0,
         keep_alive,
         client_id,
@@ -146,7 +154,8 @@ pub(crate) fn encode_connect<S: Sink>(connect: &Connect, w: &mut S) -> Result<()
     }
 
     w.string(protocol_name(connect.protocol))?;
-    w.put_u8(connect.protocol as u8);
+    let bridge = if connect.bridge && !v5 { BRIDGE } else { 0 };
+    w.put_u8(connect.protocol as u8 | bridge);
     w.put_u8(flags);
     w.put_u16(connect.keep_alive);
     if v5 {

@@ -150,6 +150,7 @@ async fn handshake(
     let v5 = login.version == ProtocolVersion::V5;
     let connect = Connect {
         protocol: login.version,
+        bridge: false,
         // Before MQTT 5 only clean session 0 makes a session persistent.
         clean_start: v5 || login.session_expiry == 0,
         keep_alive: login.keep_alive,

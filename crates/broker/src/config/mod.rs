@@ -6,10 +6,14 @@
 //! repository root; a test keeps the two in step. Unknown keys are an error
 //! that names the key, so a typo never silently falls back to a default.
 
+mod bridge;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+
+pub use self::bridge::{BridgeConfig, BridgeProtocol, Direction, TopicRule, split_address};
 
 /// How `tern serve` writes its log lines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
@@ -190,6 +194,8 @@ pub struct Config {
     /// The HTTP listener: Prometheus metrics, health checks, the admin API
     /// (see docs/operations.md). Default none: no HTTP listener.
     pub http: Option<HttpConfig>,
+    /// Connections to other brokers (see docs/bridges.md). Default none.
+    pub bridges: Vec<BridgeConfig>,
 }
 
 /// The `[http]` section: where the HTTP listener listens and who may use it.
@@ -549,6 +555,7 @@ impl Default for Config {
             max_delayed_messages: 100_000,
             cluster: None,
             http: None,
+            bridges: Vec::new(),
             max_topic_levels: 0,
             max_publish_rate: 0,
             max_connection_rate: 0,
@@ -656,6 +663,9 @@ impl Config {
             http.cert_file.iter_mut().for_each(resolve);
             http.key_file.iter_mut().for_each(resolve);
         }
+        for bridge in &mut self.bridges {
+            bridge.resolve_paths(resolve);
+        }
     }
 
     /// The listeners to open: `listeners`, or one TCP listener on `bind`.
@@ -701,6 +711,15 @@ impl Config {
         }
         for listener in &self.listeners {
             listener.validate()?;
+        }
+        for (i, bridge) in self.bridges.iter().enumerate() {
+            bridge.validate()?;
+            if self.bridges[..i].iter().any(|b| b.name == bridge.name) {
+                return Err(ConfigError::Invalid(format!(
+                    "bridge {:?} is named twice: each bridge needs its own name",
+                    bridge.name
+                )));
+            }
         }
         Ok(())
     }
@@ -995,7 +1014,7 @@ mod tests {
 
     #[test]
     fn example_file_matches_defaults() {
-        let text = include_str!("../../../tern.example.toml");
+        let text = include_str!("../../../../tern.example.toml");
         let uncommented: String = text
             .lines()
             .filter_map(|l| l.strip_prefix("# ").filter(|l| l.contains(" = ")))
