@@ -181,35 +181,7 @@ stop_single() {
 start_cluster
 start_single
 
-# tern bench opens every subscriber before any publisher; the shim sends the
-# first SPLIT_FIRST connect() calls to 127.0.0.1:SPLIT_PORT to SPLIT_TO instead.
-cat >"$RUN_DIR/split.c" <<'EOF'
-#define _GNU_SOURCE
-#include <dlfcn.h>
-#include <netinet/in.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/socket.h>
-
-static long counter;
-
-int connect(int fd, const struct sockaddr *addr, socklen_t len) {
-    static int (*real)(int, const struct sockaddr *, socklen_t);
-    if (!real) real = (int (*)(int, const struct sockaddr *, socklen_t))dlsym(RTLD_NEXT, "connect");
-    const char *port = getenv("SPLIT_PORT"), *to = getenv("SPLIT_TO"), *first = getenv("SPLIT_FIRST");
-    if (port && to && first && addr && addr->sa_family == AF_INET && len >= sizeof(struct sockaddr_in)) {
-        const struct sockaddr_in *in = (const struct sockaddr_in *)addr;
-        if (ntohs(in->sin_port) == atoi(port) && __atomic_fetch_add(&counter, 1, __ATOMIC_SEQ_CST) < atol(first)) {
-            struct sockaddr_in moved;
-            memcpy(&moved, in, sizeof moved);
-            moved.sin_port = htons((unsigned short)atoi(to));
-            return real(fd, (const struct sockaddr *)&moved, sizeof moved);
-        }
-    }
-    return real(fd, addr, len);
-}
-EOF
-run_logged gcc -O2 -shared -fPIC -o "$RUN_DIR/split.so" "$RUN_DIR/split.c" -ldl
+build_split_shim "$RUN_DIR"
 
 # --- readings -----------------------------------------------------------------------------------
 
