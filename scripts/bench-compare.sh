@@ -119,6 +119,11 @@ SCRAPE_TOKEN=bench-compare-scrape-token
 HTTP_PORT=18833
 { cat "$OUT/conf/tern-sys0.toml"; printf '\n[http]\nbind = "127.0.0.1:%s"\ntokens = ["%s"]\n' \
     "$HTTP_PORT" "$SCRAPE_TOKEN"; } > "$OUT/conf/tern-scraped.toml"
+# The hooked variant: a webhook on every published message, to an endpoint that accepts
+# connections and never answers (the hanging watcher below).
+HOOK_PORT=18834
+{ cat "$OUT/conf/tern-sys0.toml"; printf '\n[[webhooks]]\nurl = "http://127.0.0.1:%s/hook"\nevents = ["message.published"]\n' \
+    "$HOOK_PORT"; } > "$OUT/conf/tern-hooked.toml"
 
 port_of() { [ "$1" = mosquitto ] && echo $MOSQ_PORT || echo $TERN_PORT; }
 
@@ -140,6 +145,8 @@ start_broker() { # $1 broker, $2 sys interval, $3 cpu list for taskset ("" = unp
         cmd+=("$MOSQUITTO" -c "$OUT/conf/mosquitto-sys$sys.conf")
     elif [ "$broker" = tern-scraped ] || [ "$broker" = tern-watched ]; then
         cmd+=("$TERN" serve --config "$OUT/conf/tern-scraped.toml")
+    elif [ "$broker" = tern-hooked ]; then
+        cmd+=("$TERN" serve --config "$OUT/conf/tern-hooked.toml")
     else
         cmd+=("$TERN" serve --config "$OUT/conf/tern-sys$sys.toml")
     fi
@@ -200,6 +207,7 @@ run_once() {
     case "$broker" in
         tern-scraped) start_watcher "$run" metrics ;;
         tern-watched) start_watcher "$run" dashboard ;;
+        tern-hooked) start_watcher "$run" hang ;;
     esac
     c0=$(cpu_ticks "$BROKER_PID")
     bench "$OUT/runs/$run-$broker.bench.json" "$@" -p "$port" \
@@ -215,14 +223,24 @@ run_once() {
 # The watcher of a run: `metrics` is Prometheus's part, GET /metrics once a second (as a
 # scrape_interval of 1s does), counting the answers that were 200 with the figures in them;
 # `dashboard` is an open dashboard page's, its live stream read as the page reads it,
-# counting the events.
-start_watcher() { # $1 run id (for the log), $2 metrics or dashboard
-    say "+ python3 <$2 watcher of http://127.0.0.1:$HTTP_PORT> &"
-    echo "python3 $2 watcher of http://127.0.0.1:$HTTP_PORT (see scripts/bench-compare.sh) &" >> "$CMDS"
-    python3 -u - "$HTTP_PORT" "$SCRAPE_TOKEN" "$2" > "$OUT/logs/$1-watcher.out" <<'EOF' &
+# counting the events; `hang` is a webhook endpoint that accepts connections and never
+# reads or answers, counting the connections.
+start_watcher() { # $1 run id (for the log), $2 metrics, dashboard or hang
+    local port=$HTTP_PORT
+    [ "$2" = hang ] && port=$HOOK_PORT
+    say "+ python3 <$2 watcher of http://127.0.0.1:$port> &"
+    echo "python3 $2 watcher of http://127.0.0.1:$port (see scripts/bench-compare.sh) &" >> "$CMDS"
+    python3 -u - "$port" "$SCRAPE_TOKEN" "$2" > "$OUT/logs/$1-watcher.out" <<'EOF' &
 import sys, time, urllib.request
 port, token, kind = sys.argv[1:]
 auth = {"Authorization": f"Bearer {token}"}
+if kind == "hang":
+    import socket
+    server = socket.create_server(("127.0.0.1", int(port)))
+    held = []
+    while True:
+        held.append(server.accept()[0])
+        print("ok", flush=True)
 if kind == "dashboard":
     req = urllib.request.Request(f"http://127.0.0.1:{port}/api/v1/dashboard/stream", headers=auth)
     with urllib.request.urlopen(req) as stream:
@@ -437,6 +455,7 @@ scenario fanout-q1-2core "0,1" fanout -P 1 -S 64 -q 1 -w 100
 watch_scenario scrape-p2p-q1 tern-scraped p2p -n 64 -q 1 -w 100
 watch_scenario dashboard-p2p-q0 tern-watched p2p -n 64 -q 0 -w 100
 watch_scenario dashboard-fanin-q1 tern-watched fanin -P 8 -S 1 -q 1 -w 100
+watch_scenario webhook-p2p-q1 tern-hooked p2p -n 64 -q 1 -w 100
 
 ELAPSED=$(( $(date +%s) - START_TIME ))
 
@@ -594,6 +613,10 @@ WATCHED = [
     ("dashboard-fanin-q1", "tern-watched", "What an open dashboard page costs, fan-in",
      "fan-in 8→1 QoS 1, Tern alone and Tern with a dashboard page's live stream open",
      "dashboard open", "events received"),
+    ("webhook-p2p-q1", "tern-hooked", "What a webhook whose endpoint hangs costs",
+     "p2p 64 pairs QoS 1, Tern alone and Tern with a webhook on every published message "
+     "to an endpoint that accepts connections and never answers",
+     "webhook hanging", "connections the endpoint took"),
 ]
 for sid, watched, title, shape, label, counted in WATCHED:
     rounds = {}

@@ -229,6 +229,26 @@ def broker_with_config(template: str, config_toml: str, tmp_path: Path) -> Broke
     return b
 
 
+def tern_exe() -> str:
+    exe = shlex.split(os.environ.get("TERN_INTEROP_BROKER", DEFAULT_BROKER))[0]
+    if not Path(exe).name.startswith("tern"):
+        pytest.skip(f"this test configures Tern's own options; TERN_INTEROP_BROKER runs {exe}")
+    return exe
+
+
+def tern(tmp_path: Path, name: str, toml: str = "", persistence: bool = False) -> Broker:
+    """A `tern serve` (started) on a free port with `toml` added to its
+    configuration (`$SYS` off, persistence as told); its log is NAME.log."""
+    b = Broker("{port}", tmp_path / f"{name}.log")
+    config = tmp_path / f"{name}.toml"
+    config.write_text(
+        f'bind = "{HOST}:{b.port}"\nsys_interval_secs = 0\npersistence = {str(persistence).lower()}\n{toml}'
+    )
+    b.argv = [tern_exe(), "serve", "--config", str(config), "--data-dir", b.data_dir]
+    b.start()
+    return b
+
+
 # --------------------------------------------------------------------------
 # paho client wrapper
 # --------------------------------------------------------------------------

@@ -11,7 +11,6 @@ in crates/broker/tests/bridge.rs."""
 from __future__ import annotations
 
 import os
-import shlex
 import signal
 import time
 from pathlib import Path
@@ -21,29 +20,10 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from interop_support import (
-    DEFAULT_BROKER, HOST, Broker, Certs, Client, DeliveryCount, free_port, need, unique,
+    HOST, Broker, Certs, Client, DeliveryCount, free_port, need, tern, unique,
 )
 
 V311, V5 = mqtt.MQTTv311, mqtt.MQTTv5
-
-
-def tern_exe() -> str:
-    exe = shlex.split(os.environ.get("TERN_INTEROP_BROKER", DEFAULT_BROKER))[0]
-    if not Path(exe).name.startswith("tern"):
-        pytest.skip(f"bridges are configured in Tern's TOML; TERN_INTEROP_BROKER runs {exe}")
-    return exe
-
-
-def tern(tmp_path: Path, name: str, toml: str = "", persistence: bool = False) -> Broker:
-    """A `tern serve` (started) with `toml` added to its configuration."""
-    b = Broker("{port}", tmp_path / f"{name}.log")
-    config = tmp_path / f"{name}.toml"
-    config.write_text(
-        f'bind = "{HOST}:{b.port}"\nsys_interval_secs = 0\npersistence = {str(persistence).lower()}\n{toml}'
-    )
-    b.argv = [tern_exe(), "serve", "--config", str(config), "--data-dir", b.data_dir]
-    b.start()
-    return b
 
 
 def mosquitto(tmp_path: Path, name: str, lines: list[str] = ()) -> Broker:

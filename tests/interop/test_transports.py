@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import queue
-import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -23,17 +22,10 @@ import pytest
 import trustme
 from paho.mqtt.enums import CallbackAPIVersion
 
-from interop_support import DEFAULT_BROKER, HOST, REPO_ROOT, TIMEOUT, Broker, Certs, Client, free_port, unique
+from interop_support import HOST, REPO_ROOT, TIMEOUT, Broker, Certs, Client, free_port, tern_exe, unique
 from tools_support import SUBACK_RE, TERN, Proc, assert_ok, describe_run, run
 
 NODE_DIR = Path(__file__).resolve().parent / "node"
-
-
-def tern_exe() -> str:
-    exe = shlex.split(os.environ.get("TERN_INTEROP_BROKER", DEFAULT_BROKER))[0]
-    if not Path(exe).name.startswith("tern"):
-        pytest.skip(f"listener options are Tern's; TERN_INTEROP_BROKER runs {exe}")
-    return exe
 
 
 class TransportBroker(Broker):

@@ -57,6 +57,7 @@ mod state;
 mod store;
 mod sys;
 mod topic_tree;
+mod webhook;
 
 #[cfg(test)]
 mod test_rng;

@@ -53,6 +53,9 @@ pub mod rank {
     /// The schedule of delayed messages (`delayed.rs`): nothing is taken
     /// under it.
     pub const DELAYED: u8 = 66;
+    /// The webhooks' queues waiting for their tasks (`webhook::spawn`, once
+    /// at start): nothing is taken under it.
+    pub const WEBHOOKS: u8 = 70;
     /// The store writer thread's handle.
     pub const STORE_WRITER: u8 = 80;
     /// A shard of the topic monitor (`monitor.rs`): taken by routing (with

@@ -23,6 +23,7 @@ use crate::router;
 use crate::session::{ConnectionId, Moving, NEVER_EXPIRES, PendingWill, Session, SessionState};
 use crate::state::{self, BrokerState};
 use crate::store::records::SessionRecord;
+use crate::webhook;
 
 /// How long a new connection waits for the one it takes over to close.
 const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
@@ -128,6 +129,16 @@ pub async fn attach(
         }
     };
     let session_present = existed && ended.is_none();
+    if existed && ended.is_some() {
+        session_ended(state, client_id, "clean_start");
+    }
+    if !session_present && !client_id.starts_with(auth::BRIDGE_CLIENT_PREFIX) {
+        state.webhooks.emit(webhook::Kind::SessionCreated, || {
+            webhook::Event::SessionCreated {
+                client_id: client_id.clone(),
+            }
+        });
+    }
     let ticket = persist_attached(state, &session, existed && clean_start);
     if let Some((subscriptions, will)) = ended {
         router::unsubscribe(state, &session, subscriptions.into_keys());
@@ -316,6 +327,9 @@ pub fn detach(state: &Arc<BrokerState>, session: &Arc<Session>, departure: Depar
     }
     // The registry lock was needed only to decide and remove.
     drop(sessions);
+    if ended.is_some() {
+        session_ended(state, &session.client_id, "disconnected");
+    }
     let mut will_timer = None;
     let will_now = match departure.will {
         Some(will) if will_delay > 0 => {
@@ -451,12 +465,30 @@ pub fn end_offline(
     drop(st);
     sessions.remove(session);
     drop(sessions);
+    let why = if generation.is_some() {
+        "expired"
+    } else {
+        "removed"
+    };
+    session_ended(state, &session.client_id, why);
     state.ownership.release(&session.client_id);
     router::unsubscribe(state, session, subscriptions.into_keys());
     if let Some(will) = will {
         publish_will(state, will.message, will.username.as_ref());
     }
     true
+}
+
+/// A webhook's `session.ended`, for `why` (a bridge's session is its own).
+fn session_ended(state: &BrokerState, client_id: &ByteStr, why: &'static str) {
+    if !client_id.starts_with(auth::BRIDGE_CLIENT_PREFIX) {
+        state.webhooks.emit(webhook::Kind::SessionEnded, || {
+            webhook::Event::SessionEnded {
+                client_id: client_id.clone(),
+                reason: why,
+            }
+        });
+    }
 }
 
 /// Publishes a will, if the ACL in force now still lets its client write its

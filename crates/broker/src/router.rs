@@ -23,6 +23,7 @@ use crate::state::{BrokerState, Subscriber};
 use crate::store::Group;
 use crate::store::records::{self, Clock};
 use crate::topic_tree::{Matched, SharedGroup};
+use crate::webhook;
 
 /// Splits `$share/group/filter` into `(Some(group), filter)`; any other
 /// filter into `(None, filter)`. `None` if a share filter is malformed: the
@@ -99,6 +100,12 @@ pub fn publish_with(
     // `$SYS` messages (no origin) are this node's own.
     if message.origin.is_some() {
         state.fabric.forward(&message, &routed.served);
+        state
+            .webhooks
+            .emit(webhook::Kind::Published, || webhook::Event::Published {
+                message: message.clone(),
+                username: owner.cloned(),
+            });
     }
     routed
 }
@@ -311,22 +318,19 @@ fn route(state: &BrokerState, message: &Arc<Message>, scope: Scope, mut group: G
             subscription_ids: target.subscription_ids,
             seq: 0,
         };
+        let limits = state.queue_limits_of(&target.session);
         let queued = match &state.store {
-            None => target
-                .session
-                .deliver(delivery, state.queue_limits_of(&target.session)),
-            Some(store) => target
-                .session
-                .stage(
-                    delivery,
-                    state.queue_limits_of(&target.session),
-                    store,
-                    &mut group,
-                )
-                .map(|delivery| staged.push((target.session, delivery))),
+            None => target.session.deliver(delivery, limits),
+            Some(store) => match target.session.stage(delivery, limits, store, &mut group) {
+                Ok(delivery) => {
+                    staged.push((target.session, delivery));
+                    continue;
+                }
+                Err(why) => Err(why),
+            },
         };
         if let Err(why) = queued {
-            dropped(state, why);
+            dropped(state, why, message, &target.session);
         }
     }
     if let Some(store) = &state.store {
@@ -541,7 +545,7 @@ pub fn deliver_retained(
     for message in messages {
         let qos = message.qos.min(granted);
         let delivery = Delivery {
-            message,
+            message: message.clone(),
             qos,
             retain: true,
             subscription_ids: subscription_id.into_iter().collect(),
@@ -561,7 +565,7 @@ pub fn deliver_retained(
             }
         };
         if let Err(why) = queued {
-            dropped(state, why);
+            dropped(state, why, &message, session);
         }
     }
 }
@@ -569,13 +573,20 @@ pub fn deliver_retained(
 /// Counts a delivery that was not queued; over the queue limits it also
 /// counts for `$SYS/broker/limits/queue/dropped`. The publisher is not told:
 /// its message went to every other matching session.
-fn dropped(state: &BrokerState, why: NotQueued) {
+fn dropped(state: &BrokerState, why: NotQueued, message: &Arc<Message>, session: &Session) {
     let why = match why {
         NotQueued::Duplicate | NotQueued::Deferred => return,
         NotQueued::Offline => Dropped::Offline,
         NotQueued::QueueFull => Dropped::QueueFull,
     };
     state.metrics.drop(why);
+    state
+        .webhooks
+        .emit(webhook::Kind::Dropped, || webhook::Event::Dropped {
+            message: message.clone(),
+            client_id: session.client_id.clone(),
+            reason: why.label(),
+        });
     if why == Dropped::QueueFull {
         Metrics::add(&state.limits.counters.queue_dropped, 1);
         crate::throttled!(

@@ -32,6 +32,7 @@ use crate::state::BrokerState;
 use crate::store::crash_point::CrashPoint;
 use crate::store::{Store, StoreError};
 use crate::sys;
+use crate::webhook;
 
 /// Why [`Broker::start`] failed. The files and ports are checked before the
 /// data directory is opened, so any failure but [`StartError::Store`] and
@@ -194,6 +195,7 @@ impl Broker {
         sys::spawn(&state, &parker);
         state.tasks.spawn(router::release_delayed(state.clone()));
         bridge::spawn(&state, &parker);
+        webhook::spawn(&state.webhooks, &state.tasks, &state.shutdown);
         listener::spawn(sockets, &state, &parker);
         if let Some(http) = http {
             let tls = listeners.acceptors();

@@ -36,6 +36,7 @@ use crate::seams::{Fabric, Ownership, Seams};
 use crate::session::{ConnectionId, QueueLimits, Session, Sessions};
 use crate::store::Store;
 use crate::topic_tree::TopicTree;
+use crate::webhook::Webhooks;
 
 /// What the subscription tree stores for one subscription.
 #[derive(Debug, Clone)]
@@ -63,6 +64,8 @@ pub struct BrokerState {
     pub monitor: Arc<Monitor>,
     /// Messages published to `$delayed/...`, waiting for their time.
     pub delayed: Delayed,
+    /// The `[[webhooks]]` endpoints' queues.
+    pub webhooks: Webhooks,
     /// Resource limits: live connection counts, rate tables, their counters.
     pub limits: Limits,
     pub started: Instant,
@@ -155,6 +158,7 @@ impl BrokerState {
                 (format!("{BRIDGE_CLIENT_PREFIX}{}", b.name), limits)
             })
             .collect();
+        let webhooks = Webhooks::new(&config);
         Arc::new(BrokerState {
             config,
             sessions: Mutex::new(Sessions::default()),
@@ -165,6 +169,7 @@ impl BrokerState {
             metrics: Metrics::default(),
             monitor: Arc::default(),
             delayed: Delayed::default(),
+            webhooks,
             limits,
             started: Instant::now(),
             draining: shutdown.child_token(),

@@ -89,6 +89,12 @@ pub fn figures(state: &BrokerState, parker: &Parker) -> Vec<(&'static str, u64)>
         ("bytes/sent", get(&m.bytes_sent)),
         ("subscriptions/count", state.tree().len() as u64),
         ("retained messages/count", state.retained.count() as u64),
+        (
+            "webhooks/delivered",
+            get(&state.webhooks.counters.delivered),
+        ),
+        ("webhooks/failed", get(&state.webhooks.counters.failed)),
+        ("webhooks/dropped", get(&state.webhooks.counters.dropped)),
     ];
     own.into_iter().chain(state.limits.snapshot()).collect()
 }

@@ -258,6 +258,9 @@ fn metric_of(topic: &str) -> Vec<String> {
         "bytes/sent" => "tern_bytes_sent_total",
         "subscriptions/count" => "tern_subscriptions",
         "retained messages/count" => "tern_retained_messages",
+        "webhooks/delivered" => "tern_webhook_events_delivered_total",
+        "webhooks/failed" => "tern_webhook_events_failed_total",
+        "webhooks/dropped" => "tern_webhook_events_dropped_total",
         "publish/messages/received" => {
             return (0..3)
                 .map(|q| format!("tern_messages_received_total{{qos=\"{q}\"}}"))

@@ -7,6 +7,7 @@
 //! that names the key, so a typo never silently falls back to a default.
 
 mod bridge;
+mod webhook;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -14,6 +15,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub use self::bridge::{BridgeConfig, BridgeProtocol, Direction, TopicRule, split_address};
+pub use self::webhook::{EVENTS as WEBHOOK_EVENTS, WebhookConfig};
 
 /// How `tern serve` writes its log lines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
@@ -196,6 +198,9 @@ pub struct Config {
     pub http: Option<HttpConfig>,
     /// Connections to other brokers (see docs/bridges.md). Default none.
     pub bridges: Vec<BridgeConfig>,
+    /// HTTP endpoints told of connections, sessions and messages (see
+    /// docs/operations.md). Default none.
+    pub webhooks: Vec<WebhookConfig>,
 }
 
 /// The `[http]` section: where the HTTP listener listens and who may use it.
@@ -556,6 +561,7 @@ impl Default for Config {
             cluster: None,
             http: None,
             bridges: Vec::new(),
+            webhooks: Vec::new(),
             max_topic_levels: 0,
             max_publish_rate: 0,
             max_connection_rate: 0,
@@ -666,6 +672,9 @@ impl Config {
         for bridge in &mut self.bridges {
             bridge.resolve_paths(resolve);
         }
+        for hook in &mut self.webhooks {
+            hook.ca_file.iter_mut().for_each(resolve);
+        }
     }
 
     /// The listeners to open: `listeners`, or one TCP listener on `bind`.
@@ -711,6 +720,9 @@ impl Config {
         }
         for listener in &self.listeners {
             listener.validate()?;
+        }
+        for hook in &self.webhooks {
+            hook.validate()?;
         }
         for (i, bridge) in self.bridges.iter().enumerate() {
             bridge.validate()?;

@@ -11,12 +11,14 @@ use tern_codec::{Disconnect, DisconnectProperties, Packet, ProtocolVersion, Reas
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf};
 
 use super::{CLOSE_FLUSH, Conn, Transport};
+use crate::auth::BRIDGE_CLIENT_PREFIX;
 use crate::client_state::{ClientState, progress};
 use crate::error::ProtocolViolation;
 use crate::message::Message;
 use crate::registry::{self, Departure};
 use crate::session::{Kick, Ousted};
 use crate::state::BrokerState;
+use crate::webhook;
 
 /// Why the main loop ended.
 pub(super) enum Close {
@@ -40,6 +42,23 @@ pub(super) enum Close {
     /// (`seams::Stored::Failed`): it was not acknowledged, and the client
     /// is asked to publish it again on another node.
     Unstored,
+}
+
+impl Close {
+    /// The reason a webhook's `client.disconnected` gives.
+    fn reason(&self) -> &'static str {
+        match self {
+            Close::Disconnect { .. } => "normal",
+            Close::Lost(_) => "connection_lost",
+            Close::KeepAliveTimeout => "keepalive_timeout",
+            Close::Violation(_) => "protocol_error",
+            Close::PublishRate => "publish_rate",
+            Close::Kicked(_) => "taken_over",
+            Close::Refused(_) => "not_authorized",
+            Close::Shutdown => "shutdown",
+            Close::Unstored => "not_stored",
+        }
+    }
 }
 
 impl From<Ousted> for Close {
@@ -177,6 +196,17 @@ async fn settle_holds(client: &mut ClientState) {
 /// publishes or schedules the will).
 pub(super) fn depart(client: &mut ClientState, close: Close, peer: SocketAddr) {
     let id = client.client_id().clone();
+    if !id.starts_with(BRIDGE_CLIENT_PREFIX) {
+        let webhooks = &client.state.webhooks;
+        webhooks.emit(webhook::Kind::Disconnected, || {
+            webhook::Event::Disconnected {
+                client_id: id.clone(),
+                username: client.username.clone(),
+                peer,
+                reason: close.reason(),
+            }
+        });
+    }
     match &close {
         Close::Disconnect { .. } | Close::Shutdown => {}
         Close::Lost(e) => tracing::debug!(%peer, client_id = %id, error = ?e, "connection lost"),

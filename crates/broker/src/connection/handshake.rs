@@ -22,6 +22,7 @@ use crate::limits::ConnectBytes;
 use crate::metrics::Metrics;
 use crate::registry::{self, LoggedIn};
 use crate::state::BrokerState;
+use crate::webhook;
 
 /// Reads CONNECT, attaches the session and queues CONNACK. `None`: the
 /// connection was refused or closed.
@@ -69,6 +70,22 @@ pub(super) async fn handshake<S: Transport>(
     }
     drop(own_bytes);
     Metrics::add(&state.metrics.clients_connected, 1);
+    if !info.internal {
+        state
+            .webhooks
+            .emit(webhook::Kind::Connected, || webhook::Event::Connected {
+                client_id: client.client_id().clone(),
+                username: client.username.clone(),
+                peer,
+                protocol: client.version,
+                listener: state
+                    .config
+                    .listeners
+                    .get(info.listener)
+                    .map(|l| format!("{} {}", l.transport.name(), l.bind))
+                    .unwrap_or_default(),
+            });
+    }
     Some(Conn {
         io,
         client,

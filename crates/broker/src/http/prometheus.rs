@@ -122,6 +122,21 @@ fn plain(topic: &str) -> Option<(&'static str, &'static str, &'static str)> {
             "Subscriptions of all sessions.",
         ),
         "retained messages/count" => ("tern_retained_messages", "gauge", "Retained messages."),
+        "webhooks/delivered" => (
+            "tern_webhook_events_delivered_total",
+            "counter",
+            "Events a webhook endpoint took (2xx).",
+        ),
+        "webhooks/failed" => (
+            "tern_webhook_events_failed_total",
+            "counter",
+            "Events given up after every try failed or the endpoint refused them.",
+        ),
+        "webhooks/dropped" => (
+            "tern_webhook_events_dropped_total",
+            "counter",
+            "Events dropped because a webhook's queue was full.",
+        ),
         _ => return None,
     })
 }
