@@ -46,6 +46,7 @@ mod log_throttle;
 mod message;
 mod metrics;
 mod monitor;
+mod post;
 mod recover;
 mod registry;
 mod retained;

@@ -294,12 +294,10 @@ impl Limits {
     }
 
     /// The per-client state for a new connection, if a per-client limit is set.
-    pub fn client_limits(&self, peer: SocketAddr) -> Option<Box<ClientLimits>> {
-        self.per_client.then(|| {
-            Box::new(ClientLimits {
-                peer,
-                publish_due: Instant::now(),
-            })
+    pub fn client_limits(&self, peer: SocketAddr) -> Option<ClientLimits> {
+        self.per_client.then(|| ClientLimits {
+            peer,
+            publish_due: Instant::now(),
         })
     }
 

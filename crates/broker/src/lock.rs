@@ -50,6 +50,9 @@ pub mod rank {
     pub const RATE_TABLE: u8 = 62;
     /// A TLS listener's certificates.
     pub const TLS_CONFIG: u8 = 63;
+    /// The auth hook's cache of answers (`auth/hook.rs`): held for one
+    /// lookup or insert, nothing under it.
+    pub const AUTH_CACHE: u8 = 64;
     /// The schedule of delayed messages (`delayed.rs`): nothing is taken
     /// under it.
     pub const DELAYED: u8 = 66;

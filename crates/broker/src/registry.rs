@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use tern_codec::{ByteStr, ReasonCode};
 
-use crate::auth::{self, Auth};
+use crate::auth::{self, Acl, Auth};
 use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::router;
@@ -42,10 +42,15 @@ pub struct Attached {
 pub struct LoggedIn {
     /// `None`: anonymous.
     pub username: Option<Arc<str>>,
-    /// The username is the certificate's (`use_identity_as_username`).
+    /// The username is vouched for by the certificate
+    /// (`use_identity_as_username`) or by the auth hook, not by the
+    /// password file: a reload of that file does not judge it again.
     pub by_certificate: bool,
     /// The rules the login was judged by.
     pub rules: Arc<Auth>,
+    /// The client's own topic rules (from the auth hook), for its
+    /// connection: taken out before [`attach`].
+    pub acl: Option<Arc<Acl>>,
 }
 
 /// Attaches connection `connection_id`, logged in as `login` says, to the
@@ -70,6 +75,7 @@ pub async fn attach(
         username,
         by_certificate,
         rules,
+        acl: _,
     } = login;
     // Across nodes, another may hold the session: it lets go first.
     if let Some(claim) = state.ownership.claim(client_id, expiry_secs != 0) {
@@ -542,6 +548,7 @@ mod tests {
             username: None,
             by_certificate: false,
             rules: state.auth.current(),
+            acl: None,
         }
     }
 
@@ -604,6 +611,7 @@ mod tests {
             username: Some(Arc::from(user)),
             by_certificate,
             rules: judged.clone(),
+            acl: None,
         };
 
         let alice = attach(&state, &"a".into(), true, 0, id(1), login("alice", false)).await;

@@ -31,6 +31,7 @@
 
 pub mod acl;
 pub mod guard;
+mod hook;
 pub mod password;
 
 use std::io;
@@ -44,8 +45,7 @@ use tern_codec::{Connect, ReasonCode};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use self::acl::{Access, Acl};
-pub use self::acl::{BRIDGE_CLIENT_PREFIX, Identity};
+pub use self::acl::{Access, Acl, BRIDGE_CLIENT_PREFIX, Identity};
 use self::guard::Guard;
 use self::password::PasswordTable;
 use crate::config::Config;
@@ -231,6 +231,21 @@ pub struct AuthState {
     verifications: Semaphore,
     /// Passwords and API tokens checked and found wrong (MQTT and HTTP).
     pub failures: AtomicU64,
+    /// `[auth_hook]`: the HTTP service asked about each login first.
+    hook: Option<hook::Hook>,
+}
+
+/// Who a login turned out to be.
+#[derive(Debug)]
+pub struct Authenticated {
+    /// `None`: anonymous.
+    pub username: Option<Arc<str>>,
+    /// The client's own topic rules, from the auth hook: they replace the
+    /// ACL file's for it.
+    pub acl: Option<Arc<Acl>>,
+    /// The auth hook let it in (not the password file, which a reload
+    /// then does not judge it by).
+    pub by_hook: bool,
 }
 
 impl AuthState {
@@ -243,6 +258,7 @@ impl AuthState {
             guard: Mutex::new(Guard::default()),
             verifications: Semaphore::new(verification_slots()),
             failures: AtomicU64::new(0),
+            hook: config.auth_hook.as_ref().map(hook::Hook::new),
         };
         state.install(Auth::load(config)?);
         Ok(state)
@@ -308,6 +324,9 @@ pub struct Login<'a> {
     pub cert_identity: Option<&'a str>,
     /// The listener admits clients without a username.
     pub allow_anonymous: bool,
+    /// The listener, as the configuration names it (`tcp 0.0.0.0:1883`),
+    /// for the auth hook.
+    pub listener: &'a str,
 }
 
 impl AuthState {
@@ -322,14 +341,23 @@ impl AuthState {
         auth: &Arc<Auth>,
         login: &Login<'_>,
         shutdown: &CancellationToken,
-    ) -> Result<Option<Arc<str>>, ReasonCode> {
+    ) -> Result<Authenticated, ReasonCode> {
         // Boxed: inline it would enlarge every connection's handshake future.
         // A refusal is logged once, with the username, where every CONNECT
         // refusal is (`connection::handshake::start_session`).
-        let username = Box::pin(self.login(login, auth, shutdown)).await?;
-        if let (Some(will), Some(acl)) = (&login.connect.will, &auth.acl) {
+        let who = match self.ask_hook(login).await? {
+            Some(who) => who,
+            None => Authenticated {
+                username: Box::pin(self.login(login, auth, shutdown)).await?,
+                acl: None,
+                by_hook: false,
+            },
+        };
+        // The client's own rules, else the ACL file's.
+        let acl = who.acl.as_deref().or(auth.acl.as_ref());
+        if let (Some(will), Some(acl)) = (&login.connect.will, acl) {
             let id = Identity {
-                username: username.as_deref(),
+                username: who.username.as_deref(),
                 client_id: login.client_id,
             };
             if !acl.allows(&id, &will.topic, Access::Write) {
@@ -338,7 +366,54 @@ impl AuthState {
                 return Err(ReasonCode::NotAuthorized);
             }
         }
-        Ok(username)
+        Ok(who)
+    }
+
+    /// The auth hook's say, if there is one: `Some` if it let the client in,
+    /// `None` if the password file decides (it said "ignore", or failed
+    /// with `fail_open`), `Err` if it refused (or failed).
+    async fn ask_hook(&self, login: &Login<'_>) -> Result<Option<Authenticated>, ReasonCode> {
+        let Some(hook) = &self.hook else {
+            return Ok(None);
+        };
+        if login.use_identity_as_username {
+            // The certificate vouches for the client.
+            return Ok(None);
+        }
+        match Box::pin(hook.ask(login)).await {
+            hook::Verdict::Allow(acl) => Ok(Some(Authenticated {
+                username: login
+                    .connect
+                    .username
+                    .as_ref()
+                    .map(|u| Arc::from(u.as_str())),
+                acl,
+                by_hook: true,
+            })),
+            hook::Verdict::Deny => {
+                self.failures.fetch_add(1, Ordering::Relaxed);
+                Err(ReasonCode::BadUserNameOrPassword)
+            }
+            hook::Verdict::Ignore => Ok(None),
+            hook::Verdict::Failed(why) => {
+                let fall_back = hook.fails_open();
+                crate::throttled!(
+                    warn,
+                    "auth hook failed",
+                    client_id = login.client_id,
+                    "the auth hook gave no usable answer ({why}): {}",
+                    if fall_back {
+                        "the password file decides (fail_open)"
+                    } else {
+                        "refusing the client (CONNACK Server unavailable)"
+                    }
+                );
+                match fall_back {
+                    true => Ok(None),
+                    false => Err(ReasonCode::ServerUnavailable),
+                }
+            }
+        }
     }
 
     /// The username the client is known by, or why it is refused.
@@ -505,6 +580,15 @@ impl AuthState {
             .is_none_or(|acl| acl.allows(id, topic, Access::Read))
     }
 
+    /// A subscription's standing that needs no read checks under the rules
+    /// in force now (for a session of identity `session_identity`).
+    pub fn readable_now(&self, session_identity: u32) -> Readable {
+        Readable {
+            acl_generation: self.acl_generation(),
+            identity: session_identity,
+        }
+    }
+
     /// Whether `id` may SUBSCRIBE to `filter` (without `$share/group/`),
     /// and the subscription's standing for deliveries. `session_identity`:
     /// the session's [`Readable`] identity now.
@@ -628,7 +712,22 @@ mod tests {
             use_identity_as_username: false,
             cert_identity: None,
             allow_anonymous: true,
+            listener: "tcp 127.0.0.1:1883",
         }
+    }
+
+    /// The username `login` comes out as under `state`'s rules, or the
+    /// refusal.
+    async fn who(
+        state: &AuthState,
+        login: &Login<'_>,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<Arc<str>>, ReasonCode> {
+        let rules = state.current();
+        state
+            .authenticate(&rules, login, shutdown)
+            .await
+            .map(|w| w.username)
     }
 
     const ACL: &str =
@@ -683,21 +782,15 @@ mod tests {
         let shutdown = CancellationToken::new();
         let open = rules(None, &[]);
         let anonymous = connect(None, None);
-        assert_eq!(
-            open.authenticate(&open.current(), &login(&anonymous), &shutdown)
-                .await,
-            Ok(None)
-        );
+        assert_eq!(who(&open, &login(&anonymous), &shutdown).await, Ok(None));
         let closed = Login {
             allow_anonymous: false,
             ..login(&anonymous)
         };
-        let refused = open.authenticate(&open.current(), &closed, &shutdown).await;
+        let refused = who(&open, &closed, &shutdown).await;
         assert_eq!(refused, Err(ReasonCode::NotAuthorized));
         let bob = connect(Some("bob"), None);
-        let taken = open
-            .authenticate(&open.current(), &login(&bob), &shutdown)
-            .await;
+        let taken = who(&open, &login(&bob), &shutdown).await;
         assert_eq!(taken.unwrap().as_deref(), Some("bob"), "no password file");
 
         let cert = Login {
@@ -705,30 +798,24 @@ mod tests {
             cert_identity: Some("device-7"),
             ..login(&bob)
         };
-        let by_cert = open.authenticate(&open.current(), &cert, &shutdown).await;
+        let by_cert = who(&open, &cert, &shutdown).await;
         assert_eq!(by_cert.unwrap().as_deref(), Some("device-7"));
         let no_cert = Login {
             cert_identity: None,
             ..cert
         };
-        let refused = open
-            .authenticate(&open.current(), &no_cert, &shutdown)
-            .await;
+        let refused = who(&open, &no_cert, &shutdown).await;
         assert_eq!(refused, Err(ReasonCode::NotAuthorized));
 
         let users = rules(None, &[("alice", "secret")]);
         let right = connect(Some("alice"), Some("secret"));
-        let ok = users
-            .authenticate(&users.current(), &login(&right), &shutdown)
-            .await;
+        let ok = who(&users, &login(&right), &shutdown).await;
         assert_eq!(ok.unwrap().as_deref(), Some("alice"));
         for wrong in [
             connect(Some("alice"), Some("guess")),
             connect(Some("alice"), None),
         ] {
-            let refused = users
-                .authenticate(&users.current(), &login(&wrong), &shutdown)
-                .await;
+            let refused = who(&users, &login(&wrong), &shutdown).await;
             assert_eq!(refused, Err(ReasonCode::BadUserNameOrPassword));
         }
     }
@@ -745,16 +832,12 @@ mod tests {
             properties: Default::default(),
         });
         let shutdown = CancellationToken::new();
-        let refused = acl
-            .authenticate(&acl.current(), &login(&alice), &shutdown)
-            .await;
+        let refused = who(&acl, &login(&alice), &shutdown).await;
         assert_eq!(refused, Err(ReasonCode::NotAuthorized));
         if let Some(will) = &mut alice.will {
             will.topic = "alice/gone".into();
         }
-        let ok = acl
-            .authenticate(&acl.current(), &login(&alice), &shutdown)
-            .await;
+        let ok = who(&acl, &login(&alice), &shutdown).await;
         assert_eq!(ok.unwrap().as_deref(), Some("alice"));
     }
 

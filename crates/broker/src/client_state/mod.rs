@@ -17,7 +17,7 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use tern_codec::{ByteStr, LastWill, Packet, ProtocolVersion};
 
-use crate::auth::Identity;
+use crate::auth::{Access, Acl, Identity, Readable};
 use crate::limits::ClientLimits;
 use crate::metrics::Metrics;
 use crate::seams::Stored;
@@ -116,10 +116,27 @@ pub struct ClientState {
     /// The listener that accepted the connection (`ConnInfo::listener`),
     /// whose connection slot it holds until it ends.
     pub listener: u32,
-    /// Per-client limit state; only when such a limit is configured.
-    pub limits: Option<Box<ClientLimits>>,
+    /// What only some connections have (limit state, their own ACL).
+    pub extras: Option<Box<Extras>>,
     /// The username the client was accepted with (ACL checks).
     pub username: Option<Arc<str>>,
+}
+
+/// What only some connections need, in one box, so that the others pay a
+/// pointer for it.
+#[derive(Debug, Default)]
+pub struct Extras {
+    /// Per-client limit state; only when such a limit is configured.
+    pub limits: Option<ClientLimits>,
+    /// Its own topic rules (from the auth hook), instead of the ACL file's.
+    pub acl: Option<Arc<Acl>>,
+}
+
+impl Extras {
+    /// The box, if there is anything to put in it.
+    pub fn boxed(limits: Option<ClientLimits>, acl: Option<Arc<Acl>>) -> Option<Box<Extras>> {
+        (limits.is_some() || acl.is_some()).then(|| Box::new(Extras { limits, acl }))
+    }
 }
 
 impl ClientState {
@@ -133,6 +150,35 @@ impl ClientState {
         Identity {
             username: self.username.as_deref(),
             client_id: self.client_id(),
+        }
+    }
+
+    /// Its own topic rules, if the auth hook gave it some.
+    fn acl(&self) -> Option<&Acl> {
+        self.extras.as_ref()?.acl.as_deref()
+    }
+
+    /// Whether it may publish to `topic`: its own rules, else the ACL's.
+    pub fn may_write(&self, topic: &str) -> bool {
+        match self.acl() {
+            Some(acl) => acl.allows(&self.identity(), topic, Access::Write),
+            None => self.state.auth.may_write(&self.identity(), topic),
+        }
+    }
+
+    /// Whether it may subscribe to `filter`, and the subscription's
+    /// standing for deliveries (see [`AuthState::subscribe_access`]). With
+    /// rules of its own, only a filter they let it read whole is granted,
+    /// so its deliveries need no check.
+    pub fn subscribe_access(&self, filter: &str) -> (bool, Readable) {
+        let auth = &self.state.auth;
+        let identity = self.session.identity();
+        match self.acl() {
+            Some(acl) if !acl.filter_access(&self.identity(), filter).whole => {
+                (false, Readable::default())
+            }
+            Some(_) => (true, auth.readable_now(identity)),
+            None => auth.subscribe_access(&self.identity(), identity, filter),
         }
     }
 
@@ -291,7 +337,7 @@ impl ClientState {
         let username = self.username.as_deref().unwrap_or("");
         // The box exists when `max_publish_rate` or `max_topic_levels` is set;
         // without it the line goes without the address.
-        match &self.limits {
+        match self.extras.as_ref().and_then(|e| e.limits.as_ref()) {
             Some(own) => {
                 crate::throttled!(info, "refused", peer = %own.peer, %client_id, username, packet, topic, "refused: {why}")
             }
@@ -334,6 +380,10 @@ mod tests {
     /// the keep-alive and the will delay got more compact to pay for them.
     #[test]
     fn client_stays_small() {
-        assert!(std::mem::size_of::<super::ClientState>() <= 128);
+        assert!(
+            std::mem::size_of::<super::ClientState>() <= 128,
+            "{}",
+            std::mem::size_of::<super::ClientState>()
+        );
     }
 }

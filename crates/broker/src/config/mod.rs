@@ -6,6 +6,7 @@
 //! repository root; a test keeps the two in step. Unknown keys are an error
 //! that names the key, so a typo never silently falls back to a default.
 
+mod auth_hook;
 mod bridge;
 mod webhook;
 
@@ -14,8 +15,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use self::auth_hook::AuthHookConfig;
 pub use self::bridge::{BridgeConfig, BridgeProtocol, Direction, TopicRule, split_address};
-pub use self::webhook::{EVENTS as WEBHOOK_EVENTS, WebhookConfig};
+pub use self::webhook::{EVENTS as WEBHOOK_EVENTS, WebhookConfig, split_url};
 
 /// How `tern serve` writes its log lines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
@@ -201,6 +203,9 @@ pub struct Config {
     /// HTTP endpoints told of connections, sessions and messages (see
     /// docs/operations.md). Default none.
     pub webhooks: Vec<WebhookConfig>,
+    /// An HTTP service deciding logins (see docs/security.md). Default
+    /// none: the password file and `allow_anonymous` decide.
+    pub auth_hook: Option<AuthHookConfig>,
 }
 
 /// The `[http]` section: where the HTTP listener listens and who may use it.
@@ -562,6 +567,7 @@ impl Default for Config {
             http: None,
             bridges: Vec::new(),
             webhooks: Vec::new(),
+            auth_hook: None,
             max_topic_levels: 0,
             max_publish_rate: 0,
             max_connection_rate: 0,
@@ -675,6 +681,9 @@ impl Config {
         for hook in &mut self.webhooks {
             hook.ca_file.iter_mut().for_each(resolve);
         }
+        if let Some(hook) = &mut self.auth_hook {
+            hook.ca_file.iter_mut().for_each(resolve);
+        }
     }
 
     /// The listeners to open: `listeners`, or one TCP listener on `bind`.
@@ -722,6 +731,9 @@ impl Config {
             listener.validate()?;
         }
         for hook in &self.webhooks {
+            hook.validate()?;
+        }
+        if let Some(hook) = &self.auth_hook {
             hook.validate()?;
         }
         for (i, bridge) in self.bridges.iter().enumerate() {

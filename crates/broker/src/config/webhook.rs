@@ -71,6 +71,31 @@ fn default_queue() -> usize {
     10_000
 }
 
+/// An `http://` or `https://` URL's parts: https, host, port, path (with
+/// its query).
+pub fn split_url(url: &str) -> Option<(bool, String, u16, String)> {
+    let (https, rest) = match url.split_once("://")? {
+        ("http", rest) => (false, rest),
+        ("https", rest) => (true, rest),
+        _ => return None,
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let default_port = if https { 443 } else { 80 };
+    let (host, port) = match authority.rsplit_once(':') {
+        // An IPv6 address without a port: its last colon is its own.
+        Some((host, _)) if authority.starts_with('[') && !host.ends_with(']') => {
+            (authority, default_port)
+        }
+        Some((host, port)) => (host, port.parse().ok()?),
+        None => (authority, default_port),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    (!host.is_empty()).then(|| (https, host.to_owned(), port, path.to_owned()))
+}
+
 impl WebhookConfig {
     /// A webhook to `url` for every event, everything else by default.
     pub fn new(url: &str) -> WebhookConfig {
@@ -86,27 +111,6 @@ impl WebhookConfig {
         }
     }
 
-    /// The URL's parts: https, host, port, path (with its query).
-    pub fn endpoint(&self) -> Option<(bool, String, u16, String)> {
-        let (https, rest) = match self.url.split_once("://")? {
-            ("http", rest) => (false, rest),
-            ("https", rest) => (true, rest),
-            _ => return None,
-        };
-        let (authority, path) = match rest.find('/') {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, "/"),
-        };
-        let (host, port) = match authority.rsplit_once(':') {
-            Some((host, port)) if !host.ends_with(']') || authority.starts_with('[') => {
-                (host, port.parse().ok()?)
-            }
-            _ => (authority, if https { 443 } else { 80 }),
-        };
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        (!host.is_empty()).then(|| (https, host.to_owned(), port, path.to_owned()))
-    }
-
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |what: String| {
             Err(ConfigError::Invalid(format!(
@@ -114,7 +118,7 @@ impl WebhookConfig {
                 self.url
             )))
         };
-        let Some((https, ..)) = self.endpoint() else {
+        let Some((https, ..)) = split_url(&self.url) else {
             return invalid("url must be http://HOST[:PORT]/PATH or https://...".into());
         };
         if let Some(bad) = self.events.iter().find(|e| !EVENTS.contains(&e.as_str())) {
@@ -150,7 +154,7 @@ mod tests {
         .unwrap();
         let hook = &config.webhooks[0];
         assert_eq!(
-            hook.endpoint(),
+            super::split_url(&hook.url),
             Some((false, "127.0.0.1".into(), 9000, "/events?x=1".into()))
         );
         assert_eq!(hook.topics, ["#"]);
@@ -165,5 +169,29 @@ mod tests {
             err("[[webhooks]]\nurl = \"http://x\"\ntopics = [\"a/#/b\"]")
                 .contains("not a topic filter")
         );
+    }
+
+    #[test]
+    fn urls_split_into_their_parts() {
+        let parts = |u: &str| super::split_url(u);
+        assert_eq!(
+            parts("http://h:9000/a?b=1"),
+            Some((false, "h".into(), 9000, "/a?b=1".into()))
+        );
+        assert_eq!(
+            parts("https://h"),
+            Some((true, "h".into(), 443, "/".into()))
+        );
+        assert_eq!(
+            parts("http://[::1]:81/x"),
+            Some((false, "::1".into(), 81, "/x".into()))
+        );
+        assert_eq!(
+            parts("http://[::1]/x"),
+            Some((false, "::1".into(), 80, "/x".into()))
+        );
+        assert_eq!(parts("ftp://h/"), None);
+        assert_eq!(parts("http://h:port/"), None);
+        assert_eq!(parts("http:///x"), None);
     }
 }

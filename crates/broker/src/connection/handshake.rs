@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use super::park::Parker;
 use super::{CLOSE_FLUSH, Conn, ConnInfo, IDLE_READ, Io, Transport};
 use crate::auth;
-use crate::client_state::{ClientState, PeerLimits};
+use crate::client_state::{ClientState, Extras, PeerLimits};
 use crate::handler::connect;
 use crate::limits::ConnectBytes;
 use crate::metrics::Metrics;
@@ -185,7 +185,7 @@ async fn start_session<S: AsyncWrite>(
 ) -> Option<ClientState> {
     let peer = info.peer;
     let version = connect.protocol;
-    let (accepted, login) = match admit(&connect, info, state).await {
+    let (accepted, mut login) = match admit(&connect, info, state).await {
         Ok(admitted) => admitted,
         Err(reason) => {
             // Never the password.
@@ -207,6 +207,7 @@ async fn start_session<S: AsyncWrite>(
     };
     let connection_id = state.next_connection_id();
     let username = login.username.clone();
+    let acl = login.acl.take();
     let attached = registry::attach(
         state,
         &accepted.client_id,
@@ -253,7 +254,7 @@ async fn start_session<S: AsyncWrite>(
         problem_information: props.request_problem_information.unwrap_or(true),
         bridge_peer: connect.bridge,
         listener: u32::try_from(info.listener).unwrap_or(u32::MAX),
-        limits: state.limits.client_limits(peer),
+        extras: Extras::boxed(state.limits.client_limits(peer), acl),
         username,
     };
     let connack = connect::connack(&accepted, version, attached.session_present, state);
@@ -289,6 +290,9 @@ async fn admit(
     }
     let listener = state.config.listeners.get(info.listener);
     let by_certificate = listener.is_some_and(|l| l.use_identity_as_username);
+    let listener_name = listener
+        .map(|l| format!("{} {}", l.transport.name(), l.bind))
+        .unwrap_or_default();
     let login = auth::Login {
         connect,
         client_id: &accepted.client_id,
@@ -296,12 +300,14 @@ async fn admit(
         use_identity_as_username: by_certificate,
         cert_identity: info.cert_identity.as_deref(),
         allow_anonymous: state.config.allows_anonymous(info.listener),
+        listener: &listener_name,
     };
     let rules = state.auth.current();
-    let username = state
+    let who = state
         .auth
         .authenticate(&rules, &login, &state.shutdown)
         .await?;
+    let username = who.username;
     if !registry::may_claim(state, &accepted.client_id, username.as_deref()) {
         return Err(ReasonCode::ClientIdentifierNotValid);
     }
@@ -310,8 +316,9 @@ async fn admit(
     state.limits.reserve_connection(info.listener)?;
     let login = LoggedIn {
         username,
-        by_certificate,
+        by_certificate: by_certificate || who.by_hook,
         rules,
+        acl: who.acl,
     };
     Ok((accepted, login))
 }
@@ -332,6 +339,7 @@ fn admit_bridge(
         username: None,
         by_certificate: false,
         rules: state.auth.current(),
+        acl: None,
     };
     Ok((accepted, login))
 }

@@ -229,7 +229,10 @@ fn handle_packets(
         *last_heard = now;
         Metrics::add(&client.state.metrics.packets_received, 1);
         if matches!(packet, Packet::Publish(_))
-            && !(client.state.limits).publish_allowed(client.limits.as_deref_mut(), *last_heard)
+            && !(client.state.limits).publish_allowed(
+                client.extras.as_deref_mut().and_then(|e| e.limits.as_mut()),
+                *last_heard,
+            )
         {
             return Err(Close::PublishRate);
         }

@@ -99,11 +99,7 @@ pub fn handle(client: &mut ClientState, mut publish: Publish) -> Result<Flow, Pr
     // A topic the ACL does not let the client write, or a retained message
     // over the quota, is not routed. MQTT 5 says so (0x87, 0x97); 3.1.1
     // acknowledges as usual [MQTT-3.3.5-2].
-    let refusal = if !client
-        .state
-        .auth
-        .may_write(&client.identity(), &publish.topic)
-    {
+    let refusal = if !client.may_write(&publish.topic) {
         client.log_refused(
             "PUBLISH",
             &publish.topic,

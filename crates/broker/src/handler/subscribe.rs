@@ -75,11 +75,7 @@ fn subscribe_one(
     if group.is_some() && request.options.no_local {
         return Err(ProtocolViolation::SharedNoLocal);
     }
-    let (permitted, readable) =
-        client
-            .state
-            .auth
-            .subscribe_access(&client.identity(), client.session.identity(), filter);
+    let (permitted, readable) = client.subscribe_access(filter);
     if !permitted {
         client.log_refused(
             "SUBSCRIBE",

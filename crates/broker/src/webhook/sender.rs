@@ -1,6 +1,6 @@
 //! One endpoint's task: takes events from its queue in order, POSTs each as
-//! JSON over one kept-alive HTTP/1.1 connection (opened again when it
-//! fails), and tries a failed one again after a wait that doubles from
+//! JSON (`crate::post`: a kept-alive HTTP/1.1 connection, opened again when
+//! it fails), and tries a failed one again after a wait that doubles from
 //! 500 ms up to 30 s, `max_retries` times.
 
 use std::sync::Arc;
@@ -9,16 +9,14 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use bytes::Bytes;
-use http_body_util::Full;
-use hyper::client::conn::http1::SendRequest;
-use hyper::{Request, StatusCode, header};
-use hyper_util::rt::TokioIo;
+use hyper::StatusCode;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{Counters, Event, Stamped};
-use crate::config::WebhookConfig;
+use crate::config::{WebhookConfig, split_url};
+use crate::post;
 
 const FIRST_RETRY: Duration = Duration::from_millis(500);
 const LAST_RETRY: Duration = Duration::from_secs(30);
@@ -59,36 +57,43 @@ pub async fn run(
     }
 }
 
-/// The endpoint and the connection to it, if one is open.
+/// One endpoint and how to try it.
 struct Endpoint {
     hook: Arc<WebhookConfig>,
-    connection: Option<SendRequest<Full<Bytes>>>,
+    target: Option<post::Endpoint>,
 }
 
 impl Endpoint {
     fn new(hook: Arc<WebhookConfig>) -> Endpoint {
-        Endpoint {
-            hook,
-            connection: None,
-        }
+        let target = split_url(&hook.url)
+            .and_then(|parts| post::Endpoint::new(parts, &hook.headers, hook.ca_file.as_ref()));
+        Endpoint { hook, target }
     }
 
     /// POSTs `body`, trying again as configured; whether it was taken.
     async fn deliver(&mut self, body: Bytes) -> bool {
+        let Some(target) = &self.target else {
+            return false;
+        };
         let mut wait = FIRST_RETRY;
         for attempt in 0..=self.hook.max_retries {
             let timeout = Duration::from_millis(self.hook.timeout_ms);
-            let failure = match tokio::time::timeout(timeout, self.post(body.clone())).await {
-                Ok(Ok(())) => return true,
-                Ok(Err(failure)) => failure,
+            let failure = match tokio::time::timeout(timeout, target.post(body.clone())).await {
+                Ok(Ok((status, _))) if status.is_success() => return true,
+                Ok(Ok((status, _))) => Failure {
+                    // The endpoint is there but says no: only a busy one
+                    // may say yes later.
+                    retry: status.is_server_error()
+                        || status == StatusCode::REQUEST_TIMEOUT
+                        || status == StatusCode::TOO_MANY_REQUESTS,
+                    why: format!("the endpoint answered {status}"),
+                },
+                Ok(Err(why)) => Failure { retry: true, why },
                 Err(_) => Failure {
                     retry: true,
                     why: format!("no answer within {timeout:?}"),
                 },
             };
-            // A connection that failed, or whose request timed out, is not
-            // used again.
-            self.connection = None;
             let last = attempt == self.hook.max_retries || !failure.retry;
             crate::throttled!(warn, "webhook failed", url = %self.hook.url, attempt = attempt + 1, "a webhook POST failed{}: {}", if last { ", giving the event up" } else { "" }, failure.why);
             if last {
@@ -98,66 +103,6 @@ impl Endpoint {
             wait = (wait * 2).min(LAST_RETRY);
         }
         false
-    }
-
-    /// One try: a connection (the open one, or a new one) and the request.
-    async fn post(&mut self, body: Bytes) -> Result<(), Failure> {
-        let retry = |why: String| Failure { retry: true, why };
-        let (_, host, port, path) = self
-            .hook
-            .endpoint()
-            .ok_or_else(|| retry("the url cannot be used".into()))?;
-        let open = match self.connection.take() {
-            Some(mut open) => open.ready().await.is_ok().then_some(open),
-            None => None,
-        };
-        let connection = match open {
-            Some(open) => open,
-            None => self.connect(&host, port).await.map_err(retry)?,
-        };
-        let connection = self.connection.insert(connection);
-        let mut request = Request::post(path)
-            .header(header::HOST, format!("{host}:{port}"))
-            .header(header::CONTENT_TYPE, "application/json")
-            .header(
-                header::USER_AGENT,
-                concat!("tern ", env!("CARGO_PKG_VERSION")),
-            );
-        for (name, value) in &self.hook.headers {
-            request = request.header(name, value);
-        }
-        let request = request
-            .body(Full::new(body))
-            .map_err(|e| retry(format!("cannot build the request: {e}")))?;
-        let response = connection
-            .send_request(request)
-            .await
-            .map_err(|e| retry(format!("{e}")))?;
-        let status = response.status();
-        if status.is_success() {
-            return Ok(());
-        }
-        // The endpoint is there but says no: only a busy one may say yes later.
-        let busy = status.is_server_error()
-            || status == StatusCode::REQUEST_TIMEOUT
-            || status == StatusCode::TOO_MANY_REQUESTS;
-        Err(Failure {
-            retry: busy,
-            why: format!("the endpoint answered {status}"),
-        })
-    }
-
-    /// Opens a connection (TLS with the hook's CA for https).
-    async fn connect(&self, host: &str, port: u16) -> Result<SendRequest<Full<Bytes>>, String> {
-        let tls = self.hook.ca_file.as_ref().map(tern_client::TlsOptions::new);
-        let stream = tern_client::connect(host, port, tls.as_ref())
-            .await
-            .map_err(|e| e.to_string())?;
-        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| format!("HTTP handshake: {e}"))?;
-        tokio::spawn(connection);
-        Ok(sender)
     }
 }
 
