@@ -53,6 +53,9 @@ pub mod rank {
     /// The auth hook's cache of answers (`auth/hook.rs`): held for one
     /// lookup or insert, nothing under it.
     pub const AUTH_CACHE: u8 = 64;
+    /// The JWT keys in force (`auth/jwt.rs`): read to verify a token,
+    /// written when a JWKS is fetched; nothing under it.
+    pub const JWT_KEYS: u8 = 65;
     /// The schedule of delayed messages (`delayed.rs`): nothing is taken
     /// under it.
     pub const DELAYED: u8 = 66;

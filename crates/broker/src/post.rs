@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::client::conn::http1::SendRequest;
-use hyper::{Request, StatusCode, header};
+use hyper::{Method, Request, StatusCode, header};
 use hyper_util::rt::TokioIo;
 
 /// Answers larger than this are an error (a hook answers in a few lines).
@@ -58,6 +58,15 @@ impl Endpoint {
     /// no answer (the message says why). No timeout of its own: the caller
     /// puts one around it.
     pub async fn post(&self, body: Bytes) -> Result<(StatusCode, Bytes), String> {
+        self.request(Method::POST, body).await
+    }
+
+    /// GETs the URL (a JWKS); as [`Endpoint::post`].
+    pub async fn get(&self) -> Result<(StatusCode, Bytes), String> {
+        self.request(Method::GET, Bytes::new()).await
+    }
+
+    async fn request(&self, method: Method, body: Bytes) -> Result<(StatusCode, Bytes), String> {
         let idle = self.idle().pop();
         let ready = match idle {
             Some(mut open) => open.ready().await.is_ok().then_some(open),
@@ -67,7 +76,9 @@ impl Endpoint {
             Some(open) => open,
             None => self.connect().await?,
         };
-        let mut request = Request::post(self.path.as_str())
+        let mut request = Request::builder()
+            .method(method)
+            .uri(self.path.as_str())
             .header(header::HOST, format!("{}:{}", self.host, self.port))
             .header(header::CONTENT_TYPE, "application/json")
             .header(

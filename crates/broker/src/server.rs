@@ -196,6 +196,9 @@ impl Broker {
         state.tasks.spawn(router::release_delayed(state.clone()));
         bridge::spawn(&state, &parker);
         webhook::spawn(&state.webhooks, &state.tasks, &state.shutdown);
+        if let Some(refresh) = state.auth.jwks_refresher(state.shutdown.clone()) {
+            state.tasks.spawn(refresh);
+        }
         listener::spawn(sockets, &state, &parker);
         if let Some(http) = http {
             let tls = listeners.acceptors();

@@ -32,6 +32,7 @@
 pub mod acl;
 pub mod guard;
 mod hook;
+mod jwt;
 pub mod password;
 
 use std::io;
@@ -77,6 +78,9 @@ pub enum AuthError {
         line: usize,
         reason: String,
     },
+    /// `[auth_jwt]`'s key file cannot be used.
+    #[error("JWT key file {}: {reason}", .path.display())]
+    JwtKey { path: PathBuf, reason: String },
 }
 
 impl AuthError {
@@ -85,7 +89,8 @@ impl AuthError {
         match self {
             AuthError::PasswordFile { path, .. }
             | AuthError::AclFile { path, .. }
-            | AuthError::AclLine { path, .. } => path,
+            | AuthError::AclLine { path, .. }
+            | AuthError::JwtKey { path, .. } => path,
         }
     }
 }
@@ -233,6 +238,8 @@ pub struct AuthState {
     pub failures: AtomicU64,
     /// `[auth_hook]`: the HTTP service asked about each login first.
     hook: Option<hook::Hook>,
+    /// `[auth_jwt]`: tokens as passwords, checked before the hook.
+    jwt: Option<Arc<jwt::Jwt>>,
 }
 
 /// Who a login turned out to be.
@@ -243,9 +250,25 @@ pub struct Authenticated {
     /// The client's own topic rules, from the auth hook: they replace the
     /// ACL file's for it.
     pub acl: Option<Arc<Acl>>,
-    /// The auth hook let it in (not the password file, which a reload
-    /// then does not judge it by).
-    pub by_hook: bool,
+    /// A token or the auth hook let it in (not the password file, which a
+    /// reload then does not judge it by).
+    pub external: bool,
+}
+
+impl Authenticated {
+    /// Let in by a token or the auth hook, as the username it gave, with
+    /// the rules they gave.
+    fn external(login: &Login<'_>, acl: Option<Arc<Acl>>) -> Authenticated {
+        Authenticated {
+            username: login
+                .connect
+                .username
+                .as_ref()
+                .map(|u| Arc::from(u.as_str())),
+            acl,
+            external: true,
+        }
+    }
 }
 
 impl AuthState {
@@ -259,6 +282,10 @@ impl AuthState {
             verifications: Semaphore::new(verification_slots()),
             failures: AtomicU64::new(0),
             hook: config.auth_hook.as_ref().map(hook::Hook::new),
+            jwt: match &config.auth_jwt {
+                Some(jwt) => Some(Arc::new(jwt::Jwt::new(jwt)?)),
+                None => None,
+            },
         };
         state.install(Auth::load(config)?);
         Ok(state)
@@ -345,12 +372,16 @@ impl AuthState {
         // Boxed: inline it would enlarge every connection's handshake future.
         // A refusal is logged once, with the username, where every CONNECT
         // refusal is (`connection::handshake::start_session`).
-        let who = match self.ask_hook(login).await? {
+        let who = match self.check_token(login)? {
+            Some(who) => Some(who),
+            None => self.ask_hook(login).await?,
+        };
+        let who = match who {
             Some(who) => who,
             None => Authenticated {
                 username: Box::pin(self.login(login, auth, shutdown)).await?,
                 acl: None,
-                by_hook: false,
+                external: false,
             },
         };
         // The client's own rules, else the ACL file's.
@@ -369,6 +400,36 @@ impl AuthState {
         Ok(who)
     }
 
+    /// With `[auth_jwt]`, a password that is a token decides: `Some` if it
+    /// verifies, `Err` if not; `None` for a password that is no token.
+    fn check_token(&self, login: &Login<'_>) -> Result<Option<Authenticated>, ReasonCode> {
+        let Some(jwt) = &self.jwt else {
+            return Ok(None);
+        };
+        if login.use_identity_as_username {
+            return Ok(None);
+        }
+        match jwt.check(login) {
+            jwt::Verdict::NotAToken => Ok(None),
+            jwt::Verdict::Valid(acl) => Ok(Some(Authenticated::external(login, acl))),
+            jwt::Verdict::Invalid(why) => {
+                self.failures.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(client_id = login.client_id, "token refused: {why}");
+                Err(ReasonCode::BadUserNameOrPassword)
+            }
+        }
+    }
+
+    /// With `[auth_jwt]` and a `jwks_url`: the task keeping its keys
+    /// fetched (see `jwt::Jwt::refresh`).
+    pub fn jwks_refresher(
+        &self,
+        shutdown: CancellationToken,
+    ) -> Option<impl Future<Output = ()> + Send + 'static> {
+        let jwt = self.jwt.clone()?;
+        Some(jwt.refresh(shutdown))
+    }
+
     /// The auth hook's say, if there is one: `Some` if it let the client in,
     /// `None` if the password file decides (it said "ignore", or failed
     /// with `fail_open`), `Err` if it refused (or failed).
@@ -381,15 +442,7 @@ impl AuthState {
             return Ok(None);
         }
         match Box::pin(hook.ask(login)).await {
-            hook::Verdict::Allow(acl) => Ok(Some(Authenticated {
-                username: login
-                    .connect
-                    .username
-                    .as_ref()
-                    .map(|u| Arc::from(u.as_str())),
-                acl,
-                by_hook: true,
-            })),
+            hook::Verdict::Allow(acl) => Ok(Some(Authenticated::external(login, acl))),
             hook::Verdict::Deny => {
                 self.failures.fetch_add(1, Ordering::Relaxed);
                 Err(ReasonCode::BadUserNameOrPassword)
@@ -439,7 +492,13 @@ impl AuthState {
         };
         let username: Arc<str> = Arc::from(username.as_str());
         if auth.passwords.is_none() {
-            return Ok(Some(username));
+            // Without a password file a username is taken as given, unless
+            // tokens or a hook are how logins are checked: then one they
+            // did not accept has nothing left to accept it.
+            return match self.jwt.is_some() || self.hook.is_some() {
+                true => Err(ReasonCode::BadUserNameOrPassword),
+                false => Ok(Some(username)),
+            };
         }
         let Some(password) = login.connect.password.clone() else {
             return Err(ReasonCode::BadUserNameOrPassword);

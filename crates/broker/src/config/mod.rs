@@ -7,6 +7,7 @@
 //! that names the key, so a typo never silently falls back to a default.
 
 mod auth_hook;
+mod auth_jwt;
 mod bridge;
 mod webhook;
 
@@ -16,6 +17,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub use self::auth_hook::AuthHookConfig;
+pub use self::auth_jwt::AuthJwtConfig;
 pub use self::bridge::{BridgeConfig, BridgeProtocol, Direction, TopicRule, split_address};
 pub use self::webhook::{EVENTS as WEBHOOK_EVENTS, WebhookConfig, split_url};
 
@@ -206,6 +208,8 @@ pub struct Config {
     /// An HTTP service deciding logins (see docs/security.md). Default
     /// none: the password file and `allow_anonymous` decide.
     pub auth_hook: Option<AuthHookConfig>,
+    /// JSON Web Tokens as passwords (see docs/security.md). Default none.
+    pub auth_jwt: Option<AuthJwtConfig>,
 }
 
 /// The `[http]` section: where the HTTP listener listens and who may use it.
@@ -568,6 +572,7 @@ impl Default for Config {
             bridges: Vec::new(),
             webhooks: Vec::new(),
             auth_hook: None,
+            auth_jwt: None,
             max_topic_levels: 0,
             max_publish_rate: 0,
             max_connection_rate: 0,
@@ -684,6 +689,11 @@ impl Config {
         if let Some(hook) = &mut self.auth_hook {
             hook.ca_file.iter_mut().for_each(resolve);
         }
+        if let Some(jwt) = &mut self.auth_jwt {
+            jwt.public_key_file.iter_mut().for_each(resolve);
+            jwt.jwks_file.iter_mut().for_each(resolve);
+            jwt.ca_file.iter_mut().for_each(resolve);
+        }
     }
 
     /// The listeners to open: `listeners`, or one TCP listener on `bind`.
@@ -735,6 +745,9 @@ impl Config {
         }
         if let Some(hook) = &self.auth_hook {
             hook.validate()?;
+        }
+        if let Some(jwt) = &self.auth_jwt {
+            jwt.validate()?;
         }
         for (i, bridge) in self.bridges.iter().enumerate() {
             bridge.validate()?;

@@ -316,7 +316,7 @@ async fn admit(
     state.limits.reserve_connection(info.listener)?;
     let login = LoggedIn {
         username,
-        by_certificate: by_certificate || who.by_hook,
+        by_certificate: by_certificate || who.external,
         rules,
         acl: who.acl,
     };
