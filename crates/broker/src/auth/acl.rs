@@ -206,6 +206,19 @@ impl Acl {
         Ok(acl)
     }
 
+    /// The rules of `text`, which has no `user` lines, for one client
+    /// whose username is `username`: its `topic` rules are that user's own
+    /// (the anonymous ones without a username), `pattern` rules as ever.
+    /// The username is not put into the text, so nothing in it is parsed.
+    pub fn parse_for(text: &str, username: Option<&str>) -> Result<Acl, (usize, String)> {
+        let mut acl = Acl::parse(text)?;
+        if let Some(username) = username {
+            let own = std::mem::take(&mut acl.anonymous);
+            acl.users.insert(username.to_owned(), own);
+        }
+        Ok(acl)
+    }
+
     /// The client's own rules (its `user` section, or the anonymous ones).
     fn own_rules(&self, id: &Identity) -> &[Rule] {
         match id.username {

@@ -163,7 +163,7 @@ fn answer(body: &[u8], login: &Login<'_>) -> Verdict {
     }
     match value.get("acl") {
         None | Some(Value::Null) => Verdict::Allow(None),
-        Some(rules) => match client_acl(rules, login) {
+        Some(rules) => match client_acl(rules, login.connect.username.as_deref()) {
             Ok(acl) => Verdict::Allow(Some(Arc::new(acl))),
             Err(why) => Verdict::Failed(format!("its acl: {why}")),
         },
@@ -173,13 +173,11 @@ fn answer(body: &[u8], login: &Login<'_>) -> Verdict {
 /// A client's own rules, `[{"permission": "allow" | "deny", "action":
 /// "publish" | "subscribe" | "all", "topic": FILTER}]` (`${clientid}` and
 /// `${username}` stand for the client's), as an ACL judged as an ACL file's
-/// are: a deny matching wins, else an allow matching lets it, else no.
-pub fn client_acl(rules: &Value, login: &Login<'_>) -> Result<Acl, String> {
+/// are: a deny matching wins, else an allow matching lets it, else no; its
+/// `topic` rules are the own rules of `username` ([`Acl::parse_for`]).
+pub fn client_acl(rules: &Value, username: Option<&str>) -> Result<Acl, String> {
     let rules = rules.as_array().ok_or("not a list of rules")?;
     let mut text = String::new();
-    if let Some(username) = &login.connect.username {
-        text.push_str(&format!("user {username}\n"));
-    }
     for rule in rules {
         let field = |name: &str| rule[name].as_str().ok_or(format!("a rule without {name}"));
         let access = match (field("permission")?, field("action")?) {
@@ -189,7 +187,11 @@ pub fn client_acl(rules: &Value, login: &Login<'_>) -> Result<Acl, String> {
             ("allow", "all") => "readwrite",
             (p, a) => return Err(format!("permission {p:?} with action {a:?}")),
         };
-        let topic = field("topic")?
+        let topic = field("topic")?;
+        if topic.contains(['\n', '\r']) {
+            return Err(format!("topic {topic:?} holds a line break"));
+        }
+        let topic = topic
             .replace("${clientid}", "%c")
             .replace("${username}", "%u");
         let keyword = if topic.contains("%c") || topic.contains("%u") {
@@ -199,7 +201,7 @@ pub fn client_acl(rules: &Value, login: &Login<'_>) -> Result<Acl, String> {
         };
         text.push_str(&format!("{keyword} {access} {topic}\n"));
     }
-    Acl::parse(&text).map_err(|(_, why)| why)
+    Acl::parse_for(&text, username).map_err(|(_, why)| why)
 }
 
 /// The cache's key: a hash of everything the hook is told (so no password
@@ -221,4 +223,48 @@ fn cache_key(login: &Login<'_>) -> [u8; 32] {
     let mut key = [0; 32];
     key.copy_from_slice(hash.finish().as_ref());
     key
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::client_acl;
+    use crate::auth::{Access, Identity};
+
+    /// The rules are the client's own, named or not: `${clientid}` its id,
+    /// and a username cannot add rules of its own (it never enters the
+    /// rules' text, where a line break in it would start a new rule).
+    #[test]
+    fn a_clients_rules_are_its_own_whatever_its_name() {
+        let rules = json!([
+            {"permission": "allow", "action": "publish", "topic": "up/cam/#"},
+            {"permission": "allow", "action": "subscribe", "topic": "down/${clientid}/#"},
+            {"permission": "deny", "action": "all", "topic": "up/+/secret"},
+        ]);
+        for username in [None, Some("alice"), Some("alice\ntopic readwrite #")] {
+            let acl = client_acl(&rules, username).unwrap();
+            let id = Identity {
+                username,
+                client_id: "cam",
+            };
+            assert!(acl.allows(&id, "up/cam/t", Access::Write), "{username:?}");
+            assert!(
+                !acl.allows(&id, "up/cam/secret", Access::Write),
+                "{username:?}"
+            );
+            assert!(!acl.allows(&id, "other/t", Access::Write), "{username:?}");
+            assert!(!acl.allows(&id, "other/t", Access::Read), "{username:?}");
+        }
+        let acl = client_acl(&rules, Some("alice")).unwrap();
+        let id = Identity {
+            username: Some("alice"),
+            client_id: "cam",
+        };
+        assert!(acl.allows(&id, "down/cam/x", Access::Read));
+        assert!(!acl.allows(&id, "down/other/x", Access::Read));
+        let broken =
+            json!([{"permission": "allow", "action": "all", "topic": "a\ntopic readwrite #"}]);
+        assert!(client_acl(&broken, None).is_err());
+    }
 }

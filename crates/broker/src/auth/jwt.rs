@@ -82,7 +82,7 @@ impl Jwt {
         match self.verify(token) {
             Ok(claims) => match claims.get(self.config.acl_claim.as_str()) {
                 None | Some(Value::Null) => Verdict::Valid(None),
-                Some(rules) => match claim_acl(rules, login) {
+                Some(rules) => match claim_acl(rules, login.connect.username.as_deref()) {
                     Ok(acl) => Verdict::Valid(Some(Arc::new(acl))),
                     Err(why) => {
                         Verdict::Invalid(format!("its {} claim: {why}", self.config.acl_claim))
@@ -218,9 +218,9 @@ fn key_error(path: &Path, why: &str) -> AuthError {
 /// The `acl` claim as the client's ACL: EMQX's `{"pub": [...], "sub":
 /// [...], "all": [...]}` (topics allowed), or a list of rules as the auth
 /// hook gives them.
-fn claim_acl(claim: &Value, login: &Login<'_>) -> Result<Acl, String> {
+fn claim_acl(claim: &Value, username: Option<&str>) -> Result<Acl, String> {
     let Some(object) = claim.as_object() else {
-        return hook::client_acl(claim, login);
+        return hook::client_acl(claim, username);
     };
     let mut rules = Vec::new();
     for (key, action) in [("pub", "publish"), ("sub", "subscribe"), ("all", "all")] {
@@ -235,5 +235,5 @@ fn claim_acl(claim: &Value, login: &Login<'_>) -> Result<Acl, String> {
                 .push(serde_json::json!({"permission": "allow", "action": action, "topic": topic}));
         }
     }
-    hook::client_acl(&Value::Array(rules), login)
+    hook::client_acl(&Value::Array(rules), username)
 }
