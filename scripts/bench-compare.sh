@@ -447,6 +447,11 @@ scenario fanout-q1  "" fanout -P 1 -S 64 -q 1 -w 100
 scenario p2p-q0     "" p2p -n 64 -q 0 -w 100
 scenario p2p-q1     "" p2p -n 64 -q 1 -w 100
 scenario p2p-4k-q1  "" p2p -n 64 -q 1 -s 4096 -w 100
+# Publishers paced only by their PUBACKs (-w 0), as most clients publish: the broker reads
+# faster than it can write out, and must push back rather than drop what it acknowledged.
+scenario p2p-q1-unpaced   "" p2p -n 64 -q 1 -w 0
+scenario fanin-q1-unpaced "" fanin -P 8 -S 1 -q 1 -w 0
+scenario fanout-q1-unpaced "" fanout -P 1 -S 64 -q 1 -w 0
 latency_scenario p2p-10k-q1 p2p -n 16 -q 1 -r 625
 idle_scenario
 slow_scenario
@@ -478,6 +483,9 @@ ORDER = [
     ("p2p-q0", "p2p 64 pairs, QoS 0, -w 100"),
     ("p2p-q1", "p2p 64 pairs, QoS 1, -w 100"),
     ("p2p-4k-q1", "p2p 64 pairs, 4 KB, QoS 1, -w 100"),
+    ("p2p-q1-unpaced", "p2p 64 pairs, QoS 1, -w 0 (paced by PUBACKs only)"),
+    ("fanin-q1-unpaced", "fan-in 8→1, QoS 1, -w 0 (paced by PUBACKs only)"),
+    ("fanout-q1-unpaced", "fan-out 1→64, QoS 1, -w 0 (paced by PUBACKs only)"),
     ("p2p-10k-q1", "p2p 16 pairs, 10,000 msg/s total, QoS 1"),
     ("idle", f"idle connections ({idle_target})"),
     ("slow-normal", "fan-out 1→64 QoS 1, $SYS 1 s, no slow sub"),

@@ -1,16 +1,20 @@
-"""Resource limits seen by paho-mqtt: an MQTT 5 client over `max_connections`
-gets CONNACK 0x97 Quota exceeded, and a slot frees when a client leaves.
-Tern only (the limit is set in Tern's configuration file)."""
+"""Resource limits seen by real clients: an MQTT 5 paho client over
+`max_connections` gets CONNACK 0x97 Quota exceeded, and a slot frees when a
+client leaves; mosquitto_pub flooding QoS 1 into queues bounded at 10
+messages loses nothing to mosquitto_sub subscribers that keep reading (the
+publishers are pushed back instead). Tern only (the limits are set in
+Tern's configuration file)."""
 
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 
 import paho.mqtt.client as mqtt
 import pytest
 
-from interop_support import DEFAULT_BROKER, TIMEOUT, Client, broker_with_config
+from interop_support import DEFAULT_BROKER, TIMEOUT, Client, MosquittoSub, broker_with_config, tern
 
 V5 = mqtt.MQTTv5
 
@@ -62,3 +66,44 @@ def test_max_connections_refuses_v5_with_quota_exceeded(limited_broker):
     finally:
         first.close()
         second.close()
+
+
+def test_publishers_are_pushed_back_before_a_reading_subscriber_loses_anything(tmp_path):
+    """Four mosquitto_pub -l at QoS 1, 50,000 lines each, as fast as they
+    go, each to its own mosquitto_sub at QoS 1, through queues bounded at
+    10 messages. The broker reads publishes faster than it writes
+    deliveries; without push-back it dropped about half (acknowledged to
+    the publishers). Each subscriber must get its 50,000, in order."""
+    lines, pairs = 50_000, 4
+    broker = tern(tmp_path, "pushback", "max_queued_messages = 10\n")
+    subs: list[MosquittoSub] = []
+    try:
+        subs += [
+            MosquittoSub(broker.host, broker.port, "mqttv311", [f"pb/{i}"], fmt="%p",
+                         timeout_s=120, count=lines)
+            for i in range(pairs)
+        ]
+        for sub in subs:
+            sub.wait_subscribed()
+        numbers = tmp_path / "numbers.txt"
+        numbers.write_text("".join(f"{n}\n" for n in range(lines)))
+        pubs = []
+        for i in range(pairs):
+            with numbers.open() as stdin:
+                pubs.append(subprocess.Popen(
+                    ["mosquitto_pub", "-h", broker.host, "-p", str(broker.port),
+                     "-q", "1", "-t", f"pb/{i}", "-l"],
+                    stdin=stdin, stderr=subprocess.PIPE, text=True))
+        for pub in pubs:
+            assert pub.wait(timeout=120) == 0, pub.stderr.read()
+        for i, sub in enumerate(subs):
+            assert sub.proc.wait(timeout=120) == 0, f"mosquitto_sub {i}: {sub.stderr()!r}"
+            got = [int(line) for line in sub.output if line.isdigit()]
+            assert got == list(range(lines)), (
+                f"subscriber {i}: {len(got)} of {lines} messages, "
+                f"first gap at {next((n for n, g in enumerate(got) if g != n), len(got))}"
+            )
+    finally:
+        for sub in subs:
+            sub.kill()
+        broker.cleanup()

@@ -18,7 +18,7 @@ use crate::auth::{Identity, ReadCheck};
 use crate::delayed::{self, Full};
 use crate::message::{Delivery, Message};
 use crate::metrics::{Dropped, Metrics};
-use crate::session::{NotQueued, Session};
+use crate::session::{NotQueued, QueueLimits, Queued, Session};
 use crate::state::{BrokerState, Subscriber};
 use crate::store::Group;
 use crate::store::records::{self, Clock};
@@ -80,6 +80,10 @@ pub struct Routed {
     pub ticket: u64,
     /// The keys of the shared groups it was given to (with [`Scope::All`]).
     pub served: Vec<Arc<str>>,
+    /// The sessions whose queues it went over the limits of, their
+    /// connections keeping up ([`Queued::Over`]): its publisher waits for
+    /// room in them before it reads more.
+    pub over: Vec<Arc<Session>>,
 }
 
 /// Stores (if retained) and routes a message. `owner`: the user who
@@ -288,6 +292,7 @@ fn route(state: &BrokerState, message: &Arc<Message>, scope: Scope, mut group: G
         matched: list.len() + groups.len(),
         ticket: 0,
         served,
+        over: Vec::new(),
     };
     let mut staged = Vec::new();
     let mut acl = ReadCheck::default();
@@ -322,15 +327,20 @@ fn route(state: &BrokerState, message: &Arc<Message>, scope: Scope, mut group: G
         let queued = match &state.store {
             None => target.session.deliver(delivery, limits),
             Some(store) => match target.session.stage(delivery, limits, store, &mut group) {
-                Ok(delivery) => {
+                Ok((delivery, queued)) => {
+                    if queued == Queued::Over {
+                        routed.over.push(target.session.clone());
+                    }
                     staged.push((target.session, delivery));
                     continue;
                 }
                 Err(why) => Err(why),
             },
         };
-        if let Err(why) = queued {
-            dropped(state, why, message, &target.session);
+        match queued {
+            Ok(Queued::Within) => {}
+            Ok(Queued::Over) => routed.over.push(target.session),
+            Err(why) => dropped(state, why, message, &target.session),
         }
     }
     if let Some(store) = &state.store {
@@ -542,6 +552,11 @@ pub fn deliver_retained(
     granted: QoS,
     subscription_id: Option<u32>,
 ) {
+    // Nobody waits for room for them: held to the limits.
+    let limits = &QueueLimits {
+        may_double: false,
+        ..*state.queue_limits_of(session)
+    };
     for message in messages {
         let qos = message.qos.min(granted);
         let delivery = Delivery {
@@ -552,13 +567,12 @@ pub fn deliver_retained(
             seq: 0,
         };
         let queued = match &state.store {
-            None => session.deliver(delivery, state.queue_limits_of(session)),
+            None => session.deliver(delivery, limits).map(drop),
             Some(store) => {
                 let mut group = Group::default();
-                let limits = state.queue_limits_of(session);
                 session
                     .stage(delivery, limits, store, &mut group)
-                    .map(|delivery| {
+                    .map(|(delivery, _)| {
                         store.submit_group(group);
                         session.enqueue_stored(delivery);
                     })

@@ -71,6 +71,33 @@ pub struct QueueLimits {
     /// 0 = no byte limit.
     pub max_bytes: usize,
     pub queue_qos0_offline: bool,
+    /// Whether a QoS 1/2 delivery to a connection that keeps up may go
+    /// over them ([`Queued::Over`]): not for what no publisher waits on
+    /// (retained messages for a new subscription).
+    pub may_double: bool,
+}
+
+impl QueueLimits {
+    /// Twice these limits: how far a connection that keeps up may go over
+    /// them ([`Queued::Over`]).
+    fn doubled(&self) -> QueueLimits {
+        QueueLimits {
+            max_messages: self.max_messages.saturating_mul(2),
+            max_bytes: self.max_bytes.saturating_mul(2),
+            ..*self
+        }
+    }
+}
+
+/// How a delivery was queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Queued {
+    /// Within the session's limits.
+    Within,
+    /// Over them, up to twice them, because its connection keeps up: the
+    /// broker is the bottleneck, not the client. The publisher must stop
+    /// reading until the queue has room ([`SessionState::over_limits`]).
+    Over,
 }
 
 /// Why a delivery was not queued.
@@ -78,7 +105,8 @@ pub struct QueueLimits {
 pub enum NotQueued {
     /// QoS 0 for an offline session, which does not queue it.
     Offline,
-    /// Over `max_queued_messages` or `max_queued_bytes`.
+    /// Over `max_queued_messages` or `max_queued_bytes` (a QoS 1/2 message
+    /// for a connection that keeps up: over twice them).
     QueueFull,
     /// A message stored in a cluster's messages stream, over the limits: it
     /// stays there, and is read again once the queue has room
@@ -267,7 +295,20 @@ pub struct Traffic {
     /// The places of the stored messages queued since it overflowed (or
     /// while it is refilled), not to be queued again by a refill.
     since_overflow: HashSet<u64>,
+    /// How often its connection took deliveries with all it had written
+    /// before gone: the client keeps up while this moves.
+    pub drains: u32,
+    /// Its connection stopped keeping up with a queue over its limits
+    /// (`drains` did not move for [`STALLED_AFTER`]): it gets no more than
+    /// its limits, and nobody waits for it, until it drains again.
+    pub slow: bool,
+    /// Publishers wait for its queue to have room again.
+    pub waited_on: bool,
 }
+
+/// How long a connection whose queue is over its limits may go without
+/// draining before it is judged slow and publishers stop waiting for it.
+pub const STALLED_AFTER: std::time::Duration = std::time::Duration::from_millis(250);
 
 impl Traffic {
     /// The stored message at `place` is deferred: read again from there.
@@ -336,12 +377,12 @@ impl Session {
     /// Queues a delivery and wakes the connection (resuming it if it is
     /// parked). `Err` if it was dropped (queue full, or QoS 0 to an offline
     /// session that does not queue it). For a broker without a store.
-    pub fn deliver(&self, delivery: Delivery, limits: &QueueLimits) -> Result<(), NotQueued> {
+    pub fn deliver(&self, delivery: Delivery, limits: &QueueLimits) -> Result<Queued, NotQueued> {
         let mut st = self.lock();
-        st.admits(&delivery, self.is_online(), limits)?;
+        let queued = st.admits(&delivery, self.is_online(), limits)?;
         st.enqueue(delivery);
         self.wake(st);
-        Ok(())
+        Ok(queued)
     }
 
     /// The first half of a delivery with a store: admits it (`Err`: dropped)
@@ -355,13 +396,13 @@ impl Session {
         limits: &QueueLimits,
         store: &Arc<Store>,
         group: &mut Group,
-    ) -> Result<Delivery, NotQueued> {
+    ) -> Result<(Delivery, Queued), NotQueued> {
         let mut st = self.lock();
-        st.admits(&delivery, self.is_online(), limits)?;
+        let queued = st.admits(&delivery, self.is_online(), limits)?;
         if st.stores(delivery.qos) {
             store.queue(&self.client_id, &mut delivery, group);
         }
-        Ok(delivery)
+        Ok((delivery, queued))
     }
 
     /// The second half: queues a staged delivery and wakes the connection.
@@ -500,24 +541,39 @@ impl SessionState {
         }
     }
 
-    /// Whether the pending queue takes `delivery` (within the limits);
-    /// `Err` says why not (the caller counts the drop).
+    /// Whether the pending queue takes `delivery`, and how; `Err` says why
+    /// not (the caller counts the drop).
+    ///
+    /// Over the limits a QoS 1/2 delivery for a connection that keeps up is
+    /// still taken, up to twice them: the broker, not the client, is behind,
+    /// and the publisher is told to stop reading instead ([`Queued::Over`]),
+    /// so that a message it was acknowledged for is not dropped. A slow
+    /// connection, an offline session, or a cluster's stored message (which
+    /// is deferred, not dropped) are held to the limits.
     fn admits(
         &mut self,
         delivery: &Delivery,
         online: bool,
         limits: &QueueLimits,
-    ) -> Result<(), NotQueued> {
+    ) -> Result<Queued, NotQueued> {
         if !online && delivery.qos == QoS::AtMostOnce && !limits.queue_qos0_offline {
             return Err(NotQueued::Offline);
         }
-        let full = self.is_full(delivery.message.size(), limits);
+        let size = delivery.message.size();
+        let full = self.is_full(size, limits);
         let Some(&place) = delivery.message.place.get() else {
-            return if full {
-                Err(NotQueued::QueueFull)
-            } else {
-                Ok(())
-            };
+            if !full {
+                return Ok(Queued::Within);
+            }
+            let keeps_up = limits.may_double && online && delivery.qos != QoS::AtMostOnce;
+            if keeps_up && !self.is_full(size, &limits.doubled()) {
+                let t = self.traffic();
+                if !t.slow {
+                    t.waited_on = true;
+                    return Ok(Queued::Over);
+                }
+            }
+            return Err(NotQueued::QueueFull);
         };
         // A message written twice is known at either place.
         let first = delivery.message.first_place.get().copied();
@@ -546,7 +602,7 @@ impl SessionState {
             t.since_overflow.extend(delivery.message.places());
         }
         t.newest = t.newest.max(place);
-        Ok(())
+        Ok(Queued::Within)
     }
 
     /// Whether the pending queue is at its limits for one more message of
@@ -557,6 +613,46 @@ impl SessionState {
             .as_ref()
             .map_or((0, 0), |t| (t.pending.len(), t.pending_bytes));
         len >= limits.max_messages || (limits.max_bytes != 0 && bytes + size > limits.max_bytes)
+    }
+
+    /// Its connection took deliveries from the queue; `drained`: with all
+    /// it had written before gone to the client, which therefore keeps up.
+    /// Returns whether publishers waiting for room should look again.
+    pub fn took(&mut self, drained: bool, limits: &QueueLimits) -> bool {
+        let full = self.is_full(0, limits);
+        let Some(t) = self.traffic.as_mut() else {
+            return false;
+        };
+        if drained {
+            t.drains = t.drains.wrapping_add(1);
+            t.slow = false;
+        }
+        let wake = t.waited_on && !full;
+        if wake {
+            t.waited_on = false;
+        }
+        wake
+    }
+
+    /// What a publisher that overfilled this queue waits for
+    /// ([`Queued::Over`]): `None` once there is room, or nobody keeping
+    /// up to wait for; else how often the connection drained so far.
+    pub fn still_over(&mut self, online: bool, limits: &QueueLimits) -> Option<u32> {
+        let full = self.is_full(0, limits);
+        let t = self.traffic.as_mut()?;
+        if !online || t.slow || !full {
+            return None;
+        }
+        t.waited_on = true;
+        Some(t.drains)
+    }
+
+    /// Judges its connection slow: it did not drain for [`STALLED_AFTER`]
+    /// with its queue over the limits.
+    pub fn mark_slow(&mut self) {
+        if let Some(t) = self.traffic.as_mut() {
+            t.slow = true;
+        }
     }
 
     /// In a cluster: the stored message at `place` is deferred (a refill
@@ -824,6 +920,7 @@ mod tests {
             max_messages,
             max_bytes,
             queue_qos0_offline: false,
+            may_double: true,
         }
     }
 
@@ -841,8 +938,8 @@ mod tests {
 
     #[test]
     fn queue_is_bounded_by_count_and_counts_drops() {
+        // Offline: nobody drains it, so the limits hold exactly.
         let (s, limits) = (Session::new("c".into()), limits(2, 0));
-        s.set_online(true);
         assert!(s.deliver(delivery(QoS::AtLeastOnce, "a"), &limits).is_ok());
         assert!(s.deliver(delivery(QoS::AtLeastOnce, "b"), &limits).is_ok());
         assert_eq!(
@@ -855,7 +952,6 @@ mod tests {
     #[test]
     fn queue_is_bounded_by_bytes() {
         let (s, limits) = (Session::new("c".into()), limits(100, 10));
-        s.set_online(true);
         assert!(
             s.deliver(delivery(QoS::AtLeastOnce, "12345678"), &limits)
                 .is_ok()
@@ -866,6 +962,55 @@ mod tests {
         );
         assert_eq!(s.lock().pop_pending().unwrap().message.payload, "12345678");
         assert!(s.deliver(delivery(QoS::AtLeastOnce, "12"), &limits).is_ok());
+    }
+
+    /// A connection that keeps up takes QoS 1/2 up to twice the limits,
+    /// saying so, and wakes the waiting publishers once there is room; QoS
+    /// 0, and a connection judged slow, are held to the limits; draining
+    /// again makes it one that keeps up.
+    #[test]
+    fn a_connection_that_keeps_up_goes_over_the_limits_up_to_twice() {
+        let (s, limits) = (Session::new("c".into()), limits(2, 0));
+        s.set_online(true);
+        let q1 = || delivery(QoS::AtLeastOnce, "m");
+        assert_eq!(s.deliver(q1(), &limits), Ok(Queued::Within));
+        assert_eq!(s.deliver(q1(), &limits), Ok(Queued::Within));
+        assert_eq!(
+            s.deliver(delivery(QoS::AtMostOnce, "m"), &limits),
+            Err(NotQueued::QueueFull)
+        );
+        assert_eq!(s.deliver(q1(), &limits), Ok(Queued::Over));
+        assert_eq!(s.deliver(q1(), &limits), Ok(Queued::Over));
+        assert_eq!(s.deliver(q1(), &limits), Err(NotQueued::QueueFull));
+        let mut st = s.lock();
+        assert_eq!(st.still_over(true, &limits), Some(0));
+        st.pop_pending();
+        assert!(!st.took(true, &limits), "still no room");
+        assert_eq!(st.still_over(true, &limits), Some(1), "it drained once");
+        st.pop_pending();
+        st.pop_pending();
+        assert!(st.took(false, &limits), "room: the publishers look again");
+        assert!(!st.took(false, &limits), "once");
+        assert_eq!(st.still_over(true, &limits), None);
+        assert_eq!(st.still_over(false, &limits), None);
+        drop(st);
+        assert_eq!(s.deliver(q1(), &limits), Ok(Queued::Within));
+        assert_eq!(s.deliver(q1(), &limits), Ok(Queued::Over));
+        s.lock().mark_slow();
+        assert_eq!(s.lock().still_over(true, &limits), None, "nobody waits");
+        assert_eq!(s.deliver(q1(), &limits), Err(NotQueued::QueueFull));
+        let mut st = s.lock();
+        st.pop_pending();
+        st.pop_pending();
+        st.took(true, &limits);
+        drop(st);
+        assert_eq!(s.deliver(q1(), &limits), Ok(Queued::Within));
+        assert_eq!(s.deliver(q1(), &limits), Ok(Queued::Over), "not slow now");
+        let retained = QueueLimits {
+            may_double: false,
+            ..limits
+        };
+        assert_eq!(s.deliver(q1(), &retained), Err(NotQueued::QueueFull));
     }
 
     /// A delivery of the stored message at `place` of a cluster's stream.

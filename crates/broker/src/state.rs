@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use tern_codec::{QoS, ReasonCode, SubscriptionOptions};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -68,6 +69,12 @@ pub struct BrokerState {
     pub webhooks: Webhooks,
     /// Resource limits: live connection counts, rate tables, their counters.
     pub limits: Limits,
+    /// Publishers that overfilled a queue whose connection keeps up wait on
+    /// this; a connection that takes from a queue publishers wait for, and
+    /// so makes room in it, wakes them all to look again
+    /// (`client_state::pushback`). One for the broker, not one per session:
+    /// idle sessions stay small, and waiting is rare.
+    pub room: Notify,
     pub started: Instant,
     /// Cancelled once to stop every task.
     pub shutdown: CancellationToken,
@@ -145,6 +152,7 @@ impl BrokerState {
             max_messages: config.max_queued_messages,
             max_bytes: config.max_queued_bytes,
             queue_qos0_offline: config.queue_qos0_messages,
+            may_double: true,
         };
         let bridge_queue_limits = config
             .bridges
@@ -171,6 +179,7 @@ impl BrokerState {
             delayed: Delayed::default(),
             webhooks,
             limits,
+            room: Notify::new(),
             started: Instant::now(),
             draining: shutdown.child_token(),
             shutdown,

@@ -7,7 +7,7 @@ mod common;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use common::*;
 use tern_broker::config::ListenerConfig;
 use tern_broker::testing::Counters;
@@ -357,14 +357,15 @@ async fn topic_levels_limit_publish_subscribe_and_will() {
     assert_alive(&mut sub).await;
 }
 
-/// `n` QoS 0 PUBLISH packets in one write.
-fn burst(version: ProtocolVersion, topic: &str, n: usize) -> Vec<u8> {
+/// `n` PUBLISH packets at `qos` in one write, payloads "0", "1", ...
+fn burst(version: ProtocolVersion, topic: &str, qos: QoS, n: u16) -> Vec<u8> {
     let mut out = BytesMut::new();
     for i in 0..n {
-        let payload: &'static [u8] = ["0", "1", "2", "3", "4", "5", "6", "7"][i].as_bytes();
-        Packet::Publish(publish_packet(topic, payload, QoS::AtMostOnce, 0))
-            .encode(version, &mut out)
-            .unwrap();
+        let publish = Publish {
+            payload: Bytes::from(i.to_string()),
+            ..publish_packet(topic, b"", qos, i % 65_000 + 1)
+        };
+        Packet::Publish(publish).encode(version, &mut out).unwrap();
     }
     out.to_vec()
 }
@@ -378,10 +379,11 @@ async fn publish_rate_disconnects_with_message_rate_too_high() {
 
     // A burst of one second's worth passes; one more closes the connection.
     let mut v5 = TestClient::connect(addr, V5, "pr-v5").await;
-    v5.send_bytes(&burst(V5, "pr/v5", 6)).await;
+    v5.send_bytes(&burst(V5, "pr/v5", QoS::AtMostOnce, 6)).await;
     expect_disconnect(&mut v5, ReasonCode::MessageRateTooHigh).await;
     let mut old = TestClient::connect(addr, V311, "pr-v311").await;
-    old.send_bytes(&burst(V311, "pr/old", 6)).await;
+    old.send_bytes(&burst(V311, "pr/old", QoS::AtMostOnce, 6))
+        .await;
     assert!(read_until_closed(&mut old).await.is_empty());
 
     let got = received_until_marker(&broker, &mut sub, "pr/marker").await;
@@ -418,7 +420,7 @@ async fn acks_before_a_rate_violation_are_handled() {
             .unwrap();
     }
     // Then six publishes where five a second are allowed, in the same write.
-    bytes.extend_from_slice(&burst(V5, "elsewhere", 6));
+    bytes.extend_from_slice(&burst(V5, "elsewhere", QoS::AtMostOnce, 6));
     device.send_bytes(&bytes).await;
     expect_disconnect(&mut device, ReasonCode::MessageRateTooHigh).await;
 
@@ -694,4 +696,86 @@ async fn keep_sending_until_disconnected(
     );
     writer.abort();
     reason
+}
+
+/// Writes `count` QoS 1 PUBLISHes at once from a client of its own and
+/// reads their PUBACKs, in a task; the task ends with the PUBACKs' reasons.
+async fn flood(
+    addr: std::net::SocketAddr,
+    id: &str,
+    topic: &str,
+    count: u16,
+) -> tokio::task::JoinHandle<Vec<ReasonCode>> {
+    let mut publisher = TestClient::connect(addr, V5, id).await;
+    let bytes = burst(V5, topic, QoS::AtLeastOnce, count);
+    tokio::spawn(async move {
+        publisher.send_bytes(&bytes).await;
+        let mut reasons = Vec::new();
+        while reasons.len() < usize::from(count) {
+            match publisher.recv().await {
+                Packet::PubAck(a) => reasons.push(a.reason),
+                other => panic!("expected PUBACK, got {other:?}"),
+            }
+        }
+        reasons
+    })
+}
+
+/// Receives `count` PUBLISHes with payloads "0", "1", ..., in order,
+/// acknowledging each.
+async fn receive_in_order(sub: &mut TestClient, count: u16) {
+    for i in 0..count {
+        let p = sub.recv_publish().await;
+        assert_eq!(p.payload, i.to_string(), "message {i}");
+        sub.ack(&p).await;
+    }
+}
+
+/// A queue bound of 10 and a publisher whose 3,000 QoS 1 messages arrive
+/// in one burst, read by the broker hundreds at a time: the subscriber
+/// reads as fast as it can, so the broker, not the subscriber, is behind,
+/// and the publisher waits for room instead of its acknowledged messages
+/// being dropped. Every message arrives, in order, none counted dropped.
+#[tokio::test]
+async fn a_publisher_waits_for_a_subscriber_that_keeps_reading() {
+    let broker = start_limited(|c| c.max_queued_messages = 10).await;
+    let addr = broker.local_addr();
+    let mut sub = TestClient::connect(addr, V5, "pb-sub").await;
+    sub.subscribe("pb/t", QoS::AtLeastOnce).await;
+    let publisher = flood(addr, "pb-pub", "pb/t", 3_000).await;
+    receive_in_order(&mut sub, 3_000).await;
+    let reasons = publisher.await.expect("publisher");
+    assert!(reasons.iter().all(|r| *r == ReasonCode::Success));
+    assert_eq!(counter(&broker, |c| &c.queue_dropped), 0);
+    assert_alive(&mut sub).await;
+}
+
+/// A subscriber that stops reading (Receive Maximum 5, never acknowledging)
+/// beside one that reads: the publisher waits for the stopped one once, it
+/// is then judged slow and its excess dropped and counted, and the reading
+/// one gets every message.
+#[tokio::test]
+async fn a_subscriber_that_stops_reading_holds_up_nobody() {
+    let broker = start_limited(|c| c.max_queued_messages = 10).await;
+    let addr = broker.local_addr();
+    let mut stuck = connect_packet(V5, "pb-stuck");
+    stuck.properties.receive_maximum = Some(5);
+    let (mut stuck, _) = TestClient::connect_with(addr, stuck).await;
+    stuck.subscribe("pb/t", QoS::AtLeastOnce).await;
+    let mut sub = TestClient::connect(addr, V5, "pb-reader").await;
+    sub.subscribe("pb/t", QoS::AtLeastOnce).await;
+    let publisher = flood(addr, "pb-pub", "pb/t", 3_000).await;
+    receive_in_order(&mut sub, 3_000).await;
+    let reasons = publisher.await.expect("publisher");
+    assert!(reasons.iter().all(|r| *r == ReasonCode::Success));
+    // It has 5 in flight and at most twice the bound queued: the rest dropped.
+    let dropped = counter(&broker, |c| &c.queue_dropped);
+    assert!(
+        (3_000 - 5 - 20..=3_000 - 5 - 10).contains(&dropped),
+        "{dropped}"
+    );
+    for _ in 0..5 {
+        let p = stuck.recv_publish().await;
+        assert_eq!(p.qos, QoS::AtLeastOnce);
+    }
 }

@@ -9,6 +9,7 @@
 //! into the output buffer for either.
 
 pub mod outbound;
+pub mod pushback;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -116,7 +117,8 @@ pub struct ClientState {
     /// The listener that accepted the connection (`ConnInfo::listener`),
     /// whose connection slot it holds until it ends.
     pub listener: u32,
-    /// What only some connections have (limit state, their own ACL).
+    /// What only some connections have (limit state, their own ACL, queues
+    /// to wait for).
     pub extras: Option<Box<Extras>>,
     /// The username the client was accepted with (ACL checks).
     pub username: Option<Arc<str>>,
@@ -130,12 +132,21 @@ pub struct Extras {
     pub limits: Option<ClientLimits>,
     /// Its own topic rules (from the auth hook), instead of the ACL file's.
     pub acl: Option<Arc<Acl>>,
+    /// The queues it went over the bounds of, which it waits for before it
+    /// reads more ([`pushback`]); made the first time.
+    pub pushback: Option<pushback::Pushback>,
 }
 
 impl Extras {
     /// The box, if there is anything to put in it.
     pub fn boxed(limits: Option<ClientLimits>, acl: Option<Arc<Acl>>) -> Option<Box<Extras>> {
-        (limits.is_some() || acl.is_some()).then(|| Box::new(Extras { limits, acl }))
+        (limits.is_some() || acl.is_some()).then(|| {
+            Box::new(Extras {
+                limits,
+                acl,
+                pushback: None,
+            })
+        })
     }
 }
 

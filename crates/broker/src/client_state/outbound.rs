@@ -37,7 +37,16 @@ pub fn fill(client: &mut ClientState) -> Result<Option<oneshot::Sender<Described
         client.resend_inflight = false;
         resend(client, &st);
     }
+    // Everything written before is gone: the client keeps up.
+    let drained = client.out.is_empty();
+    let before = st.pending_len();
     send_pending(client, &mut st);
+    let room =
+        st.pending_len() < before && st.took(drained, client.state.queue_limits_of(&session));
+    drop(st);
+    if room {
+        client.state.room.notify_waiters();
+    }
     Ok(asked)
 }
 

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use super::close::Close;
 use super::{Conn, IDLE_READ, Transport};
-use crate::client_state::{ClientState, outbound, progress};
+use crate::client_state::{ClientState, outbound, progress, pushback};
 use crate::handler::ack::PubAcks;
 use crate::handler::{self, Flow};
 use crate::metrics::Metrics;
@@ -105,9 +105,10 @@ pub(super) async fn run<S: Transport>(conn: &mut Conn<S>) -> Exit {
                 }
                 Err(e) => return Exit::Close(Close::Lost(Some(e))),
             },
-            // Stop reading while our responses pile up unread: backpressure
-            // on a client that publishes without reading its acks.
-            read = io.reader.read_buf(&mut io.rbuf), if !backlog && client.out.len() < outbound::HIGH_WATER => match read {
+            // Stop reading while our responses pile up unread (backpressure
+            // on a client that publishes without reading its acks), and
+            // while queues this client overfilled have no room.
+            read = io.reader.read_buf(&mut io.rbuf), if !backlog && reading(client) => match read {
                 Ok(0) => return Exit::Close(Close::Lost(None)),
                 Ok(n) => {
                     busy = n >= spare;
@@ -120,13 +121,16 @@ pub(super) async fn run<S: Transport>(conn: &mut Conn<S>) -> Exit {
                 Err(e) => return Exit::Close(Close::Lost(Some(e))),
             },
             // The budget ran out: the rest of the buffer after other tasks.
-            () = tokio::task::yield_now(), if backlog && client.out.len() < outbound::HIGH_WATER => {
+            () = tokio::task::yield_now(), if backlog && reading(client) => {
                 backlog = match process(client, &mut io.rbuf, last_heard) {
                     Ok(backlog) => backlog,
                     Err(close) => return Exit::Close(close),
                 };
             }
             _ = session.notify.notified() => last_active = Instant::now(),
+            () = pushback::wait(&state, client.extras.as_mut().and_then(|e| e.pushback.as_mut())), if client.pushed_back() => {
+                client.pushback_done();
+            }
             // Held responses go out once the store has what they promise.
             () = progress(&mut durable), if client.holds.is_some() => {}
             () = progress(&mut applied), if client.holds.is_some() => {}
@@ -134,11 +138,13 @@ pub(super) async fn run<S: Transport>(conn: &mut Conn<S>) -> Exit {
             () = progress(&mut mirrored), if client.holds.is_some() => {}
             () = &mut timer, if timed => {
                 let now = Instant::now();
-                if client.keep_alive_timeout().is_some_and(|t| *last_heard + t <= now) {
+                // Not reading it, we cannot tell whether it is silent.
+                let waiting = client.pushed_back();
+                if !waiting && client.keep_alive_timeout().is_some_and(|t| *last_heard + t <= now) {
                     return Exit::Close(Close::KeepAliveTimeout);
                 }
                 last_active = last_active.max(*last_heard);
-                let quiet = client.out.is_empty() && io.rbuf.is_empty();
+                let quiet = client.out.is_empty() && io.rbuf.is_empty() && !waiting;
                 if quiet && park_after.is_some_and(|p| last_active + p <= now) {
                     return Exit::Park;
                 }
@@ -149,6 +155,12 @@ pub(super) async fn run<S: Transport>(conn: &mut Conn<S>) -> Exit {
             }
         }
     }
+}
+
+/// Whether the connection reads more: not while its responses pile up
+/// unwritten, nor while it waits for queues it overfilled.
+fn reading(client: &ClientState) -> bool {
+    client.out.len() < outbound::HIGH_WATER && !client.pushed_back()
 }
 
 /// When the timer should next look: the keep-alive deadline or the time the
@@ -192,8 +204,9 @@ fn prepare_read_buffer(rbuf: &mut BytesMut, busy: bool) -> usize {
 }
 
 /// Decodes and handles the whole packets in the read buffer, for up to
-/// [`PROCESS_BUDGET`]. `Ok(true)`: it stopped with bytes left, to go on after
-/// other tasks had their turn. `Err`: the connection closes (the client's
+/// [`PROCESS_BUDGET`], or until a message overfilled a queue
+/// (`client_state::pushback`). `Ok(true)`: it stopped with bytes left, to go
+/// on after other tasks had their turn (or after the queues have room). `Err`: the connection closes (the client's
 /// DISCONNECT, or a protocol violation).
 fn process(
     client: &mut ClientState,
@@ -238,6 +251,8 @@ fn handle_packets(
         }
         tracing::trace!(client_id = %client.client_id(), packet = ?packet, "received");
         match handler::dispatch(client, packet, pubacks) {
+            // The rest waits until the queues it overfilled have room.
+            Ok(Flow::Continue) if client.pushed_back() => return Ok(!rbuf.is_empty()),
             Ok(Flow::Continue) => {}
             Ok(Flow::Disconnect { publish_will }) => {
                 return Err(Close::Disconnect { publish_will });

@@ -279,6 +279,7 @@ fn accept(
     let group = router::inbound_group(&client.state, client.client_id(), inbound);
     let routed = router::publish_with(&client.state, message, client.username.as_ref(), group);
     client.hold_until(routed.ticket);
+    client.push_back(routed.over);
     matched_reason(client, routed.matched)
 }
 
