@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Tern vs Mosquitto, side by side, on loopback (issue 4).
+# Tern vs Mosquitto (and rumqttd, the Rust peer), side by side, on loopback (issues 4, 21).
 #
 #   scripts/bench-compare.sh            # default: 10 s measured + 2 s warm-up per run (~8 min)
 #   scripts/bench-compare.sh --quick    # 3 s measured + 1 s warm-up per run (~3 min), for trying it
@@ -11,18 +11,22 @@
 # /proc/PID/stat) and memory (VmRSS/VmHWM of /proc/PID/status) are read around the run.
 # The table goes to stdout and to target/bench-compare/results.md, the raw JSON of every run
 # to target/bench-compare/runs/. Run from anywhere inside the repository; needs python3,
-# and apt-get (as root) if Mosquitto is not installed.
+# and apt-get (as root) if Mosquitto is not installed. The throughput scenarios also run
+# rumqttd (bytebeamio's broker, 0.20.0, built once into target/bench-tools with
+# `cargo install`; --no-rumqttd leaves it out).
 set -euo pipefail
 
 DURATION=10
 WARMUP=2
 ONLY=""
+RUMQTTD_WANTED=1
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) DURATION=3; WARMUP=1 ;;
         --duration) DURATION="$2"; shift ;;
         --warmup) WARMUP="$2"; shift ;;
         --only) ONLY="$2"; shift ;;
+        --no-rumqttd) RUMQTTD_WANTED=0 ;;
         -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
         *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -33,6 +37,7 @@ IDLE_CONNS=19000        # idle-connection scenario (this machine: 20,000 open fi
 CONNECT_RATE=5000
 MOSQ_PORT=18831
 TERN_PORT=18832
+RUMQ_PORT=18835         # rumqttd's MQTT 5 listener (its 3.1.1 one on 18836)
 # Shared broker limits (Tern's defaults; Mosquitto's default inflight is 20, raised to match).
 MAX_INFLIGHT=100
 MAX_QUEUED=1000
@@ -61,6 +66,14 @@ fi
 MOSQUITTO="$(command -v mosquitto || echo /usr/sbin/mosquitto)"
 # The Debian package starts a service on port 1883; it is left alone (we use other ports).
 command -v python3 >/dev/null || { say "python3 is needed"; exit 1; }
+RUMQTTD=""
+if [ "$RUMQTTD_WANTED" = 1 ]; then
+    RUMQTTD="$(command -v rumqttd || echo "$ROOT/target/bench-tools/bin/rumqttd")"
+    if [ ! -x "$RUMQTTD" ]; then
+        say "rumqttd not found: building it once (cargo install rumqttd 0.20.0, a few minutes)"
+        run_logged cargo install rumqttd --version 0.20.0 --root "$ROOT/target/bench-tools" --quiet
+    fi
+fi
 command -v taskset >/dev/null || { say "taskset (util-linux) is needed"; exit 1; }
 
 run_logged cargo build --release --bin tern
@@ -103,6 +116,34 @@ write_configs() { # $1: sys interval in seconds
         echo "connection_messages false"
         if [ "$(id -u)" -eq 0 ]; then echo "user root"; fi
     } > "$OUT/conf/mosquitto-sys$sys.conf"
+    # rumqttd has no $SYS; its inflight matches the others', its queues are its own design
+    # (a commit log per subscription's filter, segments of 100 MiB).
+    cat > "$OUT/conf/rumqttd-sys$sys.toml" <<EOF
+id = 0
+[router]
+id = 0
+max_connections = 30000
+max_outgoing_packet_count = 200
+max_segment_size = 104857600
+max_segment_count = 10
+[v4.1]
+name = "v4-1"
+listen = "127.0.0.1:$((RUMQ_PORT + 1))"
+next_connection_delay_ms = 0
+    [v4.1.connections]
+    connection_timeout_ms = 60000
+    max_payload_size = 1048576
+    max_inflight_count = $MAX_INFLIGHT
+    dynamic_filters = true
+[v5.1]
+name = "v5-1"
+listen = "127.0.0.1:$RUMQ_PORT"
+next_connection_delay_ms = 0
+    [v5.1.connections]
+    connection_timeout_ms = 60000
+    max_payload_size = 1048576
+    max_inflight_count = $MAX_INFLIGHT
+EOF
     cat > "$OUT/conf/tern-sys$sys.toml" <<EOF
 bind = "127.0.0.1:$TERN_PORT"
 max_inflight_messages = $MAX_INFLIGHT
@@ -125,7 +166,13 @@ HOOK_PORT=18834
 { cat "$OUT/conf/tern-sys0.toml"; printf '\n[[webhooks]]\nurl = "http://127.0.0.1:%s/hook"\nevents = ["message.published"]\n' \
     "$HOOK_PORT"; } > "$OUT/conf/tern-hooked.toml"
 
-port_of() { [ "$1" = mosquitto ] && echo $MOSQ_PORT || echo $TERN_PORT; }
+port_of() {
+    case "$1" in
+        mosquitto) echo $MOSQ_PORT ;;
+        rumqttd) echo $RUMQ_PORT ;;
+        *) echo $TERN_PORT ;;
+    esac
+}
 
 port_open() { python3 - "$1" <<'EOF'
 import socket, sys
@@ -143,6 +190,8 @@ start_broker() { # $1 broker, $2 sys interval, $3 cpu list for taskset ("" = unp
     [ -n "$cpus" ] && cmd=(taskset -c "$cpus")
     if [ "$broker" = mosquitto ]; then
         cmd+=("$MOSQUITTO" -c "$OUT/conf/mosquitto-sys$sys.conf")
+    elif [ "$broker" = rumqttd ]; then
+        cmd+=("$RUMQTTD" --quiet -c "$OUT/conf/rumqttd-sys$sys.toml")
     elif [ "$broker" = tern-scraped ] || [ "$broker" = tern-watched ]; then
         cmd+=("$TERN" serve --config "$OUT/conf/tern-scraped.toml")
     elif [ "$broker" = tern-hooked ]; then
@@ -271,7 +320,9 @@ stop_watcher() { # $1 run id: prints how many scrapes or events came
 scenario() {
     local id="$1" cpus="$2"; shift 2
     want "$id" || return 0
-    for broker in mosquitto tern; do
+    local brokers=(mosquitto tern)
+    [ -n "$RUMQTTD" ] && brokers+=(rumqttd)
+    for broker in "${brokers[@]}"; do
         say ""; say "=== $id on $broker"
         run_once "$id" "$broker" "$cpus" "$@"
     done
@@ -540,15 +591,20 @@ if any((sid, b) in runs for sid, _ in ORDER for b in ("mosquitto", "tern")):
     p("| scenario | broker | delivered msg/s | broker CPU µs/msg | p50 | p99 | RSS | lost |")
     p("|---|---|---:|---:|---:|---:|---:|---:|")
 for sid, label in ORDER:
-    mo, te = runs.get((sid, "mosquitto")), runs.get((sid, "tern"))
+    mo, te, ru = (runs.get((sid, b)) for b in ("mosquitto", "tern", "rumqttd"))
     if not mo and not te:
         continue
     mm = metrics(mo) if mo else {}
     tm = metrics(te) if te else {}
-    for name, m in (("mosquitto", mm), ("tern", tm)):
+    rm = metrics(ru) if ru else None
+    rows = [("mosquitto", mm), ("tern", tm)] + ([("rumqttd", rm)] if rm else [])
+    for name, m in rows:
         p(f"| {label} | {name} | " + " | ".join(fmt(m.get(k), k) for k in keys) + " |")
     p(f"| {label} | tern/mosquitto | "
       + " | ".join(ratio(tm.get(k), mm.get(k)) for k in keys[:-1]) + " | |")
+    if rm:
+        p(f"| {label} | tern/rumqttd | "
+          + " | ".join(ratio(tm.get(k), rm.get(k)) for k in keys[:-1]) + " | |")
 
 p("")
 lat = {b: runs.get(("p2p-10k-q1", b)) for b in ("mosquitto", "tern")}

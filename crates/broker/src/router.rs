@@ -331,7 +331,9 @@ fn route(state: &BrokerState, message: &Arc<Message>, scope: Scope, mut group: G
                     if queued == Queued::Over {
                         routed.over.push(target.session.clone());
                     }
-                    staged.push((target.session, delivery));
+                    if let Some(delivery) = delivery {
+                        staged.push((target.session, delivery));
+                    }
                     continue;
                 }
                 Err(why) => Err(why),
@@ -360,28 +362,49 @@ fn matching_targets(state: &BrokerState, message: &Message, scope: Scope) -> Tar
     // One load per message; 0 (no ACL) means no subscription needs a check.
     let acl_generation = state.auth.acl_generation();
     let tree = state.tree();
-    tree.for_each_match(&message.topic, |m| match (m, scope) {
-        (Matched::Subscriber { client_id, .. }, Scope::Session(only)) if **client_id != *only => {}
-        (
-            Matched::Subscriber { client_id, value },
-            Scope::All | Scope::Direct | Scope::Session(_),
-        ) => {
-            // No Local: not back to the publisher [MQTT-3.8.3-3].
-            if value.options.no_local && message.origin.as_ref() == Some(client_id) {
-                return;
-            }
-            targets.add(value, acl_generation);
+    tree.for_each_match(&message.topic, |m| {
+        if let Matched::Subscriber { first: true, .. } = m {
+            targets.filters += 1;
         }
-        (Matched::Shared(group), Scope::All) => {
-            targets.served.push(group.key().clone());
-            targets.add_shared(group, acl_generation);
-        }
-        (Matched::Shared(group), Scope::Group(key)) if **group.key() == *key => {
-            targets.add_shared(group, acl_generation);
-        }
-        _ => {}
+        targets.take(m, message, scope, acl_generation);
     });
     targets
+}
+
+impl Targets {
+    /// Adds what the tree matched, if it is in `scope`.
+    fn take(
+        &mut self,
+        m: Matched<'_, Subscriber>,
+        message: &Message,
+        scope: Scope,
+        acl_generation: u64,
+    ) {
+        match (m, scope) {
+            (Matched::Subscriber { client_id, .. }, Scope::Session(only))
+                if **client_id != *only => {}
+            (
+                Matched::Subscriber {
+                    client_id, value, ..
+                },
+                Scope::All | Scope::Direct | Scope::Session(_),
+            ) => {
+                // No Local: not back to the publisher [MQTT-3.8.3-3].
+                if value.options.no_local && message.origin.as_ref() == Some(client_id) {
+                    return;
+                }
+                self.add(value, acl_generation);
+            }
+            (Matched::Shared(group), Scope::All) => {
+                self.served.push(group.key().clone());
+                self.add_shared(group, acl_generation);
+            }
+            (Matched::Shared(group), Scope::Group(key)) if **group.key() == *key => {
+                self.add_shared(group, acl_generation);
+            }
+            _ => {}
+        }
+    }
 }
 
 /// Whether the ACL lets `session`'s client read `topic`.
@@ -419,8 +442,12 @@ struct Targets {
     /// The keys of the shared groups matched.
     served: Vec<Arc<str>>,
     /// Session → its non-shared target in `list`; built once the list is
-    /// too long to scan.
+    /// too long to scan, and subscribers of more than one filter matched.
     index: HashMap<*const Session, usize, BuildHasherDefault<PtrHasher>>,
+    /// How many filters' non-shared subscribers were matched so far. While
+    /// there is one, every subscriber is another client: no look-up (a
+    /// fan-out to many clients of one topic, the common case).
+    filters: usize,
 }
 
 /// Hashes the session pointers of [`Targets::index`]. They are distinct by
@@ -457,6 +484,14 @@ impl Targets {
     /// subscription identifier [MQTT-3.3.4-3], [MQTT-3.3.4-5]. Retain As
     /// Published applies if any matching subscription asks for it.
     fn add(&mut self, subscriber: &Subscriber, acl_generation: u64) {
+        if self.filters < 2 {
+            self.list.push(target(subscriber, false, acl_generation));
+            return;
+        }
+        if self.index.is_empty() {
+            // A second filter's: from now on, look each session up.
+            self.index_if_long();
+        }
         let key = Arc::as_ptr(&subscriber.session);
         let found = if self.index.is_empty() {
             self.list
@@ -573,8 +608,10 @@ pub fn deliver_retained(
                 session
                     .stage(delivery, limits, store, &mut group)
                     .map(|(delivery, _)| {
-                        store.submit_group(group);
-                        session.enqueue_stored(delivery);
+                        if let Some(delivery) = delivery {
+                            store.submit_group(group);
+                            session.enqueue_stored(delivery);
+                        }
                     })
             }
         };

@@ -71,8 +71,7 @@ pub struct QueueLimits {
     /// 0 = no byte limit.
     pub max_bytes: usize,
     pub queue_qos0_offline: bool,
-    /// Whether a QoS 1/2 delivery to a connection that keeps up may go
-    /// over them ([`Queued::Over`]): not for what no publisher waits on
+    /// Whether a delivery to a connection that keeps up may go over them ([`Queued::Over`]): not for what no publisher waits on
     /// (retained messages for a new subscription).
     pub may_double: bool,
 }
@@ -105,8 +104,8 @@ pub enum Queued {
 pub enum NotQueued {
     /// QoS 0 for an offline session, which does not queue it.
     Offline,
-    /// Over `max_queued_messages` or `max_queued_bytes` (a QoS 1/2 message
-    /// for a connection that keeps up: over twice them).
+    /// Over `max_queued_messages` or `max_queued_bytes` (for a connection
+    /// that keeps up: over twice them).
     QueueFull,
     /// A message stored in a cluster's messages stream, over the limits: it
     /// stays there, and is read again once the queue has room
@@ -380,36 +379,51 @@ impl Session {
     pub fn deliver(&self, delivery: Delivery, limits: &QueueLimits) -> Result<Queued, NotQueued> {
         let mut st = self.lock();
         let queued = st.admits(&delivery, self.is_online(), limits)?;
-        st.enqueue(delivery);
-        self.wake(st);
+        self.enqueue_locked(st, delivery);
         Ok(queued)
     }
 
+    /// Queues a delivery (admitted, and its record submitted if it has one)
+    /// and wakes the connection if the queue was empty. One that was not
+    /// empty was woken when it stopped being so, and takes from it at each
+    /// turn of its loop until it is empty again, or until what stops it
+    /// (its window, its unwritten output) ends, which wakes it by itself:
+    /// a fan-out burst wakes each connection once, not once per message.
+    fn enqueue_locked(&self, mut st: StateGuard<'_>, delivery: Delivery) {
+        let idle = st.pending_len() == 0;
+        st.enqueue(delivery);
+        if idle || st.parked.is_some() {
+            self.wake(st);
+        }
+    }
+
     /// The first half of a delivery with a store: admits it (`Err`: dropped)
-    /// and, for a persistent session's QoS 1/2, adds it to `group`. The
-    /// caller submits the group and then calls [`Session::enqueue_stored`]:
-    /// the connection must not see a delivery before its entry is submitted,
-    /// or its own later changes to the entry could be ordered before it.
+    /// and, for a persistent session's QoS 1/2, adds it to `group` and
+    /// returns it (`Some`). The caller submits the group and then calls
+    /// [`Session::enqueue_stored`]: the connection must not see a delivery
+    /// before its entry is submitted, or its own later changes to the entry
+    /// could be ordered before it. One with nothing to store is queued at
+    /// once (`None`).
     pub fn stage(
         &self,
         mut delivery: Delivery,
         limits: &QueueLimits,
         store: &Arc<Store>,
         group: &mut Group,
-    ) -> Result<(Delivery, Queued), NotQueued> {
+    ) -> Result<(Option<Delivery>, Queued), NotQueued> {
         let mut st = self.lock();
         let queued = st.admits(&delivery, self.is_online(), limits)?;
-        if st.stores(delivery.qos) {
-            store.queue(&self.client_id, &mut delivery, group);
+        if !st.stores(delivery.qos) {
+            self.enqueue_locked(st, delivery);
+            return Ok((None, queued));
         }
-        Ok((delivery, queued))
+        store.queue(&self.client_id, &mut delivery, group);
+        Ok((Some(delivery), queued))
     }
 
     /// The second half: queues a staged delivery and wakes the connection.
     pub fn enqueue_stored(&self, delivery: Delivery) {
-        let mut st = self.lock();
-        st.enqueue(delivery);
-        self.wake(st);
+        self.enqueue_locked(self.lock(), delivery);
     }
 
     /// Records a connection's username in its session (`st`, this session's
@@ -544,12 +558,13 @@ impl SessionState {
     /// Whether the pending queue takes `delivery`, and how; `Err` says why
     /// not (the caller counts the drop).
     ///
-    /// Over the limits a QoS 1/2 delivery for a connection that keeps up is
-    /// still taken, up to twice them: the broker, not the client, is behind,
-    /// and the publisher is told to stop reading instead ([`Queued::Over`]),
-    /// so that a message it was acknowledged for is not dropped. A slow
-    /// connection, an offline session, or a cluster's stored message (which
-    /// is deferred, not dropped) are held to the limits.
+    /// Over the limits a delivery for a connection that keeps up is still
+    /// taken, up to twice them: the broker, not the client, is behind, and
+    /// the publisher is told to stop reading instead ([`Queued::Over`]), so
+    /// that no message (one it was acknowledged for, at QoS 1/2) is dropped
+    /// for a client doing nothing wrong. A slow connection, an offline
+    /// session, or a cluster's stored message (which is deferred, not
+    /// dropped) are held to the limits.
     fn admits(
         &mut self,
         delivery: &Delivery,
@@ -565,8 +580,7 @@ impl SessionState {
             if !full {
                 return Ok(Queued::Within);
             }
-            let keeps_up = limits.may_double && online && delivery.qos != QoS::AtMostOnce;
-            if keeps_up && !self.is_full(size, &limits.doubled()) {
+            if limits.may_double && online && !self.is_full(size, &limits.doubled()) {
                 let t = self.traffic();
                 if !t.slow {
                     t.waited_on = true;
@@ -964,10 +978,10 @@ mod tests {
         assert!(s.deliver(delivery(QoS::AtLeastOnce, "12"), &limits).is_ok());
     }
 
-    /// A connection that keeps up takes QoS 1/2 up to twice the limits,
-    /// saying so, and wakes the waiting publishers once there is room; QoS
-    /// 0, and a connection judged slow, are held to the limits; draining
-    /// again makes it one that keeps up.
+    /// A connection that keeps up takes messages up to twice the limits,
+    /// saying so, and wakes the waiting publishers once there is room; a
+    /// connection judged slow is held to the limits; draining again makes
+    /// it one that keeps up.
     #[test]
     fn a_connection_that_keeps_up_goes_over_the_limits_up_to_twice() {
         let (s, limits) = (Session::new("c".into()), limits(2, 0));
@@ -977,9 +991,9 @@ mod tests {
         assert_eq!(s.deliver(q1(), &limits), Ok(Queued::Within));
         assert_eq!(
             s.deliver(delivery(QoS::AtMostOnce, "m"), &limits),
-            Err(NotQueued::QueueFull)
+            Ok(Queued::Over),
+            "QoS 0 too, for a connection that keeps up"
         );
-        assert_eq!(s.deliver(q1(), &limits), Ok(Queued::Over));
         assert_eq!(s.deliver(q1(), &limits), Ok(Queued::Over));
         assert_eq!(s.deliver(q1(), &limits), Err(NotQueued::QueueFull));
         let mut st = s.lock();

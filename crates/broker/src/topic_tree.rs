@@ -131,9 +131,13 @@ impl<T> Default for TopicTree<T> {
 /// One match reported by [`TopicTree::for_each_match`].
 pub enum Matched<'a, T> {
     /// A non-shared subscription: the message goes to this client.
+    /// `first`: the first reported of its filter's subscribers (which are
+    /// all different clients), so a caller that sees only one filter's
+    /// knows it has no client twice.
     Subscriber {
         client_id: &'a ByteStr,
         value: &'a T,
+        first: bool,
     },
     /// A shared subscription group: the message goes to one of its members.
     Shared(&'a SharedGroup<T>),
@@ -261,8 +265,12 @@ impl<T> Subscriptions<T> {
     }
 
     fn report<'a>(&'a self, on_match: &mut impl FnMut(Matched<'a, T>)) {
-        for (client_id, value) in &self.direct {
-            on_match(Matched::Subscriber { client_id, value });
+        for (i, (client_id, value)) in self.direct.iter().enumerate() {
+            on_match(Matched::Subscriber {
+                client_id,
+                value,
+                first: i == 0,
+            });
         }
         for group in self.shared.values() {
             on_match(Matched::Shared(group));
@@ -457,7 +465,9 @@ mod tests {
         let mut hits = Vec::new();
         tree.for_each_match(topic, |matched| {
             hits.push(match matched {
-                Matched::Subscriber { client_id, value } => Hit::Sub(client_id.to_string(), *value),
+                Matched::Subscriber {
+                    client_id, value, ..
+                } => Hit::Sub(client_id.to_string(), *value),
                 Matched::Shared(group) => Hit::Group(
                     group.name().to_string(),
                     group.members().iter().map(|(_, v)| *v).collect(),
@@ -723,7 +733,9 @@ mod tests {
         let mut reported = Vec::new();
         tree.for_each_match(topic, |matched| {
             reported.push(match matched {
-                Matched::Subscriber { client_id, value } => format!("{value} {client_id}"),
+                Matched::Subscriber {
+                    client_id, value, ..
+                } => format!("{value} {client_id}"),
                 Matched::Shared(group) => {
                     let filter = group.members().first().map_or("", |(_, f)| f.as_str());
                     format!("{filter} ${}", group.name())

@@ -26,7 +26,7 @@ use std::num::NonZeroU16;
 use bytes::BytesMut;
 
 use crate::reason::{PUBACK_REASONS, PUBREL_REASONS};
-use crate::{DecodeError, EncodeError, Packet, ProtocolVersion, QoS};
+use crate::{DecodeError, EncodeError, Packet, ProtocolVersion, PublishView, QoS};
 use read::{MAX_VARINT, Reader, parse_varint};
 use write::{Counter, Sink, varint_len};
 
@@ -227,15 +227,19 @@ pub fn decode(
     Ok(Some(packet))
 }
 
-impl Packet {
-    /// Appends the encoded packet to `out`. On error nothing is appended.
-    ///
-    /// Properties are written only at [`ProtocolVersion::V5`]; before that
-    /// they are ignored, as are the reason codes that levels 3 and 4 cannot
-    /// carry (see each packet's docs). CONNECT is written at
-    /// `connect.protocol`, whatever `version` says. Values the decoder would
-    /// refuse are refused here too ([`EncodeError::InvalidValue`]).
-    pub fn encode(&self, version: ProtocolVersion, out: &mut BytesMut) -> Result<(), EncodeError> {
+/// What can be framed as one packet: its first byte and its body.
+trait Frame {
+    /// The type-and-flags byte of the fixed header (spec 2.1.2, 2.1.3).
+    fn first_byte(&self) -> u8;
+    /// Writes everything after the fixed header, to a buffer or a counter.
+    fn write_body<S: Sink>(&self, version: ProtocolVersion, w: &mut S) -> Result<(), EncodeError>;
+
+    /// Appends the whole packet to `out`; on error nothing is appended.
+    fn encode_frame(
+        &self,
+        version: ProtocolVersion,
+        out: &mut BytesMut,
+    ) -> Result<(), EncodeError> {
         // The counting pass finds every error and the remaining length before
         // anything is written.
         let remaining = self.remaining_length(version)?;
@@ -252,13 +256,6 @@ impl Packet {
         written
     }
 
-    /// The number of bytes [`Packet::encode`] appends at `version`, or the
-    /// error it would return. Costs a walk over the fields, no allocation.
-    pub fn encoded_len(&self, version: ProtocolVersion) -> Result<usize, EncodeError> {
-        let remaining = self.remaining_length(version)?;
-        Ok(1 + varint_len(remaining) + remaining)
-    }
-
     fn remaining_length(&self, version: ProtocolVersion) -> Result<usize, EncodeError> {
         let mut counter = Counter::default();
         self.write_body(version, &mut counter)?;
@@ -267,13 +264,52 @@ impl Packet {
         }
         Ok(counter.0)
     }
+}
 
-    /// The type-and-flags byte of the fixed header (spec 2.1.2, 2.1.3).
+impl PublishView<'_> {
+    /// Appends this PUBLISH to `out`, as [`Packet::encode`] would the
+    /// [`Publish`] it stands for. On error nothing is appended.
+    pub fn encode(&self, version: ProtocolVersion, out: &mut BytesMut) -> Result<(), EncodeError> {
+        self.encode_frame(version, out)
+    }
+}
+
+impl Frame for PublishView<'_> {
+    fn first_byte(&self) -> u8 {
+        (packet_type::PUBLISH << 4) | publish::flags(self)
+    }
+
+    fn write_body<S: Sink>(&self, version: ProtocolVersion, w: &mut S) -> Result<(), EncodeError> {
+        publish::encode(self, version, w)
+    }
+}
+
+impl Packet {
+    /// Appends the encoded packet to `out`. On error nothing is appended.
+    ///
+    /// Properties are written only at [`ProtocolVersion::V5`]; before that
+    /// they are ignored, as are the reason codes that levels 3 and 4 cannot
+    /// carry (see each packet's docs). CONNECT is written at
+    /// `connect.protocol`, whatever `version` says. Values the decoder would
+    /// refuse are refused here too ([`EncodeError::InvalidValue`]).
+    pub fn encode(&self, version: ProtocolVersion, out: &mut BytesMut) -> Result<(), EncodeError> {
+        self.encode_frame(version, out)
+    }
+
+    /// The number of bytes [`Packet::encode`] appends at `version`, or the
+    /// error it would return. Costs a walk over the fields, no allocation.
+    pub fn encoded_len(&self, version: ProtocolVersion) -> Result<usize, EncodeError> {
+        let remaining = self.remaining_length(version)?;
+        Ok(1 + varint_len(remaining) + remaining)
+    }
+}
+
+impl Frame for Packet {
     fn first_byte(&self) -> u8 {
         let (packet_type, flags) = match self {
             Packet::Connect(_) => (packet_type::CONNECT, 0),
             Packet::ConnAck(_) => (packet_type::CONNACK, 0),
-            Packet::Publish(p) => (packet_type::PUBLISH, publish::flags(p)),
+            Packet::Publish(p) => (packet_type::PUBLISH, publish::flags(&p.view())),
             Packet::PubAck(_) => (packet_type::PUBACK, 0),
             Packet::PubRec(_) => (packet_type::PUBREC, 0),
             Packet::PubRel(_) => (packet_type::PUBREL, 0b0010),
@@ -290,12 +326,11 @@ impl Packet {
         (packet_type << 4) | flags
     }
 
-    /// Writes everything after the fixed header, to a buffer or a counter.
     fn write_body<S: Sink>(&self, version: ProtocolVersion, w: &mut S) -> Result<(), EncodeError> {
         match self {
             Packet::Connect(c) => connect::encode_connect(c, w),
             Packet::ConnAck(c) => connect::encode_connack(c, version, w),
-            Packet::Publish(p) => publish::encode(p, version, w),
+            Packet::Publish(p) => publish::encode(&p.view(), version, w),
             Packet::PubAck(a) => ack::encode(a, version, PUBACK_REASONS, w),
             Packet::PubRec(a) => ack::encode(a, version, PUBACK_REASONS, w),
             Packet::PubRel(a) => ack::encode(a, version, PUBREL_REASONS, w),

@@ -196,6 +196,36 @@ impl fmt::Debug for Publish {
     }
 }
 
+impl Publish {
+    /// This PUBLISH as borrowed parts, for [`PublishView::encode`].
+    pub fn view(&self) -> PublishView<'_> {
+        PublishView {
+            dup: self.dup,
+            qos: self.qos,
+            retain: self.retain,
+            topic: &self.topic,
+            packet_id: self.packet_id,
+            payload: &self.payload,
+            properties: &self.properties,
+        }
+    }
+}
+
+/// A PUBLISH made of borrowed parts: a broker sending one message to many
+/// clients encodes each copy from the message it holds, without a
+/// [`Publish`] (whose topic and payload clones would each update a
+/// reference count every copy shares, across threads).
+#[derive(Debug, Clone, Copy)]
+pub struct PublishView<'a> {
+    pub dup: bool,
+    pub qos: QoS,
+    pub retain: bool,
+    pub topic: &'a str,
+    pub packet_id: Option<NonZeroU16>,
+    pub payload: &'a [u8],
+    pub properties: &'a PublishProperties,
+}
+
 /// PUBACK, PUBREC, PUBREL and PUBCOMP share this shape (spec 3.4-3.7).
 /// At levels 3 and 4 only the packet id is on the wire (reason = Success).
 #[derive(Debug, Clone, PartialEq, Eq)]

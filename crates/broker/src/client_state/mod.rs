@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use tern_codec::{ByteStr, LastWill, Packet, ProtocolVersion};
+use tern_codec::{ByteStr, EncodeError, LastWill, Packet, ProtocolVersion};
 
 use crate::auth::{Access, Acl, Identity, Readable};
 use crate::limits::ClientLimits;
@@ -201,14 +201,30 @@ impl ClientState {
     /// Encodes `packet` into the output buffer. Returns the encoded size, or
     /// `None` if it could not be encoded (logged; nothing was appended).
     pub fn send(&mut self, packet: &Packet) -> Option<usize> {
+        let size = self.encode(packet)?;
+        Metrics::add(&self.state.metrics.packets_sent, 1);
+        Some(size)
+    }
+
+    /// [`ClientState::send`] without counting it: the caller counts a batch
+    /// at once (one shared counter update per batch, not per PUBLISH).
+    pub fn encode(&mut self, packet: &Packet) -> Option<usize> {
+        self.encode_with(packet.name(), |version, out| packet.encode(version, out))
+    }
+
+    /// Appends what `encode` writes (a packet called `name`, for the log
+    /// line if it cannot be encoded); the size appended, as
+    /// [`ClientState::encode`].
+    pub fn encode_with(
+        &mut self,
+        name: &str,
+        encode: impl FnOnce(ProtocolVersion, &mut BytesMut) -> Result<(), EncodeError>,
+    ) -> Option<usize> {
         let start = self.out.len();
-        match packet.encode(self.version, &mut self.out) {
-            Ok(()) => {
-                Metrics::add(&self.state.metrics.packets_sent, 1);
-                Some(self.out.len() - start)
-            }
+        match encode(self.version, &mut self.out) {
+            Ok(()) => Some(self.out.len() - start),
             Err(e) => {
-                tracing::warn!(client_id = %self.client_id(), packet = packet.name(), error = %e, "cannot encode packet");
+                tracing::warn!(client_id = %self.client_id(), packet = name, error = %e, "cannot encode packet");
                 None
             }
         }

@@ -11,7 +11,7 @@
 use std::num::NonZeroU16;
 use std::time::Instant;
 
-use tern_codec::{ByteStr, Packet, PubAck, Publish, QoS};
+use tern_codec::{ByteStr, Packet, PubAck, PublishView, QoS};
 
 use crate::client_state::ClientState;
 use crate::message::{Awaiting, Delivery};
@@ -33,37 +33,60 @@ pub fn fill(client: &mut ClientState) -> Result<Option<oneshot::Sender<Described
     if client.out.len() >= HIGH_WATER {
         return Ok(asked);
     }
+    let mut sent = 0;
     if client.resend_inflight {
         client.resend_inflight = false;
-        resend(client, &st);
+        sent += resend(client, &st);
     }
     // Everything written before is gone: the client keeps up.
     let drained = client.out.is_empty();
     let before = st.pending_len();
-    send_pending(client, &mut st);
+    sent += send_pending(client, &mut st);
     let room =
         st.pending_len() < before && st.took(drained, client.state.queue_limits_of(&session));
     drop(st);
     if room {
         client.state.room.notify_waiters();
     }
+    count_sent(client, sent);
     Ok(asked)
 }
 
+/// Counts `n` PUBLISH packets sent: one update of each shared counter per
+/// batch, which every connection's task would otherwise contend for per
+/// message.
+fn count_sent(client: &ClientState, n: u64) {
+    if n > 0 {
+        let metrics = &client.state.metrics;
+        Metrics::add(&metrics.packets_sent, n);
+        Metrics::add(&metrics.publish_sent, n);
+    }
+}
+
 /// Re-sends every in-flight message: PUBLISH with DUP, or PUBREL where the
-/// PUBREC was already received [MQTT-4.4.0-1], [MQTT-4.4.0-2].
-fn resend(client: &mut ClientState, st: &SessionState) {
+/// PUBREC was already received [MQTT-4.4.0-1], [MQTT-4.4.0-2]. Returns
+/// how many PUBLISH packets it sent.
+fn resend(client: &mut ClientState, st: &SessionState) -> u64 {
     let now = Instant::now();
+    let mut sent = 0;
     for entry in st.inflight() {
         match entry.state {
             Awaiting::PubComp => {
                 client.send(&Packet::PubRel(PubAck::new(entry.packet_id)));
             }
             _ => {
-                send_publish(client, &entry.delivery, Some(entry.packet_id), true, now);
+                let delivery = &entry.delivery;
+                sent += u64::from(send_publish(
+                    client,
+                    delivery,
+                    Some(entry.packet_id),
+                    true,
+                    now,
+                ));
             }
         }
     }
+    sent
 }
 
 /// Sends pending deliveries while the window and the buffer allow.
@@ -71,12 +94,12 @@ fn resend(client: &mut ClientState, st: &SessionState) {
 /// The store changes this makes ("sent with this packet id", "dropped") are
 /// submitted together at the end, still under the session lock, so they keep
 /// their order with any other connection's changes to the same session.
-fn send_pending(client: &mut ClientState, st: &mut SessionState) {
+fn send_pending(client: &mut ClientState, st: &mut SessionState) -> u64 {
     let mut changes = Group::default();
     // Where the first QoS 2 PUBLISH starts in `out`: it and what follows
     // wait for the changes.
     let mut held_from = None;
-    take_pending(client, st, &mut changes, &mut held_from);
+    let sent = take_pending(client, st, &mut changes, &mut held_from);
     let ticket = submit(client, changes);
     if let Some(at) = held_from {
         // Exactly once across a restart: the packet id is in the store
@@ -88,16 +111,19 @@ fn send_pending(client: &mut ClientState, st: &mut SessionState) {
         let kept = client.mirror(st);
         client.hold_mirror_from(kept, at);
     }
+    sent
 }
 
+/// The loop of [`send_pending`]; returns how many PUBLISH packets it sent.
 fn take_pending(
     client: &mut ClientState,
     st: &mut SessionState,
     changes: &mut Group,
     held_from: &mut Option<usize>,
-) {
+) -> u64 {
     let now = Instant::now();
     let window = usize::from(client.peer.receive_maximum);
+    let mut sent = 0;
     while client.out.len() < HIGH_WATER {
         let Some(delivery) = st.pop_pending() else {
             break;
@@ -109,7 +135,7 @@ fn take_pending(
             continue;
         }
         if delivery.qos == QoS::AtMostOnce {
-            send_publish(client, &delivery, None, false, now);
+            sent += u64::from(send_publish(client, &delivery, None, false, now));
             continue;
         }
         if st.inflight_len() >= window {
@@ -129,6 +155,7 @@ fn take_pending(
             held_from.get_or_insert(client.out.len());
         }
         if send_publish(client, &delivery, Some(packet_id), false, now) {
+            sent += 1;
             st.traffic().inflight.push_back(Inflight {
                 packet_id,
                 state,
@@ -138,6 +165,7 @@ fn take_pending(
             record_done(client, delivery, changes);
         }
     }
+    sent
 }
 
 /// Adds to `changes` that a stored delivery was sent with a packet id and is
@@ -168,9 +196,9 @@ pub fn submit(client: &ClientState, changes: Group) -> u64 {
     }
 }
 
-/// Encodes one PUBLISH. Returns false if it was not sent because it exceeds
-/// the client's Maximum Packet Size; such a message is dropped as if
-/// delivered [MQTT-3.1.2-25].
+/// Encodes one PUBLISH (counted by the caller, [`count_sent`]). Returns
+/// false if it was not sent because it exceeds the client's Maximum Packet
+/// Size; such a message is dropped as if delivered [MQTT-3.1.2-25].
 fn send_publish(
     client: &mut ClientState,
     delivery: &Delivery,
@@ -182,24 +210,24 @@ fn send_publish(
     let mut properties = message.properties.clone();
     properties.message_expiry_interval = message.remaining_expiry(now).flatten();
     properties.subscription_identifiers = delivery.subscription_ids.clone();
-    let (topic, alias, new_alias) = outbound_alias(client, &message.topic);
+    let (with_topic, alias, new_alias) = outbound_alias(client, &message.topic);
     properties.topic_alias = alias;
-    let publish = Packet::Publish(Publish {
+    // Encoded from the message itself: no clone of its topic or payload,
+    // whose shared reference counts every copy of a fan-out would update.
+    let publish = PublishView {
         dup,
         qos: delivery.qos,
         retain: delivery.retain,
-        topic,
+        topic: if with_topic { &message.topic } else { "" },
         packet_id,
-        payload: message.payload.clone(),
-        properties,
-    });
+        payload: &message.payload,
+        properties: &properties,
+    };
     let start = client.out.len();
     let sent = client
-        .send(&publish)
+        .encode_with("PUBLISH", |version, out| publish.encode(version, out))
         .is_some_and(|size| size <= client.peer.max_packet_size as usize);
-    if sent {
-        Metrics::add(&client.state.metrics.publish_sent, 1);
-    } else {
+    if !sent {
         client.out.truncate(start);
         if new_alias {
             client.aliases_mut().outbound.remove(&message.topic);
@@ -210,22 +238,23 @@ fn send_publish(
 }
 
 /// Chooses the topic and alias for a PUBLISH to the client: an alias it
-/// already knows (empty topic), a new alias while under its Topic Alias
-/// Maximum, or the plain topic. The third value says a new alias was made.
-fn outbound_alias(client: &mut ClientState, topic: &ByteStr) -> (ByteStr, Option<u16>, bool) {
+/// already knows (no topic), a new alias while under its Topic Alias
+/// Maximum, or the plain topic. The first value says whether the topic is
+/// sent, the third that a new alias was made.
+fn outbound_alias(client: &mut ClientState, topic: &ByteStr) -> (bool, Option<u16>, bool) {
     let max = client.peer.topic_alias_maximum;
     if max == 0 {
-        return (topic.clone(), None, false);
+        return (true, None, false);
     }
     let aliases = &mut client.aliases_mut().outbound;
     if let Some(&alias) = aliases.get(topic.as_str()) {
-        return (ByteStr::default(), Some(alias), false);
+        return (false, Some(alias), false);
     }
     let used = aliases.len();
     if used < usize::from(max) {
         let alias = used as u16 + 1;
         aliases.insert(topic.clone(), alias);
-        return (topic.clone(), Some(alias), true);
+        return (true, Some(alias), true);
     }
-    (topic.clone(), None, false)
+    (true, None, false)
 }

@@ -6,11 +6,12 @@
 //! messages over the bounds are dropped and counted. But when the broker,
 //! not the client, is behind (a burst read from publishers faster than the
 //! subscriber's connection task got to write it out), dropping would lose
-//! QoS 1/2 messages their publishers were acknowledged for. So a QoS 1/2
-//! delivery for a connection that keeps up goes over the bounds (up to
-//! twice them, [`crate::session::Queued::Over`]), and its publisher, once
-//! it has handled what it already read, reads nothing more until each
-//! such queue has room again; TCP then slows the publishing client.
+//! messages to a subscriber doing nothing wrong, QoS 1/2 messages their
+//! publishers were acknowledged for among them. So a delivery for a
+//! connection that keeps up goes over the bounds (up to twice them,
+//! [`crate::session::Queued::Over`]), and its publisher, once it has
+//! handled the packet, reads nothing more until each such queue has room
+//! again; TCP then slows the publishing client.
 //!
 //! "Keeps up" is judged by the connection's own progress: it took
 //! deliveries with everything it had written before gone to the client

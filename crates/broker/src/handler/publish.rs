@@ -121,7 +121,8 @@ pub fn handle(client: &mut ClientState, mut publish: Publish) -> Result<Flow, Pr
                     // Refused when full: counted; QoS 0 has no answer.
                     schedule(client, message, delay, Group::default());
                 } else {
-                    router::publish(&client.state, message, client.username.as_ref());
+                    let routed = router::publish(&client.state, message, client.username.as_ref());
+                    client.push_back(routed.over);
                 }
             }
         }

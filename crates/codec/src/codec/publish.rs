@@ -6,7 +6,7 @@
 use crate::codec::props;
 use crate::codec::read::Reader;
 use crate::codec::write::Sink;
-use crate::{DecodeError, EncodeError, ProtocolVersion, Publish, QoS};
+use crate::{DecodeError, EncodeError, ProtocolVersion, Publish, PublishView, QoS};
 
 const DUP: u8 = 0x08;
 const QOS_SHIFT: u8 = 1;
@@ -59,7 +59,7 @@ pub(crate) fn decode(
 }
 
 /// The fixed header flags of `publish` (spec 3.3.1).
-pub(crate) fn flags(publish: &Publish) -> u8 {
+pub(crate) fn flags(publish: &PublishView) -> u8 {
     let mut flags = (publish.qos as u8) << QOS_SHIFT;
     if publish.dup {
         flags |= DUP;
@@ -72,7 +72,7 @@ pub(crate) fn flags(publish: &Publish) -> u8 {
 
 /// Writes a PUBLISH body, after checking what the decoder would refuse.
 pub(crate) fn encode<S: Sink>(
-    publish: &Publish,
+    publish: &PublishView,
     version: ProtocolVersion,
     w: &mut S,
 ) -> Result<(), EncodeError> {
@@ -84,13 +84,13 @@ pub(crate) fn encode<S: Sink>(
     if publish.qos == QoS::AtMostOnce && publish.dup {
         return Err(EncodeError::InvalidValue("DUP set on a QoS 0 PUBLISH"));
     }
-    w.string(&publish.topic)?;
+    w.string(publish.topic)?;
     if let Some(id) = publish.packet_id {
         w.put_u16(id.get());
     }
     if version == ProtocolVersion::V5 {
-        props::encode(&publish.properties, w)?;
+        props::encode(publish.properties, w)?;
     }
-    w.put_slice(&publish.payload);
+    w.put_slice(publish.payload);
     Ok(())
 }
