@@ -11,7 +11,7 @@
 use std::num::NonZeroU16;
 use std::time::Instant;
 
-use tern_codec::{ByteStr, Packet, PubAck, PublishView, QoS};
+use tern_codec::{ByteStr, Packet, PubAck, PublishProperties, PublishView, QoS};
 
 use crate::client_state::ClientState;
 use crate::message::{Awaiting, Delivery};
@@ -207,11 +207,25 @@ fn send_publish(
     now: Instant,
 ) -> bool {
     let message = &delivery.message;
-    let mut properties = message.properties.clone();
-    properties.message_expiry_interval = message.remaining_expiry(now).flatten();
-    properties.subscription_identifiers = delivery.subscription_ids.clone();
+    let expiry = message.remaining_expiry(now).flatten();
     let (with_topic, alias, new_alias) = outbound_alias(client, &message.topic);
-    properties.topic_alias = alias;
+    // The message's own properties as they are, unless this copy needs its
+    // own: the usual fan-out copy clones nothing.
+    let own;
+    let properties = if expiry == message.properties.message_expiry_interval
+        && delivery.subscription_ids.is_empty()
+        && alias.is_none()
+    {
+        &message.properties
+    } else {
+        own = PublishProperties {
+            message_expiry_interval: expiry,
+            subscription_identifiers: delivery.subscription_ids.clone(),
+            topic_alias: alias,
+            ..message.properties.clone()
+        };
+        &own
+    };
     // Encoded from the message itself: no clone of its topic or payload,
     // whose shared reference counts every copy of a fan-out would update.
     let publish = PublishView {
@@ -221,7 +235,7 @@ fn send_publish(
         topic: if with_topic { &message.topic } else { "" },
         packet_id,
         payload: &message.payload,
-        properties: &properties,
+        properties,
     };
     let start = client.out.len();
     let sent = client

@@ -78,6 +78,10 @@ pub(crate) fn decode<P: PropertySet>(r: &mut Reader) -> Result<P, DecodeError> {
 
 /// Writes a property block: the length of the properties, then the properties.
 pub(crate) fn encode<P: PropertySet, S: Sink>(props: &P, w: &mut S) -> Result<(), EncodeError> {
+    // Most packets carry none: one comparison instead of two walks.
+    if props.is_empty() {
+        return w.varint(0);
+    }
     let mut counter = Counter::default();
     props.write_all(&mut counter)?;
     let len = u32::try_from(counter.0).map_err(|_| EncodeError::PacketTooLarge)?;
