@@ -160,6 +160,8 @@ SCRAPE_TOKEN=bench-compare-scrape-token
 HTTP_PORT=18833
 { cat "$OUT/conf/tern-sys0.toml"; printf '\n[http]\nbind = "127.0.0.1:%s"\ntokens = ["%s"]\n' \
     "$HTTP_PORT" "$SCRAPE_TOKEN"; } > "$OUT/conf/tern-scraped.toml"
+# One thread for the connections (worker_threads = 1): what a mostly idle fleet may choose.
+{ cat "$OUT/conf/tern-sys0.toml"; echo "worker_threads = 1"; } > "$OUT/conf/tern-1thread.toml"
 # The hooked variant: a webhook on every published message, to an endpoint that accepts
 # connections and never answers (the hanging watcher below).
 HOOK_PORT=18834
@@ -194,6 +196,8 @@ start_broker() { # $1 broker, $2 sys interval, $3 cpu list for taskset ("" = unp
         cmd+=("$RUMQTTD" --quiet -c "$OUT/conf/rumqttd-sys$sys.toml")
     elif [ "$broker" = tern-scraped ] || [ "$broker" = tern-watched ]; then
         cmd+=("$TERN" serve --config "$OUT/conf/tern-scraped.toml")
+    elif [ "$broker" = tern-1thread ]; then
+        cmd+=("$TERN" serve --config "$OUT/conf/tern-1thread.toml")
     elif [ "$broker" = tern-hooked ]; then
         cmd+=("$TERN" serve --config "$OUT/conf/tern-hooked.toml")
     else
@@ -336,7 +340,7 @@ latency_scenario() {
     local id="$1"; shift
     want "$id" || return 0
     for round in $(seq "$LATENCY_ROUNDS"); do
-        for broker in mosquitto tern; do
+        for broker in mosquitto tern tern-1thread; do
             say ""; say "=== $id on $broker, round $round of $LATENCY_ROUNDS"
             run_once "$id-r$round" "$broker" "" "$@"
         done
@@ -344,7 +348,7 @@ latency_scenario() {
     python3 - "$OUT/runs" "$id" "$LATENCY_ROUNDS" <<'PYEOF'
 import json, os, sys
 runs, sid, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
-for broker in ("mosquitto", "tern"):
+for broker in ("mosquitto", "tern", "tern-1thread"):
     recs = [json.load(open(os.path.join(runs, f"{sid}-r{r}-{broker}.json"))) for r in range(1, rounds + 1)]
     for r in recs:
         os.remove(os.path.join(runs, f"{r['id']}-{broker}.json"))
@@ -504,6 +508,7 @@ scenario p2p-q1-unpaced   "" p2p -n 64 -q 1 -w 0
 scenario fanin-q1-unpaced "" fanin -P 8 -S 1 -q 1 -w 0
 scenario fanout-q1-unpaced "" fanout -P 1 -S 64 -q 1 -w 0
 latency_scenario p2p-10k-q1 p2p -n 16 -q 1 -r 625
+latency_scenario p2p-1k-q1 p2p -n 10 -q 1 -r 100
 idle_scenario
 slow_scenario
 scenario fanout-q1-1core "0"   fanout -P 1 -S 64 -q 1 -w 100
@@ -538,6 +543,7 @@ ORDER = [
     ("fanin-q1-unpaced", "fan-in 8→1, QoS 1, -w 0 (paced by PUBACKs only)"),
     ("fanout-q1-unpaced", "fan-out 1→64, QoS 1, -w 0 (paced by PUBACKs only)"),
     ("p2p-10k-q1", "p2p 16 pairs, 10,000 msg/s total, QoS 1"),
+    ("p2p-1k-q1", "p2p 10 pairs, 1,000 msg/s total, QoS 1"),
     ("idle", f"idle connections ({idle_target})"),
     ("slow-normal", "fan-out 1→64 QoS 1, $SYS 1 s, no slow sub"),
     ("slow-slow", "same + 1 subscriber reading nothing"),
@@ -591,29 +597,32 @@ if any((sid, b) in runs for sid, _ in ORDER for b in ("mosquitto", "tern")):
     p("| scenario | broker | delivered msg/s | broker CPU µs/msg | p50 | p99 | RSS | lost |")
     p("|---|---|---:|---:|---:|---:|---:|---:|")
 for sid, label in ORDER:
-    mo, te, ru = (runs.get((sid, b)) for b in ("mosquitto", "tern", "rumqttd"))
+    mo, te = runs.get((sid, "mosquitto")), runs.get((sid, "tern"))
     if not mo and not te:
         continue
     mm = metrics(mo) if mo else {}
     tm = metrics(te) if te else {}
-    rm = metrics(ru) if ru else None
-    rows = [("mosquitto", mm), ("tern", tm)] + ([("rumqttd", rm)] if rm else [])
-    for name, m in rows:
+    # The other rows some scenarios have: rumqttd beside the two, Tern on one thread.
+    others = [(b, metrics(runs[(sid, b)])) for b in ("rumqttd", "tern-1thread") if (sid, b) in runs]
+    for name, m in [("mosquitto", mm), ("tern", tm)] + others:
         p(f"| {label} | {name} | " + " | ".join(fmt(m.get(k), k) for k in keys) + " |")
     p(f"| {label} | tern/mosquitto | "
       + " | ".join(ratio(tm.get(k), mm.get(k)) for k in keys[:-1]) + " | |")
-    if rm:
-        p(f"| {label} | tern/rumqttd | "
-          + " | ".join(ratio(tm.get(k), rm.get(k)) for k in keys[:-1]) + " | |")
+    for name, m in others:
+        over, under = ("tern", name) if name == "rumqttd" else (name, "mosquitto")
+        top, bottom = (tm, m) if name == "rumqttd" else (m, mm)
+        p(f"| {label} | {over}/{under} | "
+          + " | ".join(ratio(top.get(k), bottom.get(k)) for k in keys[:-1]) + " | |")
 
 p("")
-lat = {b: runs.get(("p2p-10k-q1", b)) for b in ("mosquitto", "tern")}
-if all(lat.values()) and all("p99_rounds_us" in r for r in lat.values()):
-    p("The p2p 10,000 msg/s rows are each broker's median of "
-      f"{len(lat['tern']['p99_rounds_us'])} alternating rounds (by p99); p99 of every round: "
-      + "; ".join(f"{b} " + ", ".join(f"{v:,.0f} µs" for v in r["p99_rounds_us"]) for b, r in lat.items())
-      + ".")
-    p("")
+for sid, what in (("p2p-10k-q1", "10,000"), ("p2p-1k-q1", "1,000")):
+    lat = {b: runs.get((sid, b)) for b in ("mosquitto", "tern", "tern-1thread")}
+    if all(lat.values()) and all("p99_rounds_us" in r for r in lat.values()):
+        p(f"The p2p {what} msg/s rows are each broker's median of "
+          f"{len(lat['tern']['p99_rounds_us'])} alternating rounds (by p99); p99 of every round: "
+          + "; ".join(f"{b} " + ", ".join(f"{v:,.0f} µs" for v in r["p99_rounds_us"]) for b, r in lat.items())
+          + ".")
+        p("")
 p("RSS is the broker's peak (VmHWM) over its run, except for idle connections (VmRSS while "
   "they are held). Broker CPU per message = (utime+stime during the whole `tern bench` run, "
   "warm-up and drain included) / all messages delivered in that run (`received_total`).")

@@ -63,7 +63,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
     }
     let log_file = logging::for_serve(config.log_format, config.log_file.as_deref())?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if config.worker_threads > 0 {
+        runtime.worker_threads(config.worker_threads);
+    }
+    let runtime = runtime
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;

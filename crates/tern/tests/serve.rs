@@ -887,3 +887,29 @@ fn the_log_file_is_reopened_on_sighup_for_logrotate() {
     assert!(stderr.is_empty(), "everything went to the file: {stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `worker_threads = 1` runs the connections on one thread, and serves.
+#[test]
+fn worker_threads_sets_how_many_threads_run_connections() {
+    let dir = data_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = write_config(&dir, "worker_threads = 1\n");
+    let (mut child, addr, _log) = serve_logged(&config);
+    let mut stream = TcpStream::connect(&addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    send(&mut stream, connect_packet("one-thread", None));
+    let mut buf = BytesMut::new();
+    assert!(
+        matches!(recv(&mut stream, &mut buf), Some(Packet::ConnAck(a)) if a.reason == ReasonCode::Success)
+    );
+    let workers = std::fs::read_dir(format!("/proc/{}/task", child.id()))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|name| name.trim() == "tokio-rt-worker")
+        .count();
+    assert_eq!(workers, 1);
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

@@ -118,6 +118,12 @@ pub struct Config {
     /// An eighth of this while more than 1024 connections are awake at once.
     /// 0 never parks. Default 1000.
     pub park_idle_ms: u64,
+    /// Threads that run connections (`tern serve`'s runtime); 0, the
+    /// default, is one per CPU core. Fewer cost less CPU per message at low
+    /// rates (no wake-ups between threads: one thread costs 0.64x the CPU
+    /// of two at 10,000 msg/s here) and cap the rate at what they can do.
+    /// Read at start.
+    pub worker_threads: usize,
     /// Keep persistent sessions (subscriptions, queued and in-flight QoS 1/2
     /// messages, QoS 2 state) and retained messages on disk, so they survive
     /// a restart or a crash. Default true; false keeps everything in memory.
@@ -549,6 +555,7 @@ impl Default for Config {
             max_connect_size: 128 * 1024,
             max_connecting_bytes: 16 * 1024 * 1024,
             park_idle_ms: 1000,
+            worker_threads: 0,
             persistence: true,
             data_dir: PathBuf::from("tern-data"),
             durability: Durability::Fsync,
@@ -723,6 +730,11 @@ impl Config {
         }
         if let Some(http) = &self.http {
             http.validate(self.password_file.is_some())?;
+        }
+        if self.worker_threads > 1024 {
+            return Err(ConfigError::Invalid(
+                "worker_threads must be at most 1024 (0: one per CPU core)".into(),
+            ));
         }
         if self.maximum_qos > 2 {
             return Err(ConfigError::Invalid("maximum_qos must be 0, 1 or 2".into()));
