@@ -82,9 +82,7 @@ impl ClientState {
             }
         }
     }
-}
 
-impl ClientState {
     /// Whether it waits for queues.
     pub fn pushed_back(&self) -> bool {
         self.extras.as_ref().is_some_and(|e| e.pushback.is_some())
