@@ -5,6 +5,7 @@
 #   scripts/bench-compare.sh --quick    # 3 s measured + 1 s warm-up per run (~3 min), for trying it
 #   scripts/bench-compare.sh --duration 5 --warmup 1
 #   scripts/bench-compare.sh --only fanout-q1,idle   # a subset of the scenarios (ids below)
+#   scripts/bench-compare.sh --only idle-cpu   # 19,000 idle connections, CPU over 5 min (not in the default set)
 #
 # For each scenario, each broker is started fresh (one broker running at a time), the same
 # `tern bench ... --json` runs against it, and the broker's CPU time (utime+stime of
@@ -27,7 +28,7 @@ while [ $# -gt 0 ]; do
         --warmup) WARMUP="$2"; shift ;;
         --only) ONLY="$2"; shift ;;
         --no-rumqttd) RUMQTTD_WANTED=0 ;;
-        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
         *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -377,6 +378,30 @@ watch_scenario() {
 }
 
 # Idle connections: RSS per connection = (RSS with N idle - RSS empty) / N.
+# Opens $IDLE_CONNS idle connections (keep-alive 60 s) to the running broker ($1: its
+# name, for the port and the file names; $2: run id) held for $3 seconds by `tern bench
+# conn` in the background (IDLE_BENCH_PID), and waits until the broker holds them all, plus
+# 2 s to settle (CONNACKs sent, buffers released). Sets IDLE_OPENED to how many it holds.
+open_idle() {
+    local broker="$1" id="$2" hold="$3" port base_fds fds=0
+    port=$(port_of "$broker")
+    base_fds=$(ls "/proc/$BROKER_PID/fd" | wc -l)
+    local cmd=("$TERN" bench conn -p "$port" -c "$IDLE_CONNS" --connect-rate "$CONNECT_RATE"
+        -k 60 -d "$hold" --json --quiet)
+    say "+ ${cmd[*]} &"
+    echo "${cmd[*]} &" >> "$CMDS"
+    "${cmd[@]}" > "$OUT/runs/$id-$broker.bench.json" &
+    IDLE_BENCH_PID=$!
+    for _ in $(seq 600); do
+        fds=$(ls "/proc/$BROKER_PID/fd" | wc -l)
+        [ "$fds" -ge $((base_fds + IDLE_CONNS)) ] && break
+        kill -0 "$IDLE_BENCH_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    sleep 2
+    IDLE_OPENED=$((fds - base_fds))
+}
+
 idle_scenario() {
     local id=idle
     want "$id" || return 0
@@ -385,27 +410,35 @@ idle_scenario() {
         say ""; say "=== $id ($IDLE_CONNS connections) on $broker"
         start_broker "$broker" 0 "" "$id"
         sleep 1
-        local port empty_kb base_fds c0 c1 bpid fds=0
-        port=$(port_of "$broker")
+        local empty_kb c0
         empty_kb=$(status_kb "$BROKER_PID" VmRSS)
-        base_fds=$(ls "/proc/$BROKER_PID/fd" | wc -l)
         c0=$(cpu_ticks "$BROKER_PID")
-        say "+ $TERN bench conn -p $port -c $IDLE_CONNS --connect-rate $CONNECT_RATE -d $hold --json --quiet &"
-        echo "$TERN bench conn -p $port -c $IDLE_CONNS --connect-rate $CONNECT_RATE -d $hold --json --quiet" >> "$CMDS"
-        "$TERN" bench conn -p "$port" -c "$IDLE_CONNS" --connect-rate "$CONNECT_RATE" \
-            -d "$hold" --json --quiet > "$OUT/runs/$id-$broker.bench.json" &
-        bpid=$!
-        for _ in $(seq 600); do
-            fds=$(ls "/proc/$BROKER_PID/fd" | wc -l)
-            [ "$fds" -ge $((base_fds + IDLE_CONNS)) ] && break
-            kill -0 "$bpid" 2>/dev/null || break
-            sleep 0.1
-        done
-        sleep 2   # let the connections settle (CONNACKs sent, buffers released)
-        local conns=$((fds - base_fds))
+        open_idle "$broker" "$id" "$hold"
         record "$id" "$broker" "" $(( $(cpu_ticks "$BROKER_PID") - c0 )) \
-            "empty_kb=$empty_kb" "connections=$conns" "target=$IDLE_CONNS"
-        wait "$bpid" || say "tern bench conn exited with an error"
+            "empty_kb=$empty_kb" "connections=$IDLE_OPENED" "target=$IDLE_CONNS"
+        wait "$IDLE_BENCH_PID" || say "tern bench conn exited with an error"
+        stop_broker
+    done
+}
+
+# What idle connections cost in CPU: $IDLE_CONNS connections with a keep-alive of 60 s
+# (each sends PINGREQ once a minute), the broker's CPU over IDLE_CPU_SECS (300) once they are
+# all open. Not in the default set (it takes twice that): ask for it with --only idle-cpu.
+IDLE_CPU_SECS=${IDLE_CPU_SECS:-300}
+idle_cpu_scenario() {
+    local id=idle-cpu
+    [ -n "$ONLY" ] && want "$id" || return 0
+    for broker in mosquitto tern; do
+        say ""; say "=== $id ($IDLE_CONNS connections, ${IDLE_CPU_SECS} s) on $broker"
+        start_broker "$broker" 0 "" "$id"
+        sleep 1
+        open_idle "$broker" "$id" $((IDLE_CPU_SECS + 30))
+        local c0
+        c0=$(cpu_ticks "$BROKER_PID")
+        sleep "$IDLE_CPU_SECS"
+        record "$id" "$broker" "" $(( $(cpu_ticks "$BROKER_PID") - c0 )) \
+            "connections=$IDLE_OPENED" "window_s=$IDLE_CPU_SECS"
+        kill "$IDLE_BENCH_PID" 2>/dev/null || true; wait "$IDLE_BENCH_PID" 2>/dev/null || true
         stop_broker
     done
 }
@@ -510,6 +543,7 @@ scenario fanout-q1-unpaced "" fanout -P 1 -S 64 -q 1 -w 0
 latency_scenario p2p-10k-q1 p2p -n 16 -q 1 -r 625
 latency_scenario p2p-1k-q1 p2p -n 10 -q 1 -r 100
 idle_scenario
+idle_cpu_scenario
 slow_scenario
 scenario fanout-q1-1core "0"   fanout -P 1 -S 64 -q 1 -w 100
 scenario fanout-q1-2core "0,1" fanout -P 1 -S 64 -q 1 -w 100
@@ -646,6 +680,19 @@ if all(idle.values()):
     for b, v in per.items():
         p(f"- 1,000,000 idle connections, {b}: {v * 1e6 / 2**30:.2f} GiB of broker RSS "
           f"(+ kernel socket memory, not counted here)")
+
+ic = {b: runs.get(("idle-cpu", b)) for b in ("mosquitto", "tern")}
+if all(ic.values()):
+    p("")
+    p(f"**Idle CPU**: {idle_target} connections, keep-alive 60 s (a PINGREQ a minute each), "
+      f"the broker's CPU over {ic['tern']['window_s']} s once all are open:")
+    p("")
+    p("| broker | connections | CPU seconds | CPU % of one core |")
+    p("|---|---:|---:|---:|")
+    for b, r in ic.items():
+        p(f"| {b} | {r['connections']:,} | {r['cpu_s']:.2f} | {r['cpu_s'] * 100 / r['window_s']:.2f} % |")
+    if ic["mosquitto"]["cpu_s"]:
+        p(f"| tern/mosquitto | | **{ic['tern']['cpu_s'] / ic['mosquitto']['cpu_s']:.2f}×** | |")
 
 sl = {(v, b): runs.get((f"slow-{v}", b)) for v in ("normal", "slow") for b in ("mosquitto", "tern")}
 if all(sl.values()):
