@@ -58,6 +58,10 @@ pub trait ParkedConnection: Send + std::fmt::Debug {
     /// The parker's token for it, so the parker can tell it from a
     /// connection parked later in the same session.
     fn token(&self) -> usize;
+    /// Its socket is readable: answers what needs no task (a lone PINGREQ,
+    /// an idle client's usual reason to speak) and returns true, or false if
+    /// it must be resumed to handle what came.
+    fn answer_quietly(&mut self) -> bool;
 }
 
 /// Identifies one connection (they are numbered from 1), so a session can

@@ -177,3 +177,30 @@ async fn with_parking_off_nothing_parks() {
     assert_eq!(c.recv().await, Packet::PingResp);
     broker.shutdown().await;
 }
+
+/// A parked client that only pings is answered by the parker itself: it
+/// stays parked (no task is spawned for a PINGREQ), and each ping moves its
+/// keep-alive deadline, so pinging every 0.6 s with a keep-alive of 1 s (1.5
+/// s of silence allowed) keeps it connected for good.
+#[tokio::test]
+async fn pings_are_answered_without_waking_the_connection() {
+    let broker = tern_broker::Broker::start(parking_config()).await.unwrap();
+    let addr = broker.local_addr();
+    let mut connect = connect_packet(V5, "pinger");
+    connect.keep_alive = 1;
+    let (mut c, _) = TestClient::connect_with(addr, connect).await;
+    wait_parked(&broker, 1).await;
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        c.send(Packet::PingReq).await;
+        assert_eq!(c.recv().await, Packet::PingResp);
+        // Resumed, it would park again only 20 ms after the ping.
+        assert_eq!(broker.parked_connections(), 1, "still parked");
+    }
+    // A ping with more behind it (here a second ping) wakes the
+    // connection, which answers both.
+    c.send_bytes(&[0xC0, 0x00, 0xC0, 0x00]).await;
+    assert_eq!(c.recv().await, Packet::PingResp);
+    assert_eq!(c.recv().await, Packet::PingResp);
+    broker.shutdown().await;
+}

@@ -8,9 +8,12 @@
 //! [`Parker`] and ends. The socket joins one epoll set watched by one thread;
 //! the client state waits in a box in its session.
 //!
-//! Whatever needs the connection resumes it by taking the box out of the
-//! session and spawning a connection task with it:
-//! - bytes or end-of-stream on the socket: the parker thread;
+//! A lone PINGREQ is answered by the parker thread itself (PINGRESP written,
+//! keep-alive deadline moved): the client keeps its connection alive without
+//! a task ever being spawned for it. Whatever else needs the connection
+//! resumes it by taking the box out of the session and spawning a connection
+//! task with it:
+//! - other bytes or end-of-stream on the socket: the parker thread;
 //! - a delivery queued for the session: `Session::deliver`;
 //! - a session takeover: `registry::attach` (the new task then sees the kick);
 //! - a reload that refuses its login: `Session::refuse`;
@@ -39,6 +42,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::client_state::ClientState;
 use crate::lock::{Mutex, MutexGuard, rank};
+use crate::metrics::Metrics;
 use crate::session::{ParkedConnection, Session, SessionState};
 
 /// How often the parker thread looks for parked connections whose keep-alive
@@ -143,6 +147,10 @@ impl Entries {
 
     fn get(&self, token: Token) -> Option<&Entry> {
         self.slots.get(token.0.checked_sub(1)?)?.as_ref()
+    }
+
+    fn get_mut(&mut self, token: Token) -> Option<&mut Entry> {
+        self.slots.get_mut(token.0.checked_sub(1)?)?.as_mut()
     }
 
     fn remove(&mut self, token: Token) {
@@ -324,7 +332,7 @@ impl Parker {
                 return;
             }
             for event in events.iter() {
-                self.wake(event.token());
+                self.readable(event.token());
             }
             let now = std::time::Instant::now();
             if now.duration_since(last_scan) >= SCAN_INTERVAL {
@@ -352,6 +360,34 @@ impl Parker {
         let since = at.saturating_duration_since(self.epoch);
         let secs = since.as_secs() + u64::from(since.subsec_nanos() > 0);
         u32::try_from(secs).unwrap_or(u32::MAX - 1)
+    }
+
+    /// The socket parked under `token` is readable: answered here if it
+    /// can be ([`ParkedConnection::answer_quietly`]), else resumed.
+    fn readable(&self, token: Token) {
+        let Some(session) = self.entries().get(token).map(|e| e.session.clone()) else {
+            return;
+        };
+        let mut st = session.lock();
+        let Some(parked) = st.parked.as_mut().filter(|p| p.token() == token.0) else {
+            return;
+        };
+        if parked.answer_quietly() {
+            return;
+        }
+        if let Some(parked) = st.parked.take() {
+            drop(st);
+            parked.resume();
+        }
+    }
+
+    /// Moves the keep-alive deadline of the connection parked under `token`
+    /// to `timeout` from `now` (called with its session locked: that lock
+    /// comes before the entries').
+    fn heard(&self, token: Token, now: std::time::Instant, timeout: Option<Duration>) {
+        if let Some(entry) = self.entries().get_mut(token) {
+            entry.deadline = timeout.map_or(u32::MAX, |t| self.seconds_ceil(now + t));
+        }
     }
 
     /// Resumes the connection parked under `token`, if it still is.
@@ -411,6 +447,36 @@ impl ParkedConnection for Parked {
 
     fn token(&self) -> usize {
         Parked::token(self).0
+    }
+
+    fn answer_quietly(&mut self) -> bool {
+        const PINGREQ: [u8; 2] = [0xC0, 0x00];
+        const PINGRESP: [u8; 2] = [0xD0, 0x00];
+        // Three bytes asked for: exactly two there means nothing after it.
+        let mut seen = [0u8; 3];
+        if !matches!(self.stream.peek(&mut seen), Ok(2)) || seen[..2] != PINGREQ {
+            return false;
+        }
+        let mut ping = [0u8; 2];
+        if !matches!(std::io::Read::read(&mut self.stream, &mut ping), Ok(2)) {
+            return false;
+        }
+        let now = std::time::Instant::now();
+        self.last_heard = since_epoch(self.parker.epoch, Instant::from_std(now));
+        let metrics = &self.client.state.metrics;
+        Metrics::add(&metrics.packets_received, 1);
+        Metrics::add(&metrics.bytes_received, 2);
+        Metrics::add(&metrics.packets_sent, 1);
+        let written = std::io::Write::write(&mut self.stream, &PINGRESP).unwrap_or(0);
+        Metrics::add(&metrics.bytes_sent, written as u64);
+        if written < PINGRESP.len() {
+            // The rest goes out with the resumed task's first write.
+            self.client.out.extend_from_slice(&PINGRESP[written..]);
+            return false;
+        }
+        let timeout = self.client.keep_alive_timeout();
+        self.parker.heard(Parked::token(self), now, timeout);
+        true
     }
 }
 
