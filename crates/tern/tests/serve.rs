@@ -168,14 +168,16 @@ fn example_config_file_runs() {
 
 /// CONNECT as `user` with `password`; the CONNACK's reason code.
 fn login(addr: &str, user: &str, password: &str) -> ReasonCode {
+    connack(addr, "reload", Some((user, password)))
+}
+
+/// CONNECT as `client_id` (with a login, if given); the CONNACK's reason code.
+fn connack(addr: &str, client_id: &str, login: Option<(&str, &str)>) -> ReasonCode {
     let mut stream = TcpStream::connect(addr).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
-    send(
-        &mut stream,
-        connect_packet("reload", Some((user, password))),
-    );
+    send(&mut stream, connect_packet(client_id, login));
     match recv(&mut stream, &mut BytesMut::new()) {
         Some(Packet::ConnAck(a)) => a.reason,
         other => panic!("expected CONNACK, got {other:?}"),
@@ -895,15 +897,7 @@ fn worker_threads_sets_how_many_threads_run_connections() {
     std::fs::create_dir_all(&dir).unwrap();
     let config = write_config(&dir, "worker_threads = 1\n");
     let (mut child, addr, _log) = serve_logged(&config);
-    let mut stream = TcpStream::connect(&addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    send(&mut stream, connect_packet("one-thread", None));
-    let mut buf = BytesMut::new();
-    assert!(
-        matches!(recv(&mut stream, &mut buf), Some(Packet::ConnAck(a)) if a.reason == ReasonCode::Success)
-    );
+    assert_eq!(connack(&addr, "one-thread", None), ReasonCode::Success);
     let workers = std::fs::read_dir(format!("/proc/{}/task", child.id()))
         .unwrap()
         .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
