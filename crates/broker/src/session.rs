@@ -99,7 +99,7 @@ pub enum Queued {
     Within,
     /// Over them, up to twice them, because its connection keeps up: the
     /// broker is the bottleneck, not the client. The publisher must stop
-    /// reading until the queue has room ([`SessionState::over_limits`]).
+    /// reading until the queue has room ([`SessionState::still_over`]).
     Over,
 }
 
