@@ -2,7 +2,8 @@
 `max_connections` gets CONNACK 0x97 Quota exceeded, and a slot frees when a
 client leaves; mosquitto_pub flooding QoS 1 into queues bounded at 10
 messages loses nothing to mosquitto_sub subscribers that keep reading (the
-publishers are pushed back instead). Tern only (the limits are set in
+publishers are pushed back instead), and a mosquitto_sub to `#` gets every
+retained message through such a queue. Tern only (the limits are set in
 Tern's configuration file)."""
 
 from __future__ import annotations
@@ -105,5 +106,32 @@ def test_publishers_are_pushed_back_before_a_reading_subscriber_loses_anything(t
             )
     finally:
         for sub in subs:
+            sub.kill()
+        broker.cleanup()
+
+
+def test_a_new_subscriber_gets_every_retained_message_past_the_queue_limit(tmp_path):
+    """paho sets 3,000 retained messages; a mosquitto_sub to `rq/#` through a
+    queue bounded at 10 messages gets all 3,000 (as from Mosquitto), not the
+    first 10."""
+    count = 3_000
+    broker = tern(tmp_path, "retained", "max_queued_messages = 10\n")
+    publisher = Client(broker, V5)
+    sub = None
+    try:
+        publisher.connect()
+        for i in range(count - 1):
+            publisher.publish(f"rq/{i // 100}/{i}", b"kept", qos=0, retain=True)
+        # Acknowledged after the QoS 0 ones before it were handled.
+        publisher.publish(f"rq/{(count - 1) // 100}/{count - 1}", b"kept", qos=1, retain=True)
+        sub = MosquittoSub(broker.host, broker.port, "mqttv311", ["rq/#"], fmt="%t %r",
+                           timeout_s=60, count=count)
+        assert sub.proc.wait(timeout=90) == 0, f"mosquitto_sub: {sub.stderr()!r}"
+        got = {line for line in sub.output if line.startswith("rq/")}
+        expected = {f"rq/{i // 100}/{i} 1" for i in range(count)}
+        assert got == expected, f"{len(got & expected)} of {count} retained messages"
+    finally:
+        publisher.close()
+        if sub:
             sub.kill()
         broker.cleanup()

@@ -578,46 +578,88 @@ pub fn retained_matching(state: &BrokerState, filter: &str) -> Vec<Arc<Message>>
     found
 }
 
-/// Queues retained messages to a session that just subscribed. They are sent
-/// with RETAIN set [MQTT-3.3.1-9] at the lower of their QoS and the granted one.
+/// Retained messages owed to one new subscription.
+pub struct RetainedBatch {
+    pub messages: Vec<Arc<Message>>,
+    pub granted: QoS,
+}
+
+/// Queues the retained messages of one SUBSCRIBE's new subscriptions to
+/// their session. They are sent with RETAIN set [MQTT-3.3.1-9] at the lower
+/// of their QoS and the granted one.
+///
+/// A subscriber to `#` asks for every retained message at once, and expects
+/// them all (Mosquitto sends them all): so they are queued whole, past the
+/// queue limits, by as much as they are. The queue then holds at most its
+/// limits plus one SUBSCRIBE's retained messages, each an `Arc` of a message
+/// the retained store keeps anyway; a SUBSCRIBE that comes while it is still
+/// that full has the rest of its messages dropped and counted. Nobody waits
+/// for room for them, so they never go over by doubling
+/// ([`QueueLimits::may_double`]).
 pub fn deliver_retained(
     state: &BrokerState,
     session: &Session,
-    messages: Vec<Arc<Message>>,
-    granted: QoS,
+    batches: Vec<RetainedBatch>,
     subscription_id: Option<u32>,
 ) {
-    // Nobody waits for room for them: held to the limits.
+    let owed = batches.iter().flat_map(|b| &b.messages);
+    let (count, bytes) = owed.fold((0usize, 0usize), |(n, b), m| (n + 1, b + m.size()));
+    let base = state.queue_limits_of(session);
     let limits = &QueueLimits {
+        max_messages: base.max_messages.saturating_add(count),
+        max_bytes: match base.max_bytes {
+            0 => 0,
+            max => max.saturating_add(bytes),
+        },
         may_double: false,
-        ..*state.queue_limits_of(session)
+        ..*base
     };
-    for message in messages {
-        let qos = message.qos.min(granted);
-        let delivery = Delivery {
-            message: message.clone(),
-            qos,
-            retain: true,
-            subscription_ids: subscription_id.into_iter().collect(),
-            seq: 0,
-        };
-        let queued = match &state.store {
-            None => session.deliver(delivery, limits).map(drop),
-            Some(store) => {
-                let mut group = Group::default();
-                session
-                    .stage(delivery, limits, store, &mut group)
-                    .map(|(delivery, _)| {
-                        if let Some(delivery) = delivery {
-                            store.submit_group(group);
-                            session.enqueue_stored(delivery);
-                        }
-                    })
-            }
-        };
-        if let Err(why) = queued {
-            dropped(state, why, &message, session);
+    for batch in batches {
+        for message in batch.messages {
+            deliver_one_retained(
+                state,
+                session,
+                message,
+                batch.granted,
+                subscription_id,
+                limits,
+            );
         }
+    }
+}
+
+fn deliver_one_retained(
+    state: &BrokerState,
+    session: &Session,
+    message: Arc<Message>,
+    granted: QoS,
+    subscription_id: Option<u32>,
+    limits: &QueueLimits,
+) {
+    let qos = message.qos.min(granted);
+    let delivery = Delivery {
+        message: message.clone(),
+        qos,
+        retain: true,
+        subscription_ids: subscription_id.into_iter().collect(),
+        seq: 0,
+    };
+    let queued = match &state.store {
+        None => session.deliver(delivery, limits).map(drop),
+        Some(store) => {
+            let mut group = Group::default();
+            session
+                .stage(delivery, limits, store, &mut group)
+                .map(|(delivery, _)| {
+                    if let Some(delivery) = delivery {
+                        store.submit_group(group);
+                        session.enqueue_stored(delivery);
+                    }
+                })
+        }
+    };
+    if let Err(why) = queued {
+        dropped(state, why, &message, session);
     }
 }
 

@@ -779,3 +779,76 @@ async fn a_subscriber_that_stops_reading_holds_up_nobody() {
         assert_eq!(p.qos, QoS::AtLeastOnce);
     }
 }
+
+/// A SUBSCRIBE to `#` expects every retained message, as Mosquitto sends
+/// them, not the first `max_queued_messages`: one SUBSCRIBE's retained
+/// messages are queued whole past the limits. The queue stays bounded: a
+/// subscriber that reads none of them and subscribes again gets the second
+/// batch only as far as the limits plus one batch, the rest dropped and
+/// counted.
+#[tokio::test]
+async fn every_retained_message_reaches_a_new_subscriber_past_the_queue_limits() {
+    const RETAINED: u64 = 200;
+    let broker = start_limited(|c| c.max_queued_messages = 10).await;
+    let addr = broker.local_addr();
+    let mut publisher = TestClient::connect(addr, V5, "rq-pub").await;
+    for i in 0..RETAINED {
+        let topic = format!("rq/{i}");
+        let reason = publisher.retain(&topic, b"kept").await;
+        assert_eq!(reason, ReasonCode::NoMatchingSubscribers);
+    }
+    let mut reader = TestClient::connect(addr, V5, "rq-reader").await;
+    reader.subscribe("rq/#", QoS::AtLeastOnce).await;
+    let mut topics = std::collections::BTreeSet::new();
+    for _ in 0..RETAINED {
+        let p = reader.recv_publish().await;
+        assert!(p.retain);
+        reader.ack(&p).await;
+        topics.insert(p.topic.to_string());
+    }
+    assert_eq!(topics.len() as u64, RETAINED);
+    assert_eq!(counter(&broker, |c| &c.queue_dropped), 0);
+    assert_alive(&mut reader).await;
+
+    // Receive Maximum 5, never acknowledging: the queue is not drained.
+    let mut stuck = connect_packet(V5, "rq-stuck");
+    stuck.properties.receive_maximum = Some(5);
+    let (mut stuck, _) = TestClient::connect_with(addr, stuck).await;
+    let subscribe = Packet::Subscribe(Subscribe {
+        packet_id: pid(7),
+        filters: vec![SubscribeFilter {
+            filter: "rq/#".into(),
+            options: SubscriptionOptions {
+                qos: QoS::AtLeastOnce,
+                ..Default::default()
+            },
+        }],
+        properties: SubscribeProperties::default(),
+    });
+    for _ in 0..3 {
+        stuck.send(subscribe.clone()).await;
+    }
+    // Answered after the third SUBSCRIBE was handled.
+    stuck.send(Packet::PingReq).await;
+    let mut publishes = 0;
+    for _ in 0..4 {
+        loop {
+            match stuck.recv().await {
+                Packet::SubAck(_) | Packet::PingResp => break,
+                Packet::Publish(_) => publishes += 1,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+    while publishes < 5 {
+        stuck.recv_publish().await;
+        publishes += 1;
+    }
+    stuck.expect_nothing().await;
+    // 600 owed; at most 5 in flight and 10 + 200 queued.
+    let dropped = counter(&broker, |c| &c.queue_dropped);
+    assert!(
+        (3 * RETAINED - 5 - 210..=3 * RETAINED - 210).contains(&dropped),
+        "{dropped}"
+    );
+}

@@ -1,8 +1,6 @@
 //! SUBSCRIBE: add each filter to the subscription tree and the session,
 //! answer SUBACK, then queue the matching retained messages.
 
-use std::sync::Arc;
-
 use tern_codec::{
     AckProperties, Packet, QoS, ReasonCode, RetainHandling, SubAck, Subscribe, SubscribeFilter,
     topic::is_valid_topic_filter,
@@ -11,16 +9,9 @@ use tern_codec::{
 use super::Flow;
 use crate::client_state::ClientState;
 use crate::error::ProtocolViolation;
-use crate::message::Message;
-use crate::router;
+use crate::router::{self, RetainedBatch};
 use crate::session::SessionSubscription;
 use crate::state::Subscriber;
-
-/// Retained messages owed to one new subscription.
-struct RetainedBatch {
-    messages: Vec<Arc<Message>>,
-    granted: QoS,
-}
 
 /// Handles a SUBSCRIBE with one or more filters [MQTT-3.8.4-1].
 pub fn handle(client: &mut ClientState, subscribe: Subscribe) -> Result<Flow, ProtocolViolation> {
@@ -46,15 +37,7 @@ pub fn handle(client: &mut ClientState, subscribe: Subscribe) -> Result<Flow, Pr
         reasons,
         properties: AckProperties::default(),
     }));
-    for batch in retained {
-        router::deliver_retained(
-            &client.state,
-            &client.session,
-            batch.messages,
-            batch.granted,
-            subscription_id,
-        );
-    }
+    router::deliver_retained(&client.state, &client.session, retained, subscription_id);
     Ok(Flow::Continue)
 }
 
