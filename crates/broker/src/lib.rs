@@ -39,6 +39,7 @@ mod delayed;
 mod error;
 mod handler;
 mod http;
+mod level_map;
 mod limits;
 mod listener;
 mod lock;

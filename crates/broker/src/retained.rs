@@ -28,6 +28,7 @@ use std::ptr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::level_map::LevelMap;
 use crate::lock::{Mutex, RwLock, rank};
 use crate::message::Message;
 use crate::store::{self, Store};
@@ -256,7 +257,7 @@ impl<T> Default for RetainedStore<T> {
 /// One topic level: the topics that continue below it, and the retained
 /// message of the topic that ends at it.
 struct Node<T> {
-    children: HashMap<Box<str>, Node<T>>,
+    children: LevelMap<Node<T>>,
     /// The full topic beside its value, so matches need not rebuild it.
     value: Option<(Box<str>, T)>,
 }
@@ -264,7 +265,7 @@ struct Node<T> {
 impl<T> Default for Node<T> {
     fn default() -> Self {
         Node {
-            children: HashMap::new(),
+            children: LevelMap::default(),
             value: None,
         }
     }
@@ -280,7 +281,7 @@ impl<T> Node<T> {
     }
 
     fn child_or_insert(&mut self, level: &str) -> &mut Node<T> {
-        self.children.entry(level.into()).or_default()
+        self.children.get_or_default(level)
     }
 
     fn find_mut(&mut self, topic: &str) -> Option<&mut Node<T>> {
@@ -351,9 +352,9 @@ impl<T> Node<T> {
 /// level, and a client can make a branch deep enough to overflow the stack.
 impl<T> Drop for Node<T> {
     fn drop(&mut self) {
-        let mut orphans: Vec<Node<T>> = self.children.drain().map(|(_, child)| child).collect();
+        let mut orphans: Vec<Node<T>> = self.children.take_all().collect();
         while let Some(mut node) = orphans.pop() {
-            orphans.extend(node.children.drain().map(|(_, child)| child));
+            orphans.extend(node.children.take_all());
         }
     }
 }

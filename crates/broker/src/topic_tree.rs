@@ -26,6 +26,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tern_codec::ByteStr;
 
+use crate::level_map::LevelMap;
+
 /// Every subscription the broker holds, indexed by filter level.
 pub struct TopicTree<T> {
     root: Node<T>,
@@ -206,19 +208,22 @@ impl<T> SharedGroup<T> {
     }
 }
 
-/// The subscriptions attached to one place in the trie.
+/// The subscriptions attached to one place in the trie. Most places in a
+/// fleet's index hold one subscriber or none, and none of a shared group: so
+/// no map is allocated for those.
 struct Subscriptions<T> {
     /// Non-shared subscriptions, by client id.
-    direct: HashMap<ByteStr, T>,
-    /// Shared subscription groups, by group name.
-    shared: HashMap<Arc<str>, SharedGroup<T>>,
+    direct: Direct<T>,
+    /// Shared subscription groups, by group name; `None`: none.
+    #[allow(clippy::box_collection, reason = "one pointer where there are none")]
+    shared: Option<Box<HashMap<Arc<str>, SharedGroup<T>>>>,
 }
 
 impl<T> Default for Subscriptions<T> {
     fn default() -> Self {
         Subscriptions {
-            direct: HashMap::new(),
-            shared: HashMap::new(),
+            direct: Direct::Few(Vec::new()),
+            shared: None,
         }
     }
 }
@@ -232,13 +237,17 @@ impl<T> Subscriptions<T> {
         value: T,
     ) -> Option<T> {
         match share_group {
-            None => self.direct.insert(client_id.clone(), value),
+            None => self.direct.insert(client_id, value),
             Some(name) => self.group_or_insert(name, filter).insert(client_id, value),
         }
     }
 
     fn group_or_insert(&mut self, name: &str, filter: &str) -> &mut SharedGroup<T> {
-        match self.shared.entry(name.into()) {
+        match self
+            .shared
+            .get_or_insert_with(Box::default)
+            .entry(name.into())
+        {
             Entry::Occupied(entry) => entry.into_mut(),
             Entry::Vacant(entry) => {
                 let name = entry.key().clone();
@@ -252,28 +261,109 @@ impl<T> Subscriptions<T> {
         let Some(name) = share_group else {
             return self.direct.remove(client_id);
         };
-        let group = self.shared.get_mut(name)?;
+        let groups = self.shared.as_mut()?;
+        let group = groups.get_mut(name)?;
         let removed = group.remove(client_id)?;
         if group.members.is_empty() {
-            self.shared.remove(name);
+            groups.remove(name);
+            if groups.is_empty() {
+                self.shared = None;
+            }
         }
         Some(removed)
     }
 
     fn is_empty(&self) -> bool {
-        self.direct.is_empty() && self.shared.is_empty()
+        self.direct.is_empty() && self.shared.is_none()
     }
 
     fn report<'a>(&'a self, on_match: &mut impl FnMut(Matched<'a, T>)) {
-        for (i, (client_id, value)) in self.direct.iter().enumerate() {
+        self.direct.report(on_match);
+        for group in self.shared.iter().flat_map(|groups| groups.values()) {
+            on_match(Matched::Shared(group));
+        }
+    }
+}
+
+/// Most subscriptions a place keeps in a list (looked through by client id)
+/// before it keeps them in a map.
+const FEW: usize = 8;
+
+/// The non-shared subscriptions of one place: a list sized to fit while they
+/// are few (a map of one subscriber would take four slots), a map beyond.
+enum Direct<T> {
+    Few(Vec<(ByteStr, T)>),
+    #[allow(
+        clippy::box_collection,
+        reason = "the list's 24 bytes for the enum, not 48"
+    )]
+    Many(Box<HashMap<ByteStr, T>>),
+}
+
+impl<T> Direct<T> {
+    fn insert(&mut self, client_id: &ByteStr, value: T) -> Option<T> {
+        let few = match self {
+            Direct::Many(map) => return map.insert(client_id.clone(), value),
+            Direct::Few(few) => few,
+        };
+        if let Some((_, old)) = few.iter_mut().find(|(id, _)| id == client_id) {
+            return Some(mem::replace(old, value));
+        }
+        if few.len() < FEW {
+            few.reserve_exact(1);
+            few.push((client_id.clone(), value));
+        } else {
+            let mut map: HashMap<ByteStr, T> = mem::take(few).into_iter().collect();
+            map.insert(client_id.clone(), value);
+            *self = Direct::Many(Box::new(map));
+        }
+        None
+    }
+
+    fn remove(&mut self, client_id: &str) -> Option<T> {
+        match self {
+            Direct::Few(few) => {
+                let index = few.iter().position(|(id, _)| **id == *client_id)?;
+                let (_, removed) = few.swap_remove(index);
+                few.shrink_to_fit();
+                Some(removed)
+            }
+            Direct::Many(map) => {
+                let removed = map.remove(client_id);
+                if map.is_empty() {
+                    *self = Direct::Few(Vec::new());
+                }
+                removed
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        match self {
+            Direct::Few(few) => few.is_empty(),
+            Direct::Many(map) => map.is_empty(),
+        }
+    }
+
+    fn report<'a>(&'a self, on_match: &mut impl FnMut(Matched<'a, T>)) {
+        let mut report = |i: usize, client_id, value| {
             on_match(Matched::Subscriber {
                 client_id,
                 value,
                 first: i == 0,
-            });
-        }
-        for group in self.shared.values() {
-            on_match(Matched::Shared(group));
+            })
+        };
+        match self {
+            Direct::Few(few) => {
+                for (i, (client_id, value)) in few.iter().enumerate() {
+                    report(i, client_id, value);
+                }
+            }
+            Direct::Many(map) => {
+                for (i, (client_id, value)) in map.iter().enumerate() {
+                    report(i, client_id, value);
+                }
+            }
         }
     }
 }
@@ -284,7 +374,7 @@ type Cursor<'a, 't, T> = (&'a Node<T>, Option<&'t str>);
 
 /// One filter level: the filters that continue below it, or end at it.
 struct Node<T> {
-    literal: HashMap<Box<str>, Node<T>>,
+    literal: LevelMap<Node<T>>,
     plus: Option<Box<Node<T>>>,
     /// Filters whose last level is this node.
     exact: Subscriptions<T>,
@@ -295,7 +385,7 @@ struct Node<T> {
 impl<T> Default for Node<T> {
     fn default() -> Self {
         Node {
-            literal: HashMap::new(),
+            literal: LevelMap::default(),
             plus: None,
             exact: Subscriptions::default(),
             multi: Subscriptions::default(),
@@ -321,7 +411,7 @@ impl<T> Node<T> {
     fn child_or_insert(&mut self, level: &str) -> &mut Node<T> {
         match level {
             "+" => self.plus.get_or_insert_with(Box::default),
-            _ => self.literal.entry(level.into()).or_default(),
+            _ => self.literal.get_or_default(level),
         }
     }
 
@@ -410,7 +500,7 @@ impl<T> Node<T> {
     }
 
     fn move_children_to(&mut self, out: &mut Vec<Node<T>>) {
-        out.extend(self.literal.drain().map(|(_, child)| child));
+        out.extend(self.literal.take_all());
         out.extend(self.plus.take().map(|child| *child));
     }
 }
@@ -666,6 +756,41 @@ mod tests {
                 Hit::Group("g2".into(), vec![2]),
             ]
         );
+    }
+
+    /// One filter's subscribers past the few a list holds, and back: each
+    /// reported once, replaced in place, removed, and the node pruned.
+    #[test]
+    fn a_place_with_many_subscribers_keeps_each_once() {
+        let mut tree = TopicTree::new();
+        let clients: Vec<ByteStr> = (0..3 * FEW as u32)
+            .map(|i| format!("c{i}").into())
+            .collect();
+        for (value, client) in (0..).zip(&clients) {
+            assert_eq!(tree.insert("a/b", None, client, value), None);
+            assert_eq!(tree.insert("a/b", None, client, value + 100), Some(value));
+        }
+        let firsts = |tree: &TopicTree<u32>| {
+            let mut firsts = 0;
+            tree.for_each_match("a/b", |m| {
+                if let Matched::Subscriber { first: true, .. } = m {
+                    firsts += 1;
+                }
+            });
+            firsts
+        };
+        assert_eq!(
+            values(&tree, "a/b"),
+            (100..100 + 3 * FEW as u32).collect::<Vec<_>>()
+        );
+        assert_eq!(firsts(&tree), 1);
+        for (value, client) in (0..).zip(&clients).skip(1) {
+            assert_eq!(tree.remove("a/b", None, client), Some(value + 100));
+        }
+        assert_eq!(values(&tree, "a/b"), [100]);
+        assert_eq!(tree.remove("a/b", None, &clients[0]), Some(100));
+        assert!(tree.is_empty());
+        assert_eq!(tree.node_count(), 1);
     }
 
     #[test]

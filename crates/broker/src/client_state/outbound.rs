@@ -222,7 +222,7 @@ fn send_publish(
             message_expiry_interval: expiry,
             subscription_identifiers: delivery.subscription_ids.clone(),
             topic_alias: alias,
-            ..message.properties.clone()
+            ..(*message.properties).clone()
         };
         &own
     };

@@ -124,7 +124,7 @@ pub fn write_message(message: &Message, clock: &Clock, out: &mut BytesMut) {
         // on any connection.
         packet_id: (message.qos != QoS::AtMostOnce).then_some(NonZeroU16::MIN),
         payload: message.payload.clone(),
-        properties: message.properties.clone(),
+        properties: (*message.properties).clone(),
     });
     if let Err(e) = publish.encode(ProtocolVersion::V5, out) {
         // Every routed message came from a PUBLISH or will we decoded, so it
@@ -232,7 +232,7 @@ pub fn decode_message(record: &[u8], clock: &Clock) -> Result<Option<Arc<Message
         payload: publish.payload,
         qos: publish.qos,
         retain: publish.retain,
-        properties: publish.properties,
+        properties: publish.properties.into(),
         expires_at: (expires_ms != 0).then(|| clock.to_instant(expires_ms)),
         origin,
         stored: Default::default(),
@@ -745,7 +745,8 @@ mod tests {
                 }],
                 message_expiry_interval: expires_in.map(|d| d.as_secs() as u32),
                 ..PublishProperties::default()
-            },
+            }
+            .into(),
             expires_at: expires_in.map(|d| Instant::now() + d),
             origin: origin.map(|o| ByteStr::from(o.to_owned())),
             stored: Default::default(),
@@ -805,7 +806,7 @@ mod tests {
             assert_eq!(back.topic, m.topic);
             assert_eq!(back.payload, m.payload);
             assert_eq!((back.qos, back.retain), (m.qos, m.retain));
-            assert_eq!(back.properties, m.properties);
+            assert_eq!(*back.properties, *m.properties);
             assert_eq!(back.origin, m.origin);
             let drift = back
                 .expires_at
