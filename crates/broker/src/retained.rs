@@ -23,7 +23,6 @@
 //! are dropped iteratively.
 
 use std::collections::HashMap;
-use std::mem;
 use std::ptr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -135,13 +134,19 @@ impl RetainedMessages for LocalRetained {
     }
 }
 
+/// A value that knows its topic: the store reports it from there, not from a
+/// copy of its own (a million retained topics, a million copies).
+pub trait Topical {
+    fn topic(&self) -> &str;
+}
+
 /// Retained messages, indexed by topic level.
 pub struct RetainedStore<T> {
     root: Node<T>,
     len: usize,
 }
 
-impl<T> RetainedStore<T> {
+impl<T: Topical> RetainedStore<T> {
     /// An empty store.
     pub fn new() -> Self {
         RetainedStore {
@@ -153,9 +158,10 @@ impl<T> RetainedStore<T> {
     /// Stores `value` as the retained message of `topic`, returning the one it
     /// replaces: a topic keeps only its latest retained message.
     pub fn insert(&mut self, topic: &str, value: T) -> Option<T> {
+        debug_assert_eq!(value.topic(), topic);
         let previous = match self.root.find_mut(topic) {
-            Some(node) => node.set(topic, value),
-            None => self.root.create(topic).set(topic, value),
+            Some(node) => node.value.replace(value),
+            None => self.root.create(topic).value.replace(value),
         };
         if previous.is_none() {
             self.len += 1;
@@ -166,7 +172,7 @@ impl<T> RetainedStore<T> {
     /// Removes the retained message of `topic`, pruning nodes left empty so
     /// memory does not grow with churn.
     pub fn remove(&mut self, topic: &str) -> Option<T> {
-        let (_, value) = self.root.find_mut(topic)?.value.take()?;
+        let value = self.root.find_mut(topic)?.value.take()?;
         self.len -= 1;
         self.root.prune(topic);
         Some(value)
@@ -175,7 +181,7 @@ impl<T> RetainedStore<T> {
     /// The retained message of exactly `topic`.
     pub fn get(&self, topic: &str) -> Option<&T> {
         let node = topic.split('/').try_fold(&self.root, Node::child)?;
-        node.value.as_ref().map(|(_, value)| value)
+        node.value.as_ref()
     }
 
     /// Number of topics with a retained message.
@@ -224,14 +230,14 @@ impl<T> RetainedStore<T> {
         let mut dropped = Vec::new();
         let mut pending = vec![&mut self.root];
         while let Some(node) = pending.pop() {
-            if let Some((topic, _)) = node.value.take_if(|(_, value)| !keep(value)) {
-                dropped.push(topic);
+            if let Some(value) = node.value.take_if(|value| !keep(value)) {
+                dropped.push(value);
             }
             pending.extend(node.children.values_mut());
         }
         self.len -= dropped.len();
-        for topic in &dropped {
-            self.root.prune(topic);
+        for value in &dropped {
+            self.root.prune(value.topic());
         }
     }
 
@@ -248,7 +254,7 @@ impl<T> RetainedStore<T> {
     }
 }
 
-impl<T> Default for RetainedStore<T> {
+impl<T: Topical> Default for RetainedStore<T> {
     fn default() -> Self {
         Self::new()
     }
@@ -258,8 +264,9 @@ impl<T> Default for RetainedStore<T> {
 /// message of the topic that ends at it.
 struct Node<T> {
     children: LevelMap<Node<T>>,
-    /// The full topic beside its value, so matches need not rebuild it.
-    value: Option<(Box<str>, T)>,
+    /// The value of the topic that ends here; it knows its topic, so
+    /// matches need not rebuild it from the levels.
+    value: Option<T>,
 }
 
 impl<T> Default for Node<T> {
@@ -294,20 +301,12 @@ impl<T> Node<T> {
         topic.split('/').fold(self, Node::child_or_insert)
     }
 
-    /// Sets the value of the topic ending here, returning the previous one.
-    fn set(&mut self, topic: &str, value: T) -> Option<T> {
-        match &mut self.value {
-            Some((_, old)) => Some(mem::replace(old, value)),
-            None => {
-                self.value = Some((topic.into(), value));
-                None
-            }
-        }
-    }
-
-    fn report(&self, f: &mut impl FnMut(&str, &T)) {
-        if let Some((topic, value)) = &self.value {
-            f(topic, value);
+    fn report(&self, f: &mut impl FnMut(&str, &T))
+    where
+        T: Topical,
+    {
+        if let Some(value) = &self.value {
+            f(value.topic(), value);
         }
     }
 
@@ -374,6 +373,12 @@ pub struct Retained {
 struct Held {
     message: Arc<Message>,
     owner: Option<Arc<str>>,
+}
+
+impl Topical for Held {
+    fn topic(&self) -> &str {
+        &self.message.topic
+    }
 }
 
 /// Retained messages and their bytes.
@@ -526,8 +531,62 @@ mod tests {
     use super::*;
     use crate::test_rng::Rng;
 
+    /// A number set on a topic, which it knows.
+    #[derive(Debug, PartialEq)]
+    struct Set(String, u32);
+
+    impl Topical for Set {
+        fn topic(&self) -> &str {
+            &self.0
+        }
+    }
+
+    /// A store of numbers, set and read back without their topics.
+    #[derive(Default)]
+    struct Store(RetainedStore<Set>);
+
+    impl Store {
+        fn new() -> Store {
+            Store::default()
+        }
+
+        fn insert(&mut self, topic: &str, value: u32) -> Option<u32> {
+            let old = self.0.insert(topic, Set(topic.to_string(), value));
+            old.map(|Set(_, v)| v)
+        }
+
+        fn remove(&mut self, topic: &str) -> Option<u32> {
+            self.0.remove(topic).map(|Set(_, v)| v)
+        }
+
+        fn get(&self, topic: &str) -> Option<&u32> {
+            self.0.get(topic).map(|Set(_, v)| v)
+        }
+
+        fn retain(&mut self, mut keep: impl FnMut(&u32) -> bool) {
+            self.0.retain(|Set(_, v)| keep(v));
+        }
+
+        fn for_each_match(&self, filter: &str, mut f: impl FnMut(&str, &u32)) {
+            self.0
+                .for_each_match(filter, |topic, Set(_, v)| f(topic, v));
+        }
+
+        fn len(&self) -> usize {
+            self.0.len()
+        }
+
+        fn is_empty(&self) -> bool {
+            self.0.is_empty()
+        }
+
+        fn node_count(&self) -> usize {
+            self.0.node_count()
+        }
+    }
+
     /// The (topic, value) pairs matching `filter`, sorted.
-    fn matches(store: &RetainedStore<u32>, filter: &str) -> Vec<(String, u32)> {
+    fn matches(store: &Store, filter: &str) -> Vec<(String, u32)> {
         let mut found = Vec::new();
         store.for_each_match(filter, |topic, value| {
             found.push((topic.to_string(), *value))
@@ -536,12 +595,12 @@ mod tests {
         found
     }
 
-    fn topics(store: &RetainedStore<u32>, filter: &str) -> Vec<String> {
+    fn topics(store: &Store, filter: &str) -> Vec<String> {
         matches(store, filter).into_iter().map(|(t, _)| t).collect()
     }
 
-    fn store_of(topics: &[&str]) -> RetainedStore<u32> {
-        let mut store = RetainedStore::new();
+    fn store_of(topics: &[&str]) -> Store {
+        let mut store = Store::new();
         for (value, topic) in (0..).zip(topics) {
             assert_eq!(store.insert(topic, value), None);
         }
@@ -550,7 +609,7 @@ mod tests {
 
     #[test]
     fn insert_get_replace_remove() {
-        let mut store = RetainedStore::new();
+        let mut store = Store::new();
         assert_eq!(store.insert("a/b", 1), None);
         assert_eq!(store.insert("a", 2), None);
         assert_eq!(store.get("a/b"), Some(&1));
@@ -646,7 +705,7 @@ mod tests {
 
     #[test]
     fn len_counts_topics() {
-        let mut store = RetainedStore::default();
+        let mut store = Store::default();
         assert!(store.is_empty());
         store.insert("a", 1);
         store.insert("a", 2);
@@ -659,7 +718,7 @@ mod tests {
     fn deep_topics_do_not_overflow_the_stack() {
         let run = || {
             let deep = "/".repeat(60_000);
-            let mut store = RetainedStore::new();
+            let mut store = Store::new();
             store.insert(&deep, 1);
             store.insert(&format!("{deep}x"), 2);
             assert_eq!(store.get(&deep), Some(&1));
@@ -678,7 +737,7 @@ mod tests {
     #[test]
     fn agrees_with_filter_matches() {
         let mut rng = Rng(11);
-        let mut store = RetainedStore::new();
+        let mut store = Store::new();
         let mut model = BTreeMap::new();
         for round in 0..40u32 {
             for _ in 0..20 {

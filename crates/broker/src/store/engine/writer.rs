@@ -24,8 +24,9 @@ use super::{Op, Shared, Value};
 /// its size.
 const MAX_TXN_OPS: usize = 65_536;
 
-/// Queue entries whose memory the writer keeps between batches at least
-/// (about 300 KB); see `Writer::run` for more.
+/// Queue entries whose memory the writer keeps between batches at least,
+/// and at most once it has nothing to write (about 300 KB); see
+/// `Writer::run` for more.
 const KEEP_QUEUE_CAPACITY: usize = 4096;
 
 /// Wait between attempts to write a batch that failed. Long enough not to
@@ -89,6 +90,13 @@ impl<V: Value> Writer<V> {
         loop {
             let snapshots = {
                 let mut state = self.shared.lock_state();
+                if state.pending.is_empty() {
+                    // Nothing to write: a burst's queue memory (both Vecs,
+                    // 75 MB after a million changes) goes back now, not at
+                    // the next batch, which may never come.
+                    state.pending.shrink_to(KEEP_QUEUE_CAPACITY);
+                    batch.shrink_to(KEEP_QUEUE_CAPACITY);
+                }
                 while state.pending.is_empty() && state.snapshots.is_empty() && !state.closing {
                     state = state.wait(&self.shared.work);
                 }
