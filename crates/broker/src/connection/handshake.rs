@@ -92,6 +92,7 @@ pub(super) async fn handshake<S: Transport>(
         parker,
         peer,
         last_heard: Instant::now(),
+        resumed: false,
     })
 }
 

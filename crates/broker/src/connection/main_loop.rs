@@ -43,6 +43,7 @@ pub(super) async fn run<S: Transport>(conn: &mut Conn<S>) -> Exit {
         parker,
         last_heard,
         peer,
+        resumed,
         ..
     } = conn;
     let state = client.state.clone();
@@ -55,7 +56,9 @@ pub(super) async fn run<S: Transport>(conn: &mut Conn<S>) -> Exit {
         Err(close) => return Exit::Close(close),
     };
     let connected = state.metrics.clients_connected.load(Ordering::Relaxed);
-    let park_after = parker.idle(connected as usize).filter(|_| S::PARKABLE);
+    let park_after = parker
+        .idle(connected as usize, *resumed)
+        .filter(|_| S::PARKABLE);
     // Created once, not per loop turn: each creation would register anew
     // with the cancellation token and the timer wheel.
     let shutdown = state.draining.cancelled();

@@ -113,6 +113,8 @@ struct Conn<S> {
     peer: SocketAddr,
     /// When the last packet arrived, for keep-alive.
     last_heard: Instant,
+    /// It parked before and was woken: see [`Parker::idle`].
+    resumed: bool,
 }
 
 /// Serves one accepted connection until it closes (or parks).
@@ -153,6 +155,7 @@ async fn resume(parked: Box<park::Parked>) {
                 parker,
                 peer,
                 last_heard,
+                resumed: true,
             })
             .await;
         }
@@ -176,6 +179,7 @@ fn park<S: Transport>(conn: Conn<S>) {
         parker,
         peer,
         last_heard,
+        ..
     } = conn;
     // Only a connection with nothing left to write parks; its output buffer's
     // allocation is not worth keeping for however long it sleeps.

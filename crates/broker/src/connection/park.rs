@@ -229,11 +229,15 @@ impl Parker {
     /// While many connections are awake at once, as in a wave of connects
     /// (every device reconnecting after an outage), it is shorter: each awake
     /// connection holds a task and buffers, and the heap keeps the high-water
-    /// mark of a wave long after its connections went quiet.
-    pub fn idle(&self, connected: usize) -> Option<Duration> {
+    /// mark of a wave long after its connections went quiet. Not for one
+    /// that parked before and was woken (`resumed`): it has traffic, and
+    /// messages to many devices, each a few times a second, would otherwise
+    /// wake and park each connection for every message, which costs more
+    /// than the message (epoll registrations both ways, a task).
+    pub fn idle(&self, connected: usize, resumed: bool) -> Option<Duration> {
         let idle = self.idle?;
         let awake = connected.saturating_sub(self.parked_count());
-        Some(if awake > CROWDED {
+        Some(if awake > CROWDED && !resumed {
             idle / CROWDED_DIVISOR
         } else {
             idle
@@ -515,16 +519,20 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn parks_sooner_while_many_connections_are_awake() {
+    async fn parks_sooner_while_many_connections_are_awake_unless_woken_before() {
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
         let idle = Duration::from_millis(800);
         let parker = Parker::start(Some(idle), shutdown.clone(), tasks.clone()).unwrap();
-        assert_eq!(parker.idle(10), Some(idle));
-        assert_eq!(parker.idle(CROWDED), Some(idle));
-        assert_eq!(parker.idle(CROWDED + 1), Some(Duration::from_millis(100)));
+        assert_eq!(parker.idle(10, false), Some(idle));
+        assert_eq!(parker.idle(CROWDED, false), Some(idle));
+        assert_eq!(
+            parker.idle(CROWDED + 1, false),
+            Some(Duration::from_millis(100))
+        );
+        assert_eq!(parker.idle(CROWDED + 1, true), Some(idle));
         let off = Parker::start(None, shutdown.clone(), tasks.clone()).unwrap();
-        assert_eq!(off.idle(CROWDED + 1), None);
+        assert_eq!(off.idle(CROWDED + 1, false), None);
         shutdown.cancel();
         tasks.close();
         tasks.wait().await;
