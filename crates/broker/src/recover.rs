@@ -137,7 +137,7 @@ pub fn restore(state: &Arc<BrokerState>, recovered: Recovered) {
             }
             Ok(None) => {
                 report.expired += 1;
-                store.retain(&ByteStr::from(topic.clone()), None);
+                store.clear_retained(&ByteStr::from(topic.clone()));
             }
             Err(e) => skip("retained", &topic, e, &mut report),
         }

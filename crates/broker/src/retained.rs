@@ -30,7 +30,7 @@ use std::time::Instant;
 use crate::level_map::LevelMap;
 use crate::lock::{Mutex, RwLock, rank};
 use crate::message::Message;
-use crate::store::{self, Store};
+use crate::store::Store;
 
 /// Where retained messages are kept: the retained-storage seam.
 pub trait RetainedMessages: Send + Sync {
@@ -72,13 +72,11 @@ impl LocalRetained {
 }
 
 impl RetainedMessages for LocalRetained {
-    /// The record is encoded before any lock is taken. `$SYS` messages (no
-    /// origin) are not stored.
+    /// The store's writer encodes the record. `$SYS` messages (no origin)
+    /// are not stored.
     fn set(&self, message: &Arc<Message>, owner: Option<&Arc<str>>) -> u64 {
         let kept = !message.payload.is_empty();
         let stored = self.store.as_ref().filter(|_| message.origin.is_some());
-        let record =
-            stored.and_then(|_| kept.then(|| store::retained_record(message, owner.map(|o| &**o))));
         let mut trie = self.trie.write();
         if kept {
             trie.insert(message.clone(), owner.cloned());
@@ -90,7 +88,11 @@ impl RetainedMessages for LocalRetained {
         };
         let order = self.writes.lock();
         drop(trie);
-        let ticket = store.retain(&message.topic, record);
+        let ticket = if kept {
+            store.retain(message, owner)
+        } else {
+            store.clear_retained(&message.topic)
+        };
         drop(order);
         ticket
     }
@@ -124,7 +126,7 @@ impl RetainedMessages for LocalRetained {
         let order = self.writes.lock();
         drop(trie);
         for topic in expired {
-            store.retain(&topic, None);
+            store.clear_retained(&topic);
         }
         drop(order);
     }

@@ -353,13 +353,21 @@ impl Store {
         })
     }
 
-    /// Stores a retained message's record (see [`retained_record`]), or
-    /// (`None`) clears the topic.
-    pub fn retain(&self, topic: &ByteStr, record: Option<Vec<u8>>) -> u64 {
-        let topic = topic.clone();
-        self.submit(match record {
-            Some(record) => Op::PutRetained { topic, record },
-            None => Op::DeleteRetained { topic },
+    /// Stores `message` as its topic's retained message, set by `owner`.
+    /// The writer thread encodes it: a publisher's thread allocates no
+    /// record, which would be freed later among the retained messages it
+    /// keeps (a million of them left a hundred bytes of holes each).
+    pub fn retain(&self, message: &Arc<Message>, owner: Option<&Arc<str>>) -> u64 {
+        self.submit(Op::PutRetained {
+            topic: message.topic.clone(),
+            record: Record::Retained(message.clone(), owner.cloned()),
+        })
+    }
+
+    /// Clears the retained message of `topic`.
+    pub fn clear_retained(&self, topic: &ByteStr) -> u64 {
+        self.submit(Op::DeleteRetained {
+            topic: topic.clone(),
         })
     }
 }
@@ -382,12 +390,6 @@ impl Store {
     pub fn delete_delayed(&self, id: u64) -> u64 {
         self.submit(Op::DeleteDelayed { id })
     }
-}
-
-/// The record of a retained message and the user who set it, encoded by
-/// the caller before it takes the retained lock.
-pub fn retained_record(message: &Message, owner: Option<&str>) -> Vec<u8> {
-    records::encode_retained(message, owner, &Clock::now())
 }
 
 /// Changes that must land together: one ticket, one transaction.
@@ -422,6 +424,9 @@ pub enum Record {
     Message(Weak<Message>),
     /// A queue entry, and the message it refers to.
     Entry(QueueEntry, Weak<Message>),
+    /// A retained message and the user who set it. Held strongly: it is
+    /// written even if its topic changed since (the change follows).
+    Retained(Arc<Message>, Option<Arc<str>>),
 }
 
 impl engine::Value for Record {
@@ -436,6 +441,9 @@ impl engine::Value for Record {
                     return None;
                 }
                 records::write_queue_entry(entry, buf);
+            }
+            Record::Retained(message, owner) => {
+                records::write_retained(message, owner.as_deref(), &Clock::now(), buf);
             }
         }
         Some(buf)
@@ -479,6 +487,19 @@ mod tests {
         drop(message);
         assert!(as_message.bytes(&mut buf).is_none());
         assert!(as_entry.bytes(&mut buf).is_none());
+    }
+
+    /// A retained message is encoded by the writer from the message itself,
+    /// as `encode_retained` would have, with its owner.
+    #[test]
+    fn a_retained_record_is_encoded_from_its_message() {
+        let message = Message::broker_retained("a/b".into(), "payload".into());
+        let record = Record::Retained(message.clone(), Some("alice".into()));
+        let mut buf = BytesMut::new();
+        let written = record.bytes(&mut buf).map(<[u8]>::to_vec);
+        let clock = Clock::now();
+        let expected = records::encode_retained(&message, Some("alice"), &clock);
+        assert_eq!(written, Some(expected));
     }
 
     /// Finishing a delivery deletes its entry; finishing the last one that

@@ -104,8 +104,13 @@ pub fn encode_message(message: &Message, clock: &Clock) -> Vec<u8> {
 /// [`encode_message`] into `out` (cleared first), so the store's writer can
 /// reuse one buffer for every record.
 pub fn write_message(message: &Message, clock: &Clock, out: &mut BytesMut) {
-    let origin = message.origin.as_ref().map_or(&b""[..], |o| o.as_bytes());
     out.clear();
+    append_message(message, clock, out);
+}
+
+/// [`write_message`] after what `out` holds.
+fn append_message(message: &Message, clock: &Clock, out: &mut BytesMut) {
+    let origin = message.origin.as_ref().map_or(&b""[..], |o| o.as_bytes());
     out.reserve(MESSAGE_HEADER + origin.len() + message.size() + 64);
     out.put_u8(FORMAT);
     out.put_u64(
@@ -135,15 +140,19 @@ pub fn write_message(message: &Message, clock: &Clock, out: &mut BytesMut) {
 
 /// Encodes a retained message and the user who set it.
 pub fn encode_retained(message: &Message, owner: Option<&str>, clock: &Clock) -> Vec<u8> {
+    let mut out = BytesMut::new();
+    write_retained(message, owner, clock, &mut out);
+    Vec::from(out)
+}
+
+/// [`encode_retained`] into `out` (cleared first), for the store's writer.
+pub fn write_retained(message: &Message, owner: Option<&str>, clock: &Clock, out: &mut BytesMut) {
     let owner_bytes = owner.map_or(&b""[..], str::as_bytes);
-    let mut record = BytesMut::new();
-    write_message(message, clock, &mut record);
-    let mut out = Vec::with_capacity(1 + 1 + 4 + owner_bytes.len() + record.len());
+    out.clear();
     out.put_u8(RETAINED_FORMAT);
     out.put_u8(u8::from(owner.is_some()));
-    put_bytes(&mut out, owner_bytes);
-    out.extend_from_slice(&record);
-    out
+    put_bytes(out, owner_bytes);
+    append_message(message, clock, out);
 }
 
 /// Decodes a retained record: the message (`None` if it has expired by

@@ -86,9 +86,9 @@ impl Value for Vec<u8> {
     }
 }
 
-/// One change to the store. Applied in submission order. `V` is how message
-/// and queue entry values are given (see [`Value`]); sessions and retained
-/// messages change rarely and come encoded.
+/// One change to the store. Applied in submission order. `V` is how message,
+/// queue entry and retained message values are given (see [`Value`]);
+/// sessions change rarely and come encoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op<V = Vec<u8>> {
     /// Inserts or replaces a session record.
@@ -117,7 +117,7 @@ pub enum Op<V = Vec<u8>> {
     /// Forgets a QoS 2 packet id (PUBREL received).
     DeleteInbound { client_id: ByteStr, packet_id: u16 },
     /// Inserts or replaces the retained message of a topic.
-    PutRetained { topic: ByteStr, record: Vec<u8> },
+    PutRetained { topic: ByteStr, record: V },
     /// Removes the retained message of a topic.
     DeleteRetained { topic: ByteStr },
     /// Inserts a delayed message (`$delayed/...`): when it is due, and it.

@@ -58,8 +58,10 @@ pub(in crate::store) const FILE_NAME: &str = "tern.redb";
 
 /// redb's page cache. Why not redb's default (1 GiB): the broker reads the
 /// file once, at open; afterwards the cache only serves the B-tree pages that
-/// writes touch, and memory is better spent on sessions.
-const CACHE_BYTES: usize = 64 * 1024 * 1024;
+/// writes touch, and memory is better spent on sessions. 16 MiB: durable
+/// QoS 1 (scripts/bench-persistence.sh) ran as fast as with 64 MiB, which a
+/// million retained messages filled (67 bytes each, for nothing).
+const CACHE_BYTES: usize = 16 * 1024 * 1024;
 
 /// redb's magic number, the first 9 bytes of its files (redb's design doc,
 /// "Database layout"; also in redb's `header.rs`).

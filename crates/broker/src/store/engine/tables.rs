@@ -227,8 +227,9 @@ impl<'t> Tables<'t> {
                 table(&mut self.inbound, txn, INBOUND)?.remove((client_id.as_str(), *packet_id))?;
             }
             Op::PutRetained { topic, record } => {
-                table(&mut self.retained, txn, RETAINED)?
-                    .insert(topic.as_str(), record.as_slice())?;
+                if let Some(bytes) = record.bytes(buf) {
+                    table(&mut self.retained, txn, RETAINED)?.insert(topic.as_str(), bytes)?;
+                }
             }
             Op::DeleteRetained { topic } => {
                 table(&mut self.retained, txn, RETAINED)?.remove(topic.as_str())?;
