@@ -7,8 +7,9 @@
 //! looks up one child, `+` visits the children of one node, and `#` visits one
 //! subtree.
 //!
-//! The store owns its values (the broker keeps the message there) and the full
-//! topic of each, so a match hands out the topic without joining levels again.
+//! The store owns its values (the broker keeps the message there), and each
+//! value knows its full topic ([`Topical`]): a match hands out the topic
+//! without joining levels again, and the trie keeps no copy of it.
 //!
 //! [`Retained`] is the broker's retained messages in such a store, with who
 //! set each and the totals the retained quotas are checked against.
