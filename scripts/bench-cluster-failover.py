@@ -14,49 +14,10 @@ import os
 import random
 import signal
 import socket
-import sys
 import time
 import urllib.request
 
-
-def enc_str(s):
-    b = s.encode()
-    return len(b).to_bytes(2, "big") + b
-
-
-def enc_len(n):
-    out = bytearray()
-    while True:
-        d, n = n % 128, n // 128
-        out.append(d | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def packet(kind, body):
-    return bytes([kind]) + enc_len(len(body)) + body
-
-
-def connect_packet(cid, keepalive):
-    var = b"\x00\x04MQTT\x04" + bytes([0x00]) + keepalive.to_bytes(2, "big")  # clean session 0
-    return packet(0x10, var + enc_str(cid))
-
-
-def subscribe_packet(pid, topic):
-    return packet(0x82, pid.to_bytes(2, "big") + enc_str(topic) + b"\x01")
-
-
-async def read_packet(reader):
-    head = await reader.readexactly(1)
-    mult, length = 1, 0
-    while True:
-        b = (await reader.readexactly(1))[0]
-        length += (b & 0x7F) * mult
-        if not b & 0x80:
-            break
-        mult *= 128
-    body = await reader.readexactly(length) if length else b""
-    return head[0], body
+from mqtt_wire import connect_packet, publish_packet, read_packet, subscribe_packet
 
 
 class Client:
@@ -84,7 +45,7 @@ class Client:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 5)
         sock = writer.get_extra_info("socket")
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        writer.write(connect_packet(self.cid, self.run.keepalive))
+        writer.write(connect_packet(self.cid, self.run.keepalive, clean=False))
         kind, body = await asyncio.wait_for(read_packet(reader), 10)
         if kind != 0x20 or len(body) < 2 or body[1] != 0:
             writer.close()
@@ -97,7 +58,7 @@ class Client:
             self.connack_latency = now - started
         if (first or not present) and self.run.subscribe != "none":
             topic = self.topic if self.run.subscribe == "own" else f"{self.run.prefix}/all"
-            writer.write(subscribe_packet(1, topic))
+            writer.write(subscribe_packet(1, [topic], qos=1))
             while True:
                 kind, body = await asyncio.wait_for(read_packet(reader), 10)
                 if kind == 0x90:
@@ -333,10 +294,10 @@ async def main():
     # Every client, moved or not, gets one message published through HAProxy.
     try:
         reader, writer = await asyncio.open_connection(*fronts[0])
-        writer.write(packet(0x10, b"\x00\x04MQTT\x04\x02\x00\x3c" + enc_str(f"{args.prefix}-check")))
+        writer.write(connect_packet(f"{args.prefix}-check", 60))
         await read_packet(reader)
         for c in clients:
-            writer.write(packet(0x30, enc_str(c.topic) + b"x"))
+            writer.write(publish_packet(c.topic, b"x"))
         writer.write(b"\xe0\x00")
         await writer.drain()
         t = time.monotonic()

@@ -62,6 +62,8 @@ import threading
 import time
 from pathlib import Path
 
+from mqtt_wire import PINGREQ, connect_packet, publish_packet, read_packet, subscribe_packet
+
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "target" / "bench-state"
 TERN = ROOT / "target" / "release" / "tern"
@@ -80,53 +82,7 @@ def log_command(argv: list[str]) -> None:
         f.write(" ".join(argv) + "\n")
 
 
-# --- MQTT 3.1.1 packets -----------------------------------------------------
-
-
-def varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n % 128, n // 128
-        out.append(byte | (128 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def packet(first: int, body: bytes) -> bytes:
-    return bytes([first]) + varint(len(body)) + body
-
-
-def string(s: str | bytes) -> bytes:
-    b = s.encode() if isinstance(s, str) else s
-    return len(b).to_bytes(2, "big") + b
-
-
-def connect_packet(client_id: str, keep_alive: int = 0) -> bytes:
-    return packet(0x10, string("MQTT") + bytes([4, 0x02]) + keep_alive.to_bytes(2, "big") + string(client_id))
-
-
-def publish_packet(topic: str, payload: bytes, retain: bool) -> bytes:
-    return packet(0x30 | (1 if retain else 0), string(topic) + payload)
-
-
-def subscribe_packet(packet_id: int, filters: list[str]) -> bytes:
-    return packet(0x82, packet_id.to_bytes(2, "big") + b"".join(string(f) + b"\x00" for f in filters))
-
-
-PINGREQ = b"\xc0\x00"
-
-
-async def read_packet(reader: asyncio.StreamReader) -> tuple[int, bytes]:
-    """One packet: (type, body). Raises IncompleteReadError if the broker closes."""
-    first = (await reader.readexactly(1))[0]
-    length, shift = 0, 0
-    while True:
-        byte = (await reader.readexactly(1))[0]
-        length |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            break
-        shift += 7
-    return first >> 4, await reader.readexactly(length) if length else b""
+# --- connections ------------------------------------------------------------
 
 
 class Conn:
@@ -136,7 +92,6 @@ class Conn:
     def __init__(self, reader, writer):
         self.reader, self.writer = reader, writer
         self.publishes = 0
-        self.subacks = 0
         self.suback_seen = asyncio.Event()
         self.pong = asyncio.Event()
         self.task: asyncio.Task | None = None
@@ -146,7 +101,7 @@ class Conn:
         reader, writer = await asyncio.open_connection("127.0.0.1", PORT, limit=1 << 20)
         writer.write(connect_packet(client_id))
         kind, body = await read_packet(reader)
-        if kind != 2 or len(body) < 2 or body[1] != 0:
+        if kind != 0x20 or len(body) < 2 or body[1] != 0:
             raise RuntimeError(f"{client_id}: CONNACK refused or missing ({kind}, {body!r})")
         conn = cls(reader, writer)
         conn.task = asyncio.create_task(conn.run())
@@ -155,11 +110,11 @@ class Conn:
     async def run(self) -> None:
         try:
             while True:
-                kind, _ = await read_packet(self.reader)
+                first, _ = await read_packet(self.reader)
+                kind = first >> 4
                 if kind == 3:
                     self.publishes += 1
                 elif kind == 9:
-                    self.subacks += 1
                     self.suback_seen.set()
                 elif kind == 13:
                     self.pong.set()
@@ -407,6 +362,13 @@ def retained_part(broker_name: str, n: int) -> dict:
     r["restart_rss_kb"] = b.settled_rss_kb()
     r["again_s"], r["again_got"] = subscribe_all(n)
     b.stop()
+    r["set_rate"] = n / r["set_s"]
+    r["set_cpu_us"] = r["set_cpu_s"] * 1e6 / n
+    r["kept_cpu_us"] = (r["set_cpu_s"] + r["stop_cpu_s"]) * 1e6 / n
+    r["all_rate"] = r["all_got"] / r["all_s"]
+    r["again_rate"] = r["again_got"] / r["again_s"]
+    r["rss_mib"] = r["rss_kb"] / 1024
+    r["restart_rss_mib"] = r["restart_rss_kb"] / 1024
     shutil.rmtree(b.dir, ignore_errors=True)
     say(json.dumps(r))
     return r
@@ -480,10 +442,11 @@ async def subscriptions_load(b: Broker, clients: int, per_client: int, publishes
     await asyncio.gather(*(conn.writer.drain() for conn in conns))
     await asyncio.wait_for(asyncio.gather(*(conn.suback_seen.wait() for conn in conns)), 600)
     took = time.monotonic() - began
-    r["subscribe_s"] = took
-    r["subscribe_cpu_s"] = b.cpu_s() - c0
     r["subscriptions"] = clients * per_client
+    r["subscribe_rate"] = r["subscriptions"] / took
+    r["subscribe_cpu_us"] = (b.cpu_s() - c0) * 1e6 / r["subscriptions"]
     r["rss_kb"] = b.settled_rss_kb()
+    r["rss_mib"] = r["rss_kb"] / 1024
     r["bytes_per_subscription"] = (r["rss_kb"] - r["connected_rss_kb"]) * 1024 / r["subscriptions"]
     # Routing with every subscription in place (the connections stay open).
     c0 = b.cpu_s()
@@ -531,16 +494,6 @@ def table(results: dict, args) -> str:
         p("")
         p("| figure | mosquitto | tern | tern/mosquitto |")
         p("|---|---:|---:|---:|")
-        for name in ("mosquitto", "tern"):
-            r = results[part].get(name)
-            if r:
-                r["set_rate"] = n / r["set_s"]
-                r["set_cpu_us"] = r["set_cpu_s"] * 1e6 / n
-                r["kept_cpu_us"] = (r["set_cpu_s"] + r["stop_cpu_s"]) * 1e6 / n
-                r["all_rate"] = r["all_got"] / r["all_s"]
-                r["again_rate"] = r["again_got"] / r["again_s"]
-                r["rss_mib"] = r["rss_kb"] / 1024
-                r["restart_rss_mib"] = r["restart_rss_kb"] / 1024
         row("retained messages set per second (4 connections, QoS 0)", "set_rate", lambda v: f"{v:,.0f}", "higher")
         row("broker CPU per retained message set (until idle: its store's writes too)", "set_cpu_us",
             lambda v: f"{v:.2f} µs")
@@ -567,12 +520,6 @@ def table(results: dict, args) -> str:
         p("")
         p("| figure | mosquitto | tern | tern/mosquitto |")
         p("|---|---:|---:|---:|")
-        for name in ("mosquitto", "tern"):
-            r = results[part].get(name)
-            if r:
-                r["subscribe_rate"] = r["subscriptions"] / r["subscribe_s"]
-                r["subscribe_cpu_us"] = r["subscribe_cpu_s"] * 1e6 / r["subscriptions"]
-                r["rss_mib"] = r["rss_kb"] / 1024
         row("subscriptions per second (all SUBSCRIBEs written at once)", "subscribe_rate",
             lambda v: f"{v:,.0f}", "higher")
         row("broker CPU per subscription", "subscribe_cpu_us", lambda v: f"{v:.2f} µs")

@@ -20,7 +20,12 @@ import base64
 import os
 import socket
 import struct
+import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from mqtt_wire import varint  # noqa: E402  (scripts/, beside this folder)
 
 
 def rss_kib(pid):
@@ -29,15 +34,6 @@ def rss_kib(pid):
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     raise SystemExit(f"no VmRSS for pid {pid}")
-
-
-def varint(n):
-    out = bytearray()
-    while True:
-        byte, n = n % 128, n // 128
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
 
 
 def start_tcp(port, size):
