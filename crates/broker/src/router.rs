@@ -604,15 +604,9 @@ pub fn deliver_retained(
 ) {
     let owed = batches.iter().flat_map(|b| &b.messages);
     let (count, bytes) = owed.fold((0usize, 0usize), |(n, b), m| (n + 1, b + m.size()));
-    let base = state.queue_limits_of(session);
     let limits = &QueueLimits {
-        max_messages: base.max_messages.saturating_add(count),
-        max_bytes: match base.max_bytes {
-            0 => 0,
-            max => max.saturating_add(bytes),
-        },
         may_double: false,
-        ..*base
+        ..state.queue_limits_of(session).raised_by(count, bytes)
     };
     for batch in batches {
         for message in batch.messages {

@@ -90,6 +90,19 @@ impl QueueLimits {
             ..*self
         }
     }
+
+    /// These limits raised by `messages` and `bytes` (no byte limit stays
+    /// none): room for one SUBSCRIBE's retained messages past them.
+    pub fn raised_by(&self, messages: usize, bytes: usize) -> QueueLimits {
+        QueueLimits {
+            max_messages: self.max_messages.saturating_add(messages),
+            max_bytes: match self.max_bytes {
+                0 => 0,
+                max => max.saturating_add(bytes),
+            },
+            ..*self
+        }
+    }
 }
 
 /// How a delivery was queued.

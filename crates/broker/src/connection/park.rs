@@ -369,20 +369,7 @@ impl Parker {
     /// The socket parked under `token` is readable: answered here if it
     /// can be ([`ParkedConnection::answer_quietly`]), else resumed.
     fn readable(&self, token: Token) {
-        let Some(session) = self.entries().get(token).map(|e| e.session.clone()) else {
-            return;
-        };
-        let mut st = session.lock();
-        let Some(parked) = st.parked.as_mut().filter(|p| p.token() == token.0) else {
-            return;
-        };
-        if parked.answer_quietly() {
-            return;
-        }
-        if let Some(parked) = st.parked.take() {
-            drop(st);
-            parked.resume();
-        }
+        self.resume_unless(token, |parked| parked.answer_quietly());
     }
 
     /// Moves the keep-alive deadline of the connection parked under `token`
@@ -396,12 +383,30 @@ impl Parker {
 
     /// Resumes the connection parked under `token`, if it still is.
     fn wake(&self, token: Token) {
+        self.resume_unless(token, |_| false);
+    }
+
+    /// Resumes the connection parked under `token`, if it still is, unless
+    /// `handled` (called with its session locked) dealt with it in place.
+    fn resume_unless(
+        &self,
+        token: Token,
+        handled: impl FnOnce(&mut Box<dyn ParkedConnection>) -> bool,
+    ) {
         // The entries lock is never held while taking a session lock: park
         // takes them the other way round.
         let Some(session) = self.entries().get(token).map(|e| e.session.clone()) else {
             return;
         };
-        let parked = session.lock().parked.take_if(|p| p.token() == token.0);
+        let mut st = session.lock();
+        let Some(parked) = st.parked.as_mut().filter(|p| p.token() == token.0) else {
+            return;
+        };
+        if handled(parked) {
+            return;
+        }
+        let parked = st.parked.take();
+        drop(st);
         if let Some(parked) = parked {
             parked.resume();
         }
