@@ -6,6 +6,7 @@
 #   scripts/bench-compare.sh --duration 5 --warmup 1
 #   scripts/bench-compare.sh --only fanout-q1,idle   # a subset of the scenarios (ids below)
 #   scripts/bench-compare.sh --only idle-cpu   # 19,000 idle connections, CPU over 5 min (not in the default set)
+#   scripts/bench-compare.sh --only tls-idle,tls-connect,tls-p2p-q0,tls-p2p-q1,tls-fanout-q0   # TLS 1.3
 #
 # For each scenario, each broker is started fresh (one broker running at a time), the same
 # `tern bench ... --json` runs against it, and the broker's CPU time (utime+stime of
@@ -14,7 +15,8 @@
 # to target/bench-compare/runs/. Run from anywhere inside the repository; needs python3,
 # and apt-get (as root) if Mosquitto is not installed. The throughput scenarios also run
 # rumqttd (bytebeamio's broker, 0.20.0, built once into target/bench-tools with
-# `cargo install`; --no-rumqttd leaves it out).
+# `cargo install`; --no-rumqttd leaves it out). The TLS scenarios (tls-*) run both brokers
+# with a TLS listener on one certificate (ECDSA P-256, made with openssl for the run).
 set -euo pipefail
 
 DURATION=10
@@ -28,7 +30,7 @@ while [ $# -gt 0 ]; do
         --warmup) WARMUP="$2"; shift ;;
         --only) ONLY="$2"; shift ;;
         --no-rumqttd) RUMQTTD_WANTED=0 ;;
-        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
         *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -39,6 +41,11 @@ CONNECT_RATE=5000
 MOSQ_PORT=18831
 TERN_PORT=18832
 RUMQ_PORT=18835         # rumqttd's MQTT 5 listener (its 3.1.1 one on 18836)
+MOSQ_TLS_PORT=18837
+TERN_TLS_PORT=18838
+IDLE_TLS_CONNS=4000     # idle TLS connections (MQTT 3.1.1)
+TLS_CONNECTS=4000       # TLS handshakes + CONNECT, as fast as the broker takes them
+TRANSPORT=tcp           # tls while the TLS scenarios run: start_broker and port_of follow it
 # Shared broker limits (Tern's defaults; Mosquitto's default inflight is 20, raised to match).
 MAX_INFLIGHT=100
 MAX_QUEUED=1000
@@ -76,6 +83,11 @@ if [ "$RUMQTTD_WANTED" = 1 ]; then
     fi
 fi
 command -v taskset >/dev/null || { say "taskset (util-linux) is needed"; exit 1; }
+if ! command -v openssl >/dev/null 2>&1; then
+    say "openssl not found (it makes the TLS scenarios' certificate): installing the Debian package"
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y openssl
+fi
 
 run_logged cargo build --release --bin tern
 
@@ -156,6 +168,29 @@ EOF
 }
 write_configs 0
 write_configs 1
+# TLS: a CA and a server certificate for 127.0.0.1 (ECDSA P-256), and each broker's
+# sys0 configuration with a TLS listener on it.
+TLS_DIR="$OUT/tls"
+mkdir -p "$TLS_DIR"
+(
+    cd "$TLS_DIR"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 7 \
+        -keyout ca.key -out ca.pem -subj "/CN=bench-compare CA" 2>/dev/null
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+        -keyout server.key -out server.csr -subj "/CN=127.0.0.1" 2>/dev/null
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n' > ext.cnf
+    openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 7 \
+        -extfile ext.cnf -out server.pem 2>/dev/null
+)
+chmod 644 "$TLS_DIR"/*.key
+{ sed "s/^listener $MOSQ_PORT .*/listener $MOSQ_TLS_PORT 127.0.0.1/" "$OUT/conf/mosquitto-sys0.conf"
+  printf 'certfile %s\nkeyfile %s\n' "$TLS_DIR/server.pem" "$TLS_DIR/server.key"
+} > "$OUT/conf/mosquitto-tls.conf"
+{ cat "$OUT/conf/tern-sys0.toml"
+  printf '\n[[listeners]]\nbind = "127.0.0.1:%s"\ntransport = "tls"\ncert_file = "%s"\nkey_file = "%s"\n' \
+      "$TERN_TLS_PORT" "$TLS_DIR/server.pem" "$TLS_DIR/server.key"
+} > "$OUT/conf/tern-tls.toml"
+TLS_ARGS=(--cafile "$TLS_DIR/ca.pem" -h 127.0.0.1)
 # The scraped variant: the same broker with its HTTP listener on.
 SCRAPE_TOKEN=bench-compare-scrape-token
 HTTP_PORT=18833
@@ -170,9 +205,11 @@ HOOK_PORT=18834
     "$HOOK_PORT"; } > "$OUT/conf/tern-hooked.toml"
 
 port_of() {
-    case "$1" in
-        mosquitto) echo $MOSQ_PORT ;;
-        rumqttd) echo $RUMQ_PORT ;;
+    case "$TRANSPORT-$1" in
+        tls-mosquitto) echo $MOSQ_TLS_PORT ;;
+        tls-*) echo $TERN_TLS_PORT ;;
+        *-mosquitto) echo $MOSQ_PORT ;;
+        *-rumqttd) echo $RUMQ_PORT ;;
         *) echo $TERN_PORT ;;
     esac
 }
@@ -191,7 +228,11 @@ start_broker() { # $1 broker, $2 sys interval, $3 cpu list for taskset ("" = unp
     if port_open "$port"; then say "port $port is already in use"; exit 1; fi
     local cmd=()
     [ -n "$cpus" ] && cmd=(taskset -c "$cpus")
-    if [ "$broker" = mosquitto ]; then
+    if [ "$TRANSPORT" = tls ] && [ "$broker" = mosquitto ]; then
+        cmd+=("$MOSQUITTO" -c "$OUT/conf/mosquitto-tls.conf")
+    elif [ "$TRANSPORT" = tls ]; then
+        cmd+=("$TERN" serve --config "$OUT/conf/tern-tls.toml")
+    elif [ "$broker" = mosquitto ]; then
         cmd+=("$MOSQUITTO" -c "$OUT/conf/mosquitto-sys$sys.conf")
     elif [ "$broker" = rumqttd ]; then
         cmd+=("$RUMQTTD" --quiet -c "$OUT/conf/rumqttd-sys$sys.toml")
@@ -326,7 +367,7 @@ scenario() {
     local id="$1" cpus="$2"; shift 2
     want "$id" || return 0
     local brokers=(mosquitto tern)
-    [ -n "$RUMQTTD" ] && brokers+=(rumqttd)
+    [ -n "$RUMQTTD" ] && [ "$TRANSPORT" = tcp ] && brokers+=(rumqttd)
     for broker in "${brokers[@]}"; do
         say ""; say "=== $id on $broker"
         run_once "$id" "$broker" "$cpus" "$@"
@@ -378,23 +419,24 @@ watch_scenario() {
 }
 
 # Idle connections: RSS per connection = (RSS with N idle - RSS empty) / N.
-# Opens $IDLE_CONNS idle connections (keep-alive 60 s) to the running broker ($1: its
-# name, for the port and the file names; $2: run id) held for $3 seconds by `tern bench
-# conn` in the background (IDLE_BENCH_PID), and waits until the broker holds them all, plus
-# 2 s to settle (CONNACKs sent, buffers released). Sets IDLE_OPENED to how many it holds.
+# Opens $4 idle connections (keep-alive 60 s; rest: more bench args) to the running broker
+# ($1: its name, for the port and the file names; $2: run id) held for $3 seconds by `tern
+# bench conn` in the background (IDLE_BENCH_PID), and waits until the broker holds them all,
+# plus 2 s to settle (CONNACKs sent, buffers released). Sets IDLE_OPENED to how many it holds.
 open_idle() {
-    local broker="$1" id="$2" hold="$3" port base_fds fds=0
+    local broker="$1" id="$2" hold="$3" count="$4" port base_fds fds=0
+    shift 4
     port=$(port_of "$broker")
     base_fds=$(ls "/proc/$BROKER_PID/fd" | wc -l)
-    local cmd=("$TERN" bench conn -p "$port" -c "$IDLE_CONNS" --connect-rate "$CONNECT_RATE"
-        -k 60 -d "$hold" --json --quiet)
+    local cmd=("$TERN" bench conn -p "$port" -c "$count" --connect-rate "$CONNECT_RATE"
+        -k 60 -d "$hold" --json --quiet "$@")
     say "+ ${cmd[*]} &"
     echo "${cmd[*]} &" >> "$CMDS"
     "${cmd[@]}" > "$OUT/runs/$id-$broker.bench.json" &
     IDLE_BENCH_PID=$!
     for _ in $(seq 600); do
         fds=$(ls "/proc/$BROKER_PID/fd" | wc -l)
-        [ "$fds" -ge $((base_fds + IDLE_CONNS)) ] && break
+        [ "$fds" -ge $((base_fds + count)) ] && break
         kill -0 "$IDLE_BENCH_PID" 2>/dev/null || break
         sleep 0.1
     done
@@ -402,20 +444,22 @@ open_idle() {
     IDLE_OPENED=$((fds - base_fds))
 }
 
+# $1 id, $2 connections, rest: more bench args (TLS: its options and -V 311).
 idle_scenario() {
-    local id=idle
+    local id="$1" count="$2"
+    shift 2
     want "$id" || return 0
     local hold=$((DURATION < 5 ? 5 : DURATION))
     for broker in mosquitto tern; do
-        say ""; say "=== $id ($IDLE_CONNS connections) on $broker"
+        say ""; say "=== $id ($count connections, $TRANSPORT) on $broker"
         start_broker "$broker" 0 "" "$id"
         sleep 1
         local empty_kb c0
         empty_kb=$(status_kb "$BROKER_PID" VmRSS)
         c0=$(cpu_ticks "$BROKER_PID")
-        open_idle "$broker" "$id" "$hold"
+        open_idle "$broker" "$id" "$hold" "$count" "$@"
         record "$id" "$broker" "" $(( $(cpu_ticks "$BROKER_PID") - c0 )) \
-            "empty_kb=$empty_kb" "connections=$IDLE_OPENED" "target=$IDLE_CONNS"
+            "empty_kb=$empty_kb" "connections=$IDLE_OPENED" "target=$count"
         wait "$IDLE_BENCH_PID" || say "tern bench conn exited with an error"
         stop_broker
     done
@@ -432,7 +476,7 @@ idle_cpu_scenario() {
         say ""; say "=== $id ($IDLE_CONNS connections, ${IDLE_CPU_SECS} s) on $broker"
         start_broker "$broker" 0 "" "$id"
         sleep 1
-        open_idle "$broker" "$id" $((IDLE_CPU_SECS + 30))
+        open_idle "$broker" "$id" $((IDLE_CPU_SECS + 30)) "$IDLE_CONNS"
         local c0
         c0=$(cpu_ticks "$BROKER_PID")
         sleep "$IDLE_CPU_SECS"
@@ -542,7 +586,7 @@ scenario fanin-q1-unpaced "" fanin -P 8 -S 1 -q 1 -w 0
 scenario fanout-q1-unpaced "" fanout -P 1 -S 64 -q 1 -w 0
 latency_scenario p2p-10k-q1 p2p -n 16 -q 1 -r 625
 latency_scenario p2p-1k-q1 p2p -n 10 -q 1 -r 100
-idle_scenario
+idle_scenario idle "$IDLE_CONNS"
 idle_cpu_scenario
 slow_scenario
 scenario fanout-q1-1core "0"   fanout -P 1 -S 64 -q 1 -w 100
@@ -551,6 +595,12 @@ watch_scenario scrape-p2p-q1 tern-scraped p2p -n 64 -q 1 -w 100
 watch_scenario dashboard-p2p-q0 tern-watched p2p -n 64 -q 0 -w 100
 watch_scenario dashboard-fanin-q1 tern-watched fanin -P 8 -S 1 -q 1 -w 100
 watch_scenario webhook-p2p-q1 tern-hooked p2p -n 64 -q 1 -w 100
+# TLS 1.3 on both brokers (TRANSPORT=tls: their TLS listeners, one certificate).
+TRANSPORT=tls idle_scenario tls-idle "$IDLE_TLS_CONNS" -V 311 "${TLS_ARGS[@]}"
+TRANSPORT=tls scenario tls-connect "" conn -c "$TLS_CONNECTS" -k 60 "${TLS_ARGS[@]}"
+TRANSPORT=tls scenario tls-p2p-q0 "" p2p -n 64 -q 0 -w 100 "${TLS_ARGS[@]}"
+TRANSPORT=tls scenario tls-p2p-q1 "" p2p -n 64 -q 1 -w 100 "${TLS_ARGS[@]}"
+TRANSPORT=tls scenario tls-fanout-q0 "" fanout -P 1 -S 64 -q 0 -w 1000 "${TLS_ARGS[@]}"
 
 ELAPSED=$(( $(date +%s) - START_TIME ))
 
@@ -583,12 +633,15 @@ ORDER = [
     ("slow-slow", "same + 1 subscriber reading nothing"),
     ("fanout-q1-1core", "fan-out 1→64 QoS 1, broker on 1 core"),
     ("fanout-q1-2core", "fan-out 1→64 QoS 1, broker on 2 cores"),
+    ("tls-p2p-q0", "TLS: p2p 64 pairs, QoS 0, -w 100"),
+    ("tls-p2p-q1", "TLS: p2p 64 pairs, QoS 1, -w 100"),
+    ("tls-fanout-q0", "TLS: fan-out 1→64, QoS 0, -w 1000"),
 ]
 
 def metrics(r):
     b = r.get("bench")
     m = {"rss": r["hwm_kb"] / 1024}
-    if r["id"] == "idle":
+    if r["id"] in ("idle", "tls-idle"):
         m["rss"] = r["rss_kb"] / 1024
         return m
     if not b:
@@ -661,10 +714,14 @@ p("RSS is the broker's peak (VmHWM) over its run, except for idle connections (V
   "they are held). Broker CPU per message = (utime+stime during the whole `tern bench` run, "
   "warm-up and drain included) / all messages delivered in that run (`received_total`).")
 
-idle = {b: runs.get(("idle", b)) for b in ("mosquitto", "tern")}
-if all(idle.values()):
+IDLE = (("idle", f"**Idle connections** ({idle_target}, TCP)"),
+        ("tls-idle", "**Idle TLS connections** (MQTT 3.1.1 over TLS 1.3)"))
+for sid, title in IDLE:
+    idle = {b: runs.get((sid, b)) for b in ("mosquitto", "tern")}
+    if not all(idle.values()):
+        continue
     p("")
-    p("**Idle connections** (RSS with N idle connections − RSS of the empty broker) / N:")
+    p(f"{title}: (RSS with N idle connections − RSS of the empty broker) / N:")
     p("")
     p("| broker | connections | empty RSS | RSS with N | per connection |")
     p("|---|---:|---:|---:|---:|")
@@ -680,6 +737,25 @@ if all(idle.values()):
     for b, v in per.items():
         p(f"- 1,000,000 idle connections, {b}: {v * 1e6 / 2**30:.2f} GiB of broker RSS "
           f"(+ kernel socket memory, not counted here)")
+
+tc = {b: runs.get(("tls-connect", b)) for b in ("mosquitto", "tern")}
+if all(tc.values()) and all(r["bench"] for r in tc.values()):
+    p("")
+    p("**TLS handshakes** (`tern bench conn` opening connections as fast as the broker takes "
+      "them: TCP, a full TLS 1.3 handshake, CONNECT/CONNACK; broker CPU over the whole run, "
+      "holding and closing included):")
+    p("")
+    p("| broker | connected | per second | connect p50 | connect p99 | broker CPU per connection |")
+    p("|---|---:|---:|---:|---:|---:|")
+    per = {}
+    for b, r in tc.items():
+        c = r["bench"]["connect"]
+        lat = c.get("latency_us") or {}
+        per[b] = (c["per_sec"], r["cpu_s"] * 1e6 / max(1, c["connected"]))
+        p(f"| {b} | {c['connected']:,} | {c['per_sec']:,.0f} | {fmt(lat.get('p50'), 'p50')} | "
+          f"{fmt(lat.get('p99'), 'p99')} | {per[b][1]:,.0f} µs |")
+    p(f"| tern/mosquitto | | | **{per['tern'][0] / per['mosquitto'][0]:.2f}×** | | | "
+      f"**{per['tern'][1] / per['mosquitto'][1]:.2f}×** |")
 
 ic = {b: runs.get(("idle-cpu", b)) for b in ("mosquitto", "tern")}
 if all(ic.values()):

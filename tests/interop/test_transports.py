@@ -14,6 +14,7 @@ import os
 import queue
 import shutil
 import subprocess
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -35,10 +36,11 @@ class TransportBroker(Broker):
     is the port of listener i (`self.port` is the first, which wait_ready
     polls with a TCP connect)."""
 
-    def __init__(self, tmp_path: Path, listeners: list[dict]):
+    def __init__(self, tmp_path: Path, listeners: list[dict], settings: dict | None = None):
         super().__init__("{port}", tmp_path / "broker.log")
         self.ports = [self.port] + [free_port() for _ in listeners[1:]]
-        lines = ["persistence = false", "sys_interval_secs = 0"]
+        top = {"persistence": "false", "sys_interval_secs": "0", **(settings or {})}
+        lines = [f"{key} = {value}" for key, value in top.items()]
         for port, listener in zip(self.ports, listeners):
             lines += ["", "[[listeners]]", f'bind = "{HOST}:{port}"']
             for key, value in listener.items():
@@ -63,8 +65,8 @@ def start_broker(request, tmp_path):
     """start_broker(listeners) -> a running TransportBroker, stopped at teardown."""
     started: list[TransportBroker] = []
 
-    def start(listeners: list[dict]) -> TransportBroker:
-        b = TransportBroker(tmp_path, listeners)
+    def start(listeners: list[dict], settings: dict | None = None) -> TransportBroker:
+        b = TransportBroker(tmp_path, listeners, settings)
         request.node._interop_broker = b  # its log is shown when the test fails
         started.append(b)
         b.start()
@@ -138,6 +140,38 @@ def test_paho_over_tls(start_broker, certs, version):
         paho_round_trip(*clients)
     finally:
         for c in clients:
+            c.close()
+
+
+def test_paho_over_tls_while_connections_park(start_broker, certs):
+    """Idle TLS connections park after 20 ms: paho's pings, a delivery and a
+    publish each wake one with its TLS session intact, again and again."""
+    broker = start_broker([tls_listener(certs)], {"park_idle_ms": 20, "sys_interval_secs": 1})
+    # The subscriber pings each second: each PINGREQ wakes its parked connection.
+    sub = Client(broker.endpoint(0), mqtt.MQTTv5, keepalive=1)
+    pub, watcher = (Client(broker.endpoint(0), mqtt.MQTTv5) for _ in range(2))
+    try:
+        for c in (sub, pub, watcher):
+            c.c.tls_set(ca_certs=certs.ca)
+        for c in (sub, pub, watcher):
+            c.connect()
+        watcher.subscribe("$SYS/broker/clients/parked", qos=0)
+        # All three parked at once: $SYS is published by the broker, and its
+        # delivery wakes the watcher only after it was counted.
+        deadline = TIMEOUT * 3
+        while True:
+            msg = watcher.get(timeout=deadline)
+            if msg.payload == b"3":
+                break
+        topic = f"interop/{unique('park')}"
+        sub.subscribe(topic, qos=1)
+        for i in range(5):
+            time.sleep(1.2)  # parked again, with a ping or two in between
+            pub.publish(topic, f"after a sleep {i}".encode(), qos=1)
+            msg = sub.get()
+            assert msg.payload == f"after a sleep {i}".encode()
+    finally:
+        for c in (sub, pub, watcher):
             c.close()
 
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
-use tern_broker::{BrokerHandle, Config};
+use tern_broker::Config;
 use tern_codec::*;
 
 const V5: ProtocolVersion = ProtocolVersion::V5;
@@ -22,25 +22,6 @@ fn parking_config() -> Config {
         park_idle_ms: 20,
         ..test_config()
     }
-}
-
-/// Waits (polling, up to `WAIT`) until `done` holds.
-async fn wait_until(what: &str, done: impl Fn() -> bool) {
-    let waited = tokio::time::timeout(WAIT, async {
-        while !done() {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-    })
-    .await;
-    assert!(waited.is_ok(), "timed out waiting until {what}");
-}
-
-/// Waits until exactly `n` connections are parked.
-async fn wait_parked(broker: &BrokerHandle, n: usize) {
-    wait_until(&format!("{n} connections are parked"), || {
-        broker.parked_connections() == n
-    })
-    .await;
 }
 
 #[tokio::test]

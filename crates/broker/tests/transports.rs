@@ -262,6 +262,87 @@ async fn tls_publish_subscribe_round_trip_on_tls_1_2_and_1_3() {
     broker.shutdown().await;
 }
 
+/// A broker whose connections park after 20 ms, with a TLS listener.
+async fn parking_tls_broker(name: &str) -> (TlsFiles, tern_broker::BrokerHandle) {
+    let files = TlsFiles::new(name);
+    let config = Config {
+        park_idle_ms: 20,
+        ..config_with(vec![files.listener(ListenerTransport::Tls)])
+    };
+    let broker = Broker::start(config).await.unwrap();
+    (files, broker)
+}
+
+#[tokio::test]
+async fn idle_tls_connections_park_and_wake_for_bytes_deliveries_and_pings() {
+    let (files, broker) = parking_tls_broker("tls-park").await;
+    let addr = broker.local_addr();
+    let tls13 = client_config(files.ca.der(), None, &[&rustls::version::TLS13]);
+    let tls12 = client_config(files.ca.der(), None, &[&rustls::version::TLS12]);
+    let (mut sub, _) = tls_client(addr, tls13, "tls-park-sub").await.unwrap();
+    sub.subscribe("park/#", QoS::AtLeastOnce).await;
+    let (mut publ, _) = tls_client(addr, tls12, "tls-park-pub").await.unwrap();
+    static PAYLOADS: [[u8; 3000]; 3] = [[0; 3000], [1; 3000], [2; 3000]];
+    for payload in &PAYLOADS {
+        // Both parked: the publisher wakes for its PUBLISH, the subscriber
+        // for the delivery, each with its TLS session where it was.
+        wait_parked(&broker, 2).await;
+        publ.publish("park/t", payload, QoS::AtLeastOnce, false)
+            .await;
+        let p = sub.recv_publish().await;
+        assert_eq!(&p.payload[..], &payload[..]);
+        wait_parked(&broker, 2).await;
+        sub.ack(&p).await;
+        // A ping on a parked TLS connection is a record: the connection
+        // wakes to answer it.
+        wait_parked(&broker, 2).await;
+        sub.send(Packet::PingReq).await;
+        assert_eq!(sub.recv().await, Packet::PingResp);
+    }
+    broker.shutdown().await;
+    expect_disconnect(&mut sub, ReasonCode::ServerShuttingDown).await;
+}
+
+/// A TLS 1.3 client that updates its keys (and asks the broker to update its
+/// own) keeps talking: rustls's records that are not data are answered.
+#[tokio::test]
+async fn tls_key_updates_are_followed_both_ways() {
+    let files = TlsFiles::new("tls-key-update");
+    let broker = Broker::start(config_with(vec![files.listener(ListenerTransport::Tls)]))
+        .await
+        .unwrap();
+    let addr = broker.local_addr();
+    let config = client_config(files.ca.der(), None, &[&rustls::version::TLS13]);
+    let mut tls = tls_connect(addr, config.clone()).await.unwrap();
+    tls.get_mut().1.refresh_traffic_keys().unwrap();
+    let (mut sub, connack) = TestClient::over(tls, ProtocolVersion::V5)
+        .handshake(connect_packet(ProtocolVersion::V5, "tls-ku-sub"))
+        .await;
+    assert_eq!(connack.reason, ReasonCode::Success);
+    let (mut publ, _) = tls_client(addr, config, "tls-ku-pub").await.unwrap();
+    round_trip(&mut sub, &mut publ, "ku/t").await;
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn keep_alive_expires_on_a_parked_tls_connection() {
+    let (files, broker) = parking_tls_broker("tls-park-ka").await;
+    let tls = tls_connect(
+        broker.local_addr(),
+        client_config(files.ca.der(), None, ALL_VERSIONS),
+    )
+    .await
+    .unwrap();
+    let mut connect = connect_packet(ProtocolVersion::V5, "tls-park-ka");
+    connect.keep_alive = 1;
+    let (mut dev, _) = TestClient::over(tls, ProtocolVersion::V5)
+        .handshake(connect)
+        .await;
+    wait_parked(&broker, 1).await;
+    expect_disconnect(&mut dev, ReasonCode::KeepAliveTimeout).await;
+    broker.shutdown().await;
+}
+
 /// Whether the broker refuses a TLS client: the handshake fails, or the
 /// stream closes without a CONNACK.
 async fn refused(addr: SocketAddr, config: Arc<rustls::ClientConfig>) -> bool {

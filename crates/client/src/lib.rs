@@ -153,4 +153,4 @@ pub use tern_codec::{
     ReasonCode, RetainHandling, SubAck, SubscribeProperties, SubscriptionOptions, UnsubAck,
     UserProperty, WillProperties,
 };
-pub use transport::{Stream, TlsOptions, connect};
+pub use transport::{Stream, TlsClient, TlsOptions, connect};

@@ -86,7 +86,7 @@ pub(crate) async fn open(options: &ConnectOptions) -> Result<Stream, Error> {
 pub async fn connect(host: &str, port: u16, tls: Option<&TlsOptions>) -> Result<Stream, Error> {
     // Read before connecting: a bad file is the user's to fix, whatever the
     // network does.
-    let tls = tls.map(client_config).transpose()?;
+    let tls = tls.map(TlsClient::new).transpose()?;
     let addr = crate::options::address(host, port);
     let tcp = TcpStream::connect((host, port))
         .await
@@ -96,19 +96,48 @@ pub async fn connect(host: &str, port: u16, tls: Option<&TlsOptions>) -> Result<
         })?;
     // Small packets (acks, pings) must not wait for Nagle's timer.
     let _ = tcp.set_nodelay(true);
-    let Some(config) = tls else {
-        return Ok(Stream::Tcp(tcp));
-    };
-    let name = ServerName::try_from(host.to_owned()).map_err(|_| {
-        Error::TlsSetup(format!(
-            "'{host}' is not a host name or address a TLS certificate can name"
-        ))
-    })?;
-    let stream = TlsConnector::from(Arc::new(config))
-        .connect(name, tcp)
-        .await
-        .map_err(|source| Error::Tls { addr, source })?;
-    Ok(Stream::Tls(Box::new(stream)))
+    match tls {
+        Some(tls) => Ok(Stream::Tls(Box::new(tls.handshake(tcp, host).await?))),
+        None => Ok(Stream::Tcp(tcp)),
+    }
+}
+
+/// The TLS settings read once, for any number of connections (`tern bench`
+/// opens thousands).
+#[derive(Clone, Debug)]
+pub struct TlsClient {
+    config: Arc<ClientConfig>,
+}
+
+impl TlsClient {
+    /// Reads the files `tls` names; the error says which one is unusable.
+    pub fn new(tls: &TlsOptions) -> Result<TlsClient, Error> {
+        Ok(TlsClient {
+            config: Arc::new(client_config(tls)?),
+        })
+    }
+
+    /// Runs the TLS handshake over `tcp`, checking that the broker's
+    /// certificate names `host`.
+    pub async fn handshake(
+        &self,
+        tcp: TcpStream,
+        host: &str,
+    ) -> Result<TlsStream<TcpStream>, Error> {
+        let name = ServerName::try_from(host.to_owned()).map_err(|_| {
+            Error::TlsSetup(format!(
+                "'{host}' is not a host name or address a TLS certificate can name"
+            ))
+        })?;
+        let addr = match tcp.peer_addr() {
+            Ok(peer) => crate::options::address(host, peer.port()),
+            Err(_) => host.to_owned(),
+        };
+        TlsConnector::from(self.config.clone())
+            .connect(name, tcp)
+            .await
+            .map_err(|source| Error::Tls { addr, source })
+    }
 }
 
 /// The rustls configuration from the files in `tls`.

@@ -13,6 +13,39 @@ use tern_client::{
 
 use crate::exit::Failure;
 
+/// TLS flags, of the client tools and `tern bench`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct TlsArgs {
+    /// Connect with TLS, trusting the certificate authorities in this PEM
+    /// file to sign the broker's certificate, which must name the -h host.
+    #[arg(long, value_name = "FILE")]
+    pub cafile: Option<PathBuf>,
+    /// Client certificate (PEM), for a broker that asks for one (with --key).
+    #[arg(long, value_name = "FILE", requires_all = ["cafile", "key"])]
+    pub cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    pub key: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    /// The TLS settings, if TLS was asked for.
+    pub fn options(&self) -> Option<TlsOptions> {
+        self.cafile.clone().map(|ca_file| {
+            let tls = TlsOptions::new(ca_file);
+            match self.cert.clone().zip(self.key.clone()) {
+                Some((cert, key)) => tls.client_cert(cert, key),
+                None => tls,
+            }
+        })
+    }
+
+    /// The port given, or MQTT's: 8883 with TLS, 1883 without.
+    pub fn port(&self, given: Option<u16>) -> u16 {
+        given.unwrap_or(if self.cafile.is_some() { 8883 } else { 1883 })
+    }
+}
+
 /// Connection flags.
 #[derive(clap::Args, Debug)]
 pub struct ConnectArgs {
@@ -37,16 +70,8 @@ pub struct ConnectArgs {
     /// Keep-alive in seconds.
     #[arg(short = 'k', long = "keepalive", default_value_t = 60)]
     pub keep_alive: u16,
-    /// Connect with TLS, trusting the certificate authorities in this PEM
-    /// file to sign the broker's certificate, which must name the -h host.
-    #[arg(long, value_name = "FILE")]
-    pub cafile: Option<PathBuf>,
-    /// Client certificate (PEM), for a broker that asks for one (with --key).
-    #[arg(long, value_name = "FILE", requires_all = ["cafile", "key"])]
-    pub cert: Option<PathBuf>,
-    /// The client certificate's private key (PEM).
-    #[arg(long, value_name = "FILE", requires = "cert")]
-    pub key: Option<PathBuf>,
+    #[command(flatten)]
+    pub tls: TlsArgs,
     /// Print every packet sent and received on stderr.
     #[arg(short = 'd', long)]
     pub debug: bool,
@@ -124,17 +149,9 @@ impl ConnectArgs {
 
     /// The client's connect options.
     pub fn options(&self, props: &CliProperties) -> ConnectOptions {
-        let port = self
-            .port
-            .unwrap_or(if self.cafile.is_some() { 8883 } else { 1883 });
+        let port = self.tls.port(self.port);
         let mut o = ConnectOptions::new(self.host.clone(), port);
-        o.tls = self.cafile.clone().map(|ca_file| {
-            let tls = TlsOptions::new(ca_file);
-            match self.cert.clone().zip(self.key.clone()) {
-                Some((cert, key)) => tls.client_cert(cert, key),
-                None => tls,
-            }
-        });
+        o.tls = self.tls.options();
         o.version = self.version;
         o.client_id = self
             .client_id

@@ -19,10 +19,17 @@ struct Broker {
 
 impl Broker {
     fn start() -> Broker {
+        Broker::start_with(&["--bind", "127.0.0.1:0"], "mqtt://")
+    }
+
+    /// Starts `tern serve` with more arguments, and takes the port of the
+    /// listener its log names with `scheme`.
+    fn start_with(args: &[&str], scheme: &str) -> Broker {
         let dir = std::env::temp_dir().join(format!("tern-bench-test-{}", std::process::id()));
         let mut child = tern()
-            .args(["serve", "--bind", "127.0.0.1:0", "--data-dir"])
+            .args(["serve", "--data-dir"])
             .arg(dir.join(format!("{:?}", std::thread::current().id())))
+            .args(args)
             .stderr(Stdio::piped())
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
@@ -35,7 +42,7 @@ impl Broker {
                 reader.read_line(&mut line).unwrap() > 0,
                 "tern serve exited"
             );
-            if let Some(rest) = line.split("mqtt://").nth(1) {
+            if let Some(rest) = line.split(scheme).nth(1) {
                 let addr = rest.split_whitespace().next().unwrap();
                 break addr.rsplit(':').next().unwrap().to_string();
             }
@@ -173,6 +180,60 @@ fn conn_opens_and_holds_connections() {
     );
     assert_eq!(n(&c["latency_us"], "count"), 50, "{v:#}");
     assert!(n(&v, "source_addresses") >= 1);
+}
+
+/// `--cafile`: every connection over TLS, the broker's certificate checked.
+#[test]
+fn tls_runs_every_connection_over_tls() {
+    let dir = std::env::temp_dir().join(format!("tern-bench-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca = rcgen::CertificateParams::new(Vec::new()).unwrap();
+    let mut ca = ca;
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".into()]).unwrap();
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf_cert = leaf.signed_by(&leaf_key, &issuer).unwrap();
+    let path = |name: &str| dir.join(name).to_str().unwrap().to_owned();
+    std::fs::write(path("ca.pem"), ca_cert.pem()).unwrap();
+    std::fs::write(path("server.pem"), leaf_cert.pem()).unwrap();
+    std::fs::write(path("server.key"), leaf_key.serialize_pem()).unwrap();
+    let config = format!(
+        "[[listeners]]\nbind = \"127.0.0.1:0\"\ntransport = \"tls\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+        path("server.pem"),
+        path("server.key")
+    );
+    std::fs::write(path("tern.toml"), config).unwrap();
+    let broker = Broker::start_with(&["--config", &path("tern.toml")], "mqtts://");
+    let tls = format!("--cafile {}", path("ca.pem"));
+    let v = summary(&broker.port, &format!("p2p -n 4 -q 1 -w 100 {tls} {SHORT}"));
+    assert_complete(&v, 1);
+    let v = summary(
+        &broker.port,
+        &format!("fanout -S 4 -q 0 -s 20000 {tls} {SHORT}"),
+    );
+    assert_complete(&v, 4);
+    let v = summary(&broker.port, &format!("conn -c 40 -d 0.3 -V 311 {tls}"));
+    assert_eq!(n(&v["connect"], "connected"), 40, "{v:#}");
+    // A CA that did not sign the broker's certificate: refused, and said why.
+    std::fs::write(path("other.pem"), {
+        let other = rcgen::CertificateParams::new(Vec::new()).unwrap();
+        other
+            .self_signed(&rcgen::KeyPair::generate().unwrap())
+            .unwrap()
+            .pem()
+    })
+    .unwrap();
+    let out = bench(
+        &broker.port,
+        &format!("fanout -S 1 -d 0.1 --cafile {}", path("other.pem")),
+    );
+    assert_eq!(out.status.code(), Some(3), "unreachable");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not signed by a CA in --cafile"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

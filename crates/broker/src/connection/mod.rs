@@ -37,7 +37,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -62,27 +62,46 @@ struct Io<S> {
     rbuf: BytesMut,
 }
 
-/// A client's byte stream. Plain TCP can park while idle (see [`park`]);
-/// other transports keep their task.
-pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
-    /// Whether [`Transport::into_std`] works.
+/// A client's byte stream. TCP and TLS over it can park while idle (see
+/// [`park`]); the others keep their task.
+pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + Sized + 'static {
+    /// Whether [`Transport::sleep`] works.
     const PARKABLE: bool;
-    /// The socket as a std TCP stream, no longer registered with tokio.
-    fn into_std(self) -> std::io::Result<std::net::TcpStream>;
+    /// Whether the bytes on its socket are MQTT's as they are, so that the
+    /// parker may answer a PINGREQ itself (not TLS's records).
+    const RAW: bool;
+    /// What it keeps beside its socket while parked: nothing for TCP, the
+    /// session (keys, sequence numbers, buffers) for TLS.
+    type Asleep: Send + 'static;
+    /// Its socket as a std TCP stream, no longer registered with tokio, and
+    /// the rest of it.
+    fn sleep(self) -> std::io::Result<(std::net::TcpStream, Self::Asleep)>;
+    /// Put together again around its socket, registered with tokio anew.
+    fn wake(socket: TcpStream, asleep: Self::Asleep) -> std::io::Result<Self>;
 }
 
 /// A bridge's in-process pipe (`crate::bridge`).
 impl Transport for tokio::io::DuplexStream {
     const PARKABLE: bool = false;
-    fn into_std(self) -> std::io::Result<std::net::TcpStream> {
+    const RAW: bool = true;
+    type Asleep = ();
+    fn sleep(self) -> std::io::Result<(std::net::TcpStream, ())> {
+        Err(std::io::Error::other("an in-process pipe is not a socket"))
+    }
+    fn wake(_: TcpStream, (): ()) -> std::io::Result<Self> {
         Err(std::io::Error::other("an in-process pipe is not a socket"))
     }
 }
 
 impl Transport for TcpStream {
     const PARKABLE: bool = true;
-    fn into_std(self) -> std::io::Result<std::net::TcpStream> {
-        TcpStream::into_std(self)
+    const RAW: bool = true;
+    type Asleep = ();
+    fn sleep(self) -> std::io::Result<(std::net::TcpStream, ())> {
+        Ok((TcpStream::into_std(self)?, ()))
+    }
+    fn wake(socket: TcpStream, (): ()) -> std::io::Result<Self> {
+        Ok(socket)
     }
 }
 
@@ -133,15 +152,16 @@ pub async fn serve<S: Transport>(
 }
 
 /// Runs a parked connection again, in a new task.
-async fn resume(parked: Box<park::Parked>) {
+async fn resume<S: Transport>(parked: Box<park::Parked<S>>) {
     let park::Resumed {
         socket,
+        asleep,
         mut client,
         peer,
         last_heard,
         parker,
     } = parked.into_parts();
-    match TcpStream::from_std(socket) {
+    match TcpStream::from_std(socket).and_then(|socket| S::wake(socket, asleep)) {
         Ok(stream) => {
             let (reader, writer) = tokio::io::split(stream);
             let io = Io {
@@ -167,7 +187,13 @@ async fn resume(parked: Box<park::Parked>) {
 async fn drive<S: Transport>(mut conn: Conn<S>) {
     match run(&mut conn).await {
         Exit::Close(close) => Box::pin(finish(&mut conn, close)).await,
-        Exit::Park => park(conn),
+        Exit::Park => {
+            // TLS may hold records of its own (a key update's answer) that
+            // only a write or a flush sends; a parked socket is only read.
+            // Should the socket be full, they go with the next write.
+            let _ = tokio::time::timeout(CLOSE_FLUSH, conn.io.writer.flush()).await;
+            park(conn);
+        }
     }
 }
 
@@ -184,10 +210,10 @@ fn park<S: Transport>(conn: Conn<S>) {
     // Only a connection with nothing left to write parks; its output buffer's
     // allocation is not worth keeping for however long it sleeps.
     client.out = BytesMut::new();
-    match io.reader.unsplit(io.writer).into_std() {
-        Ok(socket) => {
+    match io.reader.unsplit(io.writer).sleep() {
+        Ok((socket, asleep)) => {
             tracing::trace!(%peer, client_id = %client.client_id(), "parking idle connection");
-            if let Err(parked) = parker.park(socket, client, peer, last_heard) {
+            if let Err(parked) = parker.park::<S>(socket, asleep, client, peer, last_heard) {
                 // Something arrived meanwhile: straight back into a task.
                 parker.resume(parked);
             }

@@ -40,6 +40,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::Transport;
 use crate::client_state::ClientState;
 use crate::lock::{Mutex, MutexGuard, rank};
 use crate::metrics::Metrics;
@@ -71,8 +72,10 @@ fn since_epoch(epoch: std::time::Instant, at: Instant) -> u64 {
 /// A parked connection: everything its task held, minus the task. Its
 /// token in the epoll set is its socket's descriptor (plus one: 0 is the
 /// stop token), unique while the socket is open, so it needs no field.
-pub struct Parked {
+pub struct Parked<S: Transport> {
     stream: mio::net::TcpStream,
+    /// What the transport keeps beside its socket (TLS: its session).
+    asleep: S::Asleep,
     /// Where it is resumed. Held here, not in the broker's shared state:
     /// the parker holds the sessions that hold parked connections.
     parker: Arc<Parker>,
@@ -84,7 +87,7 @@ pub struct Parked {
     last_heard: u64,
 }
 
-impl std::fmt::Debug for Parked {
+impl<S: Transport> std::fmt::Debug for Parked<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Parked")
             .field("client_id", &self.client.client_id())
@@ -257,15 +260,17 @@ impl Parker {
     /// registered with the parker: resume it with [`Parker::unregister`])
     /// if it must stay awake: something was queued for it meanwhile, it no
     /// longer owns its session, or the broker is stopping.
-    pub(super) fn park(
+    pub(super) fn park<S: Transport>(
         self: &Arc<Self>,
         stream: std::net::TcpStream,
+        asleep: S::Asleep,
         client: ClientState,
         peer: SocketAddr,
         last_heard: Instant,
-    ) -> Result<(), Box<Parked>> {
+    ) -> Result<(), Box<Parked<S>>> {
         let mut parked = Box::new(Parked {
             stream: mio::net::TcpStream::from_std(stream),
+            asleep,
             parker: self.clone(),
             client,
             peer,
@@ -306,14 +311,14 @@ impl Parker {
 
     /// Takes a parked (or half-parked) connection out of the epoll set, so it
     /// can go back into a task.
-    pub(super) fn unregister(&self, parked: &mut Parked) {
+    pub(super) fn unregister<S: Transport>(&self, parked: &mut Parked<S>) {
         self.entries().remove(parked.token());
         // Not registered if parking stopped half-way; nothing to undo then.
         let _ = self.registry.deregister(&mut parked.stream);
     }
 
     /// Spawns a connection task for a connection taken out of its session.
-    pub fn resume(&self, mut parked: Box<Parked>) {
+    pub fn resume<S: Transport>(&self, mut parked: Box<Parked<S>>) {
         self.unregister(&mut parked);
         self.tasks.spawn_on(super::resume(parked), &self.runtime);
     }
@@ -430,7 +435,7 @@ fn release_free_memory() {
 }
 
 /// Whether the connection may park, given its session's state.
-fn may_park(st: &SessionState, parked: &Parked) -> bool {
+fn may_park<S: Transport>(st: &SessionState, parked: &Parked<S>) -> bool {
     // A refused connection stays awake to close.
     st.is_owner(parked.client.connection_id) && st.pending_len() == 0 && st.parked.is_none()
 }
@@ -447,7 +452,7 @@ impl Drop for StopOnDrop {
     }
 }
 
-impl ParkedConnection for Parked {
+impl<S: Transport> ParkedConnection for Parked<S> {
     /// Spawns a connection task for this connection, taken out of its session.
     fn resume(self: Box<Self>) {
         let parker = self.parker.clone();
@@ -461,6 +466,10 @@ impl ParkedConnection for Parked {
     fn answer_quietly(&mut self) -> bool {
         const PINGREQ: [u8; 2] = [0xC0, 0x00];
         const PINGRESP: [u8; 2] = [0xD0, 0x00];
+        // On TLS the bytes are records, which only a task reads.
+        if !S::RAW {
+            return false;
+        }
         // Three bytes asked for: exactly two there means nothing after it.
         let mut seen = [0u8; 3];
         if !matches!(self.stream.peek(&mut seen), Ok(2)) || seen[..2] != PINGREQ {
@@ -490,15 +499,16 @@ impl ParkedConnection for Parked {
 }
 
 /// What a resumed connection's task starts from.
-pub(super) struct Resumed {
+pub(super) struct Resumed<S: Transport> {
     pub socket: std::net::TcpStream,
+    pub asleep: S::Asleep,
     pub client: ClientState,
     pub peer: SocketAddr,
     pub last_heard: Instant,
     pub parker: Arc<Parker>,
 }
 
-impl Parked {
+impl<S: Transport> Parked<S> {
     /// Its token in the epoll set: the socket's descriptor plus one.
     fn token(&self) -> Token {
         let fd = usize::try_from(self.stream.as_raw_fd()).unwrap_or(usize::MAX - 1);
@@ -506,11 +516,12 @@ impl Parked {
     }
 
     /// The socket, unwrapped for tokio, and the connection's state.
-    pub(super) fn into_parts(self) -> Resumed {
+    pub(super) fn into_parts(self) -> Resumed<S> {
         let socket = std::net::TcpStream::from(OwnedFd::from(self.stream));
         let last_heard = self.parker.epoch + Duration::from_nanos(self.last_heard);
         Resumed {
             socket,
+            asleep: self.asleep,
             client: self.client,
             peer: self.peer,
             last_heard: Instant::from_std(last_heard),
@@ -549,7 +560,7 @@ mod tests {
     /// chunk.
     #[test]
     fn parked_stays_small() {
-        let size = std::mem::size_of::<Parked>();
+        let size = std::mem::size_of::<Parked<tokio::net::TcpStream>>();
         let socket = std::mem::size_of::<mio::net::TcpStream>();
         assert!(size - socket <= 180, "{size} - {socket}");
     }

@@ -6,12 +6,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use tokio_rustls::server::TlsStream;
 
 use crate::connection::ConnInfo;
-use crate::listener::TlsAcceptor;
+use crate::listener::{TlsAcceptor, TlsConn};
 
 /// How long a client has to finish its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -21,7 +20,7 @@ const READY: usize = 64;
 
 /// Accepts TCP connections and yields them once TLS is up.
 pub struct Listener {
-    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    ready: mpsc::Receiver<(TlsConn, SocketAddr)>,
     addr: SocketAddr,
 }
 
@@ -71,7 +70,7 @@ impl Listener {
 }
 
 impl axum::serve::Listener for Listener {
-    type Io = TlsStream<TcpStream>;
+    type Io = TlsConn;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {

@@ -13,6 +13,7 @@
 //! their own [`Transport`] types, which never park (see `docs/architecture.md`).
 
 pub mod tls;
+mod tls_conn;
 pub mod ws;
 
 use std::net::SocketAddr;
@@ -27,7 +28,8 @@ use crate::connection::{self, ConnInfo};
 use crate::limits::ConnectBytes;
 use crate::state::BrokerState;
 
-pub use self::tls::{TlsAcceptor, TlsConn, TlsError, TlsProblem};
+pub use self::tls::{TlsAcceptor, TlsError, TlsProblem};
+pub use self::tls_conn::TlsConn;
 
 /// Every listener's transport, certificates loaded, before any is bound.
 pub struct Prepared(Vec<Kind>);
@@ -276,7 +278,7 @@ async fn serve_tls(
     ))
     .await;
     if let Some((tls, info)) = accepted {
-        connection::serve(TlsConn::new(tls), info, state, parker).await;
+        connection::serve(tls, info, state, parker).await;
     }
 }
 

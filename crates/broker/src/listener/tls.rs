@@ -4,9 +4,7 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
 
 use rustls::RootCertStore;
 use rustls::ServerConfig;
@@ -14,12 +12,11 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio_rustls::server::TlsStream;
 
+use super::TlsConn;
 use crate::config::ListenerConfig;
-use crate::connection::{ConnInfo, Transport};
+use crate::connection::ConnInfo;
 use crate::lock::{RwLock, rank};
 
 /// Why a TLS or wss listener's certificate, key or CA file cannot be used,
@@ -142,14 +139,10 @@ impl TlsAcceptor {
         &self,
         stream: TcpStream,
         mut info: ConnInfo,
-    ) -> io::Result<(TlsStream<TcpStream>, ConnInfo)> {
-        let tls = tokio_rustls::TlsAcceptor::from(self.current())
-            .accept(stream)
-            .await?;
+    ) -> io::Result<(TlsConn, ConnInfo)> {
+        let tls = TlsConn::accept(stream, self.current()).await?;
         if self.listener.use_identity_as_username {
             info.cert_identity = tls
-                .get_ref()
-                .1
                 .peer_certificates()
                 .and_then(|chain| chain.first())
                 .and_then(|leaf| common_name(leaf.as_ref()));
@@ -354,72 +347,5 @@ impl<'a> Der<'a> {
     fn expect(self, tag: u8) -> Option<(Der<'a>, Der<'a>)> {
         let (found, contents, after) = self.any_tagged()?;
         (found == tag).then_some((contents, after))
-    }
-}
-
-/// A server-side TLS stream whose writes return only once their bytes have
-/// left rustls for the socket.
-///
-/// tokio-rustls may keep encrypted bytes buffered when the socket is full and
-/// send them on the next write or flush; the connection task writes only when
-/// it has packets to send and never flushes, so those bytes could wait for
-/// the next packet. Here a write that rustls accepted is reported only after
-/// a flush completes; until then it is `Pending`, and the caller (the
-/// connection task, like `write_all`) calls again with the same bytes first.
-pub struct TlsConn {
-    inner: TlsStream<TcpStream>,
-    /// Bytes of the current write already handed to rustls.
-    accepted: usize,
-}
-
-impl TlsConn {
-    pub fn new(inner: TlsStream<TcpStream>) -> TlsConn {
-        TlsConn { inner, accepted: 0 }
-    }
-}
-
-impl AsyncRead for TlsConn {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for TlsConn {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        if self.accepted == 0 {
-            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, buf))?;
-            if n == 0 {
-                return Poll::Ready(Ok(0));
-            }
-            self.accepted = n;
-        }
-        ready!(Pin::new(&mut self.inner).poll_flush(cx))?;
-        let n = std::mem::take(&mut self.accepted);
-        Poll::Ready(Ok(n.min(buf.len())))
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-/// TLS connections keep their task: rustls's session state cannot move into
-/// the parker's epoll set.
-impl Transport for TlsConn {
-    const PARKABLE: bool = false;
-    fn into_std(self) -> io::Result<std::net::TcpStream> {
-        Err(io::Error::other("TLS connections do not park"))
     }
 }

@@ -286,7 +286,12 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
 /// raw socket, and tungstenite's (and rustls's) state cannot go with it.
 impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Transport for WsStream<S> {
     const PARKABLE: bool = false;
-    fn into_std(self) -> io::Result<std::net::TcpStream> {
+    const RAW: bool = false;
+    type Asleep = ();
+    fn sleep(self) -> io::Result<(std::net::TcpStream, ())> {
+        Err(io::Error::other("WebSocket connections do not park"))
+    }
+    fn wake(_: tokio::net::TcpStream, (): ()) -> io::Result<Self> {
         Err(io::Error::other("WebSocket connections do not park"))
     }
 }

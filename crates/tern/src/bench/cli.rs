@@ -78,9 +78,11 @@ pub struct BenchArgs {
     /// Broker host.
     #[arg(short = 'h', long, default_value = "127.0.0.1")]
     pub host: String,
-    /// Broker port.
-    #[arg(short = 'p', long, default_value_t = 1883)]
-    pub port: u16,
+    /// Broker port [default: 1883, or 8883 with --cafile].
+    #[arg(short = 'p', long)]
+    pub port: Option<u16>,
+    #[command(flatten)]
+    pub tls: crate::connect_args::TlsArgs,
     /// MQTT version: 5 (default), 311 or 31.
     #[arg(short = 'V', long = "protocol-version", default_value = "5", value_parser = parse_version)]
     pub version: ProtocolVersion,

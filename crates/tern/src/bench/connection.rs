@@ -11,12 +11,14 @@ use std::num::NonZeroU16;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use tern_client::{TlsClient, TlsOptions};
 use tern_codec::{
     Connect, ConnectProperties, Disconnect, Packet, ProtocolVersion, QoS, ReasonCode, Subscribe,
     SubscribeFilter, SubscriptionOptions,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
+
+use super::stream::Stream;
 
 use crate::exit::Failure;
 
@@ -33,17 +35,28 @@ pub struct Target {
     pub addr: SocketAddr,
     /// Source addresses to bind to, round robin; empty: let the OS choose.
     sources: Vec<Ipv4Addr>,
+    /// With TLS: its settings, and the host the certificate must name.
+    tls: Option<(TlsClient, String)>,
 }
 
 impl Target {
     /// Resolves `host`. Towards an IPv4 loopback address, `sources` (default:
     /// one per 10,000 connections) addresses 127.0.0.1, 127.0.0.2... are used.
+    /// With `tls`, every connection runs a full TLS handshake.
     pub async fn resolve(
         host: &str,
         port: u16,
+        tls: Option<&TlsOptions>,
         connections: usize,
         sources: Option<u8>,
     ) -> Result<Target, Failure> {
+        let tls = match tls {
+            Some(options) => {
+                let client = TlsClient::new(options).map_err(|e| Failure::Usage(e.to_string()))?;
+                Some((client, host.to_owned()))
+            }
+            None => None,
+        };
         let addr = tokio::net::lookup_host((host, port))
             .await
             .ok()
@@ -59,7 +72,7 @@ impl Target {
                 .collect(),
             _ => Vec::new(),
         };
-        Ok(Target { addr, sources })
+        Ok(Target { addr, sources, tls })
     }
 
     /// Number of source addresses in use (0: chosen by the OS).
@@ -81,6 +94,25 @@ impl Target {
         stream.set_nodelay(true)?;
         Ok(stream)
     }
+
+    /// Opens connection number `n`, with the TLS handshake if asked for.
+    async fn open(&self, n: usize) -> Result<Stream, Failure> {
+        let tcp = self.tcp(n).await.map_err(|e| {
+            Failure::Unreachable(format!(
+                "cannot connect to {}: {e} (is a broker running there? check -h and -p)",
+                self.addr
+            ))
+        })?;
+        let Some((client, host)) = &self.tls else {
+            return Ok(Stream::tcp(tcp));
+        };
+        let tls = client
+            .handshake(tcp, host)
+            .await
+            .map_err(|e| Failure::Unreachable(e.to_string()))?;
+        let (tcp, session) = tls.into_inner();
+        Ok(Stream::tls(tcp, session))
+    }
 }
 
 /// How every connection logs in.
@@ -97,7 +129,7 @@ pub struct Login {
 /// An open MQTT connection, after CONNACK.
 #[derive(Debug)]
 pub struct Conn {
-    pub stream: TcpStream,
+    pub stream: Stream,
     /// Bytes received and not yet decoded.
     pub rbuf: BytesMut,
     /// Bytes encoded and not yet written.
@@ -133,12 +165,7 @@ async fn handshake(
     client_id: &str,
     login: &Login,
 ) -> Result<Conn, Failure> {
-    let stream = target.tcp(n).await.map_err(|e| {
-        Failure::Unreachable(format!(
-            "cannot connect to {}: {e} (is a broker running there? check -h and -p)",
-            target.addr
-        ))
-    })?;
+    let stream = target.open(n).await?;
     let mut conn = Conn {
         stream,
         rbuf: BytesMut::with_capacity(INITIAL_READ),
@@ -285,8 +312,10 @@ impl Conn {
         let _ = self.send(&Packet::Disconnect(Disconnect::new(ReasonCode::Success)));
         let _ = tokio::time::timeout(limit, async {
             self.flush().await.ok()?;
-            let mut scrap = [0u8; 256];
-            while self.stream.read(&mut scrap).await.ok()? > 0 {}
+            let mut scrap = BytesMut::with_capacity(256);
+            while self.stream.read_buf(&mut scrap).await.ok()? > 0 {
+                scrap.clear();
+            }
             Some(())
         })
         .await;

@@ -23,6 +23,7 @@ mod report;
 mod scenario;
 mod stamp;
 mod stats;
+mod stream;
 mod worker;
 
 use std::io::Write;
@@ -137,8 +138,14 @@ async fn run(args: BenchArgs, plan: Plan) -> Result<(), Failure> {
         ),
         _ => {}
     }
-    let target =
-        Target::resolve(&args.host, args.port, plan.connections(), args.source_addrs).await?;
+    let target = Target::resolve(
+        &args.host,
+        args.tls.port(args.port),
+        args.tls.options().as_ref(),
+        plan.connections(),
+        args.source_addrs,
+    )
+    .await?;
     let login = Login {
         version: args.version,
         keep_alive: args.keep_alive,

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use tern_codec::{Packet, ProtocolVersion, PubAck, Publish, QoS};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::io::Interest;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -612,7 +612,7 @@ pub async fn idle(
     conn.out = BytesMut::new();
     let ping = ping_after(&conn);
     let result: Result<(), Lost> = async {
-        let mut scrap = [0u8; 64];
+        let mut scrap = BytesMut::with_capacity(64);
         loop {
             let wake = ping.map(|p| Instant::now() + p);
             tokio::select! {
@@ -622,10 +622,10 @@ pub async fn idle(
                         return Ok(());
                     }
                 }
-                read = conn.stream.read(&mut scrap) => match read {
+                read = conn.stream.read_buf(&mut scrap) => match read {
                     Ok(0) => return Err("the broker closed the connection".into()),
                     // PINGRESP; a DISCONNECT is followed by the close.
-                    Ok(_) => {}
+                    Ok(_) => scrap.clear(),
                     Err(e) => return Err(format!("read failed: {e}")),
                 },
                 () = sleep_until(wake) => {
