@@ -754,7 +754,7 @@ if all(tc.values()) and all(r["bench"] for r in tc.values()):
         per[b] = (c["per_sec"], r["cpu_s"] * 1e6 / max(1, c["connected"]))
         p(f"| {b} | {c['connected']:,} | {c['per_sec']:,.0f} | {fmt(lat.get('p50'), 'p50')} | "
           f"{fmt(lat.get('p99'), 'p99')} | {per[b][1]:,.0f} µs |")
-    p(f"| tern/mosquitto | | | **{per['tern'][0] / per['mosquitto'][0]:.2f}×** | | | "
+    p(f"| tern/mosquitto | | **{per['tern'][0] / per['mosquitto'][0]:.2f}×** | | | "
       f"**{per['tern'][1] / per['mosquitto'][1]:.2f}×** |")
 
 ic = {b: runs.get(("idle-cpu", b)) for b in ("mosquitto", "tern")}

@@ -1,4 +1,4 @@
-//! Parking: idle TCP connections wait without a task.
+//! Parking: idle TCP and TLS connections wait without a task.
 //!
 //! A connected client costs its task (the connection loop's future, about
 //! 1.4 KB), tokio's registration of its socket and its read buffer. Most MQTT
@@ -6,9 +6,10 @@
 //! minute), and a broker holds many of them, so after `park_idle_ms` without
 //! traffic the connection task hands its socket and its [`ClientState`] to the
 //! [`Parker`] and ends. The socket joins one epoll set watched by one thread;
-//! the client state waits in a box in its session.
+//! the client state waits in a box in its session, with what the transport
+//! keeps beside its socket (`Transport::Asleep`: a TLS connection's session).
 //!
-//! A lone PINGREQ is answered by the parker thread itself (PINGRESP written,
+//! A lone PINGREQ on TCP is answered by the parker thread itself (PINGRESP written,
 //! keep-alive deadline moved): the client keeps its connection alive without
 //! a task ever being spawned for it. Whatever else needs the connection
 //! resumes it by taking the box out of the session and spawning a connection
