@@ -7,6 +7,7 @@
 #   scripts/bench-compare.sh --only fanout-q1,idle   # a subset of the scenarios (ids below)
 #   scripts/bench-compare.sh --only idle-cpu   # 19,000 idle connections, CPU over 5 min (not in the default set)
 #   scripts/bench-compare.sh --only tls-idle,tls-connect,tls-p2p-q0,tls-p2p-q1,tls-fanout-q0   # TLS 1.3
+#   scripts/bench-compare.sh --only ws-idle   # idle WebSocket connections (scripts/ws-idle.py)
 #
 # For each scenario, each broker is started fresh (one broker running at a time), the same
 # `tern bench ... --json` runs against it, and the broker's CPU time (utime+stime of
@@ -30,7 +31,7 @@ while [ $# -gt 0 ]; do
         --warmup) WARMUP="$2"; shift ;;
         --only) ONLY="$2"; shift ;;
         --no-rumqttd) RUMQTTD_WANTED=0 ;;
-        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
         *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -45,7 +46,10 @@ MOSQ_TLS_PORT=18837
 TERN_TLS_PORT=18838
 IDLE_TLS_CONNS=4000     # idle TLS connections (MQTT 3.1.1)
 TLS_CONNECTS=4000       # TLS handshakes + CONNECT, as fast as the broker takes them
-TRANSPORT=tcp           # tls while the TLS scenarios run: start_broker and port_of follow it
+MOSQ_WS_PORT=18839
+TERN_WS_PORT=18840
+IDLE_WS_CONNS=15000     # idle WebSocket connections (MQTT 3.1.1), opened by scripts/ws-idle.py
+TRANSPORT=tcp           # tls or ws while those scenarios run: start_broker and port_of follow it
 # Shared broker limits (Tern's defaults; Mosquitto's default inflight is 20, raised to match).
 MAX_INFLIGHT=100
 MAX_QUEUED=1000
@@ -98,6 +102,7 @@ if [ "$NOFILE" != unlimited ] && [ "$NOFILE" -lt $((IDLE_CONNS + 100)) ]; then
     IDLE_CONNS=$((NOFILE - 200))
     say "open-files limit $NOFILE: idle scenario lowered to $IDLE_CONNS connections"
 fi
+[ "$IDLE_WS_CONNS" -gt "$IDLE_CONNS" ] && IDLE_WS_CONNS=$IDLE_CONNS
 CLK_TCK=$(getconf CLK_TCK)
 
 # --- brokers --------------------------------------------------------------------------------
@@ -191,6 +196,13 @@ chmod 644 "$TLS_DIR"/*.key
       "$TERN_TLS_PORT" "$TLS_DIR/server.pem" "$TLS_DIR/server.key"
 } > "$OUT/conf/tern-tls.toml"
 TLS_ARGS=(--cafile "$TLS_DIR/ca.pem" -h 127.0.0.1)
+# WebSocket: Mosquitto 2.0.11 starts a WebSocket listener only beside a plain one (its
+# libwebsockets build), so it keeps its plain listener.
+{ cat "$OUT/conf/mosquitto-sys0.conf"; printf 'listener %s 127.0.0.1\nprotocol websockets\n' "$MOSQ_WS_PORT"
+} > "$OUT/conf/mosquitto-ws.conf"
+{ cat "$OUT/conf/tern-sys0.toml"
+  printf '\n[[listeners]]\nbind = "127.0.0.1:%s"\ntransport = "ws"\n' "$TERN_WS_PORT"
+} > "$OUT/conf/tern-ws.toml"
 # The scraped variant: the same broker with its HTTP listener on.
 SCRAPE_TOKEN=bench-compare-scrape-token
 HTTP_PORT=18833
@@ -208,6 +220,8 @@ port_of() {
     case "$TRANSPORT-$1" in
         tls-mosquitto) echo $MOSQ_TLS_PORT ;;
         tls-*) echo $TERN_TLS_PORT ;;
+        ws-mosquitto) echo $MOSQ_WS_PORT ;;
+        ws-*) echo $TERN_WS_PORT ;;
         *-mosquitto) echo $MOSQ_PORT ;;
         *-rumqttd) echo $RUMQ_PORT ;;
         *) echo $TERN_PORT ;;
@@ -228,10 +242,10 @@ start_broker() { # $1 broker, $2 sys interval, $3 cpu list for taskset ("" = unp
     if port_open "$port"; then say "port $port is already in use"; exit 1; fi
     local cmd=()
     [ -n "$cpus" ] && cmd=(taskset -c "$cpus")
-    if [ "$TRANSPORT" = tls ] && [ "$broker" = mosquitto ]; then
-        cmd+=("$MOSQUITTO" -c "$OUT/conf/mosquitto-tls.conf")
-    elif [ "$TRANSPORT" = tls ]; then
-        cmd+=("$TERN" serve --config "$OUT/conf/tern-tls.toml")
+    if [ "$TRANSPORT" != tcp ] && [ "$broker" = mosquitto ]; then
+        cmd+=("$MOSQUITTO" -c "$OUT/conf/mosquitto-$TRANSPORT.conf")
+    elif [ "$TRANSPORT" != tcp ]; then
+        cmd+=("$TERN" serve --config "$OUT/conf/tern-$TRANSPORT.toml")
     elif [ "$broker" = mosquitto ]; then
         cmd+=("$MOSQUITTO" -c "$OUT/conf/mosquitto-sys$sys.conf")
     elif [ "$broker" = rumqttd ]; then
@@ -430,6 +444,9 @@ open_idle() {
     base_fds=$(ls "/proc/$BROKER_PID/fd" | wc -l)
     local cmd=("$TERN" bench conn -p "$port" -c "$count" --connect-rate "$CONNECT_RATE"
         -k 60 -d "$hold" --json --quiet "$@")
+    # `tern bench` does not speak WebSocket: an independent client does.
+    [ "$TRANSPORT" = ws ] && cmd=(python3 "$ROOT/scripts/ws-idle.py" --port "$port"
+        --connections "$count" --hold "$hold")
     say "+ ${cmd[*]} &"
     echo "${cmd[*]} &" >> "$CMDS"
     "${cmd[@]}" > "$OUT/runs/$id-$broker.bench.json" &
@@ -597,6 +614,7 @@ watch_scenario dashboard-fanin-q1 tern-watched fanin -P 8 -S 1 -q 1 -w 100
 watch_scenario webhook-p2p-q1 tern-hooked p2p -n 64 -q 1 -w 100
 # TLS 1.3 on both brokers (TRANSPORT=tls: their TLS listeners, one certificate).
 TRANSPORT=tls idle_scenario tls-idle "$IDLE_TLS_CONNS" -V 311 "${TLS_ARGS[@]}"
+TRANSPORT=ws idle_scenario ws-idle "$IDLE_WS_CONNS"
 TRANSPORT=tls scenario tls-connect "" conn -c "$TLS_CONNECTS" -k 60 "${TLS_ARGS[@]}"
 TRANSPORT=tls scenario tls-p2p-q0 "" p2p -n 64 -q 0 -w 100 "${TLS_ARGS[@]}"
 TRANSPORT=tls scenario tls-p2p-q1 "" p2p -n 64 -q 1 -w 100 "${TLS_ARGS[@]}"
@@ -641,7 +659,7 @@ ORDER = [
 def metrics(r):
     b = r.get("bench")
     m = {"rss": r["hwm_kb"] / 1024}
-    if r["id"] in ("idle", "tls-idle"):
+    if r["id"] in ("idle", "tls-idle", "ws-idle"):
         m["rss"] = r["rss_kb"] / 1024
         return m
     if not b:
@@ -715,7 +733,8 @@ p("RSS is the broker's peak (VmHWM) over its run, except for idle connections (V
   "warm-up and drain included) / all messages delivered in that run (`received_total`).")
 
 IDLE = (("idle", f"**Idle connections** ({idle_target}, TCP)"),
-        ("tls-idle", "**Idle TLS connections** (MQTT 3.1.1 over TLS 1.3)"))
+        ("tls-idle", "**Idle TLS connections** (MQTT 3.1.1 over TLS 1.3)"),
+        ("ws-idle", "**Idle WebSocket connections** (MQTT 3.1.1, opened by scripts/ws-idle.py)"))
 for sid, title in IDLE:
     idle = {b: runs.get((sid, b)) for b in ("mosquitto", "tern")}
     if not all(idle.values()):

@@ -119,7 +119,7 @@ async fn a_client_closing_while_parked_is_noticed() {
     dev.drop_connection();
     wait_parked(&broker, 0).await;
     let metrics = &broker.state().metrics;
-    wait_until("the closed connection is no longer counted", || {
+    eventually("the closed connection is no longer counted", || {
         metrics
             .clients_connected
             .load(std::sync::atomic::Ordering::Relaxed)

@@ -303,6 +303,54 @@ async fn idle_tls_connections_park_and_wake_for_bytes_deliveries_and_pings() {
     expect_disconnect(&mut sub, ReasonCode::ServerShuttingDown).await;
 }
 
+/// Bytes that are not TLS on a TLS port: the broker answers with a TLS
+/// alert (how a plain MQTT client learns the port speaks TLS), closes that
+/// connection, and goes on serving the others.
+#[tokio::test]
+async fn hostile_bytes_on_a_tls_port_get_an_alert_and_close() {
+    let files = TlsFiles::new("tls-hostile");
+    let broker = Broker::start(config_with(vec![files.listener(ListenerTransport::Tls)]))
+        .await
+        .unwrap();
+    let addr = broker.local_addr();
+    let connect = encode(Packet::Connect(Box::new(connect_packet(
+        ProtocolVersion::V5,
+        "plain",
+    ))));
+    let inputs: [&[u8]; 4] = [
+        &connect,
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        // A handshake record header announcing more than it brings, then EOF.
+        &[0x16, 0x03, 0x01, 0x40, 0x00, 0x01, 0x00],
+        // A record of an unknown content type after a valid-looking start.
+        &[0x17, 0x03, 0x03, 0x00, 0x05, 1, 2, 3, 4, 5],
+    ];
+    for (i, input) in inputs.iter().enumerate() {
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(input).await.unwrap();
+        if i == 2 {
+            tcp.shutdown().await.unwrap();
+        }
+        let mut answer = Vec::new();
+        tokio::time::timeout(WAIT, tcp.read_to_end(&mut answer))
+            .await
+            .expect("the broker closes the connection")
+            .ok();
+        if i != 2 {
+            assert_eq!(
+                answer.get(..2),
+                Some(&[0x15, 0x03][..]),
+                "input {i}: {answer:?}"
+            );
+        }
+    }
+    let config = client_config(files.ca.der(), None, ALL_VERSIONS);
+    let (mut sub, _) = tls_client(addr, config.clone(), "after-sub").await.unwrap();
+    let (mut publ, _) = tls_client(addr, config, "after-pub").await.unwrap();
+    round_trip(&mut sub, &mut publ, "hostile/after").await;
+    broker.shutdown().await;
+}
+
 /// A TLS 1.3 client that updates its keys (and asks the broker to update its
 /// own) keeps talking: rustls's records that are not data are answered.
 #[tokio::test]
@@ -346,8 +394,16 @@ async fn keep_alive_expires_on_a_parked_tls_connection() {
 /// Whether the broker refuses a TLS client: the handshake fails, or the
 /// stream closes without a CONNACK.
 async fn refused(addr: SocketAddr, config: Arc<rustls::ClientConfig>) -> bool {
-    let Ok(mut tls) = tls_connect(addr, config).await else {
-        return true;
+    refusal(addr, config).await.is_some()
+}
+
+/// Why the broker refused a TLS client (the handshake's error, or the read's
+/// after CONNECT: TLS 1.3 finishes the client's side of the handshake before
+/// the broker judges its certificate); `None` if it did not.
+async fn refusal(addr: SocketAddr, config: Arc<rustls::ClientConfig>) -> Option<String> {
+    let mut tls = match tls_connect(addr, config).await {
+        Ok(tls) => tls,
+        Err(e) => return Some(e.to_string()),
     };
     let mut connect = BytesMut::new();
     Packet::Connect(Box::new(connect_packet(ProtocolVersion::V5, "refused")))
@@ -355,10 +411,11 @@ async fn refused(addr: SocketAddr, config: Arc<rustls::ClientConfig>) -> bool {
         .unwrap();
     let _ = tls.write_all(&connect).await;
     let mut buf = [0u8; 64];
-    matches!(
-        tokio::time::timeout(WAIT, tls.read(&mut buf)).await,
-        Ok(Ok(0) | Err(_))
-    )
+    match tokio::time::timeout(WAIT, tls.read(&mut buf)).await {
+        Ok(Ok(0)) => Some("closed".into()),
+        Ok(Err(e)) => Some(e.to_string()),
+        _ => None,
+    }
 }
 
 #[tokio::test]
@@ -378,15 +435,13 @@ async fn mtls_required_accepts_a_client_certificate_and_refuses_none() {
         &[&rustls::version::TLS13][..],
         &[&rustls::version::TLS12][..],
     ] {
-        assert!(refused(addr, client_config(files.ca.der(), None, versions)).await);
+        // Told why, with an alert (not a reset that would lose it).
+        let why = refusal(addr, client_config(files.ca.der(), None, versions)).await;
+        assert!(why.as_ref().is_some_and(|w| w.contains("alert")), "{why:?}");
         let stranger = Ca::new("Other CA").leaf("intruder");
-        assert!(
-            refused(
-                addr,
-                client_config(files.ca.der(), Some(&stranger), versions)
-            )
-            .await
-        );
+        let config = client_config(files.ca.der(), Some(&stranger), versions);
+        let why = refusal(addr, config).await;
+        assert!(why.as_ref().is_some_and(|w| w.contains("alert")), "{why:?}");
     }
     client.disconnect().await;
     broker.shutdown().await;
@@ -839,6 +894,11 @@ async fn ws_answers_old_subprotocol_and_closes_on_text() {
 /// Sends a WebSocket upgrade request for `path` with `headers` (each ending
 /// in CRLF) and returns the response: the head of a 101, all of a refusal.
 async fn raw_upgrade(addr: SocketAddr, path: &str, headers: &str) -> String {
+    upgraded(addr, path, headers).await.1
+}
+
+/// The socket after an upgrade request for `path`, and the response.
+async fn upgraded(addr: SocketAddr, path: &str, headers: &str) -> (TcpStream, String) {
     let mut tcp = TcpStream::connect(addr).await.unwrap();
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
@@ -852,7 +912,184 @@ async fn raw_upgrade(addr: SocketAddr, path: &str, headers: &str) -> String {
     })
     .await
     .unwrap();
-    String::from_utf8_lossy(&response).into_owned()
+    (tcp, String::from_utf8_lossy(&response).into_owned())
+}
+
+/// A client's frame: masked, as RFC 6455 requires of clients.
+fn client_frame(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
+    const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+    let mut frame = vec![opcode | if fin { 0x80 } else { 0 }];
+    match payload.len() {
+        n if n < 126 => frame.push(0x80 | n as u8),
+        n => {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+    }
+    frame.extend_from_slice(&MASK);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ MASK[i % 4]));
+    frame
+}
+
+/// The next frame from the server: (first byte, payload); `None` at the end
+/// of the stream.
+async fn server_frame(tcp: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
+    tokio::time::timeout(WAIT, async {
+        let mut head = [0u8; 2];
+        tcp.read_exact(&mut head).await.ok()?;
+        assert_eq!(head[1] & 0x80, 0, "server frames are not masked");
+        let len = match head[1] & 0x7f {
+            126 => usize::from(tcp.read_u16().await.ok()?),
+            127 => usize::try_from(tcp.read_u64().await.ok()?).ok()?,
+            n => usize::from(n),
+        };
+        let mut payload = vec![0u8; len];
+        tcp.read_exact(&mut payload).await.ok()?;
+        Some((head[0], payload))
+    })
+    .await
+    .expect("a frame or the end of the stream in time")
+}
+
+const BINARY: u8 = 0x2;
+const CONTINUATION: u8 = 0x0;
+const CLOSE: u8 = 0x8;
+const PING: u8 = 0x9;
+const PONG: u8 = 0xA;
+
+/// Frames as a client may send them: a packet in two fragments with a ping
+/// between them (control frames may come between fragments), a long frame
+/// (16-bit length), pongs, and a close that is answered with a close.
+#[tokio::test]
+async fn ws_fragments_pings_and_close_frames() {
+    let ws = ListenerConfig {
+        transport: ListenerTransport::Ws,
+        ..ListenerConfig::tcp(any_port())
+    };
+    let broker = Broker::start(config_with(vec![ws])).await.unwrap();
+    let (mut tcp, response) = upgraded(broker.local_addr(), "/mqtt", "").await;
+    assert!(response.starts_with("HTTP/1.1 101"), "{response}");
+    let connect = encode(Packet::Connect(Box::new(connect_packet(
+        ProtocolVersion::V5,
+        "ws-frames",
+    ))));
+    let mut bytes = client_frame(BINARY, false, &connect[..5]);
+    bytes.extend(client_frame(PING, true, b"are you there"));
+    bytes.extend(client_frame(CONTINUATION, true, &connect[5..]));
+    tcp.write_all(&bytes).await.unwrap();
+    assert_eq!(
+        server_frame(&mut tcp).await,
+        Some((0x80 | PONG, b"are you there".to_vec()))
+    );
+    let (head, connack) = server_frame(&mut tcp).await.unwrap();
+    assert_eq!(head, 0x80 | BINARY);
+    let mut connack = BytesMut::from(&connack[..]);
+    assert!(matches!(
+        decode(&mut connack, ProtocolVersion::V5, usize::MAX),
+        Ok(Some(Packet::ConnAck(_)))
+    ));
+    // A PUBLISH of 1,000 bytes to itself, in one long frame after a pong.
+    let subscribe = encode(Packet::Subscribe(Subscribe {
+        packet_id: pid(1),
+        filters: vec![SubscribeFilter {
+            filter: "ws/long".into(),
+            options: SubscriptionOptions::default(),
+        }],
+        properties: Default::default(),
+    }));
+    tcp.write_all(&client_frame(BINARY, true, &subscribe))
+        .await
+        .unwrap();
+    assert!(server_frame(&mut tcp).await.is_some(), "SUBACK");
+    let publish = encode(Packet::Publish(publish_packet(
+        "ws/long",
+        &[7u8; 1000],
+        QoS::AtMostOnce,
+        0,
+    )));
+    let mut bytes = client_frame(PONG, true, b"");
+    bytes.extend(client_frame(BINARY, true, &publish));
+    tcp.write_all(&bytes).await.unwrap();
+    let (head, delivered) = server_frame(&mut tcp).await.unwrap();
+    assert_eq!((head, delivered.len()), (0x80 | BINARY, publish.len()));
+    // The client closes: the broker answers with its status code, then ends.
+    tcp.write_all(&client_frame(CLOSE, true, &1000u16.to_be_bytes()))
+        .await
+        .unwrap();
+    assert_eq!(
+        server_frame(&mut tcp).await,
+        Some((0x80 | CLOSE, 1000u16.to_be_bytes().to_vec()))
+    );
+    assert_eq!(server_frame(&mut tcp).await, None);
+    broker.shutdown().await;
+}
+
+/// A client's frames must be masked; an unmasked one ends the connection.
+#[tokio::test]
+async fn ws_unmasked_frames_close_the_connection() {
+    let ws = ListenerConfig {
+        transport: ListenerTransport::Ws,
+        ..ListenerConfig::tcp(any_port())
+    };
+    let broker = Broker::start(config_with(vec![ws])).await.unwrap();
+    let (mut tcp, _) = upgraded(broker.local_addr(), "/mqtt", "").await;
+    let connect = encode(Packet::Connect(Box::new(connect_packet(
+        ProtocolVersion::V5,
+        "ws-unmasked",
+    ))));
+    let mut frame = vec![0x80 | BINARY, connect.len() as u8];
+    frame.extend_from_slice(&connect);
+    tcp.write_all(&frame).await.unwrap();
+    assert_eq!(server_frame(&mut tcp).await, None);
+    broker.shutdown().await;
+}
+
+/// Idle WebSocket connections park as their transport does, and wake for
+/// deliveries and pings with their frames where they were.
+#[tokio::test]
+async fn idle_ws_connections_park_and_wake() {
+    let ws = ListenerConfig {
+        transport: ListenerTransport::Ws,
+        ..ListenerConfig::tcp(any_port())
+    };
+    let config = Config {
+        park_idle_ms: 20,
+        ..config_with(vec![ws])
+    };
+    let broker = Broker::start(config).await.unwrap();
+    let addr = broker.local_addr();
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut sub, _) = WsClient::open(tcp, addr, "/mqtt", "mqtt").await;
+    sub.connect_split_and_subscribe_batched("ws-park-sub", "park/ws")
+        .await;
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut publ, _) = WsClient::open(tcp, addr, "/mqtt", "mqtt").await;
+    publ.send_messages(&[&encode(Packet::Connect(Box::new(connect_packet(
+        ProtocolVersion::V5,
+        "ws-park-pub",
+    ))))])
+    .await;
+    assert!(matches!(publ.recv().await, Some(Packet::ConnAck(_))));
+    static PAYLOADS: [[u8; 2000]; 3] = [[0; 2000], [1; 2000], [2; 2000]];
+    for payload in &PAYLOADS {
+        wait_parked(&broker, 2).await;
+        let publish = publish_packet("park/ws", payload, QoS::AtMostOnce, 0);
+        // Cut in two messages: the second wakes nothing, the first did.
+        let bytes = encode(Packet::Publish(publish));
+        publ.send_messages(&[&bytes[..10], &bytes[10..]]).await;
+        match sub.recv().await {
+            Some(Packet::Publish(p)) => assert_eq!(&p.payload[..], &payload[..]),
+            other => panic!("expected the PUBLISH, got {other:?}"),
+        }
+        wait_parked(&broker, 2).await;
+        sub.ws
+            .send(Message::Ping(b"ping".to_vec().into()))
+            .await
+            .unwrap();
+        sub.send_messages(&[&encode(Packet::PingReq)]).await;
+        assert_eq!(sub.recv().await, Some(Packet::PingResp));
+    }
+    broker.shutdown().await;
 }
 
 /// An upgrade that offers subprotocols, none of them MQTT, is refused: the

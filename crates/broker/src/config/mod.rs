@@ -111,7 +111,8 @@ pub struct Config {
     /// ordinary CONNECT fits in). Past it such a connection is closed.
     /// Default 16 MiB.
     pub max_connecting_bytes: usize,
-    /// Milliseconds without traffic after which a TCP or TLS connection is parked:
+    /// Milliseconds without traffic after which a connection (TCP, TLS or
+    /// WebSocket) is parked:
     /// its task ends and the socket waits in one shared epoll set, so an idle
     /// client costs a few hundred bytes instead of a few kilobytes. The first
     /// byte, delivery or keep-alive expiry resumes it (in microseconds).

@@ -62,8 +62,8 @@ struct Io<S> {
     rbuf: BytesMut,
 }
 
-/// A client's byte stream. TCP and TLS over it can park while idle (see
-/// [`park`]); the others keep their task.
+/// A client's byte stream. TCP, TLS and WebSocket over them can park while
+/// idle (see [`park`]); a bridge's in-process pipe keeps its task.
 pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + Sized + 'static {
     /// Whether [`Transport::sleep`] works.
     const PARKABLE: bool;

@@ -1,4 +1,4 @@
-//! Parking: idle TCP and TLS connections wait without a task.
+//! Parking: idle connections (TCP, TLS, WebSocket) wait without a task.
 //!
 //! A connected client costs its task (the connection loop's future, about
 //! 1.4 KB), tokio's registration of its socket and its read buffer. Most MQTT
@@ -7,7 +7,8 @@
 //! traffic the connection task hands its socket and its [`ClientState`] to the
 //! [`Parker`] and ends. The socket joins one epoll set watched by one thread;
 //! the client state waits in a box in its session, with what the transport
-//! keeps beside its socket (`Transport::Asleep`: a TLS connection's session).
+//! keeps beside its socket (`Transport::Asleep`: a TLS connection's session,
+//! a WebSocket's frame state).
 //!
 //! A lone PINGREQ on TCP is answered by the parker thread itself (PINGRESP written,
 //! keep-alive deadline moved): the client keeps its connection alive without

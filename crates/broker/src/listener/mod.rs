@@ -14,7 +14,9 @@
 
 pub mod tls;
 mod tls_conn;
+mod wire;
 pub mod ws;
+mod ws_stream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -88,7 +90,7 @@ pub fn prepare(config: &Config) -> Result<Prepared, TlsError> {
     let mut kinds = Vec::with_capacity(config.listeners.len());
     for listener in &config.listeners {
         let acceptor = || TlsAcceptor::load(listener).map(Arc::new);
-        let upgrade = || Arc::new(ws::Upgrade::new(listener, config));
+        let upgrade = || Arc::new(ws::Upgrade::new(listener));
         kinds.push(match listener.transport {
             ListenerTransport::Tcp => Kind::Tcp,
             ListenerTransport::Tls => Kind::Tls(acceptor()?),

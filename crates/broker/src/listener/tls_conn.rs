@@ -27,6 +27,7 @@ use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedS
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use super::wire::{Incoming, Outgoing};
 use crate::connection::Transport;
 
 /// Room reserved before a socket read while the peer sends little (the
@@ -41,6 +42,9 @@ const READ_BUSY: usize = 16 * 1024 + 256;
 const RECORD_OVERHEAD: usize = 64;
 /// The most data one record carries.
 const RECORD_DATA: usize = 16 * 1024;
+/// How long a failed handshake waits for the client to close after the
+/// alert (see [`TlsConn::linger`]).
+const LINGER: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// A server-side TLS stream whose writes return only once their bytes are on
 /// the socket: the connection task writes when it has packets and never
@@ -51,12 +55,11 @@ pub struct TlsConn {
     tls: Box<UnbufferedServerConnection>,
     /// Records read from the socket and not yet processed: at most part of
     /// one, between reads.
-    incoming: BytesMut,
+    incoming: Incoming,
     /// Decrypted data not yet read.
     plaintext: BytesMut,
-    /// Records to send; `outgoing[..sent]` already went out.
-    outgoing: Vec<u8>,
-    sent: usize,
+    /// Records to send.
+    outgoing: Outgoing,
     /// Bytes of the current write already encrypted into `outgoing`.
     accepted: usize,
     /// The peer sent close_notify, or closed its end: reads return 0 once
@@ -64,8 +67,8 @@ pub struct TlsConn {
     peer_closed: bool,
     /// close_notify is queued (shutdown).
     closing: bool,
-    /// The last read filled the room it had: read more at a time.
-    busy: bool,
+    /// rustls reported an error: it is not called again.
+    failed: bool,
 }
 
 /// What [`TlsConn::process`] encrypts once rustls lets it send.
@@ -82,17 +85,40 @@ impl TlsConn {
         let mut conn = TlsConn {
             socket: Some(socket),
             tls: Box::new(tls),
-            incoming: BytesMut::new(),
+            incoming: Incoming::new(READ_QUIET, READ_BUSY),
             plaintext: BytesMut::new(),
-            outgoing: Vec::new(),
-            sent: 0,
+            outgoing: Outgoing::default(),
             accepted: 0,
             peer_closed: false,
             closing: false,
-            busy: false,
+            failed: false,
         };
-        std::future::poll_fn(|cx| conn.poll_handshake(cx)).await?;
+        if let Err(e) = std::future::poll_fn(|cx| conn.poll_handshake(cx)).await {
+            conn.linger().await;
+            return Err(e);
+        }
         Ok(conn)
+    }
+
+    /// After a failed handshake, once the alert is sent: closes the sending
+    /// side and reads what the client still sends (a TLS 1.3 client sends
+    /// its first data right after its Finished, before our verdict on its
+    /// certificate arrives) until it closes, for at most [`LINGER`]. Closing
+    /// with unread bytes would answer them with a reset, and a reset makes
+    /// the client's kernel drop the alert unread: the client would see
+    /// "connection reset" instead of why it was refused.
+    async fn linger(&mut self) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let Some(socket) = self.socket.as_mut() else {
+            return;
+        };
+        let _ = tokio::time::timeout(LINGER, async {
+            socket.shutdown().await?;
+            let mut scrap = [0u8; 1024];
+            while socket.read(&mut scrap).await? > 0 {}
+            io::Result::Ok(())
+        })
+        .await;
     }
 
     /// The client's certificate chain, if it presented one.
@@ -121,24 +147,43 @@ impl TlsConn {
     /// `send` is encrypted as soon as rustls allows sending (after the
     /// handshake, which must be over for anything but `Send::Nothing`).
     fn process(&mut self, send: Send<'_>) -> io::Result<()> {
-        match self.process_records(send) {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                // rustls queued an alert saying why: send it if the socket
-                // takes it now, as a courtesy before the connection closes.
-                let _ = self.process_records(Send::Nothing);
-                if let Some(socket) = &self.socket {
-                    let _ = socket.try_write(&self.outgoing[self.sent..]);
-                }
-                Err(e)
-            }
+        if self.failed {
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "TLS failed earlier",
+            ));
+        }
+        self.process_records(send).inspect_err(|_| {
+            self.failed = true;
+            self.send_alert();
+        })
+    }
+
+    /// After an error: sends the alert rustls queued saying why, if the
+    /// socket takes it now, as a courtesy before the connection closes.
+    /// rustls is asked once more, for that alert only: it hands out what it
+    /// has to send before it looks at records, and it must not see the bad
+    /// ones twice (nor a buffer other than the one its handshake state
+    /// points into).
+    fn send_alert(&mut self) {
+        let status = self.tls.process_tls_records(&mut self.incoming.bytes[..]);
+        if let Ok(ConnectionState::EncodeTlsData(mut encode)) = status.state {
+            let _ = append(
+                &mut self.outgoing.bytes,
+                0,
+                |room| encode.encode(room),
+                encode_size,
+            );
+        }
+        if let Some(socket) = &self.socket {
+            let _ = socket.try_write(self.outgoing.unsent());
         }
     }
 
     fn process_records(&mut self, mut send: Send<'_>) -> io::Result<()> {
         loop {
             let UnbufferedStatus { mut discard, state } =
-                self.tls.process_tls_records(&mut self.incoming[..]);
+                self.tls.process_tls_records(&mut self.incoming.bytes[..]);
             let mut waiting = false;
             match state.map_err(tls_error)? {
                 ConnectionState::ReadTraffic(mut records) => {
@@ -150,7 +195,7 @@ impl TlsConn {
                 }
                 ConnectionState::EncodeTlsData(mut encode) => {
                     append(
-                        &mut self.outgoing,
+                        &mut self.outgoing.bytes,
                         0,
                         |room| encode.encode(room),
                         encode_size,
@@ -166,7 +211,7 @@ impl TlsConn {
                             let room = data.len()
                                 + data.len().div_ceil(RECORD_DATA).max(1) * RECORD_OVERHEAD;
                             append(
-                                &mut self.outgoing,
+                                &mut self.outgoing.bytes,
                                 room,
                                 |room| traffic.encrypt(data, room),
                                 encrypt_size,
@@ -174,7 +219,7 @@ impl TlsConn {
                         }
                         Send::CloseNotify => {
                             append(
-                                &mut self.outgoing,
+                                &mut self.outgoing.bytes,
                                 RECORD_OVERHEAD,
                                 |room| traffic.queue_close_notify(room),
                                 encrypt_size,
@@ -202,7 +247,7 @@ impl TlsConn {
                     ));
                 }
             }
-            self.incoming.advance(discard);
+            self.incoming.bytes.advance(discard);
             if waiting {
                 return Ok(());
             }
@@ -211,34 +256,14 @@ impl TlsConn {
 
     /// Sends what `outgoing` holds.
     fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while self.sent < self.outgoing.len() {
-            let socket = self.socket.as_mut().ok_or_else(parked)?;
-            let n = ready!(Pin::new(socket).poll_write(cx, &self.outgoing[self.sent..]))?;
-            if n == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-            }
-            self.sent += n;
-        }
-        self.outgoing.clear();
-        self.sent = 0;
-        Poll::Ready(Ok(()))
+        let socket = self.socket.as_mut().ok_or_else(parked)?;
+        self.outgoing.poll_send(socket, cx)
     }
 
     /// Reads records from the socket into `incoming`; 0 at its end.
     fn poll_receive(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         let socket = self.socket.as_mut().ok_or_else(parked)?;
-        let room = if self.busy { READ_BUSY } else { READ_QUIET };
-        if self.incoming.capacity() - self.incoming.len() < room / 2 {
-            self.incoming.reserve(room);
-        }
-        let spare = self.incoming.capacity() - self.incoming.len();
-        let n = ready!(tokio_util::io::poll_read_buf(
-            Pin::new(socket),
-            cx,
-            &mut self.incoming
-        ))?;
-        self.busy = n == spare;
-        Poll::Ready(Ok(n))
+        self.incoming.poll_fill(socket, cx)
     }
 }
 
@@ -383,12 +408,8 @@ impl Transport for TlsConn {
         }
         let socket = self.socket.take().ok_or_else(parked)?;
         self.plaintext = BytesMut::new();
-        if self.incoming.is_empty() {
-            self.incoming = BytesMut::new();
-        }
-        if self.outgoing.is_empty() {
-            self.outgoing = Vec::new();
-        }
+        self.incoming.release();
+        self.outgoing.release();
         Ok((socket.into_std()?, Box::new(self)))
     }
 

@@ -438,20 +438,9 @@ pub fn raw_connect(name: &[u8], level: u8, flags: u8, client_id: &str) -> Vec<u8
     packet(0x10, &body)
 }
 
-/// Waits (polling, up to `WAIT`) until `done` holds.
-pub async fn wait_until(what: &str, done: impl Fn() -> bool) {
-    let waited = tokio::time::timeout(WAIT, async {
-        while !done() {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-    })
-    .await;
-    assert!(waited.is_ok(), "timed out waiting until {what}");
-}
-
 /// Waits until exactly `n` connections are parked.
 pub async fn wait_parked(broker: &BrokerHandle, n: usize) {
-    wait_until(&format!("{n} connections are parked"), || {
+    eventually(&format!("{n} connections are parked"), || {
         broker.parked_connections() == n
     })
     .await;
