@@ -71,7 +71,8 @@ pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + Sized + 'static {
     /// parker may answer a PINGREQ itself (not TLS's records).
     const RAW: bool;
     /// What it keeps beside its socket while parked: nothing for TCP, the
-    /// session (keys, sequence numbers, buffers) for TLS.
+    /// session (keys, sequence numbers) for TLS, the frame state (and its
+    /// transport's) for WebSocket.
     type Asleep: Send + 'static;
     /// Its socket as a std TCP stream, no longer registered with tokio, and
     /// the rest of it.
